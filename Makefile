@@ -1,0 +1,35 @@
+# choreo: machine set-up and entry points. `make setup` is idempotent and fast on re-runs.
+SHELL := /bin/bash
+VENV := .venv
+PYTEST_ARGS ?=
+
+.PHONY: setup demo up down test chaos bench clean
+
+setup:
+	bash scripts/bootstrap.sh
+	bash scripts/ensure-services.sh
+
+demo: setup
+	$(VENV)/bin/choreo demo
+
+up: setup
+	$(VENV)/bin/choreo up
+
+down:
+	$(VENV)/bin/choreo down
+
+# The suite needs RabbitMQ, Redis and PostgreSQL. pytest exit 5 = no tests collected: fail.
+test: export CHOREO_NEED_POSTGRES := 1
+test: setup
+	rc=0; $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; exit 1; fi; \
+	exit $$rc
+
+chaos: setup
+	$(VENV)/bin/choreo chaos
+
+bench: setup
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf .venv .venv-tools data run

@@ -1,0 +1,158 @@
+"""Database engines (one per service per process) and the unit of work that commits state + outbox."""
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timezone
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from config.settings import Settings
+from models.envelope import Envelope, derived_id, make_envelope
+from models.tables import TABLES, Inbox, Outbox
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" below issue BEGIN
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # pragma: no cover
+        # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading a read.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database named in `url` if it does not exist (SQLite: the folder)."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database:
+            os.makedirs(os.path.dirname(os.path.abspath(u.database)), exist_ok=True)
+        return
+    if u.get_backend_name() == "postgresql":
+        admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname=:n"), {"n": u.database}).scalar()
+                if not exists:
+                    conn.execute(text(f'CREATE DATABASE "{u.database}"'))
+        finally:
+            admin.dispose()
+
+
+def engine_for(settings: Settings, service: str) -> Engine:
+    """The engine of `service` for this process (rebuilt after fork: pools are not fork-safe)."""
+    key = (os.getpid(), service)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            url = settings.database_url(service)
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            if url.startswith("sqlite"):
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                _sqlite_pragmas(engine)
+            else:
+                engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+            _engines[key] = engine
+        return engine
+
+
+def create_tables(settings: Settings, service: str) -> Engine:
+    ensure_database(settings.database_url(service))
+    engine = engine_for(settings, service)
+    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in TABLES[service]])
+    return engine
+
+
+def dispose_all() -> None:
+    with _lock:
+        for (pid, _), engine in list(_engines.items()):
+            if pid == os.getpid():
+                engine.dispose()
+        _engines.clear()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UnitOfWork:
+    """One transaction: the state change, the inbox mark and the outgoing events commit together.
+
+    Nothing is published from inside: `commit()` returns the outbox rows to publish afterwards.
+    """
+
+    def __init__(self, engine: Engine, source: str, cause: Envelope | None = None) -> None:
+        self.engine = engine
+        self.source = source
+        self.cause = cause
+        self.session: Session | None = None
+        self.pending: list[tuple[Outbox, Envelope]] = []
+        self.committed = False
+
+    def __enter__(self) -> "UnitOfWork":
+        self.session = Session(self.engine, expire_on_commit=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed:
+            self.session.rollback()
+        self.session.close()
+
+    def already_processed(self, consumer: str, event_id: str) -> bool:
+        return self.session.get(Inbox, (consumer, event_id)) is not None
+
+    def mark_processed(self, consumer: str, envelope: Envelope) -> None:
+        self.session.add(Inbox(consumer=consumer, event_id=envelope.event_id,
+                               type=envelope.type, order_id=envelope.order_id))
+
+    def emit(self, type: str, payload, order_id: str | None = None) -> Envelope:
+        """Stage an event for publication; its id is derived from the cause, so a re-run repeats it."""
+        order_id = order_id or self.cause.order_id
+        seq = str(len(self.pending))
+        event_id = derived_id(self.source, self.cause.event_id, type, seq) if self.cause else None
+        envelope = make_envelope(type, order_id, payload, source=self.source, cause=self.cause, event_id=event_id)
+        row = Outbox(event_id=envelope.event_id, type=type, order_id=order_id,
+                     body=envelope.model_dump_json())
+        self.session.add(row)
+        self.pending.append((row, envelope))
+        return envelope
+
+    def commit(self) -> list[tuple[int, Envelope]]:
+        self.session.commit()
+        self.committed = True
+        return [(row.id, env) for row, env in self.pending]
+
+
+def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[tuple[int, Envelope]]:
+    from datetime import timedelta
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    with Session(engine) as s:
+        rows = s.exec(select(Outbox).where(Outbox.sent_at.is_(None), Outbox.created_at <= cutoff)
+                      .order_by(Outbox.id).limit(limit)).all()
+        return [(r.id, Envelope.model_validate_json(r.body)) for r in rows]
+
+
+def mark_sent(engine: Engine, ids: list[int]) -> None:
+    if not ids:
+        return
+    with Session(engine) as s:
+        s.execute(Outbox.__table__.update().where(Outbox.id.in_(ids)).values(sent_at=utcnow()))
+        s.commit()
+
+
+__all__ = ["UnitOfWork", "IntegrityError", "engine_for", "create_tables", "unsent_outbox", "mark_sent"]

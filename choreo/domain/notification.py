@@ -1,0 +1,11 @@
+"""What a notification says, with no I/O."""
+from __future__ import annotations
+
+KINDS = {"order.completed": "completed", "order.cancelled": "cancelled"}
+
+
+def compose(kind: str, order_id: str, name: str | None, payload: dict) -> str:
+    who = name or "customer"
+    if kind == "completed":
+        return f"Hello {who}, your order {order_id} is on its way ({payload['amount_cents'] / 100:.2f} EUR)."
+    return f"Hello {who}, your order {order_id} was cancelled ({payload['reason']}). You have not been charged for it."

@@ -1,0 +1,1 @@
+"""Broker-facing code: topology, publishing, dead letters."""

@@ -1,0 +1,181 @@
+"""Operator's broker client (pika): queue depths, dead-letter peek and replay.
+
+pika's BlockingConnection suits one-off, synchronous operator commands; the hot path
+publishes through Celery/kombu instead.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pika
+from pika.exceptions import ChannelClosedByBroker
+
+from choreo.messaging.topology import Topology
+from config.settings import DOMAINS, Settings
+
+
+def connection_parameters(broker_url: str) -> pika.ConnectionParameters:
+    u = urlparse(broker_url)
+    vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
+    return pika.ConnectionParameters(
+        host=u.hostname or "127.0.0.1", port=u.port or 5672, virtual_host=vhost or "/",
+        credentials=pika.PlainCredentials(unquote(u.username or "guest"), unquote(u.password or "guest")),
+        connection_attempts=3, retry_delay=1, blocked_connection_timeout=30, heartbeat=60,
+    )
+
+
+@dataclass
+class DeadLetterView:
+    delivery_tag: int
+    event_id: str
+    type: str
+    order_id: str | None
+    reason: str
+    domain: str
+    attempts: Any
+    dead_lettered_at: str | None
+    headers: dict
+    body: str
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "delivery_tag"}
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, dict):
+        return {k: _text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value
+
+
+def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
+    headers = _text(props.headers or {})
+    order_id = None
+    try:
+        decoded = json.loads(body)
+        env = decoded[0][0] if isinstance(decoded, list) else None
+        order_id = env.get("order_id") if isinstance(env, dict) else None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        pass
+    reason = headers.get("x-choreo-reason")
+    if reason is None and headers.get("x-death"):
+        death = headers["x-death"][0]
+        reason = f"broker dead-lettered: {death.get('reason')} from {death.get('queue')}"
+    return DeadLetterView(
+        delivery_tag=method.delivery_tag,
+        event_id=str(headers.get("id") or props.message_id or ""),
+        type=str(headers.get("task") or "?"),
+        order_id=order_id or headers.get("choreo_order_id"),
+        reason=reason or "unknown",
+        domain=domain,
+        attempts=headers.get("x-choreo-attempts"),
+        dead_lettered_at=headers.get("x-choreo-dead-lettered-at"),
+        headers=headers,
+        body=body.decode(errors="replace"),
+    )
+
+
+class BrokerAdmin:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topology = Topology(settings)
+        self.conn = pika.BlockingConnection(connection_parameters(settings.broker_url))
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+    def __enter__(self) -> "BrokerAdmin":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def queue_stats(self) -> list[dict]:
+        """name, messages, consumers for every choreo queue (passive declares: creates nothing)."""
+        out = []
+        for q in self.topology.all_queues():
+            ch = self.conn.channel()
+            try:
+                ok = ch.queue_declare(q.name, passive=True)
+                out.append({"name": q.name, "messages": ok.method.message_count, "consumers": ok.method.consumer_count})
+                ch.close()
+            except ChannelClosedByBroker:
+                out.append({"name": q.name, "messages": None, "consumers": None})
+        return out
+
+    def peek(self, domain: str, limit: int = 50) -> list[DeadLetterView]:
+        """Read up to `limit` dead letters and put them all back (nothing is consumed)."""
+        _check(domain)
+        ch = self.conn.channel()
+        seen: list[DeadLetterView] = []
+        try:
+            for _ in range(limit):
+                method, props, body = ch.basic_get(self.topology.names.dlq(domain), auto_ack=False)
+                if method is None:
+                    break
+                seen.append(describe(method, props, body, domain))
+        finally:
+            if seen:
+                ch.basic_nack(delivery_tag=seen[-1].delivery_tag, multiple=True, requeue=True)
+            ch.close()
+        return seen
+
+    def replay(self, domain: str, event_id: str | None = None, limit: int = 1000) -> list[DeadLetterView]:
+        """Move dead letters (all, or one event id) back to the domain's queue, reset to attempt 0.
+
+        Publish (confirmed) before ack: a crash in between duplicates, never loses.
+        """
+        _check(domain)
+        names = self.topology.names
+        ch = self.conn.channel()
+        ch.confirm_delivery()
+        replayed: list[DeadLetterView] = []
+        keep: list[int] = []
+        try:
+            for _ in range(limit):
+                method, props, body = ch.basic_get(names.dlq(domain), auto_ack=False)
+                if method is None:
+                    break
+                view = describe(method, props, body, domain)
+                if event_id and view.event_id != event_id:
+                    keep.append(method.delivery_tag)
+                    continue
+                headers = {k: v for k, v in (props.headers or {}).items()
+                           if not k.startswith("x-choreo-") and k not in ("x-death", "x-first-death-exchange",
+                                                                          "x-first-death-queue", "x-first-death-reason",
+                                                                          "choreo_attempt", "choreo_last_error")}
+                headers["x-choreo-replayed"] = view.reason[:500]
+                new_props = pika.BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
+                                                 headers=headers, delivery_mode=2, correlation_id=props.correlation_id,
+                                                 message_id=props.message_id)
+                ch.basic_publish("", names.queue(domain), body, new_props, mandatory=True)
+                ch.basic_ack(method.delivery_tag)
+                replayed.append(view)
+        finally:
+            for tag in keep:
+                ch.basic_nack(delivery_tag=tag, requeue=True)
+            if ch.is_open:
+                ch.close()
+        return replayed
+
+    def publish_raw(self, routing_key: str, body: bytes, headers: dict | None = None, exchange: str | None = None,
+                    content_type: str = "application/json") -> None:
+        """Publish bytes as any client would (tests and the chaos injector use it for poison)."""
+        ch = self.conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(self.topology.names.events if exchange is None else exchange, routing_key, body,
+                         pika.BasicProperties(content_type=content_type, content_encoding="utf-8",
+                                              headers=headers or {}, delivery_mode=2))
+        ch.close()
+
+
+def _check(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")

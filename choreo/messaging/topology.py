@@ -1,0 +1,113 @@
+"""The broker topology, derived from the domains' subscription tables, declared idempotently.
+
+Per domain D (namespace N, default "choreo"):
+  N.D            quorum queue, bound to N.events for each message type D hears;
+                 rejects dead-letter to N.dlx (routing key D)
+  N.D.dlq        quorum queue bound to N.dlx with key D: messages D gave up on
+  N.D.retry.K    the retry ladder: a message waits here for the K-th retry's delay
+                 (queue TTL), then dead-letters back to N.D through the default exchange
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kombu import Connection, Exchange, Queue, binding
+
+from config.settings import DOMAINS, Settings
+from consumers.registry import SUBSCRIPTIONS
+
+
+@dataclass(frozen=True)
+class Names:
+    ns: str
+
+    @property
+    def events(self) -> str:
+        return f"{self.ns}.events"
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.ns}.dlx"
+
+    def queue(self, domain: str) -> str:
+        return f"{self.ns}.{domain}"
+
+    def dlq(self, domain: str) -> str:
+        return f"{self.ns}.{domain}.dlq"
+
+    def retry(self, domain: str, attempt: int) -> str:
+        return f"{self.ns}.{domain}.retry.{attempt}"
+
+
+def routing_keys(domain: str) -> list[str]:
+    return sorted(SUBSCRIPTIONS[domain])
+
+
+class Topology:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.events = Exchange(self.names.events, type="topic", durable=True)
+        self.dlx = Exchange(self.names.dlx, type="direct", durable=True)
+
+    def domain_queue(self, domain: str) -> Queue:
+        n = self.names
+        return Queue(
+            n.queue(domain),
+            exchange=self.events,
+            bindings=[binding(self.events, routing_key=rk) for rk in routing_keys(domain)],
+            durable=True,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": n.dlx,
+                "x-dead-letter-routing-key": domain,
+                "x-delivery-limit": self.settings.delivery_limit,
+            },
+        )
+
+    def dead_letter_queue(self, domain: str) -> Queue:
+        return Queue(self.names.dlq(domain), exchange=self.dlx, routing_key=domain, durable=True,
+                     queue_arguments={"x-queue-type": "quorum"})
+
+    def retry_queue(self, domain: str, attempt: int) -> Queue:
+        delay_ms = int(self.settings.retry_delay(attempt) * 1000)
+        return Queue(self.names.retry(domain, attempt), durable=True, no_declare=False,
+                     queue_arguments={
+                         "x-queue-type": "classic",
+                         "x-message-ttl": delay_ms,
+                         "x-dead-letter-exchange": "",
+                         "x-dead-letter-routing-key": self.names.queue(domain),
+                     })
+
+    def queues(self, domain: str) -> list[Queue]:
+        return [self.domain_queue(domain), self.dead_letter_queue(domain),
+                *(self.retry_queue(domain, k) for k in range(1, self.settings.retry_max_attempts + 1))]
+
+    def all_queues(self) -> list[Queue]:
+        return [q for d in DOMAINS for q in self.queues(d)]
+
+    def declare(self, connection: Connection | None = None) -> list[str]:
+        """Declare exchanges, queues and bindings; safe to run any number of times."""
+        own = connection is None
+        conn = connection or Connection(self.settings.broker_url)
+        try:
+            channel = conn.default_channel
+            self.events(channel).declare()
+            self.dlx(channel).declare()
+            declared = []
+            for q in self.all_queues():
+                q(channel).declare()
+                declared.append(q.name)
+            return declared
+        finally:
+            if own:
+                conn.release()
+
+    def expected_bindings(self) -> set[tuple[str, str, str]]:
+        """(exchange, routing key, queue) triples, to compare with `rabbitmqctl list_bindings`."""
+        n = self.names
+        out = set()
+        for d in DOMAINS:
+            out |= {(n.events, rk, n.queue(d)) for rk in routing_keys(d)}
+            out.add((n.dlx, d, n.dlq(d)))
+        return out

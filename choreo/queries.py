@@ -1,0 +1,123 @@
+"""Read side for operators: an order and its timeline across services, the system summary.
+
+Reads the order read model (never the write side) and each service's own tables; Flower's
+in-memory history is not a source (flower#415).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlmodel import Session, func, select
+
+from choreo.db import create_tables, engine_for
+from choreo.users import seed_customers
+from config.catalog import INITIAL_STOCK
+from config.settings import DOMAINS, SERVICES, Settings
+from models.tables import (Charge, DeadLetter, Inbox, Notification, OrderEvent, OrderView, Outbox, Refund,
+                           Reservation, Shipment, Stock)
+
+TERMINAL = ("COMPLETED", "CANCELLED", "NEEDS_ATTENTION")
+
+
+def prepare(settings: Settings, services=SERVICES) -> None:
+    """Create each service's tables and seed reference data; idempotent."""
+    for service in services:
+        engine = create_tables(settings, service)
+        if service == "inventory":
+            with Session(engine) as s:
+                for sku, qty in INITIAL_STOCK.items():
+                    if s.get(Stock, sku) is None:
+                        s.add(Stock(sku=sku, initial=qty, available=qty, reserved=0))
+                s.commit()
+        if service == "user":
+            seed_customers(engine)
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
+    eng = {s: engine_for(settings, s) for s in SERVICES}
+    with Session(eng["order"]) as s:
+        view = s.get(OrderView, order_id)
+        if view is None:
+            return None
+        events = s.exec(select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.version)).all()
+    timeline: list[dict] = [{"at": _iso(e.recorded_at), "service": "order", "what": f"recorded {e.type}",
+                             "detail": e.data.get("reason")} for e in events]
+    for domain in DOMAINS:
+        with Session(eng[domain]) as s:
+            for r in s.exec(select(Inbox).where(Inbox.order_id == order_id)):
+                timeline.append({"at": _iso(r.processed_at), "service": domain, "what": f"handled {r.type}",
+                                 "detail": r.event_id})
+            for r in s.exec(select(Outbox).where(Outbox.order_id == order_id)):
+                timeline.append({"at": _iso(r.created_at), "service": domain, "what": f"emitted {r.type}",
+                                 "detail": "sent" if r.sent_at else "UNSENT"})
+            for r in s.exec(select(DeadLetter).where(DeadLetter.order_id == order_id)):
+                timeline.append({"at": _iso(r.dead_lettered_at), "service": domain, "what": f"dead-lettered {r.type}",
+                                 "detail": r.reason})
+    timeline.sort(key=lambda t: t["at"] or "")
+    with Session(eng["payment"]) as s:
+        charge, refund = s.get(Charge, order_id), s.get(Refund, order_id)
+    with Session(eng["inventory"]) as s:
+        reservation = s.get(Reservation, order_id)
+    with Session(eng["shipment"]) as s:
+        shipment = s.get(Shipment, order_id)
+    with Session(eng["notification"]) as s:
+        notes = s.exec(select(Notification).where(Notification.order_id == order_id)).all()
+    return {
+        "order_id": order_id,
+        "state": view.state,
+        "reason": view.reason,
+        "customer_id": view.customer_id,
+        "amount_cents": view.amount_cents,
+        "items": view.items,
+        "address": view.address,
+        "card_token": view.card_token,
+        "version": view.version,
+        "placed_at": _iso(view.placed_at),
+        "ended_at": _iso(view.ended_at),
+        "payment": {
+            "charge": {"charge_id": charge.charge_id, "amount_cents": charge.amount_cents} if charge else None,
+            "refund": {"refund_id": refund.refund_id, "amount_cents": refund.amount_cents, "reason": refund.reason}
+            if refund else None,
+        },
+        "stock": {"reservation_id": reservation.reservation_id, "status": reservation.status, "items": reservation.items}
+        if reservation else None,
+        "shipment": {"status": shipment.status, "shipment_id": shipment.shipment_id,
+                     "tracking_code": shipment.tracking_code, "reason": shipment.reason} if shipment else None,
+        "notifications": [{"kind": n.kind, "email": n.email, "sent_at": _iso(n.sent_at)} for n in notes],
+        "timeline": timeline,
+    }
+
+
+def order_states(settings: Settings, order_ids: list[str] | None = None) -> dict[str, tuple[str, str | None]]:
+    with Session(engine_for(settings, "order")) as s:
+        q = select(OrderView.order_id, OrderView.state, OrderView.reason)
+        if order_ids is not None:
+            found: dict[str, tuple[str, str | None]] = {}
+            for i in range(0, len(order_ids), 500):
+                chunk = order_ids[i:i + 500]
+                found.update({o: (st, r) for o, st, r in s.exec(q.where(OrderView.order_id.in_(chunk)))})
+            return found
+        return {o: (st, r) for o, st, r in s.exec(q)}
+
+
+def summary(settings: Settings) -> dict[str, Any]:
+    with Session(engine_for(settings, "order")) as s:
+        rows = s.exec(select(OrderView.state, OrderView.reason, func.count()).group_by(OrderView.state, OrderView.reason)).all()
+    by_state: Counter = Counter()
+    by_reason = []
+    for state, reason, n in rows:
+        by_state[state] += n
+        by_reason.append({"state": state, "reason": reason, "count": n})
+    unsent, dead = {}, {}
+    for domain in DOMAINS:
+        with Session(engine_for(settings, domain)) as s:
+            unsent[domain] = s.exec(select(func.count()).select_from(Outbox).where(Outbox.sent_at.is_(None))).one()
+            dead[domain] = s.exec(select(func.count()).select_from(DeadLetter)).one()
+    return {"orders": {"total": sum(by_state.values()), "by_state": dict(by_state),
+                       "by_state_reason": sorted(by_reason, key=lambda r: (r["state"], r["reason"] or ""))},
+            "outbox_unsent": unsent, "dead_letter_records": dead}

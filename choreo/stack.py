@@ -1,0 +1,133 @@
+"""Starting and stopping choreo's processes by pid file: one code path for the CLI, tests and chaos."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.settings import DOMAINS, Settings
+
+MARK = "choreo.cli"
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+
+
+def process_names() -> list[str]:
+    return ["users", *(f"worker-{d}" for d in DOMAINS), "flower"]
+
+
+def argv_for(name: str) -> list[str]:
+    base = [sys.executable, "-m", MARK]
+    if name.startswith("worker-"):
+        return [*base, "worker", name.removeprefix("worker-")]
+    return [*base, name]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(") ")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of pid (Celery's pool processes for a worker)."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            out.extend(int(x) for x in text)
+    except OSError:
+        pass
+    return out
+
+
+class Stack:
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = {**os.environ, **(env or {})}
+        self.run_dir = Path(settings.run_dir)
+        self.log_dir = self.run_dir / "logs"
+
+    def pidfile(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def logfile(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def pid(self, name: str) -> int | None:
+        """The recorded pid, only if that process is alive and is ours (no stale-pid accidents)."""
+        try:
+            pid = int(self.pidfile(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if alive(pid) and MARK in _cmdline(pid):
+            return pid
+        return None
+
+    def start(self, name: str) -> int:
+        existing = self.pid(name)
+        if existing:
+            return existing
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.logfile(name), "ab")
+        proc = subprocess.Popen(argv_for(name), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=self.env, start_new_session=True)
+        log.close()
+        self.pidfile(name).write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, name: str, timeout: float = 15.0) -> bool:
+        pid = self.pid(name)
+        if pid is None:
+            self.pidfile(name).unlink(missing_ok=True)
+            return False
+        kids = children(pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.1)
+        for p in [pid, *kids]:
+            if alive(p) and MARK in _cmdline(p) or (p in kids and alive(p)):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+        self.pidfile(name).unlink(missing_ok=True)
+        return True
+
+    def kill(self, name: str, children_too: bool = True) -> list[int]:
+        """SIGKILL a process of ours (and its pool children): the chaos harness's hammer."""
+        pid = self.pid(name)
+        if pid is None:
+            return []
+        victims = [pid, *(children(pid) if children_too else [])]
+        for p in victims:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        return victims
+
+    def running(self) -> dict[str, int | None]:
+        return {name: self.pid(name) for name in process_names()}

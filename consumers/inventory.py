@@ -1,0 +1,63 @@
+"""Inventory service handlers: reserve on payment.completed; release (compensation) on shipment.failed."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import update
+
+from choreo.domain.inventory import merged
+from consumers.base import Subscription
+from models.envelope import Envelope
+from models.tables import Reservation, Stock, StockDecision, utcnow
+
+
+def on_payment_completed(msg: Envelope, uow, deps) -> None:
+    s = uow.session
+    if s.get(Reservation, msg.order_id) or s.get(StockDecision, msg.order_id):
+        return
+    p = msg.parsed()
+    wanted = merged([i.model_dump() for i in p.order.items])
+    missing: list[str] = []
+    nested = s.begin_nested()
+    for sku, qty in sorted(wanted.items()):
+        # Conditional update: the database, not a read-then-write, keeps stock >= 0.
+        res = s.execute(update(Stock).where(Stock.sku == sku, Stock.available >= qty)
+                        .values(available=Stock.available - qty, reserved=Stock.reserved + qty))
+        if res.rowcount != 1:
+            missing.append(sku)
+    if missing:
+        nested.rollback()
+        s.add(StockDecision(order_id=msg.order_id, outcome="out_of_stock"))
+        uow.emit("inventory.failed", {"reason": "out_of_stock", "skus": missing})
+        return
+    nested.commit()
+    reservation_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"reservation:{msg.order_id}"))
+    s.add(Reservation(order_id=msg.order_id, reservation_id=reservation_id,
+                      items=[{"sku": k, "qty": v} for k, v in sorted(wanted.items())], status="reserved"))
+    s.add(StockDecision(order_id=msg.order_id, outcome="reserved"))
+    uow.emit("inventory.reserved", {"reservation_id": reservation_id, "order": p.order.model_dump()})
+
+
+def on_shipment_failed(msg: Envelope, uow, deps) -> None:
+    """Compensation: put reserved stock back, once."""
+    s = uow.session
+    r = s.get(Reservation, msg.order_id)
+    if r is None or r.status != "reserved":
+        if s.get(StockDecision, msg.order_id) is None:
+            # Out of order: the failure overtook the reservation; remember it, so a late
+            # payment.completed cannot reserve stock for an order that already failed.
+            s.add(StockDecision(order_id=msg.order_id, outcome="released"))
+        return
+    for item in r.items:
+        s.execute(update(Stock).where(Stock.sku == item["sku"])
+                  .values(available=Stock.available + item["qty"], reserved=Stock.reserved - item["qty"]))
+    r.status, r.released_at = "released", utcnow()
+    s.add(r)
+    uow.emit("inventory.released", {"reservation_id": r.reservation_id,
+                                    "items": [{"sku": i["sku"], "qty": i["qty"], "unit_price_cents": 0} for i in r.items]})
+
+
+SUBSCRIPTIONS = {
+    "payment.completed": Subscription(on_payment_completed),
+    "shipment.failed": Subscription(on_shipment_failed, compensation=True),
+}

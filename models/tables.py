@@ -1,0 +1,211 @@
+"""Database tables of every service. Each service creates only its own in its own database."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ts(**kw) -> Column:
+    return Column(DateTime(timezone=True), **kw)
+
+
+# --- in every service's database -----------------------------------------------------
+
+class Outbox(SQLModel, table=True):
+    """Events to publish, written in the same transaction as the state that caused them."""
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=64)
+    type: str = Field(max_length=64)
+    order_id: str = Field(max_length=64, index=True)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class Inbox(SQLModel, table=True):
+    """Messages this service has applied: the unique key that makes redelivery harmless."""
+    __tablename__ = "inbox"
+    consumer: str = Field(primary_key=True, max_length=32)
+    event_id: str = Field(primary_key=True, max_length=64)
+    type: str = Field(max_length=64)
+    order_id: str = Field(max_length=64, index=True)
+    processed_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class DeadLetter(SQLModel, table=True):
+    """A message this service gave up on: the operator's record of a critical alert."""
+    __tablename__ = "dead_letters"
+    event_id: str = Field(primary_key=True, max_length=64)
+    type: str = Field(max_length=64)
+    order_id: str | None = Field(default=None, max_length=64, index=True)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    attempts: int = 0
+    compensation: bool = False
+    dead_lettered_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+# --- order ----------------------------------------------------------------------------
+
+class OrderEvent(SQLModel, table=True):
+    """The order event store: append-only; (order_id, version) unique = optimistic locking."""
+    __tablename__ = "order_events"
+    __table_args__ = (UniqueConstraint("order_id", "version", name="uq_order_version"),)
+    position: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(max_length=64, index=True)
+    version: int
+    type: str = Field(max_length=64)
+    schema_version: int = 1
+    data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    cause_event_id: str | None = Field(default=None, max_length=64)
+    recorded_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class OrderView(SQLModel, table=True):
+    """Read model: one row per order, a projection of order_events."""
+    __tablename__ = "order_view"
+    order_id: str = Field(primary_key=True, max_length=64)
+    state: str = Field(max_length=32, index=True)
+    reason: str | None = Field(default=None, max_length=64)
+    customer_id: str = Field(max_length=64)
+    amount_cents: int = 0
+    card_token: str = ""
+    address: str = ""
+    items: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    charged_cents: int = 0
+    refunded_cents: int = 0
+    version: int = 0
+    last_position: int = 0
+    placed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    paid_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    reserved_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    shipped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+# --- payment --------------------------------------------------------------------------
+
+class Charge(SQLModel, table=True):
+    __tablename__ = "charges"
+    order_id: str = Field(primary_key=True, max_length=64)
+    charge_id: str = Field(max_length=64)
+    amount_cents: int
+    card_token: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refunds"
+    order_id: str = Field(primary_key=True, max_length=64)
+    refund_id: str | None = Field(default=None, max_length=64)
+    amount_cents: int
+    reason: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class PaymentDecision(SQLModel, table=True):
+    """A declined charge is a decision too: recorded so a redelivery does not ask again."""
+    __tablename__ = "payment_decisions"
+    order_id: str = Field(primary_key=True, max_length=64)
+    outcome: str = Field(max_length=32)
+    reason: str | None = Field(default=None, max_length=64)
+
+
+class GatewayLedger(SQLModel, table=True):
+    """The sandbox gateway's own books (an external system: it commits on its own).
+
+    Like a real provider, it honours idempotency keys: the same key never moves money twice.
+    """
+    __tablename__ = "gateway_ledger"
+    idempotency_key: str = Field(primary_key=True, max_length=96)
+    kind: str = Field(max_length=16)
+    order_id: str = Field(max_length=64, index=True)
+    amount_cents: int
+    reference: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class GatewayAttempt(SQLModel, table=True):
+    __tablename__ = "gateway_attempts"
+    idempotency_key: str = Field(primary_key=True, max_length=96)
+    attempts: int = 0
+
+
+# --- inventory ------------------------------------------------------------------------
+
+class Stock(SQLModel, table=True):
+    __tablename__ = "stock"
+    sku: str = Field(primary_key=True, max_length=64)
+    initial: int
+    available: int
+    reserved: int = 0
+
+
+class Reservation(SQLModel, table=True):
+    __tablename__ = "reservations"
+    order_id: str = Field(primary_key=True, max_length=64)
+    reservation_id: str = Field(max_length=64)
+    items: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(max_length=16)  # reserved | released
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    released_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class StockDecision(SQLModel, table=True):
+    """Out-of-stock is remembered, so a late or duplicate request cannot reserve after it."""
+    __tablename__ = "stock_decisions"
+    order_id: str = Field(primary_key=True, max_length=64)
+    outcome: str = Field(max_length=32)
+
+
+# --- shipment -------------------------------------------------------------------------
+
+class Shipment(SQLModel, table=True):
+    __tablename__ = "shipments"
+    order_id: str = Field(primary_key=True, max_length=64)
+    shipment_id: str | None = Field(default=None, max_length=64)
+    tracking_code: str | None = Field(default=None, max_length=64)
+    status: str = Field(max_length=16)  # created | failed
+    reason: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+# --- notification ---------------------------------------------------------------------
+
+class Notification(SQLModel, table=True):
+    __tablename__ = "notifications"
+    order_id: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=32)
+    customer_id: str = Field(max_length=64)
+    email: str | None = Field(default=None, max_length=128)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    sent_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+# --- user -----------------------------------------------------------------------------
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    email: str = Field(max_length=128)
+
+
+COMMON = [Outbox, Inbox, DeadLetter]
+TABLES: dict[str, list[type[SQLModel]]] = {
+    "order": [*COMMON, OrderEvent, OrderView],
+    "payment": [*COMMON, Charge, Refund, PaymentDecision],
+    "gateway": [GatewayLedger, GatewayAttempt],
+    "inventory": [*COMMON, Stock, Reservation, StockDecision],
+    "shipment": [*COMMON, Shipment],
+    "notification": [*COMMON, Notification],
+    "user": [Customer],
+}

@@ -1,0 +1,56 @@
+"""One Celery app per domain (its own queue, its own tasks), plus a client app for publishers."""
+from __future__ import annotations
+
+from celery import Celery
+
+from choreo.messaging.topology import Topology
+from config.settings import DOMAINS, Settings, get_settings
+
+
+def make_app(name: str, settings: Settings | None = None) -> Celery:
+    """`name` is a domain (a worker app with its tasks) or any other word (a client app)."""
+    settings = settings or get_settings()
+    topo = Topology(settings)
+    app = Celery(f"choreo.{name}", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,  # nobody reads results: outcomes live in each service's database
+        task_store_errors_even_if_ignored=False,
+        # Late acks: a message is acked only after its effect is committed and its events
+        # are published. A worker killed mid-task leaves it to be redelivered (duplicates are
+        # certain, see celery#1628: every handler is idempotent).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        # Quorum queues have no global QoS (kombu#2469).
+        worker_detect_quorum_queues=True,
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_heartbeat=30,
+        task_default_delivery_mode="persistent",
+        task_create_missing_queues=False,
+        task_queues=[topo.domain_queue(name)] if name in DOMAINS else [],
+        task_default_queue=topo.names.queue(name) if name in DOMAINS else f"{settings.namespace}.unrouted",
+        task_default_exchange=topo.names.events,
+        task_default_exchange_type="topic",
+        # Flower: task events from every worker, and "sent" events from publishers.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        event_queue_expires=60,
+        event_queue_ttl=10,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_enable_remote_control=True,
+    )
+    if name in DOMAINS:
+        from tasks.adapter import register_domain
+        from tasks.worker import install
+
+        register_domain(app, name)
+        install(app, name)
+    return app

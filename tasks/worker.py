@@ -1,0 +1,126 @@
+"""Worker customisations: dead-letter what Celery itself cannot read, and the outbox relay."""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+
+from celery import Celery, bootsteps
+from celery.signals import setup_logging, worker_process_init
+from celery.worker.consumer.consumer import Consumer
+
+from choreo import logs
+from choreo.db import dispose_all, engine_for, mark_sent, unsent_outbox
+from choreo.messaging.publisher import Publisher
+from choreo.messaging.topology import Names
+from config.settings import get_settings
+
+log = logging.getLogger("choreo.worker")
+_DOMAIN: dict[str, str] = {}
+
+
+class ChoreoConsumer(Consumer):
+    """Celery's consumer, with poison input dead-lettered (with its reason) instead of dropped.
+
+    Celery acks a message it cannot decode (celery#4797: no native DLQ); here it goes to the
+    domain's DLQ with the reason in its headers. Also without the DelayedDelivery step: choreo
+    never uses ETA/countdown (celery#6760), so the 28 celery_delayed_* queues are not declared.
+    """
+
+    class Blueprint(Consumer.Blueprint):
+        default_steps = [s for s in Consumer.Blueprint.default_steps if "delayed_delivery" not in s]
+
+    def _dead_letter_raw(self, message, reason: str) -> None:
+        settings = get_settings()
+        domain = _DOMAIN.get(self.app.main, "unknown")
+        names = Names(settings.namespace)
+        headers = dict(message.headers or {})
+        headers.update({"x-choreo-reason": reason[:2000], "x-choreo-domain": domain, "x-choreo-attempts": 1,
+                        "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
+                        "x-choreo-compensation": False})
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(message.body, exchange=names.dlx, routing_key=domain, headers=headers,
+                                 content_type=message.content_type or "application/octet-stream",
+                                 content_encoding=message.content_encoding or "binary",
+                                 delivery_mode=2, retry=True, retry_policy={"max_retries": 3})
+            message.ack()
+        except Exception as exc:  # the queue's own DLX still catches it, without our reason
+            log.error("could not publish to DLQ (%r); rejecting to the queue's DLX", exc)
+            message.reject(requeue=False)
+        log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
+
+    def on_decode_error(self, message, exc):
+        self._dead_letter_raw(message, f"poison: body is not valid {message.content_type or 'content'}: {exc}")
+
+    def on_unknown_message(self, body, message):
+        self._dead_letter_raw(message, "poison: not a choreo message (no task header)")
+
+    def on_unknown_task(self, body, message, exc):
+        name = (message.headers or {}).get("task")
+        self._dead_letter_raw(message, f"poison: unknown message type {name!r} for this domain")
+
+    def on_invalid_task(self, body, message, exc):
+        self._dead_letter_raw(message, f"poison: invalid task message: {exc}")
+
+
+class OutboxRelay(bootsteps.StartStopStep):
+    """Publishes outbox rows a crashed task committed but never published (guarantee 6).
+
+    Runs as a thread in the worker's main process; tasks publish their own rows right after
+    commit, so the relay only sees rows older than `outbox_relay_after` seconds.
+    """
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, worker):
+        self.domain = _DOMAIN[worker.app.main]
+        self.thread = threading.Thread(target=self.loop, args=(worker.app,), name="outbox-relay", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker):
+        self.stop_event.set()
+        if self.thread:
+            self.thread.join(timeout=5)
+
+    def loop(self, app: Celery) -> None:
+        settings = get_settings()
+        publisher = Publisher(app, Names(settings.namespace))
+        while not self.stop_event.wait(settings.outbox_relay_interval):
+            try:
+                self.sweep(settings, publisher)
+            except Exception as exc:  # broker or database away: try again next tick
+                log.warning("outbox relay sweep failed, will retry: %r", exc)
+
+    def sweep(self, settings, publisher: Publisher) -> int:
+        engine = engine_for(settings, self.domain)
+        rows = unsent_outbox(engine, settings.outbox_relay_after)
+        for row_id, env in rows:
+            publisher.publish(env)
+            mark_sent(engine, [row_id])
+        if rows:
+            log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})
+        return len(rows)
+
+
+def install(app: Celery, domain: str) -> None:
+    _DOMAIN[app.main] = domain
+    app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
+    app.steps["worker"].add(OutboxRelay)
+
+
+@setup_logging.connect
+def _setup_logging(loglevel=None, **_):
+    settings = get_settings()
+    logs.configure(f"worker:{next(iter(_DOMAIN.values()), 'celery')}", settings.log_level, settings.log_json)
+
+
+@worker_process_init.connect
+def _after_fork(**_):
+    # Pool children must not share the parent's database connections.
+    dispose_all()
