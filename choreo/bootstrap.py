@@ -14,6 +14,7 @@ from choreo.db import engine_for
 from choreo.gateway import SandboxGateway
 from choreo.idempotency import Idempotency
 from choreo.messaging.publisher import Publisher
+from choreo.metrics import Metrics
 from choreo.messaging.topology import Topology
 from choreo.users import UsersClient
 from config.settings import Settings, get_settings
@@ -49,6 +50,7 @@ class Runtime:
     publisher: Publisher
     idempotency: Idempotency
     deps: Deps
+    metrics: Metrics
     pid: int = field(default_factory=os.getpid)
 
 
@@ -68,6 +70,6 @@ def runtime(domain: str, app: Celery, settings: Settings | None = None) -> Runti
             rt = Runtime(settings=settings, domain=domain, app=app, engine=engine_for(settings, domain),
                          topology=topo, publisher=Publisher(app, topo.names),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
-                         deps=Deps(settings, r))
+                         deps=Deps(settings, r), metrics=Metrics(r, settings.redis_prefix))
             _runtimes[key] = rt
         return rt

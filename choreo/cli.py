@@ -321,6 +321,13 @@ def _print_status(settings, as_json: bool) -> dict:
         data["broker_error"] = repr(exc)
     data["dlq"] = {q["name"].split(".")[-2]: q["messages"] for q in data["queues"] if q["name"].endswith(".dlq")}
     data["processes"] = Stack(settings).running()
+    try:
+        from choreo.bootstrap import redis_client
+        from choreo.metrics import Metrics
+        data["metrics"] = Metrics(redis_client(settings), settings.redis_prefix).snapshot()
+    except Exception as exc:
+        data["metrics"] = {}
+        data["redis_error"] = repr(exc)
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return data
@@ -340,6 +347,9 @@ def _print_status(settings, as_json: bool) -> dict:
     console.print(q)
     if data.get("broker_error"):
         err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
+    if data["metrics"]:
+        console.print("counters: " + "; ".join(f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
+                                               for name, per in data["metrics"].items() if per))
     procs = ", ".join(f"{n}={'pid ' + str(p) if p else 'down'}" for n, p in data["processes"].items())
     console.print(f"processes: {procs}")
     return data

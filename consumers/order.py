@@ -61,7 +61,7 @@ def apply_view(view: OrderView, order: domain.Order, now) -> None:
     view.card_token = order.card_token
     view.address = order.address
     view.items = [dict(i) for i in order.items]
-    view.charged_cents = order.charged_cents
+    view.charged_cents = order.charged_cents or 0
     view.refunded_cents = order.refunded_cents or 0
     view.version = order.version
     view.updated_at = now

@@ -68,6 +68,7 @@ def handle(task, domain: str, type_: str, sub: Subscription, args: tuple, kwargs
                     trace_id=envelope.trace_id, attempt=attempt):
         if rt.idempotency.seen(domain, envelope.event_id):
             log.info("duplicate absorbed (redis)")
+            rt.metrics.incr("duplicates", domain)
             return {"outcome": "duplicate", "by": "redis"}
         try:
             return process(rt, sub, envelope)
@@ -88,6 +89,7 @@ def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
                 if uow.already_processed(domain, envelope.event_id):
                     rt.idempotency.remember(domain, envelope.event_id)
                     log.info("duplicate absorbed (inbox)")
+                    rt.metrics.incr("duplicates", domain)
                     return {"outcome": "duplicate", "by": "inbox"}
                 sub.handler(envelope, uow, rt.deps)
                 uow.mark_processed(domain, envelope)
@@ -103,6 +105,7 @@ def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
     publish_committed(rt, rows)
     rt.idempotency.remember(domain, envelope.event_id)
     emitted = [e.type for _, e in rows]
+    rt.metrics.incr("processed", domain)
     log.info("processed", extra={"emitted": ",".join(emitted)})
     return {"outcome": "processed", "emitted": emitted}
 
@@ -125,6 +128,7 @@ def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception
     except Exception as pub_exc:
         log.error("could not schedule retry; requeueing: %r", pub_exc)
         raise Reject(f"retry publish failed: {pub_exc!r}", requeue=True) from None
+    rt.metrics.incr("retries", rt.domain)
     log.warning("transient failure, retry %d/%d in %.2fs via %s: %r", n, rt.settings.retry_max_attempts, delay, queue, exc)
     raise Retry(f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via {queue}", exc=exc, when=delay)
 
@@ -160,6 +164,7 @@ def dead_letter(rt: Runtime, task, args, kwargs, reason: str, attempt: int,
     except Exception as pub_exc:
         log.error("could not dead-letter; requeueing: %r", pub_exc)
         raise Reject(f"dead-letter publish failed: {pub_exc!r}", requeue=True) from None
+    rt.metrics.incr("dead_lettered", rt.domain)
     level = logging.CRITICAL if compensation else logging.ERROR
     log.log(level, "dead-lettered to %s: %s", names.dlq(rt.domain), reason,
             extra={"alert": "compensation_failed" if compensation else "dead_letter"})

@@ -104,6 +104,9 @@ class OutboxRelay(bootsteps.StartStopStep):
             publisher.publish(env)
             mark_sent(engine, [row_id])
         if rows:
+            from choreo.bootstrap import redis_client
+            from choreo.metrics import Metrics
+            Metrics(redis_client(settings), settings.redis_prefix).incr("relayed", self.domain, len(rows))
             log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})
         return len(rows)
 

@@ -67,7 +67,7 @@ class Order:
     address: str = ""
     card_token: str = ""
     amount_cents: int = 0
-    charged_cents: int = 0
+    charged_cents: int | None = None
     declined: str | None = None
     reserved: bool = False
     stock_failed: str | None = None
@@ -93,7 +93,7 @@ class Order:
             return "CANCELLING"
         if self.reserved:
             return "RESERVED"
-        if self.charged_cents:
+        if self.charged_cents is not None:
             return "PAID"
         return "PLACED"
 
@@ -193,7 +193,7 @@ def record(order: Order, fact: DomainEvent) -> list[DomainEvent]:
 
 def _already_known(order: Order, fact: DomainEvent) -> bool:
     t = fact.type
-    return ((t == "PaymentCaptured" and order.charged_cents > 0)
+    return ((t == "PaymentCaptured" and order.charged_cents is not None)
             or (t == "PaymentDeclined" and order.declined is not None)
             or (t == "StockReserved" and order.reserved)
             or (t == "StockUnavailable" and order.stock_failed is not None)

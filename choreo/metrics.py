@@ -1,0 +1,31 @@
+"""Counters shared by every process of every domain, kept in Redis (duplicates absorbed, retries...).
+
+Losing them (a Redis restart) loses figures, never correctness: nothing decides on them.
+"""
+from __future__ import annotations
+
+import logging
+
+import redis
+
+log = logging.getLogger("choreo.metrics")
+NAMES = ("processed", "duplicates", "retries", "dead_lettered", "relayed")
+
+
+class Metrics:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def incr(self, name: str, domain: str, by: int = 1) -> None:
+        try:
+            self.client.hincrby(f"{self.prefix}:metrics:{name}", domain, by)
+        except redis.RedisError as exc:
+            log.debug("metrics unavailable: %s", exc)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for name in NAMES:
+            raw = self.client.hgetall(f"{self.prefix}:metrics:{name}")
+            out[name] = {k.decode(): int(v) for k, v in raw.items()}
+        return out

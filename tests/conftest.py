@@ -1,0 +1,93 @@
+"""Test isolation: each run gets its own RabbitMQ vhost, Redis key prefix, data and run folders.
+
+Set before anything reads settings, so workers the tests start (by the same code path as
+`choreo up`) and the test process itself agree on where everything lives.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+
+import pytest
+
+RUN_ID = uuid.uuid4().hex[:10]
+VHOST = f"choreo-test-{RUN_ID}"
+WORKDIR = tempfile.mkdtemp(prefix=f"choreo-test-{RUN_ID}-")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TEST_ENV = {
+    "CHOREO_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
+    "CHOREO_REDIS_URL": os.environ.get("CHOREO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "CHOREO_REDIS_PREFIX": f"choreo-test-{RUN_ID}",
+    "CHOREO_DATA_DIR": os.path.join(WORKDIR, "data"),
+    "CHOREO_RUN_DIR": os.path.join(WORKDIR, "run"),
+    "CHOREO_USER_SERVICE_PORT": str(_free_port()),
+    "CHOREO_FLOWER_PORT": str(_free_port()),
+    # Short ladder so retry paths finish in seconds (same code, smaller numbers).
+    "CHOREO_RETRY_INITIAL_DELAY": "0.2",
+    "CHOREO_RETRY_MAX_DELAY": "1.0",
+    "CHOREO_OUTBOX_RELAY_AFTER": "1.0",
+    "CHOREO_LOG_LEVEL": "INFO",
+}
+os.environ.update(TEST_ENV)
+if os.environ.get("CHOREO_TEST_DATABASE_SERVER"):
+    os.environ["CHOREO_DATABASE_SERVER"] = os.environ["CHOREO_TEST_DATABASE_SERVER"]
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> str:
+    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def isolated_broker():
+    """The run's own vhost; deleted afterwards with everything in it."""
+    from config.settings import get_settings
+
+    get_settings.cache_clear()
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    yield VHOST
+    rabbitmqctl("delete_vhost", VHOST, check=False)
+
+
+@pytest.fixture(scope="session")
+def isolated_redis():
+    import redis
+
+    client = redis.Redis.from_url(TEST_ENV["CHOREO_REDIS_URL"])
+    yield client
+    for key in client.scan_iter(f"{TEST_ENV['CHOREO_REDIS_PREFIX']}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cleanup_workdir():
+    yield
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(isolated_broker, isolated_redis):
+    from choreo.messaging.topology import Topology
+    from choreo.queries import prepare
+    from config.settings import get_settings
+
+    s = get_settings()
+    assert VHOST in s.broker_url
+    prepare(s)
+    Topology(s).declare()
+    return s

@@ -1,0 +1,48 @@
+"""Shared test helpers: start the stack by the CLI's code path, wait for outcomes with deadlines."""
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.2, what: str = "condition") -> T:
+    """Poll until predicate() is truthy; fail with `what` after the deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+
+
+def settled(settings, order_ids: list[str], timeout: float = 90.0) -> dict:
+    from choreo.queries import TERMINAL, order_states
+
+    def done():
+        states = order_states(settings, order_ids)
+        return states if len(states) == len(order_ids) and all(s in TERMINAL for s, _ in states.values()) else None
+
+    return wait_for(done, timeout, what=f"{len(order_ids)} orders to settle")
+
+
+def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None:
+    """Wait until every domain queue and retry rung has been empty for `quiet_for` seconds."""
+    from choreo.messaging.admin import BrokerAdmin
+
+    with BrokerAdmin(settings) as admin:
+        quiet_since = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [q for q in admin.queue_stats() if not q["name"].endswith(".dlq") and q["messages"]]
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_for:
+                return
+            time.sleep(0.1)
+    raise AssertionError("queues did not go idle")

@@ -1,0 +1,154 @@
+"""Payment, inventory, shipment and notification rules: pure functions, no I/O."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from choreo.domain import inventory, notification, payment, shipment
+from choreo.domain.payment import Declined, TransientError
+from config.catalog import ADDRESS_OK, ADDRESS_UNDELIVERABLE
+
+# --- payment -----------------------------------------------------------------------------
+
+
+def test_a_good_card_charges_on_the_first_attempt():
+    assert payment.sandbox_charge_rule("tok_visa", 0) is None
+
+
+def test_the_declined_card_raises_declined_with_code_and_reason():
+    with pytest.raises(Declined) as info:
+        payment.sandbox_charge_rule("tok_declined", 0)
+    assert info.value.code == "card_declined"
+    assert info.value.reason == "payment_declined"
+
+
+def test_the_declined_card_is_declined_on_every_attempt_not_retried():
+    for attempt in range(5):
+        with pytest.raises(Declined):
+            payment.sandbox_charge_rule("tok_declined", attempt)
+
+
+@pytest.mark.parametrize("attempts_before", [0, 1])
+def test_flaky_2_fails_transiently_on_its_first_two_attempts(attempts_before):
+    with pytest.raises(TransientError, match="tok_flaky_2"):
+        payment.sandbox_charge_rule("tok_flaky_2", attempts_before)
+
+
+@pytest.mark.parametrize("attempts_before", [2, 3, 10])
+def test_flaky_2_charges_from_the_third_attempt_on(attempts_before):
+    assert payment.sandbox_charge_rule("tok_flaky_2", attempts_before) is None
+
+
+def test_a_declined_error_is_not_a_transient_error():
+    assert not issubclass(Declined, TransientError)
+    assert not issubclass(TransientError, Declined)
+
+
+def test_the_refund_fails_card_charges_normally():
+    assert payment.sandbox_charge_rule("tok_refund_fails", 0) is None
+
+
+def test_the_refund_fails_card_fails_every_refund_transiently():
+    with pytest.raises(TransientError, match="refund"):
+        payment.sandbox_refund_rule("tok_refund_fails")
+
+
+@pytest.mark.parametrize("card", ["tok_visa", "tok_flaky_2", "tok_declined"])
+def test_other_cards_refund_fine(card):
+    assert payment.sandbox_refund_rule(card) is None
+
+
+@pytest.mark.parametrize(("charged", "refund"), [(5048, 5048), (0, 0), (None, 0)])
+def test_refund_amount_is_exactly_what_was_charged(charged, refund):
+    assert payment.refund_amount(charged) == refund
+
+
+# --- inventory ------------------------------------------------------------------------------
+
+STOCK = {"SKU-RED": 5, "SKU-BLUE": 1, "SKU-SOLDOUT": 0}
+
+
+def test_nothing_is_missing_when_stock_covers_every_item():
+    assert inventory.missing_skus(STOCK, [{"sku": "SKU-RED", "qty": 5}, {"sku": "SKU-BLUE", "qty": 1}]) == []
+
+
+def test_a_sold_out_sku_is_missing():
+    assert inventory.missing_skus(STOCK, [{"sku": "SKU-RED", "qty": 1}, {"sku": "SKU-SOLDOUT", "qty": 1}]) == [
+        "SKU-SOLDOUT"]
+
+
+def test_an_unknown_sku_is_missing():
+    assert inventory.missing_skus(STOCK, [{"sku": "SKU-NOPE", "qty": 1}]) == ["SKU-NOPE"]
+
+
+def test_quantities_of_the_same_sku_add_up_when_checking_stock():
+    items = [{"sku": "SKU-RED", "qty": 3}, {"sku": "SKU-RED", "qty": 3}]
+    assert inventory.missing_skus(STOCK, items) == ["SKU-RED"]  # 6 wanted, 5 in stock
+    assert inventory.missing_skus(STOCK, items[:1]) == []
+
+
+def test_missing_skus_are_sorted_and_listed_once():
+    items = [{"sku": "SKU-SOLDOUT", "qty": 1}, {"sku": "SKU-BLUE", "qty": 2}, {"sku": "SKU-SOLDOUT", "qty": 1}]
+    assert inventory.missing_skus(STOCK, items) == ["SKU-BLUE", "SKU-SOLDOUT"]
+
+
+def test_merged_adds_up_quantities_of_the_same_sku():
+    items = [{"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1}, {"sku": "SKU-BLUE", "qty": 1},
+             {"sku": "SKU-RED", "qty": 3}]
+    assert inventory.merged(items) == {"SKU-RED": 5, "SKU-BLUE": 1}
+
+
+def test_merged_of_no_items_is_empty():
+    assert inventory.merged([]) == {}
+
+
+# --- shipment -----------------------------------------------------------------------------------
+
+
+def test_an_undeliverable_address_is_not_shipped():
+    assert shipment.ship("ord-1", ADDRESS_UNDELIVERABLE) == (False, "address_undeliverable")
+
+
+def test_undeliverable_is_recognised_in_any_case():
+    assert shipment.ship("ord-1", "7 Far Lane, undeliverable")[0] is False
+
+
+def test_a_good_address_ships_with_a_tracking_code():
+    created, code = shipment.ship("ord-1", ADDRESS_OK)
+    assert created is True
+    assert re.fullmatch(r"TRK-[0-9A-F]{12}", code)
+
+
+def test_the_tracking_code_depends_only_on_the_order_id():
+    assert shipment.ship("ord-1", ADDRESS_OK) == shipment.ship("ord-1", "another street")
+    assert shipment.ship("ord-1", ADDRESS_OK) != shipment.ship("ord-2", ADDRESS_OK)
+
+
+def test_the_tracking_code_is_the_sha1_prefix_of_the_order_id():
+    import hashlib
+
+    expected = "TRK-" + hashlib.sha1(b"ord-42").hexdigest()[:12].upper()
+    assert shipment.ship("ord-42", ADDRESS_OK) == (True, expected)
+
+
+# --- notification -------------------------------------------------------------------------------
+
+
+def test_notification_kinds_map_order_announcements():
+    assert notification.KINDS == {"order.completed": "completed", "order.cancelled": "cancelled"}
+
+
+def test_completed_notification_names_the_customer_and_the_amount_in_euros():
+    text = notification.compose("completed", "ord-1", "Ada", {"amount_cents": 5048})
+    assert text == "Hello Ada, your order ord-1 is on its way (50.48 EUR)."
+
+
+def test_cancelled_notification_gives_the_reason():
+    text = notification.compose("cancelled", "ord-1", "Ada", {"reason": "out_of_stock"})
+    assert "ord-1 was cancelled (out_of_stock)" in text
+    assert text.startswith("Hello Ada,")
+
+
+def test_notification_without_a_name_says_customer():
+    assert notification.compose("completed", "o", None, {"amount_cents": 100}).startswith("Hello customer,")
