@@ -21,7 +21,7 @@ down:
 # The suite needs RabbitMQ, Redis and PostgreSQL. pytest exit 5 = no tests collected: fail.
 test: export CHOREO_NEED_POSTGRES := 1
 test: setup
-	rc=0; $(VENV)/bin/python -m pytest tests $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -54,17 +54,17 @@ class Runtime:
     pid: int = field(default_factory=os.getpid)
 
 
-_runtimes: dict[tuple[int, str], Runtime] = {}
+_runtimes: dict[tuple, Runtime] = {}
 _lock = threading.Lock()
 
 
 def runtime(domain: str, app: Celery, settings: Settings | None = None) -> Runtime:
     """This process's runtime for `domain` (built once per process: connections are not fork-safe)."""
-    key = (os.getpid(), domain)
+    settings = settings or getattr(app, "choreo_settings", None) or get_settings()
+    key = (os.getpid(), domain, settings.namespace, settings.broker_url)
     with _lock:
         rt = _runtimes.get(key)
         if rt is None:
-            settings = settings or get_settings()
             topo = Topology(settings)
             r = redis_client(settings)
             rt = Runtime(settings=settings, domain=domain, app=app, engine=engine_for(settings, domain),

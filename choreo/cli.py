@@ -447,6 +447,71 @@ def breakers(as_json: bool) -> None:
         console.print(f"{state['name']}: {state['state']} (failures {state['failures']})")
 
 
+@cli.group()
+def projections() -> None:
+    """The order read model (a projection of the order event store)."""
+
+
+@projections.command("rebuild")
+def projections_rebuild() -> None:
+    """Drop the read model and rebuild it from the event store."""
+    from choreo import projections as proj
+    from choreo.db import engine_for
+
+    engine = engine_for(get_settings(), "order")
+    n = proj.rebuild(engine)
+    console.print(f"rebuilt {n} order view(s); drift after rebuild: {len(proj.drift(engine))}")
+
+
+@projections.command("check")
+def projections_check() -> None:
+    """Compare the read model with a replay of the event store; exit 1 on drift."""
+    from choreo import projections as proj
+    from choreo.db import engine_for
+
+    drifted = proj.drift(engine_for(get_settings(), "order"))
+    console.print(f"{len(drifted)} order view(s) drift from their events" + (f": {drifted[:20]}" if drifted else ""))
+    sys.exit(1 if drifted else 0)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def audit(as_json: bool) -> None:
+    """Check every guarantee over the services' own databases; exit 1 on any violation."""
+    from choreo.audit import print_report, run_audit
+
+    checks = run_audit(get_settings())
+    if as_json:
+        print(json.dumps({"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        print_report(checks, console)
+    sys.exit(0 if all(c.passed for c in checks) else 1)
+
+
+@cli.command()
+@click.option("--orders", default=1000, show_default=True, help="Orders to place while faults are injected.")
+@click.option("--duration", default=120.0, show_default=True, help="Seconds of fault injection at most.")
+@click.option("--kill-every", default=3.0, show_default=True, help="Seconds between worker kills.")
+@click.option("--seed", type=int, default=None)
+@click.option("--broker-restart", type=click.Choice(["vhost", "node", "none"]), default="vhost", show_default=True,
+              help="vhost: restart only this run's vhost and drop its connections; node: stop_app/start_app.")
+@click.option("--settle-timeout", default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def chaos(orders: int, duration: float, kill_every: float, seed: int | None, broker_restart: str,
+          settle_timeout: float, as_json: bool) -> None:
+    """Place orders while killing workers, restarting the broker and Redis, injecting duplicates
+    and poison; then wait for the system to settle and audit it. Exits 1 on any violation."""
+    from choreo.chaos import ChaosConfig, run_chaos
+
+    if orders < 1 or duration <= 0 or kill_every <= 0:
+        fail("--orders, --duration and --kill-every must be positive")
+    report = run_chaos(ChaosConfig(orders=orders, duration=duration, kill_every=kill_every, seed=seed,
+                                   broker_restart=broker_restart, settle_timeout=settle_timeout), console=console)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    sys.exit(0 if report.passed else 1)
+
+
 def main() -> None:
     try:
         from pydantic import ValidationError

@@ -14,7 +14,7 @@ from config.settings import Settings
 from models.envelope import Envelope, derived_id, make_envelope
 from models.tables import TABLES, Inbox, Outbox
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str], Engine] = {}  # (pid, database url) -> engine
 _lock = threading.Lock()
 
 
@@ -55,11 +55,11 @@ def ensure_database(url: str) -> None:
 
 def engine_for(settings: Settings, service: str) -> Engine:
     """The engine of `service` for this process (rebuilt after fork: pools are not fork-safe)."""
-    key = (os.getpid(), service)
+    url = settings.database_url(service)
+    key = (os.getpid(), url)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            url = settings.database_url(service)
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://"):]
             if url.startswith("sqlite"):

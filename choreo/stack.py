@@ -66,6 +66,9 @@ class Stack:
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.env = {**os.environ, **(env or {})}
+        # Let workers cache their own modules' bytecode: six processes compiling the same
+        # sources at every start is most of a cold start on two cores.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.run_dir = Path(settings.run_dir)
         self.log_dir = self.run_dir / "logs"
 

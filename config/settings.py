@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # One database per service. Empty means the default: a SQLite file under data_dir,
     # or, when database_server is set, a database named choreo_<service> on that server.
     database_server: str = ""
+    # Database names on that server: <database_prefix>_<service>.
+    database_prefix: str = "choreo"
     order_database_url: str = ""
     payment_database_url: str = ""
     inventory_database_url: str = ""
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
         if explicit:
             return explicit
         if self.database_server:
-            return f"{self.database_server.rstrip('/')}/choreo_{service}"
+            return f"{self.database_server.rstrip('/')}/{self.database_prefix}_{service}"
         return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
 
     @property

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the Python environment idempotently:
 #   .venv-tools/  a venv holding the pinned uv
-#   .venv/        the project environment, synced from uv.lock (uv sync --frozen)
+#   .venv/        the project environment, synced from uv.lock (uv sync --frozen; bytecode compiled once so every worker starts fast)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +43,6 @@ export UV_PYTHON_DOWNLOADS=never
 if [ -z "${SSL_CERT_FILE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 fi
-"$UV" sync --frozen --quiet --python "$PY" || die "uv sync --frozen failed"
+"$UV" sync --frozen --quiet --compile-bytecode --python "$PY" || die "uv sync --frozen failed"
 
 echo "bootstrap: .venv ready ($("$ROOT/.venv/bin/python" -V 2>&1), uv $UV_VERSION, python $PY)"

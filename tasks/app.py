@@ -12,6 +12,7 @@ def make_app(name: str, settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     topo = Topology(settings)
     app = Celery(f"choreo.{name}", broker=settings.broker_url, set_as_current=False)
+    app.choreo_settings = settings  # the adapter and relay read their settings from their app
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

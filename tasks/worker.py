@@ -31,7 +31,7 @@ class ChoreoConsumer(Consumer):
         default_steps = [s for s in Consumer.Blueprint.default_steps if "delayed_delivery" not in s]
 
     def _dead_letter_raw(self, message, reason: str) -> None:
-        settings = get_settings()
+        settings = getattr(self.app, "choreo_settings", None) or get_settings()
         domain = _DOMAIN.get(self.app.main, "unknown")
         names = Names(settings.namespace)
         headers = dict(message.headers or {})
@@ -89,7 +89,7 @@ class OutboxRelay(bootsteps.StartStopStep):
             self.thread.join(timeout=5)
 
     def loop(self, app: Celery) -> None:
-        settings = get_settings()
+        settings = getattr(app, "choreo_settings", None) or get_settings()
         publisher = Publisher(app, Names(settings.namespace))
         while not self.stop_event.wait(settings.outbox_relay_interval):
             try:

@@ -132,3 +132,22 @@ def test_order_timeline_spans_services(settings, one_of_each):
     services = {t["service"] for t in details["timeline"]}
     assert services == {"order", "payment", "inventory", "shipment", "notification"}
     assert all(t["detail"] != "UNSENT" for t in details["timeline"])
+
+
+def test_projection_equals_the_fold_and_a_rebuild_gives_the_same_rows(settings, one_of_each):
+    from choreo import projections
+    from choreo.db import engine_for
+    from consumers.order import load
+    from models.tables import OrderView
+
+    sent, _ = one_of_each
+    engine = engine_for(settings, "order")
+    with Session(engine) as s:
+        for order_id, _ in sent:
+            order, view = load(s, order_id), s.get(OrderView, order_id)
+            assert (order.state, order.reason, order.version) == (view.state, view.reason, view.version)
+        live = {v.order_id: projections.row_of(v) for v in s.exec(select(OrderView))}
+    assert projections.drift(engine) == []
+    assert projections.rebuild(engine) == len(live)
+    with Session(engine) as s:
+        assert {v.order_id: projections.row_of(v) for v in s.exec(select(OrderView))} == live

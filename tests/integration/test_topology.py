@@ -1,0 +1,56 @@
+"""The topology on the broker is exactly what the subscription tables say, and declaring is idempotent."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import VHOST, rabbitmqctl
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [line.split("\t") for line in text.splitlines() if line.strip()]
+
+
+def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
+    from choreo.messaging.topology import Topology
+    from config.settings import DOMAINS
+
+    Topology(settings).declare()  # second declaration (the fixture did one): must not fail
+    rows = {r[0]: r for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
+                                               "name", "type", "durable", "arguments"))}
+    ns = settings.namespace
+    for d in DOMAINS:
+        name, type_, durable, args = rows[f"{ns}.{d}"]
+        assert (type_, durable) == ("quorum", "true")
+        assert f'"x-dead-letter-exchange","{ns}.dlx"' in args and f'"x-dead-letter-routing-key","{d}"' in args
+        assert rows[f"{ns}.{d}.dlq"][1] == "quorum"
+        for k in range(1, settings.retry_max_attempts + 1):
+            _, _, durable, args = rows[f"{ns}.{d}.retry.{k}"]
+            assert durable == "true"
+            assert f'"x-message-ttl",{int(settings.retry_delay(k) * 1000)}' in args
+            assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args
+    # Nothing else: no celery_delayed_* ladder, no stray queues from per-message declares.
+    ours = {n for n in rows if n.startswith(f"{ns}.")}
+    assert len(ours) == len(DOMAINS) * (2 + settings.retry_max_attempts)
+    assert not [n for n in rows if n.startswith("celery_delayed")]
+
+
+def test_bindings_match_the_subscription_tables(settings):
+    from choreo.messaging.topology import Topology
+
+    rows = _rows(rabbitmqctl("list_bindings", "-p", VHOST, "--no-table-headers",
+                             "source_name", "routing_key", "destination_name"))
+    actual = {(src, key, dst) for src, key, dst in rows if src.startswith(settings.namespace)}
+    assert actual == Topology(settings).expected_bindings()
+
+
+def test_routing_follows_the_published_contract(settings):
+    from choreo.messaging.topology import Topology, routing_keys
+
+    assert routing_keys("payment") == ["inventory.failed", "order.placed", "shipment.failed"]
+    assert routing_keys("inventory") == ["payment.completed", "shipment.failed"]
+    assert routing_keys("shipment") == ["inventory.reserved"]
+    assert routing_keys("notification") == ["order.cancelled", "order.completed"]
+    assert "place_order" in routing_keys("order") and "saga.dead_lettered" in routing_keys("order")
+    assert Topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"
