@@ -31,7 +31,7 @@ def cli() -> None:
 # --- processes ------------------------------------------------------------------------
 
 @cli.command()
-@click.argument("domain", type=click.Choice(DOMAINS))
+@click.argument("domain", type=click.Choice([*DOMAINS, "orchestrator"]))
 def worker(domain: str) -> None:
     """Run one domain's Celery worker (what `choreo up` starts, five times)."""
     from choreo.messaging.topology import Topology
@@ -78,24 +78,34 @@ def flower() -> None:
     app.start(["flower", f"--port={settings.flower_port}", "--address=127.0.0.1", "--purge_offline_workers=60"])
 
 
-def _up(with_flower: bool = True, wait: float = 60.0) -> None:
+def _up(with_flower: bool = True, wait: float = 90.0, saga: str | None = None) -> None:
     from choreo.messaging.admin import BrokerAdmin
     from choreo.messaging.topology import Topology
     from choreo.queries import prepare
     from choreo.stack import Stack, process_names
 
     settings = get_settings()
+    env = {}
+    if saga:
+        running = [n for n, pid in Stack(settings).running().items() if pid]
+        if saga != settings.saga_mode and running:
+            fail(f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}")
+        settings = settings.model_copy(update={"saga_mode": saga})
+        env["CHOREO_SAGA_MODE"] = saga
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / "saga-mode").write_text(settings.saga_mode)
+    get_settings.cache_clear()
     prepare(settings)
     Topology(settings).declare()
-    stack = Stack(settings)
-    names = [n for n in process_names() if with_flower or n != "flower"]
+    stack = Stack(settings, env)
+    names = [n for n in process_names(settings) if with_flower or n != "flower"]
     for name in names:
         stack.start(name)
     deadline = time.monotonic() + wait
     with BrokerAdmin(settings) as admin:
         while True:
             stats = {q["name"]: q["consumers"] for q in admin.queue_stats()}
-            missing = [d for d in DOMAINS if not stats.get(Topology(settings).names.queue(d))]
+            missing = [d for d in settings.domains if not stats.get(Topology(settings).names.queue(d))]
             dead = [n for n in names if stack.pid(n) is None]
             if not missing and not dead:
                 break
@@ -103,16 +113,18 @@ def _up(with_flower: bool = True, wait: float = 60.0) -> None:
                 fail(f"stack not ready after {wait:.0f}s: no consumer on {missing or '-'}, not running: "
                      f"{dead or '-'} (logs in {stack.log_dir})")
             time.sleep(0.5)
-    console.print(f"[green]stack up[/green]: {', '.join(names)} (logs in {stack.log_dir})")
+    console.print(f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} (logs in {stack.log_dir})")
     if with_flower:
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")
 
 
 @cli.command()
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-def up(no_flower: bool) -> None:
-    """Start the user service, the five domain workers and Flower (idempotent)."""
-    _up(with_flower=not no_flower)
+@click.option("--saga", type=click.Choice(["choreography", "orchestrated"]), default=None,
+              help="Saga style (default: the running one, else choreography).")
+def up(no_flower: bool, saga: str | None) -> None:
+    """Start the user service, the five domain workers (and the orchestrator) and Flower (idempotent)."""
+    _up(with_flower=not no_flower, saga=saga)
 
 
 @cli.command()
@@ -120,8 +132,9 @@ def down() -> None:
     """Stop what `choreo up` started (by pid file; nothing else is touched)."""
     from choreo.stack import Stack, process_names
 
-    stack = Stack(get_settings())
-    for name in reversed(process_names()):
+    settings = get_settings()
+    stack = Stack(settings)
+    for name in reversed(process_names(settings.model_copy(update={"saga_mode": "orchestrated"}))):
         if stack.stop(name):
             console.print(f"stopped {name}")
 
@@ -264,9 +277,10 @@ def enqueue(count: int, mix: str | None, seed: int | None, wait: bool, timeout: 
 @cli.command()
 @click.option("--count", "-n", default=200, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True)
-def demo(count: int, timeout: float) -> None:
+@click.option("--saga", type=click.Choice(["choreography", "orchestrated"]), default=None)
+def demo(count: int, timeout: float, saga: str | None) -> None:
     """Bring the stack up, enqueue orders with every path, and summarise where they ended."""
-    _up(with_flower=True)
+    _up(with_flower=True, saga=saga)
     code = _enqueue(count, None, None, True, timeout)
     _print_status(get_settings(), as_json=False)
     settings = get_settings()
@@ -370,8 +384,9 @@ def dlq() -> None:
 
 
 def _domain_arg(domain: str) -> str:
-    if domain not in DOMAINS:
-        fail(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
+    domains = get_settings().domains
+    if domain not in domains:
+        fail(f"unknown domain {domain!r}; choose from {', '.join(domains)}")
     return domain
 
 

@@ -47,7 +47,7 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         events = s.exec(select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.version)).all()
     timeline: list[dict] = [{"at": _iso(e.recorded_at), "service": "order", "what": f"recorded {e.type}",
                              "detail": e.data.get("reason")} for e in events]
-    for domain in DOMAINS:
+    for domain in settings.domains:
         with Session(eng[domain]) as s:
             for r in s.exec(select(Inbox).where(Inbox.order_id == order_id)):
                 timeline.append({"at": _iso(r.processed_at), "service": domain, "what": f"handled {r.type}",
@@ -114,10 +114,10 @@ def summary(settings: Settings) -> dict[str, Any]:
         by_state[state] += n
         by_reason.append({"state": state, "reason": reason, "count": n})
     unsent, dead = {}, {}
-    for domain in DOMAINS:
+    for domain in settings.domains:
         with Session(engine_for(settings, domain)) as s:
             unsent[domain] = s.exec(select(func.count()).select_from(Outbox).where(Outbox.sent_at.is_(None))).one()
             dead[domain] = s.exec(select(func.count()).select_from(DeadLetter)).one()
-    return {"orders": {"total": sum(by_state.values()), "by_state": dict(by_state),
+    return {"saga_mode": settings.saga_mode, "orders": {"total": sum(by_state.values()), "by_state": dict(by_state),
                        "by_state_reason": sorted(by_reason, key=lambda r: (r["state"], r["reason"] or ""))},
             "outbox_unsent": unsent, "dead_letter_records": dead}

@@ -20,8 +20,9 @@ class Proc:
     pid: int
 
 
-def process_names() -> list[str]:
-    return ["users", *(f"worker-{d}" for d in DOMAINS), "flower"]
+def process_names(settings: Settings | None = None) -> list[str]:
+    domains = settings.domains if settings is not None else DOMAINS
+    return ["users", *(f"worker-{d}" for d in domains), "flower"]
 
 
 def argv_for(name: str) -> list[str]:
@@ -130,7 +131,12 @@ class Stack:
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+        # SIGKILL is delivered asynchronously: wait until they are gone, so a restart right
+        # after does not mistake a dying process for a running one.
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in victims) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return victims
 
     def running(self) -> dict[str, int | None]:
-        return {name: self.pid(name) for name in process_names()}
+        return {name: self.pid(name) for name in process_names(self.settings)}

@@ -1,6 +1,7 @@
 """Every setting choreo reads, from environment variables (prefix CHOREO_) with sane defaults."""
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -8,9 +9,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
+SAGA_MODES = ("choreography", "orchestrated")
 # Services with a database: the five domains, the user service, and the sandbox payment
 # gateway (an "external" provider with books of its own).
-SERVICES = (*DOMAINS, "user", "gateway")
+SERVICES = (*DOMAINS, "user", "gateway", "orchestrator")
 
 
 class Settings(BaseSettings):
@@ -37,6 +39,11 @@ class Settings(BaseSettings):
     notification_database_url: str = ""
     user_database_url: str = ""
     gateway_database_url: str = ""
+    orchestrator_database_url: str = ""
+
+    # choreography: domains react to each other's events (the broker's bindings decide the
+    # flow). orchestrated: an orchestrator worker sends commands and hears the replies.
+    saga_mode: str = "choreography"
 
     # Retry policy for transient failures: broker-side TTL ladder, exponential with jitter.
     retry_max_attempts: int = Field(3, ge=0, le=20)
@@ -67,6 +74,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    @field_validator("saga_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in SAGA_MODES:
+            raise ValueError(f"saga_mode must be one of {', '.join(SAGA_MODES)}")
+        return value
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The workers this mode runs: the five domains, plus the orchestrator when orchestrated."""
+        return DOMAINS + (("orchestrator",) if self.saga_mode == "orchestrated" else ())
+
     @field_validator("worker_pool")
     @classmethod
     def _pool(cls, value: str) -> str:
@@ -95,4 +114,9 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    settings = Settings()
+    # `choreo up --saga MODE` records the mode it started, so later commands agree with it.
+    marker = settings.run_dir / "saga-mode"
+    if "CHOREO_SAGA_MODE" not in os.environ and marker.exists():
+        settings = Settings(saga_mode=marker.read_text().strip())
+    return settings

@@ -220,3 +220,36 @@ def make_envelope(
     )
 
 
+
+
+# --- commands of the orchestrated saga mode (imperative names; same facts as the events
+# that trigger the same handlers in choreography mode) ---------------------------------
+
+class ChargePayment(Strict):
+    order: OrderSnapshot
+    card_token: str
+
+
+class RefundPayment(Strict):
+    reason: str
+
+
+class ReserveStock(Strict):
+    order: OrderSnapshot
+
+
+class ReleaseStock(Strict):
+    reason: str
+
+
+class CreateShipment(Strict):
+    order: OrderSnapshot
+
+
+PAYLOADS.update({
+    "charge_payment": ChargePayment,
+    "refund_payment": RefundPayment,
+    "reserve_stock": ReserveStock,
+    "release_stock": ReleaseStock,
+    "create_shipment": CreateShipment,
+})

@@ -190,6 +190,21 @@ class Notification(SQLModel, table=True):
     sent_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+# --- orchestrator (orchestrated saga mode only) -----------------------------------------
+
+class SagaState(SQLModel, table=True):
+    """The orchestrator's saga, persisted after every step so a killed orchestrator resumes."""
+    __tablename__ = "sagas"
+    order_id: str = Field(primary_key=True, max_length=64)
+    status: str = Field(max_length=16, index=True)
+    order: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    card_token: str = ""
+    done: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    undone: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    failure: str | None = Field(default=None, max_length=64)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
 # --- user -----------------------------------------------------------------------------
 
 class Customer(SQLModel, table=True):
@@ -208,4 +223,5 @@ TABLES: dict[str, list[type[SQLModel]]] = {
     "shipment": [*COMMON, Shipment],
     "notification": [*COMMON, Notification],
     "user": [Customer],
+    "orchestrator": [*COMMON, SagaState],
 }

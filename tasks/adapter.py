@@ -22,7 +22,7 @@ from choreo import logs
 from choreo.bootstrap import Runtime, runtime
 from choreo.db import UnitOfWork, mark_sent
 from consumers.base import Subscription
-from consumers.registry import SUBSCRIPTIONS
+from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, SagaDeadLettered, decode, derived_id, make_envelope
 from models.tables import DeadLetter
 
@@ -39,7 +39,8 @@ class ConcurrencyConflict(Exception):
 
 
 def register_domain(app: Celery, domain: str) -> None:
-    for type_, sub in SUBSCRIPTIONS[domain].items():
+    mode = app.choreo_settings.saga_mode
+    for type_, sub in subscriptions(mode)[domain].items():
         app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True)(_task_body(domain, type_, sub))
 
 

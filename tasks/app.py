@@ -4,7 +4,7 @@ from __future__ import annotations
 from celery import Celery
 
 from choreo.messaging.topology import Topology
-from config.settings import DOMAINS, Settings, get_settings
+from config.settings import Settings, get_settings
 
 
 def make_app(name: str, settings: Settings | None = None) -> Celery:
@@ -35,8 +35,8 @@ def make_app(name: str, settings: Settings | None = None) -> Celery:
         broker_heartbeat=30,
         task_default_delivery_mode="persistent",
         task_create_missing_queues=False,
-        task_queues=[topo.domain_queue(name)] if name in DOMAINS else [],
-        task_default_queue=topo.names.queue(name) if name in DOMAINS else f"{settings.namespace}.unrouted",
+        task_queues=[topo.domain_queue(name)] if name in settings.domains else [],
+        task_default_queue=topo.names.queue(name) if name in settings.domains else f"{settings.namespace}.unrouted",
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
         # Flower: task events from every worker, and "sent" events from publishers.
@@ -48,7 +48,7 @@ def make_app(name: str, settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_enable_remote_control=True,
     )
-    if name in DOMAINS:
+    if name in settings.domains:
         from tasks.adapter import register_domain
         from tasks.worker import install
 

@@ -14,7 +14,7 @@ import pika
 from pika.exceptions import ChannelClosedByBroker
 
 from choreo.messaging.topology import Topology
-from config.settings import DOMAINS, Settings
+from config.settings import Settings
 
 
 def connection_parameters(broker_url: str) -> pika.ConnectionParameters:
@@ -112,7 +112,7 @@ class BrokerAdmin:
 
     def peek(self, domain: str, limit: int = 50) -> list[DeadLetterView]:
         """Read up to `limit` dead letters and put them all back (nothing is consumed)."""
-        _check(domain)
+        _check(domain, self.settings)
         ch = self.conn.channel()
         seen: list[DeadLetterView] = []
         try:
@@ -132,7 +132,7 @@ class BrokerAdmin:
 
         Publish (confirmed) before ack: a crash in between duplicates, never loses.
         """
-        _check(domain)
+        _check(domain, self.settings)
         names = self.topology.names
         ch = self.conn.channel()
         ch.confirm_delivery()
@@ -176,6 +176,6 @@ class BrokerAdmin:
         ch.close()
 
 
-def _check(domain: str) -> None:
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
+def _check(domain: str, settings: Settings) -> None:
+    if domain not in settings.domains:
+        raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(settings.domains)}")

@@ -43,5 +43,8 @@ class Publisher:
             options.update(exchange=exchange, routing_key=routing_key)
         self.app.send_task(
             name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {},
-            retry=True, retry_policy=RETRY_POLICY, delivery_mode=2, **options,
+            retry=True, retry_policy=RETRY_POLICY, delivery_mode=2,
+            # Celery would otherwise route via the app's default queue and declare it on
+            # every new connection: topology is declared once, by choreo.messaging.topology.
+            declare=[], **options,
         )

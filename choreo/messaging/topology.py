@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from kombu import Connection, Exchange, Queue, binding
 
-from config.settings import DOMAINS, Settings
-from consumers.registry import SUBSCRIPTIONS
+from config.settings import Settings
+from consumers.registry import MODES, subscriptions
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,14 @@ class Names:
         return f"{self.ns}.{domain}.retry.{attempt}"
 
 
-def routing_keys(domain: str) -> list[str]:
-    return sorted(SUBSCRIPTIONS[domain])
+def routing_keys(domain: str, mode: str = "choreography") -> list[str]:
+    return sorted(subscriptions(mode).get(domain, {}))
+
+
+def stale_keys(domain: str, mode: str) -> list[str]:
+    """Keys another saga mode binds to this domain's queue: unbound when switching modes."""
+    other = {rk for m in MODES for rk in routing_keys(domain, m)}
+    return sorted(other - set(routing_keys(domain, mode)))
 
 
 class Topology:
@@ -55,7 +61,7 @@ class Topology:
         return Queue(
             n.queue(domain),
             exchange=self.events,
-            bindings=[binding(self.events, routing_key=rk) for rk in routing_keys(domain)],
+            bindings=[binding(self.events, routing_key=rk) for rk in routing_keys(domain, self.settings.saga_mode)],
             durable=True,
             queue_arguments={
                 "x-queue-type": "quorum",
@@ -84,7 +90,7 @@ class Topology:
                 *(self.retry_queue(domain, k) for k in range(1, self.settings.retry_max_attempts + 1))]
 
     def all_queues(self) -> list[Queue]:
-        return [q for d in DOMAINS for q in self.queues(d)]
+        return [q for d in self.settings.domains for q in self.queues(d)]
 
     def declare(self, connection: Connection | None = None) -> list[str]:
         """Declare exchanges, queues and bindings; safe to run any number of times."""
@@ -98,6 +104,9 @@ class Topology:
             for q in self.all_queues():
                 q(channel).declare()
                 declared.append(q.name)
+            for d in self.settings.domains:
+                for rk in stale_keys(d, self.settings.saga_mode):
+                    channel.queue_unbind(self.names.queue(d), self.names.events, rk)
             return declared
         finally:
             if own:
@@ -107,7 +116,7 @@ class Topology:
         """(exchange, routing key, queue) triples, to compare with `rabbitmqctl list_bindings`."""
         n = self.names
         out = set()
-        for d in DOMAINS:
-            out |= {(n.events, rk, n.queue(d)) for rk in routing_keys(d)}
+        for d in self.settings.domains:
+            out |= {(n.events, rk, n.queue(d)) for rk in routing_keys(d, self.settings.saga_mode)}
             out.add((n.dlx, d, n.dlq(d)))
         return out

@@ -1,0 +1,88 @@
+"""The orchestrated saga mode: same domains, same outcomes, commands instead of reactions."""
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from sqlmodel import Session, select
+
+from tests.helpers import settled
+
+pytestmark = pytest.mark.e2e
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def orchestrated(settings, tmp_path_factory):
+    """A second stack in its own namespace and run folder, started in orchestrated mode."""
+    from choreo.messaging.topology import Topology
+    from choreo.queries import prepare
+    from choreo.stack import process_names
+    from tests.e2e.conftest import start_stack
+
+    root = tmp_path_factory.mktemp("orchestrated")
+    update = {"namespace": f"orch-{uuid.uuid4().hex[:6]}", "saga_mode": "orchestrated", "run_dir": root / "run",
+              "data_dir": root / "data", "user_service_port": _port()}
+    s = settings.model_copy(update=update)
+    env = {"CHOREO_NAMESPACE": s.namespace, "CHOREO_SAGA_MODE": "orchestrated", "CHOREO_RUN_DIR": str(s.run_dir),
+           "CHOREO_DATA_DIR": str(s.data_dir), "CHOREO_USER_SERVICE_PORT": str(s.user_service_port)}
+    prepare(s)
+    Topology(s).declare()
+    stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
+    yield s, stack, env
+    for name in reversed(process_names(s)):
+        stack.stop(name)
+
+
+def test_every_path_ends_as_in_choreography(orchestrated):
+    from choreo.cli import expected_by_scenario, publish_orders
+    from choreo.db import engine_for
+    from config.catalog import SCENARIOS
+    from models.tables import SagaState
+
+    s, _, _ = orchestrated
+    sent = publish_orders(s, list(SCENARIOS), seed=None)
+    states = settled(s, [o for o, _ in sent])
+    expected = expected_by_scenario()
+    assert {o: states[o] for o, _ in sent} == {o: expected[sc] for o, sc in sent}
+    with Session(engine_for(s, "orchestrator")) as db:
+        sagas = {r.order_id: r for r in db.exec(select(SagaState))}
+    by = dict((sc, o) for o, sc in sent)
+    assert sagas[by["completed"]].status == "completed" and sagas[by["completed"]].done == ["charge", "reserve", "ship"]
+    # Compensation undoes completed steps in reverse order: stock first, then the charge.
+    assert sagas[by["undeliverable"]].undone == ["reserve", "charge"]
+    assert sagas[by["out_of_stock"]].undone == ["charge"] and sagas[by["out_of_stock"]].status == "cancelled"
+    assert sagas[by["declined"]].status == "cancelled" and sagas[by["declined"]].undone == []
+    assert sagas[by["needs_attention"]].status == "failed"
+
+
+def test_topology_has_commands_instead_of_reactions(orchestrated):
+    from tests.conftest import VHOST, rabbitmqctl
+    from choreo.messaging.topology import Topology
+
+    s, _, _ = orchestrated
+    rows = [l.split("\t") for l in rabbitmqctl("list_bindings", "-p", VHOST, "--no-table-headers", "source_name",
+                                                 "routing_key", "destination_name").splitlines() if l.strip()]
+    actual = {(a, b, c) for a, b, c in rows if a.startswith(s.namespace)}
+    assert actual == Topology(s).expected_bindings()
+    assert (f"{s.namespace}.events", "charge_payment", f"{s.namespace}.payment") in actual
+    assert not [r for r in actual if r[2] == f"{s.namespace}.payment" and r[1] == "order.placed"]
+
+
+def test_a_killed_orchestrator_resumes_where_it_was(orchestrated):
+    from choreo.cli import publish_orders
+    from tests.e2e.conftest import start_stack
+
+    s, stack, env = orchestrated
+    sent = publish_orders(s, ["completed", "undeliverable", "out_of_stock"] * 5, seed=None)
+    killed = stack.kill("worker-orchestrator")
+    assert killed, "the orchestrator was running"
+    start_stack(s, env=env, names=["worker-orchestrator"])
+    states = settled(s, [o for o, _ in sent], timeout=120)
+    assert sorted({st for st, _ in states.values()}) == ["CANCELLED", "COMPLETED"]
