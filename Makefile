@@ -23,7 +23,10 @@ test: export CHOREO_NEED_POSTGRES := 1
 test: setup
 	rc=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; exit 1; fi; \
-	exit $$rc
+	[ $$rc -eq 0 ] || exit $$rc; \
+	echo "== the same integration and e2e tests on PostgreSQL"; \
+	CHOREO_TEST_DATABASE_SERVER=postgresql://postgres:postgres@127.0.0.1:5432 \
+	  $(VENV)/bin/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 chaos: setup
 	$(VENV)/bin/choreo chaos

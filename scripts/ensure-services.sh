@@ -194,6 +194,12 @@ ensure_postgres() {
       how="installed + started"
     fi
   fi
+  # The tests connect as postgres/postgres over TCP. Trust auth (this machine kind) ignores
+  # the password; a fresh Debian cluster asks for one, so set it through the local socket.
+  if have psql && ! PGPASSWORD=postgres timeout 10 psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+    as_root runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'" >>"$LOG" 2>&1 \
+      || die "postgres: cannot log in as postgres over TCP, nor set its password (log: $LOG)"
+  fi
   say postgres "$how (127.0.0.1:5432)"
 }
 
