@@ -58,6 +58,14 @@ _runtimes: dict[tuple, Runtime] = {}
 _lock = threading.Lock()
 
 
+def _reset_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def runtime(domain: str, app: Celery, settings: Settings | None = None) -> Runtime:
     """This process's runtime for `domain` (built once per process: connections are not fork-safe)."""
     settings = settings or getattr(app, "choreo_settings", None) or get_settings()

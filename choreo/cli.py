@@ -42,8 +42,10 @@ def worker(domain: str) -> None:
     prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
     Topology(settings).declare()
     app = make_app(domain, settings)
+    # Node names must be unique per vhost (Celery's pidbox queue is exclusive to one node).
+    node = domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
     app.worker_main([
-        "worker", "-Q", Topology(settings).names.queue(domain), "-n", f"{domain}@%h",
+        "worker", "-Q", Topology(settings).names.queue(domain), "-n", f"{node}@%h",
         "-c", str(settings.worker_concurrency), "-P", settings.worker_pool, "-l", settings.log_level,
         "--without-gossip", "--without-mingle", "-E",
     ])

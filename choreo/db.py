@@ -79,11 +79,20 @@ def create_tables(settings: Settings, service: str) -> Engine:
 
 
 def dispose_all() -> None:
+    """Close this process's pools; forget inherited ones without touching their connections
+    (closing a PostgreSQL connection inherited from the parent would close the parent's)."""
     with _lock:
         for (pid, _), engine in list(_engines.items()):
-            if pid == os.getpid():
-                engine.dispose()
+            engine.dispose(close=pid == os.getpid())
         _engines.clear()
+
+
+def _reset_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def utcnow() -> datetime:

@@ -131,7 +131,8 @@ def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception
         raise Reject(f"retry publish failed: {pub_exc!r}", requeue=True) from None
     rt.metrics.incr("retries", rt.domain)
     log.warning("transient failure, retry %d/%d in %.2fs via %s: %r", n, rt.settings.retry_max_attempts, delay, queue, exc)
-    raise Retry(f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via {queue}", exc=exc, when=delay)
+    # exc is named in the message, not attached: it crosses the prefork pipe and may not pickle.
+    raise Retry(f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via {queue}: {exc!r}"[:1000], when=delay)
 
 
 def dead_letter(rt: Runtime, task, args, kwargs, reason: str, attempt: int,

@@ -11,6 +11,17 @@ from sqlmodel import Session, select
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def settings(settings, tmp_path_factory):
+    """Own databases: these tests write the event store by hand, so no view would match it."""
+    from choreo.queries import prepare
+
+    s = settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("event-store"),
+                                    "database_prefix": f"{settings.database_prefix}_es"})
+    prepare(s, ["order"])
+    return s
+
+
 def _place(settings, order_id):
     from choreo.db import UnitOfWork, engine_for
     from consumers.order import load, append
