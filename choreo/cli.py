@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -76,6 +77,9 @@ def flower() -> None:
     from tasks.app import make_app
 
     settings = get_settings()
+    # Flower listens on loopback only; its JSON API (used by scripts and `choreo status`
+    # readers) needs this flag to answer without a login.
+    os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app("flower", settings)
     app.start(["flower", f"--port={settings.flower_port}", "--address=127.0.0.1", "--purge_offline_workers=60"])
 

@@ -88,6 +88,9 @@ class OutboxRelay(bootsteps.StartStopStep):
         if self.thread:
             self.thread.join(timeout=5)
 
+    terminate = stop
+    shutdown = stop
+
     def loop(self, app: Celery) -> None:
         settings = getattr(app, "choreo_settings", None) or get_settings()
         publisher = Publisher(app, Names(settings.namespace))
