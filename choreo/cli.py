@@ -517,17 +517,23 @@ def audit(as_json: bool) -> None:
 @click.option("--broker-restart", type=click.Choice(["vhost", "node", "none"]), default="vhost", show_default=True,
               help="vhost: restart only this run's vhost and drop its connections; node: stop_app/start_app.")
 @click.option("--settle-timeout", default=300.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--keep", is_flag=True, help="Keep the run's folder (data, logs) afterwards; kept anyway on failure.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Folder for the run (default: a new temp folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress goes to stderr).")
 def chaos(orders: int, duration: float, kill_every: float, seed: int | None, broker_restart: str,
-          settle_timeout: float, as_json: bool) -> None:
+          settle_timeout: float, keep: bool, workdir: str | None, as_json: bool) -> None:
     """Place orders while killing workers, restarting the broker and Redis, injecting duplicates
     and poison; then wait for the system to settle and audit it. Exits 1 on any violation."""
     from choreo.chaos import ChaosConfig, run_chaos
 
     if orders < 1 or duration <= 0 or kill_every <= 0:
         fail("--orders, --duration and --kill-every must be positive")
+    from pathlib import Path
+
     report = run_chaos(ChaosConfig(orders=orders, duration=duration, kill_every=kill_every, seed=seed,
-                                   broker_restart=broker_restart, settle_timeout=settle_timeout), console=console)
+                                   broker_restart=broker_restart, settle_timeout=settle_timeout, keep=keep,
+                                   workdir=Path(workdir) if workdir else None),
+                       console=err if as_json else console)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     sys.exit(0 if report.passed else 1)

@@ -87,6 +87,16 @@ def dispose_all() -> None:
         _engines.clear()
 
 
+def dispose_engines(under: str) -> int:
+    """Close and forget this process's engines whose database URL contains `under` (a data
+    folder or a database prefix going away with a sandbox); returns how many."""
+    with _lock:
+        keys = [k for k in _engines if under in k[1]]
+        for key in keys:
+            _engines.pop(key).dispose(close=key[0] == os.getpid())
+        return len(keys)
+
+
 def _reset_after_fork() -> None:
     global _lock
     _lock = threading.Lock()  # a thread of the parent may have held it at fork time

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from datetime import datetime, timezone
 
@@ -17,6 +18,13 @@ from config.settings import get_settings
 
 log = logging.getLogger("choreo.worker")
 _DOMAIN: dict[str, str] = {}
+
+# SQLite keeps its file-lock bookkeeping in process memory: a pool child forked while the relay
+# thread (in this, the forking process) is inside a transaction inherits "locked" and can never
+# write again ("database is locked" on every task). Forks wait for the relay's transaction.
+_FORK_GUARD = threading.Lock()
+os.register_at_fork(before=_FORK_GUARD.acquire, after_in_parent=_FORK_GUARD.release,
+                    after_in_child=_FORK_GUARD.release)
 
 
 class ChoreoConsumer(Consumer):
@@ -102,10 +110,12 @@ class OutboxRelay(bootsteps.StartStopStep):
 
     def sweep(self, settings, publisher: Publisher) -> int:
         engine = engine_for(settings, self.domain)
-        rows = unsent_outbox(engine, settings.outbox_relay_after)
+        with _FORK_GUARD:
+            rows = unsent_outbox(engine, settings.outbox_relay_after)
         for row_id, env in rows:
             publisher.publish(env)
-            mark_sent(engine, [row_id])
+            with _FORK_GUARD:
+                mark_sent(engine, [row_id])
         if rows:
             from choreo.bootstrap import redis_client
             from choreo.metrics import Metrics
