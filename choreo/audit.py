@@ -1,0 +1,332 @@
+"""`choreo audit`: check the guarantees of ARCHITECTURE.md over the services' own databases.
+
+Every check reads each service's store in bulk (one query per table, never one per order),
+so a run over thousands of orders takes a second or two. Run it on a quiet system: the
+stores are read one after another, so a saga that moves during the audit can look broken.
+Flower is never a source (flower#415).
+"""
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+import pika.exceptions
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, select
+
+from choreo.db import engine_for
+from choreo.domain import order as domain
+from config.settings import Settings
+from models.tables import (Charge, DeadLetter, GatewayLedger, Notification, OrderEvent, OrderView, Outbox, Refund,
+                           Reservation, Shipment, Stock)
+
+MAX_LISTED = 50
+SETTLED = ("COMPLETED", "CANCELLED")
+NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}
+
+
+@dataclass
+class Check:
+    """One guarantee's verdict: the offending ids (orders, or SKUs for stock) and why each offends."""
+    name: str
+    title: str
+    problems: dict[str, str] = field(default_factory=dict)
+    checked: int = 0
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and self.error is None
+
+    @property
+    def offenders(self) -> list[str]:
+        return sorted(self.problems)
+
+    @property
+    def detail(self) -> str:
+        if self.error:
+            return f"could not check: {self.error}"
+        if not self.problems:
+            return f"{self.checked} checked"
+        kinds = Counter(why.split(":")[0] for why in self.problems.values())
+        return "; ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+
+    def as_dict(self) -> dict[str, Any]:
+        listed = self.offenders[:MAX_LISTED]
+        return {"name": self.name, "title": self.title, "passed": self.passed, "checked": self.checked,
+                "count": len(self.problems), "offending": listed,
+                "problems": {o: self.problems[o] for o in listed}, "detail": self.detail, "error": self.error}
+
+    def offend(self, who: str, why: str) -> None:
+        # One line per offender; a second problem of the same order is appended, not lost.
+        self.problems[who] = f"{self.problems[who]}, {why}" if who in self.problems else why
+
+
+class Snapshot:
+    """Each table the checks need, loaded once and in bulk, on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # The services with an outbox and dead letters: the five domains, and the orchestrator
+        # when the saga is orchestrated.
+        self.domains = settings.domains
+
+    def _rows(self, service: str, query) -> list:
+        with Session(engine_for(self.settings, service)) as s:
+            return list(s.exec(query))
+
+    @cached_property
+    def views(self) -> dict[str, tuple]:
+        rows = self._rows("order", select(OrderView.order_id, OrderView.state, OrderView.reason, OrderView.version,
+                                          OrderView.amount_cents))
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def state(self, order_id: str) -> str | None:
+        view = self.views.get(order_id)
+        return view[0] if view else None
+
+    @cached_property
+    def dead_letters(self) -> dict[str, list[tuple]]:
+        """domain -> (event_id, order_id, type, reason) of every dead_letters row."""
+        return {d: self._rows(d, select(DeadLetter.event_id, DeadLetter.order_id, DeadLetter.type, DeadLetter.reason))
+                for d in self.domains}
+
+    @cached_property
+    def unsent(self) -> dict[str, list[tuple]]:
+        return {d: self._rows(d, select(Outbox.order_id, Outbox.type, Outbox.event_id).where(Outbox.sent_at.is_(None)))
+                for d in self.domains}
+
+    @cached_property
+    def charges(self) -> dict[str, tuple[int, str]]:
+        return {o: (a, ref) for o, a, ref in self._rows("payment", select(Charge.order_id, Charge.amount_cents,
+                                                                          Charge.charge_id))}
+
+    @cached_property
+    def refunds(self) -> dict[str, tuple[int, str | None]]:
+        return {o: (a, ref) for o, a, ref in self._rows("payment", select(Refund.order_id, Refund.amount_cents,
+                                                                          Refund.refund_id))}
+
+    @cached_property
+    def ledger(self) -> dict[str, dict[str, list[tuple[int, str]]]]:
+        """order -> kind -> [(amount, reference)]: the money that actually moved at the gateway."""
+        out: dict[str, dict[str, list]] = defaultdict(lambda: {"charge": [], "refund": []})
+        for o, kind, amount, ref in self._rows("gateway", select(GatewayLedger.order_id, GatewayLedger.kind,
+                                                                 GatewayLedger.amount_cents, GatewayLedger.reference)):
+            out[o].setdefault(kind, []).append((amount, ref))
+        return dict(out)
+
+    @cached_property
+    def stock(self) -> list[tuple]:
+        return self._rows("inventory", select(Stock.sku, Stock.initial, Stock.available, Stock.reserved))
+
+    @cached_property
+    def reservations(self) -> dict[str, tuple[str, list]]:
+        return {o: (st, items) for o, st, items in self._rows("inventory", select(Reservation.order_id,
+                                                                                  Reservation.status,
+                                                                                  Reservation.items))}
+
+    @cached_property
+    def shipments(self) -> dict[str, str]:
+        return dict(self._rows("shipment", select(Shipment.order_id, Shipment.status)))
+
+    @cached_property
+    def notifications(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = defaultdict(list)
+        for o, kind in self._rows("notification", select(Notification.order_id, Notification.kind)):
+            out[o].append(kind)
+        return dict(out)
+
+
+# --- the checks ----------------------------------------------------------------------
+
+def check_terminal(snap: Snapshot, c: Check) -> None:
+    explained = {o for rows in snap.dead_letters.values() for _, o, _, _ in rows if o}
+    c.checked = len(snap.views)
+    for order_id, (state, reason, *_rest) in snap.views.items():
+        if state in SETTLED:
+            continue
+        if state == "NEEDS_ATTENTION":
+            if order_id not in explained:
+                c.offend(order_id, f"NEEDS_ATTENTION without a dead letter ({reason})")
+        else:
+            c.offend(order_id, f"stuck in {state}")
+
+
+def check_money(snap: Snapshot, c: Check) -> None:
+    ids = set(snap.views) | set(snap.charges) | set(snap.refunds) | set(snap.ledger)
+    c.checked = len(ids)
+    for order_id in ids:
+        moved = snap.ledger.get(order_id, {"charge": [], "refund": []})
+        l_charges, l_refunds = moved.get("charge", []), moved.get("refund", [])
+        for kind in set(moved) - {"charge", "refund"}:
+            c.offend(order_id, f"unknown ledger entry: {kind}")
+        charge, refund = snap.charges.get(order_id), snap.refunds.get(order_id)
+        # A refund row of 0 cents records "nothing to give back": no money moved.
+        refund_moved = refund if refund and refund[0] else None
+        if len(l_charges) > 1:
+            c.offend(order_id, f"double charge: {len(l_charges)} charges in the gateway ledger")
+        if len(l_refunds) > 1:
+            c.offend(order_id, f"double refund: {len(l_refunds)} refunds in the gateway ledger")
+        if (charge is not None) != bool(l_charges) or (charge and l_charges and charge != l_charges[0]):
+            c.offend(order_id, f"ledger disagrees: charges table {charge}, gateway {l_charges}")
+        if (refund_moved is not None) != bool(l_refunds) or (refund_moved and l_refunds
+                                                              and refund_moved != l_refunds[0]):
+            c.offend(order_id, f"ledger disagrees: refunds table {refund}, gateway {l_refunds}")
+        charged = sum(a for a, _ in l_charges)
+        refunded = sum(a for a, _ in l_refunds)
+        if refunded and refunded != charged:
+            c.offend(order_id, f"refund {refunded} != charge {charged}")
+        view = snap.views.get(order_id)
+        if view is None:
+            c.offend(order_id, "money moved for an unknown order")
+            continue
+        state, amount = view[0], view[3]
+        if charged and charged != amount and len(l_charges) == 1:
+            c.offend(order_id, f"charged {charged}, order amount {amount}")
+        if state == "COMPLETED" and not (len(l_charges) == 1 and charge and not l_refunds and not refund_moved):
+            c.offend(order_id, f"COMPLETED must be charged once and never refunded: "
+                               f"{len(l_charges)} charge(s), {len(l_refunds)} refund(s)")
+        if state == "CANCELLED":
+            never_charged = not l_charges and not l_refunds and charge is None and refund_moved is None
+            charged_and_refunded = len(l_charges) == 1 == len(l_refunds) and charged == refunded
+            if not (never_charged or charged_and_refunded):
+                c.offend(order_id, f"CANCELLED must be uncharged or refunded in full: "
+                                   f"{len(l_charges)} charge(s) {charged}, {len(l_refunds)} refund(s) {refunded}")
+
+
+def check_stock(snap: Snapshot, c: Check) -> None:
+    held: Counter = Counter()
+    for order_id, (status, items) in snap.reservations.items():
+        if status == "reserved":
+            for item in items:
+                held[item["sku"]] += item["qty"]
+        state = snap.state(order_id)
+        if state is None:
+            c.offend(order_id, "reservation for an unknown order")
+        elif state == "CANCELLED" and status == "reserved":
+            c.offend(order_id, "CANCELLED order still holds its reservation")
+    for order_id, (state, *_rest) in snap.views.items():
+        if state == "COMPLETED" and snap.reservations.get(order_id, ("none",))[0] != "reserved":
+            c.offend(order_id, "COMPLETED without reserved stock")
+    for sku, initial, available, reserved in snap.stock:
+        if available + reserved != initial:
+            c.offend(sku, f"stock mismatch: available {available} + reserved {reserved} != initial {initial}")
+        if available < 0 or reserved < 0:
+            c.offend(sku, f"negative stock: available {available}, reserved {reserved}")
+        if reserved != held[sku]:
+            c.offend(sku, f"reserved mismatch: stock says {reserved}, reservations hold {held[sku]}")
+    c.checked = len(snap.stock) + len(snap.reservations)
+
+
+def check_shipments_notifications(snap: Snapshot, c: Check) -> None:
+    for order_id, status in snap.shipments.items():
+        state = snap.state(order_id)
+        if state is None:
+            c.offend(order_id, "shipment for an unknown order")
+        elif state == "CANCELLED" and status == "created":
+            c.offend(order_id, "CANCELLED order has a created shipment")
+    for order_id, (state, *_rest) in snap.views.items():
+        if state == "COMPLETED" and snap.shipments.get(order_id) != "created":
+            c.offend(order_id, "COMPLETED without a created shipment")
+        kinds = sorted(snap.notifications.get(order_id, []))
+        wanted = [NOTIFICATION_KIND[state]] if state in NOTIFICATION_KIND else []
+        if kinds != wanted:
+            c.offend(order_id, f"notifications {kinds or 'none'} for a {state} order (want {wanted or 'none'})")
+    for order_id in set(snap.notifications) - set(snap.views):
+        c.offend(order_id, "notification for an unknown order")
+    c.checked = len(snap.views)
+
+
+def check_outbox(snap: Snapshot, c: Check) -> None:
+    for d, rows in snap.unsent.items():
+        for order_id, type_, _event_id in rows:
+            c.offend(order_id, f"unsent: {d} {type_}")
+    c.checked = len(snap.domains)
+
+
+def check_fold(snap: Snapshot, c: Check) -> None:
+    """fold(order_events) == order_view, as consumers/order.py `load` folds them, in one pass."""
+    query = (select(OrderEvent.order_id, OrderEvent.type, OrderEvent.schema_version, OrderEvent.data)
+             .order_by(OrderEvent.order_id, OrderEvent.version))
+    seen = set()
+    with Session(engine_for(snap.settings, "order")) as s:
+        rows = s.exec(query.execution_options(yield_per=2000))
+        for order_id, group in itertools.groupby(rows, key=lambda r: r[0]):
+            seen.add(order_id)
+            order = domain.fold(order_id, (domain.upcast(t, v, data) for _, t, v, data in group))
+            view = snap.views.get(order_id)
+            if view is None:
+                c.offend(order_id, "events but no projection")
+                continue
+            folded = (order.state, order.reason, order.version)
+            if folded != tuple(view[:3]):
+                c.offend(order_id, f"fold {folded} != projection {tuple(view[:3])}")
+    for order_id in set(snap.views) - seen:
+        c.offend(order_id, "projection without events")
+    c.checked = len(seen)
+
+
+def check_dead_letters(snap: Snapshot, c: Check) -> None:
+    from choreo.messaging.admin import BrokerAdmin
+
+    for d, rows in snap.dead_letters.items():
+        for event_id, order_id, type_, reason in rows:
+            if not (reason or "").strip():
+                c.offend(order_id or event_id, f"dead_letters row without reason: {d} {type_}")
+    c.checked = sum(len(rows) for rows in snap.dead_letters.values())
+    with BrokerAdmin(snap.settings) as admin:
+        depth = {q["name"]: q["messages"] or 0 for q in admin.queue_stats()}
+        for d in snap.domains:
+            letters = admin.peek(d, depth.get(admin.topology.names.dlq(d), 0))
+            c.checked += len(letters)
+            for letter in letters:
+                if not (letter.headers.get("x-choreo-reason") or letter.headers.get("x-death")):
+                    c.offend(letter.order_id or letter.event_id or f"{d}-dlq", f"DLQ message without reason: {d}")
+
+
+CHECKS: list[tuple[str, str, Callable[[Snapshot, Check], None]]] = [
+    ("terminal", "every order terminal (or NEEDS_ATTENTION with a dead letter)", check_terminal),
+    ("money", "charges and refunds match outcomes and the gateway ledger", check_money),
+    ("stock", "available + reserved == initial; no cancelled order holds stock", check_stock),
+    ("shipments_notifications", "one shipment at most; one notification of the right kind",
+     check_shipments_notifications),
+    ("outbox", "every outbox row sent", check_outbox),
+    ("fold", "fold(order events) == order projection", check_fold),
+    ("dead_letters", "every dead letter carries its reason", check_dead_letters),
+]
+
+# What makes a check unanswerable (reported as failed with the error, never swallowed).
+UNAVAILABLE = (SQLAlchemyError, OSError, pika.exceptions.AMQPError)
+
+
+def run_audit(settings: Settings) -> list[Check]:
+    snap = Snapshot(settings)
+    checks = []
+    for name, title, fn in CHECKS:
+        check = Check(name, title)
+        try:
+            fn(snap, check)
+        except UNAVAILABLE as exc:
+            check.error = f"{type(exc).__name__}: {exc}"[:500]
+        checks.append(check)
+    return checks
+
+
+def print_report(checks: list[Check], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="audit")
+    for col in ("check", "result", "count", "first offending", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        result = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
+        table.add_row(c.name, result, str(len(c.problems)), ", ".join(c.offenders[:5]), c.detail)
+    console.print(table)
+    for c in checks:
+        for who in c.offenders[:5]:
+            console.print(f"  [red]{c.name}[/red] {who}: {c.problems[who]}")
+    failed = [c.name for c in checks if not c.passed]
+    console.print("[green]all guarantees hold[/green]" if not failed else f"[red]violated: {', '.join(failed)}[/red]")
