@@ -107,10 +107,25 @@ class Topology:
             for d in self.settings.domains:
                 for rk in stale_keys(d, self.settings.saga_mode):
                     channel.queue_unbind(self.names.queue(d), self.names.events, rk)
+            self._unbind_inactive(conn)
             return declared
         finally:
             if own:
                 conn.release()
+
+    def _unbind_inactive(self, conn: Connection) -> None:
+        """A worker queue of another mode (the orchestrator's, after switching back to
+        choreography) must stop collecting events nobody will consume. Unbound, not deleted:
+        what it already holds stays visible in list_queues."""
+        for d in {d for m in MODES for d in subscriptions(m)} - set(self.settings.domains):
+            channel = conn.channel()
+            try:
+                channel.queue_declare(self.names.queue(d), passive=True)
+            except conn.channel_errors:
+                continue  # never declared here: nothing to unbind (the broker closed that channel)
+            for rk in {rk for m in MODES for rk in routing_keys(d, m)}:
+                channel.queue_unbind(self.names.queue(d), self.names.events, rk)
+            channel.close()
 
     def expected_bindings(self) -> set[tuple[str, str, str]]:
         """(exchange, routing key, queue) triples, to compare with `rabbitmqctl list_bindings`."""
