@@ -1,0 +1,1 @@
+"""choreo benchmarks: the real saga vs a naive Celery chain vs the raw broker ceiling (see run.py)."""

@@ -1,0 +1,287 @@
+"""Arm 1: choreo with every guarantee on, the real stack (users + 5 workers via choreo.stack.Stack).
+
+Scenario 'completed' only, so every saga is place_order -> order.placed -> payment.completed ->
+inventory.reserved -> shipment.created -> order.completed -> notification.
+"""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from datetime import datetime, timezone
+
+from bench.common import (REDIS_URL, Pacer, ProcSampler, broker_pid, free_port, log, patched_environ,
+                          percentiles, redis_pid, sandbox)
+
+WORKER_NAMES = [f"worker-{d}" for d in ("order", "payment", "inventory", "shipment", "notification")]
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def choreo_env(sb, pool: str, concurrency: int, prefetch: int, extra: dict | None = None) -> dict[str, str]:
+    return {
+        "CHOREO_BROKER_URL": sb.broker_url,
+        "CHOREO_REDIS_URL": REDIS_URL,
+        "CHOREO_REDIS_PREFIX": sb.redis_prefix,
+        "CHOREO_DATA_DIR": str(sb.workdir / "data"),
+        "CHOREO_RUN_DIR": str(sb.workdir / "run"),
+        "CHOREO_USER_SERVICE_PORT": str(free_port()),
+        "CHOREO_FLOWER_PORT": str(free_port()),
+        "CHOREO_WORKER_POOL": pool,
+        "CHOREO_WORKER_CONCURRENCY": str(concurrency),
+        "CHOREO_PREFETCH_MULTIPLIER": str(prefetch),
+        "CHOREO_SAGA_MODE": "choreography",
+        **(extra or {}),
+    }
+
+
+class OrderPublisher:
+    """Publishes place_order commands exactly like `choreo enqueue` (choreo's Publisher, confirms on)."""
+
+    def __init__(self, settings) -> None:
+        from choreo.messaging.publisher import Publisher
+        from choreo.messaging.topology import Names
+        from tasks.app import make_app
+
+        self.app = make_app("client", settings)
+        self.publisher = Publisher(self.app, Names(settings.namespace))
+        self.rng = random.Random(7)
+        self.sent: dict[str, datetime] = {}  # order id -> place_order occurred_at
+
+    def publish_one(self) -> str:
+        from config.catalog import make_order
+        from models.envelope import PlaceOrder, make_envelope
+
+        spec = make_order("completed", self.rng)
+        order_id = f"ord-{uuid.uuid4().hex[:16]}"
+        env = make_envelope("place_order", order_id, PlaceOrder(customer_id=spec.customer_id, items=spec.items,
+                                                              card_token=spec.card_token, address=spec.address),
+                            source="bench")
+        self.publisher.publish(env)
+        self.sent[order_id] = env.occurred_at
+        return order_id
+
+    def close(self) -> None:
+        try:
+            self.app.close()
+        except Exception:
+            pass
+
+
+def _read_outcomes(settings, order_ids: list[str]) -> dict:
+    """order_view (state, placed_at, ended_at) and the completion notification's sent_at."""
+    from sqlmodel import Session, select
+
+    from choreo.db import engine_for
+    from models.tables import Notification, OrderView
+
+    views, notes = {}, {}
+    with Session(engine_for(settings, "order")) as s:
+        for i in range(0, len(order_ids), 500):
+            chunk = order_ids[i:i + 500]
+            for o, st, placed, ended in s.exec(select(OrderView.order_id, OrderView.state, OrderView.placed_at,
+                                                      OrderView.ended_at).where(OrderView.order_id.in_(chunk))):
+                views[o] = (st, _utc(placed), _utc(ended))
+    with Session(engine_for(settings, "notification")) as s:
+        for i in range(0, len(order_ids), 500):
+            chunk = order_ids[i:i + 500]
+            for o, sent in s.exec(select(Notification.order_id, Notification.sent_at)
+                                  .where(Notification.order_id.in_(chunk))):
+                notes[o] = _utc(sent)
+    return {"views": views, "notes": notes}
+
+
+def _deliveries(settings, order_ids: list[str]) -> dict[str, int]:
+    """Inbox rows per domain for these orders: each is one delivered message that was applied."""
+    from sqlmodel import Session, func, select
+
+    from choreo.db import engine_for
+    from config.settings import DOMAINS
+    from models.tables import Inbox
+
+    out = {}
+    for d in DOMAINS:
+        n = 0
+        with Session(engine_for(settings, d)) as s:
+            for i in range(0, len(order_ids), 500):
+                n += s.exec(select(func.count()).select_from(Inbox).where(Inbox.order_id.in_(order_ids[i:i + 500]))).one()
+        out[d] = n
+    return out
+
+
+def wait_done(settings, order_ids: list[str], timeout: float, poll: float = 0.5) -> tuple[float, dict]:
+    """Poll order_view (choreo.queries.order_states) until every order is terminal, then until every
+    completion notification is recorded. Returns (time.time() when the last order was seen terminal, states)."""
+    from choreo.queries import TERMINAL, order_states
+
+    deadline = time.monotonic() + timeout
+    states: dict = {}
+    while True:
+        states = order_states(settings, order_ids)
+        if len(states) == len(order_ids) and all(st in TERMINAL for st, _ in states.values()):
+            seen = time.time()
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sum(1 for st, _ in states.values() if st in TERMINAL)}/{len(order_ids)} orders "
+                               f"terminal after {timeout:.0f}s")
+        time.sleep(poll)
+    while time.monotonic() < deadline:
+        if len(_read_outcomes(settings, order_ids)["notes"]) >= len(order_ids):
+            break
+        time.sleep(poll)
+    return seen, states
+
+
+def _wait_ready(settings, stack, names: list[str], timeout: float = 90.0) -> None:
+    import httpx
+
+    from choreo.messaging.admin import BrokerAdmin
+    from config.settings import DOMAINS
+
+    deadline = time.monotonic() + timeout
+    while True:
+        dead = [n for n in names if stack.pid(n) is None]
+        if dead:
+            raise RuntimeError(f"processes died at start: {dead}; logs in {stack.log_dir}")
+        with BrokerAdmin(settings) as admin:
+            stats = {q["name"]: q["consumers"] for q in admin.queue_stats()}
+        consuming = all(stats.get(f"{settings.namespace}.{d}") for d in DOMAINS)
+        try:
+            users_ok = httpx.get(f"{settings.users_url}/users/cust-1", timeout=1).status_code == 200
+        except Exception:
+            users_ok = False
+        if consuming and users_ok:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"stack not ready after {timeout:.0f}s (logs in {stack.log_dir})")
+        time.sleep(0.3)
+
+
+def throughput_phase(settings, pub: OrderPublisher, n: int, sampler: ProcSampler, timeout: float) -> dict:
+    c0 = sampler.cpu()
+    t_first = time.time()
+    ids = [pub.publish_one() for _ in range(n)]
+    t_pub = time.time() - t_first
+    seen, states = wait_done(settings, ids, timeout)
+    c1 = sampler.cpu()
+    out = _read_outcomes(settings, ids)
+    first_occ = min(pub.sent[o] for o in ids).timestamp()
+    ends = [v[2].timestamp() for v in out["views"].values() if v[2] is not None]
+    last_end = max(ends)
+    last_note = max((t.timestamp() for t in out["notes"].values() if t), default=None)
+    completed = sum(1 for st, _ in states.values() if st == "COMPLETED")
+    deliveries = _deliveries(settings, ids)
+    cpu = ProcSampler.cpu_delta(c0, c1)
+    return {
+        "orders": n, "completed": completed, "publish_seconds": t_pub, "publish_rate": n / t_pub,
+        "seconds_db": last_end - first_occ, "seconds_observed": seen - t_first,
+        "seconds_incl_notification": (last_note - first_occ) if last_note else None,
+        "sagas_per_s": n / (last_end - first_occ),
+        "sagas_per_s_observed": n / (seen - t_first),
+        "sagas_per_s_incl_notification": n / (last_note - first_occ) if last_note else None,
+        "deliveries": deliveries, "deliveries_per_saga": sum(deliveries.values()) / n,
+        "cpu": cpu, "cpu_s_per_saga": cpu["workers"] / n,
+    }
+
+
+def latency_phase(settings, pub: OrderPublisher, rate: float, count: int, timeout: float,
+                  sampler: ProcSampler | None = None) -> dict:
+    c0 = sampler.cpu() if sampler else None
+    pacer = Pacer(rate)
+    ids = []
+    t0 = time.time()
+    for _ in range(count):
+        pacer.wait()
+        ids.append(pub.publish_one())
+    dur = time.time() - t0
+    wait_done(settings, ids, timeout)
+    cpu = ProcSampler.cpu_delta(c0, sampler.cpu()) if sampler else None
+    out = _read_outcomes(settings, ids)
+    lat, lat_placed, lat_note = [], [], []
+    for o in ids:
+        st, placed, ended = out["views"][o]
+        occ = pub.sent[o]
+        if ended is not None:
+            lat.append((ended - occ).total_seconds() * 1000)
+            if placed is not None:
+                lat_placed.append((ended - placed).total_seconds() * 1000)
+        if out["notes"].get(o):
+            lat_note.append((out["notes"][o] - occ).total_seconds() * 1000)
+    return {
+        "rate_target": rate, "rate_actual": count / dur, "orders": count, "seconds": dur,
+        "publisher_max_lag_ms": pacer.max_lag * 1000,
+        "latency_ms": percentiles(lat), "latency_ms_mean": sum(lat) / len(lat) if lat else None,
+        "definition": "order_view.ended_at (order worker commit of OrderCompleted) - place_order envelope occurred_at (set by the bench just before publish)",
+        "latency_from_placed_at_ms": percentiles(lat_placed),
+        "latency_to_notification_ms": percentiles(lat_note),
+        "cpu": cpu,
+    }
+
+
+def run_choreo(n: int, *, pool: str = "prefork", concurrency: int = 1, prefetch: int = 4,
+               latency: bool = True, lat_orders: int | None = None, lat_min_s: float = 20, lat_max_s: float = 30,
+               warmup: int = 20, extra_env: dict | None = None, during_throughput=None) -> dict:
+    from choreo.db import dispose_all
+    from choreo.messaging.topology import Topology
+    from choreo.queries import prepare
+    from choreo.stack import Stack
+    from config.settings import get_settings
+
+    result: dict = {"arm": "choreo", "pool": pool, "concurrency": concurrency, "prefetch": prefetch, "n": n}
+    with sandbox("choreo") as sb:
+        env = choreo_env(sb, pool, concurrency, prefetch, extra_env)
+        with patched_environ(env):
+            get_settings.cache_clear()
+            settings = get_settings()
+            assert sb.vhost in settings.broker_url
+            prepare(settings)
+            Topology(settings).declare()
+            stack = Stack(settings, env)
+            names = ["users", *WORKER_NAMES]
+            pub = None
+            sampler = None
+            try:
+                for name in names:
+                    stack.start(name)
+                _wait_ready(settings, stack, names)
+                pub = OrderPublisher(settings)
+                if warmup:
+                    wait_done(settings, [pub.publish_one() for _ in range(warmup)], 120)
+                sampler = ProcSampler({name: stack.pid(name) for name in WORKER_NAMES},
+                                      external={"broker": broker_pid(), "redis": redis_pid(),
+                                                "users": stack.pid("users")}).start()
+                hook = during_throughput(stack) if during_throughput else None
+                try:
+                    result["throughput"] = thr = throughput_phase(settings, pub, n, sampler, timeout=max(180, n / 5))
+                finally:
+                    if hook:
+                        hook()
+                log(f"choreo[{pool} c={concurrency} p={prefetch}] throughput {thr['sagas_per_s']:.1f} sagas/s "
+                    f"({thr['completed']}/{n} completed, {thr['deliveries_per_saga']:.2f} deliveries/saga, "
+                    f"cpu {thr['cpu_s_per_saga'] * 1000:.1f} ms/saga)")
+                if latency:
+                    rate = 0.5 * thr["sagas_per_s"]
+                    count = lat_orders if lat_orders is not None else n // 2
+                    count = int(min(max(count, rate * lat_min_s), rate * lat_max_s))
+                    result["latency"] = lat = latency_phase(settings, pub, rate, max(count, 10), timeout=180,
+                                                           sampler=sampler)
+                    p = lat["latency_ms"]
+                    log(f"choreo latency at {rate:.1f}/s x {lat['orders']}: p50 {p['p50']:.0f} p95 {p['p95']:.0f} "
+                        f"p99 {p['p99']:.0f} ms")
+                sampler.stop()
+                result["memory"] = sampler.memory()
+                result["users_pid_cpu_note"] = "users service CPU is in throughput.cpu.users, not in workers"
+            finally:
+                if sampler:
+                    sampler.stop()
+                if pub:
+                    pub.close()
+                for name in reversed(names):
+                    stack.stop(name)
+                dispose_all()
+                get_settings.cache_clear()
+    return result

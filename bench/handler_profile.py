@@ -1,0 +1,390 @@
+"""In-process cost of choreo's adapter + handlers per message, without Celery's worker around it.
+
+Runs whole sagas by calling tasks.adapter.process() for each hop in turn (real SQLite, Redis,
+broker publishes with confirms, users service over HTTP), counting per message: SQL statements,
+transactions, Redis commands, AMQP publishes, and CPU time; optional cProfile. Used to find
+waste and to measure the gain of a candidate change (applied as a monkeypatch here, never to
+the core). Sandbox as everywhere: own vhost, redis prefix, temp folder.
+
+    .venv/bin/python -m bench.handler_profile [--sagas 200] [--cprofile] [--variant NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import io
+import pstats
+import random
+import time
+from collections import Counter
+
+from bench.common import log, patched_environ, sandbox
+
+HOPS = [("order", "place_order"), ("payment", "order.placed"), ("order", "payment.completed"),
+        ("inventory", "payment.completed"), ("order", "inventory.reserved"), ("shipment", "inventory.reserved"),
+        ("order", "shipment.created"), ("notification", "order.completed")]
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.c: Counter = Counter()
+
+    def install(self, engines, redis_clients) -> None:
+        from sqlalchemy import event
+
+        for eng in engines:
+            @event.listens_for(eng, "before_cursor_execute")
+            def _sql(conn, cursor, statement, params, context, executemany, _eng=eng):
+                word = statement.split(None, 1)[0].upper()
+                self.c[f"sql:{word}"] += 1
+                self.c["sql"] += 1
+
+            @event.listens_for(eng, "commit")
+            def _commit(conn):
+                self.c["sql:transactions"] += 1
+
+        for r in redis_clients:
+            orig = r.execute_command
+
+            def wrapped(*args, _orig=orig, **kw):
+                self.c[f"redis:{args[0]}"] += 1
+                self.c["redis"] += 1
+                return _orig(*args, **kw)
+            r.execute_command = wrapped
+
+    def install_amqp(self) -> None:
+        import amqp.channel
+
+        orig = amqp.channel.Channel._basic_publish
+
+        def counted(ch, msg, exchange="", routing_key="", *a, **kw):
+            self.c["amqp:publish"] += 1
+            self.c[f"amqp:publish:{'events' if 'celeryev' in exchange else 'task'}"] += 1
+            return orig(ch, msg, exchange, routing_key, *a, **kw)
+        amqp.channel.Channel._basic_publish = counted
+        orig_wait = amqp.channel.Channel.basic_publish_confirm
+
+        def confirm(ch, *a, **kw):
+            self.c["amqp:confirm_waits"] += 1
+            return orig_wait(ch, *a, **kw)
+        amqp.channel.Channel.basic_publish_confirm = confirm
+
+
+# --- candidate changes, as monkeypatches (the core is not edited) --------------------------------
+
+def variant_no_sent_event(apps):
+    """task_send_sent_event=False on the publishing apps (no 'task-sent' event per published event)."""
+    for app in apps:
+        app.conf.task_send_sent_event = False
+
+
+def variant_redis_pipeline():
+    """Idempotency.remember + Metrics.incr in one Redis round trip (a pipeline)."""
+    import tasks.adapter as adapter
+
+    orig_process = adapter.process
+
+    class _Deferred:
+        def __init__(self):
+            self.ops = []
+
+    def process(rt, sub, envelope):
+        ops = []
+        idem, met = rt.idempotency, rt.metrics
+        real_remember, real_incr = idem.remember, met.incr
+        idem.remember = lambda consumer, event_id: ops.append(("set", idem.key(consumer, event_id)))
+        met.incr = lambda name, domain, by=1: ops.append(("hincrby", f"{met.prefix}:metrics:{name}", domain, by))
+        try:
+            return orig_process(rt, sub, envelope)
+        finally:
+            idem.remember, met.incr = real_remember, real_incr
+            if ops:
+                p = idem.client.pipeline(transaction=False)
+                for op in ops:
+                    if op[0] == "set":
+                        p.set(op[1], 1, ex=idem.ttl)
+                    else:
+                        p.hincrby(op[1], op[2], op[3])
+                p.execute()
+    adapter.process = process
+
+
+def variant_mark_sent_in_place():
+    """mark_sent: a plain UPDATE in autocommit-like short transaction without the ORM Session."""
+    import choreo.db as db
+    import tasks.adapter as adapter
+    from models.tables import Outbox
+
+    def mark_sent(engine, ids):
+        if not ids:
+            return
+        with engine.begin() as conn:
+            conn.execute(Outbox.__table__.update().where(Outbox.id.in_(ids)).values(sent_at=db.utcnow()))
+    adapter.mark_sent = mark_sent
+
+
+def variant_log_warning():
+    """Per-message INFO logs off (CHOREO_LOG_LEVEL=WARNING)."""
+    import logging
+    logging.getLogger().setLevel("WARNING")
+
+
+def variant_no_argsrepr(apps):
+    """Celery computes argsrepr/kwargsrepr (saferepr of the envelope) for every sent message."""
+    import celery.app.amqp as camqp
+    orig = camqp.AMQP.as_task_v2
+
+    def as_task_v2(self, *a, **kw):
+        kw.setdefault("argsrepr", "")
+        kw.setdefault("kwargsrepr", "")
+        return orig(self, *a, **kw)
+    camqp.AMQP.as_task_v2 = as_task_v2
+
+
+VARIANTS = {"no_sent_event": variant_no_sent_event, "redis_pipeline": variant_redis_pipeline,
+            "mark_sent_core": variant_mark_sent_in_place, "log_warning": variant_log_warning,
+            "no_argsrepr": variant_no_argsrepr}
+
+
+class Harness:
+    """A sandboxed in-process saga runner: `block(k)` runs k sagas and returns CPU/wall per message."""
+
+    def __init__(self, log_level: str = "INFO") -> None:
+        self.log_level = log_level
+
+    def __enter__(self) -> "Harness":
+        import contextlib
+        import logging
+
+        import httpx
+
+        from bench.choreo_arm import choreo_env
+        from choreo import logs
+        from choreo.bootstrap import runtime
+        from choreo.db import engine_for
+        from choreo.messaging.topology import Topology
+        from choreo.queries import prepare
+        from choreo.stack import Stack
+        from config.settings import DOMAINS, get_settings
+        from tasks.app import make_app
+
+        self._stack_ctx = contextlib.ExitStack()
+        sb = self._stack_ctx.enter_context(sandbox("handler"))
+        env = choreo_env(sb, "solo", 1, 4, {"CHOREO_LOG_LEVEL": self.log_level})
+        self._stack_ctx.enter_context(patched_environ(env))
+        get_settings.cache_clear()
+        self.settings = settings = get_settings()
+        prepare(settings)
+        Topology(settings).declare()
+        logs.configure("bench", settings.log_level, settings.log_json)
+        self._log_file = open(sb.workdir / "handler.log", "w")
+        logging.getLogger().handlers[0].stream = self._log_file  # like a worker's log file
+        self.stack = Stack(settings, env)
+        self.stack.start("users")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{settings.users_url}/users/cust-1", timeout=1).status_code == 200:
+                    break
+            except Exception:
+                time.sleep(0.2)
+        self.apps = {d: make_app(d, settings) for d in DOMAINS}
+        self.rts = {d: runtime(d, self.apps[d], settings) for d in DOMAINS}
+        self.counters = Counters()
+        self.counters.install([engine_for(settings, s) for s in (*DOMAINS, "gateway")],
+                              {id(rt.idempotency.client): rt.idempotency.client for rt in self.rts.values()}.values())
+        self.counters.install_amqp()
+        self.published: list = []
+        for rt in self.rts.values():
+            orig = rt.publisher.publish
+
+            def pub(envelope, _orig=orig):
+                self.published.append(envelope)
+                return _orig(envelope)
+            rt.publisher.publish = pub
+        self.rng = random.Random(3)
+        self.per_hop_cpu: Counter = Counter()
+        self.per_hop_n: Counter = Counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from choreo.db import dispose_all
+        from config.settings import get_settings
+
+        for app in self.apps.values():
+            try:
+                app.close()
+            except Exception:
+                pass
+        self.stack.stop("users")
+        dispose_all()
+        get_settings.cache_clear()
+        self._log_file.close()
+        self._stack_ctx.close()
+
+    def one_saga(self) -> None:
+        import tasks.adapter as adapter
+        from config.catalog import make_order
+        from consumers.registry import SUBSCRIPTIONS
+        from models.envelope import PlaceOrder, decode, make_envelope
+
+        spec = make_order("completed", self.rng)
+        oid = f"ord-{self.rng.getrandbits(64):016x}"
+        env0 = make_envelope("place_order", oid, PlaceOrder(customer_id=spec.customer_id, items=spec.items,
+                             card_token=spec.card_token, address=spec.address), source="bench")
+        inbox = {"place_order": env0}
+        for domain, type_ in HOPS:
+            wire = inbox[type_].to_wire()
+            t0 = time.process_time()
+            envelope = decode(wire)  # what handle() does before process()
+            rt = self.rts[domain]
+            if os.environ.get("BENCH_EXP_NO_SEEN") != "1":
+                rt.idempotency.seen(domain, envelope.event_id)
+            self.published.clear()
+            adapter.process(rt, SUBSCRIPTIONS[domain][type_], envelope)
+            self.per_hop_cpu[f"{domain}<-{type_}"] += time.process_time() - t0
+            self.per_hop_n[f"{domain}<-{type_}"] += 1
+            for e in self.published:
+                inbox[e.type] = e
+        assert "order.completed" in inbox, inbox.keys()
+
+    def block(self, sagas: int, prof: cProfile.Profile | None = None) -> dict:
+        self.counters.c.clear()
+        self.per_hop_cpu.clear()
+        self.per_hop_n.clear()
+        t_wall, t_cpu = time.perf_counter(), time.process_time()
+        if prof:
+            prof.enable()
+        for _ in range(sagas):
+            self.one_saga()
+        if prof:
+            prof.disable()
+        wall, cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
+        msgs = sagas * len(HOPS)
+        return {"wall_ms_per_msg": 1000 * wall / msgs, "cpu_ms_per_msg": 1000 * cpu / msgs,
+                "cpu_ms_per_saga": 1000 * cpu / sagas, "wall_ms_per_saga": 1000 * wall / sagas,
+                "per_msg_counts": {k: round(v / msgs, 2) for k, v in sorted(self.counters.c.items())},
+                "per_hop_cpu_ms": {k: round(1000 * self.per_hop_cpu[k] / self.per_hop_n[k], 2) for k in self.per_hop_cpu}}
+
+
+def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "INFO") -> dict:
+    out: dict = {"sagas": sagas, "variants": variants}
+    with Harness(log_level) as h:
+        for v in variants:
+            fn = VARIANTS[v]
+            fn(list(h.apps.values())) if fn.__code__.co_argcount else fn()
+        h.block(10)  # warm-up
+        prof = cProfile.Profile() if use_cprofile else None
+        out.update(h.block(sagas, prof))
+        if prof:
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(70)
+            out["cprofile"] = s.getvalue()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(40)
+            out["cprofile_self"] = s.getvalue()
+    return out
+
+
+# --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
+
+def _sent_event(apps, on: bool) -> None:
+    for app in apps:
+        app.conf.task_send_sent_event = on
+        app.amqp.__dict__.pop("send_task_message", None)  # Celery reads the flag when it builds the sender
+
+
+def _argsrepr_patch():
+    import celery.app.amqp as camqp
+    orig = camqp.AMQP.as_task_v2
+    state = {"on": False}
+
+    def as_task_v2(self, *a, **kw):
+        if state["on"]:
+            kw["argsrepr"] = kw.get("argsrepr") or "<envelope>"
+            kw["kwargsrepr"] = kw.get("kwargsrepr") or "{}"
+        return orig(self, *a, **kw)
+    camqp.AMQP.as_task_v2 = as_task_v2
+    return state
+
+
+def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO") -> dict:
+    """Variants: base, no_sent_event, log_warning, no_argsrepr, and env:NAME (sets BENCH_EXP_NAME=1, which
+    only an experiment copy of the core reads); 'a+b' combines. Reports median CPU ms/msg per variant."""
+    import logging
+    import statistics
+
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    with Harness(log_level) as h:
+        argsrepr = _argsrepr_patch()
+        apps = list(h.apps.values())
+
+        def apply(variant: str, on: bool) -> None:
+            for part in variant.split("+"):
+                if part == "base":
+                    continue
+                if part == "no_sent_event":
+                    _sent_event(apps, not on)
+                elif part == "log_warning":
+                    logging.getLogger().setLevel("WARNING" if on else log_level)
+                elif part == "no_argsrepr":
+                    argsrepr["on"] = on
+                elif part.startswith("env:"):
+                    key = "BENCH_EXP_" + part[4:]
+                    if on:
+                        os.environ[key] = "1"
+                    else:
+                        os.environ.pop(key, None)
+                else:
+                    raise ValueError(part)
+        h.block(10)
+        for r in range(rounds):
+            order = variants if r % 2 == 0 else list(reversed(variants))
+            for v in order:
+                apply(v, True)
+                try:
+                    h.block(3)  # settle (e.g. piggybacked rows of the previous variant)
+                    results[v].append(h.block(sagas))
+                finally:
+                    apply(v, False)
+            log(f"A/B round {r + 1}/{rounds} done")
+    base = statistics.median(x["cpu_ms_per_msg"] for x in results[variants[0]])
+    summary = {}
+    for v, xs in results.items():
+        cpu = [x["cpu_ms_per_msg"] for x in xs]
+        wall = [x["wall_ms_per_msg"] for x in xs]
+        summary[v] = {"cpu_ms_per_msg_median": statistics.median(cpu), "cpu_min": min(cpu), "cpu_max": max(cpu),
+                      "wall_ms_per_msg_median": statistics.median(wall),
+                      "cpu_vs_first": statistics.median(cpu) / base - 1, "counts": xs[-1]["per_msg_counts"]}
+    return {"rounds": rounds, "sagas_per_block": sagas, "summary": summary}
+
+
+def main() -> None:
+    import json
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sagas", type=int, default=200)
+    ap.add_argument("--cprofile", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
+    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--ab", help="comma-separated A/B variants, e.g. base,no_sent_event,log_warning")
+    ap.add_argument("--rounds", type=int, default=6)
+    a = ap.parse_args()
+    if a.ab:
+        r = ab(a.ab.split(","), a.rounds, a.sagas, a.log_level)
+        print(json.dumps(r, indent=1))
+        print("\nvariant                                   CPU ms/msg median (min-max)   vs first   wall ms/msg")
+        for v, x in r["summary"].items():
+            print(f"{v:42} {x['cpu_ms_per_msg_median']:6.2f} ({x['cpu_min']:.2f}-{x['cpu_max']:.2f})"
+                  f"        {100 * x['cpu_vs_first']:+6.1f}%   {x['wall_ms_per_msg_median']:6.2f}")
+        return
+    r = run(a.sagas, a.cprofile, a.variant, a.log_level)
+    prof, prof_self = r.pop("cprofile", None), r.pop("cprofile_self", None)
+    print(json.dumps(r, indent=1))
+    if prof:
+        print(prof)
+        print(prof_self)
+
+
+if __name__ == "__main__":
+    main()
