@@ -21,7 +21,9 @@ def world(settings, tmp_path):
     from choreo import db
     from choreo.queries import prepare
 
-    s = settings.model_copy(update={"data_dir": tmp_path})
+    # A fresh folder (SQLite) and a fresh database prefix (PostgreSQL, dropped with the run's).
+    prefix = f"{settings.database_prefix}_au{uuid.uuid4().hex[:6]}"
+    s = settings.model_copy(update={"data_dir": tmp_path, "database_prefix": prefix})
     prepare(s)
     w = World(s)
     w.completed("ord-completed")
@@ -32,6 +34,7 @@ def world(settings, tmp_path):
     yield w
     # Engines are cached per (pid, database url): close this folder's, keep everyone else's.
     db.dispose_engines(str(tmp_path))
+    db.dispose_engines(f"/{prefix}_")
 
 
 class World:
