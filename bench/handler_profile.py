@@ -85,10 +85,6 @@ def variant_redis_pipeline():
 
     orig_process = adapter.process
 
-    class _Deferred:
-        def __init__(self):
-            self.ops = []
-
     def process(rt, sub, envelope):
         ops = []
         idem, met = rt.idempotency, rt.metrics

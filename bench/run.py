@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -225,6 +224,16 @@ def run_sweep(n: int, quiet: tuple[float, float], max_foreign: float, attempts: 
                 out.append({"pool": pool, "concurrency": c, "prefetch": p, "error": r["error"]})
                 continue
             out.append({"pool": pool, "concurrency": c, "prefetch": p, **row_figures(r), "raw": r})
+    if repeats > 1:
+        print("\nper config, median (min-max) over repeats:")
+        for pool, c, p in configs:
+            rows = [o for o in out if (o["pool"], o["concurrency"], o["prefetch"]) == (pool, c, p) and "error" not in o]
+            if not rows:
+                continue
+            sm = {k: summary([o[k] for o in rows]) for k in ("sagas_per_s", "p99", "cpu_s_per_saga", "pss_total_mb", "rss_mb")}
+            print(f"  {pool:8} c={c} p={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  p99 ms {_fmt(sm['p99'], 0)}  "
+                  f"CPU ms/saga {_fmt(sm['cpu_s_per_saga'], 1, 1000)}  total PSS MB {_fmt(sm['pss_total_mb'], 0)}  "
+                  f"max RSS MB {_fmt(sm['rss_mb'], 0)}")
     print("\npool     conc prefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  CPU ms/saga  foreign cores")
     for o in out:
         if "error" in o:
@@ -260,6 +269,8 @@ def main() -> int:
     ap.add_argument("--arms", default="choreo,naive,raw")
     ap.add_argument("--sweep", action="store_true", help="choreo pool/concurrency/prefetch variants (quick each)")
     ap.add_argument("--sweep-orders", type=int, default=300)
+    ap.add_argument("--sweep-configs", default=None,
+                    help="pool:concurrency:prefetch,... (default: the 9-point grid); repeats with --repeats")
     ap.add_argument("--profile", metavar="PY_SPY", help="path to py-spy: profile choreo's workers in one throughput run")
     ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle (wall clock, not only on-CPU)")
     ap.add_argument("--quiet-threshold", type=float, default=0.5,
@@ -295,7 +306,10 @@ def main() -> int:
         return 0
 
     if a.sweep:
-        doc["sweep"] = run_sweep(a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1)
+        configs = SWEEP
+        if a.sweep_configs:
+            configs = [(x.split(":")[0], int(x.split(":")[1]), int(x.split(":")[2])) for x in a.sweep_configs.split(",")]
+        doc["sweep"] = run_sweep(a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1, configs)
         path = RESULTS / f"sweep-{stamp}.json"
         path.write_text(json.dumps(doc, indent=1, default=str))
         log(f"results in {path}")
