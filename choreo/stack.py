@@ -111,8 +111,9 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and alive(pid):
             time.sleep(0.1)
+        # Still alive after the grace period: the worker and the pool children it had.
         for p in [pid, *kids]:
-            if alive(p) and MARK in _cmdline(p) or (p in kids and alive(p)):
+            if alive(p):
                 try:
                     os.kill(p, signal.SIGKILL)
                 except OSError:

@@ -80,7 +80,9 @@ def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[
     """(state, reason) an order with this data must end in."""
     if card_token == CARD_DECLINED:
         return "CANCELLED", "payment_declined"
-    sold_out = any(INITIAL_STOCK.get(i["sku"], 0) < i["qty"] for i in items)
+    from choreo.domain.inventory import missing_skus  # the inventory service's own rule
+
+    sold_out = bool(missing_skus(INITIAL_STOCK, items))
     if sold_out or is_undeliverable(address):
         if card_token == CARD_REFUND_FAILS:
             return "NEEDS_ATTENTION", "compensation_failed"

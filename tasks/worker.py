@@ -100,8 +100,12 @@ class OutboxRelay(bootsteps.StartStopStep):
     shutdown = stop
 
     def loop(self, app: Celery) -> None:
+        from choreo.bootstrap import redis_client
+        from choreo.metrics import Metrics
+
         settings = getattr(app, "choreo_settings", None) or get_settings()
         publisher = Publisher(app, Names(settings.namespace))
+        self.metrics = Metrics(redis_client(settings), settings.redis_prefix)
         while not self.stop_event.wait(settings.outbox_relay_interval):
             try:
                 self.sweep(settings, publisher)
@@ -117,9 +121,7 @@ class OutboxRelay(bootsteps.StartStopStep):
             with _FORK_GUARD:
                 mark_sent(engine, [row_id])
         if rows:
-            from choreo.bootstrap import redis_client
-            from choreo.metrics import Metrics
-            Metrics(redis_client(settings), settings.redis_prefix).incr("relayed", self.domain, len(rows))
+            self.metrics.incr("relayed", self.domain, len(rows))
             log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})
         return len(rows)
 

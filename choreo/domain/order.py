@@ -1,7 +1,7 @@
 """The order aggregate: state is a fold of its events; decisions return new events."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 TERMINAL = ("COMPLETED", "CANCELLED")
@@ -77,7 +77,6 @@ class Order:
     attention: str | None = None
     closed: str | None = None
     close_reason: str | None = None
-    facts_at: dict = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -106,7 +105,7 @@ class Order:
         return self.stock_failed or self.ship_failed
 
 
-def apply(order: Order, event: DomainEvent, at: Any = None) -> Order:
+def apply(order: Order, event: DomainEvent) -> Order:
     """One small pure step: the order after `event`."""
     d = event.data
     t = event.type
@@ -134,8 +133,6 @@ def apply(order: Order, event: DomainEvent, at: Any = None) -> Order:
         changes.update(closed="COMPLETED", close_reason=None)
     elif t == "OrderCancelled":
         changes.update(closed="CANCELLED", close_reason=d["reason"])
-    if at is not None:
-        changes["facts_at"] = {**order.facts_at, t: at}
     return replace(order, **changes)
 
 

@@ -101,13 +101,6 @@ def test_apply_returns_a_new_order_and_leaves_the_old_one_alone():
     assert after.charged_cents == AMOUNT and after.version == 2
 
 
-def test_apply_with_a_timestamp_remembers_when_each_fact_was_known():
-    order = o.apply(placed(), CAPTURED, at="t1")
-    order = o.apply(order, RESERVED, at="t2")
-    assert order.facts_at == {"PaymentCaptured": "t1", "StockReserved": "t2"}
-    assert o.apply(order, DISPATCHED).facts_at == order.facts_at
-
-
 # --- place -----------------------------------------------------------------------------
 
 def test_place_emits_order_placed_with_the_summed_amount():
