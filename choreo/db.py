@@ -5,10 +5,10 @@ import os
 import threading
 from datetime import datetime, timezone
 
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine
 
 from config.settings import Settings
 from models.envelope import Envelope, derived_id, make_envelope
@@ -120,7 +120,8 @@ class UnitOfWork:
         self.source = source
         self.cause = cause
         self.session: Session | None = None
-        self.pending: list[tuple[Outbox, Envelope]] = []
+        self.pending: list[Envelope] = []
+        self.processed: dict | None = None
         self.committed = False
 
     def __enter__(self) -> "UnitOfWork":
@@ -132,12 +133,18 @@ class UnitOfWork:
             self.session.rollback()
         self.session.close()
 
+    # The inbox, the outbox and mark-sent are on every message's path: plain Core statements on
+    # the session's connection (same transaction), not ORM objects; the profile showed the ORM's
+    # identity map and flush machinery costing more than the SQL itself.
+
     def already_processed(self, consumer: str, event_id: str) -> bool:
-        return self.session.get(Inbox, (consumer, event_id)) is not None
+        inbox = Inbox.__table__
+        stmt = select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id == event_id)
+        return self.session.connection().execute(stmt).first() is not None
 
     def mark_processed(self, consumer: str, envelope: Envelope) -> None:
-        self.session.add(Inbox(consumer=consumer, event_id=envelope.event_id,
-                               type=envelope.type, order_id=envelope.order_id))
+        self.processed = {"consumer": consumer, "event_id": envelope.event_id, "type": envelope.type,
+                          "order_id": envelope.order_id, "processed_at": utcnow()}
 
     def emit(self, type: str, payload, order_id: str | None = None) -> Envelope:
         """Stage an event for publication; its id is derived from the cause, so a re-run repeats it."""
@@ -145,33 +152,43 @@ class UnitOfWork:
         seq = str(len(self.pending))
         event_id = derived_id(self.source, self.cause.event_id, type, seq) if self.cause else None
         envelope = make_envelope(type, order_id, payload, source=self.source, cause=self.cause, event_id=event_id)
-        row = Outbox(event_id=envelope.event_id, type=type, order_id=order_id,
-                     body=envelope.model_dump_json())
-        self.session.add(row)
-        self.pending.append((row, envelope))
+        self.pending.append(envelope)
         return envelope
 
-    def commit(self) -> list[tuple[int, Envelope]]:
+    def commit(self) -> list[Envelope]:
+        """Commit state, inbox mark and outbox rows together; returns the envelopes to publish."""
+        conn = self.session.connection()
+        if self.processed is not None:
+            conn.execute(Inbox.__table__.insert(), self.processed)
+        if self.pending:
+            now = utcnow()
+            conn.execute(Outbox.__table__.insert(), [
+                {"event_id": e.event_id, "type": e.type, "order_id": e.order_id, "body": e.model_dump_json(),
+                 "created_at": now, "sent_at": None} for e in self.pending])
         self.session.commit()
         self.committed = True
-        return [(row.id, env) for row, env in self.pending]
+        return list(self.pending)
 
 
-def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[tuple[int, Envelope]]:
+def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[Envelope]:
+    """Outbox rows nobody marked sent within `older_than` seconds, oldest first."""
     from datetime import timedelta
     cutoff = utcnow() - timedelta(seconds=older_than)
-    with Session(engine) as s:
-        rows = s.exec(select(Outbox).where(Outbox.sent_at.is_(None), Outbox.created_at <= cutoff)
-                      .order_by(Outbox.id).limit(limit)).all()
-        return [(r.id, Envelope.model_validate_json(r.body)) for r in rows]
+    outbox = Outbox.__table__
+    with engine.connect() as conn:
+        bodies = conn.execute(select(outbox.c.body).where(outbox.c.sent_at.is_(None), outbox.c.created_at <= cutoff)
+                              .order_by(outbox.c.id).limit(limit)).scalars().all()
+        conn.rollback()
+    return [Envelope.model_validate_json(b) for b in bodies]
 
 
-def mark_sent(engine: Engine, ids: list[int]) -> None:
-    if not ids:
+def mark_sent(engine: Engine, event_ids: list[str]) -> None:
+    """Record that the broker confirmed these events (by event id, unique in the outbox)."""
+    if not event_ids:
         return
-    with Session(engine) as s:
-        s.execute(Outbox.__table__.update().where(Outbox.id.in_(ids)).values(sent_at=utcnow()))
-        s.commit()
+    outbox = Outbox.__table__
+    with engine.begin() as conn:
+        conn.execute(outbox.update().where(outbox.c.event_id.in_(event_ids)).values(sent_at=utcnow()))
 
 
 __all__ = ["UnitOfWork", "IntegrityError", "engine_for", "create_tables", "unsent_outbox", "mark_sent"]

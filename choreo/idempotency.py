@@ -9,6 +9,8 @@ import logging
 
 import redis
 
+from choreo import metrics
+
 log = logging.getLogger("choreo.idempotency")
 
 
@@ -28,9 +30,14 @@ class Idempotency:
             log.warning("redis unavailable for idempotency check; relying on the inbox table: %s", exc)
             return False
 
-    def remember(self, consumer: str, event_id: str) -> None:
+    def remember(self, consumer: str, event_id: str, count: str | None = None) -> None:
+        """Record the key; with `count`, also bump that metric for `consumer`, in the same round trip."""
         try:
-            self.client.set(self.key(consumer, event_id), 1, ex=self.ttl)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.key(consumer, event_id), 1, ex=self.ttl)
+            if count:
+                pipe.hincrby(metrics.key(self.prefix, count), consumer, 1)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("redis unavailable to record idempotency key: %s", exc)
 

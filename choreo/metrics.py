@@ -12,6 +12,11 @@ log = logging.getLogger("choreo.metrics")
 NAMES = ("processed", "duplicates", "retries", "dead_lettered", "relayed")
 
 
+def key(prefix: str, name: str) -> str:
+    """The Redis hash of one counter, a field per domain."""
+    return f"{prefix}:metrics:{name}"
+
+
 class Metrics:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
@@ -19,13 +24,13 @@ class Metrics:
 
     def incr(self, name: str, domain: str, by: int = 1) -> None:
         try:
-            self.client.hincrby(f"{self.prefix}:metrics:{name}", domain, by)
+            self.client.hincrby(key(self.prefix, name), domain, by)
         except redis.RedisError as exc:
             log.debug("metrics unavailable: %s", exc)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         out = {}
         for name in NAMES:
-            raw = self.client.hgetall(f"{self.prefix}:metrics:{name}")
+            raw = self.client.hgetall(key(self.prefix, name))
             out[name] = {k.decode(): int(v) for k, v in raw.items()}
         return out

@@ -94,7 +94,7 @@ def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
                     return {"outcome": "duplicate", "by": "inbox"}
                 sub.handler(envelope, uow, rt.deps)
                 uow.mark_processed(domain, envelope)
-                rows = uow.commit()
+                emitted = uow.commit()
             break
         except IntegrityError as exc:
             # A concurrent delivery of the same event, or a concurrent append at our version:
@@ -103,20 +103,19 @@ def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
     else:
         raise ConcurrencyConflict(f"{OPTIMISTIC_RETRIES} conflicting writes in a row")
     _fault_crash_after_commit(rt)
-    publish_committed(rt, rows)
-    rt.idempotency.remember(domain, envelope.event_id)
-    emitted = [e.type for _, e in rows]
-    rt.metrics.incr("processed", domain)
-    log.info("processed", extra={"emitted": ",".join(emitted)})
-    return {"outcome": "processed", "emitted": emitted}
+    publish_committed(rt, emitted)
+    rt.idempotency.remember(domain, envelope.event_id, count="processed")
+    types = [e.type for e in emitted]
+    log.info("processed", extra={"emitted": ",".join(types)})
+    return {"outcome": "processed", "emitted": types}
 
 
-def publish_committed(rt: Runtime, rows: list[tuple[int, Envelope]]) -> None:
+def publish_committed(rt: Runtime, envelopes: list[Envelope]) -> None:
     """Publish what the transaction staged (confirmed), then mark it sent. A crash between the
     two leaves rows unsent: the relay publishes them again and consumers dedupe by event id."""
-    for _, env in rows:
+    for env in envelopes:
         rt.publisher.publish(env)
-    mark_sent(rt.engine, [row_id for row_id, _ in rows])
+    mark_sent(rt.engine, [env.event_id for env in envelopes])
 
 
 def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception) -> None:

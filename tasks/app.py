@@ -39,9 +39,13 @@ def make_app(name: str, settings: Settings | None = None) -> Celery:
         task_default_queue=topo.names.queue(name) if name in settings.domains else f"{settings.namespace}.unrouted",
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
-        # Flower: task events from every worker, and "sent" events from publishers.
+        # Flower: task events (received, started, succeeded, retried, failed) from every worker,
+        # published without confirms (tasks.worker.ChoreoConsumer.connection_for_write). "Sent"
+        # events only from clients (`choreo enqueue`): a worker's sent event would ride the
+        # confirmed channel of every publish and double its cost, and the receiving worker's
+        # "received" event shows the same message a millisecond later.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=name not in settings.domains,
         event_queue_expires=60,
         event_queue_ttl=10,
         worker_hijack_root_logger=False,

@@ -38,6 +38,18 @@ class ChoreoConsumer(Consumer):
     class Blueprint(Consumer.Blueprint):
         default_steps = [s for s in Consumer.Blueprint.default_steps if "delayed_delivery" not in s]
 
+    def connection_for_write(self, url=None, heartbeat=None):
+        """The connection of the worker's event dispatcher (the only caller in the consumer).
+
+        Task events for Flower go to transient, auto-deleted monitor queues: losing one loses
+        nothing. The app's transport options turn publisher confirms on for every channel, so
+        each task-received/started/succeeded event would wait a broker round trip in the main
+        process, and the bench measured that as the largest single cost per message. Events
+        stay on; only their confirms go. Events (choreo's), retries and dead letters keep theirs.
+        """
+        return self.ensure_connected(self.app.connection_for_write(
+            url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}))
+
     def _dead_letter_raw(self, message, reason: str) -> None:
         settings = getattr(self.app, "choreo_settings", None) or get_settings()
         domain = _DOMAIN.get(self.app.main, "unknown")
@@ -116,10 +128,10 @@ class OutboxRelay(bootsteps.StartStopStep):
         engine = engine_for(settings, self.domain)
         with _FORK_GUARD:
             rows = unsent_outbox(engine, settings.outbox_relay_after)
-        for row_id, env in rows:
+        for env in rows:
             publisher.publish(env)
             with _FORK_GUARD:
-                mark_sent(engine, [row_id])
+                mark_sent(engine, [env.event_id])
         if rows:
             self.metrics.incr("relayed", self.domain, len(rows))
             log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})

@@ -27,13 +27,20 @@ class Publisher:
         """Returns once the broker confirmed the message (confirm_publish is on)."""
         self.send(envelope.type, [envelope.to_wire()], {}, task_id=envelope.event_id,
                   exchange=self.names.events, routing_key=envelope.type,
-                  headers={"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id})
+                  headers={"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id},
+                  argsrepr=f"order={envelope.order_id} correlation={envelope.correlation_id}")
 
     def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
              routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,
-             expiration: float | None = None) -> None:
-        """Send a task message to an exchange + routing key, or straight to a queue by name."""
+             expiration: float | None = None, argsrepr: str | None = None) -> None:
+        """Send a task message to an exchange + routing key, or straight to a queue by name.
+
+        `argsrepr` is what Flower shows as the arguments; Celery would otherwise build a
+        saferepr of the whole envelope for every message.
+        """
         options: dict[str, Any] = {}
+        if argsrepr is not None:
+            options["argsrepr"] = argsrepr
         if expiration is not None:
             options["expiration"] = expiration
         if queue is not None:
