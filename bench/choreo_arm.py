@@ -222,7 +222,7 @@ def latency_phase(settings, pub: OrderPublisher, rate: float, count: int, timeou
     }
 
 
-def run_choreo(n: int, *, pool: str = "prefork", concurrency: int = 1, prefetch: int = 4,
+def run_choreo(n: int, *, pool: str | None = None, concurrency: int | None = None, prefetch: int | None = None,
                latency: bool = True, lat_orders: int | None = None, lat_min_s: float = 20, lat_max_s: float = 30,
                warmup: int = 20, extra_env: dict | None = None, during_throughput=None) -> dict:
     from choreo.db import dispose_all
@@ -231,6 +231,10 @@ def run_choreo(n: int, *, pool: str = "prefork", concurrency: int = 1, prefetch:
     from choreo.stack import Stack
     from config.settings import get_settings
 
+    defaults = {k: f.default for k, f in type(get_settings()).model_fields.items()}
+    pool = pool or defaults["worker_pool"]  # choreo's defaults unless the sweep says otherwise
+    concurrency = concurrency or defaults["worker_concurrency"]
+    prefetch = prefetch or defaults["prefetch_multiplier"]
     result: dict = {"arm": "choreo", "pool": pool, "concurrency": concurrency, "prefetch": prefetch, "n": n}
     with sandbox("choreo") as sb:
         env = choreo_env(sb, pool, concurrency, prefetch, extra_env)

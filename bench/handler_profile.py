@@ -73,74 +73,13 @@ class Counters:
 
 # --- candidate changes, as monkeypatches (the core is not edited) --------------------------------
 
-def variant_no_sent_event(apps):
-    """task_send_sent_event=False on the publishing apps (no 'task-sent' event per published event)."""
-    for app in apps:
-        app.conf.task_send_sent_event = False
-
-
-def variant_redis_pipeline():
-    """Idempotency.remember + Metrics.incr in one Redis round trip (a pipeline)."""
-    import tasks.adapter as adapter
-
-    orig_process = adapter.process
-
-    def process(rt, sub, envelope):
-        ops = []
-        idem, met = rt.idempotency, rt.metrics
-        real_remember, real_incr = idem.remember, met.incr
-        idem.remember = lambda consumer, event_id: ops.append(("set", idem.key(consumer, event_id)))
-        met.incr = lambda name, domain, by=1: ops.append(("hincrby", f"{met.prefix}:metrics:{name}", domain, by))
-        try:
-            return orig_process(rt, sub, envelope)
-        finally:
-            idem.remember, met.incr = real_remember, real_incr
-            if ops:
-                p = idem.client.pipeline(transaction=False)
-                for op in ops:
-                    if op[0] == "set":
-                        p.set(op[1], 1, ex=idem.ttl)
-                    else:
-                        p.hincrby(op[1], op[2], op[3])
-                p.execute()
-    adapter.process = process
-
-
-def variant_mark_sent_in_place():
-    """mark_sent: a plain UPDATE in autocommit-like short transaction without the ORM Session."""
-    import choreo.db as db
-    import tasks.adapter as adapter
-    from models.tables import Outbox
-
-    def mark_sent(engine, ids):
-        if not ids:
-            return
-        with engine.begin() as conn:
-            conn.execute(Outbox.__table__.update().where(Outbox.id.in_(ids)).values(sent_at=db.utcnow()))
-    adapter.mark_sent = mark_sent
-
-
 def variant_log_warning():
     """Per-message INFO logs off (CHOREO_LOG_LEVEL=WARNING)."""
     import logging
     logging.getLogger().setLevel("WARNING")
 
 
-def variant_no_argsrepr(apps):
-    """Celery computes argsrepr/kwargsrepr (saferepr of the envelope) for every sent message."""
-    import celery.app.amqp as camqp
-    orig = camqp.AMQP.as_task_v2
-
-    def as_task_v2(self, *a, **kw):
-        kw.setdefault("argsrepr", "")
-        kw.setdefault("kwargsrepr", "")
-        return orig(self, *a, **kw)
-    camqp.AMQP.as_task_v2 = as_task_v2
-
-
-VARIANTS = {"no_sent_event": variant_no_sent_event, "redis_pipeline": variant_redis_pipeline,
-            "mark_sent_core": variant_mark_sent_in_place, "log_warning": variant_log_warning,
-            "no_argsrepr": variant_no_argsrepr}
+VARIANTS = {"log_warning": variant_log_warning}
 
 
 class Harness:
@@ -285,47 +224,21 @@ def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "I
 
 # --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
 
-def _sent_event(apps, on: bool) -> None:
-    for app in apps:
-        app.conf.task_send_sent_event = on
-        app.amqp.__dict__.pop("send_task_message", None)  # Celery reads the flag when it builds the sender
-
-
-def _argsrepr_patch():
-    import celery.app.amqp as camqp
-    orig = camqp.AMQP.as_task_v2
-    state = {"on": False}
-
-    def as_task_v2(self, *a, **kw):
-        if state["on"]:
-            kw["argsrepr"] = kw.get("argsrepr") or "<envelope>"
-            kw["kwargsrepr"] = kw.get("kwargsrepr") or "{}"
-        return orig(self, *a, **kw)
-    camqp.AMQP.as_task_v2 = as_task_v2
-    return state
-
-
 def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO") -> dict:
-    """Variants: base, no_sent_event, log_warning, no_argsrepr, and env:NAME (sets BENCH_EXP_NAME=1, which
+    """Variants: base, log_warning, and env:NAME (sets BENCH_EXP_NAME=1, which
     only an experiment copy of the core reads); 'a+b' combines. Reports median CPU ms/msg per variant."""
     import logging
     import statistics
 
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with Harness(log_level) as h:
-        argsrepr = _argsrepr_patch()
-        apps = list(h.apps.values())
 
         def apply(variant: str, on: bool) -> None:
             for part in variant.split("+"):
                 if part == "base":
                     continue
-                if part == "no_sent_event":
-                    _sent_event(apps, not on)
-                elif part == "log_warning":
+                if part == "log_warning":
                     logging.getLogger().setLevel("WARNING" if on else log_level)
-                elif part == "no_argsrepr":
-                    argsrepr["on"] = on
                 elif part.startswith("env:"):
                     key = "BENCH_EXP_" + part[4:]
                     if on:
@@ -363,7 +276,7 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true")
     ap.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
     ap.add_argument("--log-level", default="INFO")
-    ap.add_argument("--ab", help="comma-separated A/B variants, e.g. base,no_sent_event,log_warning")
+    ap.add_argument("--ab", help="comma-separated A/B variants, e.g. base,log_warning")
     ap.add_argument("--rounds", type=int, default=6)
     a = ap.parse_args()
     if a.ab:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from sqlalchemy import delete
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, select as core_select
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
 from choreo.domain import order as domain
@@ -22,32 +22,47 @@ COLUMNS = ("state", "reason", "customer_id", "amount_cents", "card_token", "addr
            "ended_at", "updated_at")
 
 
-def advance(view: OrderView | None, order: domain.Order, rows: list[OrderEvent]) -> OrderView:
-    """The view after `rows` (already applied to `order`)."""
-    if view is None:
-        view = OrderView(order_id=order.order_id, state=order.state, customer_id=order.customer_id)
+def _conn(db: Session | Connection) -> Connection:
+    return db.connection() if isinstance(db, Session) else db
+
+
+def values(prev: dict | None, order: domain.Order, rows) -> dict:
+    """The view's columns after `rows` (already applied to `order`), from its columns before.
+
+    `rows` are the appended events (anything with type, position and recorded_at): ORM rows
+    on a rebuild, plain tuples on the live path."""
+    v = dict(prev) if prev else {"placed_at": None, "paid_at": None, "reserved_at": None, "shipped_at": None,
+                                 "ended_at": None, "last_position": 0, "updated_at": None}
     for row in rows:
         if row.type in STAMPS:
-            setattr(view, STAMPS[row.type], row.recorded_at)
-    view.state = order.state
-    view.reason = order.reason
-    view.customer_id = order.customer_id
-    view.amount_cents = order.amount_cents
-    view.card_token = order.card_token
-    view.address = order.address
-    view.items = [dict(i) for i in order.items]
-    view.charged_cents = order.charged_cents or 0
-    view.refunded_cents = order.refunded_cents or 0
-    view.version = order.version
+            v[STAMPS[row.type]] = row.recorded_at
+    v.update(state=order.state, reason=order.reason, customer_id=order.customer_id, amount_cents=order.amount_cents,
+             card_token=order.card_token, address=order.address, items=[dict(i) for i in order.items],
+             charged_cents=order.charged_cents or 0, refunded_cents=order.refunded_cents or 0, version=order.version)
     if rows:
-        view.last_position = rows[-1].position
-        view.updated_at = rows[-1].recorded_at
-    return view
+        v["last_position"] = rows[-1].position
+        v["updated_at"] = rows[-1].recorded_at
+    return v
 
 
-def project(session: Session, order: domain.Order, rows: list[OrderEvent]) -> None:
-    """Live projection, inside the transaction that appended `rows` (flushed: positions known)."""
-    session.add(advance(session.get(OrderView, order.order_id), order, rows))
+def advance(view: OrderView | None, order: domain.Order, rows: list[OrderEvent]) -> OrderView:
+    """The view after `rows` (already applied to `order`), as an ORM object (rebuilds, drift)."""
+    prev = {c: getattr(view, c) for c in COLUMNS} if view is not None else None
+    return OrderView(order_id=order.order_id, **values(prev, order, rows))
+
+
+def project(db: Session | Connection, order: domain.Order, rows) -> None:
+    """Live projection, inside the transaction that appended `rows` (flushed: positions known).
+
+    Core statements on the transaction's connection: this runs for every order message."""
+    conn = _conn(db)
+    t = OrderView.__table__
+    prev = conn.execute(core_select(*(t.c[c] for c in COLUMNS)).where(t.c.order_id == order.order_id)).mappings().first()
+    new = values(dict(prev) if prev is not None else None, order, rows)
+    if prev is None:
+        conn.execute(t.insert().values(order_id=order.order_id, **new))
+    else:
+        conn.execute(t.update().where(t.c.order_id == order.order_id).values(**new))
 
 
 def _replay(session: Session):

@@ -53,8 +53,14 @@ class Settings(BaseSettings):
     # A quorum queue dead-letters a message redelivered this many times (crash loops).
     delivery_limit: int = Field(50, ge=1)
 
+    # Chosen by `bench/run.py --sweep` on 2 cores (README, Performance): the solo pool runs each
+    # message in the consuming process, with no pool child and no pipe between them, and beat
+    # prefork c=1 by about 20 % in sagas/s with a quarter less CPU per saga; more concurrency
+    # or prefetch bought nothing on a box whose cores the five workers and the broker fill.
+    # A crash takes the whole worker down (a supervisor restarts it; unacked messages go back
+    # to the queue): prefork would fork a new child instead.
     worker_concurrency: int = Field(1, ge=1)
-    worker_pool: str = "prefork"
+    worker_pool: str = "solo"
     prefetch_multiplier: int = Field(4, ge=1)
     # Outbox rows still unsent after this many seconds are published by the relay.
     outbox_relay_after: float = 2.0

@@ -1,40 +1,61 @@
 """Order service handlers: the place_order command and every fact other services report."""
 from __future__ import annotations
 
-from sqlmodel import select
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import select
+from sqlmodel import Session
 
 from choreo import projections
 from choreo.domain import order as domain
 from consumers.base import Subscription
 from models.envelope import Envelope
-from models.tables import OrderEvent
+from models.tables import OrderEvent, utcnow
 
 
-def load(session, order_id: str) -> domain.Order:
-    rows = session.exec(select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.version)).all()
-    return domain.fold(order_id, (domain.upcast(r.type, r.schema_version, r.data) for r in rows))
+class Appended(NamedTuple):
+    """An event just appended: what the projection needs of it."""
+    type: str
+    position: int
+    recorded_at: datetime
+
+
+def _conn(db):
+    return db.connection() if isinstance(db, Session) else db
+
+
+def load(db, order_id: str) -> domain.Order:
+    """The order as the fold of its events (upcast on read). `db`: a session or a connection."""
+    t = OrderEvent.__table__
+    rows = _conn(db).execute(select(t.c.type, t.c.schema_version, t.c.data)
+                             .where(t.c.order_id == order_id).order_by(t.c.version))
+    return domain.fold(order_id, (domain.upcast(typ, ver, data) for typ, ver, data in rows))
 
 
 def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain.Order:
     """Append events at the next versions, project them, and stage their announcements.
 
-    A concurrent writer that took the same version makes the commit fail on the unique
-    (order_id, version) key; the adapter then reloads and runs the handler again.
+    A concurrent writer that took the same version makes the insert (or the commit) fail on
+    the unique (order_id, version) key; the adapter then reloads and runs the handler again.
+    Core inserts, not ORM objects: this is the order service's hot path.
     """
+    conn = _conn(uow.session)
+    t = OrderEvent.__table__
+    cause = uow.cause.event_id if uow.cause else None
     rows = []
     for ev in events:
-        row = OrderEvent(order_id=order.order_id, version=order.version + 1, type=ev.type,
-                         schema_version=ev.schema_version, data=ev.data,
-                         cause_event_id=uow.cause.event_id if uow.cause else None)
-        uow.session.add(row)
-        rows.append(row)
+        now = utcnow()
+        res = conn.execute(t.insert().values(order_id=order.order_id, version=order.version + 1, type=ev.type,
+                                             schema_version=ev.schema_version, data=ev.data,
+                                             cause_event_id=cause, recorded_at=now))
+        rows.append(Appended(ev.type, res.inserted_primary_key[0], now))
         order = domain.apply(order, ev)
         said = domain.announcement(order, ev)
         if said:
             uow.emit(said[0], said[1], order_id=order.order_id)
     if rows:
-        uow.session.flush()  # positions assigned: the projection records the last one applied
-        projections.project(uow.session, order, rows)
+        projections.project(conn, order, rows)
     return order
 
 
