@@ -5,7 +5,7 @@ import os
 import threading
 from datetime import datetime, timezone
 
-from sqlalchemy import event, select, text
+from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine
@@ -109,6 +109,15 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Statements on every message's path, built once (building one costs more than running it).
+_INBOX, _OUTBOX = Inbox.__table__, Outbox.__table__
+_INBOX_HAS = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"), _INBOX.c.event_id == bindparam("e"))
+_INBOX_ADD = _INBOX.insert()
+_OUTBOX_ADD = _OUTBOX.insert()
+_OUTBOX_SENT = (_OUTBOX.update().where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
+                .values(sent_at=bindparam("sent_at")))
+
+
 class UnitOfWork:
     """One transaction: the state change, the inbox mark and the outgoing events commit together.
 
@@ -138,9 +147,7 @@ class UnitOfWork:
     # identity map and flush machinery costing more than the SQL itself.
 
     def already_processed(self, consumer: str, event_id: str) -> bool:
-        inbox = Inbox.__table__
-        stmt = select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id == event_id)
-        return self.session.connection().execute(stmt).first() is not None
+        return self.session.connection().execute(_INBOX_HAS, {"c": consumer, "e": event_id}).first() is not None
 
     def mark_processed(self, consumer: str, envelope: Envelope) -> None:
         self.processed = {"consumer": consumer, "event_id": envelope.event_id, "type": envelope.type,
@@ -159,10 +166,10 @@ class UnitOfWork:
         """Commit state, inbox mark and outbox rows together; returns the envelopes to publish."""
         conn = self.session.connection()
         if self.processed is not None:
-            conn.execute(Inbox.__table__.insert(), self.processed)
+            conn.execute(_INBOX_ADD, self.processed)
         if self.pending:
             now = utcnow()
-            conn.execute(Outbox.__table__.insert(), [
+            conn.execute(_OUTBOX_ADD, [
                 {"event_id": e.event_id, "type": e.type, "order_id": e.order_id, "body": e.model_dump_json(),
                  "created_at": now, "sent_at": None} for e in self.pending])
         self.session.commit()
@@ -186,9 +193,8 @@ def mark_sent(engine: Engine, event_ids: list[str]) -> None:
     """Record that the broker confirmed these events (by event id, unique in the outbox)."""
     if not event_ids:
         return
-    outbox = Outbox.__table__
     with engine.begin() as conn:
-        conn.execute(outbox.update().where(outbox.c.event_id.in_(event_ids)).values(sent_at=utcnow()))
+        conn.execute(_OUTBOX_SENT, {"ids": list(event_ids), "sent_at": utcnow()})
 
 
 __all__ = ["UnitOfWork", "IntegrityError", "engine_for", "create_tables", "unsent_outbox", "mark_sent"]

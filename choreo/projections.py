@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from sqlalchemy import delete, select as core_select
+from sqlalchemy import bindparam, delete, select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
@@ -51,18 +51,23 @@ def advance(view: OrderView | None, order: domain.Order, rows: list[OrderEvent])
     return OrderView(order_id=order.order_id, **values(prev, order, rows))
 
 
-def project(db: Session | Connection, order: domain.Order, rows) -> None:
-    """Live projection, inside the transaction that appended `rows` (flushed: positions known).
+_VIEW = OrderView.__table__
+# Built once: this runs for every order message, and building a statement costs more than running it.
+_VIEW_GET = core_select(*(_VIEW.c[c] for c in COLUMNS)).where(_VIEW.c.order_id == bindparam("oid"))
+_VIEW_INSERT = _VIEW.insert()
+_VIEW_UPDATE = _VIEW.update().where(_VIEW.c.order_id == bindparam("oid"))
 
-    Core statements on the transaction's connection: this runs for every order message."""
+
+def project(db: Session | Connection, order: domain.Order, rows) -> None:
+    """Live projection, inside the transaction that appended `rows` (flushed: positions known),
+    as Core statements on the transaction's connection."""
     conn = _conn(db)
-    t = OrderView.__table__
-    prev = conn.execute(core_select(*(t.c[c] for c in COLUMNS)).where(t.c.order_id == order.order_id)).mappings().first()
+    prev = conn.execute(_VIEW_GET, {"oid": order.order_id}).mappings().first()
     new = values(dict(prev) if prev is not None else None, order, rows)
     if prev is None:
-        conn.execute(t.insert().values(order_id=order.order_id, **new))
+        conn.execute(_VIEW_INSERT, {"order_id": order.order_id, **new})
     else:
-        conn.execute(t.update().where(t.c.order_id == order.order_id).values(**new))
+        conn.execute(_VIEW_UPDATE, {"oid": order.order_id, **new})
 
 
 def _replay(session: Session):

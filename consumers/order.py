@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlmodel import Session
 
 from choreo import projections
@@ -21,15 +21,20 @@ class Appended(NamedTuple):
     recorded_at: datetime
 
 
+_EVENTS = OrderEvent.__table__
+# Built once (the hot path): the fold's read, and the append.
+_LOAD = (select(_EVENTS.c.type, _EVENTS.c.schema_version, _EVENTS.c.data)
+         .where(_EVENTS.c.order_id == bindparam("oid")).order_by(_EVENTS.c.version))
+_APPEND = _EVENTS.insert()
+
+
 def _conn(db):
     return db.connection() if isinstance(db, Session) else db
 
 
 def load(db, order_id: str) -> domain.Order:
     """The order as the fold of its events (upcast on read). `db`: a session or a connection."""
-    t = OrderEvent.__table__
-    rows = _conn(db).execute(select(t.c.type, t.c.schema_version, t.c.data)
-                             .where(t.c.order_id == order_id).order_by(t.c.version))
+    rows = _conn(db).execute(_LOAD, {"oid": order_id})
     return domain.fold(order_id, (domain.upcast(typ, ver, data) for typ, ver, data in rows))
 
 
@@ -41,14 +46,13 @@ def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain
     Core inserts, not ORM objects: this is the order service's hot path.
     """
     conn = _conn(uow.session)
-    t = OrderEvent.__table__
     cause = uow.cause.event_id if uow.cause else None
     rows = []
     for ev in events:
         now = utcnow()
-        res = conn.execute(t.insert().values(order_id=order.order_id, version=order.version + 1, type=ev.type,
-                                             schema_version=ev.schema_version, data=ev.data,
-                                             cause_event_id=cause, recorded_at=now))
+        res = conn.execute(_APPEND, {"order_id": order.order_id, "version": order.version + 1, "type": ev.type,
+                                     "schema_version": ev.schema_version, "data": ev.data,
+                                     "cause_event_id": cause, "recorded_at": now})
         rows.append(Appended(ev.type, res.inserted_primary_key[0], now))
         order = domain.apply(order, ev)
         said = domain.announcement(order, ev)
