@@ -7,63 +7,63 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
+from choreo.db import Rows
 from choreo.domain.payment import sandbox_charge_rule, sandbox_refund_rule
 from models.tables import GatewayAttempt, GatewayLedger
+
+
+LEDGER, ATTEMPTS = Rows(GatewayLedger), Rows(GatewayAttempt)
+_ATT = GatewayAttempt.__table__
+_BUMP = update(_ATT).where(_ATT.c.idempotency_key == bindparam("k")).values(attempts=_ATT.c.attempts + 1)
 
 
 class SandboxGateway:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _attempt(self, key: str) -> int:
-        """Count this call (committed at once, as the provider's logs would be); return prior count."""
-        with Session(self.engine) as s:
-            row = s.get(GatewayAttempt, key) or GatewayAttempt(idempotency_key=key, attempts=0)
-            before = row.attempts
-            row.attempts = before + 1
-            s.add(row)
-            s.commit()
-            return before
-
-    def _book(self, key: str, kind: str, order_id: str, amount: int) -> str:
-        with Session(self.engine) as s:
-            existing = s.get(GatewayLedger, key)
-            if existing:
-                return existing.reference
-            ref = f"{kind[:2]}_{uuid.uuid4().hex[:16]}"
-            s.add(GatewayLedger(idempotency_key=key, kind=kind, order_id=order_id, amount_cents=amount, reference=ref))
+    def _call(self, key: str, kind: str, order_id: str, amount: int, rule) -> str:
+        """One provider call in one transaction: a known key replays its result; otherwise the
+        attempt is counted (kept even when the rule refuses, as the provider's logs would be),
+        the rule decides, and the money moves."""
+        for _ in range(2):  # a concurrent call with the same key may win the insert: read its result
+            refused: Exception | None = None
             try:
-                s.commit()
-            except IntegrityError:  # a concurrent call with the same key won
-                s.rollback()
-                return s.get(GatewayLedger, key).reference
+                with self.engine.begin() as conn:
+                    done = LEDGER.get(conn, key)
+                    if done is not None:
+                        return done.reference
+                    tries = ATTEMPTS.get(conn, key)
+                    if tries is None:
+                        ATTEMPTS.add(conn, idempotency_key=key, attempts=1)
+                    else:
+                        conn.execute(_BUMP, {"k": key})
+                    try:
+                        rule(tries.attempts if tries is not None else 0)
+                    except Exception as exc:  # declined or unavailable: commit the attempt, then say so
+                        refused = exc
+                    else:
+                        ref = f"{kind[:2]}_{uuid.uuid4().hex[:16]}"
+                        LEDGER.add(conn, idempotency_key=key, kind=kind, order_id=order_id, amount_cents=amount,
+                                   reference=ref)
+            except IntegrityError:
+                continue
+            if refused is not None:
+                raise refused
             return ref
-
-    def _existing(self, key: str) -> str | None:
-        with Session(self.engine) as s:
-            row = s.get(GatewayLedger, key)
-            return row.reference if row else None
+        raise RuntimeError(f"gateway: key {key} kept conflicting")
 
     def charge(self, order_id: str, amount_cents: int, card_token: str) -> str:
-        key = f"charge:{order_id}"
-        done = self._existing(key)
-        if done:
-            return done
-        sandbox_charge_rule(card_token, self._attempt(key))
-        return self._book(key, "charge", order_id, amount_cents)
+        return self._call(f"charge:{order_id}", "charge", order_id, amount_cents,
+                          lambda before: sandbox_charge_rule(card_token, before))
 
     def refund(self, order_id: str, amount_cents: int, card_token: str) -> str:
-        key = f"refund:{order_id}"
-        done = self._existing(key)
-        if done:
-            return done
-        self._attempt(key)
-        sandbox_refund_rule(card_token)
-        return self._book(key, "refund", order_id, amount_cents)
+        return self._call(f"refund:{order_id}", "refund", order_id, amount_cents,
+                          lambda before: sandbox_refund_rule(card_token))
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Money moved per order: {order_id: {"charge": cents, "refund": cents, "charges": n, "refunds": n}}."""

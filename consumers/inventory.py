@@ -3,38 +3,43 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
+from choreo.db import Rows
 from choreo.domain.inventory import merged
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Reservation, Stock, StockDecision, utcnow
 
 
+RESERVATIONS, DECISIONS = Rows(Reservation), Rows(StockDecision)
+_STOCK = Stock.__table__
+# Conditional update: the database, not a read-then-write, keeps stock >= 0.
+_RESERVE = (update(_STOCK).where(_STOCK.c.sku == bindparam("k"), _STOCK.c.available >= bindparam("q"))
+            .values(available=_STOCK.c.available - bindparam("q"), reserved=_STOCK.c.reserved + bindparam("q")))
+
+
 def on_payment_completed(msg: Envelope, uow, deps) -> None:
-    s = uow.session
-    if s.get(Reservation, msg.order_id) or s.get(StockDecision, msg.order_id):
+    db = uow.conn
+    if RESERVATIONS.exists(db, msg.order_id) or DECISIONS.exists(db, msg.order_id):
         return
     p = msg.parsed()
     wanted = merged([i.model_dump() for i in p.order.items])
     missing: list[str] = []
-    nested = s.begin_nested()
+    nested = db.begin_nested()
     for sku, qty in sorted(wanted.items()):
-        # Conditional update: the database, not a read-then-write, keeps stock >= 0.
-        res = s.execute(update(Stock).where(Stock.sku == sku, Stock.available >= qty)
-                        .values(available=Stock.available - qty, reserved=Stock.reserved + qty))
-        if res.rowcount != 1:
+        if db.execute(_RESERVE, {"k": sku, "q": qty}).rowcount != 1:
             missing.append(sku)
     if missing:
         nested.rollback()
-        s.add(StockDecision(order_id=msg.order_id, outcome="out_of_stock"))
+        DECISIONS.add(db, order_id=msg.order_id, outcome="out_of_stock")
         uow.emit("inventory.failed", {"reason": "out_of_stock", "skus": missing})
         return
     nested.commit()
     reservation_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"reservation:{msg.order_id}"))
-    s.add(Reservation(order_id=msg.order_id, reservation_id=reservation_id,
-                      items=[{"sku": k, "qty": v} for k, v in sorted(wanted.items())], status="reserved"))
-    s.add(StockDecision(order_id=msg.order_id, outcome="reserved"))
+    RESERVATIONS.add(db, order_id=msg.order_id, reservation_id=reservation_id,
+                     items=[{"sku": k, "qty": v} for k, v in sorted(wanted.items())], status="reserved")
+    DECISIONS.add(db, order_id=msg.order_id, outcome="reserved")
     uow.emit("inventory.reserved", {"reservation_id": reservation_id, "order": p.order.model_dump()})
 
 

@@ -1,25 +1,30 @@
 """Payment service handlers: charge on order.placed; refund (compensation) on stock or shipment failure."""
 from __future__ import annotations
 
+from choreo.db import Rows
 from choreo.domain.payment import Declined, refund_amount
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Charge, PaymentDecision, Refund
 
 
+DECISIONS, CHARGES = Rows(PaymentDecision), Rows(Charge)
+
+
 def on_order_placed(msg: Envelope, uow, deps) -> None:
-    s = uow.session
-    if s.get(PaymentDecision, msg.order_id):
+    db = uow.conn
+    if DECISIONS.exists(db, msg.order_id):
         return  # decided before (a new event id for an old order): say nothing twice
     p = msg.parsed()
     try:
         charge_id = deps.gateway.charge(msg.order_id, p.order.amount_cents, p.card_token)
     except Declined as exc:
-        s.add(PaymentDecision(order_id=msg.order_id, outcome="declined", reason=exc.reason))
+        DECISIONS.add(db, order_id=msg.order_id, outcome="declined", reason=exc.reason)
         uow.emit("payment.failed", {"reason": exc.reason, "code": exc.code})
         return
-    s.add(PaymentDecision(order_id=msg.order_id, outcome="charged"))
-    s.add(Charge(order_id=msg.order_id, charge_id=charge_id, amount_cents=p.order.amount_cents, card_token=p.card_token))
+    DECISIONS.add(db, order_id=msg.order_id, outcome="charged")
+    CHARGES.add(db, order_id=msg.order_id, charge_id=charge_id, amount_cents=p.order.amount_cents,
+                card_token=p.card_token)
     uow.emit("payment.completed", {"charge_id": charge_id, "amount_cents": p.order.amount_cents,
                                    "order": p.order.model_dump()})
 

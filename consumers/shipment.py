@@ -3,24 +3,28 @@ from __future__ import annotations
 
 import uuid
 
+from choreo.db import Rows
 from choreo.domain.shipment import ship
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Shipment
 
 
+SHIPMENTS = Rows(Shipment)
+
+
 def on_inventory_reserved(msg: Envelope, uow, deps) -> None:
-    s = uow.session
-    if s.get(Shipment, msg.order_id):
+    db = uow.conn
+    if SHIPMENTS.exists(db, msg.order_id):
         return  # at most one shipment per order
     p = msg.parsed()
     created, detail = ship(msg.order_id, p.order.address)
     if not created:
-        s.add(Shipment(order_id=msg.order_id, status="failed", reason=detail))
+        SHIPMENTS.add(db, order_id=msg.order_id, status="failed", reason=detail)
         uow.emit("shipment.failed", {"reason": detail})
         return
     shipment_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"shipment:{msg.order_id}"))
-    s.add(Shipment(order_id=msg.order_id, shipment_id=shipment_id, tracking_code=detail, status="created"))
+    SHIPMENTS.add(db, order_id=msg.order_id, shipment_id=shipment_id, tracking_code=detail, status="created")
     uow.emit("shipment.created", {"shipment_id": shipment_id, "tracking_code": detail})
 
 
