@@ -18,6 +18,16 @@ from models.envelope import Envelope
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 
 
+def summary(args: Any) -> str | None:
+    """What Flower shows as a message's arguments: its order and correlation ids (the whole
+    envelope is one `choreo order` or `choreo dlq peek` away). None for anything that is not
+    one envelope (poison being dead-lettered): Celery's own repr then."""
+    if isinstance(args, (list, tuple)) and len(args) == 1 and isinstance(args[0], dict) and "order_id" in args[0]:
+        env = args[0]
+        return f"order={env.get('order_id')} correlation={env.get('correlation_id')} event={env.get('event_id')}"
+    return None
+
+
 class Publisher:
     def __init__(self, app: Celery, names: Names) -> None:
         self.app = app
@@ -27,8 +37,7 @@ class Publisher:
         """Returns once the broker confirmed the message (confirm_publish is on)."""
         self.send(envelope.type, [envelope.to_wire()], {}, task_id=envelope.event_id,
                   exchange=self.names.events, routing_key=envelope.type,
-                  headers={"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id},
-                  argsrepr=f"order={envelope.order_id} correlation={envelope.correlation_id}")
+                  headers={"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id})
 
     def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
              routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,
@@ -39,6 +48,7 @@ class Publisher:
         saferepr of the whole envelope for every message.
         """
         options: dict[str, Any] = {}
+        argsrepr = argsrepr if argsrepr is not None else summary(args)
         if argsrepr is not None:
             options["argsrepr"] = argsrepr
         if expiration is not None:
