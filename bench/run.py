@@ -209,8 +209,8 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
 
 # --- sweep --------------------------------------------------------------------------------------
 
-SWEEP = [("prefork", 1, 4), ("prefork", 2, 4), ("prefork", 4, 4), ("threads", 1, 4), ("threads", 2, 4),
-         ("threads", 4, 4), ("solo", 1, 4), ("prefork", 1, 1), ("prefork", 1, 16)]
+SWEEP = [("solo", 1, 1), ("solo", 1, 4), ("solo", 1, 16), ("prefork", 1, 4), ("prefork", 2, 4),
+         ("threads", 2, 4), ("threads", 4, 8)]
 
 
 def run_sweep(n: int, quiet: tuple[float, float], max_foreign: float, attempts: int, repeats: int = 1,

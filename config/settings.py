@@ -53,15 +53,17 @@ class Settings(BaseSettings):
     # A quorum queue dead-letters a message redelivered this many times (crash loops).
     delivery_limit: int = Field(50, ge=1)
 
-    # Chosen by `bench/run.py --sweep` on 2 cores (README, Performance): the solo pool runs each
-    # message in the consuming process, with no pool child and no pipe between them, and beat
-    # prefork c=1 by about 20 % in sagas/s with a quarter less CPU per saga; more concurrency
-    # or prefetch bought nothing on a box whose cores the five workers and the broker fill.
-    # A crash takes the whole worker down (a supervisor restarts it; unacked messages go back
-    # to the queue): prefork would fork a new child instead.
+    # Chosen by `bench/run.py --sweep` on 2 cores (300 orders, 2 repeats, medians; README,
+    # Performance): solo c=1 prefetch 16 gave 21.1 sagas/s at 63 CPU ms/saga; solo p=4 18.6;
+    # prefork c=1 p=4 18.0 at 76 ms; prefork c=2 17.0 at 86 ms; threads c=2/c=4 17.9/18.3 at
+    # 76-77 ms; solo p=1 4.5 (each message waits for the ack of the one before). The solo pool
+    # runs each message in the consuming process (no pool child, no pipe); more concurrency
+    # buys nothing on a box whose two cores the five workers and the broker already fill.
+    # A crash takes the whole solo worker down (its supervisor restarts it; its unacked
+    # messages go back to the queue); prefork would fork a new child instead.
     worker_concurrency: int = Field(1, ge=1)
     worker_pool: str = "solo"
-    prefetch_multiplier: int = Field(4, ge=1)
+    prefetch_multiplier: int = Field(16, ge=1)
     # Outbox rows still unsent after this many seconds are published by the relay.
     outbox_relay_after: float = 2.0
     outbox_relay_interval: float = 0.5
