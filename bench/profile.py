@@ -13,6 +13,8 @@ from pathlib import Path
 
 from bench.common import children, log
 
+ROOT = Path(__file__).resolve().parent.parent
+
 FRAME_RE = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -49,6 +51,8 @@ def parse(path: Path) -> list[tuple[list[str], int]]:
         if not line.strip():
             continue
         frames, _, n = line.rpartition(" ")
+        if not n.isdigit():  # a frame name with spaces and no count: not a sample line
+            continue
         stacks.append((frames.split(";"), int(n)))
     return stacks
 
@@ -59,7 +63,7 @@ def _key(frame: str) -> str:
         return frame.strip()
     f = m.group("file")
     f = re.sub(r"^.*/site-packages/", "", f)
-    f = re.sub(r"^/work/main/", "", f)
+    f = re.sub(rf"^{re.escape(str(ROOT))}/", "", f)
     f = re.sub(r"^.*/lib/python3\.\d+/", "stdlib/", f)
     return f"{m.group('fn')} ({f})"
 
@@ -78,15 +82,37 @@ def summarise(path: Path, top: int = 40, thread_filter: str | None = None) -> di
             incl[k] += n
         if keys:
             self_[keys[-1]] += n
+    by_package: Counter = Counter()
+    for k, n in self_.items():
+        by_package[_package(k)] += n
+    # choreo's frames below the entry points (the CLI's frames are on every stack).
+    ours = [(k, n) for k, n in incl.most_common() if _package(k) in OWN and n < 0.9 * total]
+    pct = (lambda n: round(100 * n / total, 1)) if total else (lambda n: 0.0)
     return {"file": str(path), "samples": total,
-            "inclusive": [(k, n, round(100 * n / total, 1)) for k, n in incl.most_common(top)] if total else [],
-            "self": [(k, n, round(100 * n / total, 1)) for k, n in self_.most_common(top)] if total else []}
+            "by_package": [(k, n, pct(n)) for k, n in by_package.most_common(top)],
+            "own_inclusive": [(k, n, pct(n)) for k, n in ours[:top]],
+            "inclusive": [(k, n, pct(n)) for k, n in incl.most_common(top)],
+            "self": [(k, n, pct(n)) for k, n in self_.most_common(top)]}
+
+
+OWN = {"choreo", "tasks", "consumers", "models", "config"}
+
+
+def _package(key: str) -> str:
+    """'send_packed_command (redis/connection.py:1349)' -> 'redis'; stdlib keeps its module."""
+    m = re.search(r"\(([^()]*)\)$", key)
+    path = m.group(1) if m else key
+    parts = path.split("/")
+    return "/".join(parts[:2]) if parts[0] == "stdlib" else parts[0].split(":")[0]
 
 
 def print_summary(s: dict, top: int = 40) -> None:
     print(f"\n== {s['file']}  ({s['samples']} samples)")
-    print("  inclusive:")
-    for k, n, pct in s["inclusive"][:top]:
+    print("  where the time is spent (self samples by package):")
+    for k, n, pct in s["by_package"][:12]:
+        print(f"   {pct:5.1f}%  {k}")
+    print("  choreo's own functions (inclusive):")
+    for k, n, pct in s["own_inclusive"][:top // 2]:
         print(f"   {pct:5.1f}%  {k}")
     print("  self:")
     for k, n, pct in s["self"][:top // 2]:
