@@ -6,7 +6,7 @@ import threading
 from datetime import datetime, timezone
 
 from sqlalchemy import bindparam, event, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -109,6 +109,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def connection_of(db: Session | Connection) -> Connection:
+    """The connection under a session (its transaction) or the connection itself: the hot
+    path's Core statements run on it, inside whatever transaction the caller opened."""
+    return db.connection() if isinstance(db, Session) else db
+
+
 # Statements on every message's path, built once (building one costs more than running it).
 _INBOX, _OUTBOX = Inbox.__table__, Outbox.__table__
 _INBOX_HAS = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"), _INBOX.c.event_id == bindparam("e"))
@@ -130,7 +136,6 @@ class Rows:
         from pydantic_core import PydanticUndefined
 
         t = model.__table__
-        self.table = t
         self.pk = [c.name for c in t.primary_key.columns]
         self._get = select(t).where(*(t.c[n] == bindparam(f"pk_{n}") for n in self.pk))
         self._has = select(t.c[self.pk[0]]).where(*(t.c[n] == bindparam(f"pk_{n}") for n in self.pk))
@@ -190,12 +195,12 @@ class UnitOfWork:
     # identity map and flush machinery costing more than the SQL itself.
 
     @property
-    def conn(self):
+    def conn(self) -> Connection:
         """The transaction's connection, for Core statements (`Rows`) beside the ORM session."""
-        return self.session.connection()
+        return connection_of(self.session)
 
     def already_processed(self, consumer: str, event_id: str) -> bool:
-        return self.session.connection().execute(_INBOX_HAS, {"c": consumer, "e": event_id}).first() is not None
+        return self.conn.execute(_INBOX_HAS, {"c": consumer, "e": event_id}).first() is not None
 
     def mark_processed(self, consumer: str, envelope: Envelope) -> None:
         self.processed = {"consumer": consumer, "event_id": envelope.event_id, "type": envelope.type,
@@ -212,7 +217,7 @@ class UnitOfWork:
 
     def commit(self) -> list[Envelope]:
         """Commit state, inbox mark and outbox rows together; returns the envelopes to publish."""
-        conn = self.session.connection()
+        conn = self.conn
         if self.processed is not None:
             conn.execute(_INBOX_ADD, self.processed)
         if self.pending:

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, delete, select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
+from choreo.db import connection_of
 from choreo.domain import order as domain
 from models.tables import OrderEvent, OrderView
 
@@ -20,10 +21,6 @@ STAMPS = {"OrderPlaced": "placed_at", "PaymentCaptured": "paid_at", "StockReserv
 COLUMNS = ("state", "reason", "customer_id", "amount_cents", "card_token", "address", "items", "charged_cents",
            "refunded_cents", "version", "last_position", "placed_at", "paid_at", "reserved_at", "shipped_at",
            "ended_at", "updated_at")
-
-
-def _conn(db: Session | Connection) -> Connection:
-    return db.connection() if isinstance(db, Session) else db
 
 
 def values(prev: dict | None, order: domain.Order, rows) -> dict:
@@ -61,7 +58,7 @@ _VIEW_UPDATE = _VIEW.update().where(_VIEW.c.order_id == bindparam("oid"))
 def project(db: Session | Connection, order: domain.Order, rows) -> None:
     """Live projection, inside the transaction that appended `rows` (flushed: positions known),
     as Core statements on the transaction's connection."""
-    conn = _conn(db)
+    conn = connection_of(db)
     prev = conn.execute(_VIEW_GET, {"oid": order.order_id}).mappings().first()
     new = values(dict(prev) if prev is not None else None, order, rows)
     if prev is None:

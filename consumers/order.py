@@ -5,9 +5,9 @@ from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, select
-from sqlmodel import Session
 
 from choreo import projections
+from choreo.db import connection_of
 from choreo.domain import order as domain
 from consumers.base import Subscription
 from models.envelope import Envelope
@@ -28,13 +28,9 @@ _LOAD = (select(_EVENTS.c.type, _EVENTS.c.schema_version, _EVENTS.c.data)
 _APPEND = _EVENTS.insert()
 
 
-def _conn(db):
-    return db.connection() if isinstance(db, Session) else db
-
-
 def load(db, order_id: str) -> domain.Order:
     """The order as the fold of its events (upcast on read). `db`: a session or a connection."""
-    rows = _conn(db).execute(_LOAD, {"oid": order_id})
+    rows = connection_of(db).execute(_LOAD, {"oid": order_id})
     return domain.fold(order_id, (domain.upcast(typ, ver, data) for typ, ver, data in rows))
 
 
@@ -45,7 +41,7 @@ def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain
     the unique (order_id, version) key; the adapter then reloads and runs the handler again.
     Core inserts, not ORM objects: this is the order service's hot path.
     """
-    conn = _conn(uow.session)
+    conn = uow.conn
     cause = uow.cause.event_id if uow.cause else None
     rows = []
     for ev in events:
