@@ -55,6 +55,6 @@ def configure(service: str, level: str = "INFO", as_json: bool = True) -> None:
     # Celery's per-task "received" / "succeeded in ..." lines repeat, with the full arguments,
     # what the adapter's own "processed" line says with the correlation ids; they cost about
     # as much as a handler's database work. At DEBUG they come back.
-    celery_level = "DEBUG" if logging.getLevelName(level) == logging.DEBUG else "WARNING"
+    celery_level = "DEBUG" if root.level <= logging.DEBUG else "WARNING"
     for per_task in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(per_task).setLevel(celery_level)

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # Chosen by `bench/run.py --sweep` on 2 cores (300 orders, 2 repeats, medians; README,
     # Performance): solo c=1 prefetch 16 gave 21.1 sagas/s at 63 CPU ms/saga; solo p=4 18.6;
     # prefork c=1 p=4 18.0 at 76 ms; prefork c=2 17.0 at 86 ms; threads c=2/c=4 17.9/18.3 at
-    # 76-77 ms; solo p=1 4.5 (each message waits for the ack of the one before). The solo pool
+    # 76-77 ms; solo p=1 4.5 (starved; not investigated further). The solo pool
     # runs each message in the consuming process (no pool child, no pipe); more concurrency
     # buys nothing on a box whose two cores the five workers and the broker already fill.
     # A crash takes the whole solo worker down (its supervisor restarts it; its unacked
