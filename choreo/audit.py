@@ -197,17 +197,23 @@ def check_money(snap: Snapshot, c: Check) -> None:
                                    f"{len(l_charges)} charge(s) {charged}, {len(l_refunds)} refund(s) {refunded}")
 
 
+def _owned_by_a_live_order(snap: Snapshot, c: Check, order_id: str, what: str, active: bool, active_says: str) -> None:
+    """A side effect (reservation, shipment) must belong to a known order, and a cancelled
+    order must not keep it active."""
+    state = snap.state(order_id)
+    if state is None:
+        c.offend(order_id, f"{what} for an unknown order")
+    elif state == "CANCELLED" and active:
+        c.offend(order_id, f"CANCELLED order {active_says}")
+
+
 def check_stock(snap: Snapshot, c: Check) -> None:
     held: Counter = Counter()
     for order_id, (status, items) in snap.reservations.items():
         if status == "reserved":
             for item in items:
                 held[item["sku"]] += item["qty"]
-        state = snap.state(order_id)
-        if state is None:
-            c.offend(order_id, "reservation for an unknown order")
-        elif state == "CANCELLED" and status == "reserved":
-            c.offend(order_id, "CANCELLED order still holds its reservation")
+        _owned_by_a_live_order(snap, c, order_id, "reservation", status == "reserved", "still holds its reservation")
     for order_id, (state, *_rest) in snap.views.items():
         if state == "COMPLETED" and snap.reservations.get(order_id, ("none",))[0] != "reserved":
             c.offend(order_id, "COMPLETED without reserved stock")
@@ -223,11 +229,7 @@ def check_stock(snap: Snapshot, c: Check) -> None:
 
 def check_shipments_notifications(snap: Snapshot, c: Check) -> None:
     for order_id, status in snap.shipments.items():
-        state = snap.state(order_id)
-        if state is None:
-            c.offend(order_id, "shipment for an unknown order")
-        elif state == "CANCELLED" and status == "created":
-            c.offend(order_id, "CANCELLED order has a created shipment")
+        _owned_by_a_live_order(snap, c, order_id, "shipment", status == "created", "has a created shipment")
     for order_id, (state, *_rest) in snap.views.items():
         if state == "COMPLETED" and snap.shipments.get(order_id) != "created":
             c.offend(order_id, "COMPLETED without a created shipment")
