@@ -22,6 +22,25 @@ _ATT = GatewayAttempt.__table__
 _BUMP = update(_ATT).where(_ATT.c.idempotency_key == bindparam("k")).values(attempts=_ATT.c.attempts + 1)
 
 
+def _count_attempt(conn, key: str) -> int:
+    """Count this call for `key`; returns how many came before it."""
+    tries = ATTEMPTS.get(conn, key)
+    if tries is None:
+        ATTEMPTS.add(conn, idempotency_key=key, attempts=1)
+        return 0
+    conn.execute(_BUMP, {"k": key})
+    return tries.attempts
+
+
+def _refusal(rule, attempts_before: int) -> Exception | None:
+    """What the sandbox's rule raises for this attempt (declined, unavailable), or None."""
+    try:
+        rule(attempts_before)
+    except Exception as exc:
+        return exc
+    return None
+
+
 class SandboxGateway:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -31,28 +50,19 @@ class SandboxGateway:
         attempt is counted (kept even when the rule refuses, as the provider's logs would be),
         the rule decides, and the money moves."""
         for _ in range(2):  # a concurrent call with the same key may win the insert: read its result
-            refused: Exception | None = None
             try:
                 with self.engine.begin() as conn:
                     done = LEDGER.get(conn, key)
                     if done is not None:
                         return done.reference
-                    tries = ATTEMPTS.get(conn, key)
-                    if tries is None:
-                        ATTEMPTS.add(conn, idempotency_key=key, attempts=1)
-                    else:
-                        conn.execute(_BUMP, {"k": key})
-                    try:
-                        rule(tries.attempts if tries is not None else 0)
-                    except Exception as exc:  # declined or unavailable: commit the attempt, then say so
-                        refused = exc
-                    else:
+                    refused = _refusal(rule, _count_attempt(conn, key))
+                    if refused is None:
                         ref = f"{kind[:2]}_{uuid.uuid4().hex[:16]}"
                         LEDGER.add(conn, idempotency_key=key, kind=kind, order_id=order_id, amount_cents=amount,
                                    reference=ref)
             except IntegrityError:
                 continue
-            if refused is not None:
+            if refused is not None:  # raised after the commit, so the attempt stays counted
                 raise refused
             return ref
         raise RuntimeError(f"gateway: key {key} kept conflicting")
