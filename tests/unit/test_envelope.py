@@ -201,12 +201,3 @@ def test_envelope_trace_id_is_the_second_traceparent_field():
     envelope = Envelope.model_validate(wire(traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"))
     assert envelope.trace_id == "1" * 32
 
-
-def test_flower_sees_an_envelope_as_its_ids_and_anything_else_as_celery_would():
-    from choreo.messaging.publisher import summary
-
-    env = {"order_id": "ord-1", "correlation_id": "ord-1", "event_id": "ev-1", "payload": {"big": "x" * 5000}}
-    assert summary([env]) == "order=ord-1 correlation=ord-1 event=ev-1"
-    assert summary(["not an envelope"]) is None  # poison: Celery's saferepr
-    assert summary([env, env]) is None
-    assert summary([]) is None

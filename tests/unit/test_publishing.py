@@ -1,0 +1,62 @@
+"""What every published message carries for Flower, and which of a worker's publishes wait for confirms."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from choreo.messaging.publisher import Publisher, summary
+from choreo.messaging.topology import Names
+from config.settings import Settings
+from models.envelope import PlaceOrder, make_envelope
+
+ORDER = PlaceOrder(customer_id="cust-1", items=[{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
+                   card_token="tok_visa", address="1 Main Street")
+
+
+class FakeApp:
+    """Records send_task calls instead of talking to a broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send_task(self, name, **options):
+        self.sent.append({"name": name, **options})
+
+
+def test_flower_sees_an_envelope_as_its_ids_and_anything_else_as_celery_would():
+    env = {"order_id": "ord-1", "correlation_id": "ord-1", "event_id": "ev-1", "payload": {"big": "x" * 5000}}
+    assert summary([env]) == "order=ord-1 correlation=ord-1 event=ev-1"
+    assert summary(["not an envelope"]) is None  # poison: Celery's saferepr
+    assert summary([env, env]) is None
+    assert summary([]) is None
+
+
+def test_every_send_of_an_envelope_carries_its_ids_as_argsrepr_events_retries_and_dead_letters_alike():
+    app = FakeApp()
+    publisher = Publisher(app, Names("t"))
+    env = make_envelope("place_order", "ord-9", ORDER, source="test")
+    publisher.publish(env)  # an event
+    publisher.send("place_order", [env.to_wire()], {}, task_id=env.event_id, queue="t.order.retry.1")  # a retry
+    publisher.send("place_order", ["garbage"], {}, task_id="x", exchange="t.dlx", routing_key="order")  # poison
+    want = f"order=ord-9 correlation={env.correlation_id} event={env.event_id}"
+    assert [m.get("argsrepr") for m in app.sent] == [want, want, None]
+
+
+def test_only_clients_send_sent_events_and_workers_send_task_events():
+    from tasks.app import make_app
+
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//")
+    worker, client = make_app("order", settings), make_app("client", settings)
+    assert worker.conf.worker_send_task_events is True
+    assert worker.conf.task_send_sent_event is False
+    assert client.conf.task_send_sent_event is True
+
+
+def test_the_event_dispatchers_connection_skips_confirms_and_the_apps_other_connections_keep_them():
+    from tasks.app import make_app
+    from tasks.worker import ChoreoConsumer
+
+    app = make_app("order", Settings(broker_url="amqp://guest:guest@127.0.0.1:1//"))
+    consumer = SimpleNamespace(app=app, ensure_connected=lambda conn: conn)  # no broker: nothing connects
+    events = ChoreoConsumer.connection_for_write(consumer)
+    assert events.transport_options["confirm_publish"] is False
+    assert app.connection_for_write().transport_options["confirm_publish"] is True
