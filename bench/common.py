@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -18,6 +16,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from choreo.stack import children, free_port, rabbitmqctl  # noqa: F401 (free_port: for the arms)
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -27,19 +27,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def rabbitmqctl(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -103,16 +90,6 @@ def patched_environ(env: dict[str, str]):
 
 
 # --- /proc ---------------------------------------------------------------------------------
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            out.extend(int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
-    except OSError:
-        pass
-    return out
-
 
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of pid (all its threads), in seconds."""

@@ -14,7 +14,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,7 +31,9 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
+from choreo.db import dispose_engines
 from choreo.queries import TERMINAL
+from choreo.stack import children, free_port, rabbitmqctl
 from config.settings import DOMAINS, SERVICES, Settings
 
 WORKERS = [f"worker-{d}" for d in DOMAINS]
@@ -108,13 +109,6 @@ class Journal:
         self.console.print(f"[dim]{self.now():7.1f}s[/dim] [{style or 'bold'}]{kind:<14}[/] {text}")
 
 
-def rabbitmqctl(*args: str, timeout: float = 120) -> str:
-    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[:300]}")
-    return out.stdout
-
-
 def _kill(pid: int) -> bool:
     """SIGKILL one pid of ours; False if it was already gone (it may exit between listing and kill)."""
     try:
@@ -122,12 +116,6 @@ def _kill(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the sandbox ---------------------------------------------------------------------
@@ -211,18 +199,10 @@ class Sandbox:
                 rabbitmqctl("delete_vhost", self.vhost)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"vhost {self.vhost} not deleted: {exc}")
-        _dispose_engines(self.workdir)
+        dispose_engines(str(self.workdir))  # its databases go away with it: close their engines
         if not keep and self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return problems
-
-
-def _dispose_engines(folder: Path) -> None:
-    # choreo.db caches one engine per (pid, database url) for the process's life; a sandbox's
-    # databases go away with it, so close their engines (and only theirs).
-    from choreo.db import dispose_engines
-
-    dispose_engines(str(folder))
 
 
 # --- faults --------------------------------------------------------------------------
@@ -252,7 +232,6 @@ class Faults:
         candidates = [n for n in WORKERS if n not in self.restart_due and self.stack.pid(n)]
         if not candidates:
             return
-        from choreo.stack import children
 
         name = self.rng.choice(candidates)
         parent = self.stack.pid(name)

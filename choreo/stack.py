@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,21 @@ def alive(pid: int) -> bool:
         return stat.read_text().split(") ")[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a sandbox's user service, Flower, Redis)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120) -> str:
+    """Run `rabbitmqctl -q ARGS` on this machine's node; with `check`, fail loudly on an error."""
+    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[:300]}")
+    return out.stdout
 
 
 def children(pid: int) -> list[int]:

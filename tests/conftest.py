@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import uuid
 
 import pytest
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from choreo.stack import free_port, rabbitmqctl  # noqa: F401 (tests import rabbitmqctl from here)
 
 # Set once per run, even if this module is imported twice (as conftest and tests.conftest).
 if "CHOREO_TEST_RUN_ID" not in os.environ:
@@ -32,8 +26,8 @@ if "CHOREO_TEST_RUN_ID" not in os.environ:
         "CHOREO_REDIS_PREFIX": f"choreo-test-{_run_id}",
         "CHOREO_DATA_DIR": os.path.join(_workdir, "data"),
         "CHOREO_RUN_DIR": os.path.join(_workdir, "run"),
-        "CHOREO_USER_SERVICE_PORT": str(_free_port()),
-        "CHOREO_FLOWER_PORT": str(_free_port()),
+        "CHOREO_USER_SERVICE_PORT": str(free_port()),
+        "CHOREO_FLOWER_PORT": str(free_port()),
         # Short ladder so retry paths finish in seconds (same code, smaller numbers).
         "CHOREO_RETRY_INITIAL_DELAY": "0.2",
         "CHOREO_RETRY_MAX_DELAY": "1.0",
@@ -49,13 +43,6 @@ RUN_ID = os.environ["CHOREO_TEST_RUN_ID"]
 VHOST = f"choreo-test-{RUN_ID}"
 WORKDIR = os.environ["CHOREO_TEST_WORKDIR"]
 TEST_ENV = {k: v for k, v in os.environ.items() if k.startswith("CHOREO_")}
-
-
-def rabbitmqctl(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
 
 
 @pytest.fixture(scope="session")
