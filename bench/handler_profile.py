@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import io
 import pstats
 import random
@@ -174,8 +173,7 @@ class Harness:
             t0 = time.process_time()
             envelope = decode(wire)  # what handle() does before process()
             rt = self.rts[domain]
-            if os.environ.get("BENCH_EXP_NO_SEEN") != "1":
-                rt.idempotency.seen(domain, envelope.event_id)
+            rt.idempotency.seen(domain, envelope.event_id)
             self.published.clear()
             adapter.process(rt, SUBSCRIPTIONS[domain][type_], envelope)
             self.per_hop_cpu[f"{domain}<-{type_}"] += time.process_time() - t0
@@ -225,8 +223,7 @@ def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "I
 # --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
 
 def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO") -> dict:
-    """Variants: base, log_warning, and env:NAME (sets BENCH_EXP_NAME=1, which
-    only an experiment copy of the core reads); 'a+b' combines. Reports median CPU ms/msg per variant."""
+    """Variants: base, log_warning; 'a+b' combines. Reports median CPU ms/msg per variant."""
     import logging
     import statistics
 
@@ -239,12 +236,6 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO") ->
                     continue
                 if part == "log_warning":
                     logging.getLogger().setLevel("WARNING" if on else log_level)
-                elif part.startswith("env:"):
-                    key = "BENCH_EXP_" + part[4:]
-                    if on:
-                        os.environ[key] = "1"
-                    else:
-                        os.environ.pop(key, None)
                 else:
                     raise ValueError(part)
         h.block(10)
@@ -253,7 +244,7 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO") ->
             for v in order:
                 apply(v, True)
                 try:
-                    h.block(3)  # settle (e.g. piggybacked rows of the previous variant)
+                    h.block(3)  # settle after switching
                     results[v].append(h.block(sagas))
                 finally:
                     apply(v, False)
