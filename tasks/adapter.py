@@ -39,9 +39,11 @@ class ConcurrencyConflict(Exception):
 
 
 def register_domain(app: Celery, domain: str) -> None:
+    # shared=False: Celery would otherwise hand these tasks to every app finalized later in the
+    # same process, so a second domain's app would run this domain's handler under the same name.
     mode = app.choreo_settings.saga_mode
     for type_, sub in subscriptions(mode)[domain].items():
-        app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True)(_task_body(domain, type_, sub))
+        app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True, shared=False)(_task_body(domain, type_, sub))
 
 
 def _task_body(domain: str, type_: str, sub: Subscription):

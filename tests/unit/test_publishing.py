@@ -60,3 +60,17 @@ def test_the_event_dispatchers_connection_skips_confirms_and_the_apps_other_conn
     events = ChoreoConsumer.connection_for_write(consumer)
     assert events.transport_options["confirm_publish"] is False
     assert app.connection_for_write().transport_options["confirm_publish"] is True
+
+
+def test_two_domain_apps_in_one_process_keep_their_own_handlers():
+    """Celery shares decorated tasks with every app finalized later unless told not to: the
+    shipment app then ran the order service's handler for inventory.reserved."""
+    from tasks.app import make_app
+
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:1//")
+    order, shipment = make_app("order", settings), make_app("shipment", settings)
+    order.finalize()
+    shipment.finalize()
+    assert order.tasks["inventory.reserved"].run.__name__ == "order_inventory_reserved"
+    assert shipment.tasks["inventory.reserved"].run.__name__ == "shipment_inventory_reserved"
+    assert "place_order" not in shipment.tasks
