@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     retry_jitter: float = Field(0.2, ge=0, lt=1)
     # A quorum queue dead-letters a message redelivered this many times (crash loops).
     delivery_limit: int = Field(50, ge=1)
+    # A message body larger than this is dead-lettered unread. The largest valid message (100
+    # items, every string at its schema limit) is about 25 KiB.
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
 
     # Chosen by `bench/run.py --sweep` on 2 cores (300 orders, 2 repeats, medians; README,
     # Performance): solo c=1 prefetch 16 gave 21.1 sagas/s at 63 CPU ms/saga; solo p=4 18.6;

@@ -126,7 +126,8 @@ def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception
     queue = rt.topology.names.retry(rt.domain, n)
     try:
         rt.publisher.send(task.name, list(args), kwargs, task_id=task.request.id, queue=queue,
-                          headers={"choreo_attempt": n, "choreo_last_error": repr(exc)[:500]}, expiration=delay)
+                          headers={"choreo_attempt": n, "choreo_last_error": repr(exc)[:500]}, expiration=delay,
+                          message_id=(task.request.properties or {}).get("message_id"))
     except Exception as pub_exc:
         log.error("could not schedule retry; requeueing: %r", pub_exc)
         raise Reject(f"retry publish failed: {pub_exc!r}", requeue=True) from None
@@ -150,8 +151,9 @@ def dead_letter(rt: Runtime, task, args, kwargs, reason: str, attempt: int,
         "x-choreo-compensation": compensation,
     }
     try:
+        props = task.request.properties or {}
         rt.publisher.send(task.name, list(args), kwargs, task_id=str(task.request.id), exchange=names.dlx,
-                          routing_key=rt.domain, headers=headers)
+                          routing_key=rt.domain, headers=headers, message_id=props.get("message_id"))
         with Session(rt.engine) as s:
             if s.get(DeadLetter, event_id) is None:
                 s.add(DeadLetter(event_id=event_id, type=task.name, order_id=envelope.order_id if envelope else None,

@@ -9,12 +9,15 @@ from datetime import datetime, timezone
 from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_process_init
 from celery.worker.consumer.consumer import Consumer
+from kombu import compression
+from vine import promise
 
 from choreo import logs
 from choreo.db import dispose_all, engine_for, mark_sent, unsent_outbox
 from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from config.settings import get_settings
+from tasks.guard import Limits, Malformed, check
 
 log = logging.getLogger("choreo.worker")
 _DOMAIN: dict[str, str] = {}
@@ -28,10 +31,12 @@ os.register_at_fork(before=_FORK_GUARD.acquire, after_in_parent=_FORK_GUARD.rele
 
 
 class ChoreoConsumer(Consumer):
-    """Celery's consumer, with poison input dead-lettered (with its reason) instead of dropped.
+    """Celery's consumer, with every delivery checked before Celery reads it (tasks.guard) and
+    poison input dead-lettered with its reason instead of dropped or crashing the worker.
 
-    Celery acks a message it cannot decode (celery#4797: no native DLQ); here it goes to the
-    domain's DLQ with the reason in its headers. Also without the DelayedDelivery step: choreo
+    Celery acks a message it cannot decode (celery#4797: no native DLQ), and dies on some it
+    can decode (a body of the wrong shape, no `id` header); here each goes to the domain's
+    DLQ with the reason in its headers. Also without the DelayedDelivery step: choreo
     never uses ETA/countdown (celery#6760), so the 28 celery_delayed_* queues are not declared.
     """
 
@@ -50,38 +55,108 @@ class ChoreoConsumer(Consumer):
         return self.ensure_connected(self.app.connection_for_write(
             url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}))
 
+    def create_task_handler(self, promise=promise):
+        """Celery's message handler behind the protocol guard (tasks.guard).
+
+        Nothing a client can put in a message raises out of here: what the guard refuses,
+        and anything Celery itself still raises on, goes to the DLQ with its reason. Only
+        the broker connection's own errors pass, so Celery reconnects as it always does.
+        """
+        celery_handler = super().create_task_handler(promise)
+        limits = Limits(max_bytes=self._settings.max_message_bytes, max_attempts=self._settings.retry_max_attempts)
+        known = {name for name in self.app.tasks if not name.startswith("celery.")}
+        passthrough = tuple(self.connection_errors) + tuple(self.channel_errors)
+
+        def on_task_received(message):
+            try:
+                message.headers = check(message.body, message.headers, message.content_type,
+                                        message.content_encoding, message.decode, known, limits)
+            except Malformed as exc:
+                return self._dead_letter_raw(message, f"poison: {exc}")
+            except passthrough:
+                raise
+            except Exception as exc:
+                return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}")
+            try:
+                return celery_handler(message)
+            except passthrough:
+                raise
+            except Exception as exc:
+                if message.acknowledged:  # Celery got as far as settling it: nothing to redo
+                    log.error("celery raised after settling a message: %r", exc, exc_info=True)
+                    return None
+                log.error("celery could not handle a message that passed the guard: %r", exc, exc_info=True)
+                return self._dead_letter_raw(message, f"poison: celery could not handle it: {exc!r:.300}")
+
+        return on_task_received
+
+    @property
+    def _settings(self):
+        return getattr(self.app, "choreo_settings", None) or get_settings()
+
     def _dead_letter_raw(self, message, reason: str) -> None:
-        settings = getattr(self.app, "choreo_settings", None) or get_settings()
+        """Copy the delivery, as received, to the domain's DLQ with the reason; then ack it.
+
+        Never raises for the message's sake: if the copy cannot be published, the delivery is
+        rejected to the queue's own DLX (same DLQ, the broker's reason instead of ours).
+        """
         domain = _DOMAIN.get(self.app.main, "unknown")
-        names = Names(settings.namespace)
-        headers = dict(message.headers or {})
+        names = Names(self._settings.namespace)
+        props = getattr(message, "properties", None) or {}
+        try:
+            headers = dict(getattr(message, "headers", None) or {})
+        except (TypeError, ValueError):
+            headers = {}
         headers.update({"x-choreo-reason": reason[:2000], "x-choreo-domain": domain, "x-choreo-attempts": 1,
                         "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
                         "x-choreo-compensation": False})
         try:
+            keep = {k: props[k] for k in ("message_id", "correlation_id") if props.get(k)}
             with self.app.producer_or_acquire() as producer:
                 producer.publish(message.body, exchange=names.dlx, routing_key=domain, headers=headers,
                                  content_type=message.content_type or "application/octet-stream",
                                  content_encoding=message.content_encoding or "binary",
-                                 delivery_mode=2, retry=True, retry_policy={"max_retries": 3})
+                                 delivery_mode=2, retry=True, retry_policy={"max_retries": 3}, **keep)
             message.ack()
+        except self.connection_errors:
+            raise  # the consumer's own connection is gone: Celery reconnects, the broker redelivers
         except Exception as exc:  # the queue's own DLX still catches it, without our reason
             log.error("could not publish to DLQ (%r); rejecting to the queue's DLX", exc)
-            message.reject(requeue=False)
+            self._reject(message)
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
 
+    @staticmethod
+    def _reject(message) -> None:
+        if getattr(message, "acknowledged", False):
+            return
+        if hasattr(message, "reject"):
+            message.reject(requeue=False)
+        else:  # py-amqp's own message: kombu could not even wrap it
+            message.channel.basic_reject(message.delivery_tag, requeue=False)
+
     def on_decode_error(self, message, exc):
-        self._dead_letter_raw(message, f"poison: body is not valid {message.content_type or 'content'}: {exc}")
+        self._dead_letter_raw(message, f"poison: body is not valid {getattr(message, 'content_type', None) or 'content'}: "
+                                       f"{str(exc)[:300]}")
 
     def on_unknown_message(self, body, message):
         self._dead_letter_raw(message, "poison: not a choreo message (no task header)")
 
     def on_unknown_task(self, body, message, exc):
         name = (message.headers or {}).get("task")
-        self._dead_letter_raw(message, f"poison: unknown message type {name!r} for this domain")
+        self._dead_letter_raw(message, f"poison: unknown message type {name!r:.100} for this domain")
 
     def on_invalid_task(self, body, message, exc):
-        self._dead_letter_raw(message, f"poison: invalid task message: {exc}")
+        self._dead_letter_raw(message, f"poison: invalid task message: {str(exc)[:300]}")
+
+
+def refuse_compression() -> None:
+    """kombu inflates a body whose `compression` header asks for it before any check can run:
+    a few kilobytes of gzip can become gigabytes in the worker. choreo's wire format is plain
+    JSON, so in a worker every decompressor refuses (the message is dead-lettered, unread)."""
+    def refuse(body, _type=None):
+        raise ValueError("compressed bodies are not accepted: choreo messages are plain JSON")
+    for content_type in list(compression._decoders):
+        compression._decoders[content_type] = refuse
 
 
 class OutboxRelay(bootsteps.StartStopStep):
@@ -140,6 +215,7 @@ class OutboxRelay(bootsteps.StartStopStep):
 
 def install(app: Celery, domain: str) -> None:
     _DOMAIN[app.main] = domain
+    refuse_compression()
     app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
 

@@ -41,7 +41,7 @@ class Publisher:
 
     def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
              routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,
-             expiration: float | None = None, argsrepr: str | None = None) -> None:
+             expiration: float | None = None, argsrepr: str | None = None, message_id: str | None = None) -> None:
         """Send a task message to an exchange + routing key, or straight to a queue by name.
 
         `argsrepr` is what Flower shows as the arguments; Celery would otherwise build a
@@ -53,6 +53,8 @@ class Publisher:
             options["argsrepr"] = argsrepr
         if expiration is not None:
             options["expiration"] = expiration
+        if message_id:
+            options["message_id"] = message_id  # a client's own id for its message, kept on copies
         if queue is not None:
             # Through the default exchange; the queue is declared by the topology, not per message.
             options["queue"] = Queue(queue, no_declare=True)
