@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -17,94 +17,118 @@ TRACEPARENT_RE = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _ID_NAMESPACE = uuid.UUID("6f1c1e1a-8f7e-4c1b-9a55-2a0c6b3c9d10")
 
 
+# Limits, so no message can carry a megabyte into three services' databases; a message
+# over one is dead-lettered with the limit named. Amounts fit a 32-bit integer column.
+MAX_ITEMS = 100
+MAX_QTY = 1_000
+MAX_CENTS = 2_000_000_000
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+Sku = Annotated[str, Field(min_length=1, max_length=64)]
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+Cents = Annotated[int, Field(ge=0, le=MAX_CENTS)]
+CustomerId = Annotated[str, Field(min_length=1, max_length=64)]
+CardToken = Annotated[str, Field(min_length=1, max_length=64)]
+Address = Annotated[str, Field(min_length=1, max_length=500)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Item(Strict):
-    sku: str = Field(min_length=1, max_length=64)
-    qty: int = Field(gt=0, le=10_000)
-    unit_price_cents: int = Field(ge=0)
+    """A priced line, as the order service priced it from its catalog."""
+    sku: Sku
+    qty: int = Field(gt=0, le=MAX_QTY)
+    unit_price_cents: Cents
+
+
+class OrderLine(Strict):
+    """A line of a place_order command. The seller sets the price: a client may omit
+    `unit_price_cents`; if it sends one that is not the catalog's, the order is refused
+    (CANCELLED, reason price_mismatch) and nothing is charged."""
+    sku: Sku
+    qty: int = Field(gt=0, le=MAX_QTY)
+    unit_price_cents: Cents | None = None
 
 
 class OrderSnapshot(Strict):
     """The facts about an order that travel with it (event-carried state transfer)."""
-    customer_id: str = Field(min_length=1)
-    items: list[Item] = Field(min_length=1)
-    address: str = Field(min_length=1)
-    amount_cents: int = Field(ge=0)
+    customer_id: CustomerId
+    items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
+    address: Address
+    amount_cents: Cents
 
 
 class PlaceOrder(Strict):
-    customer_id: str = Field(min_length=1)
-    items: list[Item] = Field(min_length=1)
-    card_token: str = Field(min_length=1)
-    address: str = Field(min_length=1)
+    customer_id: CustomerId
+    items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
+    card_token: CardToken
+    address: Address
 
 
 class OrderPlaced(Strict):
     order: OrderSnapshot
-    card_token: str
+    card_token: CardToken
 
 
 class OrderCompleted(Strict):
-    customer_id: str
-    amount_cents: int
+    customer_id: CustomerId
+    amount_cents: Cents
 
 
 class OrderCancelled(Strict):
-    customer_id: str
-    reason: str
-    amount_cents: int
+    customer_id: CustomerId
+    reason: Reason
+    amount_cents: Cents
 
 
 class PaymentCompleted(Strict):
-    charge_id: str
-    amount_cents: int
+    charge_id: Id
+    amount_cents: Cents
     order: OrderSnapshot
 
 
 class PaymentFailed(Strict):
-    reason: str
-    code: str
+    reason: Reason
+    code: Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class PaymentRefunded(Strict):
-    refund_id: str | None
-    amount_cents: int
-    reason: str
+    refund_id: Id | None
+    amount_cents: Cents
+    reason: Reason
 
 
 class InventoryReserved(Strict):
-    reservation_id: str
+    reservation_id: Id
     order: OrderSnapshot
 
 
 class InventoryFailed(Strict):
-    reason: str
-    skus: list[str]
+    reason: Reason
+    skus: list[Sku] = Field(max_length=MAX_ITEMS)
 
 
 class InventoryReleased(Strict):
-    reservation_id: str | None
-    items: list[Item]
+    reservation_id: Id | None
+    items: list[Item] = Field(max_length=MAX_ITEMS)
 
 
 class ShipmentCreated(Strict):
-    shipment_id: str
-    tracking_code: str
+    shipment_id: Id
+    tracking_code: Id
 
 
 class ShipmentFailed(Strict):
-    reason: str
+    reason: Reason
 
 
 class SagaDeadLettered(Strict):
     """A domain gave up on a message of this order: the order needs an operator."""
-    domain: str
-    event_type: str
-    event_id: str
-    reason: str
+    domain: Annotated[str, Field(min_length=1, max_length=64)]
+    event_type: Annotated[str, Field(min_length=1, max_length=64)]
+    event_id: Id
+    reason: Reason
     compensation: bool
 
 
@@ -126,14 +150,15 @@ PAYLOADS: dict[str, type[Strict]] = {
 
 
 class Envelope(Strict):
-    event_id: str = Field(min_length=1, max_length=64)
-    type: str
-    schema_version: int = Field(SCHEMA_VERSION, ge=1)
-    order_id: str = Field(min_length=1, max_length=64)
+    event_id: Id
+    type: str = Field(max_length=64)
+    # A newer version than this code reads is refused (dead-lettered, replayable after an upgrade).
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    order_id: Id
     occurred_at: datetime
-    source: str = Field(min_length=1)
-    correlation_id: str = Field(min_length=1)
-    causation_id: str | None = None
+    source: Annotated[str, Field(min_length=1, max_length=64)]
+    correlation_id: Id
+    causation_id: Id | None = None
     traceparent: str = Field(pattern=TRACEPARENT_RE)
     payload: dict[str, Any]
 
@@ -168,17 +193,22 @@ class PoisonMessage(ValueError):
 
 
 def decode(raw: Any) -> Envelope:
-    """Validate a wire envelope and its payload; raise PoisonMessage with the reason."""
+    """Validate a wire envelope and its payload; raise PoisonMessage with the reason.
+
+    The payload handed on is the schema's own rendering of what was sent, so a handler
+    never sees a value the schema merely tolerated ("12" for 12, a key it would drop)."""
     if not isinstance(raw, dict):
         raise PoisonMessage(f"envelope must be a JSON object, got {type(raw).__name__}")
+    prefix: tuple = ()
     try:
         envelope = Envelope.model_validate(raw)
-        envelope.parsed()
+        prefix = ("payload",)
+        payload = envelope.parsed().model_dump(mode="json")
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "envelope"
+        where = ".".join(str(p) for p in (*prefix, *first.get("loc", ()))) or "envelope"
         raise PoisonMessage(f"schema: {where}: {first.get('msg')} ({exc.error_count()} error(s))") from None
-    return envelope
+    return envelope.model_copy(update={"payload": payload})
 
 
 def new_trace() -> str:
@@ -227,11 +257,11 @@ def make_envelope(
 
 class ChargePayment(Strict):
     order: OrderSnapshot
-    card_token: str
+    card_token: CardToken
 
 
 class RefundPayment(Strict):
-    reason: str
+    reason: Reason
 
 
 class ReserveStock(Strict):
@@ -239,7 +269,7 @@ class ReserveStock(Strict):
 
 
 class ReleaseStock(Strict):
-    reason: str
+    reason: Reason
 
 
 class CreateShipment(Strict):

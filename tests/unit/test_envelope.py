@@ -165,12 +165,12 @@ def test_an_unknown_envelope_field_is_poison():
 
 def test_a_zero_quantity_is_poison():
     raw = with_payload(items=[{"sku": "SKU-RED", "qty": 0, "unit_price_cents": 1299}])
-    with pytest.raises(PoisonMessage, match=r"schema: items\.0\.qty: "):
+    with pytest.raises(PoisonMessage, match=r"schema: payload\.items\.0\.qty: "):
         decode(raw)
 
 
 def test_an_extra_payload_field_is_poison():
-    with pytest.raises(PoisonMessage, match=r"schema: coupon: Extra inputs are not permitted"):
+    with pytest.raises(PoisonMessage, match=r"schema: payload\.coupon: Extra inputs are not permitted"):
         decode(with_payload(coupon="FREE"))
 
 
@@ -201,3 +201,50 @@ def test_envelope_trace_id_is_the_second_traceparent_field():
     envelope = Envelope.model_validate(wire(traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"))
     assert envelope.trace_id == "1" * 32
 
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def test_the_largest_valid_message_fits_the_message_size_limit_with_room():
+    """Every string at its limit, 100 lines: the size limit must never refuse a valid message."""
+    from config.settings import Settings
+    from models.envelope import MAX_CENTS, MAX_ITEMS, MAX_QTY
+
+    items = [{"sku": "S" * 64, "qty": MAX_QTY, "unit_price_cents": MAX_CENTS} for _ in range(MAX_ITEMS)]
+    snapshot = {"customer_id": "c" * 64, "items": items, "address": "a" * 500, "amount_cents": MAX_CENTS}
+    env = make_envelope("payment.completed", "o" * 64, {"charge_id": "x" * 64, "amount_cents": MAX_CENTS,
+                                                        "order": snapshot},
+                        source="s" * 64, event_id="e" * 64)
+    body = json.dumps([[env.to_wire()], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    assert len(body.encode()) * 2 < Settings().max_message_bytes
+
+
+@pytest.mark.parametrize("change, where, limit", [
+    ({"address": "x" * 501}, "payload.address", "at most 500 characters"),
+    ({"customer_id": "c" * 65}, "payload.customer_id", "at most 64 characters"),
+    ({"card_token": "t" * 65}, "payload.card_token", "at most 64 characters"),
+    ({"items": [{"sku": "SKU-RED", "qty": 1}] * 101}, "payload.items", "at most 100 items"),
+    ({"items": [{"sku": "SKU-RED", "qty": 1001}]}, "payload.items.0.qty", "less than or equal to 1000"),
+    ({"items": [{"sku": "S" * 65, "qty": 1}]}, "payload.items.0.sku", "at most 64 characters"),
+])
+def test_a_limit_exceeded_is_poison_naming_the_field_and_the_limit(change, where, limit):
+    with pytest.raises(PoisonMessage, match=rf"schema: {re.escape(where)}: .*{limit}"):
+        decode(with_payload(**change))
+
+
+def test_a_schema_version_newer_than_this_service_reads_is_poison():
+    with pytest.raises(PoisonMessage, match="schema: schema_version: Input should be less than or equal to 1"):
+        decode(wire(schema_version=2))
+
+
+def test_a_client_may_leave_the_price_to_the_seller():
+    decoded = decode(with_payload(items=[{"sku": "SKU-RED", "qty": 2}]))
+    assert decoded.parsed().items[0].unit_price_cents is None
+
+
+def test_what_the_schema_merely_tolerated_reaches_handlers_in_its_own_form():
+    raw = make_envelope("payment.refunded", "ord-1", {"refund_id": None, "amount_cents": 5, "reason": "x"},
+                        source="payment", now=NOW).to_wire()
+    raw["payload"]["amount_cents"] = 5.0  # a JSON number another language may write
+    assert decode(raw).payload["amount_cents"] == 5 and type(decode(raw).payload["amount_cents"]) is int
