@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 
 from choreo.db import engine_for
 from choreo.domain import order as domain
+from config.catalog import PRICES_CENTS
 from config.settings import Settings
 from models.tables import (Charge, DeadLetter, GatewayLedger, Notification, OrderEvent, OrderView, Outbox, Refund,
                            Reservation, Shipment, Stock)
@@ -81,7 +82,7 @@ class Snapshot:
     @cached_property
     def views(self) -> dict[str, tuple]:
         rows = self._rows("order", select(OrderView.order_id, OrderView.state, OrderView.reason, OrderView.version,
-                                          OrderView.amount_cents))
+                                          OrderView.amount_cents, OrderView.items))
         return {r[0]: tuple(r[1:]) for r in rows}
 
     def state(self, order_id: str) -> str | None:
@@ -155,6 +156,13 @@ def check_terminal(snap: Snapshot, c: Check) -> None:
             c.offend(order_id, f"stuck in {state}")
 
 
+def catalog_total(items: list[dict]) -> int | None:
+    """What the seller's catalog says these lines cost (None: a SKU the catalog does not sell)."""
+    if any(i.get("sku") not in PRICES_CENTS for i in items):
+        return None
+    return sum(int(i["qty"]) * PRICES_CENTS[i["sku"]] for i in items)
+
+
 def check_money(snap: Snapshot, c: Check) -> None:
     ids = set(snap.views) | set(snap.charges) | set(snap.refunds) | set(snap.ledger)
     c.checked = len(ids)
@@ -183,9 +191,13 @@ def check_money(snap: Snapshot, c: Check) -> None:
         if view is None:
             c.offend(order_id, "money moved for an unknown order")
             continue
-        state, amount = view[0], view[3]
+        state, amount, items = view[0], view[3], view[4]
         if charged and charged != amount and len(l_charges) == 1:
             c.offend(order_id, f"charged {charged}, order amount {amount}")
+        if charged and len(l_charges) == 1:
+            total = catalog_total(items)
+            if charged != total:
+                c.offend(order_id, f"charged {charged}, catalog total {total}")
         if state == "COMPLETED" and not (len(l_charges) == 1 and charge and not l_refunds and not refund_moved):
             c.offend(order_id, f"COMPLETED must be charged once and never refunded: "
                                f"{len(l_charges)} charge(s), {len(l_refunds)} refund(s)")
@@ -291,7 +303,7 @@ def check_dead_letters(snap: Snapshot, c: Check) -> None:
 
 CHECKS: list[tuple[str, str, Callable[[Snapshot, Check], None]]] = [
     ("terminal", "every order terminal (or NEEDS_ATTENTION with a dead letter)", check_terminal),
-    ("money", "charges and refunds match outcomes and the gateway ledger", check_money),
+    ("money", "charges equal the catalog total; refunds match outcomes and the gateway ledger", check_money),
     ("stock", "available + reserved == initial; no cancelled order holds stock", check_stock),
     ("shipments_notifications", "one shipment at most; one notification of the right kind",
      check_shipments_notifications),

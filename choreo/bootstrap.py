@@ -5,6 +5,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Mapping
 
 import redis
 from celery import Celery
@@ -17,6 +18,7 @@ from choreo.messaging.publisher import Publisher
 from choreo.metrics import Metrics
 from choreo.messaging.topology import Topology
 from choreo.users import UsersClient
+from config.catalog import PRICES_CENTS
 from config.settings import Settings, get_settings
 
 
@@ -34,6 +36,11 @@ class Deps:
     @cached_property
     def gateway(self) -> SandboxGateway:
         return SandboxGateway(engine_for(self.settings, "gateway"))
+
+    @property
+    def catalog(self) -> Mapping[str, int]:
+        """The order service's price list: the seller, not the client, sets the price."""
+        return PRICES_CENTS
 
     @cached_property
     def users(self) -> UsersClient:

@@ -17,7 +17,8 @@ from choreo.domain import order as domain
 from models.tables import OrderEvent, OrderView
 
 STAMPS = {"OrderPlaced": "placed_at", "PaymentCaptured": "paid_at", "StockReserved": "reserved_at",
-          "ShipmentDispatched": "shipped_at", "OrderCompleted": "ended_at", "OrderCancelled": "ended_at"}
+          "ShipmentDispatched": "shipped_at", "OrderCompleted": "ended_at", "OrderCancelled": "ended_at",
+          "OrderRejected": "ended_at"}
 COLUMNS = ("state", "reason", "customer_id", "amount_cents", "card_token", "address", "items", "charged_cents",
            "refunded_cents", "version", "last_position", "placed_at", "paid_at", "reserved_at", "shipped_at",
            "ended_at", "updated_at")

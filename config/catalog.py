@@ -78,6 +78,10 @@ def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:
 
 def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[str, str | None]:
     """(state, reason) an order with this data must end in."""
+    if any(i["sku"] not in PRICES_CENTS for i in items):
+        return "CANCELLED", "unknown_sku"
+    if any(i.get("unit_price_cents") is not None and i["unit_price_cents"] != PRICES_CENTS[i["sku"]] for i in items):
+        return "CANCELLED", "price_mismatch"
     if card_token == CARD_DECLINED:
         return "CANCELLED", "payment_declined"
     from choreo.domain.inventory import missing_skus  # the inventory service's own rule

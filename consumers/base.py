@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from models.envelope import Envelope
 
@@ -11,6 +11,7 @@ class Deps(Protocol):
     """The dependencies a handler may use (built by choreo.bootstrap; fakes in unit tests)."""
     gateway: Any
     users: Any
+    catalog: Mapping[str, int]  # the seller's price list: SKU -> unit price in cents
 
 
 Handler = Callable[[Envelope, Any, Deps], None]

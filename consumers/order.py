@@ -62,8 +62,8 @@ def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain
 def on_place_order(msg: Envelope, uow, deps) -> None:
     p = msg.parsed()
     order = load(uow.session, msg.order_id)
-    items = [i.model_dump() for i in p.items]
-    append(uow, order, domain.place(order, p.customer_id, items, p.address, p.card_token))
+    lines = [i.model_dump() for i in p.items]
+    append(uow, order, domain.place(order, p.customer_id, lines, p.address, p.card_token, deps.catalog))
 
 
 def on_fact(msg: Envelope, uow, deps) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 TERMINAL = ("COMPLETED", "CANCELLED")
 STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", "NEEDS_ATTENTION", *TERMINAL)
@@ -20,6 +20,7 @@ EVENT_VERSIONS = {
     "AttentionRequired": 1,
     "OrderCompleted": 1,
     "OrderCancelled": 1,
+    "OrderRejected": 1,
 }
 
 
@@ -133,6 +134,9 @@ def apply(order: Order, event: DomainEvent) -> Order:
         changes.update(closed="COMPLETED", close_reason=None)
     elif t == "OrderCancelled":
         changes.update(closed="CANCELLED", close_reason=d["reason"])
+    elif t == "OrderRejected":
+        changes.update(customer_id=d["customer_id"], items=tuple(tuple(sorted(i.items())) for i in d["items"]),
+                       closed="CANCELLED", close_reason=d["reason"])
     return replace(order, **changes)
 
 
@@ -166,9 +170,32 @@ def fact_from_message(msg_type: str, payload: dict) -> DomainEvent | None:
     return None
 
 
-def place(order: Order, customer_id: str, items: list[dict], address: str, card_token: str) -> list[DomainEvent]:
+def priced(lines: list[dict], prices: Mapping[str, int]) -> tuple[list[dict], str | None, str | None]:
+    """The lines priced from the seller's catalog: (items, None, None), or ([], reason, detail).
+
+    The seller sets the price. A line may omit `unit_price_cents`; one that names a price other
+    than the catalog's is refused rather than charged at another price than the customer saw.
+    """
+    unknown = sorted({line["sku"] for line in lines if line["sku"] not in prices})
+    if unknown:
+        return [], "unknown_sku", f"not in the catalog: {', '.join(unknown)}"
+    wrong = [line for line in lines
+             if line.get("unit_price_cents") is not None and line["unit_price_cents"] != prices[line["sku"]]]
+    if wrong:
+        said = ", ".join(f"{w['sku']} at {w['unit_price_cents']} (catalog {prices[w['sku']]})" for w in wrong)
+        return [], "price_mismatch", f"client price differs from the catalog: {said}"
+    return [{"sku": line["sku"], "qty": line["qty"], "unit_price_cents": prices[line["sku"]]} for line in lines], None, None
+
+
+def place(order: Order, customer_id: str, lines: list[dict], address: str, card_token: str,
+          prices: Mapping[str, int]) -> list[DomainEvent]:
+    """Place the order at the catalog's prices, or refuse it (CANCELLED at once, nothing charged)."""
     if order.exists:
         return []  # placing the same order id twice is a no-op, not a second order
+    items, refused, detail = priced(lines, prices)
+    if refused:
+        return [DomainEvent("OrderRejected", {"customer_id": customer_id, "items": lines, "reason": refused,
+                                              "detail": detail})]
     amount = sum(i["qty"] * i["unit_price_cents"] for i in items)
     return [DomainEvent("OrderPlaced", {"customer_id": customer_id, "items": items, "address": address,
                                         "card_token": card_token, "amount_cents": amount})]
@@ -225,4 +252,7 @@ def announcement(order: Order, event: DomainEvent) -> tuple[str, dict] | None:
     if event.type == "OrderCancelled":
         return "order.cancelled", {"customer_id": order.customer_id, "reason": event.data["reason"],
                                    "amount_cents": order.amount_cents}
+    if event.type == "OrderRejected":
+        return "order.cancelled", {"customer_id": order.customer_id, "reason": event.data["reason"],
+                                   "amount_cents": 0}
     return None

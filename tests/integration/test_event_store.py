@@ -30,7 +30,8 @@ def _place(settings, order_id):
     with UnitOfWork(engine_for(settings, "order"), source="test") as uow:
         append(uow, load(uow.session, order_id),
                domain.place(load(uow.session, order_id), "cust-1",
-                            [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}], "1 Main Street", "tok_visa"))
+                            [{"sku": "SKU-RED", "qty": 1}], "1 Main Street", "tok_visa",
+                            {"SKU-RED": 100}))
         uow.commit()
 
 

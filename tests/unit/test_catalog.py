@@ -149,3 +149,11 @@ def test_draw_scenarios_shuffles_differently_for_another_seed():
     b = draw_scenarios(200, DEFAULT_MIX, seed=2)
     assert a != b
     assert Counter(a) == Counter(b)
+
+
+def test_the_seller_s_catalog_decides_before_any_test_card():
+    assert expected_outcome(catalog.CARD_DECLINED, [{"sku": "SKU-NOPE", "qty": 1}], catalog.ADDRESS_OK) == (
+        "CANCELLED", "unknown_sku")
+    assert expected_outcome(catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}],
+                            catalog.ADDRESS_OK) == ("CANCELLED", "price_mismatch")
+    assert expected_outcome(catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1}], catalog.ADDRESS_OK) == ("COMPLETED", None)

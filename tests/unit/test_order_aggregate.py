@@ -14,6 +14,7 @@ ITEMS = [
     {"sku": "SKU-BLUE", "qty": 1, "unit_price_cents": 2450},
 ]
 AMOUNT = 2 * 1299 + 2450  # 5048
+PRICES = {"SKU-RED": 1299, "SKU-BLUE": 2450}
 
 
 def ev(type_: str, **data) -> o.DomainEvent:
@@ -32,7 +33,7 @@ ATTENTION = ev("AttentionRequired", reason="compensation_failed", domain="paymen
 
 
 def placed_event() -> o.DomainEvent:
-    (event,) = o.place(o.Order(ORDER_ID), "cust-1", ITEMS, "1 Main Street, Springfield", "tok_visa")
+    (event,) = o.place(o.Order(ORDER_ID), "cust-1", ITEMS, "1 Main Street, Springfield", "tok_visa", PRICES)
     return event
 
 
@@ -111,7 +112,7 @@ def test_place_emits_order_placed_with_the_summed_amount():
 
 
 def test_placing_an_existing_order_again_returns_no_events():
-    assert o.place(placed(), "cust-2", ITEMS, "elsewhere", "tok_visa") == []
+    assert o.place(placed(), "cust-2", ITEMS, "elsewhere", "tok_visa", PRICES) == []
 
 
 # --- record: each fact type -------------------------------------------------------------
@@ -388,8 +389,45 @@ def test_upcast_of_a_current_event_leaves_it_as_is():
 
 def test_a_duplicate_zero_amount_capture_produces_no_new_events():
     free = [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}]
-    order = o.fold(ORDER_ID, o.place(o.Order(ORDER_ID), "cust-1", free, "1 Main Street", "tok_visa"))
+    order = o.fold(ORDER_ID, o.place(o.Order(ORDER_ID), "cust-1", free, "1 Main Street", "tok_visa", {"SKU-RED": 0}))
     capture = ev("PaymentCaptured", charge_id="ch-0", amount_cents=0)
     order, _ = run(order, [capture])
     assert order.state == "PAID"
     assert o.record(order, capture) == []
+
+
+# --- the seller sets the price -------------------------------------------------------------
+
+def test_lines_without_a_price_are_priced_from_the_catalog():
+    lines = [{"sku": "SKU-RED", "qty": 2}, {"sku": "SKU-BLUE", "qty": 1, "unit_price_cents": None}]
+    (event,) = o.place(o.Order(ORDER_ID), "cust-1", lines, "1 Main Street", "tok_visa", PRICES)
+    assert event.type == "OrderPlaced"
+    assert event.data["items"] == ITEMS and event.data["amount_cents"] == AMOUNT
+
+
+@pytest.mark.parametrize("price", [0, 1, 1298, 1300, 10**9])
+def test_a_client_price_other_than_the_catalog_s_is_refused_and_nothing_is_announced_for_payment(price):
+    lines = [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": price}]
+    (event,) = o.place(o.Order(ORDER_ID), "cust-1", lines, "1 Main Street", "tok_visa", PRICES)
+    assert event.type == "OrderRejected" and event.data["reason"] == "price_mismatch"
+    assert f"SKU-RED at {price} (catalog 1299)" in event.data["detail"]
+    order = o.fold(ORDER_ID, [event])
+    assert (order.state, order.reason, order.amount_cents) == ("CANCELLED", "price_mismatch", 0)
+    said = o.announcement(order, event)
+    assert said == ("order.cancelled", {"customer_id": "cust-1", "reason": "price_mismatch", "amount_cents": 0})
+    PAYLOADS[said[0]].model_validate(said[1])
+
+
+def test_a_sku_the_catalog_does_not_sell_is_refused():
+    lines = [{"sku": "SKU-RED", "qty": 1}, {"sku": "SKU-PLUTONIUM", "qty": 1}]
+    (event,) = o.place(o.Order(ORDER_ID), "cust-1", lines, "1 Main Street", "tok_visa", PRICES)
+    assert (event.type, event.data["reason"]) == ("OrderRejected", "unknown_sku")
+    assert "SKU-PLUTONIUM" in event.data["detail"]
+
+
+def test_a_refused_order_is_terminal_and_a_second_placement_is_a_no_op():
+    (event,) = o.place(o.Order(ORDER_ID), "cust-1", [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}],
+                       "1 Main Street", "tok_visa", PRICES)
+    order = o.fold(ORDER_ID, [event])
+    assert order.state in o.TERMINAL
+    assert o.place(order, "cust-1", ITEMS, "1 Main Street", "tok_visa", PRICES) == []
