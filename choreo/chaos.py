@@ -478,7 +478,7 @@ def _busy_queues(vhost: str) -> dict[str, int]:
     busy = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 2 and not parts[0].endswith(".dlq") and parts[1].isdigit() and int(parts[1]):
+        if len(parts) == 2 and not parts[0].endswith((".dlq", ".unrouted")) and parts[1].isdigit() and int(parts[1]):
             busy[parts[0]] = int(parts[1])
     return busy
 

@@ -340,6 +340,7 @@ def _print_status(settings, as_json: bool) -> dict:
         data["queues"] = []
         data["broker_error"] = repr(exc)
     data["dlq"] = {q["name"].split(".")[-2]: q["messages"] for q in data["queues"] if q["name"].endswith(".dlq")}
+    data["unrouted"] = next((q["messages"] for q in data["queues"] if q["name"] == f"{settings.namespace}.unrouted"), None)
     data["processes"] = Stack(settings).running()
     try:
         from choreo.bootstrap import redis_client
@@ -367,6 +368,9 @@ def _print_status(settings, as_json: bool) -> dict:
     console.print(q)
     if data.get("broker_error"):
         err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
+    if data.get("unrouted"):
+        console.print(f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their routing key; "
+                      f"see `choreo dlq list unrouted`")
     if data["metrics"]:
         console.print("counters: " + "; ".join(f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
                                                for name, per in data["metrics"].items() if per))
@@ -386,11 +390,11 @@ def status(as_json: bool) -> None:
 
 @cli.group()
 def dlq() -> None:
-    """Dead-letter queues: list, peek, replay."""
+    """Dead-letter queues (one per domain, and `unrouted`): list, peek, replay."""
 
 
 def _domain_arg(domain: str) -> str:
-    domains = get_settings().domains
+    domains = (*get_settings().domains, "unrouted")
     if domain not in domains:
         fail(f"unknown domain {domain!r}; choose from {', '.join(domains)}")
     return domain

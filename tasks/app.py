@@ -35,8 +35,10 @@ def make_app(name: str, settings: Settings | None = None) -> Celery:
         broker_heartbeat=30,
         task_default_delivery_mode="persistent",
         task_create_missing_queues=False,
-        task_queues=[topo.domain_queue(name)] if name in settings.domains else [],
-        task_default_queue=topo.names.queue(name) if name in settings.domains else f"{settings.namespace}.unrouted",
+        # A client app routes nothing by default: its default queue is the unrouted one, declared
+        # (if Celery ever does) exactly as the topology declares it.
+        task_queues=[topo.domain_queue(name) if name in settings.domains else topo.unrouted_queue()],
+        task_default_queue=topo.names.queue(name) if name in settings.domains else topo.names.unrouted,
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
         # Flower: task events (received, started, succeeded, retried, failed) from every worker,

@@ -37,7 +37,7 @@ def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None
         quiet_since = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [q for q in admin.queue_stats() if not q["name"].endswith(".dlq") and q["messages"]]
+            busy = [q for q in admin.queue_stats() if not q["name"].endswith((".dlq", ".unrouted")) and q["messages"]]
             if busy:
                 quiet_since = None
             elif quiet_since is None:

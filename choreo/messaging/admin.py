@@ -16,6 +16,9 @@ from pika.exceptions import ChannelClosedByBroker
 from choreo.messaging.topology import Topology
 from config.settings import Settings
 
+# `choreo dlq list unrouted`: the messages no binding routed, kept by the alternate exchange.
+UNROUTED = "unrouted"
+
 
 def connection_parameters(broker_url: str) -> pika.ConnectionParameters:
     u = urlparse(broker_url)
@@ -31,6 +34,8 @@ def connection_parameters(broker_url: str) -> pika.ConnectionParameters:
 class DeadLetterView:
     delivery_tag: int
     event_id: str
+    message_id: str | None
+    routing_key: str
     type: str
     order_id: str | None
     reason: str
@@ -64,12 +69,16 @@ def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
     except (ValueError, TypeError, IndexError, KeyError, AttributeError):
         pass
     reason = headers.get("x-choreo-reason")
+    if reason is None and domain == UNROUTED:
+        reason = f"unrouted: nothing is bound to routing key {method.routing_key!r} on {method.exchange or '(default)'}"
     if reason is None and headers.get("x-death"):
         death = headers["x-death"][0]
         reason = f"broker dead-lettered: {death.get('reason')} from {death.get('queue')}"
     return DeadLetterView(
         delivery_tag=method.delivery_tag,
         event_id=str(headers.get("id") or props.message_id or ""),
+        message_id=props.message_id,
+        routing_key=method.routing_key,
         type=str(headers.get("task") or "?"),
         order_id=order_id or headers.get("choreo_order_id"),
         reason=reason or "unknown",
@@ -110,14 +119,19 @@ class BrokerAdmin:
                 out.append({"name": q.name, "messages": None, "consumers": None})
         return out
 
+    def held_in(self, domain: str) -> str:
+        """The queue holding DOMAIN's dead letters; `unrouted` names the queue of unroutable messages."""
+        _check(domain, self.settings)
+        return self.topology.names.unrouted if domain == UNROUTED else self.topology.names.dlq(domain)
+
     def peek(self, domain: str, limit: int = 50) -> list[DeadLetterView]:
         """Read up to `limit` dead letters and put them all back (nothing is consumed)."""
-        _check(domain, self.settings)
+        queue = self.held_in(domain)
         ch = self.conn.channel()
         seen: list[DeadLetterView] = []
         try:
             for _ in range(limit):
-                method, props, body = ch.basic_get(self.topology.names.dlq(domain), auto_ack=False)
+                method, props, body = ch.basic_get(queue, auto_ack=False)
                 if method is None:
                     break
                 seen.append(describe(method, props, body, domain))
@@ -129,10 +143,12 @@ class BrokerAdmin:
 
     def replay(self, domain: str, event_id: str | None = None, limit: int = 1000) -> list[DeadLetterView]:
         """Move dead letters (all, or one event id) back to the domain's queue, reset to attempt 0.
+        Unrouted messages go back to the events exchange with their routing key: once a
+        subscriber is bound they reach it; until then they come back to `unrouted`.
 
         Publish (confirmed) before ack: a crash in between duplicates, never loses.
         """
-        _check(domain, self.settings)
+        queue = self.held_in(domain)
         names = self.topology.names
         ch = self.conn.channel()
         ch.confirm_delivery()
@@ -140,7 +156,7 @@ class BrokerAdmin:
         keep: list[int] = []
         try:
             for _ in range(limit):
-                method, props, body = ch.basic_get(names.dlq(domain), auto_ack=False)
+                method, props, body = ch.basic_get(queue, auto_ack=False)
                 if method is None:
                     break
                 view = describe(method, props, body, domain)
@@ -155,7 +171,10 @@ class BrokerAdmin:
                 new_props = pika.BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
                                                  headers=headers, delivery_mode=2, correlation_id=props.correlation_id,
                                                  message_id=props.message_id)
-                ch.basic_publish("", names.queue(domain), body, new_props, mandatory=True)
+                if domain == UNROUTED:
+                    ch.basic_publish(names.events, method.routing_key, body, new_props)
+                else:
+                    ch.basic_publish("", names.queue(domain), body, new_props, mandatory=True)
                 ch.basic_ack(method.delivery_tag)
                 replayed.append(view)
         finally:
@@ -166,16 +185,17 @@ class BrokerAdmin:
         return replayed
 
     def publish_raw(self, routing_key: str, body: bytes, headers: dict | None = None, exchange: str | None = None,
-                    content_type: str = "application/json") -> None:
+                    content_type: str | None = "application/json", content_encoding: str | None = "utf-8",
+                    message_id: str | None = None) -> None:
         """Publish bytes as any client would (tests and the chaos injector use it for poison)."""
         ch = self.conn.channel()
         ch.confirm_delivery()
         ch.basic_publish(self.topology.names.events if exchange is None else exchange, routing_key, body,
-                         pika.BasicProperties(content_type=content_type, content_encoding="utf-8",
-                                              headers=headers or {}, delivery_mode=2))
+                         pika.BasicProperties(content_type=content_type, content_encoding=content_encoding,
+                                              headers=headers or {}, delivery_mode=2, message_id=message_id))
         ch.close()
 
 
 def _check(domain: str, settings: Settings) -> None:
-    if domain not in settings.domains:
-        raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(settings.domains)}")
+    if domain not in settings.domains and domain != UNROUTED:
+        raise ValueError(f"unknown domain {domain!r}; choose from {', '.join((*settings.domains, UNROUTED))}")

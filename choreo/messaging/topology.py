@@ -6,15 +6,22 @@ Per domain D (namespace N, default "choreo"):
   N.D.dlq        quorum queue bound to N.dlx with key D: messages D gave up on
   N.D.retry.K    the retry ladder: a message waits here for the K-th retry's delay
                  (queue TTL), then dead-letters back to N.D through the default exchange
+  N.unrouted     quorum queue behind the fanout exchange N.unrouted, the alternate exchange
+                 of N.events and N.dlx: a message no binding routes (a typo'd type, a
+                 subscriber not yet deployed) is kept here instead of dropped by the broker
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from kombu import Connection, Exchange, Queue, binding
 
 from config.settings import Settings
 from consumers.registry import MODES, subscriptions
+
+log = logging.getLogger("choreo.topology")
+PRECONDITION_FAILED = 406
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,11 @@ class Names:
     @property
     def dlx(self) -> str:
         return f"{self.ns}.dlx"
+
+    @property
+    def unrouted(self) -> str:
+        """The alternate exchange and the queue behind it (exchanges and queues are separate names)."""
+        return f"{self.ns}.unrouted"
 
     def queue(self, domain: str) -> str:
         return f"{self.ns}.{domain}"
@@ -53,8 +65,10 @@ class Topology:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
-        self.events = Exchange(self.names.events, type="topic", durable=True)
-        self.dlx = Exchange(self.names.dlx, type="direct", durable=True)
+        keep_unroutable = {"alternate-exchange": self.names.unrouted}
+        self.unrouted = Exchange(self.names.unrouted, type="fanout", durable=True)
+        self.events = Exchange(self.names.events, type="topic", durable=True, arguments=keep_unroutable)
+        self.dlx = Exchange(self.names.dlx, type="direct", durable=True, arguments=keep_unroutable)
 
     def domain_queue(self, domain: str) -> Queue:
         n = self.names
@@ -85,12 +99,16 @@ class Topology:
                          "x-dead-letter-routing-key": self.names.queue(domain),
                      })
 
+    def unrouted_queue(self) -> Queue:
+        return Queue(self.names.unrouted, exchange=self.unrouted, durable=True,
+                     queue_arguments={"x-queue-type": "quorum"})
+
     def queues(self, domain: str) -> list[Queue]:
         return [self.domain_queue(domain), self.dead_letter_queue(domain),
                 *(self.retry_queue(domain, k) for k in range(1, self.settings.retry_max_attempts + 1))]
 
     def all_queues(self) -> list[Queue]:
-        return [q for d in self.settings.domains for q in self.queues(d)]
+        return [q for d in self.settings.domains for q in self.queues(d)] + [self.unrouted_queue()]
 
     def declare(self, connection: Connection | None = None) -> list[str]:
         """Declare exchanges, queues and bindings; safe to run any number of times."""
@@ -98,8 +116,9 @@ class Topology:
         conn = connection or Connection(self.settings.broker_url)
         try:
             channel = conn.default_channel
-            self.events(channel).declare()
-            self.dlx(channel).declare()
+            self.unrouted(channel).declare()
+            self._declare_exchange(conn, self.events)
+            self._declare_exchange(conn, self.dlx)
             declared = []
             for q in self.all_queues():
                 q(channel).declare()
@@ -112,6 +131,27 @@ class Topology:
         finally:
             if own:
                 conn.release()
+
+    def _declare_exchange(self, conn: Connection, exchange: Exchange) -> None:
+        """Declare; an exchange declared before the alternate exchange existed is re-created.
+
+        RabbitMQ refuses to redeclare an exchange with other arguments (PRECONDITION_FAILED).
+        Deleting it drops its bindings; the queue declarations that follow restore them.
+        """
+        channel = conn.channel()
+        try:
+            exchange(channel).declare()
+        except conn.channel_errors as exc:
+            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED:
+                raise
+            log.warning("exchange %s was declared without alternate exchange %s: re-creating it (%s)",
+                        exchange.name, self.names.unrouted, exc)
+            channel = conn.channel()
+            channel.exchange_delete(exchange.name)
+            exchange(channel).declare()
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def _unbind_inactive(self, conn: Connection) -> None:
         """A worker queue of another mode (the orchestrator's, after switching back to
@@ -134,4 +174,5 @@ class Topology:
         for d in self.settings.domains:
             out |= {(n.events, rk, n.queue(d)) for rk in routing_keys(d, self.settings.saga_mode)}
             out.add((n.dlx, d, n.dlq(d)))
+        out.add((n.unrouted, "", n.unrouted))
         return out

@@ -32,7 +32,8 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
             assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args
     # Nothing else: no celery_delayed_* ladder, no stray queues from per-message declares.
     ours = {n for n in rows if n.startswith(f"{ns}.")}
-    assert len(ours) == len(DOMAINS) * (2 + settings.retry_max_attempts)
+    assert len(ours) == len(DOMAINS) * (2 + settings.retry_max_attempts) + 1  # + N.unrouted
+    assert rows[f"{ns}.unrouted"][1] == "quorum"
     assert not [n for n in rows if n.startswith("celery_delayed")]
 
 
