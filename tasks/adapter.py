@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from datetime import datetime, timezone
 from pathlib import Path
 
 from celery import Celery
@@ -21,6 +20,7 @@ from sqlmodel import Session
 from choreo import logs
 from choreo.bootstrap import Runtime, runtime
 from choreo.db import UnitOfWork, mark_sent
+from choreo.messaging.publisher import dead_letter_headers
 from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, SagaDeadLettered, decode, derived_id, make_envelope
@@ -142,14 +142,9 @@ def dead_letter(rt: Runtime, task, args, kwargs, reason: str, attempt: int,
     """Copy to the DLQ with the reason in its headers, record it, tell the order; then raise."""
     names = rt.topology.names
     event_id = envelope.event_id if envelope else str(task.request.id)
-    now = datetime.now(timezone.utc)
-    headers = {
-        "x-choreo-reason": reason[:2000],
-        "x-choreo-domain": rt.domain,
-        "x-choreo-attempts": attempt + 1,
-        "x-choreo-dead-lettered-at": now.isoformat(),
-        "x-choreo-compensation": compensation,
-    }
+    headers = dead_letter_headers(reason, rt.domain, attempt + 1, compensation,
+                                  getattr(task.request, "x-delivery-count", 0),
+                                  (task.request.delivery_info or {}).get("redelivered", False))
     try:
         props = task.request.properties or {}
         rt.publisher.send(task.name, list(args), kwargs, task_id=str(task.request.id), exchange=names.dlx,

@@ -137,10 +137,14 @@ def check(body: Any, headers: Any, content_type: Any, content_encoding: Any, dec
     `decode` is the message's own (kombu caches what it decodes, so Celery reads it for free).
     """
     size = len(body) if isinstance(body, (bytes, bytearray, str)) else 0
+    if isinstance(body, str) and size * 4 > limits.max_bytes:  # py-amqp decoded it: count the bytes
+        size = len(body.encode("utf-8", "surrogatepass"))
     if size > limits.max_bytes:
         raise Malformed(f"message body is {size} bytes, over the limit of {limits.max_bytes} bytes "
                         f"(max_message_bytes)")
     clean = clean_headers(headers, known, limits)
+    if size == 0:
+        raise Malformed("body is empty")
     if content_type != "application/json":
         raise Malformed(f"content_type must be application/json, got {content_type!r:.60}")
     if content_encoding not in (None, "", "utf-8", "utf8", "UTF-8"):

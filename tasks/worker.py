@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import datetime, timezone
 
 from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_process_init
@@ -14,7 +13,7 @@ from vine import promise
 
 from choreo import logs
 from choreo.db import dispose_all, engine_for, mark_sent, unsent_outbox
-from choreo.messaging.publisher import Publisher
+from choreo.messaging.publisher import Publisher, dead_letter_headers
 from choreo.messaging.topology import Names
 from config.settings import get_settings
 from tasks.guard import Limits, Malformed, check
@@ -107,13 +106,13 @@ class ChoreoConsumer(Consumer):
             headers = dict(getattr(message, "headers", None) or {})
         except (TypeError, ValueError):
             headers = {}
-        headers.update({"x-choreo-reason": reason[:2000], "x-choreo-domain": domain, "x-choreo-attempts": 1,
-                        "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
-                        "x-choreo-compensation": False})
+        info = getattr(message, "delivery_info", None) or {}
+        headers.update(dead_letter_headers(reason, domain, 1, False, headers.get("x-delivery-count"),
+                                           info.get("redelivered", False)))
         try:
             keep = {k: props[k] for k in ("message_id", "correlation_id") if props.get(k)}
             with self.app.producer_or_acquire() as producer:
-                producer.publish(message.body, exchange=names.dlx, routing_key=domain, headers=headers,
+                producer.publish(_as_bytes(message), exchange=names.dlx, routing_key=domain, headers=headers,
                                  content_type=message.content_type or "application/octet-stream",
                                  content_encoding=message.content_encoding or "binary",
                                  delivery_mode=2, retry=True, retry_policy={"max_retries": 3}, **keep)
@@ -147,6 +146,19 @@ class ChoreoConsumer(Consumer):
 
     def on_invalid_task(self, body, message, exc):
         self._dead_letter_raw(message, f"poison: invalid task message: {str(exc)[:300]}")
+
+
+def _as_bytes(message) -> bytes:
+    """The body as it came over the wire. py-amqp hands over a str when it could decode the body
+    with its content_encoding, and '' for an empty one; kombu would re-encode a str with the
+    given encoding, which may not be a codec at all ("binary")."""
+    body = message.body
+    if not isinstance(body, str):
+        return bytes(body or b"")
+    try:
+        return body.encode(message.content_encoding or "utf-8")
+    except (LookupError, TypeError, UnicodeError):
+        return body.encode("utf-8", "surrogatepass")
 
 
 def refuse_compression() -> None:

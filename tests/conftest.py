@@ -71,6 +71,9 @@ def isolated_redis():
 @pytest.fixture(scope="session", autouse=True)
 def cleanup_workdir():
     yield
+    if os.environ.get("CHOREO_TEST_KEEP"):  # worker logs and databases, for a post-mortem
+        print(f"\nkept the run's folder: {WORKDIR}")
+        return
     shutil.rmtree(WORKDIR, ignore_errors=True)
 
 

@@ -1,7 +1,9 @@
 """Shared test helpers: start the stack by the CLI's code path, wait for outcomes with deadlines."""
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -46,3 +48,12 @@ def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None
                 return
             time.sleep(0.1)
     raise AssertionError("queues did not go idle")
+
+
+def celery_message(task: str, args, task_id: str | None = None) -> tuple[bytes, dict]:
+    """A protocol-2 task message as any AMQP client can build it (no Celery needed)."""
+    task_id = task_id or str(uuid.uuid4())
+    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
+               "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": "test"}
+    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+    return body, headers

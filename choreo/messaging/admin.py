@@ -164,7 +164,7 @@ class BrokerAdmin:
                     keep.append(method.delivery_tag)
                     continue
                 headers = {k: v for k, v in (props.headers or {}).items()
-                           if not k.startswith("x-choreo-") and k not in ("x-death", "x-first-death-exchange",
+                           if not k.startswith("x-choreo-") and k not in ("x-death", "x-delivery-count", "x-first-death-exchange",
                                                                           "x-first-death-queue", "x-first-death-reason",
                                                                           "choreo_attempt", "choreo_last_error")}
                 headers["x-choreo-replayed"] = view.reason[:500]

@@ -6,6 +6,7 @@ and each runs its own task of that name. Flower shows the type and the domain's 
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
@@ -26,6 +27,24 @@ def summary(args: Any) -> str | None:
         env = args[0]
         return f"order={env.get('order_id')} correlation={env.get('correlation_id')} event={env.get('event_id')}"
     return None
+
+
+def dead_letter_headers(reason: str, domain: str, attempts: int, compensation: bool, delivered: Any = 0,
+                        redelivered: bool = False) -> dict[str, Any]:
+    """What a dead letter says about itself (the adapter's and the worker's raw path alike).
+
+    `delivered` is the quorum queue's x-delivery-count as the message arrived: 0 for a first
+    delivery, so a message dead-lettered at once shows no worker ever died holding it.
+    """
+    return {
+        "x-choreo-reason": reason[:2000],
+        "x-choreo-domain": domain,
+        "x-choreo-attempts": attempts,
+        "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
+        "x-choreo-compensation": compensation,
+        "x-choreo-delivery-count": delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0,
+        "x-choreo-redelivered": bool(redelivered),
+    }
 
 
 class Publisher:

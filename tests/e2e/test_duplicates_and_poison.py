@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlmodel import Session, func, select
 
-from tests.helpers import settled, wait_for
+from tests.helpers import celery_message, settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -97,15 +97,6 @@ def _notified(settings, ids):
     from models.tables import Notification
     with Session(engine_for(settings, "notification")) as s:
         return s.exec(select(func.count()).select_from(Notification).where(Notification.order_id.in_(ids))).one() == len(ids)
-
-
-def celery_message(task: str, args, task_id: str | None = None) -> tuple[bytes, dict]:
-    """A protocol-2 task message as any AMQP client can build it (no Celery needed)."""
-    task_id = task_id or str(uuid.uuid4())
-    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-               "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": "test"}
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
-    return body, headers
 
 
 def _dlq_reasons(settings, domain):

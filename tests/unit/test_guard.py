@@ -42,7 +42,7 @@ def test_a_well_formed_message_passes_with_celery_s_headers():
     (b"null", "got null"),
     (b"42", "got a number"),
     (b"[1]", r"array of 3 elements .*, got 1"),
-    (b"", "not valid JSON"),
+    (b"", "body is empty"),
     (json.dumps([[ENVELOPE]]).encode(), r"array of 3 elements .*, got 1"),
     (json.dumps([[ENVELOPE], {}]).encode(), r"array of 3 elements .*, got 2"),
     (json.dumps([[ENVELOPE], {}, {}, {}]).encode(), r"array of 3 elements .*, got 4"),
@@ -124,3 +124,12 @@ def test_a_decoder_that_raises_anything_is_a_reason_not_a_crash():
         raise RecursionError("maximum recursion depth exceeded")
     with pytest.raises(Malformed, match="not valid JSON: maximum recursion"):
         check(b"[[[[", headers(), "application/json", "utf-8", explode, KNOWN, LIMITS)
+
+
+def test_a_body_py_amqp_decoded_to_text_is_measured_in_bytes():
+    # py-amqp hands over a str when the body decodes with its content_encoding: 'é' is 2 bytes.
+    text = "[" + "é" * (LIMITS.max_bytes // 2) + "]"
+    with pytest.raises(Malformed, match="over the limit"):
+        check(text, headers(), "application/json", "utf-8", lambda: json.loads(text), KNOWN, LIMITS)
+    with pytest.raises(Malformed, match="body is empty"):
+        check("", headers(), "application/json", "utf-8", lambda: "", KNOWN, LIMITS)
