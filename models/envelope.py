@@ -13,6 +13,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
+# The embedded options of Celery's protocol-2 body ([args, kwargs, options]). choreo sends them
+# all null; a client that sets one asks the worker to publish further tasks under its name.
+EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
 TRACEPARENT_RE = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _ID_NAMESPACE = uuid.UUID("6f1c1e1a-8f7e-4c1b-9a55-2a0c6b3c9d10")
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Container
 
-# The embedded options of a protocol-2 body. choreo sends them all null; a client that sets
-# one asks the worker to publish further tasks under its own name.
-EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
+from models.envelope import EMBED_KEYS
+
 MAX_ID = 128
 MAX_TEXT = 1000
 
