@@ -409,6 +409,13 @@ class Injector:
                          celery_message("inventory.reserved", [], str(uuid.uuid4()))[1]),
             "unknown_type": (f"{ns}.inventory", "", *celery_message("inventory.exploded", [good], str(uuid.uuid4()))),
             "schema_invalid": ("order.placed", None, *celery_message("order.placed", [good], str(uuid.uuid4()))),
+            # Shapes that crashed Celery's own request handling before the protocol guard.
+            "wrong_shape": ("order.placed", None, json.dumps([[good], {}]).encode(),
+                            celery_message("order.placed", [], str(uuid.uuid4()))[1]),
+            "no_id_header": ("order.placed", None, celery_message("order.placed", [good], str(uuid.uuid4()))[0],
+                             {"task": "order.placed", "lang": "py"}),
+            "oversized": ("order.placed", None, b"[" + b" " * (self.settings.max_message_bytes + 1) + b"]",
+                          celery_message("order.placed", [], str(uuid.uuid4()))[1]),
         }
         with BrokerAdmin(self.settings) as admin:
             for kind, (rk, exchange, body, headers) in cases.items():
