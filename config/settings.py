@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # A quorum queue dead-letters a message redelivered this many times (crash loops).
     delivery_limit: int = Field(50, ge=1)
     # A message body larger than this is dead-lettered unread. The largest valid message (100
-    # items, every string at its schema limit) is about 25 KiB.
+    # items, every string at its schema limit) is about 13 KiB.
     max_message_bytes: int = Field(64 * 1024, ge=1024)
 
     # Chosen by `bench/run.py --sweep` on 2 cores (300 orders, 2 repeats, medians; README,

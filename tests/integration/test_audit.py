@@ -47,15 +47,15 @@ class World:
         from choreo.db import engine_for
         return Session(engine_for(self.settings, service))
 
-    def order(self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2) -> None:
+    def order(self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2, price: int = PRICE) -> None:
         """Append the order's events and its projection, exactly as the order service folds them."""
         from choreo import projections
         from choreo.domain import order as domain
         from models.tables import OrderEvent, Outbox, utcnow
 
-        item = {"sku": SKU, "qty": qty, "unit_price_cents": PRICE}
+        item = {"sku": SKU, "qty": qty, "unit_price_cents": price}
         placed = ("OrderPlaced", {"customer_id": "cust-1", "items": [item], "address": "1 Main Street",
-                                  "card_token": "tok_visa", "amount_cents": qty * PRICE})
+                                  "card_token": "tok_visa", "amount_cents": qty * price})
         events = [domain.DomainEvent(t, d) for t, d in [placed, *facts]]
         with self.session("order") as s:
             rows = [OrderEvent(order_id=order_id, version=v, type=ev.type, schema_version=ev.schema_version,
@@ -186,6 +186,20 @@ def test_a_double_charge_in_the_ledger_fails_money(world):
     checks = audit(world.settings)
     assert failing(checks) == {"money": ["ord-completed"]}
     assert "double charge" in checks["money"].problems["ord-completed"]
+
+
+def test_a_charge_at_a_client_s_price_fails_money_naming_the_catalog_total(world):
+    """What a client setting its own price looked like: the charge matched the order, not the catalog."""
+    world.order("ord-cheap", [("PaymentCaptured", {"charge_id": "c", "amount_cents": 2}),
+                              ("StockReserved", {"reservation_id": "r"}), ("ShipmentDispatched", {"shipment_id": "s"}),
+                              ("OrderCompleted", {})], price=1)
+    world.charge("ord-cheap", amount=2)
+    world.reserve("ord-cheap")
+    world.ship("ord-cheap")
+    world.notify("ord-cheap", "completed")
+    checks = audit(world.settings)
+    assert failing(checks) == {"money": ["ord-cheap"]}
+    assert checks["money"].problems["ord-cheap"] == f"charged 2, catalog total {2 * PRICE}"
 
 
 def test_a_stuck_order_fails_terminal(world):
