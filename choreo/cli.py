@@ -332,7 +332,13 @@ def _print_status(settings, as_json: bool) -> dict:
     from choreo.queries import summary
     from choreo.stack import Stack
 
-    data: dict[str, Any] = summary(settings)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        data: dict[str, Any] = summary(settings)
+    except SQLAlchemyError as exc:  # nothing started yet, or a database server away: a status, not a crash
+        data = {"orders": {"total": 0, "by_state_reason": []},
+                "database_error": f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}"}
     try:
         with BrokerAdmin(settings) as admin:
             data["queues"] = admin.queue_stats()
@@ -368,6 +374,8 @@ def _print_status(settings, as_json: bool) -> dict:
     console.print(q)
     if data.get("broker_error"):
         err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
+    if data.get("database_error"):
+        err.print(f"[red]order database unreachable:[/red] {data['database_error']} (started yet? `choreo up`)")
     if data.get("unrouted"):
         console.print(f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their routing key; "
                       f"see `choreo dlq list unrouted`")
