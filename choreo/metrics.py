@@ -9,7 +9,8 @@ import logging
 import redis
 
 log = logging.getLogger("choreo.metrics")
-NAMES = ("processed", "duplicates", "retries", "dead_lettered", "relayed")
+# poison: deliveries the protocol guard refused before Celery read them (also in dead_lettered).
+NAMES = ("processed", "duplicates", "retries", "dead_lettered", "poison", "relayed")
 
 
 def key(prefix: str, name: str) -> str:

@@ -122,7 +122,17 @@ class ChoreoConsumer(Consumer):
         except Exception as exc:  # the queue's own DLX still catches it, without our reason
             log.error("could not publish to DLQ (%r); rejecting to the queue's DLX", exc)
             self._reject(message)
+        self._count(domain)
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
+
+    def _count(self, domain: str) -> None:
+        from choreo.bootstrap import redis_client
+        from choreo.metrics import Metrics
+
+        if getattr(self, "_metrics", None) is None:
+            self._metrics = Metrics(redis_client(self._settings), self._settings.redis_prefix)
+        for name in ("poison", "dead_lettered"):
+            self._metrics.incr(name, domain)  # never raises: a lost figure, not a lost message
 
     @staticmethod
     def _reject(message) -> None:

@@ -126,6 +126,7 @@ CRASH_CASES = ["empty_list", "string", "null", "number", "list_of_a_number", "em
 def test_a_message_that_crashed_celery_is_dead_lettered_and_the_worker_serves_on(settings, stack, case):
     probe = Probe(settings)
     before = workers(stack)
+    poisoned = poison_count(settings)
     body, headers, content_type, encoding, reason = crash_case(case, place_order())
     poison = probe.send(body, headers, content_type, encoding)
     # Behind it in the queue: a canary the guard refuses, and a good order.
@@ -143,6 +144,13 @@ def test_a_message_that_crashed_celery_is_dead_lettered_and_the_worker_serves_on
         assert letters[m].headers["x-choreo-redelivered"] is False
     assert settled(settings, [good["order_id"]])[good["order_id"]] == ("COMPLETED", None)
     assert workers(stack) == before
+    assert poison_count(settings) - poisoned == 2  # the poison and the canary, counted for `choreo status`
+
+
+def poison_count(settings) -> int:
+    from choreo.bootstrap import redis_client
+    from choreo.metrics import Metrics
+    return Metrics(redis_client(settings), settings.redis_prefix).snapshot()["poison"].get("order", 0)
 
 
 @pytest.mark.parametrize("change, reason", [
