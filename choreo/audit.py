@@ -160,7 +160,7 @@ def catalog_total(items: list[dict]) -> int | None:
     """What the seller's catalog says these lines cost (None: a SKU the catalog does not sell)."""
     if any(i.get("sku") not in PRICES_CENTS for i in items):
         return None
-    return sum(int(i["qty"]) * PRICES_CENTS[i["sku"]] for i in items)
+    return sum(i["qty"] * PRICES_CENTS[i["sku"]] for i in items)
 
 
 def check_money(snap: Snapshot, c: Check) -> None:

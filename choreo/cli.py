@@ -402,7 +402,9 @@ def dlq() -> None:
 
 
 def _domain_arg(domain: str) -> str:
-    domains = (*get_settings().domains, "unrouted")
+    from choreo.messaging.admin import UNROUTED
+
+    domains = (*get_settings().domains, UNROUTED)
     if domain not in domains:
         fail(f"unknown domain {domain!r}; choose from {', '.join(domains)}")
     return domain

@@ -13,7 +13,7 @@ from sqlmodel import Session, func, select
 from choreo.db import create_tables, engine_for
 from choreo.users import seed_customers
 from config.catalog import INITIAL_STOCK
-from config.settings import DOMAINS, SERVICES, Settings
+from config.settings import SERVICES, Settings
 from models.tables import (Charge, DeadLetter, Inbox, Notification, OrderEvent, OrderView, Outbox, Refund,
                            Reservation, Shipment, Stock)
 

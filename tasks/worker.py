@@ -72,9 +72,7 @@ class ChoreoConsumer(Consumer):
                                         message.content_encoding, message.decode, known, limits)
             except Malformed as exc:
                 return self._dead_letter_raw(message, f"poison: {exc}")
-            except passthrough:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # the guard does no I/O: anything else is the message's fault too
                 return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}")
             try:
                 return celery_handler(message)
@@ -102,10 +100,7 @@ class ChoreoConsumer(Consumer):
         domain = _DOMAIN.get(self.app.main, "unknown")
         names = Names(self._settings.namespace)
         props = getattr(message, "properties", None) or {}
-        try:
-            headers = dict(getattr(message, "headers", None) or {})
-        except (TypeError, ValueError):
-            headers = {}
+        headers = dict(getattr(message, "headers", None) or {})
         info = getattr(message, "delivery_info", None) or {}
         headers.update(dead_letter_headers(reason, domain, 1, False, headers.get("x-delivery-count"),
                                            info.get("redelivered", False)))

@@ -57,3 +57,60 @@ def celery_message(task: str, args, task_id: str | None = None) -> tuple[bytes, 
                "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": "test"}
     body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
     return body, headers
+
+
+# --- raw deliveries, as a client in any language sends them (hostile-input and fuzz tests) ---
+
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def place_order(order_id: str | None = None, **payload) -> dict:
+    """A valid place_order envelope as JSON travels (prices left to the seller); `payload`
+    overrides fields after validation, so it may break the schema on purpose."""
+    from config.catalog import make_order
+    from models.envelope import make_envelope
+
+    spec = make_order("completed")
+    body = {"customer_id": spec.customer_id, "items": [{"sku": i["sku"], "qty": i["qty"]} for i in spec.items],
+            "card_token": spec.card_token, "address": spec.address}
+    wire = make_envelope("place_order", order_id or f"ord-hostile-{uuid.uuid4().hex[:10]}", body,
+                         source="foreign").to_wire()
+    wire["payload"].update(payload)
+    return wire
+
+
+class Probe:
+    """Sends raw deliveries straight to one domain's queue and finds them again by message id."""
+
+    def __init__(self, settings, domain: str = "order") -> None:
+        self.settings = settings
+        self.domain = domain
+
+    def send(self, body: bytes, headers: dict | None, content_type: str | None = "application/json",
+             content_encoding: str | None = "utf-8", message_id: str | None = None) -> str:
+        from choreo.messaging.admin import BrokerAdmin
+
+        message_id = message_id or f"probe-{uuid.uuid4().hex}"
+        with BrokerAdmin(self.settings) as admin:
+            admin.publish_raw(f"{self.settings.namespace}.{self.domain}", body, headers, exchange="",
+                              content_type=content_type, content_encoding=content_encoding, message_id=message_id)
+        return message_id
+
+    def letters(self) -> dict:
+        """Every dead letter of the domain, by message id (peeked: nothing is consumed)."""
+        from choreo.messaging.admin import BrokerAdmin
+
+        with BrokerAdmin(self.settings) as admin:
+            return {d.message_id: d for d in admin.peek(self.domain, 100_000) if d.message_id}
+
+    def wait_letters(self, message_ids: list[str], timeout: float = 30) -> dict:
+        def arrived():
+            found = self.letters()
+            return found if all(m in found for m in message_ids) else None
+        return wait_for(arrived, timeout, what=f"{message_ids} in the {self.domain} DLQ")
+
+
+def workers(stack) -> dict:
+    """Each domain worker's pid: a test that sends poison checks none of them changed."""
+    from config.settings import DOMAINS
+    return {d: stack.pid(f"worker-{d}") for d in DOMAINS}

@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import datetime, timezone
-from decimal import Decimal
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
 from sqlmodel import Session, select
 
-from tests.e2e.test_hostile_input import EMBED, Probe, place_order, workers
-from tests.helpers import celery_message, settled, wait_for
+from tests.helpers import EMBED, Probe, celery_message, place_order, settled, wait_for, workers
 
 pytestmark = pytest.mark.e2e
 

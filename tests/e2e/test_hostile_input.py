@@ -14,65 +14,9 @@ import uuid
 import pytest
 from sqlmodel import Session, select
 
-from tests.helpers import celery_message, settled, wait_for
+from tests.helpers import EMBED, Probe, celery_message, place_order, settled, wait_for, workers
 
 pytestmark = pytest.mark.e2e
-
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-def place_order(order_id: str | None = None, **payload) -> dict:
-    """A valid place_order envelope as JSON travels, payload fields overridable."""
-    from config.catalog import make_order
-    from models.envelope import make_envelope
-
-    spec = make_order("completed")
-    body = {"customer_id": spec.customer_id, "items": [{"sku": i["sku"], "qty": i["qty"]} for i in spec.items],
-            "card_token": spec.card_token, "address": spec.address, **payload}
-    env = make_envelope("place_order", order_id or f"ord-hostile-{uuid.uuid4().hex[:10]}",
-                        {"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 1}],
-                         "card_token": "tok_visa", "address": "1 Main Street"}, source="foreign")
-    wire = env.to_wire()
-    wire["payload"] = body  # set after make_envelope: these may break the schema on purpose
-    return wire
-
-
-class Probe:
-    """Sends raw deliveries straight to one domain's queue and finds them again by message id."""
-
-    def __init__(self, settings, domain: str = "order") -> None:
-        self.settings = settings
-        self.domain = domain
-
-    def send(self, body: bytes, headers: dict | None, content_type: str | None = "application/json",
-             content_encoding: str | None = "utf-8", message_id: str | None = None) -> str:
-        from choreo.messaging.admin import BrokerAdmin
-
-        message_id = message_id or f"probe-{uuid.uuid4().hex}"
-        with BrokerAdmin(self.settings) as admin:
-            admin.publish_raw(f"{self.settings.namespace}.{self.domain}", body, headers, exchange="",
-                              content_type=content_type, content_encoding=content_encoding, message_id=message_id)
-        return message_id
-
-    def letters(self) -> dict:
-        from choreo.messaging.admin import BrokerAdmin
-
-        with BrokerAdmin(self.settings) as admin:
-            depth = {q["name"]: q["messages"] or 0 for q in admin.queue_stats()}
-            letters = admin.peek(self.domain, depth.get(admin.topology.names.dlq(self.domain), 0) + 50)
-        return {d.message_id: d for d in letters if d.message_id}
-
-    def wait_letters(self, message_ids: list[str], timeout: float = 30) -> dict:
-        def arrived():
-            found = self.letters()
-            return found if all(m in found for m in message_ids) else None
-        return wait_for(arrived, timeout, what=f"{message_ids} in the {self.domain} DLQ")
-
-
-def workers(stack) -> dict:
-    from config.settings import DOMAINS
-    return {d: stack.pid(f"worker-{d}") for d in DOMAINS}
-
 
 def _frame(*parts) -> bytes:
     return json.dumps(list(parts)).encode()
