@@ -1,4 +1,4 @@
-"""Arm 1: choreo with every guarantee on, the real stack (users + 5 workers via choreo.stack.Stack).
+"""Arm 1: choreo with every guarantee on, the real stack (users + 5 workers via choreo.ops.stack.Stack).
 
 Scenario 'completed' only, so every saga is place_order -> order.placed -> payment.completed ->
 inventory.reserved -> shipment.created -> order.completed -> notification.
@@ -10,7 +10,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from bench.common import (REDIS_URL, Pacer, ProcSampler, broker_pid, free_port, log, patched_environ,
+from bench.common import (Pacer, ProcSampler, broker_pid, log, patched_environ,
                           percentiles, redis_pid, sandbox)
 
 WORKER_NAMES = [f"worker-{d}" for d in ("order", "payment", "inventory", "shipment", "notification")]
@@ -23,20 +23,8 @@ def _utc(dt: datetime | None) -> datetime | None:
 
 
 def choreo_env(sb, pool: str, concurrency: int, prefetch: int, extra: dict | None = None) -> dict[str, str]:
-    return {
-        "CHOREO_BROKER_URL": sb.broker_url,
-        "CHOREO_REDIS_URL": REDIS_URL,
-        "CHOREO_REDIS_PREFIX": sb.redis_prefix,
-        "CHOREO_DATA_DIR": str(sb.workdir / "data"),
-        "CHOREO_RUN_DIR": str(sb.workdir / "run"),
-        "CHOREO_USER_SERVICE_PORT": str(free_port()),
-        "CHOREO_FLOWER_PORT": str(free_port()),
-        "CHOREO_WORKER_POOL": pool,
-        "CHOREO_WORKER_CONCURRENCY": str(concurrency),
-        "CHOREO_PREFETCH_MULTIPLIER": str(prefetch),
-        "CHOREO_SAGA_MODE": "choreography",
-        **(extra or {}),
-    }
+    return {**sb.env, "CHOREO_WORKER_POOL": pool, "CHOREO_WORKER_CONCURRENCY": str(concurrency),
+            "CHOREO_PREFETCH_MULTIPLIER": str(prefetch), **(extra or {})}
 
 
 class OrderPublisher:
@@ -53,7 +41,7 @@ class OrderPublisher:
         self.sent: dict[str, datetime] = {}  # order id -> place_order occurred_at
 
     def publish_one(self) -> str:
-        from config.catalog import make_order
+        from choreo.ops.scenarios import make_order
         from models.envelope import PlaceOrder, make_envelope
 
         spec = make_order("completed", self.rng)
@@ -76,7 +64,7 @@ def _read_outcomes(settings, order_ids: list[str]) -> dict:
     """order_view (state, placed_at, ended_at) and the completion notification's sent_at."""
     from sqlmodel import Session, select
 
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import Notification, OrderView
 
     views, notes = {}, {}
@@ -99,7 +87,7 @@ def _deliveries(settings, order_ids: list[str]) -> dict[str, int]:
     """Inbox rows per domain for these orders: each is one delivered message that was applied."""
     from sqlmodel import Session, func, select
 
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from config.settings import DOMAINS
     from models.tables import Inbox
 
@@ -114,21 +102,15 @@ def _deliveries(settings, order_ids: list[str]) -> dict[str, int]:
 
 
 def wait_done(settings, order_ids: list[str], timeout: float, poll: float = 0.5) -> tuple[float, dict]:
-    """Poll order_view (choreo.queries.order_states) until every order is terminal, then until every
-    completion notification is recorded. Returns (time.time() when the last order was seen terminal, states)."""
-    from choreo.queries import TERMINAL, order_states
+    """Until every order is terminal (choreo.ops.workload), then until every completion
+    notification is recorded. Returns (time.time() when the last order was seen terminal, states)."""
+    from choreo.ops.workload import terminal_count, wait_terminal
 
     deadline = time.monotonic() + timeout
-    states: dict = {}
-    while True:
-        states = order_states(settings, order_ids)
-        if len(states) == len(order_ids) and all(st in TERMINAL for st, _ in states.values()):
-            seen = time.time()
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{sum(1 for st, _ in states.values() if st in TERMINAL)}/{len(order_ids)} orders "
-                               f"terminal after {timeout:.0f}s")
-        time.sleep(poll)
+    states = wait_terminal(settings, order_ids, timeout, poll)
+    if terminal_count(states) < len(order_ids):
+        raise TimeoutError(f"{terminal_count(states)}/{len(order_ids)} orders terminal after {timeout:.0f}s")
+    seen = time.time()
     while time.monotonic() < deadline:
         if len(_read_outcomes(settings, order_ids)["notes"]) >= len(order_ids):
             break
@@ -136,28 +118,19 @@ def wait_done(settings, order_ids: list[str], timeout: float, poll: float = 0.5)
     return seen, states
 
 
-def _wait_ready(settings, stack, names: list[str], timeout: float = 90.0) -> None:
+def _wait_users(settings, timeout: float = 30.0) -> None:
+    """The user service answers (the workers consume already: choreo.ops.stack.bring_up)."""
     import httpx
-
-    from choreo.messaging.admin import BrokerAdmin
-    from config.settings import DOMAINS
 
     deadline = time.monotonic() + timeout
     while True:
-        dead = [n for n in names if stack.pid(n) is None]
-        if dead:
-            raise RuntimeError(f"processes died at start: {dead}; logs in {stack.log_dir}")
-        with BrokerAdmin(settings) as admin:
-            stats = {q["name"]: q["consumers"] for q in admin.queue_stats()}
-        consuming = all(stats.get(f"{settings.namespace}.{d}") for d in DOMAINS)
         try:
-            users_ok = httpx.get(f"{settings.users_url}/users/cust-1", timeout=1).status_code == 200
-        except Exception:
-            users_ok = False
-        if consuming and users_ok:
-            return
+            if httpx.get(f"{settings.users_url}/users/cust-1", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"stack not ready after {timeout:.0f}s (logs in {stack.log_dir})")
+            raise RuntimeError(f"user service not answering on {settings.users_url} after {timeout:.0f}s")
         time.sleep(0.3)
 
 
@@ -225,10 +198,8 @@ def latency_phase(settings, pub: OrderPublisher, rate: float, count: int, timeou
 def run_choreo(n: int, *, pool: str | None = None, concurrency: int | None = None, prefetch: int | None = None,
                latency: bool = True, lat_orders: int | None = None, lat_min_s: float = 20, lat_max_s: float = 30,
                warmup: int = 20, extra_env: dict | None = None, during_throughput=None) -> dict:
-    from choreo.db import dispose_all
-    from choreo.messaging.topology import Topology
-    from choreo.queries import prepare
-    from choreo.stack import Stack
+    from choreo.infra.db import dispose_all
+    from choreo.ops.stack import Stack, bring_up
     from config.settings import get_settings
 
     defaults = {k: f.default for k, f in type(get_settings()).model_fields.items()}
@@ -242,16 +213,13 @@ def run_choreo(n: int, *, pool: str | None = None, concurrency: int | None = Non
             get_settings.cache_clear()
             settings = get_settings()
             assert sb.vhost in settings.broker_url
-            prepare(settings)
-            Topology(settings).declare()
-            stack = Stack(settings, env)
             names = ["users", *WORKER_NAMES]
+            stack = Stack(settings, env)  # the pid files bring_up writes: stopped below whatever happens
             pub = None
             sampler = None
             try:
-                for name in names:
-                    stack.start(name)
-                _wait_ready(settings, stack, names)
+                bring_up(settings, names, 90, env)
+                _wait_users(settings)
                 pub = OrderPublisher(settings)
                 if warmup:
                     wait_done(settings, [pub.publish_one() for _ in range(warmup)], 120)

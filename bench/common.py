@@ -6,22 +6,17 @@ afterwards. Processes are started by us, tracked by pid and stopped by pid only.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import statistics
-import tempfile
 import threading
 import time
-import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from choreo.stack import children, free_port, rabbitmqctl  # noqa: F401 (free_port: for the arms)
+from choreo.ops.sandbox import SHARED_REDIS as REDIS_URL, Sandbox
+from choreo.ops.stack import children, free_port, rabbitmqctl  # noqa: F401 (free_port: for the arms)
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-AMQP_BASE = os.environ.get("BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -29,49 +24,15 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-@dataclass
-class Sandbox:
-    """One measurement's private vhost, redis prefix and folder."""
-    tag: str
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    workdir: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.vhost = f"choreo-bench-{self.tag}-{self.run_id}"
-        self.redis_prefix = f"choreo-bench-{self.tag}-{self.run_id}"
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"choreo-bench-{self.tag}-{self.run_id}-"))
-
-    @property
-    def broker_url(self) -> str:
-        return f"{AMQP_BASE}/{self.vhost}"
-
-    def open(self) -> "Sandbox":
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        return self
-
-    def close(self) -> None:
-        rabbitmqctl("delete_vhost", self.vhost, check=False)
-        try:
-            import redis
-            client = redis.Redis.from_url(REDIS_URL)
-            keys = list(client.scan_iter(f"{self.redis_prefix}:*", count=1000))
-            for i in range(0, len(keys), 500):
-                client.delete(*keys[i:i + 500])
-            client.close()
-        except Exception as exc:  # cleanup must not hide the result
-            log(f"redis cleanup of {self.redis_prefix} failed: {exc!r}")
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 @contextmanager
 def sandbox(tag: str):
-    sb = Sandbox(tag)
+    """One measurement's private vhost, Redis key prefix and folder (choreo.ops.sandbox), removed after."""
+    sb = Sandbox(f"bench-{tag}")
     try:
-        sb.open()
-        yield sb
+        yield sb.open()
     finally:
-        sb.close()
+        for problem in sb.close():
+            log(f"cleanup: {problem}")
 
 
 @contextmanager

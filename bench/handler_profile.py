@@ -94,12 +94,12 @@ class Harness:
         import httpx
 
         from bench.choreo_arm import choreo_env
-        from choreo import logs
-        from choreo.bootstrap import runtime
-        from choreo.db import engine_for
-        from choreo.messaging.topology import Topology
-        from choreo.queries import prepare
-        from choreo.stack import Stack
+        from choreo.infra import logs
+        from tasks.runtime import runtime
+        from choreo.infra.db import engine_for
+        from consumers.registry import topology
+        from choreo.app.bootstrap import prepare
+        from choreo.ops.stack import Stack
         from config.settings import DOMAINS, get_settings
         from tasks.app import make_app
 
@@ -110,7 +110,7 @@ class Harness:
         get_settings.cache_clear()
         self.settings = settings = get_settings()
         prepare(settings)
-        Topology(settings).declare()
+        topology(settings).declare()
         logs.configure("bench", settings.log_level, settings.log_json)
         self._log_file = open(sb.workdir / "handler.log", "w")
         logging.getLogger().handlers[0].stream = self._log_file  # like a worker's log file
@@ -124,7 +124,7 @@ class Harness:
             except Exception:
                 time.sleep(0.2)
         self.apps = {d: make_app(d, settings) for d in DOMAINS}
-        self.rts = {d: runtime(d, self.apps[d], settings) for d in DOMAINS}
+        self.rts = {d: runtime(self.apps[d]) for d in DOMAINS}
         self.counters = Counters()
         self.counters.install([engine_for(settings, s) for s in (*DOMAINS, "gateway")],
                               {id(rt.idempotency.client): rt.idempotency.client for rt in self.rts.values()}.values())
@@ -143,7 +143,7 @@ class Harness:
         return self
 
     def __exit__(self, *exc) -> None:
-        from choreo.db import dispose_all
+        from choreo.infra.db import dispose_all
         from config.settings import get_settings
 
         for app in self.apps.values():
@@ -159,8 +159,8 @@ class Harness:
 
     def one_saga(self) -> None:
         import tasks.adapter as adapter
-        from config.catalog import make_order
-        from consumers.registry import SUBSCRIPTIONS
+        from choreo.ops.scenarios import make_order
+        from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
         from models.envelope import PlaceOrder, decode, make_envelope
 
         spec = make_order("completed", self.rng)

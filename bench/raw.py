@@ -1,7 +1,7 @@
 """Arm 3: the raw broker ceiling with plain kombu/py-amqp, no work.
 
 Same vhost layout as choreo (choreo's own Topology: quorum queues per domain, bound to the
-topic exchange by the routing keys of consumers.registry.SUBSCRIPTIONS), the happy path's
+topic exchange by the routing keys of consumers.registry.CHOREOGRAPHY), the happy path's
 six message types published with their routing keys, so the broker fans them out exactly as
 for a choreo saga: deliveries per saga = sum over those types of the domains subscribed.
 
@@ -34,7 +34,7 @@ PREFETCH = 100
 
 def deliveries_per_type() -> dict[str, dict[str, int]]:
     """{domain: {type: copies per saga}} from choreo's subscription table."""
-    from consumers.registry import SUBSCRIPTIONS
+    from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
 
     return {d: {t: 1 for t in HAPPY_PATH if t in subs} for d, subs in SUBSCRIPTIONS.items()}
 
@@ -45,7 +45,7 @@ def deliveries_per_saga() -> int:
 
 def _bodies() -> dict[str, tuple[bytes, dict]]:
     """A realistic body + headers per type: choreo's envelope inside Celery's protocol-2 body."""
-    from config.catalog import make_order
+    from choreo.ops.scenarios import make_order
     import random
     from models.envelope import make_envelope
 
@@ -293,13 +293,13 @@ def run_raw(n: int, *, publishers: int = 2, window: int = 256, sync_publishers: 
     with one confirm at a time from `sync_publishers` processes (choreo publishes that way from five
     domain processes), and the zero-work relay's throughput and latency."""
     from bench.common import ProcSampler, log, sandbox
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
     result: dict = {"arm": "raw", "n": n, "deliveries_per_saga": deliveries_per_saga(),
                     "deliveries_per_type": deliveries_per_type()}
     with sandbox("raw") as sb:
         settings = _settings(sb.broker_url)
-        Topology(settings).declare()
+        topology(settings).declare()
         _run_once(sb, settings, min(50, n), "bulk", publishers, None, ProcSampler, 120, window)  # warm-up
         result["throughput"] = thr = _run_once(sb, settings, n, "bulk", publishers, None, ProcSampler,
                                                max(180, n / 20), window)

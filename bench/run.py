@@ -186,7 +186,7 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
     text.append("  sagas/s: N / (first place_order publish .. last order_view.ended_at) for choreo; naive: N / (first "
                 "publish .. last 'complete' commit); raw: N / (first publish .. last ack).")
     text.append("  delivered msgs/s: sagas/s x deliveries per saga (choreo 8 = counted in every domain's inbox and "
-                "derived from consumers.registry.SUBSCRIPTIONS; naive 4; raw 8, same topology and routing keys).")
+                "derived from consumers.registry.CHOREOGRAPHY; naive 4; raw 8, same topology and routing keys).")
     text.append("  latency: choreo = order_view.ended_at - place_order envelope occurred_at (DB timestamps); naive = "
                 "'complete' commit time - publish time; raw = relay of the 6 hops with no work (see JSON), each at "
                 "half of its own arm's throughput.")

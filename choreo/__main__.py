@@ -1,4 +1,4 @@
 """`python -m choreo` runs the command line."""
-from choreo.cli import main
+from choreo.ops.cli import main
 
 main()

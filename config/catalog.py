@@ -1,12 +1,11 @@
-"""The test data that decides each order's path, like a payment provider's test cards.
+"""The seller's catalog and the sandbox's test data: SKUs, prices, opening stock, customers,
+and the test cards and addresses that decide an order's path (like a payment provider's test cards).
 
-A script or a test picks a scenario and knows the outcome in advance: `expected_outcome`.
+Data only, no rules: the rules that read it live with the service that applies them
+(choreo.domain.shipment, choreo.world.gateway) and the scenarios built from it in
+choreo.ops.scenarios.
 """
 from __future__ import annotations
-
-import random
-import re
-from dataclasses import dataclass
 
 CARD_OK = "tok_visa"
 CARD_DECLINED = "tok_declined"
@@ -21,109 +20,7 @@ INITIAL_STOCK = {**{sku: 1_000_000 for sku in SKUS_IN_STOCK}, SKU_SOLD_OUT: 0}
 PRICES_CENTS = {"SKU-RED": 1299, "SKU-BLUE": 2450, "SKU-GREEN": 799, SKU_SOLD_OUT: 4999}
 
 ADDRESS_OK = "1 Main Street, Springfield"
+# The shipment service cannot ship to an address marked UNDELIVERABLE (choreo.domain.shipment).
 ADDRESS_UNDELIVERABLE = "99 Nowhere Road, UNDELIVERABLE"
 
 CUSTOMERS = [f"cust-{i}" for i in range(1, 51)]
-
-SCENARIOS = ("completed", "declined", "out_of_stock", "undeliverable", "flaky", "needs_attention")
-DEFAULT_MIX = {
-    "completed": 50,
-    "declined": 15,
-    "out_of_stock": 14,
-    "undeliverable": 10,
-    "flaky": 9,
-    "needs_attention": 2,
-}
-
-
-def flaky_failures(card_token: str) -> int:
-    """How many times the sandbox gateway fails this card before it succeeds."""
-    match = re.fullmatch(rf"{CARD_FLAKY_PREFIX}(\d+)", card_token)
-    return int(match.group(1)) if match else 0
-
-
-def is_undeliverable(address: str) -> bool:
-    return "UNDELIVERABLE" in address.upper()
-
-
-@dataclass(frozen=True)
-class OrderSpec:
-    scenario: str
-    customer_id: str
-    items: list[dict]
-    card_token: str
-    address: str
-
-
-def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
-    rng = rng or random.Random()
-    sku = rng.choice(SKUS_IN_STOCK)
-    items = [{"sku": sku, "qty": rng.randint(1, 3), "unit_price_cents": PRICES_CENTS[sku]}]
-    card, address = CARD_OK, ADDRESS_OK
-    if scenario == "declined":
-        card = CARD_DECLINED
-    elif scenario == "out_of_stock":
-        items.append({"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]})
-    elif scenario == "undeliverable":
-        address = ADDRESS_UNDELIVERABLE
-    elif scenario == "flaky":
-        card = f"{CARD_FLAKY_PREFIX}2"
-    elif scenario == "needs_attention":
-        card = CARD_REFUND_FAILS
-        items.append({"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]})
-    return OrderSpec(scenario, rng.choice(CUSTOMERS), items, card, address)
-
-
-def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[str, str | None]:
-    """(state, reason) an order with this data must end in."""
-    if any(i["sku"] not in PRICES_CENTS for i in items):
-        return "CANCELLED", "unknown_sku"
-    if any(i.get("unit_price_cents") is not None and i["unit_price_cents"] != PRICES_CENTS[i["sku"]] for i in items):
-        return "CANCELLED", "price_mismatch"
-    if card_token == CARD_DECLINED:
-        return "CANCELLED", "payment_declined"
-    from choreo.domain.inventory import missing_skus  # the inventory service's own rule
-
-    sold_out = bool(missing_skus(INITIAL_STOCK, items))
-    if sold_out or is_undeliverable(address):
-        if card_token == CARD_REFUND_FAILS:
-            return "NEEDS_ATTENTION", "compensation_failed"
-        return "CANCELLED", "out_of_stock" if sold_out else "shipment_failed"
-    return "COMPLETED", None
-
-
-def parse_mix(text: str | None) -> dict[str, int]:
-    """'completed=60,declined=40' -> weights. Raises ValueError with a one-line reason."""
-    if not text:
-        return dict(DEFAULT_MIX)
-    if text == "all":
-        return {s: 1 for s in SCENARIOS}
-    mix: dict[str, int] = {}
-    for part in text.split(","):
-        name, sep, weight = part.strip().partition("=")
-        if name not in SCENARIOS:
-            raise ValueError(f"unknown scenario {name!r} in --mix; choose from {', '.join(SCENARIOS)}")
-        try:
-            mix[name] = int(weight) if sep else 1
-        except ValueError:
-            raise ValueError(f"weight for {name!r} must be a whole number, got {weight!r}") from None
-        if mix[name] < 0:
-            raise ValueError(f"weight for {name!r} must not be negative")
-    if not sum(mix.values()):
-        raise ValueError("--mix needs at least one scenario with a positive weight")
-    return mix
-
-
-def draw_scenarios(count: int, mix: dict[str, int], seed: int | None = None) -> list[str]:
-    """A deterministic-by-seed list of scenarios whose shares follow the weights."""
-    total = sum(mix.values())
-    names = [n for n, w in mix.items() if w > 0]
-    quotas = {n: count * mix[n] // total for n in names}
-    leftovers = count - sum(quotas.values())
-    for n in sorted(names, key=lambda n: -(count * mix[n] % total))[:leftovers]:
-        quotas[n] += 1
-    result = [n for n in names for _ in range(quotas[n])]
-    random.Random(seed).shuffle(result)
-    return result

@@ -1,7 +1,6 @@
 """Every setting choreo reads, from environment variables (prefix CHOREO_) with sane defaults."""
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,12 +55,9 @@ class Settings(BaseSettings):
     # items, every string at its schema limit) is about 13 KiB.
     max_message_bytes: int = Field(64 * 1024, ge=1024)
 
-    # Chosen by `bench/run.py --sweep` on 2 cores (300 orders, 2 repeats, medians; README,
-    # Performance): solo c=1 prefetch 16 gave 21.1 sagas/s at 63 CPU ms/saga; solo p=4 18.6;
-    # prefork c=1 p=4 18.0 at 76 ms; prefork c=2 17.0 at 86 ms; threads c=2/c=4 17.9/18.3 at
-    # 76-77 ms; solo p=1 4.5 (starved; not investigated further). The solo pool
-    # runs each message in the consuming process (no pool child, no pipe); more concurrency
-    # buys nothing on a box whose two cores the five workers and the broker already fill.
+    # Chosen by `bench/run.py --sweep` (the figures are in the README, Performance). The solo
+    # pool runs each message in the consuming process (no pool child, no pipe); more
+    # concurrency buys nothing on a box whose cores the workers and the broker already fill.
     # A crash takes the whole solo worker down (its supervisor restarts it; its unacked
     # messages go back to the queue); prefork would fork a new child instead.
     worker_concurrency: int = Field(1, ge=1)
@@ -125,9 +121,5 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    settings = Settings()
-    # `choreo up --saga MODE` records the mode it started, so later commands agree with it.
-    marker = settings.run_dir / "saga-mode"
-    if "CHOREO_SAGA_MODE" not in os.environ and marker.exists():
-        settings = Settings(saga_mode=marker.read_text().strip())
-    return settings
+    """The settings of this process, from its environment (read once)."""
+    return Settings()

@@ -7,14 +7,17 @@ from typing import Any, Callable, Mapping, Protocol
 from models.envelope import Envelope
 
 
-class Deps(Protocol):
-    """The dependencies a handler may use (built by choreo.bootstrap; fakes in unit tests)."""
+class HandlerDeps(Protocol):
+    """The dependencies a handler may use (choreo.app.bootstrap.LiveDeps; fakes in unit tests)."""
     gateway: Any
     users: Any
     catalog: Mapping[str, int]  # the seller's price list: SKU -> unit price in cents
 
 
-Handler = Callable[[Envelope, Any, Deps], None]
+# handler(message, unit of work, deps, **what its lookup returned) -> None
+Handler = Callable[..., None]
+# lookup(message, deps) -> keyword arguments for the handler
+Lookup = Callable[[Envelope, HandlerDeps], dict]
 
 
 @dataclass(frozen=True)
@@ -22,3 +25,6 @@ class Subscription:
     handler: Handler
     # A compensation that fails for good leaves money or stock wrong: it alerts an operator.
     compensation: bool = False
+    # Calls to other services the handler needs, made before its unit of work opens, so no
+    # network wait ever happens while the service's write transaction is held.
+    lookup: Lookup | None = None

@@ -5,7 +5,7 @@ import uuid
 
 from sqlalchemy import bindparam, update
 
-from choreo.db import Rows
+from choreo.infra.db import Rows
 from choreo.domain.inventory import merged
 from consumers.base import Subscription
 from models.envelope import Envelope

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from choreo.db import Rows
+from choreo.infra.db import Rows
 from choreo.domain.notification import KINDS, compose
 from consumers.base import Subscription
 from models.envelope import Envelope
@@ -15,12 +15,16 @@ log = logging.getLogger("choreo.notification")
 NOTIFICATIONS = Rows(Notification)
 
 
-def on_order_ended(msg: Envelope, uow, deps) -> None:
+def customer_of(msg: Envelope, deps) -> dict:
+    """The customer, over HTTP behind a circuit breaker: looked up before the unit of work opens."""
+    return {"customer": deps.users.get(msg.payload["customer_id"])}
+
+
+def on_order_ended(msg: Envelope, uow, deps, customer: dict | None) -> None:
     db = uow.conn
     kind = KINDS[msg.type]
     if NOTIFICATIONS.exists(db, msg.order_id, kind):
         return
-    customer = deps.users.get(msg.payload["customer_id"])  # over HTTP, behind a circuit breaker
     body = compose(kind, msg.order_id, customer.get("name") if customer else None, msg.payload)
     NOTIFICATIONS.add(db, order_id=msg.order_id, kind=kind, customer_id=msg.payload["customer_id"],
                       email=customer.get("email") if customer else None, body=body)
@@ -28,6 +32,6 @@ def on_order_ended(msg: Envelope, uow, deps) -> None:
 
 
 SUBSCRIPTIONS = {
-    "order.completed": Subscription(on_order_ended),
-    "order.cancelled": Subscription(on_order_ended),
+    "order.completed": Subscription(on_order_ended, lookup=customer_of),
+    "order.cancelled": Subscription(on_order_ended, lookup=customer_of),
 }

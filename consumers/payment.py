@@ -1,7 +1,7 @@
 """Payment service handlers: charge on order.placed; refund (compensation) on stock or shipment failure."""
 from __future__ import annotations
 
-from choreo.db import Rows
+from choreo.infra.db import Rows
 from choreo.domain.payment import Declined, refund_amount
 from consumers.base import Subscription
 from models.envelope import Envelope

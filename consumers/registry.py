@@ -1,6 +1,8 @@
 """Which domain hears which message types, per saga mode: the single source the topology is derived from."""
 from __future__ import annotations
 
+from choreo.messaging.topology import Topology
+from config.settings import Settings
 from consumers import inventory, notification, order, orchestrator, payment, shipment
 from consumers.base import Subscription
 
@@ -30,9 +32,11 @@ ORCHESTRATED: dict[str, dict[str, Subscription]] = {
 
 MODES = {"choreography": CHOREOGRAPHY, "orchestrated": ORCHESTRATED}
 
-# Kept for readers of the default mode.
-SUBSCRIPTIONS = CHOREOGRAPHY
-
 
 def subscriptions(mode: str) -> dict[str, dict[str, Subscription]]:
     return MODES[mode]
+
+
+def topology(settings: Settings) -> Topology:
+    """The broker topology these tables give: each domain's queue bound to the types it hears."""
+    return Topology(settings, {mode: {d: sorted(subs) for d, subs in table.items()} for mode, table in MODES.items()})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from choreo.db import Rows
+from choreo.infra.db import Rows
 from choreo.domain.shipment import ship
 from consumers.base import Subscription
 from models.envelope import Envelope

@@ -17,14 +17,15 @@ from celery.exceptions import Reject, Retry
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from choreo import logs
-from choreo.bootstrap import Runtime, runtime
-from choreo.db import UnitOfWork, mark_sent
-from choreo.messaging.publisher import dead_letter_headers
+from choreo.app.outbox import mark_sent
+from choreo.app.uow import UnitOfWork
+from choreo.infra import logs
+from choreo.messaging.wire import dead_letter_headers
 from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, SagaDeadLettered, decode, derived_id, make_envelope
 from models.tables import DeadLetter
+from tasks.runtime import Runtime, runtime
 
 log = logging.getLogger("choreo.adapter")
 OPTIMISTIC_RETRIES = 10
@@ -38,11 +39,12 @@ class ConcurrencyConflict(Exception):
     """Another writer kept winning the same aggregate version."""
 
 
-def register_domain(app: Celery, domain: str) -> None:
+def register_domain(app: Celery) -> None:
+    """One task per message type the app's domain hears (in the app's saga mode)."""
+    domain = app.domain
     # shared=False: Celery would otherwise hand these tasks to every app finalized later in the
     # same process, so a second domain's app would run this domain's handler under the same name.
-    mode = app.choreo_settings.saga_mode
-    for type_, sub in subscriptions(mode)[domain].items():
+    for type_, sub in subscriptions(app.settings.saga_mode)[domain].items():
         app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True, shared=False)(_task_body(domain, type_, sub))
 
 
@@ -55,7 +57,7 @@ def _task_body(domain: str, type_: str, sub: Subscription):
 
 
 def handle(task, domain: str, type_: str, sub: Subscription, args: tuple, kwargs: dict) -> dict:
-    rt = runtime(domain, task.app)
+    rt = runtime(task.app)
     attempt = int(task.request.get("choreo_attempt") or 0)
     try:
         if len(args) != 1 or kwargs:
@@ -86,6 +88,8 @@ def handle(task, domain: str, type_: str, sub: Subscription, args: tuple, kwargs
 
 def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
     domain = rt.domain
+    # Calls to other services happen here, before the transaction takes the write lock.
+    looked_up = sub.lookup(envelope, rt.deps) if sub.lookup else {}
     for _ in range(OPTIMISTIC_RETRIES):
         try:
             with UnitOfWork(rt.engine, source=domain, cause=envelope) as uow:
@@ -94,7 +98,7 @@ def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
                     log.info("duplicate absorbed (inbox)")
                     rt.metrics.incr("duplicates", domain)
                     return {"outcome": "duplicate", "by": "inbox"}
-                sub.handler(envelope, uow, rt.deps)
+                sub.handler(envelope, uow, rt.deps, **looked_up)
                 uow.mark_processed(domain, envelope)
                 emitted = uow.commit()
             break
@@ -123,7 +127,7 @@ def publish_committed(rt: Runtime, envelopes: list[Envelope]) -> None:
 def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception) -> None:
     n = attempt + 1
     delay = rt.settings.retry_delay(n) * (1 - rt.settings.retry_jitter * random.random())
-    queue = rt.topology.names.retry(rt.domain, n)
+    queue = rt.names.retry(rt.domain, n)
     try:
         rt.publisher.send(task.name, list(args), kwargs, task_id=task.request.id, queue=queue,
                           headers={"choreo_attempt": n, "choreo_last_error": repr(exc)[:500]}, expiration=delay,
@@ -140,7 +144,7 @@ def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception
 def dead_letter(rt: Runtime, task, args, kwargs, reason: str, attempt: int,
                 envelope: Envelope | None, compensation: bool) -> None:
     """Copy to the DLQ with the reason in its headers, record it, tell the order; then raise."""
-    names = rt.topology.names
+    names = rt.names
     event_id = envelope.event_id if envelope else str(task.request.id)
     headers = dead_letter_headers(reason, rt.domain, attempt + 1, compensation,
                                   getattr(task.request, "x-delivery-count", 0),

@@ -3,16 +3,26 @@ from __future__ import annotations
 
 from celery import Celery
 
-from choreo.messaging.topology import Topology
-from config.settings import Settings, get_settings
+from config.settings import Settings
+from consumers.registry import topology
+from tasks.adapter import register_domain
+from tasks.worker import install
 
 
-def make_app(name: str, settings: Settings | None = None) -> Celery:
+class ChoreoApp(Celery):
+    """A Celery app that carries its settings, and for a worker app the domain it serves:
+    the adapter, the consumer and the relay read both from the app that runs them."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        super().__init__(f"choreo.{name}", broker=settings.broker_url, set_as_current=False)
+        self.settings = settings
+        self.domain: str | None = name if name in settings.domains else None
+
+
+def make_app(name: str, settings: Settings) -> ChoreoApp:
     """`name` is a domain (a worker app with its tasks) or any other word (a client app)."""
-    settings = settings or get_settings()
-    topo = Topology(settings)
-    app = Celery(f"choreo.{name}", broker=settings.broker_url, set_as_current=False)
-    app.choreo_settings = settings  # the adapter and relay read their settings from their app
+    topo = topology(settings)
+    app = ChoreoApp(name, settings)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -54,10 +64,8 @@ def make_app(name: str, settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_enable_remote_control=True,
     )
-    if name in settings.domains:
-        from tasks.adapter import register_domain
-        from tasks.worker import install
-
-        register_domain(app, name)
-        install(app, name)
+    if app.domain:
+        register_domain(app)
+        install(app)
     return app
+

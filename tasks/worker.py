@@ -1,32 +1,23 @@
-"""Worker customisations: dead-letter what Celery itself cannot read, and the outbox relay."""
+"""Worker customisations: the consumer that dead-letters what Celery itself cannot read, and the install step."""
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
-from celery import Celery, bootsteps
+from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 from celery.worker.consumer.consumer import Consumer
 from kombu import compression
 from vine import promise
 
-from choreo import logs
-from choreo.db import dispose_all, engine_for, mark_sent, unsent_outbox
-from choreo.messaging.publisher import Publisher, dead_letter_headers
+from choreo.infra.db import dispose_all
+from choreo.infra.metrics import Metrics
+from choreo.infra.redis_client import redis_client
 from choreo.messaging.topology import Names
-from config.settings import get_settings
+from choreo.messaging.wire import dead_letter_headers
 from tasks.guard import Limits, Malformed, check
+from tasks.relay import OutboxRelay
 
 log = logging.getLogger("choreo.worker")
-_DOMAIN: dict[str, str] = {}
-
-# SQLite keeps its file-lock bookkeeping in process memory: a pool child forked while the relay
-# thread (in this, the forking process) is inside a transaction inherits "locked" and can never
-# write again ("database is locked" on every task). Forks wait for the relay's transaction.
-_FORK_GUARD = threading.Lock()
-os.register_at_fork(before=_FORK_GUARD.acquire, after_in_parent=_FORK_GUARD.release,
-                    after_in_child=_FORK_GUARD.release)
 
 
 class ChoreoConsumer(Consumer):
@@ -89,7 +80,7 @@ class ChoreoConsumer(Consumer):
 
     @property
     def _settings(self):
-        return getattr(self.app, "choreo_settings", None) or get_settings()
+        return self.app.settings
 
     def _dead_letter_raw(self, message, reason: str) -> None:
         """Copy the delivery, as received, to the domain's DLQ with the reason; then ack it.
@@ -97,7 +88,7 @@ class ChoreoConsumer(Consumer):
         Never raises for the message's sake: if the copy cannot be published, the delivery is
         rejected to the queue's own DLX (same DLQ, the broker's reason instead of ours).
         """
-        domain = _DOMAIN.get(self.app.main, "unknown")
+        domain = self.app.domain
         names = Names(self._settings.namespace)
         props = getattr(message, "properties", None) or {}
         headers = dict(getattr(message, "headers", None) or {})
@@ -121,9 +112,6 @@ class ChoreoConsumer(Consumer):
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
 
     def _count(self, domain: str) -> None:
-        from choreo.bootstrap import redis_client
-        from choreo.metrics import Metrics
-
         if getattr(self, "_metrics", None) is None:
             self._metrics = Metrics(redis_client(self._settings), self._settings.redis_prefix)
         for name in ("poison", "dead_lettered"):
@@ -176,71 +164,16 @@ def refuse_compression() -> None:
         compression._decoders[content_type] = refuse
 
 
-class OutboxRelay(bootsteps.StartStopStep):
-    """Publishes outbox rows a crashed task committed but never published (guarantee 6).
-
-    Runs as a thread in the worker's main process; tasks publish their own rows right after
-    commit, so the relay only sees rows older than `outbox_relay_after` seconds.
-    """
-
-    requires = {"celery.worker.components:Pool"}
-
-    def __init__(self, worker, **kwargs):
-        super().__init__(worker, **kwargs)
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self, worker):
-        self.domain = _DOMAIN[worker.app.main]
-        self.thread = threading.Thread(target=self.loop, args=(worker.app,), name="outbox-relay", daemon=True)
-        self.thread.start()
-
-    def stop(self, worker):
-        self.stop_event.set()
-        if self.thread:
-            self.thread.join(timeout=5)
-
-    terminate = stop
-    shutdown = stop
-
-    def loop(self, app: Celery) -> None:
-        from choreo.bootstrap import redis_client
-        from choreo.metrics import Metrics
-
-        settings = getattr(app, "choreo_settings", None) or get_settings()
-        publisher = Publisher(app, Names(settings.namespace))
-        self.metrics = Metrics(redis_client(settings), settings.redis_prefix)
-        while not self.stop_event.wait(settings.outbox_relay_interval):
-            try:
-                self.sweep(settings, publisher)
-            except Exception as exc:  # broker or database away: try again next tick
-                log.warning("outbox relay sweep failed, will retry: %r", exc)
-
-    def sweep(self, settings, publisher: Publisher) -> int:
-        engine = engine_for(settings, self.domain)
-        with _FORK_GUARD:
-            rows = unsent_outbox(engine, settings.outbox_relay_after)
-        for env in rows:
-            publisher.publish(env)
-            with _FORK_GUARD:
-                mark_sent(engine, [env.event_id])
-        if rows:
-            self.metrics.incr("relayed", self.domain, len(rows))
-            log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})
-        return len(rows)
-
-
-def install(app: Celery, domain: str) -> None:
-    _DOMAIN[app.main] = domain
+def install(app: Celery) -> None:
+    """Make `app`'s workers run choreo's consumer and outbox relay."""
     refuse_compression()
     app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
 
 
 @setup_logging.connect
-def _setup_logging(loglevel=None, **_):
-    settings = get_settings()
-    logs.configure(f"worker:{next(iter(_DOMAIN.values()), 'celery')}", settings.log_level, settings.log_json)
+def _keep_our_logging(**_):
+    """With a receiver here Celery leaves logging alone: `choreo worker` configured it (choreo.infra.logs)."""
 
 
 @worker_process_init.connect

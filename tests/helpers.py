@@ -1,7 +1,6 @@
 """Shared test helpers: start the stack by the CLI's code path, wait for outcomes with deadlines."""
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Callable, TypeVar
@@ -22,13 +21,13 @@ def wait_for(predicate: Callable[[], T], timeout: float = 60.0, interval: float 
 
 
 def settled(settings, order_ids: list[str], timeout: float = 90.0) -> dict:
-    from choreo.queries import TERMINAL, order_states
+    """Every order terminal within `timeout`, or the test fails saying how many were."""
+    from choreo.ops.workload import terminal_count, wait_terminal
 
-    def done():
-        states = order_states(settings, order_ids)
-        return states if len(states) == len(order_ids) and all(s in TERMINAL for s, _ in states.values()) else None
-
-    return wait_for(done, timeout, what=f"{len(order_ids)} orders to settle")
+    states = wait_terminal(settings, order_ids, timeout, poll=0.2)
+    assert terminal_count(states) == len(order_ids), (
+        f"timed out after {timeout:.0f}s: {terminal_count(states)}/{len(order_ids)} orders settled")
+    return states
 
 
 def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None:
@@ -50,24 +49,15 @@ def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None
     raise AssertionError("queues did not go idle")
 
 
-def celery_message(task: str, args, task_id: str | None = None) -> tuple[bytes, dict]:
-    """A protocol-2 task message as any AMQP client can build it (no Celery needed)."""
-    task_id = task_id or str(uuid.uuid4())
-    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-               "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": "test"}
-    body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
-    return body, headers
-
-
 # --- raw deliveries, as a client in any language sends them (hostile-input and fuzz tests) ---
 
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+from choreo.messaging.wire import EMBED, celery_message  # noqa: E402,F401 (the tests' raw-message builders)
 
 
 def place_order(order_id: str | None = None, **payload) -> dict:
     """A valid place_order envelope as JSON travels (prices left to the seller); `payload`
     overrides fields after validation, so it may break the schema on purpose."""
-    from config.catalog import make_order
+    from choreo.ops.scenarios import make_order
     from models.envelope import make_envelope
 
     spec = make_order("completed")

@@ -4,8 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping
 
-TERMINAL = ("COMPLETED", "CANCELLED")
-STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", "NEEDS_ATTENTION", *TERMINAL)
+# Settled: the saga closed the order. Terminal: nothing more moves it without an operator
+# (settled, or NEEDS_ATTENTION: a step or a compensation failed for good). One vocabulary for
+# the CLI, the audit, chaos, the bench and the tests.
+SETTLED = ("COMPLETED", "CANCELLED")
+TERMINAL = (*SETTLED, "NEEDS_ATTENTION")
+STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", *TERMINAL)
 
 # Current schema version of each stored order event type; older versions are upcast on read.
 EVENT_VERSIONS = {
@@ -145,6 +149,12 @@ def fold(order_id: str, events: Iterable[DomainEvent]) -> Order:
     for event in events:
         order = apply(order, event)
     return order
+
+
+def fold_stored(order_id: str, rows: Iterable[tuple[str, int, dict]]) -> Order:
+    """The one mapper from stored (type, schema_version, data) rows, oldest first, to the order
+    (upcast on read): the handler's load, the projection rebuild and the audit all use it."""
+    return fold(order_id, (upcast(type_, version, data) for type_, version, data in rows))
 
 
 # Integration event (what another service said) -> the order's own fact.

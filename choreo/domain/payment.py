@@ -1,7 +1,5 @@
-"""Payment decisions and the sandbox gateway's rules (test cards), with no I/O."""
+"""Payment decisions with no I/O, and the two ways a charge can fail."""
 from __future__ import annotations
-
-from config.catalog import CARD_DECLINED, CARD_REFUND_FAILS, flaky_failures
 
 
 class TransientError(Exception):
@@ -13,19 +11,6 @@ class Declined(Exception):
         super().__init__(code)
         self.code = code
         self.reason = reason
-
-
-def sandbox_charge_rule(card_token: str, attempts_before: int) -> None:
-    """Raise what the sandbox gateway would for this card on this attempt; return if it charges."""
-    if card_token == CARD_DECLINED:
-        raise Declined("card_declined")
-    if attempts_before < flaky_failures(card_token):
-        raise TransientError(f"gateway timeout (sandbox: {card_token} fails {flaky_failures(card_token)}x)")
-
-
-def sandbox_refund_rule(card_token: str) -> None:
-    if card_token == CARD_REFUND_FAILS:
-        raise TransientError("gateway refused refund: processor unavailable (sandbox: refunds always fail)")
 
 
 def refund_amount(charged_cents: int | None) -> int:

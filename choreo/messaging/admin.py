@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 import pika
 from pika.exceptions import ChannelClosedByBroker
 
-from choreo.messaging.topology import Topology
+from choreo.messaging.topology import Names, queue_names
 from config.settings import Settings
 
 # `choreo dlq list unrouted`: the messages no binding routed, kept by the alternate exchange.
@@ -93,7 +93,7 @@ def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
 class BrokerAdmin:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topology = Topology(settings)
+        self.names = Names(settings.namespace)
         self.conn = pika.BlockingConnection(connection_parameters(settings.broker_url))
 
     def close(self) -> None:
@@ -109,20 +109,20 @@ class BrokerAdmin:
     def queue_stats(self) -> list[dict]:
         """name, messages, consumers for every choreo queue (passive declares: creates nothing)."""
         out = []
-        for q in self.topology.all_queues():
+        for name in queue_names(self.settings):
             ch = self.conn.channel()
             try:
-                ok = ch.queue_declare(q.name, passive=True)
-                out.append({"name": q.name, "messages": ok.method.message_count, "consumers": ok.method.consumer_count})
+                ok = ch.queue_declare(name, passive=True)
+                out.append({"name": name, "messages": ok.method.message_count, "consumers": ok.method.consumer_count})
                 ch.close()
             except ChannelClosedByBroker:
-                out.append({"name": q.name, "messages": None, "consumers": None})
+                out.append({"name": name, "messages": None, "consumers": None})
         return out
 
     def held_in(self, domain: str) -> str:
         """The queue holding DOMAIN's dead letters; `unrouted` names the queue of unroutable messages."""
         _check(domain, self.settings)
-        return self.topology.names.unrouted if domain == UNROUTED else self.topology.names.dlq(domain)
+        return self.names.unrouted if domain == UNROUTED else self.names.dlq(domain)
 
     def peek(self, domain: str, limit: int = 50) -> list[DeadLetterView]:
         """Read up to `limit` dead letters and put them all back (nothing is consumed)."""
@@ -149,7 +149,7 @@ class BrokerAdmin:
         Publish (confirmed) before ack: a crash in between duplicates, never loses.
         """
         queue = self.held_in(domain)
-        names = self.topology.names
+        names = self.names
         ch = self.conn.channel()
         ch.confirm_delivery()
         replayed: list[DeadLetterView] = []
@@ -190,7 +190,7 @@ class BrokerAdmin:
         """Publish bytes as any client would (tests and the chaos injector use it for poison)."""
         ch = self.conn.channel()
         ch.confirm_delivery()
-        ch.basic_publish(self.topology.names.events if exchange is None else exchange, routing_key, body,
+        ch.basic_publish(self.names.events if exchange is None else exchange, routing_key, body,
                          pika.BasicProperties(content_type=content_type, content_encoding=content_encoding,
                                               headers=headers or {}, delivery_mode=2, message_id=message_id))
         ch.close()

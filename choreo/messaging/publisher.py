@@ -6,45 +6,17 @@ and each runs its own task of that name. Flower shows the type and the domain's 
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
 from choreo.messaging.topology import Names
+from choreo.messaging.wire import flower_argsrepr
 from models.envelope import Envelope
 
 # kombu's retry policy for a publish whose connection dropped (e.g. a broker restart).
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
-
-
-def summary(args: Any) -> str | None:
-    """What Flower shows as a message's arguments: its order and correlation ids (the whole
-    envelope is one `choreo order` or `choreo dlq peek` away). None for anything that is not
-    one envelope (poison being dead-lettered): Celery's own repr then."""
-    if isinstance(args, (list, tuple)) and len(args) == 1 and isinstance(args[0], dict) and "order_id" in args[0]:
-        env = args[0]
-        return f"order={env.get('order_id')} correlation={env.get('correlation_id')} event={env.get('event_id')}"
-    return None
-
-
-def dead_letter_headers(reason: str, domain: str, attempts: int, compensation: bool, delivered: Any = 0,
-                        redelivered: bool = False) -> dict[str, Any]:
-    """What a dead letter says about itself (the adapter's and the worker's raw path alike).
-
-    `delivered` is the quorum queue's x-delivery-count as the message arrived: 0 for a first
-    delivery, so a message dead-lettered at once shows no worker ever died holding it.
-    """
-    return {
-        "x-choreo-reason": reason[:2000],
-        "x-choreo-domain": domain,
-        "x-choreo-attempts": attempts,
-        "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
-        "x-choreo-compensation": compensation,
-        "x-choreo-delivery-count": delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0,
-        "x-choreo-redelivered": bool(redelivered),
-    }
 
 
 class Publisher:
@@ -67,7 +39,7 @@ class Publisher:
         saferepr of the whole envelope for every message.
         """
         options: dict[str, Any] = {}
-        argsrepr = argsrepr if argsrepr is not None else summary(args)
+        argsrepr = argsrepr if argsrepr is not None else flower_argsrepr(args)
         if argsrepr is not None:
             options["argsrepr"] = argsrepr
         if expiration is not None:

@@ -1,4 +1,7 @@
-"""The broker topology, derived from the domains' subscription tables, declared idempotently.
+"""The broker topology, derived from a subscription table it is given, declared idempotently.
+
+The table (saga mode -> domain -> message types the domain hears) comes from the handlers'
+side (consumers.registry.topology builds it); this module knows queues, not handlers.
 
 Per domain D (namespace N, default "choreo"):
   N.D            quorum queue, bound to N.events for each message type D hears;
@@ -14,11 +17,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 from kombu import Connection, Exchange, Queue, binding
 
 from config.settings import Settings
-from consumers.registry import MODES, subscriptions
 
 log = logging.getLogger("choreo.topology")
 PRECONDITION_FAILED = 406
@@ -51,31 +54,42 @@ class Names:
         return f"{self.ns}.{domain}.retry.{attempt}"
 
 
-def routing_keys(domain: str, mode: str = "choreography") -> list[str]:
-    return sorted(subscriptions(mode).get(domain, {}))
+# saga mode -> domain -> the message types that domain hears (its bindings on the events exchange)
+Hears = Mapping[str, Mapping[str, Iterable[str]]]
 
 
-def stale_keys(domain: str, mode: str) -> list[str]:
-    """Keys another saga mode binds to this domain's queue: unbound when switching modes."""
-    other = {rk for m in MODES for rk in routing_keys(domain, m)}
-    return sorted(other - set(routing_keys(domain, mode)))
+def queue_names(settings: Settings) -> list[str]:
+    """Every queue choreo declares, in declaration order (no bindings needed to name them)."""
+    n = Names(settings.namespace)
+    return [q for d in settings.domains
+            for q in (n.queue(d), n.dlq(d), *(n.retry(d, k) for k in range(1, settings.retry_max_attempts + 1)))
+            ] + [n.unrouted]
 
 
 class Topology:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hears: Hears) -> None:
         self.settings = settings
         self.names = Names(settings.namespace)
+        self.hears = hears
         keep_unroutable = {"alternate-exchange": self.names.unrouted}
         self.unrouted = Exchange(self.names.unrouted, type="fanout", durable=True)
         self.events = Exchange(self.names.events, type="topic", durable=True, arguments=keep_unroutable)
         self.dlx = Exchange(self.names.dlx, type="direct", durable=True, arguments=keep_unroutable)
+
+    def routing_keys(self, domain: str, mode: str | None = None) -> list[str]:
+        return sorted(self.hears[mode or self.settings.saga_mode].get(domain, ()))
+
+    def stale_keys(self, domain: str) -> list[str]:
+        """Keys another saga mode binds to this domain's queue: unbound when switching modes."""
+        other = {rk for m in self.hears for rk in self.routing_keys(domain, m)}
+        return sorted(other - set(self.routing_keys(domain)))
 
     def domain_queue(self, domain: str) -> Queue:
         n = self.names
         return Queue(
             n.queue(domain),
             exchange=self.events,
-            bindings=[binding(self.events, routing_key=rk) for rk in routing_keys(domain, self.settings.saga_mode)],
+            bindings=[binding(self.events, routing_key=rk) for rk in self.routing_keys(domain)],
             durable=True,
             queue_arguments={
                 "x-queue-type": "quorum",
@@ -124,7 +138,7 @@ class Topology:
                 q(channel).declare()
                 declared.append(q.name)
             for d in self.settings.domains:
-                for rk in stale_keys(d, self.settings.saga_mode):
+                for rk in self.stale_keys(d):
                     channel.queue_unbind(self.names.queue(d), self.names.events, rk)
             self._unbind_inactive(conn)
             return declared
@@ -157,13 +171,13 @@ class Topology:
         """A worker queue of another mode (the orchestrator's, after switching back to
         choreography) must stop collecting events nobody will consume. Unbound, not deleted:
         what it already holds stays visible in list_queues."""
-        for d in {d for m in MODES for d in subscriptions(m)} - set(self.settings.domains):
+        for d in {d for m in self.hears for d in self.hears[m]} - set(self.settings.domains):
             channel = conn.channel()
             try:
                 channel.queue_declare(self.names.queue(d), passive=True)
             except conn.channel_errors:
                 continue  # never declared here: nothing to unbind (the broker closed that channel)
-            for rk in {rk for m in MODES for rk in routing_keys(d, m)}:
+            for rk in {rk for m in self.hears for rk in self.routing_keys(d, m)}:
                 channel.queue_unbind(self.names.queue(d), self.names.events, rk)
             channel.close()
 
@@ -172,7 +186,7 @@ class Topology:
         n = self.names
         out = set()
         for d in self.settings.domains:
-            out |= {(n.events, rk, n.queue(d)) for rk in routing_keys(d, self.settings.saga_mode)}
+            out |= {(n.events, rk, n.queue(d)) for rk in self.routing_keys(d)}
             out.add((n.dlx, d, n.dlq(d)))
         out.add((n.unrouted, "", n.unrouted))
         return out

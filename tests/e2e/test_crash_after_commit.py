@@ -16,9 +16,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_crash_between_commit_and_publish_loses_nothing(settings, stack, isolated_redis, tmp_path):
-    from choreo.cli import publish_orders
-    from choreo.db import engine_for
-    from choreo.metrics import Metrics
+    from choreo.ops.workload import publish_orders
+    from choreo.infra.db import engine_for
+    from choreo.infra.metrics import Metrics
     from models.tables import Outbox, Reservation
     from tests.e2e.conftest import start_stack
 

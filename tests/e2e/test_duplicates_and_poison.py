@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def world(settings) -> dict:
     """Every fact the services hold, as counts and sums: what a duplicate must not change."""
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import (Charge, GatewayLedger, Inbox, Notification, OrderEvent, OrderView, Outbox, Refund,
                                Reservation, Shipment, Stock)
 
@@ -35,7 +35,7 @@ def world(settings) -> dict:
 
 def all_published(settings, order_ids) -> list:
     """Every event the services published for these orders, from their outboxes."""
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from config.settings import DOMAINS
     from models.envelope import Envelope
     from models.tables import Outbox
@@ -49,18 +49,18 @@ def all_published(settings, order_ids) -> list:
 
 
 def duplicates_total(isolated_redis, settings) -> int:
-    from choreo.metrics import Metrics
+    from choreo.infra.metrics import Metrics
     return sum(Metrics(isolated_redis, settings.redis_prefix).snapshot()["duplicates"].values())
 
 
 def deliveries(envelopes) -> int:
     """How many task deliveries republishing these envelopes causes (one per subscribed domain)."""
-    from consumers.registry import SUBSCRIPTIONS
+    from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
     return sum(1 for e in envelopes for subs in SUBSCRIPTIONS.values() if e.type in subs)
 
 
 def test_redelivering_every_event_changes_nothing(settings, stack, isolated_redis):
-    from choreo.cli import publish_orders
+    from choreo.ops.workload import publish_orders
     from choreo.messaging.publisher import Publisher
     from choreo.messaging.topology import Names
     from tasks.app import make_app
@@ -93,7 +93,7 @@ def test_redelivering_every_event_changes_nothing(settings, stack, isolated_redi
 
 
 def _notified(settings, ids):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import Notification
     with Session(engine_for(settings, "notification")) as s:
         return s.exec(select(func.count()).select_from(Notification).where(Notification.order_id.in_(ids))).one() == len(ids)
@@ -108,7 +108,7 @@ def _dlq_reasons(settings, domain):
 def test_a_foreign_client_can_publish_a_valid_event(settings, stack):
     """The wire format is plain JSON over AMQP: a pika client places an order without Celery."""
     from choreo.messaging.admin import BrokerAdmin
-    from config.catalog import make_order
+    from choreo.ops.scenarios import make_order
     from models.envelope import PlaceOrder, make_envelope
 
     spec = make_order("completed")
@@ -124,7 +124,7 @@ def test_a_foreign_client_can_publish_a_valid_event(settings, stack):
 @pytest.mark.parametrize("case", ["not_json", "unknown_type", "schema_invalid", "no_task_header", "wrong_arity"])
 def test_poison_goes_straight_to_the_dlq_with_its_reason(settings, stack, case):
     from choreo.messaging.admin import BrokerAdmin
-    from config.catalog import make_order
+    from choreo.ops.scenarios import make_order
     from models.envelope import OrderPlaced, make_envelope
 
     spec = make_order("completed")
@@ -163,15 +163,15 @@ def test_poison_goes_straight_to_the_dlq_with_its_reason(settings, stack, case):
     assert letter.reason.startswith(expected), letter.reason
     assert letter.headers["x-choreo-attempts"] == 1  # no retries for poison
     # ...and the worker is still serving.
-    from choreo.cli import publish_orders
+    from choreo.ops.workload import publish_orders
     ids = [o for o, _ in publish_orders(settings, ["completed"], seed=None)]
     assert settled(settings, ids)[ids[0]] == ("COMPLETED", None)
 
 
 def test_replay_moves_a_dead_letter_back_and_it_runs_again(settings, stack):
     """A dead letter replayed after its cause is fixed completes the saga."""
-    from choreo.cli import publish_orders
-    from choreo.db import engine_for
+    from choreo.ops.workload import publish_orders
+    from choreo.infra.db import engine_for
     from choreo.messaging.admin import BrokerAdmin
     from models.tables import Refund
 

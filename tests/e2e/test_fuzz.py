@@ -113,7 +113,7 @@ def _event_id(body) -> str | None:
 
 
 def _processed(settings, event_ids: list[str]) -> set[str]:
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import Inbox
 
     if not event_ids:

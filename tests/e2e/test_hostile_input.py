@@ -92,8 +92,8 @@ def test_a_message_that_crashed_celery_is_dead_lettered_and_the_worker_serves_on
 
 
 def poison_count(settings) -> int:
-    from choreo.bootstrap import redis_client
-    from choreo.metrics import Metrics
+    from choreo.infra.redis_client import redis_client
+    from choreo.infra.metrics import Metrics
     return Metrics(redis_client(settings), settings.redis_prefix).snapshot()["poison"].get("order", 0)
 
 
@@ -110,12 +110,12 @@ def test_a_message_over_a_limit_is_refused_naming_the_limit(settings, stack, cha
     sent = probe.send(body, headers)
     letter = probe.wait_letters([sent])[sent]
     assert reason in letter.reason, letter.reason
-    from choreo.queries import order_states
+    from choreo.app.queries import order_states
     assert order_states(settings, [env["order_id"]]) == {}  # no order was created
 
 
 def _charges(settings, order_ids) -> dict:
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import Charge
 
     with Session(engine_for(settings, "payment")) as s:
@@ -124,7 +124,7 @@ def _charges(settings, order_ids) -> dict:
 
 def test_the_seller_sets_the_price(settings, stack):
     """A client price of zero or of anything but the catalog's is refused; no price is the catalog's."""
-    from choreo.audit import Check, Snapshot, check_money
+    from choreo.ops.audit import Check, Snapshot, check_money
     from config.catalog import PRICES_CENTS
 
     probe = Probe(settings)
@@ -152,8 +152,8 @@ def test_the_seller_sets_the_price(settings, stack):
     assert not set(money.problems) & set(ids.values()), money.problems
 
 
-def test_an_unroutable_event_is_kept_in_unrouted_and_counted(settings, stack, capsys):
-    from choreo.cli import _print_status
+def test_an_unroutable_event_is_kept_in_unrouted_and_counted(settings, stack):
+    from choreo.ops.status import gather_status
     from choreo.messaging.admin import BrokerAdmin
 
     env = place_order()
@@ -168,6 +168,5 @@ def test_an_unroutable_event_is_kept_in_unrouted_and_counted(settings, stack, ca
     letter = wait_for(kept, 15, what="the unroutable event in unrouted")[message_id]
     assert letter.routing_key == "paymnet.completed"
     assert "nothing is bound to routing key 'paymnet.completed'" in letter.reason
-    status = _print_status(settings, as_json=True)
-    capsys.readouterr()
+    status = gather_status(settings)
     assert status["unrouted"] >= 1

@@ -1,7 +1,6 @@
 """The orchestrated saga mode: same domains, same outcomes, commands instead of reactions."""
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -12,28 +11,18 @@ from tests.helpers import settled
 pytestmark = pytest.mark.e2e
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def orchestrated(settings, tmp_path_factory):
     """A second stack in its own namespace and run folder, started in orchestrated mode."""
-    from choreo.messaging.topology import Topology
-    from choreo.queries import prepare
-    from choreo.stack import process_names
+    from choreo.ops.stack import free_port, process_names
     from tests.e2e.conftest import start_stack
 
     root = tmp_path_factory.mktemp("orchestrated")
     update = {"namespace": f"orch-{uuid.uuid4().hex[:6]}", "saga_mode": "orchestrated", "run_dir": root / "run",
-              "data_dir": root / "data", "user_service_port": _port()}
+              "data_dir": root / "data", "user_service_port": free_port()}
     s = settings.model_copy(update=update)
     env = {"CHOREO_NAMESPACE": s.namespace, "CHOREO_SAGA_MODE": "orchestrated", "CHOREO_RUN_DIR": str(s.run_dir),
            "CHOREO_DATA_DIR": str(s.data_dir), "CHOREO_USER_SERVICE_PORT": str(s.user_service_port)}
-    prepare(s)
-    Topology(s).declare()
     stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
     yield s, stack, env
     for name in reversed(process_names(s)):
@@ -41,9 +30,9 @@ def orchestrated(settings, tmp_path_factory):
 
 
 def test_every_path_ends_as_in_choreography(orchestrated):
-    from choreo.cli import expected_by_scenario, publish_orders
-    from choreo.db import engine_for
-    from config.catalog import SCENARIOS
+    from choreo.ops.workload import expected_by_scenario, publish_orders
+    from choreo.infra.db import engine_for
+    from choreo.ops.scenarios import SCENARIOS
     from models.tables import SagaState
 
     s, _, _ = orchestrated
@@ -64,19 +53,19 @@ def test_every_path_ends_as_in_choreography(orchestrated):
 
 def test_topology_has_commands_instead_of_reactions(orchestrated):
     from tests.conftest import VHOST, rabbitmqctl
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
     s, _, _ = orchestrated
     rows = [l.split("\t") for l in rabbitmqctl("list_bindings", "-p", VHOST, "--no-table-headers", "source_name",
                                                  "routing_key", "destination_name").splitlines() if l.strip()]
     actual = {(a, b, c) for a, b, c in rows if a.startswith(s.namespace)}
-    assert actual == Topology(s).expected_bindings()
+    assert actual == topology(s).expected_bindings()
     assert (f"{s.namespace}.events", "charge_payment", f"{s.namespace}.payment") in actual
     assert not [r for r in actual if r[2] == f"{s.namespace}.payment" and r[1] == "order.placed"]
 
 
 def test_a_killed_orchestrator_resumes_where_it_was(orchestrated):
-    from choreo.cli import publish_orders
+    from choreo.ops.workload import publish_orders
     from tests.e2e.conftest import start_stack
 
     s, stack, env = orchestrated

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _facts(settings, order_id):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import (Charge, GatewayLedger, Notification, Refund, Reservation, Shipment)
 
     with Session(engine_for(settings, "payment")) as s:
@@ -28,8 +28,8 @@ def _facts(settings, order_id):
 
 @pytest.fixture(scope="module")
 def one_of_each(settings, stack):
-    from choreo.cli import publish_orders
-    from config.catalog import SCENARIOS
+    from choreo.ops.workload import publish_orders
+    from choreo.ops.scenarios import SCENARIOS
 
     sent = publish_orders(settings, list(SCENARIOS) * 2, seed=None)
     states = settled(settings, [o for o, _ in sent])
@@ -41,7 +41,7 @@ def _ids(sent, scenario):
 
 
 def test_every_order_ends_where_its_data_says(one_of_each):
-    from choreo.cli import expected_by_scenario
+    from choreo.ops.workload import expected_by_scenario
 
     sent, states = one_of_each
     expected = expected_by_scenario()
@@ -90,7 +90,7 @@ def test_undeliverable_releases_stock_and_refunds(settings, one_of_each):
 
 
 def test_flaky_gateway_is_retried_through_the_ladder_and_succeeds(settings, one_of_each):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import DeadLetter, GatewayAttempt
 
     sent, states = one_of_each
@@ -104,7 +104,7 @@ def test_flaky_gateway_is_retried_through_the_ladder_and_succeeds(settings, one_
 
 
 def test_failing_compensation_dead_letters_and_needs_attention(settings, one_of_each):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from choreo.messaging.admin import BrokerAdmin
     from models.tables import DeadLetter
 
@@ -125,7 +125,7 @@ def test_failing_compensation_dead_letters_and_needs_attention(settings, one_of_
 
 
 def test_order_timeline_spans_services(settings, one_of_each):
-    from choreo.queries import order_details
+    from choreo.app.queries import order_details
 
     sent, _ = one_of_each
     details = order_details(settings, _ids(sent, "completed")[0])
@@ -135,9 +135,9 @@ def test_order_timeline_spans_services(settings, one_of_each):
 
 
 def test_projection_equals_the_fold_and_a_rebuild_gives_the_same_rows(settings, one_of_each):
-    from choreo import projections
-    from choreo.db import engine_for
-    from consumers.order import load
+    from choreo.app import projections
+    from choreo.infra.db import engine_for
+    from choreo.app.eventstore import load
     from models.tables import OrderView
 
     sent, _ = one_of_each

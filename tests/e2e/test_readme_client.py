@@ -24,7 +24,7 @@ def readme_client() -> str:
 
 
 def test_the_readme_client_places_an_order_that_completes(settings, stack, tmp_path):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import Charge
 
     script = tmp_path / "client.py"

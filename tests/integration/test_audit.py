@@ -18,8 +18,8 @@ SKU, PRICE = "SKU-RED", 1299
 @pytest.fixture
 def world(settings, tmp_path):
     """Settings on a fresh data folder, with one clean order of every outcome in it."""
-    from choreo import db
-    from choreo.queries import prepare
+    from choreo.infra import db
+    from choreo.app.bootstrap import prepare
 
     # A fresh folder (SQLite) and a fresh database prefix (PostgreSQL, dropped with the run's).
     prefix = f"{settings.database_prefix}_au{uuid.uuid4().hex[:6]}"
@@ -44,12 +44,12 @@ class World:
         self.settings = settings
 
     def session(self, service: str) -> Session:
-        from choreo.db import engine_for
+        from choreo.infra.db import engine_for
         return Session(engine_for(self.settings, service))
 
     def order(self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2, price: int = PRICE) -> None:
         """Append the order's events and its projection, exactly as the order service folds them."""
-        from choreo import projections
+        from choreo.app import projections
         from choreo.domain import order as domain
         from models.tables import OrderEvent, Outbox, utcnow
 
@@ -161,7 +161,7 @@ class World:
 
 
 def audit(settings) -> dict:
-    from choreo.audit import run_audit
+    from choreo.ops.audit import run_audit
     return {c.name: c for c in run_audit(settings)}
 
 
@@ -296,10 +296,10 @@ def test_a_dead_letter_without_reason_fails_dead_letters(world):
 def test_a_dlq_message_without_reason_fails_dead_letters(world):
     """In a namespace of its own, so no other test's DLQ sees the reasonless message."""
     from choreo.messaging.admin import BrokerAdmin
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
     s = world.settings.model_copy(update={"namespace": f"audit-{uuid.uuid4().hex[:6]}"})
-    topo = Topology(s)
+    topo = topology(s)
     topo.declare()
     try:
         with BrokerAdmin(s) as admin:

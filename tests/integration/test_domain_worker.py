@@ -18,12 +18,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="session")
 def ns_settings(settings):
-    from choreo.messaging.topology import Topology
-    from choreo.queries import prepare
+    from consumers.registry import topology
+    from choreo.app.bootstrap import prepare
 
     s = settings.model_copy(update={"namespace": f"inproc-{uuid.uuid4().hex[:6]}"})
     prepare(s, ["shipment"])
-    Topology(s).declare()
+    topology(s).declare()
     return s
 
 
@@ -46,9 +46,9 @@ def celery_worker_parameters(ns_settings):
 @pytest.fixture
 def capture(ns_settings):
     """A queue that hears every shipment.* event, as a new subscriber would: a new binding."""
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
-    topo = Topology(ns_settings)
+    topo = topology(ns_settings)
     q = Queue(f"{ns_settings.namespace}.capture", exchange=topo.events, routing_key="shipment.*", durable=False,
               auto_delete=False)
     with Connection(ns_settings.broker_url) as conn:
@@ -69,11 +69,11 @@ def _drain(conn, q) -> list[dict]:
 
 
 def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_worker, capture):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from choreo.messaging.publisher import Publisher
     from choreo.messaging.topology import Names
-    from choreo.metrics import Metrics
-    from choreo.bootstrap import redis_client
+    from choreo.infra.metrics import Metrics
+    from choreo.infra.redis_client import redis_client
     from models.envelope import InventoryReserved, make_envelope
     from models.tables import Shipment
     from sqlmodel import Session

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def settings(settings, tmp_path_factory):
     """Own databases: these tests write the event store by hand, so no view would match it."""
-    from choreo.queries import prepare
+    from choreo.app.bootstrap import prepare
 
     s = settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("event-store"),
                                     "database_prefix": f"{settings.database_prefix}_es"})
@@ -23,8 +23,9 @@ def settings(settings, tmp_path_factory):
 
 
 def _place(settings, order_id):
-    from choreo.db import UnitOfWork, engine_for
-    from consumers.order import load, append
+    from choreo.app.uow import UnitOfWork
+    from choreo.infra.db import engine_for
+    from choreo.app.eventstore import append, load
     from choreo.domain import order as domain
 
     with UnitOfWork(engine_for(settings, "order"), source="test") as uow:
@@ -36,7 +37,7 @@ def _place(settings, order_id):
 
 
 def test_two_writers_cannot_both_append_the_same_version(settings):
-    from choreo.db import engine_for
+    from choreo.infra.db import engine_for
     from models.tables import OrderEvent
 
     order_id = f"ord-occ-{uuid.uuid4().hex[:8]}"
@@ -68,9 +69,9 @@ def test_two_writers_cannot_both_append_the_same_version(settings):
 
 def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
     """The adapter's reload-and-retry: two facts processed at once both land, versions contiguous."""
-    from choreo.bootstrap import runtime
-    from consumers.registry import SUBSCRIPTIONS
-    from consumers.order import load
+    from tasks.runtime import runtime
+    from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
+    from choreo.app.eventstore import load
     from models.envelope import PaymentCompleted, InventoryReserved, make_envelope
     from tasks.adapter import process
     from tasks.app import make_app
@@ -83,7 +84,7 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
                            source="test"),
              make_envelope("inventory.reserved", order_id, InventoryReserved(reservation_id="r1", order=snap),
                            source="test")]
-    rt = runtime("order", make_app("order", settings), settings)
+    rt = runtime(make_app("order", settings))
     errors = []
     barrier = threading.Barrier(len(facts))
 
@@ -106,8 +107,8 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
 
 
 def test_an_old_event_version_is_upcast_on_read(settings):
-    from choreo.db import engine_for
-    from consumers.order import load
+    from choreo.infra.db import engine_for
+    from choreo.app.eventstore import load
     from models.tables import OrderEvent
 
     order_id = f"ord-v1-{uuid.uuid4().hex[:8]}"

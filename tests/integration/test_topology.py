@@ -13,10 +13,10 @@ def _rows(text: str) -> list[list[str]]:
 
 
 def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
     from config.settings import DOMAINS
 
-    Topology(settings).declare()  # second declaration (the fixture did one): must not fail
+    topology(settings).declare()  # second declaration (the fixture did one): must not fail
     rows = {r[0]: r for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
                                                "name", "type", "durable", "arguments"))}
     ns = settings.namespace
@@ -38,20 +38,21 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
 
 
 def test_bindings_match_the_subscription_tables(settings):
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
     rows = _rows(rabbitmqctl("list_bindings", "-p", VHOST, "--no-table-headers",
                              "source_name", "routing_key", "destination_name"))
     actual = {(src, key, dst) for src, key, dst in rows if src.startswith(settings.namespace)}
-    assert actual == Topology(settings).expected_bindings()
+    assert actual == topology(settings).expected_bindings()
 
 
 def test_routing_follows_the_published_contract(settings):
-    from choreo.messaging.topology import Topology, routing_keys
+    from consumers.registry import topology
 
+    routing_keys = topology(settings).routing_keys
     assert routing_keys("payment") == ["inventory.failed", "order.placed", "shipment.failed"]
     assert routing_keys("inventory") == ["payment.completed", "shipment.failed"]
     assert routing_keys("shipment") == ["inventory.reserved"]
     assert routing_keys("notification") == ["order.cancelled", "order.completed"]
     assert "place_order" in routing_keys("order") and "saga.dead_lettered" in routing_keys("order")
-    assert Topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"
+    assert topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def own_namespace(settings):
     """A namespace of its own in the run's vhost, so the unrouted queue holds only this test's messages."""
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
     s = settings.model_copy(update={"namespace": f"unr-{uuid.uuid4().hex[:6]}"})
-    Topology(s).declare()
+    topology(s).declare()
     return s
 
 
@@ -52,14 +52,14 @@ def test_a_message_nobody_hears_waits_in_unrouted_and_replays_to_a_late_subscrib
 
 def test_an_events_exchange_declared_without_the_alternate_exchange_is_upgraded(settings):
     from choreo.messaging.admin import connection_parameters
-    from choreo.messaging.topology import Topology
+    from consumers.registry import topology
 
     s = settings.model_copy(update={"namespace": f"old-{uuid.uuid4().hex[:6]}"})
     conn = pika.BlockingConnection(connection_parameters(s.broker_url))
     conn.channel().exchange_declare(f"{s.namespace}.events", "topic", durable=True)  # as before this change
     conn.close()
-    Topology(s).declare()
-    Topology(s).declare()  # and idempotent afterwards
+    topology(s).declare()
+    topology(s).declare()  # and idempotent afterwards
     rows = rabbitmqctl("list_exchanges", "-p", VHOST, "name", "arguments", "--no-table-headers")
     (line,) = [r for r in rows.splitlines() if r.startswith(f"{s.namespace}.events\t")]
     assert f'"alternate-exchange","{s.namespace}.unrouted"' in line

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from choreo.messaging.publisher import Publisher, summary
+from choreo.messaging.publisher import Publisher
+from choreo.messaging.wire import flower_argsrepr
 from choreo.messaging.topology import Names
 from config.settings import Settings
 from models.envelope import PlaceOrder, make_envelope
@@ -24,10 +25,10 @@ class FakeApp:
 
 def test_flower_sees_an_envelope_as_its_ids_and_anything_else_as_celery_would():
     env = {"order_id": "ord-1", "correlation_id": "ord-1", "event_id": "ev-1", "payload": {"big": "x" * 5000}}
-    assert summary([env]) == "order=ord-1 correlation=ord-1 event=ev-1"
-    assert summary(["not an envelope"]) is None  # poison: Celery's saferepr
-    assert summary([env, env]) is None
-    assert summary([]) is None
+    assert flower_argsrepr([env]) == "order=ord-1 correlation=ord-1 event=ev-1"
+    assert flower_argsrepr(["not an envelope"]) is None  # poison: Celery's saferepr
+    assert flower_argsrepr([env, env]) is None
+    assert flower_argsrepr([]) is None
 
 
 def test_every_send_of_an_envelope_carries_its_ids_as_argsrepr_events_retries_and_dead_letters_alike():

@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, delete, select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
-from choreo.db import connection_of
+from choreo.infra.db import connection_of
 from choreo.domain import order as domain
 from models.tables import OrderEvent, OrderView
 
@@ -72,7 +72,7 @@ def _replay(session: Session):
     rows = session.exec(select(OrderEvent).order_by(OrderEvent.order_id, OrderEvent.version)).yield_per(2000)
     for order_id, group in groupby(rows, key=lambda r: r.order_id):
         group = list(group)
-        order = domain.fold(order_id, (domain.upcast(r.type, r.schema_version, r.data) for r in group))
+        order = domain.fold_stored(order_id, ((r.type, r.schema_version, r.data) for r in group))
         yield advance(None, order, group)
 
 

@@ -7,18 +7,16 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from choreo.app.bootstrap import prepare
+from choreo.messaging.admin import BrokerAdmin
 from config.settings import DOMAINS, Settings
+from consumers.registry import topology
 
-MARK = "choreo.cli"
-
-
-@dataclass
-class Proc:
-    name: str
-    pid: int
+# Every process the stack starts runs `python -m choreo ...`; its command line says so.
+MARK = " -m choreo "
 
 
 def process_names(settings: Settings | None = None) -> list[str]:
@@ -27,7 +25,7 @@ def process_names(settings: Settings | None = None) -> list[str]:
 
 
 def argv_for(name: str) -> list[str]:
-    base = [sys.executable, "-m", MARK]
+    base = [sys.executable, "-m", "choreo"]
     if name.startswith("worker-"):
         return [*base, "worker", name.removeprefix("worker-")]
     return [*base, name]
@@ -38,6 +36,11 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def is_ours(pid: int) -> bool:
+    """Alive and a choreo process (never a recycled pid of someone else's)."""
+    return alive(pid) and MARK in _cmdline(pid)
 
 
 def alive(pid: int) -> bool:
@@ -83,6 +86,8 @@ class Stack:
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.env = {**os.environ, **(env or {})}
+        # Every process gets the saga mode explicitly: none guesses it from a file.
+        self.env["CHOREO_SAGA_MODE"] = settings.saga_mode
         # Let workers cache their own modules' bytecode: six processes compiling the same
         # sources at every start is most of a cold start on two cores.
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -101,7 +106,7 @@ class Stack:
             pid = int(self.pidfile(name).read_text().strip())
         except (OSError, ValueError):
             return None
-        if alive(pid) and MARK in _cmdline(pid):
+        if is_ours(pid):
             return pid
         return None
 
@@ -157,3 +162,37 @@ class Stack:
 
     def running(self) -> dict[str, int | None]:
         return {name: self.pid(name) for name in process_names(self.settings)}
+
+
+def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: float,
+                   start: Callable[[str], int] | None = None) -> None:
+    """Until every worker among `names` has a consumer on its queue and every one of `names`
+    runs; with `start`, (re)start by it what is not running meanwhile. RuntimeError on timeout."""
+    deadline = time.monotonic() + timeout
+    queue = {f"worker-{d}": f"{settings.namespace}.{d}" for d in settings.domains}
+    wanted = [queue[n] for n in names if n in queue]
+    with BrokerAdmin(settings) as admin:
+        while True:
+            consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
+            idle = [q for q in wanted if not consumers.get(q)]
+            dead = [n for n in names if stack.pid(n) is None]
+            if not idle and not dead:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stack not ready after {timeout:.0f}s: no consumer on {idle or '-'}, "
+                                   f"not running: {dead or '-'} (logs in {stack.log_dir})")
+            for name in dead if start else ():
+                start(name)
+            time.sleep(0.5)
+
+
+def bring_up(settings: Settings, names: list[str], timeout: float = 90.0, env: dict[str, str] | None = None) -> Stack:
+    """Tables and topology first, then start `names` (those not already running) and wait
+    until every worker consumes: `choreo up`, the e2e tests and the bench all start this way."""
+    prepare(settings)
+    topology(settings).declare()
+    stack = Stack(settings, env)
+    for name in names:
+        stack.start(name)
+    wait_consuming(settings, stack, names, timeout)
+    return stack

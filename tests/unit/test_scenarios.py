@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from config import catalog
-from config.catalog import DEFAULT_MIX, SCENARIOS, draw_scenarios, expected_outcome, make_order, parse_mix
+from choreo.ops.scenarios import DEFAULT_MIX, SCENARIOS, draw_scenarios, expected_outcome, make_order, parse_mix
+from choreo.world.gateway import flaky_failures
 
 INTENDED = {
     "completed": ("COMPLETED", None),
@@ -56,9 +57,9 @@ def test_make_order_rejects_an_unknown_scenario():
 
 def test_flaky_card_fails_twice_then_succeeds():
     assert make_order("flaky", random.Random(0)).card_token == "tok_flaky_2"
-    assert catalog.flaky_failures("tok_flaky_2") == 2
-    assert catalog.flaky_failures("tok_visa") == 0
-    assert catalog.flaky_failures("tok_flaky_x") == 0
+    assert flaky_failures("tok_flaky_2") == 2
+    assert flaky_failures("tok_visa") == 0
+    assert flaky_failures("tok_flaky_x") == 0
 
 
 def test_undeliverable_address_with_refund_failing_card_needs_attention():

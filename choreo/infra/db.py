@@ -1,18 +1,15 @@
-"""Database engines (one per service per process) and the unit of work that commits state + outbox."""
+"""Database engines (one per service per process), table creation, and prebuilt Core statements (`Rows`)."""
 from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime, timezone
 
 from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine
 
 from config.settings import Settings
-from models.envelope import Envelope, derived_id, make_envelope
-from models.tables import TABLES, Inbox, Outbox
+from models.tables import TABLES
 
 _engines: dict[tuple[int, str], Engine] = {}  # (pid, database url) -> engine
 _lock = threading.Lock()
@@ -105,23 +102,10 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def connection_of(db: Session | Connection) -> Connection:
     """The connection under a session (its transaction) or the connection itself: the hot
     path's Core statements run on it, inside whatever transaction the caller opened."""
     return db.connection() if isinstance(db, Session) else db
-
-
-# Statements on every message's path, built once (building one costs more than running it).
-_INBOX, _OUTBOX = Inbox.__table__, Outbox.__table__
-_INBOX_HAS = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"), _INBOX.c.event_id == bindparam("e"))
-_INBOX_ADD = _INBOX.insert()
-_OUTBOX_ADD = _OUTBOX.insert()
-_OUTBOX_SENT = (_OUTBOX.update().where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
-                .values(sent_at=bindparam("sent_at")))
 
 
 class Rows:
@@ -164,90 +148,3 @@ class Rows:
             if name not in values:
                 values[name] = make()
         conn.execute(self._insert, values)
-
-
-class UnitOfWork:
-    """One transaction: the state change, the inbox mark and the outgoing events commit together.
-
-    Nothing is published from inside: `commit()` returns the outbox rows to publish afterwards.
-    """
-
-    def __init__(self, engine: Engine, source: str, cause: Envelope | None = None) -> None:
-        self.engine = engine
-        self.source = source
-        self.cause = cause
-        self.session: Session | None = None
-        self.pending: list[Envelope] = []
-        self.processed: dict | None = None
-        self.committed = False
-
-    def __enter__(self) -> "UnitOfWork":
-        self.session = Session(self.engine, expire_on_commit=False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self.committed:
-            self.session.rollback()
-        self.session.close()
-
-    # The inbox, the outbox and mark-sent are on every message's path: plain Core statements on
-    # the session's connection (same transaction), not ORM objects; the profile showed the ORM's
-    # identity map and flush machinery costing more than the SQL itself.
-
-    @property
-    def conn(self) -> Connection:
-        """The transaction's connection, for Core statements (`Rows`) beside the ORM session."""
-        return connection_of(self.session)
-
-    def already_processed(self, consumer: str, event_id: str) -> bool:
-        return self.conn.execute(_INBOX_HAS, {"c": consumer, "e": event_id}).first() is not None
-
-    def mark_processed(self, consumer: str, envelope: Envelope) -> None:
-        self.processed = {"consumer": consumer, "event_id": envelope.event_id, "type": envelope.type,
-                          "order_id": envelope.order_id, "processed_at": utcnow()}
-
-    def emit(self, type: str, payload, order_id: str | None = None) -> Envelope:
-        """Stage an event for publication; its id is derived from the cause, so a re-run repeats it."""
-        order_id = order_id or self.cause.order_id
-        seq = str(len(self.pending))
-        event_id = derived_id(self.source, self.cause.event_id, type, seq) if self.cause else None
-        envelope = make_envelope(type, order_id, payload, source=self.source, cause=self.cause, event_id=event_id)
-        self.pending.append(envelope)
-        return envelope
-
-    def commit(self) -> list[Envelope]:
-        """Commit state, inbox mark and outbox rows together; returns the envelopes to publish."""
-        conn = self.conn
-        if self.processed is not None:
-            conn.execute(_INBOX_ADD, self.processed)
-        if self.pending:
-            now = utcnow()
-            conn.execute(_OUTBOX_ADD, [
-                {"event_id": e.event_id, "type": e.type, "order_id": e.order_id, "body": e.model_dump_json(),
-                 "created_at": now, "sent_at": None} for e in self.pending])
-        self.session.commit()
-        self.committed = True
-        return list(self.pending)
-
-
-def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[Envelope]:
-    """Outbox rows nobody marked sent within `older_than` seconds, oldest first."""
-    from datetime import timedelta
-    cutoff = utcnow() - timedelta(seconds=older_than)
-    outbox = Outbox.__table__
-    with engine.connect() as conn:
-        bodies = conn.execute(select(outbox.c.body).where(outbox.c.sent_at.is_(None), outbox.c.created_at <= cutoff)
-                              .order_by(outbox.c.id).limit(limit)).scalars().all()
-        conn.rollback()
-    return [Envelope.model_validate_json(b) for b in bodies]
-
-
-def mark_sent(engine: Engine, event_ids: list[str]) -> None:
-    """Record that the broker confirmed these events (by event id, unique in the outbox)."""
-    if not event_ids:
-        return
-    with engine.begin() as conn:
-        conn.execute(_OUTBOX_SENT, {"ids": list(event_ids), "sent_at": utcnow()})
-
-
-__all__ = ["UnitOfWork", "IntegrityError", "engine_for", "create_tables", "unsent_outbox", "mark_sent"]

@@ -10,28 +10,11 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
-from choreo.db import create_tables, engine_for
-from choreo.users import seed_customers
-from config.catalog import INITIAL_STOCK
+from choreo.app.outbox import count_unsent
+from choreo.infra.db import engine_for
 from config.settings import SERVICES, Settings
 from models.tables import (Charge, DeadLetter, Inbox, Notification, OrderEvent, OrderView, Outbox, Refund,
-                           Reservation, Shipment, Stock)
-
-TERMINAL = ("COMPLETED", "CANCELLED", "NEEDS_ATTENTION")
-
-
-def prepare(settings: Settings, services=SERVICES) -> None:
-    """Create each service's tables and seed reference data; idempotent."""
-    for service in services:
-        engine = create_tables(settings, service)
-        if service == "inventory":
-            with Session(engine) as s:
-                for sku, qty in INITIAL_STOCK.items():
-                    if s.get(Stock, sku) is None:
-                        s.add(Stock(sku=sku, initial=qty, available=qty, reserved=0))
-                s.commit()
-        if service == "user":
-            seed_customers(engine)
+                           Reservation, Shipment)
 
 
 def _iso(value) -> str | None:
@@ -105,7 +88,13 @@ def order_states(settings: Settings, order_ids: list[str] | None = None) -> dict
         return {o: (st, r) for o, st, r in s.exec(q)}
 
 
-def summary(settings: Settings) -> dict[str, Any]:
+def unsent_total(settings: Settings) -> int:
+    """Outbox rows not yet confirmed by the broker, over every service with an outbox."""
+    return sum(count_unsent(engine_for(settings, d)) for d in settings.domains)
+
+
+def system_summary(settings: Settings) -> dict[str, Any]:
+    """Orders by state and reason, unsent outbox rows and dead-letter records per service."""
     with Session(engine_for(settings, "order")) as s:
         rows = s.exec(select(OrderView.state, OrderView.reason, func.count()).group_by(OrderView.state, OrderView.reason)).all()
     by_state: Counter = Counter()
@@ -115,8 +104,8 @@ def summary(settings: Settings) -> dict[str, Any]:
         by_reason.append({"state": state, "reason": reason, "count": n})
     unsent, dead = {}, {}
     for domain in settings.domains:
+        unsent[domain] = count_unsent(engine_for(settings, domain))
         with Session(engine_for(settings, domain)) as s:
-            unsent[domain] = s.exec(select(func.count()).select_from(Outbox).where(Outbox.sent_at.is_(None))).one()
             dead[domain] = s.exec(select(func.count()).select_from(DeadLetter)).one()
     return {"saga_mode": settings.saga_mode, "orders": {"total": sum(by_state.values()), "by_state": dict(by_state),
                        "by_state_reason": sorted(by_reason, key=lambda r: (r["state"], r["reason"] or ""))},

@@ -8,7 +8,7 @@ import logging
 
 import redis
 
-log = logging.getLogger("choreo.metrics")
+log = logging.getLogger("choreo.infra.metrics")
 # poison: deliveries the protocol guard refused before Celery read them (also in dead_lettered).
 NAMES = ("processed", "duplicates", "retries", "dead_lettered", "poison", "relayed")
 

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from config.catalog import CUSTOMERS
 from models.tables import Customer
 
-log = logging.getLogger("choreo.users")
+log = logging.getLogger("choreo.world.users")
 
 
 class UserServiceUnavailable(Exception):
@@ -96,5 +96,8 @@ def make_server(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:
         def log_message(self, fmt, *args) -> None:
             log.debug("users http: " + fmt, *args)
 
-    ThreadingHTTPServer.allow_reuse_address = True
-    return ThreadingHTTPServer((host, port), Handler)
+    return _Server((host, port), Handler)
+
+
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True  # a restarted service rebinds its port at once (no TIME_WAIT wait)

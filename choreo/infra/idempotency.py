@@ -9,9 +9,9 @@ import logging
 
 import redis
 
-from choreo import metrics
+from choreo.infra import metrics
 
-log = logging.getLogger("choreo.idempotency")
+log = logging.getLogger("choreo.infra.idempotency")
 
 
 class Idempotency:

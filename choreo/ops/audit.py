@@ -17,15 +17,15 @@ import pika.exceptions
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
-from choreo.db import engine_for
+from choreo.infra.db import engine_for
 from choreo.domain import order as domain
+from choreo.domain.order import SETTLED
 from config.catalog import PRICES_CENTS
 from config.settings import Settings
 from models.tables import (Charge, DeadLetter, GatewayLedger, Notification, OrderEvent, OrderView, Outbox, Refund,
                            Reservation, Shipment, Stock)
 
 MAX_LISTED = 50
-SETTLED = ("COMPLETED", "CANCELLED")
 NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}
 
 
@@ -262,7 +262,7 @@ def check_outbox(snap: Snapshot, c: Check) -> None:
 
 
 def check_fold(snap: Snapshot, c: Check) -> None:
-    """fold(order_events) == order_view, as consumers/order.py `load` folds them, in one pass."""
+    """fold(order_events) == order_view, folded as the order service folds them, in one pass."""
     query = (select(OrderEvent.order_id, OrderEvent.type, OrderEvent.schema_version, OrderEvent.data)
              .order_by(OrderEvent.order_id, OrderEvent.version))
     seen = set()
@@ -270,7 +270,7 @@ def check_fold(snap: Snapshot, c: Check) -> None:
         rows = s.exec(query.execution_options(yield_per=2000))
         for order_id, group in itertools.groupby(rows, key=lambda r: r[0]):
             seen.add(order_id)
-            order = domain.fold(order_id, (domain.upcast(t, v, data) for _, t, v, data in group))
+            order = domain.fold_stored(order_id, (row[1:] for row in group))
             view = snap.views.get(order_id)
             if view is None:
                 c.offend(order_id, "events but no projection")
@@ -294,7 +294,7 @@ def check_dead_letters(snap: Snapshot, c: Check) -> None:
     with BrokerAdmin(snap.settings) as admin:
         depth = {q["name"]: q["messages"] or 0 for q in admin.queue_stats()}
         for d in snap.domains:
-            letters = admin.peek(d, depth.get(admin.topology.names.dlq(d), 0))
+            letters = admin.peek(d, depth.get(admin.names.dlq(d), 0))
             c.checked += len(letters)
             for letter in letters:
                 if not (letter.headers.get("x-choreo-reason") or letter.headers.get("x-death")):

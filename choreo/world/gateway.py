@@ -5,6 +5,7 @@ its own commit charges nothing twice on redelivery: the same key returns the sam
 """
 from __future__ import annotations
 
+import re
 import uuid
 
 from sqlalchemy import bindparam, update
@@ -12,10 +13,34 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
-from choreo.db import Rows
-from choreo.domain.payment import sandbox_charge_rule, sandbox_refund_rule
+from choreo.domain.payment import Declined, TransientError
+from choreo.infra.db import Rows
+from config.catalog import CARD_DECLINED, CARD_FLAKY_PREFIX, CARD_REFUND_FAILS
 from models.tables import GatewayAttempt, GatewayLedger
 
+
+# --- the sandbox's rules: what the test cards make the provider answer ---------------------
+
+def flaky_failures(card_token: str) -> int:
+    """How many times the sandbox gateway fails this card before it succeeds."""
+    match = re.fullmatch(rf"{CARD_FLAKY_PREFIX}(\d+)", card_token)
+    return int(match.group(1)) if match else 0
+
+
+def sandbox_charge_rule(card_token: str, attempts_before: int) -> None:
+    """Raise what the sandbox gateway would for this card on this attempt; return if it charges."""
+    if card_token == CARD_DECLINED:
+        raise Declined("card_declined")
+    if attempts_before < flaky_failures(card_token):
+        raise TransientError(f"gateway timeout (sandbox: {card_token} fails {flaky_failures(card_token)}x)")
+
+
+def sandbox_refund_rule(card_token: str) -> None:
+    if card_token == CARD_REFUND_FAILS:
+        raise TransientError("gateway refused refund: processor unavailable (sandbox: refunds always fail)")
+
+
+# --- the provider's books -------------------------------------------------------------------
 
 LEDGER, ATTEMPTS = Rows(GatewayLedger), Rows(GatewayAttempt)
 _ATT = GatewayAttempt.__table__

@@ -1,0 +1,54 @@
+"""The composition root: the real dependencies handlers use, and each service's tables and seed data.
+
+Handlers see only `consumers.base.HandlerDeps`; this builds the live one (the sandbox gateway,
+the user service client, the seller's catalog). Unit tests hand handlers fakes instead.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Mapping
+
+import redis
+from sqlmodel import Session
+
+from choreo.infra.db import create_tables, engine_for
+from choreo.world.gateway import SandboxGateway
+from choreo.world.users import UsersClient, seed_customers
+from config.catalog import INITIAL_STOCK, PRICES_CENTS
+from config.settings import SERVICES, Settings
+from models.tables import Stock
+
+
+class LiveDeps:
+    """What handlers may use, for real. Built lazily: a domain that never calls the gateway never opens it."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis | None) -> None:
+        self.settings = settings
+        self._redis = redis_client
+
+    @cached_property
+    def gateway(self) -> SandboxGateway:
+        return SandboxGateway(engine_for(self.settings, "gateway"))
+
+    @property
+    def catalog(self) -> Mapping[str, int]:
+        """The order service's price list: the seller, not the client, sets the price."""
+        return PRICES_CENTS
+
+    @cached_property
+    def users(self) -> UsersClient:
+        return UsersClient(self.settings.users_url, self._redis, self.settings.redis_prefix)
+
+
+def prepare(settings: Settings, services=SERVICES) -> None:
+    """Create each service's tables and seed reference data; idempotent."""
+    for service in services:
+        engine = create_tables(settings, service)
+        if service == "inventory":
+            with Session(engine) as s:
+                for sku, qty in INITIAL_STOCK.items():
+                    if s.get(Stock, sku) is None:
+                        s.add(Stock(sku=sku, initial=qty, available=qty, reserved=0))
+                s.commit()
+        if service == "user":
+            seed_customers(engine)

@@ -1,0 +1,43 @@
+"""The outbox: rows committed with the state that caused them, published after commit, marked sent."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import Engine
+
+from models.envelope import Envelope
+from models.tables import Outbox, utcnow
+
+_OUTBOX = Outbox.__table__
+# Built once: on every message's path.
+OUTBOX_ADD = _OUTBOX.insert()
+_OUTBOX_SENT = (_OUTBOX.update().where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
+                .values(sent_at=bindparam("sent_at")))
+_UNSENT = select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.sent_at.is_(None))
+
+
+def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[Envelope]:
+    """Outbox rows nobody marked sent within `older_than` seconds, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    with engine.connect() as conn:
+        bodies = conn.execute(select(_OUTBOX.c.body).where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.created_at <= cutoff)
+                              .order_by(_OUTBOX.c.id).limit(limit)).scalars().all()
+        conn.rollback()
+    return [Envelope.model_validate_json(b) for b in bodies]
+
+
+def mark_sent(engine: Engine, event_ids: list[str]) -> None:
+    """Record that the broker confirmed these events (by event id, unique in the outbox)."""
+    if not event_ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(_OUTBOX_SENT, {"ids": list(event_ids), "sent_at": utcnow()})
+
+
+def count_unsent(engine: Engine) -> int:
+    """Outbox rows the broker has not confirmed yet (in flight, or stranded for the relay)."""
+    with engine.connect() as conn:
+        n = conn.execute(_UNSENT).scalar_one()
+        conn.rollback()
+    return n

@@ -1,0 +1,1 @@
+"""Infrastructure: database engines, Redis (idempotency keys, counters), structured logs."""

@@ -1,0 +1,1 @@
+"""Operator tooling: the CLI, the process stack, the audit, the chaos harness, workload helpers."""

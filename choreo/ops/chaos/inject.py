@@ -1,0 +1,162 @@
+"""What the harness sends: the orders (paced), and duplicates, late and reversed events and poison."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+
+from sqlmodel import Session, select
+
+from choreo.app.queries import order_states
+from choreo.domain.order import TERMINAL
+from choreo.infra.db import engine_for
+from choreo.messaging.admin import BrokerAdmin
+from choreo.messaging.publisher import Publisher
+from choreo.messaging.topology import Names
+from choreo.messaging.wire import celery_message
+from choreo.ops.chaos.report import Journal
+from choreo.ops.scenarios import make_order
+from choreo.ops.workload import publish_orders
+from config.settings import DOMAINS, Settings
+from models.envelope import Envelope, OrderPlaced, make_envelope
+from models.tables import Outbox
+from tasks.app import make_app
+
+
+class Injector:
+    """Re-publishes real envelopes from the services' outboxes (same event ids), and poison."""
+
+    def __init__(self, settings: Settings, rng: random.Random, journal: Journal, per_burst: int) -> None:
+        self.settings = settings
+        self.rng = rng
+        self.journal = journal
+        self.per_burst = per_burst
+        self.app = make_app("chaos", settings)
+        self.publisher = Publisher(self.app, Names(settings.namespace))
+        self.counts: Counter = Counter()
+
+    def close(self) -> None:
+        self.app.close()
+
+    def _outbox(self) -> list[tuple]:
+        """(domain, row id, order id, type, created_at) of every committed event, sent or not."""
+        rows = []
+        for d in DOMAINS:
+            with Session(engine_for(self.settings, d)) as s:
+                rows += [(d, *r) for r in s.exec(select(Outbox.id, Outbox.order_id, Outbox.type, Outbox.created_at))]
+        return rows
+
+    def _bodies(self, picked: list[tuple]) -> list:
+        out = []
+        for d in DOMAINS:
+            ids = [r[1] for r in picked if r[0] == d]
+            if ids:
+                with Session(engine_for(self.settings, d)) as s:
+                    bodies = dict(s.exec(select(Outbox.id, Outbox.body).where(Outbox.id.in_(ids))).all())
+                out += [(r, Envelope.model_validate_json(bodies[r[1]])) for r in picked if r[0] == d]
+        # Keep the order the caller chose (reversed timelines depend on it).
+        rank = {r: i for i, r in enumerate(picked)}
+        return [env for r, env in sorted(out, key=lambda p: rank[p[0]])]
+
+    def _publish(self, kind: str, envelopes: list) -> None:
+        for env in envelopes:
+            self.publisher.publish(env)
+        self.counts[kind] += len(envelopes)
+
+    def burst(self) -> None:
+        rows = self._outbox()
+        if not rows:
+            return
+        states = order_states(self.settings)
+        # Plain duplicates: any committed event again, same event id.
+        dups = self.rng.sample(rows, min(self.per_burst, len(rows)))
+        self._publish("duplicate", self._bodies(dups))
+        by_order: dict[str, list[tuple]] = {}
+        for r in rows:
+            by_order.setdefault(r[2], []).append(r)
+        ended = sorted(o for o, (st, _) in states.items() if st in TERMINAL and o in by_order)
+        moving = sorted(o for o, (st, _) in states.items() if st not in TERMINAL and o in by_order)
+        # Late: an order's first facts (order.placed, payment.*) arrive after the order ended.
+        late, late_orders = [], self.rng.sample(ended, min(max(1, self.per_burst // 4), len(ended)))
+        for o in late_orders:
+            late += sorted(by_order[o], key=lambda r: r[4])[:2]
+        self._publish("late", self._bodies(late))
+        # Reversed: an in-flight order's whole timeline so far, newest first, possibly before
+        # the original of its newest event was published (an outbox row not yet sent).
+        rev, rev_orders = [], self.rng.sample(moving, min(max(1, self.per_burst // 8), len(moving)))
+        for o in rev_orders:
+            rev += sorted(by_order[o], key=lambda r: r[4], reverse=True)
+        self._publish("reversed", self._bodies(rev))
+        self.journal.note("inject", f"{len(dups)} duplicates; {len(late)} late events of {len(late_orders)} ended "
+                                    f"orders; {len(rev)} events of {len(rev_orders)} in-flight orders, newest first",
+                          style="cyan",
+                          duplicates=len(dups), late=len(late), reversed=len(rev))
+
+    def poison(self) -> None:
+        """One of each kind; none names an audited order, so none can make an order NEEDS_ATTENTION."""
+        ns = self.settings.namespace
+        spec = make_order("completed", self.rng)
+        good = make_envelope("order.placed", f"chaos-poison-{uuid.uuid4().hex[:8]}",
+                             OrderPlaced(order={"customer_id": spec.customer_id, "items": spec.items,
+                                                "address": spec.address, "amount_cents": 100},
+                                         card_token="tok_visa"), source="chaos").to_wire()
+        good["payload"]["order"]["items"][0]["qty"] = 0
+        cases = {
+            # (routing key, exchange or None for the events exchange, body, headers)
+            "not_json": ("inventory.reserved", None, b"{chaos: not json",
+                         celery_message("inventory.reserved", [], str(uuid.uuid4()))[1]),
+            "unknown_type": (f"{ns}.inventory", "", *celery_message("inventory.exploded", [good], str(uuid.uuid4()))),
+            "schema_invalid": ("order.placed", None, *celery_message("order.placed", [good], str(uuid.uuid4()))),
+            # Shapes that crashed Celery's own request handling before the protocol guard.
+            "wrong_shape": ("order.placed", None, json.dumps([[good], {}]).encode(),
+                            celery_message("order.placed", [], str(uuid.uuid4()))[1]),
+            "no_id_header": ("order.placed", None, celery_message("order.placed", [good], str(uuid.uuid4()))[0],
+                             {"task": "order.placed", "lang": "py"}),
+            "oversized": ("order.placed", None, b"[" + b" " * (self.settings.max_message_bytes + 1) + b"]",
+                          celery_message("order.placed", [], str(uuid.uuid4()))[1]),
+        }
+        with BrokerAdmin(self.settings) as admin:
+            for kind, (rk, exchange, body, headers) in cases.items():
+                admin.publish_raw(rk, body, headers, exchange=exchange)
+                self.counts[f"poison:{kind}"] += 1
+        self.journal.note("inject", f"poison: {', '.join(cases)}", style="cyan")
+
+
+class OrderFeed(threading.Thread):
+    """Publishes the orders at a steady pace over `window` seconds, in chunks (partial results survive)."""
+
+    def __init__(self, settings: Settings, scenarios: list[str], window: float, rng: random.Random) -> None:
+        super().__init__(name="chaos-orders", daemon=True)
+        self.settings = settings
+        self.scenarios = scenarios
+        self.window = window
+        self.seeds = [rng.getrandbits(64) for _ in range(len(scenarios))]
+        self.sent: list[tuple[str, str]] = []
+        self.published = 0
+        self.error: str | None = None
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        n = len(self.scenarios)
+        per_order = self.window / n
+        chunk = max(1, -(-n // 20))
+        t0 = time.monotonic()
+
+        def paced():
+            self.published += 1
+            lag = t0 + self.published * per_order - time.monotonic()
+            if lag > 0:
+                self.stop_event.wait(lag)
+
+        try:
+            for i in range(0, n, chunk):
+                if self.stop_event.is_set():
+                    break
+                # A fresh seed per chunk: publish_orders derives order ids from its seed.
+                self.sent += publish_orders(self.settings, self.scenarios[i:i + chunk], self.seeds[i], on_sent=paced,
+                                            source="chaos")
+        except Exception as exc:  # reported as a run error with the count published so far
+            self.error = f"publishing failed after {self.published} of {n} orders: {exc!r}"

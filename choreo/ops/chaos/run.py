@@ -1,0 +1,202 @@
+"""One chaos run: the sandbox, the stack, the fault phase, settling, the audit and the report."""
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pika.exceptions
+import redis
+from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+
+from choreo.app.bootstrap import prepare
+from choreo.app.queries import order_states
+from choreo.domain.order import TERMINAL
+from choreo.ops.audit import run_audit
+from choreo.ops.chaos.faults import WORKERS, Faults, kill_pid
+from choreo.ops.chaos.inject import Injector, OrderFeed
+from choreo.ops.chaos.report import ChaosConfig, ChaosReport, Journal, print_summary
+from choreo.ops.chaos.settle import dead_letter_figures, log_count, metrics_snapshot, settle, total
+from choreo.ops.sandbox import Sandbox
+from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
+from choreo.ops.stack import Stack, is_ours, wait_consuming
+from choreo.ops.render import outcome_table
+from choreo.ops.workload import expected_by_scenario, outcomes, terminal_count
+from config.settings import Settings
+from consumers.registry import topology
+
+# The machine's services failing under the harness: a failed run with the error, not a traceback.
+ENVIRONMENT_FAILURES = (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError,
+                        pika.exceptions.AMQPError, SQLAlchemyError)
+
+
+def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
+    console = console or Console()
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().getrandbits(32)
+    journal = Journal(console)
+    sandbox = Sandbox("chaos", own_redis=True, workdir=cfg.workdir)
+    report = ChaosReport(config={k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
+                         seed=seed, workdir=str(sandbox.workdir))
+    if cfg.broker_restart == "node":
+        console.print("[bold red]warning:[/bold red] --broker-restart node stops and starts the whole RabbitMQ "
+                      "node: every vhost and every client on this machine is disconnected")
+    console.print(f"chaos run {sandbox.run_id}: {cfg.orders} orders, {cfg.duration:.0f}s of faults, a kill every "
+                  f"{cfg.kill_every}s, seed {seed}; vhost {sandbox.vhost}, redis :{sandbox.redis_port}, "
+                  f"folder {sandbox.workdir}")
+    stack = Stack(sandbox.settings, env=sandbox.env)
+    faults = None
+    try:
+        sandbox.open()
+        faults = Faults(sandbox, stack, random.Random(seed), journal, cfg.broker_restart)
+        _run(cfg, seed, sandbox, stack, faults, journal, report)
+    except ENVIRONMENT_FAILURES as exc:
+        report.errors.append(f"harness: {exc!r}")
+        journal.note("error", repr(exc), style="red")
+    finally:
+        _stop_all(stack, faults, journal)
+        report.actions = journal.actions
+        keep = cfg.keep or not report.passed
+        report.errors += sandbox.close(keep)
+    print_summary(console, report, keep, sandbox.workdir)
+    return report
+
+
+def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journal: Journal,
+         report: ChaosReport) -> None:
+    settings = sb.settings
+    prepare(settings)
+    topology(settings).declare()
+    for name in ["users", *WORKERS]:
+        faults.start(name)
+    wait_consuming(settings, stack, ["users", *WORKERS], 120, start=faults.start)
+    journal.note("stack", "users + 5 workers consuming", style="green")
+
+    rng = random.Random(seed ^ 0x5EED)
+    feed, injector, t0 = _inject(cfg, seed, settings, faults, journal, rng)
+    injection_end = time.monotonic()
+    journal.note("faults off", f"after {injection_end - t0:.0f}s; {feed.published} orders published")
+    if feed.error:
+        report.errors.append(feed.error)
+    if len(feed.sent) < cfg.orders:
+        report.errors.append(f"only {len(feed.sent)} of {cfg.orders} orders were published")
+    report.injected = dict(injector.counts)
+
+    # Settle: every worker back, then wait for terminal orders, drained outboxes, idle queues.
+    for name in list(faults.restart_due):
+        faults.restart_due.pop(name)
+        faults.start(name, "settle")
+    wait_consuming(settings, stack, ["users", *WORKERS], 120, start=faults.start)
+    ids = [o for o, _ in feed.sent]
+    states = settle(settings, sb.vhost, ids, time.monotonic() + cfg.settle_timeout, journal)
+    settled_at = time.monotonic()
+    report.unsettled = [o for o in ids if states.get(o, ("MISSING",))[0] not in TERMINAL]
+    journal.note("settled" if not report.unsettled else "NOT settled",
+                 f"{len(ids) - len(report.unsettled)}/{len(ids)} terminal after {settled_at - injection_end:.1f}s",
+                 style="green" if not report.unsettled else "red")
+    _conclude(settings, feed.sent, states, faults, stack, report)
+    report.figures.update(injection_seconds=round(injection_end - t0, 1),
+                          settle_seconds=round(settled_at - injection_end, 1))
+
+
+def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, journal: Journal,
+            rng: random.Random) -> tuple[OrderFeed, Injector, float]:
+    """The fault phase: orders flow over the first half of `duration` while faults land on a schedule.
+
+    Ends at `duration`, or earlier once every order is published and terminal and every
+    scheduled one-off fault has happened.
+    """
+    window = cfg.duration / 2
+    feed = OrderFeed(settings, draw_scenarios(cfg.orders, dict(DEFAULT_MIX), seed), window, rng)
+    injector = Injector(settings, rng, journal, per_burst=max(5, cfg.orders // 20))
+    t0 = time.monotonic()
+    one_offs = {
+        "poison": t0 + rng.uniform(0.15, 0.3) * window,
+        "broker": t0 + rng.uniform(0.3, 0.45) * window if cfg.broker_restart != "none" else None,
+        "redis": t0 + rng.uniform(0.55, 0.75) * window if cfg.redis_restart else None,
+    }
+    bursts = [t0 + window * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
+    next_kill, next_look = t0 + cfg.kill_every, 0.0
+    feed.start()
+    journal.note("orders", f"publishing {cfg.orders} orders over {window:.0f}s (mix {DEFAULT_MIX})")
+    try:
+        while time.monotonic() - t0 < cfg.duration:
+            now = time.monotonic()
+            if not feed.is_alive() and not any(one_offs.values()) and not bursts and now >= next_look:
+                next_look = now + 1.0
+                if terminal_count(order_states(settings, [o for o, _ in feed.sent])) == len(feed.sent):
+                    break
+            if now >= next_kill:
+                next_kill += cfg.kill_every
+                faults.kill_random_worker()
+            for what, when in one_offs.items():
+                if when is not None and now >= when:
+                    one_offs[what] = None
+                    if what == "poison":
+                        injector.poison()
+                    elif what == "broker":
+                        faults.restart_broker()
+                    else:
+                        faults.restart_redis(lambda: metrics_snapshot(settings))
+            if bursts and now >= bursts[0]:
+                bursts.pop(0)
+                injector.burst()
+            faults.tend()
+            time.sleep(0.1)
+        # Publishing is paced to end by half-time; a slow broker may stretch it: let it finish.
+        feed.join(timeout=cfg.settle_timeout)
+    finally:
+        feed.stop_event.set()
+        feed.join(timeout=30)
+        injector.close()
+    return feed, injector, t0
+
+
+def _conclude(settings: Settings, sent: list[tuple[str, str]], states: dict, faults: Faults, stack,
+              report: ChaosReport) -> None:
+    """Audit, expected outcomes, and the run's figures."""
+    report.checks = run_audit(settings)
+    report.audit = [c.as_dict() for c in report.checks]
+    expected = expected_by_scenario()
+    report.missing = [o for o, _ in sent if o not in states]
+    report.mismatches = sum(1 for o, scenario in sent
+                            if states.get(o, ("MISSING",))[0] in TERMINAL and states[o] != expected[scenario])
+    faults.journal.console.print(outcome_table(outcomes(sent, states)))
+    metrics, before = metrics_snapshot(settings), faults.metrics_before_redis_restart
+    report.figures = {
+        "orders_placed": len(sent),
+        "terminal": dict(Counter(f"{st} ({r})" if r else st for st, r in states.values() if st in TERMINAL)),
+        "unsettled": len(report.unsettled),
+        "stuck_by_state": dict(Counter(states.get(o, ("MISSING",))[0] for o in report.unsettled)),
+        "mismatches": report.mismatches,
+        "missing": len(report.missing),
+        "violations": report.violations,
+        "kills": {k: faults.counts[k] for k in ("kill_worker", "kill_child")},
+        "unexpected_exits": faults.counts["unexpected_exit"],
+        "broker_restarts": faults.counts["broker_restart"],
+        "redis_restarts": faults.counts["redis_restart"],
+        # Counters from before the Redis restart plus after it (the restart wipes them).
+        "duplicates_absorbed": total(before, metrics, name="duplicates"),
+        "duplicates_absorbed_logged": log_count(stack.log_dir, "duplicate absorbed"),
+        "retries": total(before, metrics, name="retries"),
+        "relayed_outbox_rows": total(before, metrics, name="relayed"),
+        **dead_letter_figures(settings),
+    }
+
+
+def _stop_all(stack, faults: Faults | None, journal: Journal) -> None:
+    """Stop every process of the run (in parallel: each may take a few seconds to shut down warm)."""
+    names = ["users", *WORKERS]
+    threads = [threading.Thread(target=stack.stop, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Anything we started that outlived its stop (a pool child orphaned mid-kill, say): by pid,
+    # and only if that pid is still a choreo process (never a recycled pid of someone else's).
+    for pid in sorted(faults.started_pids if faults else ()):
+        if is_ours(pid) and kill_pid(pid):
+            journal.note("cleanup", f"killed leftover pid {pid}", style="yellow")

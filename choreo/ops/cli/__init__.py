@@ -1,0 +1,23 @@
+"""The `choreo` command line: a thin layer over choreo.ops (stack, workload, status, audit, chaos).
+
+Each module registers its commands on the one group in `base`; `main` is the entry point.
+"""
+from __future__ import annotations
+
+import sys
+
+from pydantic import ValidationError
+
+from choreo.ops.cli import chaos, inspect, orders, processes  # noqa: F401 (they register the commands)
+from choreo.ops.cli.base import cli, err
+from config.settings import get_settings
+
+
+def main() -> None:
+    try:
+        get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        err.print(f"error: setting CHOREO_{str(first['loc'][0]).upper()}: {first['msg']}")
+        sys.exit(2)
+    cli()

@@ -1,0 +1,37 @@
+"""`choreo chaos`: the chaos harness (choreo.ops.chaos) from the command line."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from choreo.ops.chaos import ChaosConfig, run_chaos
+from choreo.ops.cli.base import cli, console, err, fail
+
+
+@cli.command()
+@click.option("--orders", default=1000, show_default=True, help="Orders to place while faults are injected.")
+@click.option("--duration", default=120.0, show_default=True, help="Seconds of fault injection at most.")
+@click.option("--kill-every", default=3.0, show_default=True, help="Seconds between worker kills.")
+@click.option("--seed", type=int, default=None)
+@click.option("--broker-restart", type=click.Choice(["vhost", "node", "none"]), default="vhost", show_default=True,
+              help="vhost: restart only this run's vhost and drop its connections; node: stop_app/start_app.")
+@click.option("--settle-timeout", default=300.0, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the run's folder (data, logs) afterwards; kept anyway on failure.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Folder for the run (default: a new temp folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress goes to stderr).")
+def chaos(orders: int, duration: float, kill_every: float, seed: int | None, broker_restart: str,
+          settle_timeout: float, keep: bool, workdir: str | None, as_json: bool) -> None:
+    """Place orders while killing workers, restarting the broker and Redis, injecting duplicates
+    and poison; then wait for the system to settle and audit it. Exits 1 on any violation."""
+    if orders < 1 or duration <= 0 or kill_every <= 0:
+        fail("--orders, --duration and --kill-every must be positive")
+    report = run_chaos(ChaosConfig(orders=orders, duration=duration, kill_every=kill_every, seed=seed,
+                                   broker_restart=broker_restart, settle_timeout=settle_timeout, keep=keep,
+                                   workdir=Path(workdir) if workdir else None),
+                       console=err if as_json else console)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    sys.exit(0 if report.passed else 1)

@@ -1,0 +1,171 @@
+"""`choreo status|dlq|topology|breakers|projections|audit`: look inside a running system."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.table import Table
+
+from choreo.app import projections as proj
+from choreo.infra.db import engine_for
+from choreo.infra.redis_client import redis_client
+from choreo.messaging.admin import UNROUTED, BrokerAdmin
+from choreo.ops.audit import print_report, run_audit
+from choreo.ops.cli.base import cli, console, current_settings, err, fail
+from choreo.ops.status import gather_status
+from choreo.world.users import UsersClient
+from consumers.registry import topology as topology_of
+
+
+def print_status(settings, as_json: bool) -> dict:
+    data = gather_status(settings)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return data
+    t = Table(title=f"orders ({data['orders']['total']})")
+    for col in ("state", "reason", "count"):
+        t.add_column(col)
+    for row in data["orders"]["by_state_reason"]:
+        t.add_row(row["state"], row["reason"] or "", str(row["count"]))
+    console.print(t)
+    q = Table(title="queues")
+    for col in ("name", "messages", "consumers"):
+        q.add_column(col)
+    for row in data["queues"]:
+        if row["name"].split(".")[-2] == "retry" and not row["messages"]:
+            continue  # empty retry rungs are noise
+        q.add_row(row["name"], str(row["messages"]), str(row["consumers"]))
+    console.print(q)
+    if data.get("broker_error"):
+        err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
+    if data.get("database_error"):
+        err.print(f"[red]order database unreachable:[/red] {data['database_error']} (started yet? `choreo up`)")
+    if data.get("unrouted"):
+        console.print(f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their routing key; "
+                      f"see `choreo dlq list unrouted`")
+    if data["metrics"]:
+        console.print("counters: " + "; ".join(f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
+                                               for name, per in data["metrics"].items() if per))
+    procs = ", ".join(f"{n}={'pid ' + str(p) if p else 'down'}" for n, p in data["processes"].items())
+    console.print(f"processes: {procs}")
+    return data
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Orders by state and reason, queue depths and consumers, dead letters, processes."""
+    print_status(current_settings(), as_json)
+
+
+# --- dead letters ---------------------------------------------------------------------
+
+@cli.group()
+def dlq() -> None:
+    """Dead-letter queues (one per domain, and `unrouted`): list, peek, replay."""
+
+
+def _domain_arg(settings, domain: str) -> str:
+    domains = (*settings.domains, UNROUTED)
+    if domain not in domains:
+        fail(f"unknown domain {domain!r}; choose from {', '.join(domains)}")
+    return domain
+
+
+@dlq.command("list")
+@click.argument("domain")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(domain: str, limit: int, as_json: bool) -> None:
+    """One line per dead letter of DOMAIN: id, type, order, reason (nothing is consumed)."""
+    settings = current_settings()
+    with BrokerAdmin(settings) as admin:
+        items = admin.peek(_domain_arg(settings, domain), limit)
+    if as_json:
+        print(json.dumps([{k: v for k, v in i.as_dict().items() if k not in ("headers", "body")} for i in items], indent=2))
+        return
+    t = Table(title=f"{domain} dead letters ({len(items)})")
+    for col in ("event id", "type", "order", "attempts", "reason"):
+        t.add_column(col, overflow="fold")
+    for i in items:
+        t.add_row(i.event_id, i.type, i.order_id or "", str(i.attempts or ""), i.reason)
+    console.print(t)
+
+
+@dlq.command("peek")
+@click.argument("domain")
+@click.option("--limit", default=5, show_default=True)
+def dlq_peek(domain: str, limit: int) -> None:
+    """Full headers and body of the first dead letters of DOMAIN (nothing is consumed)."""
+    settings = current_settings()
+    with BrokerAdmin(settings) as admin:
+        items = admin.peek(_domain_arg(settings, domain), limit)
+    print(json.dumps([i.as_dict() for i in items], indent=2, default=str))
+
+
+@dlq.command("replay")
+@click.argument("domain")
+@click.option("--id", "event_id", default=None, help="Only this event id (default: all).")
+def dlq_replay(domain: str, event_id: str | None) -> None:
+    """Move dead letters back to DOMAIN's queue for another try (attempts start again)."""
+    settings = current_settings()
+    with BrokerAdmin(settings) as admin:
+        done = admin.replay(_domain_arg(settings, domain), event_id)
+    if event_id and not done:
+        fail(f"no dead letter with id {event_id!r} in {domain}")
+    console.print(f"replayed {len(done)} message(s) to {domain}")
+
+
+# --- the rest -------------------------------------------------------------------------
+
+@cli.command()
+def topology() -> None:
+    """Declare exchanges, queues and bindings (idempotent) and list them."""
+    for name in topology_of(current_settings()).declare():
+        console.print(name)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def breakers(as_json: bool) -> None:
+    """Circuit breakers and their shared state (in Redis)."""
+    settings = current_settings()
+    state = UsersClient(settings.users_url, redis_client(settings), settings.redis_prefix).breaker_state()
+    if as_json:
+        print(json.dumps([state]))
+    else:
+        console.print(f"{state['name']}: {state['state']} (failures {state['failures']})")
+
+
+@cli.group()
+def projections() -> None:
+    """The order read model (a projection of the order event store)."""
+
+
+@projections.command("rebuild")
+def projections_rebuild() -> None:
+    """Drop the read model and rebuild it from the event store."""
+    engine = engine_for(current_settings(), "order")
+    n = proj.rebuild(engine)
+    console.print(f"rebuilt {n} order view(s); drift after rebuild: {len(proj.drift(engine))}")
+
+
+@projections.command("check")
+def projections_check() -> None:
+    """Compare the read model with a replay of the event store; exit 1 on drift."""
+    drifted = proj.drift(engine_for(current_settings(), "order"))
+    console.print(f"{len(drifted)} order view(s) drift from their events" + (f": {drifted[:20]}" if drifted else ""))
+    sys.exit(1 if drifted else 0)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def audit(as_json: bool) -> None:
+    """Check every guarantee over the services' own databases; exit 1 on any violation."""
+    checks = run_audit(current_settings())
+    if as_json:
+        print(json.dumps({"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        print_report(checks, console)
+    sys.exit(0 if all(c.passed for c in checks) else 1)

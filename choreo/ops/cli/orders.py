@@ -1,0 +1,115 @@
+"""`choreo enqueue|demo|order`: place orders with a scenario mix, watch them settle, inspect one."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from choreo.app.queries import order_details
+from choreo.ops.cli.base import cli, console, current_settings, err, fail
+from choreo.ops.cli.inspect import print_status
+from choreo.ops.cli.processes import up_stack
+from choreo.ops.render import outcome_table
+from choreo.ops.scenarios import draw_scenarios, parse_mix
+from choreo.ops.workload import outcomes, publish_orders, terminal_count, wait_terminal
+from config.settings import SAGA_MODES
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def enqueue_orders(count: int, mix: str | None, seed: int | None, wait: bool, timeout: float,
+                   as_json: bool = False) -> int:
+    """Place `count` orders; with `wait`, show where they ended. Returns the exit code."""
+    if count < 1:
+        fail("--count must be at least 1")
+    try:
+        weights = parse_mix(mix)
+    except ValueError as exc:
+        fail(str(exc))
+    settings = current_settings()
+    scenarios = draw_scenarios(count, weights, seed)
+    with _progress() as progress:
+        t_pub = progress.add_task("publishing", total=count)
+        sent = publish_orders(settings, scenarios, seed, on_sent=lambda: progress.advance(t_pub))
+        if not wait:
+            console.print(f"enqueued {count} orders")
+            return 0
+        t_set = progress.add_task("settling  ", total=count)
+        states = wait_terminal(settings, [o for o, _ in sent], timeout,
+                               on_poll=lambda st: progress.update(t_set, completed=terminal_count(st)))
+    rows = outcomes(sent, states)
+    mismatches = sum(r["mismatches"] for r in rows)
+    if as_json:
+        print(json.dumps({"orders": [{"order_id": o, "scenario": s, "state": states.get(o, (None, None))[0],
+                                      "reason": states.get(o, (None, None))[1]} for o, s in sent],
+                          "mismatches": mismatches}))
+    else:
+        console.print(outcome_table(rows))
+    unsettled = len(sent) - terminal_count(states)
+    if unsettled:
+        err.print(f"[red]{unsettled} order(s) did not settle within {timeout:.0f}s[/red]")
+    if mismatches:
+        err.print(f"[red]{mismatches} order(s) ended in a state their data did not ask for[/red]")
+    return 1 if (mismatches or unsettled) else 0
+
+
+@cli.command()
+@click.option("--count", "-n", default=10, show_default=True, help="How many orders.")
+@click.option("--mix", default=None, help="Scenario weights, e.g. completed=60,declined=20,out_of_stock=20 or 'all'.")
+@click.option("--seed", type=int, default=None, help="Make the scenario draw and order ids repeatable.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every order settles.")
+@click.option("--timeout", default=180.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def enqueue(count: int, mix: str | None, seed: int | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Place orders with a scenario mix; show progress until they settle."""
+    sys.exit(enqueue_orders(count, mix, seed, wait, timeout, as_json))
+
+
+@cli.command()
+@click.option("--count", "-n", default=200, show_default=True)
+@click.option("--timeout", default=300.0, show_default=True)
+@click.option("--saga", type=click.Choice(SAGA_MODES), default=None)
+def demo(count: int, timeout: float, saga: str | None) -> None:
+    """Bring the stack up, enqueue orders with every path, and summarise where they ended."""
+    up_stack(with_flower=True, saga=saga)
+    code = enqueue_orders(count, None, None, True, timeout)
+    settings = current_settings()
+    print_status(settings, as_json=False)
+    console.print(f"\nWatch it in Flower: http://127.0.0.1:{settings.flower_port}   "
+                  f"Inspect one: choreo order <ORDER_ID>   Dead letters: choreo dlq list payment   Stop: choreo down")
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("order_id")
+@click.option("--json", "as_json", is_flag=True)
+def order(order_id: str, as_json: bool) -> None:
+    """Show an order: state, reason, payment/stock/shipment facts and its timeline across services."""
+    d = order_details(current_settings(), order_id)
+    if d is None:
+        fail(f"no order {order_id!r}")
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    console.print(f"[bold]{d['order_id']}[/bold]  {d['state']}" + (f" ({d['reason']})" if d["reason"] else ""))
+    console.print(f"customer {d['customer_id']}  amount {d['amount_cents'] / 100:.2f}  card {d['card_token']}  "
+                  f"address {d['address']}")
+    items = ", ".join(f"{i['qty']}x {i['sku']}" for i in d["items"])
+    console.print(f"items: {items}")
+    pay = d["payment"]
+    console.print(f"payment: charge {pay['charge'] or '-'}; refund {pay['refund'] or '-'}")
+    console.print(f"stock: {d['stock'] or '-'}")
+    console.print(f"shipment: {d['shipment'] or '-'}")
+    console.print(f"notifications: {', '.join(n['kind'] for n in d['notifications']) or '-'}")
+    table = Table(title="timeline")
+    for col in ("at", "service", "what", "detail"):
+        table.add_column(col)
+    for t in d["timeline"]:
+        table.add_row(t["at"] or "", t["service"], t["what"], str(t["detail"] or ""))
+    console.print(table)

@@ -1,0 +1,99 @@
+"""`choreo worker|users|flower|up|down`: the processes of a stack, started by one code path."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from choreo.app.bootstrap import prepare
+from choreo.infra import logs
+from choreo.infra.db import engine_for
+from choreo.ops.cli.base import SAGA_MARKER, cli, console, current_settings, fail
+from choreo.ops.stack import Stack, bring_up, process_names
+from choreo.world.users import make_server
+from config.settings import DOMAINS, SAGA_MODES
+from consumers.registry import topology
+from tasks.app import make_app
+
+
+@cli.command()
+@click.argument("domain", type=click.Choice([*DOMAINS, "orchestrator"]))
+def worker(domain: str) -> None:
+    """Run one domain's Celery worker (what `choreo up` starts, five times)."""
+    settings = current_settings()
+    logs.configure(f"worker:{domain}", settings.log_level, settings.log_json)
+    prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
+    topo = topology(settings)
+    topo.declare()
+    app = make_app(domain, settings)
+    # Node names must be unique per vhost (Celery's pidbox queue is exclusive to one node).
+    node = domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
+    app.worker_main([
+        "worker", "-Q", topo.names.queue(domain), "-n", f"{node}@%h",
+        "-c", str(settings.worker_concurrency), "-P", settings.worker_pool, "-l", settings.log_level,
+        "--without-gossip", "--without-mingle", "-E",
+    ])
+
+
+@cli.command()
+def users() -> None:
+    """Run the user service (GET /users/{id}) over HTTP."""
+    settings = current_settings()
+    logs.configure("users", settings.log_level, settings.log_json)
+    prepare(settings, ["user"])
+    server = make_server(engine_for(settings, "user"), settings.user_service_host, settings.user_service_port)
+    console.print(f"user service on {settings.users_url}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+def flower() -> None:
+    """Run Flower on the broker (every domain's worker and task)."""
+    settings = current_settings()
+    # Flower listens on loopback only; its JSON API (used by scripts and `choreo status`
+    # readers) needs this flag to answer without a login.
+    os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    app = make_app("flower", settings)
+    app.start(["flower", f"--port={settings.flower_port}", "--address=127.0.0.1", "--purge_offline_workers=60"])
+
+
+def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = None) -> None:
+    """`choreo up`: start what is not running and wait until every worker consumes."""
+    settings = current_settings()
+    if saga:
+        running = [n for n, pid in Stack(settings).running().items() if pid]
+        if saga != settings.saga_mode and running:
+            fail(f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}")
+        settings = settings.model_copy(update={"saga_mode": saga})
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / SAGA_MARKER).write_text(settings.saga_mode)
+    names = [n for n in process_names(settings) if with_flower or n != "flower"]
+    try:
+        stack = bring_up(settings, names, wait)
+    except RuntimeError as exc:
+        fail(str(exc))
+    console.print(f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} (logs in {stack.log_dir})")
+    if with_flower:
+        console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")
+
+
+@cli.command()
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+@click.option("--saga", type=click.Choice(SAGA_MODES), default=None,
+              help="Saga style (default: the running one, else choreography).")
+def up(no_flower: bool, saga: str | None) -> None:
+    """Start the user service, the five domain workers (and the orchestrator) and Flower (idempotent)."""
+    up_stack(with_flower=not no_flower, saga=saga)
+
+
+@cli.command()
+def down() -> None:
+    """Stop what `choreo up` started (by pid file; nothing else is touched)."""
+    settings = current_settings()
+    stack = Stack(settings)
+    for name in reversed(process_names(settings.model_copy(update={"saga_mode": "orchestrated"}))):
+        if stack.stop(name):
+            console.print(f"stopped {name}")

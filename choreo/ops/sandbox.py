@@ -1,0 +1,178 @@
+"""A private place to run choreo: its own RabbitMQ vhost, Redis (a key prefix, or a server of its
+own), folders, ports and (on a database server) databases, and the Settings and CHOREO_*
+environment that point at them. The test suite, the chaos harness and the bench each run in
+one, so none touches `choreo up`'s stack or another run; `close` removes only what it made.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from choreo.infra.db import dispose_engines
+from choreo.ops.stack import free_port, rabbitmqctl
+from config.settings import SERVICES, Settings
+
+AMQP_BASE = os.environ.get("CHOREO_SANDBOX_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+SHARED_REDIS = os.environ.get("CHOREO_SANDBOX_REDIS", "redis://127.0.0.1:6379/0")
+
+
+class Sandbox:
+    """`tag` names the run's resources (choreo-<tag>-<id>). With `own_redis`, a redis-server is
+    started on a free port (the chaos harness kills it); otherwise keys go under the run's prefix
+    on the shared Redis. `database_server`: databases <prefix>_<service> there, dropped on close;
+    empty: SQLite files in the run's folder. `overrides` are further settings (strings or values)."""
+
+    def __init__(self, tag: str, *, own_redis: bool = False, workdir: Path | str | None = None,
+                 remove_workdir: bool | None = None, database_server: str = "", run_id: str | None = None,
+                 **overrides: Any) -> None:
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.name = f"choreo-{tag}-{self.run_id}"
+        # A folder it made is removed on close; a folder it was given, only when told so.
+        self.own_workdir = workdir is None if remove_workdir is None else remove_workdir
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.name}-")).resolve()
+        self.vhost = self.name
+        self.own_redis = own_redis
+        self.redis_port = free_port() if own_redis else None
+        self.redis_proc: subprocess.Popen | None = None
+        self.vhost_created = False
+        self.database_prefix = f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
+        self.overrides: dict[str, Any] = {
+            "broker_url": f"{AMQP_BASE}/{self.vhost}",
+            "redis_url": f"redis://127.0.0.1:{self.redis_port}/0" if own_redis else SHARED_REDIS,
+            "redis_prefix": self.name,
+            "namespace": "choreo",
+            "data_dir": self.workdir / "data",
+            "run_dir": self.workdir / "run",
+            "user_service_port": free_port(),
+            "flower_port": free_port(),
+            "database_server": database_server,
+            "database_prefix": self.database_prefix,
+            # Its own databases, whatever the calling shell points at.
+            **{f"{s}_database_url": "" for s in SERVICES},
+            "saga_mode": "choreography",
+            # Never inherit the crash-after-commit test hook from the calling shell.
+            "fault_crash_after_commit": "",
+            "fault_marker": "",
+            **overrides,
+        }
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The CHOREO_* variables that give a process started here the same settings."""
+        return {f"CHOREO_{k.upper()}": str(v) for k, v in self.overrides.items()}
+
+    @cached_property
+    def settings(self) -> Settings:
+        # Explicit values win over the environment, so this and `env` agree by construction.
+        return Settings(**self.overrides)
+
+    @property
+    def broker_url(self) -> str:
+        return self.overrides["broker_url"]
+
+    @property
+    def redis_prefix(self) -> str:
+        return self.overrides["redis_prefix"]
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def open(self) -> "Sandbox":
+        if self.vhost_created:
+            return self
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        rabbitmqctl("add_vhost", self.vhost)
+        self.vhost_created = True
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        if self.own_redis:
+            self.start_redis()
+        return self
+
+    def start_redis(self) -> int:
+        log = open(self.log_dir / "redis.log", "ab")
+        self.redis_proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.redis_proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.redis_port} did not start; see "
+                                       f"{self.log_dir / 'redis.log'}") from None
+                time.sleep(0.05)
+        client.close()
+        return self.redis_proc.pid
+
+    def kill_redis(self) -> int | None:
+        proc, self.redis_proc = self.redis_proc, None
+        if proc is None or proc.poll() is not None:
+            return None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        return proc.pid
+
+    def close(self, keep: bool = False) -> list[str]:
+        """Remove what the sandbox made (its folder only unless `keep`); returns what could not be cleaned."""
+        problems = []
+        if self.own_redis:
+            self.kill_redis()
+        else:
+            problems += self._drop_redis_keys()
+        if self.vhost_created:
+            try:
+                rabbitmqctl("delete_vhost", self.vhost)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                problems.append(f"vhost {self.vhost} not deleted: {exc}")
+        dispose_engines(str(self.workdir))  # its databases go away with it: close their engines
+        if self.overrides["database_server"]:
+            problems += self._drop_databases()
+        if not keep and self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return problems
+
+    def _drop_redis_keys(self) -> list[str]:
+        try:
+            client = redis.Redis.from_url(self.overrides["redis_url"])
+            keys = list(client.scan_iter(f"{self.name}:*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i:i + 500])
+            client.close()
+        except redis.RedisError as exc:
+            return [f"redis keys {self.name}:* not deleted: {exc!r}"]
+        return []
+
+    def _drop_databases(self) -> list[str]:
+        server = str(self.overrides["database_server"]).rstrip("/")
+        dispose_engines(self.database_prefix)
+        admin = create_engine(server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+                              isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                                     {"p": self.database_prefix + "\\_%"}).scalars().all()
+                for name in names:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except SQLAlchemyError as exc:  # reported; never hides the run's result
+            return [f"databases {self.database_prefix}_* not dropped: {exc!r}"]
+        finally:
+            admin.dispose()
+        return []

@@ -1,0 +1,93 @@
+"""Workload helpers the CLI, the tests, chaos and the bench share: place orders, wait until they
+are terminal, compare where they ended with where their data asked them to end."""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from typing import Callable
+
+from choreo.app.queries import order_states
+from choreo.domain.order import TERMINAL
+from choreo.messaging.publisher import Publisher
+from choreo.messaging.topology import Names
+from choreo.ops.scenarios import SCENARIOS, expected_outcome, make_order
+from config.settings import Settings
+from models.envelope import PlaceOrder, make_envelope
+from tasks.app import make_app
+
+States = dict[str, tuple[str, str | None]]  # order id -> (state, reason)
+
+
+def publish_orders(settings: Settings, scenarios: list[str], seed: int | None,
+                   on_sent: Callable[[], None] | None = None, source: str = "cli") -> list[tuple[str, str]]:
+    """Place one order per scenario (confirmed by the broker); returns [(order id, scenario)].
+    With a seed, order ids and order data repeat from run to run."""
+    rng = random.Random(seed)
+    app = make_app("client", settings)
+    publisher = Publisher(app, Names(settings.namespace))
+    sent = []
+    try:
+        for scenario in scenarios:
+            spec = make_order(scenario, rng)
+            order_id = (f"ord-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}" if seed is not None
+                        else f"ord-{uuid.uuid4().hex[:16]}")
+            publisher.publish(make_envelope("place_order", order_id,
+                                            PlaceOrder(customer_id=spec.customer_id, items=spec.items,
+                                                       card_token=spec.card_token, address=spec.address),
+                                            source=source))
+            sent.append((order_id, scenario))
+            if on_sent:
+                on_sent()
+    finally:
+        app.close()
+    return sent
+
+
+def terminal_count(states: States) -> int:
+    return sum(1 for state, _ in states.values() if state in TERMINAL)
+
+
+def wait_terminal(settings: Settings, order_ids: list[str], timeout: float, poll: float = 0.3,
+                  on_poll: Callable[[States], None] | None = None) -> States:
+    """Poll the read model until every order is terminal or `timeout` passes; returns the last
+    states seen (a caller that needs all of them checks `terminal_count`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = order_states(settings, order_ids)
+        if on_poll:
+            on_poll(states)
+        if terminal_count(states) == len(order_ids) or time.monotonic() > deadline:
+            return states
+        time.sleep(poll)
+
+
+def expected_by_scenario() -> dict[str, tuple[str, str | None]]:
+    """(state, reason) each scenario's orders must end in."""
+    out = {}
+    for s in SCENARIOS:
+        spec = make_order(s, random.Random(0))
+        out[s] = expected_outcome(spec.card_token, spec.items, spec.address)
+    return out
+
+
+def outcomes(sent: list[tuple[str, str]], states: States) -> list[dict]:
+    """Per scenario: orders, expected outcome, actual outcomes counted, and how many differ."""
+    expected = expected_by_scenario()
+    rows = []
+    for scenario in SCENARIOS:
+        ids = [o for o, s in sent if s == scenario]
+        if not ids:
+            continue
+        exp = expected[scenario]
+        actual: dict[str, int] = {}
+        wrong = 0
+        for o in ids:
+            st, reason = states.get(o, ("MISSING", None))
+            key = f"{st} ({reason})" if reason else st
+            actual[key] = actual.get(key, 0) + 1
+            wrong += (st, reason) != exp
+        exp_text = f"{exp[0]} ({exp[1]})" if exp[1] else exp[0]
+        rows.append({"scenario": scenario, "orders": len(ids), "expected": exp_text, "actual": actual,
+                     "mismatches": wrong, "ok": actual == {exp_text: len(ids)}})
+    return rows

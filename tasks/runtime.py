@@ -1,0 +1,64 @@
+"""A worker process's runtime for its domain: engine, publisher, idempotency, counters, handler deps.
+
+Built once per process and domain (connections are not fork-safe), from the app's own
+settings. Tests build a `Runtime` directly with fakes (tests/unit/handler_harness.py).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from choreo.app.bootstrap import LiveDeps
+from choreo.infra.db import engine_for
+from choreo.infra.idempotency import Idempotency
+from choreo.infra.metrics import Metrics
+from choreo.infra.redis_client import redis_client
+from choreo.messaging.publisher import Publisher
+from choreo.messaging.topology import Names
+from config.settings import Settings
+from consumers.base import HandlerDeps
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    domain: str
+    engine: Engine
+    names: Names
+    publisher: Publisher
+    idempotency: Idempotency
+    deps: HandlerDeps
+    metrics: Metrics
+    pid: int = field(default_factory=os.getpid)
+
+
+_runtimes: dict[tuple, Runtime] = {}
+_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def runtime(app) -> Runtime:
+    """This process's runtime for the domain of `app` (a tasks.app.ChoreoApp)."""
+    settings, domain = app.settings, app.domain
+    key = (os.getpid(), domain, settings.namespace, settings.broker_url)
+    with _lock:
+        rt = _runtimes.get(key)
+        if rt is None:
+            names = Names(settings.namespace)
+            r = redis_client(settings)
+            rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
+                         publisher=Publisher(app, names),
+                         idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
+                         deps=LiveDeps(settings, r), metrics=Metrics(r, settings.redis_prefix))
+            _runtimes[key] = rt
+        return rt
