@@ -25,6 +25,8 @@ class Subscription:
     handler: Handler
     # A compensation that fails for good leaves money or stock wrong: it alerts an operator.
     compensation: bool = False
-    # Calls to other services the handler needs, made before its unit of work opens, so no
-    # network wait ever happens while the service's write transaction is held.
+    # Reads from other services the handler needs (the notification's customer), made before
+    # its unit of work opens, so that wait never holds the service's write transaction. The
+    # payment gateway's charge and refund stay inside: what to charge is decided on the rows
+    # read in that transaction, and the gateway's idempotency key makes a retried call safe.
     lookup: Lookup | None = None

@@ -88,7 +88,7 @@ def handle(task, domain: str, type_: str, sub: Subscription, args: tuple, kwargs
 
 def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
     domain = rt.domain
-    # Calls to other services happen here, before the transaction takes the write lock.
+    # A subscription's lookups (reads from other services) happen before the write lock is taken.
     looked_up = sub.lookup(envelope, rt.deps) if sub.lookup else {}
     for _ in range(OPTIMISTIC_RETRIES):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import threading
 
+from pydantic_core import PydanticUndefined
 from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
@@ -117,8 +118,6 @@ class Rows:
     """
 
     def __init__(self, model) -> None:
-        from pydantic_core import PydanticUndefined
-
         t = model.__table__
         self.pk = [c.name for c in t.primary_key.columns]
         self._get = select(t).where(*(t.c[n] == bindparam(f"pk_{n}") for n in self.pk))

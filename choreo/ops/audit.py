@@ -1,4 +1,4 @@
-"""`choreo audit`: check the guarantees of ARCHITECTURE.md over the services' own databases.
+"""`choreo audit`: check choreo's guarantees (README, Guarantees) over the services' own databases.
 
 Every check reads each service's store in bulk (one query per table, never one per order),
 so a run over thousands of orders takes a second or two. Run it on a quiet system: the
@@ -14,10 +14,12 @@ from functools import cached_property
 from typing import Any, Callable
 
 import pika.exceptions
+from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 from choreo.infra.db import engine_for
+from choreo.messaging.admin import BrokerAdmin
 from choreo.domain import order as domain
 from choreo.domain.order import SETTLED
 from config.catalog import PRICES_CENTS
@@ -284,8 +286,6 @@ def check_fold(snap: Snapshot, c: Check) -> None:
 
 
 def check_dead_letters(snap: Snapshot, c: Check) -> None:
-    from choreo.messaging.admin import BrokerAdmin
-
     for d, rows in snap.dead_letters.items():
         for event_id, order_id, type_, reason in rows:
             if not (reason or "").strip():
@@ -330,8 +330,6 @@ def run_audit(settings: Settings) -> list[Check]:
 
 
 def print_report(checks: list[Check], console) -> None:
-    from rich.table import Table
-
     table = Table(title="audit")
     for col in ("check", "result", "count", "first offending", "detail"):
         table.add_column(col, overflow="fold")
