@@ -27,6 +27,8 @@ SUBSCRIPTIONS = {
     "payment.refunded": Subscription(on_fact),
     "inventory.reserved": Subscription(on_fact),
     "inventory.failed": Subscription(on_fact),
+    # The compensation's outcome, kept in the order's history (and no longer unrouted in choreography).
+    "inventory.released": Subscription(on_fact),
     "shipment.created": Subscription(on_fact),
     "shipment.failed": Subscription(on_fact),
     "saga.dead_lettered": Subscription(on_fact),

@@ -18,6 +18,7 @@ EVENT_VERSIONS = {
     "PaymentDeclined": 1,
     "StockReserved": 1,
     "StockUnavailable": 1,
+    "StockReleased": 1,
     "ShipmentDispatched": 1,
     "ShipmentFailed": 1,
     "PaymentRefunded": 1,
@@ -79,6 +80,7 @@ class Order:
     shipped: bool = False
     ship_failed: str | None = None
     refunded_cents: int | None = None
+    released: bool = False
     attention: str | None = None
     closed: str | None = None
     close_reason: str | None = None
@@ -126,6 +128,8 @@ def apply(order: Order, event: DomainEvent) -> Order:
         changes.update(reserved=True)
     elif t == "StockUnavailable":
         changes.update(stock_failed="out_of_stock")
+    elif t == "StockReleased":
+        changes.update(released=True)  # history only: the refund, not the release, closes the order
     elif t == "ShipmentDispatched":
         changes.update(shipped=True)
     elif t == "ShipmentFailed":
@@ -169,6 +173,8 @@ def fact_from_message(msg_type: str, payload: dict) -> DomainEvent | None:
         return DomainEvent("StockReserved", {"reservation_id": payload["reservation_id"]})
     if msg_type == "inventory.failed":
         return DomainEvent("StockUnavailable", {"reason": payload["reason"], "skus": payload["skus"]})
+    if msg_type == "inventory.released":
+        return DomainEvent("StockReleased", {"reservation_id": payload["reservation_id"]})
     if msg_type == "shipment.created":
         return DomainEvent("ShipmentDispatched", {"shipment_id": payload["shipment_id"]})
     if msg_type == "shipment.failed":
@@ -231,6 +237,7 @@ def _already_known(order: Order, fact: DomainEvent) -> bool:
             or (t == "PaymentDeclined" and order.declined is not None)
             or (t == "StockReserved" and order.reserved)
             or (t == "StockUnavailable" and order.stock_failed is not None)
+            or (t == "StockReleased" and order.released)
             or (t == "ShipmentDispatched" and order.shipped)
             or (t == "ShipmentFailed" and order.ship_failed is not None)
             or (t == "PaymentRefunded" and order.refunded_cents is not None)

@@ -36,6 +36,17 @@ def one_of_each(settings, stack):
     return sent, states
 
 
+def test_no_event_of_these_orders_went_unrouted(settings, one_of_each):
+    """Every event a saga publishes has a subscriber in choreography (inventory.released: the order)."""
+    from choreo.messaging.admin import BrokerAdmin
+
+    sent, _ = one_of_each
+    ids = {o for o, _ in sent}
+    with BrokerAdmin(settings) as admin:
+        unrouted = [(d.type, d.order_id) for d in admin.peek("unrouted", 10_000) if d.order_id in ids]
+    assert unrouted == []
+
+
 def _ids(sent, scenario):
     return [o for o, s in sent if s == scenario]
 

@@ -187,6 +187,17 @@ def test_failed_shipment_cancels_with_shipment_failed_after_the_refund():
     assert (order.state, order.reason) == ("CANCELLED", "shipment_failed")
 
 
+def test_the_stock_release_is_kept_in_history_once_and_decides_nothing():
+    released = ev("StockReleased", reservation_id="res-1")
+    order, _ = run(placed(), [CAPTURED, RESERVED, SHIP_FAILED])
+    order, emitted = run(order, [released])
+    assert emitted == [released] and order.released
+    assert (order.state, order.reason) == ("CANCELLING", "shipment_failed")  # the refund closes it, not this
+    order, _ = run(order, [REFUNDED])
+    assert o.record(order, released) == []  # a redelivered release appends nothing
+    assert (order.state, order.reason) == ("CANCELLED", "shipment_failed")
+
+
 def test_decide_on_a_closed_order_decides_nothing():
     order, _ = run(placed(), [DECLINED])
     assert order.closed == "CANCELLED"
@@ -309,6 +320,7 @@ def test_dead_lettered_forward_step_names_the_domain():
         ("payment.refunded", {"amount_cents": 5, "reason": "out_of_stock"}, "PaymentRefunded"),
         ("inventory.reserved", {"reservation_id": "r"}, "StockReserved"),
         ("inventory.failed", {"reason": "out_of_stock", "skus": ["S"]}, "StockUnavailable"),
+        ("inventory.released", {"reservation_id": "r", "items": []}, "StockReleased"),
         ("shipment.created", {"shipment_id": "s"}, "ShipmentDispatched"),
         ("shipment.failed", {"reason": "address_undeliverable"}, "ShipmentFailed"),
     ],
