@@ -120,11 +120,6 @@ class Stack:
                                 env=self.env, start_new_session=True)
         log.close()
         self.pidfile(name).write_text(str(proc.pid))
-        # Until the child has exec'd, /proc shows the parent's command line and `pid()` would
-        # call it not ours: a watcher polling right after a start would see a death that is not.
-        deadline = time.monotonic() + 5
-        while not is_ours(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
         return proc.pid
 
     def stop(self, name: str, timeout: float = 15.0) -> bool:
