@@ -42,13 +42,9 @@ class OrderPublisher:
 
     def publish_one(self) -> str:
         from choreo.ops.scenarios import make_order
-        from models.envelope import PlaceOrder, make_envelope
 
-        spec = make_order("completed", self.rng)
         order_id = f"ord-{uuid.uuid4().hex[:16]}"
-        env = make_envelope("place_order", order_id, PlaceOrder(customer_id=spec.customer_id, items=spec.items,
-                                                              card_token=spec.card_token, address=spec.address),
-                            source="bench")
+        env = make_order("completed", self.rng).place_order(order_id, "bench")
         self.publisher.publish(env)
         self.sent[order_id] = env.occurred_at
         return order_id

@@ -161,12 +161,11 @@ class Harness:
         import tasks.adapter as adapter
         from choreo.ops.scenarios import make_order
         from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
-        from models.envelope import PlaceOrder, decode, make_envelope
+        from models.envelope import decode
 
         spec = make_order("completed", self.rng)
         oid = f"ord-{self.rng.getrandbits(64):016x}"
-        env0 = make_envelope("place_order", oid, PlaceOrder(customer_id=spec.customer_id, items=spec.items,
-                             card_token=spec.card_token, address=spec.address), source="bench")
+        env0 = spec.place_order(oid, "bench")
         inbox = {"place_order": env0}
         for domain, type_ in HOPS:
             wire = inbox[type_].to_wire()

@@ -5,6 +5,8 @@ import time
 import uuid
 from typing import Callable, TypeVar
 
+from choreo.messaging.wire import EMBED, celery_message  # noqa: F401 (the tests' raw-message builders)
+
 T = TypeVar("T")
 
 
@@ -51,7 +53,6 @@ def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None
 
 # --- raw deliveries, as a client in any language sends them (hostile-input and fuzz tests) ---
 
-from choreo.messaging.wire import EMBED, celery_message  # noqa: E402,F401 (the tests' raw-message builders)
 
 
 def place_order(order_id: str | None = None, **payload) -> dict:

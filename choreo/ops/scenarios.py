@@ -12,6 +12,7 @@ from choreo.domain.inventory import missing_skus
 from choreo.domain.shipment import is_undeliverable
 from config.catalog import (ADDRESS_OK, ADDRESS_UNDELIVERABLE, CARD_DECLINED, CARD_FLAKY_PREFIX, CARD_OK,
                             CARD_REFUND_FAILS, CUSTOMERS, INITIAL_STOCK, PRICES_CENTS, SKU_SOLD_OUT, SKUS_IN_STOCK)
+from models.envelope import Envelope, PlaceOrder, make_envelope
 
 SCENARIOS = ("completed", "declined", "out_of_stock", "undeliverable", "flaky", "needs_attention")
 DEFAULT_MIX = {
@@ -31,6 +32,12 @@ class OrderSpec:
     items: list[dict]
     card_token: str
     address: str
+
+    def place_order(self, order_id: str, source: str) -> Envelope:
+        """The place_order command for this order, as a client sends it."""
+        return make_envelope("place_order", order_id, PlaceOrder(customer_id=self.customer_id, items=self.items,
+                                                                 card_token=self.card_token, address=self.address),
+                             source=source)
 
 
 def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:

@@ -171,19 +171,20 @@ def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: 
     deadline = time.monotonic() + timeout
     queue = {f"worker-{d}": f"{settings.namespace}.{d}" for d in settings.domains}
     wanted = [queue[n] for n in names if n in queue]
-    with BrokerAdmin(settings) as admin:
-        while True:
+    while True:
+        # A connection per look: the broker may have dropped the last one (chaos restarts it).
+        with BrokerAdmin(settings) as admin:
             consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
-            idle = [q for q in wanted if not consumers.get(q)]
-            dead = [n for n in names if stack.pid(n) is None]
-            if not idle and not dead:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"stack not ready after {timeout:.0f}s: no consumer on {idle or '-'}, "
-                                   f"not running: {dead or '-'} (logs in {stack.log_dir})")
-            for name in dead if start else ():
-                start(name)
-            time.sleep(0.5)
+        idle = [q for q in wanted if not consumers.get(q)]
+        dead = [n for n in names if stack.pid(n) is None]
+        if not idle and not dead:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"stack not ready after {timeout:.0f}s: no consumer on {idle or '-'}, "
+                               f"not running: {dead or '-'} (logs in {stack.log_dir})")
+        for name in dead if start else ():
+            start(name)
+        time.sleep(0.5)
 
 
 def bring_up(settings: Settings, names: list[str], timeout: float = 90.0, env: dict[str, str] | None = None) -> Stack:

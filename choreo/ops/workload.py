@@ -13,7 +13,6 @@ from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from choreo.ops.scenarios import SCENARIOS, expected_outcome, make_order
 from config.settings import Settings
-from models.envelope import PlaceOrder, make_envelope
 from tasks.app import make_app
 
 States = dict[str, tuple[str, str | None]]  # order id -> (state, reason)
@@ -32,10 +31,7 @@ def publish_orders(settings: Settings, scenarios: list[str], seed: int | None,
             spec = make_order(scenario, rng)
             order_id = (f"ord-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}" if seed is not None
                         else f"ord-{uuid.uuid4().hex[:16]}")
-            publisher.publish(make_envelope("place_order", order_id,
-                                            PlaceOrder(customer_id=spec.customer_id, items=spec.items,
-                                                       card_token=spec.card_token, address=spec.address),
-                                            source=source))
+            publisher.publish(spec.place_order(order_id, source))
             sent.append((order_id, scenario))
             if on_sent:
                 on_sent()

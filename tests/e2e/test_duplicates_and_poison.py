@@ -109,12 +109,8 @@ def test_a_foreign_client_can_publish_a_valid_event(settings, stack):
     """The wire format is plain JSON over AMQP: a pika client places an order without Celery."""
     from choreo.messaging.admin import BrokerAdmin
     from choreo.ops.scenarios import make_order
-    from models.envelope import PlaceOrder, make_envelope
 
-    spec = make_order("completed")
-    env = make_envelope("place_order", f"ord-foreign-{uuid.uuid4().hex[:8]}",
-                        PlaceOrder(customer_id=spec.customer_id, items=spec.items, card_token=spec.card_token,
-                                   address=spec.address), source="foreign")
+    env = make_order("completed").place_order(f"ord-foreign-{uuid.uuid4().hex[:8]}", "foreign")
     body, headers = celery_message("place_order", [env.to_wire()], env.event_id)
     with BrokerAdmin(settings) as admin:
         admin.publish_raw("place_order", body, headers)

@@ -1,6 +1,7 @@
 """The `choreo` command line: a thin layer over choreo.ops (stack, workload, status, audit, chaos).
 
-Each module registers its commands on the one group in `base`; `main` is the entry point.
+`base` holds the group, which loads each command's module when that command runs; `main` is
+the entry point.
 """
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 
 from pydantic import ValidationError
 
-from choreo.ops.cli import chaos, inspect, orders, processes  # noqa: F401 (they register the commands)
 from choreo.ops.cli.base import cli, err
 from config.settings import get_settings
 

@@ -1,6 +1,7 @@
 """What every `choreo` command shares: the click group, the consoles, one-line failures, the settings."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -29,6 +30,33 @@ def current_settings() -> Settings:
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Loads a command's module only when that command runs (click's documented pattern):
+    `choreo worker` need not import the chaos harness, the audit or rich's progress bars."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.lazy)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.lazy:
+            return None
+        module, attr = self.lazy[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+COMMANDS = {
+    **{name: f"choreo.ops.cli.processes:{name}" for name in ("worker", "users", "flower", "up", "down")},
+    **{name: f"choreo.ops.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
+    **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "dlq", "topology", "breakers", "projections",
+                                                           "audit")},
+    "chaos": "choreo.ops.cli.chaos:chaos",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """choreo: order sagas as a choreography of Celery services over RabbitMQ."""

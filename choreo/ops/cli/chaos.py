@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from choreo.ops.chaos import ChaosConfig, run_chaos
-from choreo.ops.cli.base import cli, console, err, fail
+from choreo.ops.cli.base import console, err, fail
 
 
-@cli.command()
+@click.command()
 @click.option("--orders", default=1000, show_default=True, help="Orders to place while faults are injected.")
 @click.option("--duration", default=120.0, show_default=True, help="Seconds of fault injection at most.")
 @click.option("--kill-every", default=3.0, show_default=True, help="Seconds between worker kills.")

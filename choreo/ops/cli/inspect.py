@@ -12,7 +12,7 @@ from choreo.infra.db import engine_for
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.admin import UNROUTED, BrokerAdmin
 from choreo.ops.audit import print_report, run_audit
-from choreo.ops.cli.base import cli, console, current_settings, err, fail
+from choreo.ops.cli.base import console, current_settings, err, fail
 from choreo.ops.status import gather_status
 from choreo.world.users import UsersClient
 from consumers.registry import topology as topology_of
@@ -52,7 +52,7 @@ def print_status(settings, as_json: bool) -> dict:
     return data
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Orders by state and reason, queue depths and consumers, dead letters, processes."""
@@ -61,7 +61,7 @@ def status(as_json: bool) -> None:
 
 # --- dead letters ---------------------------------------------------------------------
 
-@cli.group()
+@click.group()
 def dlq() -> None:
     """Dead-letter queues (one per domain, and `unrouted`): list, peek, replay."""
 
@@ -119,14 +119,14 @@ def dlq_replay(domain: str, event_id: str | None) -> None:
 
 # --- the rest -------------------------------------------------------------------------
 
-@cli.command()
+@click.command()
 def topology() -> None:
     """Declare exchanges, queues and bindings (idempotent) and list them."""
     for name in topology_of(current_settings()).declare():
         console.print(name)
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True)
 def breakers(as_json: bool) -> None:
     """Circuit breakers and their shared state (in Redis)."""
@@ -138,7 +138,7 @@ def breakers(as_json: bool) -> None:
         console.print(f"{state['name']}: {state['state']} (failures {state['failures']})")
 
 
-@cli.group()
+@click.group()
 def projections() -> None:
     """The order read model (a projection of the order event store)."""
 
@@ -159,7 +159,7 @@ def projections_check() -> None:
     sys.exit(1 if drifted else 0)
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True)
 def audit(as_json: bool) -> None:
     """Check every guarantee over the services' own databases; exit 1 on any violation."""

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from choreo.app.queries import order_details
-from choreo.ops.cli.base import cli, console, current_settings, err, fail
+from choreo.ops.cli.base import console, current_settings, err, fail
 from choreo.ops.cli.inspect import print_status
 from choreo.ops.cli.processes import up_stack
 from choreo.ops.render import outcome_table
@@ -59,7 +59,7 @@ def enqueue_orders(count: int, mix: str | None, seed: int | None, wait: bool, ti
     return 1 if (mismatches or unsettled) else 0
 
 
-@cli.command()
+@click.command()
 @click.option("--count", "-n", default=10, show_default=True, help="How many orders.")
 @click.option("--mix", default=None, help="Scenario weights, e.g. completed=60,declined=20,out_of_stock=20 or 'all'.")
 @click.option("--seed", type=int, default=None, help="Make the scenario draw and order ids repeatable.")
@@ -71,7 +71,7 @@ def enqueue(count: int, mix: str | None, seed: int | None, wait: bool, timeout: 
     sys.exit(enqueue_orders(count, mix, seed, wait, timeout, as_json))
 
 
-@cli.command()
+@click.command()
 @click.option("--count", "-n", default=200, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True)
 @click.option("--saga", type=click.Choice(SAGA_MODES), default=None)
@@ -86,7 +86,7 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
     sys.exit(code)
 
 
-@cli.command()
+@click.command()
 @click.argument("order_id")
 @click.option("--json", "as_json", is_flag=True)
 def order(order_id: str, as_json: bool) -> None:

@@ -8,7 +8,7 @@ import click
 from choreo.app.bootstrap import prepare
 from choreo.infra import logs
 from choreo.infra.db import engine_for
-from choreo.ops.cli.base import SAGA_MARKER, cli, console, current_settings, fail
+from choreo.ops.cli.base import SAGA_MARKER, console, current_settings, fail
 from choreo.ops.stack import Stack, bring_up, process_names
 from choreo.world.users import make_server
 from config.settings import DOMAINS, SAGA_MODES
@@ -16,7 +16,7 @@ from consumers.registry import topology
 from tasks.app import make_app
 
 
-@cli.command()
+@click.command()
 @click.argument("domain", type=click.Choice([*DOMAINS, "orchestrator"]))
 def worker(domain: str) -> None:
     """Run one domain's Celery worker (what `choreo up` starts, five times)."""
@@ -35,7 +35,7 @@ def worker(domain: str) -> None:
     ])
 
 
-@cli.command()
+@click.command()
 def users() -> None:
     """Run the user service (GET /users/{id}) over HTTP."""
     settings = current_settings()
@@ -49,7 +49,7 @@ def users() -> None:
         pass
 
 
-@cli.command()
+@click.command()
 def flower() -> None:
     """Run Flower on the broker (every domain's worker and task)."""
     settings = current_settings()
@@ -80,7 +80,7 @@ def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = No
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")
 
 
-@cli.command()
+@click.command()
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--saga", type=click.Choice(SAGA_MODES), default=None,
               help="Saga style (default: the running one, else choreography).")
@@ -89,7 +89,7 @@ def up(no_flower: bool, saga: str | None) -> None:
     up_stack(with_flower=not no_flower, saga=saga)
 
 
-@cli.command()
+@click.command()
 def down() -> None:
     """Stop what `choreo up` started (by pid file; nothing else is touched)."""
     settings = current_settings()
