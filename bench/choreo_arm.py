@@ -13,6 +13,10 @@ from datetime import datetime, timezone
 from bench.common import (Pacer, ProcSampler, broker_pid, log, patched_environ,
                           percentiles, redis_pid, sandbox)
 
+# What each database's commit promises before choreo acks and publishes (choreo.infra.db).
+DURABILITY = {"sqlite": "SQLite WAL, synchronous=FULL (fsync per commit)",
+              "postgresql": "PostgreSQL, synchronous_commit=on (WAL flushed per commit)"}
+POSTGRES = "postgresql://postgres:postgres@127.0.0.1:5432"
 WORKER_NAMES = [f"worker-{d}" for d in ("order", "payment", "inventory", "shipment", "notification")]
 
 
@@ -22,9 +26,8 @@ def _utc(dt: datetime | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
-def choreo_env(sb, pool: str, concurrency: int, prefetch: int, extra: dict | None = None) -> dict[str, str]:
-    return {**sb.env, "CHOREO_WORKER_POOL": pool, "CHOREO_WORKER_CONCURRENCY": str(concurrency),
-            "CHOREO_PREFETCH_MULTIPLIER": str(prefetch), **(extra or {})}
+def choreo_env(sb, prefetch: int, extra: dict | None = None) -> dict[str, str]:
+    return {**sb.env, "CHOREO_PREFETCH_MULTIPLIER": str(prefetch), **(extra or {})}
 
 
 class OrderPublisher:
@@ -191,7 +194,7 @@ def latency_phase(settings, pub: OrderPublisher, rate: float, count: int, timeou
     }
 
 
-def run_choreo(n: int, *, pool: str | None = None, concurrency: int | None = None, prefetch: int | None = None,
+def run_choreo(n: int, *, prefetch: int | None = None, database: str = "sqlite",
                latency: bool = True, lat_orders: int | None = None, lat_min_s: float = 20, lat_max_s: float = 30,
                warmup: int = 20, extra_env: dict | None = None, during_throughput=None) -> dict:
     from choreo.infra.db import dispose_all
@@ -199,12 +202,11 @@ def run_choreo(n: int, *, pool: str | None = None, concurrency: int | None = Non
     from config.settings import get_settings
 
     defaults = {k: f.default for k, f in type(get_settings()).model_fields.items()}
-    pool = pool or defaults["worker_pool"]  # choreo's defaults unless the sweep says otherwise
-    concurrency = concurrency or defaults["worker_concurrency"]
-    prefetch = prefetch or defaults["prefetch_multiplier"]
-    result: dict = {"arm": "choreo", "pool": pool, "concurrency": concurrency, "prefetch": prefetch, "n": n}
-    with sandbox("choreo") as sb:
-        env = choreo_env(sb, pool, concurrency, prefetch, extra_env)
+    prefetch = prefetch or defaults["prefetch_multiplier"]  # choreo's default unless the sweep says otherwise
+    result: dict = {"arm": "choreo", "prefetch": prefetch, "database": database, "n": n,
+                    "durability": DURABILITY[database]}
+    with sandbox("choreo", database_server=POSTGRES if database == "postgresql" else None) as sb:
+        env = choreo_env(sb, prefetch, extra_env)
         with patched_environ(env):
             get_settings.cache_clear()
             settings = get_settings()
@@ -228,7 +230,7 @@ def run_choreo(n: int, *, pool: str | None = None, concurrency: int | None = Non
                 finally:
                     if hook:
                         hook()
-                log(f"choreo[{pool} c={concurrency} p={prefetch}] throughput {thr['sagas_per_s']:.1f} sagas/s "
+                log(f"choreo[{database} prefetch={prefetch}] throughput {thr['sagas_per_s']:.1f} sagas/s "
                     f"({thr['completed']}/{n} completed, {thr['deliveries_per_saga']:.2f} deliveries/saga, "
                     f"cpu {thr['cpu_s_per_saga'] * 1000:.1f} ms/saga)")
                 if latency:

@@ -25,9 +25,10 @@ def log(msg: str) -> None:
 
 
 @contextmanager
-def sandbox(tag: str):
-    """One measurement's private vhost, Redis key prefix and folder (choreo.ops.sandbox), removed after."""
-    sb = Sandbox(f"bench-{tag}")
+def sandbox(tag: str, database_server: str | None = None):
+    """One measurement's private vhost, Redis key prefix and folder (choreo.ops.sandbox), and its
+    own PostgreSQL databases when `database_server` is given; all removed after."""
+    sb = Sandbox(f"bench-{tag}", database_server=database_server or "")
     try:
         yield sb.open()
     finally:

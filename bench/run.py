@@ -1,7 +1,7 @@
 """choreo benchmark: the real saga vs a naive Celery chain vs the raw broker ceiling, on one box.
 
     .venv/bin/python bench/run.py [--orders N] [--repeats 3] [--quick]
-    .venv/bin/python bench/run.py --sweep            # worker pool / concurrency / prefetch variants
+    .venv/bin/python bench/run.py --sweep            # prefetch (the batch's size) variants
     .venv/bin/python bench/run.py --profile PY_SPY   # py-spy on every choreo worker during a throughput run
 
 Each measurement runs in its own RabbitMQ vhost, Redis key prefix and temp folder, removed
@@ -209,37 +209,36 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
 
 # --- sweep --------------------------------------------------------------------------------------
 
-SWEEP = [("solo", 1, 1), ("solo", 1, 4), ("solo", 1, 16), ("prefork", 1, 4), ("prefork", 2, 4),
-         ("threads", 2, 4), ("threads", 4, 8)]
+SWEEP = [1, 4, 8, 16, 32, 64]  # prefetch = the most a worker's batch holds
 
 
 def run_sweep(n: int, quiet: tuple[float, float], max_foreign: float, attempts: int, repeats: int = 1,
               configs=SWEEP) -> list[dict]:
     out = []
     for rep in range(repeats):
-        for pool, c, p in configs:
-            log(f"sweep {rep + 1}/{repeats}: pool={pool} concurrency={c} prefetch={p}")
-            r = measure_valid("choreo", n, True, quiet, max_foreign, attempts, pool=pool, concurrency=c, prefetch=p)
+        for p in configs:
+            log(f"sweep {rep + 1}/{repeats}: prefetch={p}")
+            r = measure_valid("choreo", n, True, quiet, max_foreign, attempts, prefetch=p)
             if "error" in r:
-                out.append({"pool": pool, "concurrency": c, "prefetch": p, "error": r["error"]})
+                out.append({"prefetch": p, "error": r["error"]})
                 continue
-            out.append({"pool": pool, "concurrency": c, "prefetch": p, **row_figures(r), "raw": r})
+            out.append({"prefetch": p, **row_figures(r), "raw": r})
     if repeats > 1:
         print("\nper config, median (min-max) over repeats:")
-        for pool, c, p in configs:
-            rows = [o for o in out if (o["pool"], o["concurrency"], o["prefetch"]) == (pool, c, p) and "error" not in o]
+        for p in configs:
+            rows = [o for o in out if o["prefetch"] == p and "error" not in o]
             if not rows:
                 continue
             sm = {k: summary([o[k] for o in rows]) for k in ("sagas_per_s", "p99", "cpu_s_per_saga", "pss_total_mb", "rss_mb")}
-            print(f"  {pool:8} c={c} p={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  p99 ms {_fmt(sm['p99'], 0)}  "
+            print(f"  prefetch={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  p99 ms {_fmt(sm['p99'], 0)}  "
                   f"CPU ms/saga {_fmt(sm['cpu_s_per_saga'], 1, 1000)}  total PSS MB {_fmt(sm['pss_total_mb'], 0)}  "
                   f"max RSS MB {_fmt(sm['rss_mb'], 0)}")
-    print("\npool     conc prefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  CPU ms/saga  foreign cores")
+    print("\nprefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  CPU ms/saga  foreign cores")
     for o in out:
         if "error" in o:
-            print(f"{o['pool']:8} {o['concurrency']:>4} {o['prefetch']:>8}  ERROR {o['error'][:80]}")
+            print(f"{o['prefetch']:>8}  ERROR {o['error'][:80]}")
             continue
-        print(f"{o['pool']:8} {o['concurrency']:>4} {o['prefetch']:>8}  {o['sagas_per_s']:7.1f}  "
+        print(f"{o['prefetch']:>8}  {o['sagas_per_s']:7.1f}  "
               f"{o['p50']:5.0f}/{o['p95']:5.0f}/{o['p99']:5.0f}        {o['rss_mb']:6.0f}  {o['processes']:>5}  "
               f"{o['pss_total_mb'] or 0:11.0f}  {o['cpu_s_per_saga'] * 1000:11.1f}  {o['foreign_cores']:.2f}")
     return out
@@ -267,10 +266,10 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None, help="repeats per arm (default 3; --quick 1)")
     ap.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 repeat, 8-12 s latency runs")
     ap.add_argument("--arms", default="choreo,naive,raw")
-    ap.add_argument("--sweep", action="store_true", help="choreo pool/concurrency/prefetch variants (quick each)")
+    ap.add_argument("--sweep", action="store_true", help="choreo prefetch (batch size) variants (quick each)")
     ap.add_argument("--sweep-orders", type=int, default=300)
     ap.add_argument("--sweep-configs", default=None,
-                    help="pool:concurrency:prefetch,... (default: the 9-point grid); repeats with --repeats")
+                    help="prefetch values, comma-separated (default: 1,4,8,16,32,64); repeats with --repeats")
     ap.add_argument("--profile", metavar="PY_SPY", help="path to py-spy: profile choreo's workers in one throughput run")
     ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle (wall clock, not only on-CPU)")
     ap.add_argument("--quiet-threshold", type=float, default=0.5,
@@ -308,7 +307,7 @@ def main() -> int:
     if a.sweep:
         configs = SWEEP
         if a.sweep_configs:
-            configs = [(x.split(":")[0], int(x.split(":")[1]), int(x.split(":")[2])) for x in a.sweep_configs.split(",")]
+            configs = [int(x) for x in a.sweep_configs.split(",")]
         doc["sweep"] = run_sweep(a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1, configs)
         path = RESULTS / f"sweep-{stamp}.json"
         path.write_text(json.dumps(doc, indent=1, default=str))

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
 SAGA_MODES = ("choreography", "orchestrated")
+# Where a crash test may make a worker die like kill -9 within a batch (tasks.adapter).
+FAULT_POINTS = ("before_commit", "after_commit", "mid_burst", "after_publish")
 # Services with a database: the five domains, the user service, and the sandbox payment
 # gateway (an "external" provider with books of its own).
 SERVICES = (*DOMAINS, "user", "gateway", "orchestrator")
@@ -55,14 +57,12 @@ class Settings(BaseSettings):
     # items, every string at its schema limit) is about 13 KiB.
     max_message_bytes: int = Field(64 * 1024, ge=1024)
 
-    # Chosen by `bench/run.py --sweep` (the figures are in the README, Performance). The solo
-    # pool runs each message in the consuming process (no pool child, no pipe); more
-    # concurrency buys nothing on a box whose cores the workers and the broker already fill.
-    # A crash takes the whole solo worker down (its supervisor restarts it; its unacked
-    # messages go back to the queue); prefork would fork a new child instead.
-    worker_concurrency: int = Field(1, ge=1)
-    worker_pool: str = "solo"
-    prefetch_multiplier: int = Field(16, ge=1)
+    # Each worker is one process (Celery's solo pool): it collects the deliveries it holds, up
+    # to its prefetch, into one batch (tasks.adapter). More processes per domain, not threads
+    # or pool children, use more cores. Chosen by `bench/run.py --sweep` (README, Performance).
+    prefetch_multiplier: int = Field(16, ge=1, le=1000)
+    # A batch's publishes wait this long for the broker's confirms, then its messages are requeued.
+    publish_confirm_timeout: float = Field(15.0, gt=0)
     # Outbox rows still unsent after this many seconds are published by the relay.
     outbox_relay_after: float = 2.0
     outbox_relay_interval: float = 0.5
@@ -72,14 +72,22 @@ class Settings(BaseSettings):
     user_service_url: str = ""
     flower_port: int = 5555
 
-    # Test hook for the outbox proof: the worker of this domain exits hard (like kill -9)
-    # right after committing, before publishing, once per existing marker path below.
-    fault_crash_after_commit: str = ""
+    # Test hook for the crash proofs: the worker of `fault_crash_domain` exits hard (like
+    # kill -9) at this point of a batch (tasks.adapter.FAULT_POINTS), once per existing marker.
+    fault_crash_point: str = ""
+    fault_crash_domain: str = ""
     fault_marker: str = ""
 
     idempotency_ttl: int = 7 * 24 * 3600
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("fault_crash_point")
+    @classmethod
+    def _fault_point(cls, value: str) -> str:
+        if value and value not in FAULT_POINTS:
+            raise ValueError(f"fault_crash_point must be one of {', '.join(FAULT_POINTS)}")
+        return value
 
     @field_validator("saga_mode")
     @classmethod
@@ -92,13 +100,6 @@ class Settings(BaseSettings):
     def domains(self) -> tuple[str, ...]:
         """The workers this mode runs: the five domains, plus the orchestrator when orchestrated."""
         return DOMAINS + (("orchestrator",) if self.saga_mode == "orchestrated" else ())
-
-    @field_validator("worker_pool")
-    @classmethod
-    def _pool(cls, value: str) -> str:
-        if value not in {"prefork", "threads", "solo"}:
-            raise ValueError("worker_pool must be prefork, threads or solo")
-        return value
 
     def database_url(self, service: str) -> str:
         if service not in SERVICES:

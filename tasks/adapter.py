@@ -1,188 +1,347 @@
-"""The thin adapter every domain's tasks share: decode, dedupe, unit of work, publish, ack.
+"""The thin adapter every domain shares: a batch of deliveries in, an outcome per delivery out.
 
-No business logic here. The outcomes it can have, as Flower shows them:
+No business logic here. A batch is the messages a worker already holds (its prefetch), and
+every fixed cost is paid once for all of them (tasks.worker.ChoreoConsumer collects them):
+
+  1. decode         poison goes to the DLQ at once, with its reason
+  2. Redis          one round trip: which event ids were seen (the fast duplicate path)
+  3. lookups        reads from other services, before any write lock is taken
+  4. transaction    one, with a savepoint per message: a message that fails rolls back alone;
+                    the inbox table (the truth about duplicates) is read in one query; the
+                    commit is durable before anything below happens
+  5. publish burst  every message's events, retry copies and dead-letter copies, the broker's
+                    confirms awaited together (choreo.messaging.publisher.ConfirmedBurst)
+  6. mark-sent      one statement for the confirmed events (a non-durable commit: losing it
+                    costs a re-publish that consumers absorb)
+  7. Redis          one round trip: the idempotency keys and the counters
+  8. then the consumer acks each delivery whose publishes were all confirmed, and requeues
+     the rest (their state is committed: the redelivery is a duplicate, the relay publishes)
+
+The outcomes, as Flower shows them (the consumer sends each message's task events):
   SUCCESS  processed (state + outbox committed, events confirmed by the broker) or duplicate
   RETRY    a transient failure: a copy waits in the retry ladder (broker-side TTL), this one is acked
   FAILURE  dead-lettered: poison input at once, or a failure that outlived its retries
+  REJECTED requeued: a publish the broker did not confirm (it is redelivered)
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
-from celery.exceptions import Reject, Retry
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
 
 from choreo.app.outbox import mark_sent
-from choreo.app.uow import UnitOfWork
+from choreo.app.uow import Batch
 from choreo.infra import logs
 from choreo.messaging.wire import dead_letter_headers
 from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, SagaDeadLettered, decode, derived_id, make_envelope
-from models.tables import DeadLetter
 from tasks.runtime import Runtime, runtime
 
 log = logging.getLogger("choreo.adapter")
 OPTIMISTIC_RETRIES = 10
 
 
-class DeadLettered(Exception):
-    """This message went to the domain's DLQ; the text says why."""
+@dataclass
+class Delivery:
+    """One message of a batch, as the consumer received it (what Celery would hand a task)."""
+    name: str                   # the task name: the event type
+    args: Any
+    kwargs: Any
+    task_id: str
+    root_id: str | None = None
+    attempt: int = 0            # the choreo_attempt header: rungs of the retry ladder climbed
+    message_id: str | None = None
+    delivery_count: Any = 0     # x-delivery-count as it arrived
+    redelivered: bool = False
 
 
-class ConcurrencyConflict(Exception):
-    """Another writer kept winning the same aggregate version."""
+@dataclass
+class Outcome:
+    kind: str                   # processed | duplicate | retry | dead_lettered | requeue
+    detail: str = ""            # what Flower shows: the result, or the exception
+    emitted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    delivery: Delivery
+    sub: Subscription | None
+    envelope: Envelope | None = None
+    outcome: Outcome | None = None
+    looked_up: dict = field(default_factory=dict)
+    error: Exception | None = None   # a failure to send to the ladder or the DLQ
+    reason: str | None = None        # set: dead-letter with this reason
+    emitted: list[Envelope] = field(default_factory=list)
+    duplicate_of_inbox: bool = False
+    retry: tuple[int, float, str] | None = None  # (rung, delay, queue) of its retry copy
 
 
 def register_domain(app: Celery) -> None:
-    """One task per message type the app's domain hears (in the app's saga mode)."""
+    """One task per message type the app's domain hears (in the app's saga mode).
+
+    The bodies run only when a task is called directly (`apply`); a worker hands its
+    deliveries to `process_batch` (tasks.worker.ChoreoConsumer), so Celery's registry still
+    names every type the domain takes, and its guard refuses any other name.
+    """
     domain = app.domain
     # shared=False: Celery would otherwise hand these tasks to every app finalized later in the
     # same process, so a second domain's app would run this domain's handler under the same name.
-    for type_, sub in subscriptions(app.settings.saga_mode)[domain].items():
-        app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True, shared=False)(_task_body(domain, type_, sub))
+    for type_ in subscriptions(app.settings.saga_mode)[domain]:
+        app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True, shared=False)(
+            _task_body(domain, type_))
 
 
-def _task_body(domain: str, type_: str, sub: Subscription):
+def _task_body(domain: str, type_: str):
     def run(task, *args, **kwargs):
-        return handle(task, domain, type_, sub, args, kwargs)
-    run.__name__ = f"{domain}_{type_.replace('.', '_')}"
-    run.__qualname__ = run.__name__
+        outcome = process_batch(runtime(task.app), [Delivery(type_, list(args), kwargs, str(task.request.id))])[0]
+        return {"outcome": outcome.kind, "detail": outcome.detail, "emitted": outcome.emitted}
+    run.__name__ = run.__qualname__ = f"{domain}_{type_.replace('.', '_')}"
     return run
 
 
-def handle(task, domain: str, type_: str, sub: Subscription, args: tuple, kwargs: dict) -> dict:
-    rt = runtime(task.app)
-    attempt = int(task.request.get("choreo_attempt") or 0)
+def process_batch(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
+    """Process a batch; one outcome per delivery, in order. Never raises for a message's sake."""
+    with logs.bound(domain=rt.domain):
+        return _process(rt, deliveries)
+
+
+def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
+    subs = subscriptions(rt.settings.saga_mode)[rt.domain]
+    items = [_Item(d, subs.get(d.name)) for d in deliveries]
+    for item in items:
+        _decode(item)
+    _absorb_seen(rt, items)
+    for item in _open(items):
+        if item.sub.lookup:
+            try:
+                item.looked_up = item.sub.lookup(item.envelope, rt.deps)
+            except Exception as exc:
+                item.error = exc
+    _transaction(rt, items)
+    _fault(rt, "after_commit")
+    _publish(rt, items)
+    for item in items:
+        _settle(rt, item)
+    _remember(rt, items)
+    return [item.outcome for item in items]
+
+
+def _open(items: list[_Item]) -> list[_Item]:
+    """The items still to be decided."""
+    return [i for i in items if i.outcome is None and i.reason is None and i.error is None]
+
+
+def _decode(item: _Item) -> None:
+    d = item.delivery
     try:
-        if len(args) != 1 or kwargs:
+        if item.sub is None:
+            raise PoisonMessage(f"no handler for {d.name!r} in this domain")
+        if not isinstance(d.args, (list, tuple)) or len(d.args) != 1 or d.kwargs:
             raise PoisonMessage("expected exactly one positional argument, the envelope")
-        envelope = decode(args[0])
-        if envelope.type != type_:
-            raise PoisonMessage(f"envelope type {envelope.type!r} does not match message name {type_!r}")
+        item.envelope = decode(d.args[0])
+        if item.envelope.type != d.name:
+            raise PoisonMessage(f"envelope type {item.envelope.type!r} does not match message name {d.name!r}")
     except PoisonMessage as exc:
-        dead_letter(rt, task, args, kwargs, f"poison: {exc}", attempt, None, sub.compensation)
-
-    with logs.bound(domain=domain, event_type=envelope.type, event_id=envelope.event_id,
-                    order_id=envelope.order_id, correlation_id=envelope.correlation_id,
-                    trace_id=envelope.trace_id, attempt=attempt):
-        if rt.idempotency.seen(domain, envelope.event_id):
-            log.info("duplicate absorbed (redis)")
-            rt.metrics.incr("duplicates", domain)
-            return {"outcome": "duplicate", "by": "redis"}
-        try:
-            return process(rt, sub, envelope)
-        except PoisonMessage as exc:
-            dead_letter(rt, task, args, kwargs, f"poison: {exc}", attempt, envelope, sub.compensation)
-        except Exception as exc:  # every other failure goes to the retry ladder, then the DLQ
-            if attempt < rt.settings.retry_max_attempts:
-                schedule_retry(rt, task, args, kwargs, attempt, exc)
-            dead_letter(rt, task, args, kwargs, f"failed after {attempt + 1} attempts: {exc!r}",
-                        attempt, envelope, sub.compensation)
+        item.reason = f"poison: {exc}"
 
 
-def process(rt: Runtime, sub: Subscription, envelope: Envelope) -> dict:
+def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
+    todo = _open(items)
+    for item, seen in zip(todo, rt.idempotency.seen(rt.domain, [i.envelope.event_id for i in todo])):
+        if seen:
+            item.outcome = Outcome("duplicate", "duplicate absorbed (redis)")
+
+
+def _transaction(rt: Runtime, items: list[_Item]) -> None:
+    """Step 4: every handler in one transaction, a savepoint each; dead letters recorded."""
     domain = rt.domain
-    # A subscription's lookups (reads from other services) happen before the write lock is taken.
-    looked_up = sub.lookup(envelope, rt.deps) if sub.lookup else {}
+    try:
+        with Batch(rt.engine, domain) as batch:
+            todo = _open(items)
+            done = batch.processed_among(domain, [i.envelope.event_id for i in todo])
+            for item in todo:
+                if item.envelope.event_id in done:
+                    item.outcome, item.duplicate_of_inbox = Outcome("duplicate", "duplicate absorbed (inbox)"), True
+                    continue
+                _apply(rt, batch, item)
+            for item in items:
+                _decide_failure(rt, item)
+                if item.reason is not None:
+                    _record_dead_letter(batch, item)
+            _fault(rt, "before_commit")
+            batch.commit()
+    except Exception as exc:  # the database (or the commit itself) failed: nothing of it happened
+        log.error("batch transaction of %d failed, nothing committed: %r", len(items), exc)
+        for item in items:
+            if item.reason is None and (item.outcome is None or item.outcome.kind == "processed"):
+                item.outcome, item.emitted, item.error = None, [], item.error or exc
+                _decide_failure(rt, item)
+
+
+def _record_dead_letter(batch: Batch, item: _Item) -> None:
+    env, d = item.envelope, item.delivery
+    try:
+        batch.record_dead_letter(env.event_id if env else d.task_id, d.name, env.order_id if env else None,
+                                 item.reason, d.attempt + 1, _compensation(item))
+    except Exception as exc:  # a record, not the message: the DLQ copy still carries the reason
+        log.error("could not record dead letter %s: %r", d.task_id, exc)
+
+
+def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
+    env = item.envelope
     for _ in range(OPTIMISTIC_RETRIES):
         try:
-            with UnitOfWork(rt.engine, source=domain, cause=envelope) as uow:
-                if uow.already_processed(domain, envelope.event_id):
-                    rt.idempotency.remember(domain, envelope.event_id)
-                    log.info("duplicate absorbed (inbox)")
-                    rt.metrics.incr("duplicates", domain)
-                    return {"outcome": "duplicate", "by": "inbox"}
-                sub.handler(envelope, uow, rt.deps, **looked_up)
-                uow.mark_processed(domain, envelope)
-                emitted = uow.commit()
-            break
+            with logs.bound(**_context(item)), batch.message(env, consumer=rt.domain) as uow:
+                item.sub.handler(env, uow, rt.deps, **item.looked_up)
+            item.emitted = uow.pending
+            item.outcome = Outcome("processed", emitted=[e.type for e in uow.pending])
+            return
         except IntegrityError as exc:
             # A concurrent delivery of the same event, or a concurrent append at our version:
-            # reload and decide again (the inbox check above tells which it was).
+            # the savepoint is gone; look again (the inbox tells which it was) and decide again.
+            if batch.processed_among(rt.domain, [env.event_id]):
+                item.outcome, item.duplicate_of_inbox = Outcome("duplicate", "duplicate absorbed (inbox)"), True
+                return
             log.info("optimistic concurrency conflict, reloading: %s", str(exc.orig)[:120])
-    else:
-        raise ConcurrencyConflict(f"{OPTIMISTIC_RETRIES} conflicting writes in a row")
-    _fault_crash_after_commit(rt)
-    publish_committed(rt, emitted)
-    rt.idempotency.remember(domain, envelope.event_id, count="processed")
-    types = [e.type for e in emitted]
-    log.info("processed", extra={"emitted": ",".join(types)})
-    return {"outcome": "processed", "emitted": types}
+        except PoisonMessage as exc:
+            item.reason = f"poison: {exc}"
+            return
+        except Exception as exc:  # every other failure goes to the retry ladder, then the DLQ
+            item.error = exc
+            return
+    item.error = RuntimeError(f"{OPTIMISTIC_RETRIES} conflicting writes in a row")
 
 
-def publish_committed(rt: Runtime, envelopes: list[Envelope]) -> None:
-    """Publish what the transaction staged (confirmed), then mark it sent. A crash between the
-    two leaves rows unsent: the relay publishes them again and consumers dedupe by event id."""
-    for env in envelopes:
-        rt.publisher.publish(env)
-    mark_sent(rt.engine, [env.event_id for env in envelopes])
+def _decide_failure(rt: Runtime, item: _Item) -> None:
+    """A failed message climbs the retry ladder, or past its last rung goes to the DLQ."""
+    if item.error is None or item.reason is not None:
+        return
+    if item.delivery.attempt >= rt.settings.retry_max_attempts:
+        item.reason = f"failed after {item.delivery.attempt + 1} attempts: {item.error!r}"
 
 
-def schedule_retry(rt: Runtime, task, args, kwargs, attempt: int, exc: Exception) -> None:
-    n = attempt + 1
+def _compensation(item: _Item) -> bool:
+    return bool(item.sub and item.sub.compensation)
+
+
+def _publish(rt: Runtime, items: list[_Item]) -> None:
+    """Step 5: one burst for the whole batch; an item whose publishes are not all confirmed is requeued."""
+    messages: list[tuple[int, Any]] = []
+    for n, item in enumerate(items):
+        d = item.delivery
+        link = {"parent_id": d.task_id, "root_id": d.root_id or d.task_id}
+        if item.reason is not None:
+            messages += [(n, m) for m in _dead_letter_messages(rt, item)]
+        elif item.error is not None:
+            messages.append((n, _retry_message(rt, item)))
+        else:
+            messages += [(n, {"name": e.type, "args": [e.to_wire()], "kwargs": {}, "task_id": e.event_id,
+                              "exchange": rt.names.events, "routing_key": e.type, **link,
+                              "headers": {"choreo_order_id": e.order_id, "choreo_correlation_id": e.correlation_id}})
+                         for e in item.emitted]
+    hook = _burst_fault(rt) if rt.settings.fault_crash_point == "mid_burst" else None
+    failed = rt.burst.run(messages, before_each=hook)
+    for n in failed:
+        items[n].outcome = Outcome("requeue", "the broker did not confirm its publishes; requeued")
+    _fault(rt, "after_publish")
+    sent = [e.event_id for n, item in enumerate(items) if n not in failed for e in item.emitted]
+    try:
+        mark_sent(rt.engine, sent)
+    except Exception as exc:  # the relay publishes them again later: duplicates, absorbed
+        log.warning("could not mark %d event(s) sent: %r", len(sent), exc)
+
+
+def _retry_message(rt: Runtime, item: _Item) -> dict:
+    d, n = item.delivery, item.delivery.attempt + 1
     delay = rt.settings.retry_delay(n) * (1 - rt.settings.retry_jitter * random.random())
-    queue = rt.names.retry(rt.domain, n)
-    try:
-        rt.publisher.send(task.name, list(args), kwargs, task_id=task.request.id, queue=queue,
-                          headers={"choreo_attempt": n, "choreo_last_error": repr(exc)[:500]}, expiration=delay,
-                          message_id=(task.request.properties or {}).get("message_id"))
-    except Exception as pub_exc:
-        log.error("could not schedule retry; requeueing: %r", pub_exc)
-        raise Reject(f"retry publish failed: {pub_exc!r}", requeue=True) from None
-    rt.metrics.incr("retries", rt.domain)
-    log.warning("transient failure, retry %d/%d in %.2fs via %s: %r", n, rt.settings.retry_max_attempts, delay, queue, exc)
-    # exc is named in the message, not attached: it crosses the prefork pipe and may not pickle.
-    raise Retry(f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via {queue}: {exc!r}"[:1000], when=delay)
+    item.retry = (n, delay, rt.names.retry(rt.domain, n))
+    return {"name": d.name, "args": list(d.args), "kwargs": d.kwargs, "task_id": d.task_id, "queue": item.retry[2],
+            "headers": {"choreo_attempt": n, "choreo_last_error": repr(item.error)[:500]}, "expiration": delay,
+            "message_id": d.message_id}
 
 
-def dead_letter(rt: Runtime, task, args, kwargs, reason: str, attempt: int,
-                envelope: Envelope | None, compensation: bool) -> None:
-    """Copy to the DLQ with the reason in its headers, record it, tell the order; then raise."""
-    names = rt.names
-    event_id = envelope.event_id if envelope else str(task.request.id)
-    headers = dead_letter_headers(reason, rt.domain, attempt + 1, compensation,
-                                  getattr(task.request, "x-delivery-count", 0),
-                                  (task.request.delivery_info or {}).get("redelivered", False))
-    try:
-        props = task.request.properties or {}
-        rt.publisher.send(task.name, list(args), kwargs, task_id=str(task.request.id), exchange=names.dlx,
-                          routing_key=rt.domain, headers=headers, message_id=props.get("message_id"))
-        with Session(rt.engine) as s:
-            if s.get(DeadLetter, event_id) is None:
-                s.add(DeadLetter(event_id=event_id, type=task.name, order_id=envelope.order_id if envelope else None,
-                                 reason=reason[:2000], attempts=attempt + 1, compensation=compensation))
-                s.commit()
-        if envelope is not None and envelope.type != "saga.dead_lettered":
-            notice = make_envelope(
-                "saga.dead_lettered", envelope.order_id,
-                SagaDeadLettered(domain=rt.domain, event_type=envelope.type, event_id=envelope.event_id,
-                                 reason=reason[:500], compensation=compensation),
-                source=rt.domain, cause=envelope, event_id=derived_id(rt.domain, envelope.event_id, "dead_lettered"))
-            rt.publisher.publish(notice)
-    except Exception as pub_exc:
-        log.error("could not dead-letter; requeueing: %r", pub_exc)
-        raise Reject(f"dead-letter publish failed: {pub_exc!r}", requeue=True) from None
-    rt.metrics.incr("dead_lettered", rt.domain)
-    level = logging.CRITICAL if compensation else logging.ERROR
-    log.log(level, "dead-lettered to %s: %s", names.dlq(rt.domain), reason,
-            extra={"alert": "compensation_failed" if compensation else "dead_letter"})
-    raise DeadLettered(f"dead-lettered to {names.dlq(rt.domain)}: {reason}")
+def _dead_letter_messages(rt: Runtime, item: _Item) -> list[dict]:
+    """The copy to the DLQ with the reason in its headers, and the order's notice."""
+    d, env = item.delivery, item.envelope
+    compensation = _compensation(item)
+    headers = dead_letter_headers(item.reason, rt.domain, d.attempt + 1, compensation, d.delivery_count, d.redelivered)
+    out = [{"name": d.name, "args": list(d.args) if isinstance(d.args, (list, tuple)) else d.args,
+            "kwargs": d.kwargs, "task_id": d.task_id, "exchange": rt.names.dlx, "routing_key": rt.domain,
+            "headers": headers, "message_id": d.message_id}]
+    if env is not None and env.type != "saga.dead_lettered":
+        notice = make_envelope(
+            "saga.dead_lettered", env.order_id,
+            SagaDeadLettered(domain=rt.domain, event_type=env.type, event_id=env.event_id,
+                             reason=item.reason[:500], compensation=compensation),
+            source=rt.domain, cause=env, event_id=derived_id(rt.domain, env.event_id, "dead_lettered"))
+        out.append(notice)
+    return out
 
 
-def _fault_crash_after_commit(rt: Runtime) -> None:
-    """Test hook (off unless configured): die like kill -9 between commit and publish."""
+def _settle(rt: Runtime, item: _Item) -> None:
+    """The outcome of a message whose publishes were confirmed, and its log line."""
+    with logs.bound(**_context(item)):
+        if item.outcome is not None and item.outcome.kind == "requeue":
+            log.error("publish not confirmed; requeueing")
+        elif item.reason is not None:
+            where = rt.names.dlq(rt.domain)
+            comp = _compensation(item)
+            log.log(logging.CRITICAL if comp else logging.ERROR, "dead-lettered to %s: %s", where, item.reason,
+                    extra={"alert": "compensation_failed" if comp else "dead_letter"})
+            item.outcome = Outcome("dead_lettered", f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000])
+        elif item.error is not None:
+            n, delay, queue = item.retry
+            log.warning("transient failure, retry %d/%d in %.2fs via %s: %r", n, rt.settings.retry_max_attempts,
+                        delay, queue, item.error)
+            item.outcome = Outcome("retry", f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via "
+                                            f"{queue}: {item.error!r}"[:1000])
+        elif item.outcome.kind == "duplicate":
+            log.info(item.outcome.detail)
+        else:
+            log.info("processed", extra={"emitted": ",".join(item.outcome.emitted)})
+
+
+def _remember(rt: Runtime, items: list[_Item]) -> None:
+    """Step 7: the idempotency keys of what this service has applied, and the counters."""
+    kinds = [i.outcome.kind for i in items]
+    keys = [i.envelope.event_id for i in items
+            if i.outcome.kind == "processed" or (i.outcome.kind == "duplicate" and i.duplicate_of_inbox)]
+    rt.idempotency.remember(rt.domain, keys, {
+        "processed": kinds.count("processed"), "duplicates": kinds.count("duplicate"),
+        "retries": kinds.count("retry"), "dead_lettered": kinds.count("dead_lettered")})
+
+
+def _context(item: _Item) -> dict:
+    """What every log line about this message carries (the domain is bound per worker)."""
+    env, d = item.envelope, item.delivery
+    if env is None:
+        return {"event_type": d.name, "event_id": d.task_id, "attempt": d.attempt}
+    return {"event_type": env.type, "event_id": env.event_id, "order_id": env.order_id,
+            "correlation_id": env.correlation_id, "trace_id": env.trace_id, "attempt": d.attempt}
+
+
+def _fault(rt: Runtime, point: str) -> None:
+    """Test hook (off unless configured): die like kill -9 at `point` of a batch, once per marker."""
     s = rt.settings
-    if s.fault_crash_after_commit == rt.domain and s.fault_marker:
+    if s.fault_crash_point == point and s.fault_crash_domain == rt.domain and s.fault_marker:
         marker = Path(s.fault_marker)
         try:
             marker.unlink()
         except FileNotFoundError:
             return
-        log.warning("fault injection: exiting hard after commit, before publish")
+        log.warning("fault injection: exiting hard at %s", point)
         os._exit(137)
+
+
+def _burst_fault(rt: Runtime):
+    def before_each(n: int, total: int) -> None:
+        if n == total // 2:
+            _fault(rt, "mid_burst")
+    return before_each

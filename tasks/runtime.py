@@ -1,4 +1,4 @@
-"""A worker process's runtime for its domain: engine, publisher, idempotency, counters, handler deps.
+"""A worker process's runtime for its domain: engine, publish burst, idempotency, counters, handler deps.
 
 Built once per process and domain (connections are not fork-safe), from the app's own
 settings. Tests build a `Runtime` directly with fakes (tests/unit/handler_harness.py).
@@ -16,7 +16,7 @@ from choreo.infra.db import engine_for
 from choreo.infra.idempotency import Idempotency
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
-from choreo.messaging.publisher import Publisher
+from choreo.messaging.publisher import ConfirmedBurst, Publisher
 from choreo.messaging.topology import Names
 from config.settings import Settings
 from consumers.base import HandlerDeps
@@ -28,7 +28,7 @@ class Runtime:
     domain: str
     engine: Engine
     names: Names
-    publisher: Publisher
+    burst: ConfirmedBurst
     idempotency: Idempotency
     deps: HandlerDeps
     metrics: Metrics
@@ -57,7 +57,7 @@ def runtime(app) -> Runtime:
             names = Names(settings.namespace)
             r = redis_client(settings)
             rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
-                         publisher=Publisher(app, names),
+                         burst=ConfirmedBurst(app, Publisher(app, names), settings.publish_confirm_timeout),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
                          deps=LiveDeps(settings, r), metrics=Metrics(r, settings.redis_prefix))
             _runtimes[key] = rt

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import select
+import time
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 from celery.worker.consumer.consumer import Consumer
 from kombu import compression
+from celery.worker import state
 from vine import promise
 
 from choreo.infra.db import dispose_all
@@ -14,20 +17,30 @@ from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import dead_letter_headers
+from tasks.adapter import Delivery, Outcome, process_batch
 from tasks.guard import Limits, Malformed, check
 from tasks.relay import OutboxRelay
+from tasks.runtime import runtime
 
 log = logging.getLogger("choreo.worker")
 
 
 class ChoreoConsumer(Consumer):
-    """Celery's consumer, with every delivery checked before Celery reads it (tasks.guard) and
-    poison input dead-lettered with its reason instead of dropped or crashing the worker.
+    """Celery's consumer, running choreo's deliveries in batches (tasks.adapter.process_batch).
 
-    Celery acks a message it cannot decode (celery#4797: no native DLQ), and dies on some it
-    can decode (a body of the wrong shape, no `id` header); here each goes to the domain's
-    DLQ with the reason in its headers. Also without the DelayedDelivery step: choreo
-    never uses ETA/countdown (celery#6760), so the 28 celery_delayed_* queues are not declared.
+    Every delivery is checked by the protocol guard (tasks.guard) before anything reads it;
+    poison goes to the domain's DLQ with its reason instead of being dropped (celery#4797) or
+    crashing the worker. A delivery that passes joins the batch; the batch runs when it holds
+    the prefetch's worth of messages or when no further message is waiting in the socket, so
+    a lone order is not delayed. Then each delivery is acked (or requeued) and Flower gets its
+    task events (received, started, succeeded / retried / failed / rejected) exactly as
+    Celery's own Request would send them: one task per message.
+
+    Not celery-batches: with late acks it acks a whole batch whose function raised. Here the
+    outcome is per message, and only what was committed and confirmed is acked.
+
+    Also without the DelayedDelivery step: choreo never uses ETA/countdown (celery#6760), so
+    the 28 celery_delayed_* queues are not declared.
     """
 
     class Blueprint(Consumer.Blueprint):
@@ -46,37 +59,98 @@ class ChoreoConsumer(Consumer):
             url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}))
 
     def create_task_handler(self, promise=promise):
-        """Celery's message handler behind the protocol guard (tasks.guard).
+        """Every delivery goes through the protocol guard (tasks.guard), then into the batch.
 
-        Nothing a client can put in a message raises out of here: what the guard refuses,
-        and anything Celery itself still raises on, goes to the DLQ with its reason. Only
-        the broker connection's own errors pass, so Celery reconnects as it always does.
+        Nothing a client can put in a message raises out of here: what the guard refuses goes
+        to the DLQ with its reason. Only the broker connection's own errors pass, so Celery
+        reconnects as it always does.
         """
-        celery_handler = super().create_task_handler(promise)
         limits = Limits(max_bytes=self._settings.max_message_bytes, max_attempts=self._settings.retry_max_attempts)
         known = {name for name in self.app.tasks if not name.startswith("celery.")}
-        passthrough = tuple(self.connection_errors) + tuple(self.channel_errors)
+        self._batch = []
+        self._batch_max = max(1, self._settings.prefetch_multiplier)
 
         def on_task_received(message):
             try:
                 message.headers = check(message.body, message.headers, message.content_type,
                                         message.content_encoding, message.decode, known, limits)
+                delivery = _delivery(message)
             except Malformed as exc:
                 return self._dead_letter_raw(message, f"poison: {exc}")
             except Exception as exc:  # the guard does no I/O: anything else is the message's fault too
                 return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}")
-            try:
-                return celery_handler(message)
-            except passthrough:
-                raise
-            except Exception as exc:
-                if message.acknowledged:  # Celery got as far as settling it: nothing to redo
-                    log.error("celery raised after settling a message: %r", exc, exc_info=True)
-                    return None
-                log.error("celery could not handle a message that passed the guard: %r", exc, exc_info=True)
-                return self._dead_letter_raw(message, f"poison: celery could not handle it: {exc!r:.300}")
+            self._batch.append((message, delivery, time.monotonic()))
+            self._event("task-received", delivery.task_id, name=delivery.name, args=message.headers.get("argsrepr"),
+                        kwargs=message.headers.get("kwargsrepr"), root_id=delivery.root_id,
+                        parent_id=message.headers.get("parent_id"), retries=0, eta=None, expires=None)
+            if self.hub is None or len(self._batch) >= self._batch_max:
+                self._flush()
 
         return on_task_received
+
+    def register_with_event_loop(self, hub):
+        super().register_with_event_loop(hub)
+        hub.on_tick.add(self._on_tick)  # a set: registering again after a reconnect is harmless
+
+    def _on_tick(self) -> None:
+        """Once per turn of the event loop: run the batch when no further message is waiting."""
+        if self._batch and (len(self._batch) >= self._batch_max or not self._more_waiting()):
+            self._flush()
+
+    def _more_waiting(self) -> bool:
+        """Bytes of a next frame already read, or waiting in the socket (py-amqp reads frames
+        exactly, so the kernel keeps the rest). A heartbeat looks the same: the next tick sees
+        the socket empty and runs the batch."""
+        try:
+            transport = self.connection.connection.transport
+            if getattr(transport, "_read_buffer", b""):
+                return True
+            return bool(select.select([transport.sock], [], [], 0)[0])
+        except Exception:  # no connection to read from: nothing is waiting
+            return False
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        for _message, delivery, _t in batch:
+            self._event("task-started", delivery.task_id)
+        try:
+            outcomes = process_batch(runtime(self.app), [d for _m, d, _t in batch])
+        except Exception as exc:  # a bug, not a message: give them all back to the broker
+            log.critical("batch of %d failed unexpectedly; requeueing: %r", len(batch), exc, exc_info=True)
+            outcomes = [Outcome("requeue", f"{exc!r:.300}")] * len(batch)
+        now = time.monotonic()
+        for (message, delivery, received), outcome in zip(batch, outcomes):
+            self._settle_message(message, delivery, outcome, now - received)
+
+    def _settle_message(self, message, delivery, outcome, runtime_s: float) -> None:
+        """Ack (or requeue) one delivery and tell Flower how it ended, as Celery's Request would."""
+        if outcome.kind == "requeue":
+            message.reject(requeue=True)
+            self._event("task-rejected", delivery.task_id, requeue=True)
+            return
+        message.ack()
+        state.total_count[delivery.name] += 1
+        state.all_total_count[0] += 1
+        if outcome.kind in ("processed", "duplicate"):
+            self._event("task-succeeded", delivery.task_id, result=repr({"outcome": outcome.kind, "emitted": outcome.emitted}),
+                        runtime=runtime_s)
+        elif outcome.kind == "retry":
+            self._event("task-retried", delivery.task_id, exception=outcome.detail, traceback="")
+        else:
+            self._event("task-failed", delivery.task_id, exception=outcome.detail, traceback="")
+
+    def _event(self, type_: str, task_id: str, **fields) -> None:
+        dispatcher = self.event_dispatcher
+        if dispatcher is not None and dispatcher.enabled:
+            dispatcher.send(type_, uuid=task_id, **fields)
+
+    def on_close(self):
+        # The deliveries held for a batch belong to the channel that is going away: the broker
+        # gives them to a consumer again. Nothing of them was committed or published yet.
+        self._batch = []
+        super().on_close()
 
     @property
     def _settings(self):
@@ -130,15 +204,16 @@ class ChoreoConsumer(Consumer):
         self._dead_letter_raw(message, f"poison: body is not valid {getattr(message, 'content_type', None) or 'content'}: "
                                        f"{str(exc)[:300]}")
 
-    def on_unknown_message(self, body, message):
-        self._dead_letter_raw(message, "poison: not a choreo message (no task header)")
 
-    def on_unknown_task(self, body, message, exc):
-        name = (message.headers or {}).get("task")
-        self._dead_letter_raw(message, f"poison: unknown message type {name!r:.100} for this domain")
-
-    def on_invalid_task(self, body, message, exc):
-        self._dead_letter_raw(message, f"poison: invalid task message: {str(exc)[:300]}")
+def _delivery(message) -> Delivery:
+    """What the adapter needs of a delivery the guard passed (its body decoded, kombu caches it)."""
+    args, kwargs, _embed = message.decode()
+    headers = message.headers or {}
+    props = message.properties or {}
+    return Delivery(name=headers["task"], args=args, kwargs=kwargs, task_id=str(headers["id"]),
+                    root_id=headers.get("root_id"), attempt=int(headers.get("choreo_attempt") or 0),
+                    message_id=props.get("message_id"), delivery_count=headers.get("x-delivery-count", 0),
+                    redelivered=bool((message.delivery_info or {}).get("redelivered", False)))
 
 
 def _as_bytes(message) -> bytes:

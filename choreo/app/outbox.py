@@ -6,6 +6,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 
+from choreo.infra.db import non_durable
 from models.envelope import Envelope
 from models.tables import Outbox, utcnow
 
@@ -28,10 +29,13 @@ def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[E
 
 
 def mark_sent(engine: Engine, event_ids: list[str]) -> None:
-    """Record that the broker confirmed these events (by event id, unique in the outbox)."""
+    """Record that the broker confirmed these events (by event id, unique in the outbox).
+
+    A non-durable commit: a power loss may undo it, and then the relay publishes the events
+    once more and their consumers absorb the duplicates. Nothing is acked on its strength."""
     if not event_ids:
         return
-    with engine.begin() as conn:
+    with non_durable(engine) as conn:
         conn.execute(_OUTBOX_SENT, {"ids": list(event_ids), "sent_at": utcnow()})
 
 

@@ -1,5 +1,14 @@
-"""The unit of work: one transaction commits the state change, the inbox mark and the outgoing events."""
+"""Units of work: one transaction per batch of deliveries, one savepoint per message.
+
+A message's state change, its inbox mark and its outgoing events commit together; a message
+whose handler fails rolls back to its savepoint alone, and the rest of the batch commits.
+Nothing is published from inside: each message's `UnitOfWork.pending` is what the adapter
+publishes once the batch's commit is durable.
+"""
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
@@ -8,30 +17,31 @@ from sqlmodel import Session
 from choreo.app.outbox import OUTBOX_ADD
 from choreo.infra.db import connection_of
 from models.envelope import Envelope, derived_id, make_envelope
-from models.tables import Inbox, utcnow
+from models.tables import DeadLetter, Inbox, utcnow
 
 _INBOX = Inbox.__table__
-# Built once: on every message's path (building a statement costs more than running it).
-_INBOX_HAS = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"), _INBOX.c.event_id == bindparam("e"))
+# Built once: on every batch's path (building a statement costs more than running it).
+_INBOX_AMONG = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"),
+                                              _INBOX.c.event_id.in_(bindparam("ids", expanding=True)))
 _INBOX_ADD = _INBOX.insert()
+_DEAD = DeadLetter.__table__
+_DEAD_HAS = select(_DEAD.c.event_id).where(_DEAD.c.event_id == bindparam("e"))
+_DEAD_ADD = _DEAD.insert()
 
 
-class UnitOfWork:
-    """One transaction: the state change, the inbox mark and the outgoing events commit together.
+class Batch:
+    """One transaction for a batch of deliveries (`with Batch(...) as b:` ... `b.commit()`).
 
-    Nothing is published from inside: `commit()` returns the outbox rows to publish afterwards.
+    Leaving the block without `commit()` rolls everything back.
     """
 
-    def __init__(self, engine: Engine, source: str, cause: Envelope | None = None) -> None:
+    def __init__(self, engine: Engine, source: str) -> None:
         self.engine = engine
         self.source = source
-        self.cause = cause
         self.session: Session | None = None
-        self.pending: list[Envelope] = []
-        self.processed: dict | None = None
         self.committed = False
 
-    def __enter__(self) -> "UnitOfWork":
+    def __enter__(self) -> "Batch":
         self.session = Session(self.engine, expire_on_commit=False)
         return self
 
@@ -39,6 +49,59 @@ class UnitOfWork:
         if not self.committed:
             self.session.rollback()
         self.session.close()
+
+    @property
+    def conn(self) -> Connection:
+        return connection_of(self.session)
+
+    def processed_among(self, consumer: str, event_ids: list[str]) -> set[str]:
+        """The event ids `consumer` has already applied (its inbox), in one query."""
+        if not event_ids:
+            return set()
+        return set(self.conn.execute(_INBOX_AMONG, {"c": consumer, "ids": list(event_ids)}).scalars())
+
+    @contextmanager
+    def message(self, cause: Envelope | None, consumer: str | None = None) -> Iterator["UnitOfWork"]:
+        """A savepoint for one message. On a clean exit its inbox mark (when `consumer` is
+        given) and its outbox rows join the batch; on an exception it rolls back alone."""
+        uow = UnitOfWork(self.session, self.source, cause)
+        nested = self.session.begin_nested()
+        try:
+            yield uow
+            uow.stage(consumer)
+            nested.commit()
+        except BaseException:
+            if nested.is_active:
+                nested.rollback()
+            raise
+
+    def record_dead_letter(self, event_id: str, type_: str, order_id: str | None, reason: str, attempts: int,
+                           compensation: bool) -> None:
+        """The service's own record of a message it gave up on (once per event id). In its own
+        savepoint, cut to the columns' sizes: a foreign id must not fail the batch's transaction."""
+        with self.session.begin_nested():
+            key = {"e": event_id[:64]}
+            if self.conn.execute(_DEAD_HAS, key).first() is None:
+                self.conn.execute(_DEAD_ADD, {"event_id": event_id[:64], "type": type_[:64],
+                                              "order_id": order_id[:64] if order_id else None,
+                                              "reason": reason[:2000], "attempts": attempts,
+                                              "compensation": compensation, "dead_lettered_at": utcnow()})
+
+    def commit(self) -> None:
+        """Durable before it returns (synchronous=FULL / synchronous_commit=on: choreo.infra.db)."""
+        self.session.commit()
+        self.committed = True
+
+
+class UnitOfWork:
+    """What a handler gets: the batch's transaction (`conn` for Core statements, `session` for
+    the ORM) inside this message's savepoint, and `emit` to stage the events it causes."""
+
+    def __init__(self, session: Session, source: str, cause: Envelope | None = None) -> None:
+        self.session = session
+        self.source = source
+        self.cause = cause
+        self.pending: list[Envelope] = []
 
     # The inbox, the outbox and mark-sent are on every message's path: plain Core statements on
     # the session's connection (same transaction), not ORM objects; the profile showed the ORM's
@@ -49,13 +112,6 @@ class UnitOfWork:
         """The transaction's connection, for Core statements (`Rows`) beside the ORM session."""
         return connection_of(self.session)
 
-    def already_processed(self, consumer: str, event_id: str) -> bool:
-        return self.conn.execute(_INBOX_HAS, {"c": consumer, "e": event_id}).first() is not None
-
-    def mark_processed(self, consumer: str, envelope: Envelope) -> None:
-        self.processed = {"consumer": consumer, "event_id": envelope.event_id, "type": envelope.type,
-                          "order_id": envelope.order_id, "processed_at": utcnow()}
-
     def emit(self, type: str, payload, order_id: str | None = None) -> Envelope:
         """Stage an event for publication; its id is derived from the cause, so a re-run repeats it."""
         order_id = order_id or self.cause.order_id
@@ -65,16 +121,15 @@ class UnitOfWork:
         self.pending.append(envelope)
         return envelope
 
-    def commit(self) -> list[Envelope]:
-        """Commit state, inbox mark and outbox rows together; returns the envelopes to publish."""
+    def stage(self, consumer: str | None) -> None:
+        """Write the inbox mark (the cause, applied by `consumer`) and the outbox rows."""
         conn = self.conn
-        if self.processed is not None:
-            conn.execute(_INBOX_ADD, self.processed)
+        now = utcnow()
+        if consumer is not None and self.cause is not None:
+            c = self.cause
+            conn.execute(_INBOX_ADD, {"consumer": consumer, "event_id": c.event_id, "type": c.type,
+                                      "order_id": c.order_id, "processed_at": now})
         if self.pending:
-            now = utcnow()
             conn.execute(OUTBOX_ADD, [
                 {"event_id": e.event_id, "type": e.type, "order_id": e.order_id, "body": e.model_dump_json(),
                  "created_at": now, "sent_at": None} for e in self.pending])
-        self.session.commit()
-        self.committed = True
-        return list(self.pending)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from pydantic_core import PydanticUndefined
 from sqlalchemy import bindparam, event, select, text
@@ -22,7 +24,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" below issue BEGIN
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk (the WAL fsynced) before it returns. choreo acks its input and
+        # publishes its outputs on the strength of that commit; NORMAL could lose it on power loss.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -31,6 +35,26 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _begin(conn):  # pragma: no cover
         # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading a read.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def non_durable(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose commit skips the flush to disk: a process crash cannot lose it, a
+    power loss can. Only for bookkeeping whose loss a re-run repairs (the outbox's mark-sent:
+    lost, it costs one more publish of an event that consumers absorb as a duplicate)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection  # no transaction yet: SQLite refuses the pragma inside one
+            raw.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                raw.execute("PRAGMA synchronous=FULL")
+    else:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn
 
 
 def ensure_database(url: str) -> None:
@@ -64,7 +88,10 @@ def engine_for(settings: Settings, service: str) -> Engine:
                 engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
                 _sqlite_pragmas(engine)
             else:
-                engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+                # synchronous_commit=on whatever the server's default: a commit is flushed to the
+                # WAL on disk before it returns (see the SQLite pragmas above for why).
+                engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True,
+                                       connect_args={"options": "-c synchronous_commit=on"})
             _engines[key] = engine
         return engine
 

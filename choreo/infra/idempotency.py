@@ -23,23 +23,34 @@ class Idempotency:
     def key(self, consumer: str, event_id: str) -> str:
         return f"{self.prefix}:idem:{consumer}:{event_id}"
 
-    def seen(self, consumer: str, event_id: str) -> bool:
-        try:
-            return bool(self.client.exists(self.key(consumer, event_id)))
-        except redis.RedisError as exc:
-            log.warning("redis unavailable for idempotency check; relying on the inbox table: %s", exc)
-            return False
-
-    def remember(self, consumer: str, event_id: str, count: str | None = None) -> None:
-        """Record the key; with `count`, also bump that metric for `consumer`, in the same round trip."""
+    def seen(self, consumer: str, event_ids: list[str]) -> list[bool]:
+        """For each event id, whether `consumer` recorded it: one round trip for a whole batch.
+        Redis away: nothing is known here, the inbox table decides."""
+        if not event_ids:
+            return []
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.key(consumer, event_id), 1, ex=self.ttl)
-            if count:
-                pipe.hincrby(metrics.key(self.prefix, count), consumer, 1)
+            for event_id in event_ids:
+                pipe.exists(self.key(consumer, event_id))
+            return [bool(n) for n in pipe.execute()]
+        except redis.RedisError as exc:
+            log.warning("redis unavailable for idempotency check; relying on the inbox table: %s", exc)
+            return [False] * len(event_ids)
+
+    def remember(self, consumer: str, event_ids: list[str], counts: dict[str, int] | None = None) -> None:
+        """Record the keys, and bump the `counts` metrics of `consumer`, in one round trip."""
+        counts = {name: n for name, n in (counts or {}).items() if n}
+        if not event_ids and not counts:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for event_id in event_ids:
+                pipe.set(self.key(consumer, event_id), 1, ex=self.ttl)
+            for name, n in counts.items():
+                pipe.hincrby(metrics.key(self.prefix, name), consumer, n)
             pipe.execute()
         except redis.RedisError as exc:
-            log.warning("redis unavailable to record idempotency key: %s", exc)
+            log.warning("redis unavailable to record idempotency keys: %s", exc)
 
     def count(self) -> int:
         return sum(1 for _ in self.client.scan_iter(f"{self.prefix}:idem:*", count=1000))

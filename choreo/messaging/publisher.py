@@ -6,14 +6,19 @@ and each runs its own task of that name. Flower shows the type and the domain's 
 """
 from __future__ import annotations
 
+import logging
+import socket
+import time
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Producer, Queue
 
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import flower_argsrepr
 from models.envelope import Envelope
+
+log = logging.getLogger("choreo.publisher")
 
 # kombu's retry policy for a publish whose connection dropped (e.g. a broker restart).
 RETRY_POLICY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
@@ -24,15 +29,18 @@ class Publisher:
         self.app = app
         self.names = names
 
-    def publish(self, envelope: Envelope) -> None:
-        """Returns once the broker confirmed the message (confirm_publish is on)."""
+    def publish(self, envelope: Envelope, **options) -> None:
+        """Returns once the broker confirmed the message (confirm_publish is on), unless it goes
+        through a `ConfirmedBurst`'s producer (then the burst waits for the confirm)."""
         self.send(envelope.type, [envelope.to_wire()], {}, task_id=envelope.event_id,
                   exchange=self.names.events, routing_key=envelope.type,
-                  headers={"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id})
+                  headers={"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id},
+                  **options)
 
     def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
              routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,
-             expiration: float | None = None, argsrepr: str | None = None, message_id: str | None = None) -> None:
+             expiration: float | None = None, argsrepr: str | None = None, message_id: str | None = None,
+             producer=None, parent_id: str | None = None, root_id: str | None = None) -> None:
         """Send a task message to an exchange + routing key, or straight to a queue by name.
 
         `argsrepr` is what Flower shows as the arguments; Celery would otherwise build a
@@ -51,10 +59,117 @@ class Publisher:
             options["queue"] = Queue(queue, no_declare=True)
         else:
             options.update(exchange=exchange, routing_key=routing_key)
+        if parent_id:
+            options.update(parent_id=parent_id, root_id=root_id or parent_id)
         self.app.send_task(
-            name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {},
-            retry=True, retry_policy=RETRY_POLICY, delivery_mode=2,
+            name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {}, producer=producer,
+            retry=producer is None, retry_policy=RETRY_POLICY, delivery_mode=2,
             # Celery would otherwise route via the app's default queue and declare it on
             # every new connection: topology is declared once, by choreo.messaging.topology.
             declare=[], **options,
         )
+
+
+class BurstFailed(Exception):
+    """The broker did not confirm a burst (nack, timeout, connection lost)."""
+
+
+class ConfirmedBurst:
+    """Many publishes on one channel in confirm mode, their confirms awaited together.
+
+    One confirm at a time costs a broker round trip per message; here a batch's messages are
+    all written, then the broker's acks (often one `multiple` ack for all) are read. py-amqp
+    calls back for each basic.ack / basic.nack; the wait is bounded by `timeout`, since a
+    confirm that never comes would otherwise hang the worker. A dedicated connection, without
+    heartbeats (nobody services them between bursts; the next burst finds a dead one and
+    reconnects), so the consumer's own connection never waits on a publish.
+    """
+
+    def __init__(self, app: Celery, publisher: Publisher, timeout: float) -> None:
+        self.app = app
+        self.publisher = publisher
+        self.timeout = timeout
+        self.conn = None
+        self.producer = None
+        self.seq = 0                           # delivery tag of the channel's last publish
+        self.pending: dict[int, int] = {}      # delivery tag -> index of the message, until confirmed
+        self.nacked: set[int] = set()          # indices of messages the broker refused
+
+    def _open(self) -> None:
+        conn = self.app.connection_for_write(heartbeat=0, transport_options={"confirm_publish": False})
+        conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        self.conn, self.producer, self.seq = conn, Producer(channel, auto_declare=False), 0
+
+    def close(self) -> None:
+        conn, self.conn, self.producer = self.conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing to close cleanly
+                pass
+
+    def _settle(self, tag: int, multiple: bool) -> list[int]:
+        tags = [t for t in self.pending if t <= tag] if multiple else [tag]
+        return [self.pending.pop(t) for t in tags if t in self.pending]
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self.nacked.update(self._settle(tag, multiple))
+
+    def run(self, messages: list[tuple[Any, Envelope | dict]], before_each=None) -> set[Any]:
+        """Publish each (key, message) and wait for every confirm; returns the keys of which at
+        least one message was not confirmed. A message is an Envelope (an event) or the keyword
+        arguments of `Publisher.send` (a retry or dead-letter copy).
+
+        A connection that fails (one the broker dropped while idle, say) is reopened once and
+        only the messages not yet confirmed are written again. `before_each(n, total)` is a test
+        hook (tasks.adapter's fault points)."""
+        self.nacked = set()
+        todo = list(range(len(messages)))
+        for attempt in (1, 2):
+            self.pending = {}
+            try:
+                self._write(messages, todo, before_each)
+                self._wait()
+                todo = []
+                break
+            except Exception as exc:  # connection lost, channel closed, timeout
+                log.warning("publish burst attempt %d: %d of %d message(s) unconfirmed: %r",
+                            attempt, len(self.pending) + len(todo), len(messages), exc)
+                self.close()
+                todo = sorted(set(self.pending.values()) | set(todo))
+        failed = self.nacked | set(todo)
+        return {messages[i][0] for i in failed}
+
+    def _write(self, messages: list, todo: list[int], before_each) -> None:
+        if todo and self.conn is None:
+            self._open()
+        while todo:
+            i = todo[0]
+            if before_each:
+                before_each(i, len(messages))
+            message = messages[i][1]
+            if isinstance(message, Envelope):
+                self.publisher.publish(message, producer=self.producer)
+            else:
+                self.publisher.send(**message, producer=self.producer)
+            self.seq += 1
+            self.pending[self.seq] = todo.pop(0)
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BurstFailed(f"{len(self.pending)} publish confirm(s) not received within {self.timeout}s")
+            try:
+                self.conn.drain_events(timeout=left)
+            except socket.timeout:
+                continue
+

@@ -23,17 +23,18 @@ def settings(settings, tmp_path_factory):
 
 
 def _place(settings, order_id):
-    from choreo.app.uow import UnitOfWork
+    from choreo.app.uow import Batch
     from choreo.infra.db import engine_for
     from choreo.app.eventstore import append, load
     from choreo.domain import order as domain
 
-    with UnitOfWork(engine_for(settings, "order"), source="test") as uow:
-        append(uow, load(uow.session, order_id),
-               domain.place(load(uow.session, order_id), "cust-1",
-                            [{"sku": "SKU-RED", "qty": 1}], "1 Main Street", "tok_visa",
-                            {"SKU-RED": 100}))
-        uow.commit()
+    with Batch(engine_for(settings, "order"), source="test") as batch:
+        with batch.message(None) as uow:
+            append(uow, load(uow.session, order_id),
+                   domain.place(load(uow.session, order_id), "cust-1",
+                                [{"sku": "SKU-RED", "qty": 1}], "1 Main Street", "tok_visa",
+                                {"SKU-RED": 100}))
+        batch.commit()
 
 
 def test_two_writers_cannot_both_append_the_same_version(settings):
@@ -68,13 +69,16 @@ def test_two_writers_cannot_both_append_the_same_version(settings):
 
 
 def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
-    """The adapter's reload-and-retry: two facts processed at once both land, versions contiguous."""
-    from tasks.runtime import runtime
-    from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
+    """The adapter's reload-and-retry: two facts processed at once, by two workers' batches,
+    both land, versions contiguous (on PostgreSQL the loser's savepoint rolls back and reloads)."""
+    import dataclasses
+
     from choreo.app.eventstore import load
+    from choreo.messaging.publisher import ConfirmedBurst
     from models.envelope import PaymentCompleted, InventoryReserved, make_envelope
-    from tasks.adapter import process
+    from tasks.adapter import Delivery, process_batch
     from tasks.app import make_app
+    from tasks.runtime import runtime
 
     order_id = f"ord-occ-{uuid.uuid4().hex[:8]}"
     _place(settings, order_id)
@@ -84,23 +88,27 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
                            source="test"),
              make_envelope("inventory.reserved", order_id, InventoryReserved(reservation_id="r1", order=snap),
                            source="test")]
-    rt = runtime(make_app("order", settings))
-    errors = []
+    app = make_app("order", settings)
+    rt = runtime(app)
+    outcomes, errors = [], []
     barrier = threading.Barrier(len(facts))
 
     def run(env):
+        mine = dataclasses.replace(rt, burst=ConfirmedBurst(app, rt.burst.publisher, 10))  # a worker each
         try:
             barrier.wait()
-            process(rt, SUBSCRIPTIONS["order"][env.type], env)
+            outcomes.extend(process_batch(mine, [Delivery(env.type, [env.to_wire()], {}, env.event_id)]))
         except Exception as exc:  # surfaced below, with the thread's failure
             errors.append(exc)
+        finally:
+            mine.burst.close()
 
     threads = [threading.Thread(target=run, args=(f,)) for f in facts]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == []
+    assert errors == [] and [o.kind for o in outcomes] == ["processed", "processed"]
     with Session(rt.engine) as s:
         order = load(s, order_id)
     assert order.version == 3 and order.state == "RESERVED"

@@ -1,8 +1,8 @@
 """Handler test harness: one domain's handlers through the real adapter path, on a real SQLite unit of work, with fakes.
 
 In the spirit of nameko's worker_factory: `Harness("payment", tmp_path).deliver("order.placed", ...)`
-runs `tasks.adapter.process` exactly as a worker would after decoding a delivery (lookup, unit
-of work, inbox, outbox, publish after commit, mark sent), but the broker, Redis, the payment
+runs `tasks.adapter.process_batch` exactly as a worker does with the deliveries it holds
+(decode, idempotency, lookup, one transaction with a savepoint each, publish burst, mark sent), but the broker, Redis, the payment
 gateway and the user service are in-memory fakes. No processes, no network: milliseconds.
 """
 from __future__ import annotations
@@ -24,23 +24,31 @@ from config.catalog import CARD_DECLINED, PRICES_CENTS
 from config.settings import SERVICES, Settings
 from consumers.registry import subscriptions
 from models.envelope import Envelope, decode, make_envelope
-from tasks.adapter import process
+from tasks.adapter import Delivery, Outcome, process_batch
 from tasks.runtime import Runtime
 
 
-class RecordingPublisher:
-    """Stands in for choreo.messaging.publisher.Publisher: keeps what would have gone to the broker."""
+class RecordingBurst:
+    """Stands in for choreo.messaging.publisher.ConfirmedBurst: keeps what would have gone to the
+    broker, and confirms everything unless a key is listed in `refuse` (a nack)."""
 
-    def __init__(self) -> None:
-        self.published: list[Envelope] = []
-        self.sent: list[dict] = []
+    def __init__(self, events_exchange: str) -> None:
+        self.events_exchange = events_exchange
+        self.published: list[Envelope] = []   # events
+        self.sent: list[dict] = []            # retry and dead-letter copies
+        self.refuse: set[int] = set()
 
-    def publish(self, envelope: Envelope) -> None:
-        self.published.append(envelope)
-
-    def send(self, name: str, args: Any, kwargs: Any, **options) -> None:
-        # Only the retry ladder and the DLQ call this (tasks.adapter.handle); process() never does.
-        self.sent.append({"name": name, "args": args, "kwargs": kwargs, **options})
+    def run(self, messages: list[tuple[Any, Envelope | dict]], before_each=None) -> set:
+        for key, m in messages:
+            if key in self.refuse:
+                continue
+            if isinstance(m, Envelope):
+                self.published.append(m)
+            elif m.get("exchange") == self.events_exchange:
+                self.published.append(Envelope.model_validate(m["args"][0]))
+            else:
+                self.sent.append(m)
+        return {key for key, _ in messages if key in self.refuse}
 
 
 class FakeMetrics:
@@ -52,19 +60,20 @@ class FakeMetrics:
 
 
 class FakeIdempotency:
-    """In-memory Redis idempotency keys. Like the real one, `count` bumps that metric too."""
+    """In-memory Redis idempotency keys. Like the real one, `counts` bump those metrics too."""
 
     def __init__(self, metrics: FakeMetrics) -> None:
         self.keys: set[tuple[str, str]] = set()
         self.metrics = metrics
 
-    def seen(self, consumer: str, event_id: str) -> bool:
-        return (consumer, event_id) in self.keys
+    def seen(self, consumer: str, event_ids: list[str]) -> list[bool]:
+        return [(consumer, e) in self.keys for e in event_ids]
 
-    def remember(self, consumer: str, event_id: str, count: str | None = None) -> None:
-        self.keys.add((consumer, event_id))
-        if count:
-            self.metrics.incr(count, consumer)
+    def remember(self, consumer: str, event_ids: list[str], counts: dict[str, int] | None = None) -> None:
+        self.keys.update((consumer, e) for e in event_ids)
+        for name, n in (counts or {}).items():
+            if n:
+                self.metrics.incr(name, consumer, n)
 
 
 class FakeGateway:
@@ -122,8 +131,8 @@ class FakeDeps:
 
 
 class Published(list):
-    """What one delivery published, in order; `outcome` is process()'s own answer."""
-    outcome: dict
+    """What one delivery published, in order; `outcome` is the adapter's own answer."""
+    outcome: Outcome
 
     @property
     def types(self) -> list[str]:
@@ -147,14 +156,14 @@ class Harness:
                                  **{f"{s}_database_url": "" for s in SERVICES})
         self.subscriptions = subscriptions(mode)[domain]
         prepare(self.settings, [domain])
-        self.publisher = RecordingPublisher()
+        names = Names(self.settings.namespace)
+        self.burst = RecordingBurst(names.events)
         self.metrics = FakeMetrics()
         self.idempotency = FakeIdempotency(self.metrics)
         self.deps = deps or FakeDeps()
         self.engine = engine_for(self.settings, domain)
         self.rt = Runtime(settings=self.settings, domain=domain, engine=self.engine,
-                          names=Names(self.settings.namespace), publisher=self.publisher,
-                          idempotency=self.idempotency, deps=self.deps, metrics=self.metrics)
+                          names=names, burst=self.burst, idempotency=self.idempotency, deps=self.deps, metrics=self.metrics)
 
     @property
     def gateway(self) -> FakeGateway:
@@ -166,7 +175,7 @@ class Harness:
 
     def envelope(self, type_: str, order_id: str, payload: dict, event_id: str | None = None) -> Envelope:
         env = make_envelope(type_, order_id, payload, source="test", event_id=event_id)
-        # Through the wire and back, as tasks.adapter.handle does: the handler sees the schema's
+        # Through the wire and back, as tasks.adapter does: the handler sees the schema's
         # rendering of the payload, not the dict the test wrote.
         return decode(env.to_wire())
 
@@ -174,11 +183,22 @@ class Harness:
         """Run this domain's subscription for `type_` on one message; returns what it published."""
         return self.deliver_envelope(self.envelope(type_, order_id, payload, event_id))
 
-    def deliver_envelope(self, envelope: Envelope) -> Published:
-        before = len(self.publisher.published)
-        outcome = process(self.rt, self.subscriptions[envelope.type], envelope)
-        out = Published(self.publisher.published[before:])
-        out.outcome = outcome
+    def deliver_envelope(self, envelope: Envelope, attempt: int = 0) -> Published:
+        """One delivery, a batch of one, as a worker holding a single message runs it."""
+        return self.deliver_batch([envelope], attempt)[0]
+
+    def deliver_batch(self, envelopes: list[Envelope | Delivery], attempt: int = 0) -> list[Published]:
+        """One batch, as a worker holding these deliveries runs it; what each one published."""
+        deliveries = [e if isinstance(e, Delivery) else Delivery(e.type, [e.to_wire()], {}, e.event_id, attempt=attempt)
+                      for e in envelopes]
+        before = len(self.burst.published)
+        outcomes = process_batch(self.rt, deliveries)
+        published = self.burst.published[before:]
+        out = []
+        for d, outcome in zip(deliveries, outcomes):
+            mine = Published(e for e in published if e.causation_id == d.task_id)
+            mine.outcome = outcome
+            out.append(mine)
         return out
 
     def rows(self, model) -> list:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 from choreo.app.outbox import count_unsent
-from choreo.domain.payment import TransientError
 from config.catalog import ADDRESS_OK, CARD_DECLINED, CARD_OK, PRICES_CENTS, SKU_SOLD_OUT
 from models.tables import (Charge, Notification, OrderEvent, OrderView, PaymentDecision, Refund, Reservation,
                            SagaState, Stock, StockDecision)
@@ -47,13 +46,13 @@ def test_a_release_that_overtakes_its_reservation_releases_nothing_and_blocks_th
     before = stock(h)
 
     early = h.deliver("shipment.failed", "ord-1", {"reason": "address_undeliverable"})
-    assert early == [] and early.outcome["outcome"] == "processed"
+    assert early == [] and early.outcome.kind == "processed"
     assert stock(h) == before  # nothing was reserved, so nothing may be put back
     assert h.rows(Reservation) == []
     assert h.row(StockDecision, "ord-1").outcome == "released"
 
     late = h.deliver("payment.completed", "ord-1", paid(snapshot(("SKU-RED", 3))))
-    assert late == [] and late.outcome["outcome"] == "processed"
+    assert late == [] and late.outcome.kind == "processed"
     assert stock(h) == before
     assert h.rows(Reservation) == []
     assert h.row(StockDecision, "ord-1").outcome == "released"
@@ -135,7 +134,7 @@ def test_a_compensation_refunds_exactly_what_was_charged_once(make):
 
     # Another failure report for the same order (another service, new event id): already refunded.
     second = h.deliver("inventory.failed", "ord-1", {"reason": "out_of_stock", "skus": ["SKU-RED"]})
-    assert second == [] and second.outcome["outcome"] == "processed"
+    assert second == [] and second.outcome.kind == "processed"
     assert len(h.gateway.refunds) == 1 and len(h.rows(Refund)) == 1
     assert h.gateway.moved("ord-1") == {"charge": charge.amount_cents, "refund": charge.amount_cents}
 
@@ -147,10 +146,13 @@ def test_a_refund_the_gateway_refuses_commits_nothing_so_the_retry_refunds_once(
     h.gateway.refunds_fail = True
     failure = h.envelope("shipment.failed", "ord-1", {"reason": "address_undeliverable"})
 
-    with pytest.raises(TransientError):
-        h.deliver_envelope(failure)
+    refused = h.deliver_envelope(failure)
+    assert refused == [] and refused.outcome.kind == "retry"
     assert h.rows(Refund) == []
-    assert h.publisher.published[-1].type == "payment.completed"  # nothing new went out
+    assert h.burst.published[-1].type == "payment.completed"  # nothing new went out
+    [copy] = h.burst.sent  # to the first rung of the retry ladder, the error with it
+    assert copy["queue"] == h.rt.names.retry("payment", 1) and copy["headers"]["choreo_attempt"] == 1
+    assert "processor unavailable" in copy["headers"]["choreo_last_error"]
 
     # The retry ladder redelivers the same event: the inbox must not have marked it processed.
     h.gateway.refunds_fail = False
@@ -168,7 +170,7 @@ def test_one_notification_per_kind_with_the_customer_looked_up_outside_the_trans
     completed = {"customer_id": "cust-1", "amount_cents": 2598}
 
     assert h.deliver("order.completed", "ord-1", completed) == []
-    assert h.deliver("order.completed", "ord-1", completed).outcome["outcome"] == "processed"  # new event id
+    assert h.deliver("order.completed", "ord-1", completed).outcome.kind == "processed"  # new event id
     [only] = h.rows(Notification)
     assert (only.kind, only.email) == ("completed", "ada@example.com")
     assert "Ada Lovelace" in only.body and "25.98" in only.body
@@ -183,20 +185,24 @@ def test_one_notification_per_kind_with_the_customer_looked_up_outside_the_trans
 
 # --- the adapter --------------------------------------------------------------------------
 
-def test_the_same_event_id_twice_is_absorbed_by_the_inbox(make):
+def test_the_same_event_id_twice_is_absorbed_by_redis_and_without_redis_by_the_inbox(make):
     h = make("payment")
     body = {"order": snapshot(("SKU-RED", 1)), "card_token": CARD_OK}
 
     first = h.deliver("order.placed", "ord-1", body, event_id="ev-1")
     assert first.types == ["payment.completed"]
+    assert h.idempotency.seen("payment", ["ev-1"]) == [True]
 
     second = h.deliver("order.placed", "ord-1", body, event_id="ev-1")
-    assert second == []
-    assert second.outcome == {"outcome": "duplicate", "by": "inbox"}
+    assert second == [] and (second.outcome.kind, second.outcome.detail) == ("duplicate", "duplicate absorbed (redis)")
+
+    h.idempotency.keys.clear()  # Redis restarted empty: the inbox table is the truth
+    third = h.deliver("order.placed", "ord-1", body, event_id="ev-1")
+    assert third == [] and (third.outcome.kind, third.outcome.detail) == ("duplicate", "duplicate absorbed (inbox)")
+    assert h.idempotency.seen("payment", ["ev-1"]) == [True]  # and the fast path knows it again
     assert len(h.gateway.charges) == 1  # the handler never ran again
-    assert h.metrics.counts[("duplicates", "payment")] == 1
+    assert h.metrics.counts[("duplicates", "payment")] == 2
     assert h.metrics.counts[("processed", "payment")] == 1
-    assert h.idempotency.seen("payment", "ev-1")
 
 
 # --- orchestrator -------------------------------------------------------------------------

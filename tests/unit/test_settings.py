@@ -78,26 +78,10 @@ def test_retry_delay_scales_with_the_initial_delay():
     assert Settings(retry_initial_delay=0.5).retry_delay(3) == 2.0
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
-def test_valid_worker_pools_are_accepted(pool):
-    assert Settings(worker_pool=pool).worker_pool == pool
-
-
-@pytest.mark.parametrize("pool", ["gevent", "eventlet", "", "PREFORK"])
-def test_an_invalid_worker_pool_raises(pool):
-    with pytest.raises(ValidationError, match="worker_pool must be prefork, threads or solo"):
-        Settings(worker_pool=pool)
-
-
-def test_an_invalid_worker_pool_from_the_environment_raises(monkeypatch):
-    monkeypatch.setenv("CHOREO_WORKER_POOL", "gevent")
-    with pytest.raises(ValidationError, match="worker_pool"):
-        Settings()
-
-
 @pytest.mark.parametrize(("field", "value"), [("retry_max_attempts", 21), ("retry_max_attempts", -1),
                                               ("retry_initial_delay", 0), ("retry_jitter", 1.0),
-                                              ("worker_concurrency", 0), ("delivery_limit", 0)])
+                                              ("prefetch_multiplier", 0), ("delivery_limit", 0),
+                                              ("publish_confirm_timeout", 0), ("fault_crash_point", "sometime")])
 def test_out_of_range_numbers_are_rejected(field, value):
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})

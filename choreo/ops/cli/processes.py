@@ -30,7 +30,8 @@ def worker(domain: str) -> None:
     node = domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
     app.worker_main([
         "worker", "-Q", topo.names.queue(domain), "-n", f"{node}@%h",
-        "-c", str(settings.worker_concurrency), "-P", settings.worker_pool, "-l", settings.log_level,
+        # solo: the worker runs its batches in the consuming process (tasks.worker.ChoreoConsumer).
+        "-c", "1", "-P", "solo", "-l", settings.log_level,
         "--without-gossip", "--without-mingle", "-E",
     ])
 
