@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from choreo.app.outbox import mark_sent
 from choreo.app.uow import Batch
 from choreo.infra import logs
+from choreo.messaging.publisher import event_message
 from choreo.messaging.wire import dead_letter_headers
 from consumers.base import Subscription
 from consumers.registry import subscriptions
@@ -242,10 +243,7 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
         elif item.error is not None:
             messages.append((n, _retry_message(rt, item)))
         else:
-            messages += [(n, {"name": e.type, "args": [e.to_wire()], "kwargs": {}, "task_id": e.event_id,
-                              "exchange": rt.names.events, "routing_key": e.type, **link,
-                              "headers": {"choreo_order_id": e.order_id, "choreo_correlation_id": e.correlation_id}})
-                         for e in item.emitted]
+            messages += [(n, event_message(rt.names, e, **link)) for e in item.emitted]
     hook = _burst_fault(rt) if rt.settings.fault_crash_point == "mid_burst" else None
     failed = rt.burst.run(messages, before_each=hook)
     for n in failed:
