@@ -31,6 +31,8 @@ test: setup
 chaos: setup
 	$(VENV)/bin/choreo chaos
 
+# The bench has a choreo row on PostgreSQL too.
+bench: export CHOREO_NEED_POSTGRES := 1
 bench: setup
 	$(VENV)/bin/python bench/run.py
 

@@ -35,9 +35,9 @@ TARGETS = {"vs_naive": 1.0, "share_of_ceiling": 0.25, "p99_ms": 250.0, "rss_mb":
 
 def measure(arm: str, n: int, quick: bool, **kw) -> dict:
     lat = {"lat_min_s": 8, "lat_max_s": 12} if quick else {"lat_min_s": 20, "lat_max_s": 30}
-    if arm == "choreo":
+    if arm in ("choreo", "choreo-pg"):
         from bench.choreo_arm import run_choreo
-        return run_choreo(n, **lat, **kw)
+        return run_choreo(n, database="postgresql" if arm == "choreo-pg" else "sqlite", **lat, **kw)
     if arm == "naive":
         from bench.naive import run_naive
         return run_naive(n, **lat, **kw)
@@ -130,11 +130,12 @@ def build_summary(runs: dict[str, list[dict]]) -> dict:
 
 
 def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -> str:
-    labels = {"choreo": "choreo (all guarantees)", "naive": "naive Celery chain", "raw": "raw broker ceiling"}
+    labels = {"choreo": "choreo (all guarantees), SQLite", "choreo-pg": "choreo (all guarantees), PostgreSQL",
+              "naive": "naive Celery chain", "raw": "raw broker ceiling"}
     cols = ["", "sagas/s", "delivered msgs/s", "share of raw ceiling", "latency p50 / p95 / p99 ms @ half load",
             "peak RSS/worker proc MB", "CPU s/saga"]
     rows = []
-    for arm in ("choreo", "naive", "raw"):
+    for arm in ("choreo", "choreo-pg", "naive", "raw"):
         s = summ.get(arm)
         if not s:
             continue
@@ -161,6 +162,9 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
     text.append(f"choreo / ceiling: sagas/s {ratio('choreo', 'raw', 'sagas_per_s')}, "
                 f"msgs/s {ratio('choreo', 'raw', 'msgs_per_s')}, p99 {ratio('choreo', 'raw', 'p99')}, "
                 f"CPU/saga {ratio('choreo', 'raw', 'cpu_s_per_saga')}")
+    if summ.get("choreo-pg"):
+        text.append(f"choreo on PostgreSQL / naive: sagas/s {ratio('choreo-pg', 'naive', 'sagas_per_s')}; "
+                    f"/ ceiling: msgs/s {ratio('choreo-pg', 'raw', 'msgs_per_s')}")
     # targets
     c, nv = summ.get("choreo", {}), summ.get("naive", {})
     text.append("")
@@ -190,6 +194,9 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
     text.append("  latency: choreo = order_view.ended_at - place_order envelope occurred_at (DB timestamps); naive = "
                 "'complete' commit time - publish time; raw = relay of the 6 hops with no work (see JSON), each at "
                 "half of its own arm's throughput.")
+    text.append("  durability: choreo acks and publishes only after a durable commit: SQLite WAL with "
+                "synchronous=FULL (the WAL fsynced per commit), PostgreSQL with synchronous_commit=on (WAL flushed "
+                "per commit). The naive chain commits with SQLite synchronous=NORMAL and early acks (no claim).")
     text.append("  peak RSS: max VmHWM over the worker processes (parents and pool children); CPU s/saga: utime+stime "
                 "delta of all worker processes / N during the throughput run (users service, broker, redis excluded).")
     raw = runs.get("raw") or []
@@ -200,7 +207,7 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
                     f"each). Context: one-confirm-at-a-time from 5 publishers {_fmt(summary(sync), 0)} msgs/s; "
                     f"zero-work relay (6 hops) {_fmt(summary(rl), 1)} sagas/s.")
     fc = {arm: _fmt(s["foreign_cores"], 2) for arm, s in summ.items() if s}
-    text.append(f"  noise: CPU used by other jobs on the box during throughput runs (cores): "
+    text.append("  noise: CPU used by other jobs on the box during throughput runs (cores): "
                 + ", ".join(f"{a} {v}" for a, v in fc.items()))
     out = "\n".join(text)
     print(out)
@@ -265,7 +272,8 @@ def main() -> int:
     ap.add_argument("--orders", type=int, default=None, help="orders per throughput run (default 1000; --quick 200)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per arm (default 3; --quick 1)")
     ap.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 repeat, 8-12 s latency runs")
-    ap.add_argument("--arms", default="choreo,naive,raw")
+    ap.add_argument("--arms", default="choreo,choreo-pg,naive,raw",
+                    help="of choreo (SQLite), choreo-pg (PostgreSQL), naive, raw")
     ap.add_argument("--sweep", action="store_true", help="choreo prefetch (batch size) variants (quick each)")
     ap.add_argument("--sweep-orders", type=int, default=300)
     ap.add_argument("--sweep-configs", default=None,

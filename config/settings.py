@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # Each worker is one process (Celery's solo pool): it collects the deliveries it holds, up
     # to its prefetch, into one batch (tasks.adapter). More processes per domain, not threads
     # or pool children, use more cores. Chosen by `bench/run.py --sweep` (README, Performance).
-    prefetch_multiplier: int = Field(16, ge=1, le=1000)
+    prefetch_multiplier: int = Field(32, ge=1, le=1000)
     # A batch's publishes wait this long for the broker's confirms, then its messages are requeued.
     publish_confirm_timeout: float = Field(15.0, gt=0)
     # Outbox rows still unsent after this many seconds are published by the relay.
