@@ -1,4 +1,4 @@
-"""A worker process's runtime for its domain: engine, publish burst, idempotency, counters, handler deps.
+"""A worker process's runtime for its domain: engine, publish burst, idempotency keys (and counters), handler deps.
 
 Built once per process and domain (connections are not fork-safe), from the app's own
 settings. Tests build a `Runtime` directly with fakes (tests/unit/handler_harness.py).
@@ -14,7 +14,6 @@ from sqlalchemy.engine import Engine
 from choreo.app.bootstrap import LiveDeps
 from choreo.infra.db import engine_for
 from choreo.infra.idempotency import Idempotency
-from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.publisher import ConfirmedBurst, Publisher
 from choreo.messaging.topology import Names
@@ -31,7 +30,6 @@ class Runtime:
     burst: ConfirmedBurst
     idempotency: Idempotency
     deps: HandlerDeps
-    metrics: Metrics
     pid: int = field(default_factory=os.getpid)
 
 
@@ -59,6 +57,6 @@ def runtime(app) -> Runtime:
             rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
                          burst=ConfirmedBurst(app, Publisher(app, names), settings.publish_confirm_timeout),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
-                         deps=LiveDeps(settings, r), metrics=Metrics(r, settings.redis_prefix))
+                         deps=LiveDeps(settings, r))
             _runtimes[key] = rt
         return rt

@@ -62,8 +62,9 @@ class Sandbox:
             # Its own databases, whatever the calling shell points at.
             **{f"{s}_database_url": "" for s in SERVICES},
             "saga_mode": "choreography",
-            # Never inherit the crash-after-commit test hook from the calling shell.
-            "fault_crash_after_commit": "",
+            # Never inherit the crash test hook from the calling shell.
+            "fault_crash_point": "",
+            "fault_crash_domain": "",
             "fault_marker": "",
             **overrides,
         }

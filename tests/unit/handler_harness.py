@@ -163,7 +163,7 @@ class Harness:
         self.deps = deps or FakeDeps()
         self.engine = engine_for(self.settings, domain)
         self.rt = Runtime(settings=self.settings, domain=domain, engine=self.engine,
-                          names=names, burst=self.burst, idempotency=self.idempotency, deps=self.deps, metrics=self.metrics)
+                          names=names, burst=self.burst, idempotency=self.idempotency, deps=self.deps)
 
     @property
     def gateway(self) -> FakeGateway:
