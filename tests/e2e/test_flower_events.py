@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.helpers import settled
+from tests.helpers import settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,16 +27,35 @@ def test_each_message_is_its_own_task_in_the_event_stream(settings, stack):
         time.sleep(1.5)  # its event queue declared and bound before anything happens
         sent = dict(publish_orders(settings, ["completed", "flaky", "needs_attention"], seed=None))
         settled(settings, list(sent), timeout=120)
-        time.sleep(1.0)  # the last succeeded events are flushed after their acks
+        # A task's last event follows its ack, which follows the publish that settled the order.
+        wait_for(lambda: _ends(_tasks(events), sent) == ENDS, 30, what="every task's final event")
     finally:
         receiver.should_stop = True
         listener.join(5)
         conn.release()
         app.close()
 
-    # One task per (message id, worker): an event routed to two domains is two deliveries.
+    by_scenario = {scenario: _tasks(events)[order_id] for order_id, scenario in sent.items()}
+    names, completed = by_scenario["completed"]
+    assert sorted(names.values()) == sorted(
+        ["place_order", "order.placed", "payment.completed", "payment.completed", "inventory.reserved",
+         "inventory.reserved", "shipment.created", "order.completed"])
+    assert all(seq == ["task-received", "task-started", "task-succeeded"] for seq in completed.values()), completed
+    _, flaky = by_scenario["flaky"]
+    assert any(seq[:3] == ["task-received", "task-started", "task-retried"] and seq[-1] == "task-succeeded"
+               for seq in flaky.values()), flaky
+    _, failed = by_scenario["needs_attention"]
+    assert any(seq[-1] == "task-failed" for seq in failed.values()), failed
+
+
+ENDS = {"completed": True, "flaky": True, "needs_attention": True}
+
+
+def _tasks(events: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """Per order id: ({task: name}, {task: [event types]}), a task being (message id, worker):
+    an event routed to two domains is two deliveries."""
     order_of, name_of, kinds = {}, {}, defaultdict(list)
-    for e in events:
+    for e in list(events):
         if not e["type"].startswith("task-"):
             continue
         key = (e["uuid"], e["hostname"])
@@ -44,18 +63,16 @@ def test_each_message_is_its_own_task_in_the_event_stream(settings, stack):
         if e["type"] == "task-received":
             order_of[key] = next((w[len("order="):] for w in (e.get("args") or "").split() if w.startswith("order=")), None)
             name_of[key] = e["name"]
+    out: dict = defaultdict(lambda: ({}, {}))
+    for key, order_id in order_of.items():
+        out[order_id][0][key] = name_of[key]
+        out[order_id][1][key] = kinds[key]
+    return out
 
-    def tasks_of(order_id):
-        return {k: kinds[k] for k, o in order_of.items() if o == order_id}
 
-    by_scenario = {scenario: tasks_of(order_id) for order_id, scenario in sent.items()}
-    completed = by_scenario["completed"]
-    assert sorted(name_of[k] for k in completed) == sorted(
-        ["place_order", "order.placed", "payment.completed", "payment.completed", "inventory.reserved",
-         "inventory.reserved", "shipment.created", "order.completed"])
-    assert all(seq == ["task-received", "task-started", "task-succeeded"] for seq in completed.values()), completed
-    flaky = by_scenario["flaky"]
-    assert any(seq[:3] == ["task-received", "task-started", "task-retried"] and seq[-1] == "task-succeeded"
-               for seq in flaky.values()), flaky
-    failed = by_scenario["needs_attention"]
-    assert any(seq[-1] == "task-failed" for seq in failed.values()), failed
+def _ends(tasks: dict, sent: dict[str, str]) -> dict[str, bool]:
+    """Whether each scenario's tasks have all reached their final event."""
+    done = ("task-succeeded", "task-failed")
+    return {scenario: bool(tasks[o][1]) and all(seq[-1] in done for seq in tasks[o][1].values())
+            and (scenario != "needs_attention" or any(seq[-1] == "task-failed" for seq in tasks[o][1].values()))
+            for o, scenario in sent.items()}
