@@ -279,7 +279,7 @@ def _dead_letter_messages(rt: Runtime, item: _Item) -> list[dict]:
             SagaDeadLettered(domain=rt.domain, event_type=env.type, event_id=env.event_id,
                              reason=item.reason[:500], compensation=compensation),
             source=rt.domain, cause=env, event_id=derived_id(rt.domain, env.event_id, "dead_lettered"))
-        out.append(notice)
+        out.append(event_message(rt.names, notice, parent_id=d.task_id, root_id=d.root_id or d.task_id))
     return out
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from celery import Celery, bootsteps
@@ -15,13 +14,6 @@ from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 
 log = logging.getLogger("choreo.relay")
-
-# SQLite keeps its file-lock bookkeeping in process memory: a pool child forked while the relay
-# thread (in this, the forking process) is inside a transaction inherits "locked" and can never
-# write again ("database is locked" on every task). Forks wait for the relay's transaction.
-_FORK_GUARD = threading.Lock()
-os.register_at_fork(before=_FORK_GUARD.acquire, after_in_parent=_FORK_GUARD.release,
-                    after_in_child=_FORK_GUARD.release)
 
 
 class OutboxRelay(bootsteps.StartStopStep):
@@ -63,12 +55,10 @@ class OutboxRelay(bootsteps.StartStopStep):
 
     def sweep(self, settings, publisher: Publisher) -> int:
         engine = engine_for(settings, self.domain)
-        with _FORK_GUARD:
-            rows = unsent_outbox(engine, settings.outbox_relay_after)
+        rows = unsent_outbox(engine, settings.outbox_relay_after)
         for env in rows:
             publisher.publish(env)
-            with _FORK_GUARD:
-                mark_sent(engine, [env.event_id])
+            mark_sent(engine, [env.event_id])
         if rows:
             self.metrics.incr("relayed", self.domain, len(rows))
             log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})

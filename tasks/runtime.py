@@ -15,7 +15,7 @@ from choreo.app.bootstrap import LiveDeps
 from choreo.infra.db import engine_for
 from choreo.infra.idempotency import Idempotency
 from choreo.infra.redis_client import redis_client
-from choreo.messaging.publisher import ConfirmedBurst, Publisher
+from choreo.messaging.publisher import ConfirmedBurst
 from choreo.messaging.topology import Names
 from config.settings import Settings
 from consumers.base import HandlerDeps
@@ -55,7 +55,7 @@ def runtime(app) -> Runtime:
             names = Names(settings.namespace)
             r = redis_client(settings)
             rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
-                         burst=ConfirmedBurst(app, Publisher(app, names), settings.publish_confirm_timeout),
+                         burst=ConfirmedBurst(app, settings.publish_confirm_timeout),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
                          deps=LiveDeps(settings, r))
             _runtimes[key] = rt

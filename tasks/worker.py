@@ -6,13 +6,12 @@ import select
 import time
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging
 from celery.worker.consumer.consumer import Consumer
 from kombu import compression
 from celery.worker import state
 from vine import promise
 
-from choreo.infra.db import dispose_all
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.topology import Names
@@ -250,8 +249,3 @@ def install(app: Celery) -> None:
 def _keep_our_logging(**_):
     """With a receiver here Celery leaves logging alone: `choreo worker` configured it (choreo.infra.logs)."""
 
-
-@worker_process_init.connect
-def _after_fork(**_):
-    # Pool children must not share the parent's database connections.
-    dispose_all()

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from choreo.app.outbox import OUTBOX_ADD
-from choreo.infra.db import connection_of
+from choreo.infra.db import Rows, connection_of
 from models.envelope import Envelope, derived_id, make_envelope
 from models.tables import DeadLetter, Inbox, utcnow
 
@@ -24,9 +24,7 @@ _INBOX = Inbox.__table__
 _INBOX_AMONG = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"),
                                               _INBOX.c.event_id.in_(bindparam("ids", expanding=True)))
 _INBOX_ADD = _INBOX.insert()
-_DEAD = DeadLetter.__table__
-_DEAD_HAS = select(_DEAD.c.event_id).where(_DEAD.c.event_id == bindparam("e"))
-_DEAD_ADD = _DEAD.insert()
+DEAD_LETTERS = Rows(DeadLetter)
 
 
 class Batch:
@@ -80,12 +78,10 @@ class Batch:
         """The service's own record of a message it gave up on (once per event id). In its own
         savepoint, cut to the columns' sizes: a foreign id must not fail the batch's transaction."""
         with self.session.begin_nested():
-            key = {"e": event_id[:64]}
-            if self.conn.execute(_DEAD_HAS, key).first() is None:
-                self.conn.execute(_DEAD_ADD, {"event_id": event_id[:64], "type": type_[:64],
-                                              "order_id": order_id[:64] if order_id else None,
-                                              "reason": reason[:2000], "attempts": attempts,
-                                              "compensation": compensation, "dead_lettered_at": utcnow()})
+            if not DEAD_LETTERS.exists(self.conn, event_id[:64]):
+                DEAD_LETTERS.add(self.conn, event_id=event_id[:64], type=type_[:64],
+                                 order_id=order_id[:64] if order_id else None, reason=reason[:2000],
+                                 attempts=attempts, compensation=compensation)
 
     def commit(self) -> None:
         """Durable before it returns (synchronous=FULL / synchronous_commit=on: choreo.infra.db)."""

@@ -115,9 +115,8 @@ class ConfirmedBurst:
     reconnects), so the consumer's own connection never waits on a publish.
     """
 
-    def __init__(self, app: Celery, publisher: Publisher, timeout: float) -> None:
+    def __init__(self, app: Celery, timeout: float) -> None:
         self.app = app
-        self.publisher = publisher
         self.timeout = timeout
         self.conn = None
         self.channel = None
@@ -152,10 +151,10 @@ class ConfirmedBurst:
     def _on_nack(self, tag: int, multiple: bool) -> None:
         self.nacked.update(self._settle(tag, multiple))
 
-    def run(self, messages: list[tuple[Any, Envelope | dict]], before_each=None) -> set[Any]:
+    def run(self, messages: list[tuple[Any, dict]], before_each=None) -> set[Any]:
         """Publish each (key, message) and wait for every confirm; returns the keys of which at
-        least one message was not confirmed. A message is an Envelope (an event) or the keyword
-        arguments of `Publisher.send` (a retry or dead-letter copy).
+        least one message was not confirmed. A message is the keyword arguments of
+        `Publisher.send` (`event_message` for an event; a retry or dead-letter copy).
 
         A connection that fails (one the broker dropped while idle, say) is reopened once and
         only the messages not yet confirmed are written again. `before_each(n, total)` is a test
@@ -184,8 +183,7 @@ class ConfirmedBurst:
             i = todo[0]
             if before_each:
                 before_each(i, len(messages))
-            body, headers, properties, exchange, routing_key = task_message(self.app, **_send_kwargs(messages[i][1],
-                                                                                                  self.publisher))
+            body, headers, properties, exchange, routing_key = task_message(self.app, **messages[i][1])
             self.channel.basic_publish(Message(body, application_headers=headers, **properties),
                                        exchange=exchange, routing_key=routing_key)
             self.seq += 1
@@ -203,9 +201,3 @@ class ConfirmedBurst:
                 continue
 
 
-
-def _send_kwargs(message: Envelope | dict, publisher: Publisher) -> dict:
-    """`Publisher.send`'s keyword arguments for a burst's message (an event, or a copy's kwargs)."""
-    if isinstance(message, Envelope):
-        return event_message(publisher.names, message)
-    return message

@@ -94,7 +94,7 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
     barrier = threading.Barrier(len(facts))
 
     def run(env):
-        mine = dataclasses.replace(rt, burst=ConfirmedBurst(app, rt.burst.publisher, 10))  # a worker each
+        mine = dataclasses.replace(rt, burst=ConfirmedBurst(app, 10))  # a worker each
         try:
             barrier.wait()
             outcomes.extend(process_batch(mine, [Delivery(env.type, [env.to_wire()], {}, env.event_id)]))

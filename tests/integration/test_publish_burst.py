@@ -12,12 +12,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def burst(settings):
-    from choreo.messaging.publisher import ConfirmedBurst, Publisher
-    from choreo.messaging.topology import Names
+    from choreo.messaging.publisher import ConfirmedBurst
     from tasks.app import make_app
 
     app = make_app("client", settings)
-    b = ConfirmedBurst(app, Publisher(app, Names(settings.namespace)), timeout=10)
+    b = ConfirmedBurst(app, timeout=10)
     yield b
     b.close()
     app.close()
@@ -84,17 +83,19 @@ def test_a_confirm_that_never_comes_fails_the_burst_after_its_timeout(burst, cha
         channel.queue_delete(queue)
 
 
-def test_a_burst_publishes_byte_for_byte_what_celery_s_send_task_publishes(burst, channel):
+def test_a_burst_publishes_byte_for_byte_what_celery_s_send_task_publishes(burst, channel, settings):
     """The wire format does not change with the batched path: same body, headers and properties."""
-    from choreo.messaging.publisher import event_message
+    from choreo.messaging.publisher import Publisher, event_message
+    from choreo.messaging.topology import Names
     from models.envelope import make_envelope
 
     queue = _queue(channel)
     try:
         env = make_envelope("order.completed", "ord-1", {"customer_id": "cust-1", "amount_cents": 5}, source="test")
-        kwargs = dict(event_message(burst.publisher.names, env), exchange=None, routing_key=None, queue=queue,
+        publisher = Publisher(burst.app, Names(settings.namespace))
+        kwargs = dict(event_message(publisher.names, env), exchange=None, routing_key=None, queue=queue,
                       expiration=30, message_id="client-id-1")
-        burst.publisher.send(**kwargs)  # Celery's send_task, one confirm
+        publisher.send(**kwargs)  # Celery's send_task, one confirm
         assert burst.run([(0, kwargs)]) == set()
         (_m1, props1, body1), (_m2, props2, body2) = [channel.basic_get(queue, auto_ack=True) for _ in range(2)]
         assert body1 == body2
