@@ -14,6 +14,8 @@ FAULT_POINTS = ("before_commit", "after_commit", "mid_burst", "after_publish")
 # Services with a database: the five domains, the user service, and the sandbox payment
 # gateway (an "external" provider with books of its own).
 SERVICES = (*DOMAINS, "user", "gateway", "orchestrator")
+# A worker's health listener: health_port_base + its offset (the user service has its own port).
+HEALTH_PORT_OFFSETS = {"order": 1, "payment": 2, "inventory": 3, "shipment": 4, "notification": 5, "orchestrator": 6}
 
 
 class Settings(BaseSettings):
@@ -72,6 +74,16 @@ class Settings(BaseSettings):
     user_service_url: str = ""
     flower_port: int = 5555
 
+    # Observability. Every long-running process answers /health, /ready, /metrics and /breakers
+    # on loopback: domain workers on health_port_base + HEALTH_PORT_OFFSETS[domain], the user
+    # service on its own port. Prometheus (started by `choreo up`) listens on prometheus_port.
+    health_port_base: int = Field(9100, ge=0, le=65000)
+    prometheus_port: int = Field(9190, ge=1, le=65535)
+    # Prometheus metrics and OpenTelemetry spans (off: the bench's comparison arm). Spans go to
+    # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to a file per process under run_dir/traces.
+    metrics: bool = True
+    tracing: bool = True
+
     # Test hook for the crash proofs: the worker of `fault_crash_domain` exits hard (like
     # kill -9) at this point of a batch (tasks.adapter.FAULT_POINTS), once per existing marker.
     fault_crash_point: str = ""
@@ -114,6 +126,21 @@ class Settings(BaseSettings):
     @property
     def users_url(self) -> str:
         return self.user_service_url or f"http://{self.user_service_host}:{self.user_service_port}"
+
+    def health_port(self, process: str) -> int:
+        """The loopback port of a process's /health, /ready, /metrics, /breakers listener
+        (`process`: a domain, "orchestrator" or "users")."""
+        if process == "users":
+            return self.user_service_port
+        return self.health_port_base + HEALTH_PORT_OFFSETS[process]
+
+    def health_url(self, process: str) -> str:
+        return f"http://127.0.0.1:{self.health_port(process)}"
+
+    @property
+    def trace_dir(self) -> Path:
+        """Where each process writes its span file when no OTLP collector is configured."""
+        return self.run_dir / "traces"
 
     def retry_delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based), before jitter."""

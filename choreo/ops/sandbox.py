@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.infra.db import dispose_engines
-from choreo.ops.stack import free_port, rabbitmqctl
-from config.settings import SERVICES, Settings
+from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
+from config.settings import HEALTH_PORT_OFFSETS, SERVICES, Settings
 
 AMQP_BASE = os.environ.get("CHOREO_SANDBOX_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 SHARED_REDIS = os.environ.get("CHOREO_SANDBOX_REDIS", "redis://127.0.0.1:6379/0")
@@ -57,6 +57,8 @@ class Sandbox:
             "run_dir": self.workdir / "run",
             "user_service_port": free_port(),
             "flower_port": free_port(),
+            "health_port_base": free_port_block(len(HEALTH_PORT_OFFSETS)),
+            "prometheus_port": free_port(),
             "database_server": database_server,
             "database_prefix": self.database_prefix,
             # Its own databases, whatever the calling shell points at.

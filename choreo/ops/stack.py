@@ -62,6 +62,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(size: int, tries: int = 200) -> int:
+    """A base port such that base+1 .. base+size are all free on loopback right now (a
+    sandbox's health listeners: health_port_base + each worker's offset)."""
+    import random
+    for _ in range(tries):
+        base = random.randrange(20000, 60000 - size)
+        socks = []
+        try:
+            for port in range(base + 1, base + size + 1):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {size} free ports found on loopback")
+
+
 def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120) -> str:
     """Run `rabbitmqctl -q ARGS` on this machine's node; with `check`, fail loudly on an error."""
     out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
