@@ -237,7 +237,10 @@ def make_envelope(
     cause: Envelope | None = None,
     event_id: str | None = None,
     now: datetime | None = None,
+    traceparent: str | None = None,
 ) -> Envelope:
+    """A new envelope. Its traceparent: `traceparent` when given (the span that emits it, so the
+    consumer's span is that span's child), else a new span id in the cause's trace, else a new trace."""
     body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
     PAYLOADS[type].model_validate(body)  # validate on publish, not only on consume
     return Envelope(
@@ -248,7 +251,7 @@ def make_envelope(
         source=source,
         correlation_id=cause.correlation_id if cause else order_id,
         causation_id=cause.event_id if cause else None,
-        traceparent=child_trace(cause.traceparent) if cause else new_trace(),
+        traceparent=traceparent or (child_trace(cause.traceparent) if cause else new_trace()),
         payload=body,
     )
 

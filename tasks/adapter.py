@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,13 @@ from sqlalchemy.exc import IntegrityError
 
 from choreo.app.outbox import mark_sent
 from choreo.app.uow import Batch
-from choreo.infra import logs
+from choreo.infra import logs, tracing
 from choreo.messaging.publisher import event_message
 from choreo.messaging.wire import dead_letter_headers
 from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, SagaDeadLettered, decode, derived_id, make_envelope
+from tasks import spans
 from tasks.runtime import Runtime, runtime
 
 log = logging.getLogger("choreo.adapter")
@@ -61,11 +63,12 @@ class Delivery:
     message_id: str | None = None
     delivery_count: Any = 0     # x-delivery-count as it arrived
     redelivered: bool = False
+    received_ns: int = 0        # when the consumer received it (wall clock): its span starts there
 
 
 @dataclass
 class Outcome:
-    kind: str                   # processed | duplicate | retry | dead_lettered | requeue
+    kind: str                   # processed | duplicate | retry | dead_lettered | poison | requeue
     detail: str = ""            # what Flower shows: the result, or the exception
     emitted: list[str] = field(default_factory=list)
 
@@ -82,6 +85,7 @@ class _Item:
     emitted: list[Envelope] = field(default_factory=list)
     duplicate_of_inbox: bool = False
     retry: tuple[int, float, str] | None = None  # (rung, delay, queue) of its retry copy
+    span: Any = None                 # its CONSUMER span (None: tracing off)
 
 
 def register_domain(app: Celery) -> None:
@@ -116,8 +120,12 @@ def process_batch(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
 def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     subs = subscriptions(rt.settings.saga_mode)[rt.domain]
     items = [_Item(d, subs.get(d.name)) for d in deliveries]
+    queue = rt.names.queue(rt.domain)
     for item in items:
         _decode(item)
+        item.span = spans.consumer_span(rt, item.delivery, item.envelope, queue)
+    if rt.recorder is not None:
+        rt.recorder.batch(len(items))
     _absorb_seen(rt, items)
     for item in _open(items):
         if item.sub.lookup:
@@ -199,7 +207,8 @@ def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
     env = item.envelope
     for _ in range(OPTIMISTIC_RETRIES):
         try:
-            with logs.bound(**_context(item)), batch.message(env, consumer=rt.domain) as uow:
+            with logs.bound(**_context(item)), batch.message(env, consumer=rt.domain,
+                                                             traceparent=tracing.traceparent_of(item.span)) as uow:
                 item.sub.handler(env, uow, rt.deps, **item.looked_up)
             item.emitted = uow.pending
             item.outcome = Outcome("processed", emitted=[e.type for e in uow.pending])
@@ -234,7 +243,7 @@ def _compensation(item: _Item) -> bool:
 
 def _publish(rt: Runtime, items: list[_Item]) -> None:
     """Step 5: one burst for the whole batch; an item whose publishes are not all confirmed is requeued."""
-    messages: list[tuple[int, Any]] = []
+    messages: list[tuple[int, dict]] = []
     for n, item in enumerate(items):
         d = item.delivery
         link = {"parent_id": d.task_id, "root_id": d.root_id or d.task_id}
@@ -245,7 +254,9 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
         else:
             messages += [(n, event_message(rt.names, e, **link)) for e in item.emitted]
     hook = _burst_fault(rt) if rt.settings.fault_crash_point == "mid_burst" else None
+    producing = spans.producer_spans(rt, [(items[n].span, kw) for n, kw in messages])
     failed = rt.burst.run(messages, before_each=hook)
+    spans.end_producers(producing, [n in failed for n, _kw in messages])
     for n in failed:
         items[n].outcome = Outcome("requeue", "the broker did not confirm its publishes; requeued")
     _fault(rt, "after_publish")
@@ -278,14 +289,17 @@ def _dead_letter_messages(rt: Runtime, item: _Item) -> list[dict]:
             "saga.dead_lettered", env.order_id,
             SagaDeadLettered(domain=rt.domain, event_type=env.type, event_id=env.event_id,
                              reason=item.reason[:500], compensation=compensation),
-            source=rt.domain, cause=env, event_id=derived_id(rt.domain, env.event_id, "dead_lettered"))
+            source=rt.domain, cause=env, event_id=derived_id(rt.domain, env.event_id, "dead_lettered"),
+            traceparent=tracing.traceparent_of(item.span))
         out.append(event_message(rt.names, notice, parent_id=d.task_id, root_id=d.root_id or d.task_id))
     return out
 
 
 def _settle(rt: Runtime, item: _Item) -> None:
-    """The outcome of a message whose publishes were confirmed, and its log line."""
-    with logs.bound(**_context(item)):
+    """The outcome of a message whose publishes were confirmed, its log line and its span's end."""
+    received = item.delivery.received_ns
+    done = {"duration_ms": round((time.time_ns() - received) / 1e6, 3)} if received else {}
+    with logs.bound(**_context(item), **done):
         if item.outcome is not None and item.outcome.kind == "requeue":
             log.error("publish not confirmed; requeueing")
         elif item.reason is not None:
@@ -293,7 +307,8 @@ def _settle(rt: Runtime, item: _Item) -> None:
             comp = _compensation(item)
             log.log(logging.CRITICAL if comp else logging.ERROR, "dead-lettered to %s: %s", where, item.reason,
                     extra={"alert": "compensation_failed" if comp else "dead_letter"})
-            item.outcome = Outcome("dead_lettered", f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000])
+            kind = "poison" if item.reason.startswith("poison") else "dead_lettered"
+            item.outcome = Outcome(kind, f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000])
         elif item.error is not None:
             n, delay, queue = item.retry
             log.warning("transient failure, retry %d/%d in %.2fs via %s: %r", n, rt.settings.retry_max_attempts,
@@ -304,6 +319,11 @@ def _settle(rt: Runtime, item: _Item) -> None:
             log.info(item.outcome.detail)
         else:
             log.info("processed", extra={"emitted": ",".join(item.outcome.emitted)})
+    kind = item.outcome.kind
+    spans.finish(item.span, kind, retry=item.retry if kind == "retry" else None, error=item.error,
+                 reason=item.reason if kind in ("poison", "dead_lettered") else None,
+                 compensation=_compensation(item) and kind == "processed",
+                 duplicate_of=("inbox" if item.duplicate_of_inbox else "redis") if kind == "duplicate" else None)
 
 
 def _remember(rt: Runtime, items: list[_Item]) -> None:
@@ -313,16 +333,18 @@ def _remember(rt: Runtime, items: list[_Item]) -> None:
             if i.outcome.kind == "processed" or (i.outcome.kind == "duplicate" and i.duplicate_of_inbox)]
     rt.idempotency.remember(rt.domain, keys, {
         "processed": kinds.count("processed"), "duplicates": kinds.count("duplicate"),
-        "retries": kinds.count("retry"), "dead_lettered": kinds.count("dead_lettered")})
+        "retries": kinds.count("retry"), "dead_lettered": kinds.count("dead_lettered") + kinds.count("poison")})
 
 
 def _context(item: _Item) -> dict:
     """What every log line about this message carries (the domain is bound per worker)."""
     env, d = item.envelope, item.delivery
+    span = {"trace_id": f"{item.span.get_span_context().trace_id:032x}",
+            "span_id": tracing.span_id_of(item.span)} if item.span is not None else {}
     if env is None:
-        return {"event_type": d.name, "event_id": d.task_id, "attempt": d.attempt}
+        return {"event_type": d.name, "event_id": d.task_id, "attempt": d.attempt, **span}
     return {"event_type": env.type, "event_id": env.event_id, "order_id": env.order_id,
-            "correlation_id": env.correlation_id, "trace_id": env.trace_id, "attempt": d.attempt}
+            "correlation_id": env.correlation_id, "trace_id": env.trace_id, "attempt": d.attempt, **span}
 
 
 def _fault(rt: Runtime, point: str) -> None:

@@ -10,6 +10,7 @@ from choreo.app.outbox import mark_sent, unsent_outbox
 from choreo.infra.db import engine_for
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
+from choreo.infra.telemetry import RELAYED
 from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 
@@ -57,9 +58,11 @@ class OutboxRelay(bootsteps.StartStopStep):
         engine = engine_for(settings, self.domain)
         rows = unsent_outbox(engine, settings.outbox_relay_after)
         for env in rows:
-            publisher.publish(env)
+            publisher.publish(env, relay=True)
             mark_sent(engine, [env.event_id])
         if rows:
             self.metrics.incr("relayed", self.domain, len(rows))
+            if settings.metrics:
+                RELAYED.labels(self.domain).inc(len(rows))
             log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})
         return len(rows)

@@ -1,4 +1,5 @@
-"""A worker process's runtime for its domain: engine, publish burst, idempotency keys (and counters), handler deps.
+"""A worker process's runtime for its domain: engine, publish burst, idempotency keys (and counters), handler deps,
+tracer and metrics.
 
 Built once per process and domain (connections are not fork-safe), from the app's own
 settings. Tests build a `Runtime` directly with fakes (tests/unit/handler_harness.py).
@@ -9,12 +10,15 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from opentelemetry.sdk.trace import Tracer
 from sqlalchemy.engine import Engine
 
 from choreo.app.bootstrap import LiveDeps
 from choreo.infra.db import engine_for
 from choreo.infra.idempotency import Idempotency
+from choreo.infra import tracing
 from choreo.infra.redis_client import redis_client
+from choreo.infra.telemetry import Recorder
 from choreo.messaging.publisher import ConfirmedBurst
 from choreo.messaging.topology import Names
 from config.settings import Settings
@@ -30,6 +34,8 @@ class Runtime:
     burst: ConfirmedBurst
     idempotency: Idempotency
     deps: HandlerDeps
+    tracer: Tracer | None = None   # None: tracing off (settings.tracing), or a test's runtime
+    recorder: Recorder | None = None
     pid: int = field(default_factory=os.getpid)
 
 
@@ -57,6 +63,7 @@ def runtime(app) -> Runtime:
             rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
                          burst=ConfirmedBurst(app, settings.publish_confirm_timeout),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
-                         deps=LiveDeps(settings, r))
+                         deps=LiveDeps(settings, r), tracer=tracing.tracer(settings, domain),
+                         recorder=Recorder(domain, settings.metrics))
             _runtimes[key] = rt
         return rt

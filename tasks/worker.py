@@ -14,10 +14,12 @@ from vine import promise
 
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
+from choreo.infra.telemetry import Recorder, known_type
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import dead_letter_headers
 from tasks.adapter import Delivery, Outcome, process_batch
 from tasks.guard import Limits, Malformed, check
+from tasks.observe import Observability
 from tasks.relay import OutboxRelay
 from tasks.runtime import runtime
 
@@ -41,6 +43,18 @@ class ChoreoConsumer(Consumer):
     Also without the DelayedDelivery step: choreo never uses ETA/countdown (celery#6760), so
     the 28 celery_delayed_* queues are not declared.
     """
+
+    # What /health, /ready and /metrics read (tasks.observe): set by the event loop's turns,
+    # the batch in hand, and the connection's life.
+    last_turn: float = 0.0
+    consuming: bool = False
+    in_flight: int = 0
+    batch_started: float | None = None
+
+    @property
+    def in_hand(self) -> int:
+        """Deliveries held unacked: the batch being collected and the one being processed."""
+        return len(getattr(self, "_batch", ())) + self.in_flight
 
     class Blueprint(Consumer.Blueprint):
         default_steps = [s for s in Consumer.Blueprint.default_steps if "delayed_delivery" not in s]
@@ -68,6 +82,8 @@ class ChoreoConsumer(Consumer):
         known = {name for name in self.app.tasks if not name.startswith("celery.")}
         self._batch = []
         self._batch_max = max(1, self._settings.prefetch_multiplier)
+        self._known = known
+        self._recorder = Recorder(self.app.domain, self._settings.metrics)
 
         def on_task_received(message):
             try:
@@ -78,6 +94,7 @@ class ChoreoConsumer(Consumer):
                 return self._dead_letter_raw(message, f"poison: {exc}")
             except Exception as exc:  # the guard does no I/O: anything else is the message's fault too
                 return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}")
+            delivery.received_ns = time.time_ns()
             self._batch.append((message, delivery, time.monotonic()))
             self._event("task-received", delivery.task_id, name=delivery.name, args=message.headers.get("argsrepr"),
                         kwargs=message.headers.get("kwargsrepr"), root_id=delivery.root_id,
@@ -92,7 +109,10 @@ class ChoreoConsumer(Consumer):
         hub.on_tick.add(self._on_tick)  # a set: registering again after a reconnect is harmless
 
     def _on_tick(self) -> None:
-        """Once per turn of the event loop: run the batch when no further message is waiting."""
+        """Once per turn of the event loop (at least once a second, idle or not): run the batch
+        when no further message is waiting. Each turn is also what /health calls progress."""
+        self.last_turn = time.monotonic()
+        self.consuming = True
         if self._batch and (len(self._batch) >= self._batch_max or not self._more_waiting()):
             self._flush()
 
@@ -112,6 +132,7 @@ class ChoreoConsumer(Consumer):
         batch, self._batch = self._batch, []
         if not batch:
             return
+        self.in_flight, self.batch_started = len(batch), time.monotonic()
         for _message, delivery, _t in batch:
             self._event("task-started", delivery.task_id)
         try:
@@ -120,11 +141,15 @@ class ChoreoConsumer(Consumer):
             log.critical("batch of %d failed unexpectedly; requeueing: %r", len(batch), exc, exc_info=True)
             outcomes = [Outcome("requeue", f"{exc!r:.300}")] * len(batch)
         now = time.monotonic()
-        for (message, delivery, received), outcome in zip(batch, outcomes):
-            self._settle_message(message, delivery, outcome, now - received)
+        try:
+            for (message, delivery, received), outcome in zip(batch, outcomes):
+                self._settle_message(message, delivery, outcome, now - received)
+        finally:
+            self.in_flight, self.batch_started = 0, None
 
     def _settle_message(self, message, delivery, outcome, runtime_s: float) -> None:
-        """Ack (or requeue) one delivery and tell Flower how it ended, as Celery's Request would."""
+        """Ack (or requeue) one delivery, count it, and tell Flower how it ended, as Celery's Request would."""
+        self._recorder.handled(delivery.name, outcome.kind, runtime_s)
         if outcome.kind == "requeue":
             message.reject(requeue=True)
             self._event("task-rejected", delivery.task_id, requeue=True)
@@ -149,6 +174,7 @@ class ChoreoConsumer(Consumer):
         # The deliveries held for a batch belong to the channel that is going away: the broker
         # gives them to a consumer again. Nothing of them was committed or published yet.
         self._batch = []
+        self.consuming = False
         super().on_close()
 
     @property
@@ -182,6 +208,8 @@ class ChoreoConsumer(Consumer):
             log.error("could not publish to DLQ (%r); rejecting to the queue's DLX", exc)
             self._reject(message)
         self._count(domain)
+        if getattr(self, "_recorder", None) is not None:
+            self._recorder.handled(known_type(headers.get("task"), self._known), "poison")
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
 
     def _count(self, domain: str) -> None:
@@ -243,6 +271,7 @@ def install(app: Celery) -> None:
     refuse_compression()
     app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
+    app.steps["worker"].add(Observability)
 
 
 @setup_logging.connect

@@ -1,7 +1,7 @@
 """The outbox: rows committed with the state that caused them, published after commit, marked sent."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
@@ -16,6 +16,7 @@ OUTBOX_ADD = _OUTBOX.insert()
 _OUTBOX_SENT = (_OUTBOX.update().where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
                 .values(sent_at=bindparam("sent_at")))
 _UNSENT = select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.sent_at.is_(None))
+_BACKLOG = select(func.count(), func.min(_OUTBOX.c.created_at)).where(_OUTBOX.c.sent_at.is_(None))
 
 
 def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[Envelope]:
@@ -45,3 +46,17 @@ def count_unsent(engine: Engine) -> int:
         n = conn.execute(_UNSENT).scalar_one()
         conn.rollback()
     return n
+
+
+def backlog(engine: Engine) -> tuple[int, float | None]:
+    """Unsent outbox rows and the oldest one's creation time (epoch seconds), for the metrics."""
+    with engine.connect() as conn:
+        n, oldest = conn.execute(_BACKLOG).one()
+        conn.rollback()
+    if oldest is None:
+        return n, None
+    if isinstance(oldest, str):  # SQLite may hand the column back as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return n, oldest.timestamp()

@@ -59,10 +59,12 @@ class Batch:
         return set(self.conn.execute(_INBOX_AMONG, {"c": consumer, "ids": list(event_ids)}).scalars())
 
     @contextmanager
-    def message(self, cause: Envelope | None, consumer: str | None = None) -> Iterator["UnitOfWork"]:
+    def message(self, cause: Envelope | None, consumer: str | None = None,
+                traceparent: str | None = None) -> Iterator["UnitOfWork"]:
         """A savepoint for one message. On a clean exit its inbox mark (when `consumer` is
-        given) and its outbox rows join the batch; on an exception it rolls back alone."""
-        uow = UnitOfWork(self.session, self.source, cause)
+        given) and its outbox rows join the batch; on an exception it rolls back alone.
+        `traceparent`: the span handling the message, which the events it emits carry."""
+        uow = UnitOfWork(self.session, self.source, cause, traceparent)
         nested = self.session.begin_nested()
         try:
             yield uow
@@ -93,10 +95,12 @@ class UnitOfWork:
     """What a handler gets: the batch's transaction (`conn` for Core statements, `session` for
     the ORM) inside this message's savepoint, and `emit` to stage the events it causes."""
 
-    def __init__(self, session: Session, source: str, cause: Envelope | None = None) -> None:
+    def __init__(self, session: Session, source: str, cause: Envelope | None = None,
+                 traceparent: str | None = None) -> None:
         self.session = session
         self.source = source
         self.cause = cause
+        self.traceparent = traceparent
         self.pending: list[Envelope] = []
 
     # The inbox, the outbox and mark-sent are on every message's path: plain Core statements on
@@ -113,7 +117,8 @@ class UnitOfWork:
         order_id = order_id or self.cause.order_id
         seq = str(len(self.pending))
         event_id = derived_id(self.source, self.cause.event_id, type, seq) if self.cause else None
-        envelope = make_envelope(type, order_id, payload, source=self.source, cause=self.cause, event_id=event_id)
+        envelope = make_envelope(type, order_id, payload, source=self.source, cause=self.cause, event_id=event_id,
+                                 traceparent=self.traceparent)
         self.pending.append(envelope)
         return envelope
 

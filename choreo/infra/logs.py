@@ -1,4 +1,7 @@
-"""Structured JSON logs that carry the saga's correlation id, event id and trace id."""
+"""Structured JSON logs that carry the saga's correlation id, event id, trace and span ids.
+
+Every line has `service_name`, `trace_id` and `span_id` (null outside a message's handling);
+the line that settles a message has its `duration_ms` (received to settled)."""
 from __future__ import annotations
 
 import contextvars
@@ -25,14 +28,18 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        self.service_name = service.split(":")[-1]  # "worker:payment" -> "payment"
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": self.service,
+            "service_name": self.service_name,
             "logger": record.name,
             "msg": record.getMessage(),
+            "trace_id": None,
+            "span_id": None,
             **_context.get(),
         }
         for k, v in record.__dict__.items():

@@ -16,6 +16,9 @@ from amqp import Message
 from kombu import Queue
 from kombu.serialization import dumps
 
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, get_current_span
+
+from choreo.infra import tracing
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import flower_argsrepr
 from models.envelope import Envelope
@@ -31,9 +34,47 @@ class Publisher:
         self.app = app
         self.names = names
 
-    def publish(self, envelope: Envelope) -> None:
-        """Returns once the broker confirmed the message (confirm_publish is on)."""
-        self.send(**event_message(self.names, envelope))
+    def publish(self, envelope: Envelope, relay: bool = False) -> None:
+        """Returns once the broker confirmed the message (confirm_publish is on).
+
+        With tracing on, the publish is a PRODUCER span. A saga's first message (no cause) gets
+        a root span in the envelope's own trace, and goes out with that span as its traceparent;
+        any other message's span is a child of the span that staged it (its traceparent): the
+        outbox relay's (`relay`) also links to it."""
+        span = self._span(envelope, relay)
+        if span is not None and envelope.causation_id is None:
+            envelope = envelope.model_copy(update={"traceparent": tracing.traceparent_of(span)})
+        try:
+            self.send(**event_message(self.names, envelope))
+        except BaseException as exc:
+            if span is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, repr(exc)[:200]))
+            raise
+        finally:
+            if span is not None:
+                span.end()
+
+    def _span(self, envelope: Envelope, relay: bool):
+        settings = getattr(self.app, "settings", None)
+        t = tracing.tracer(settings, getattr(self.app, "domain", None) or "client") if settings is not None else None
+        if t is None:
+            return None
+        attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "send",
+                      "messaging.operation.name": "publish", "messaging.destination.name": self.names.events,
+                      "messaging.rabbitmq.destination.routing_key": envelope.type,
+                      "messaging.message.id": envelope.event_id, "choreo.order_id": envelope.order_id,
+                      "choreo.event_type": envelope.type}
+        name = f"send {envelope.type}"
+        if envelope.causation_id is None:
+            return tracing.start_root(t, name, envelope.trace_id, kind=SpanKind.PRODUCER, attributes=attributes)
+        parent = tracing.parent_context(envelope.traceparent)
+        links = []
+        if relay:
+            attributes["choreo.relay"] = True
+            links = [Link(parent_span.get_span_context(), {"choreo.link": "staged_by"})
+                     for parent_span in [get_current_span(parent)] if parent is not None]
+        return t.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links)
 
     def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
              routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,

@@ -1,17 +1,22 @@
-"""The user service (customers over HTTP) and its client, behind a shared circuit breaker and a bulkhead."""
+"""The user service (customers over HTTP, plus /health /ready /metrics /breakers) and its client, behind a
+shared circuit breaker and a bulkhead."""
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pybreaker
 import redis
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from choreo.infra.health import Cached, answer, route
+from choreo.infra.telemetry import Recorder
 from config.catalog import CUSTOMERS
 from models.tables import Customer
 
@@ -71,7 +76,33 @@ def seed_customers(engine: Engine) -> None:
         s.commit()
 
 
-def make_server(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:
+class UserServiceProbes:
+    """The user service's /health (its HTTP thread answers), /ready (its database answers),
+    /breakers (none: the breakers are in its callers, the workers)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.readiness = Cached(self._readiness)
+
+    def liveness(self) -> tuple[bool, dict]:
+        return True, {"state": "serving"}
+
+    def _readiness(self) -> tuple[bool, dict]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True, {"checks": {"database": True}}
+        except Exception:
+            return False, {"checks": {"database": False}}
+
+    def breakers(self) -> list[dict]:
+        return []
+
+
+def make_server(engine: Engine, host: str, port: int, metrics: bool = True) -> ThreadingHTTPServer:
+    probes = UserServiceProbes(engine)
+    recorder = Recorder("users", metrics)
+
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
@@ -83,14 +114,21 @@ def make_server(engine: Engine, host: str, port: int) -> ThreadingHTTPServer:
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             parts = [p for p in self.path.split("?")[0].split("/") if p]
-            if parts == ["health"]:
-                return self._send(200, {"status": "ok"})
             if len(parts) == 2 and parts[0] == "users":
-                with Session(engine) as s:
-                    c = s.get(Customer, parts[1])
+                started = time.monotonic()
+                try:
+                    with Session(engine) as s:
+                        c = s.get(Customer, parts[1])
+                except Exception:
+                    recorder.handled("GET /users", "error", time.monotonic() - started)
+                    raise
+                recorder.handled("GET /users", "processed" if c else "not_found", time.monotonic() - started)
                 if c is None:
                     return self._send(404, {"error": f"no user {parts[1]!r}"})
                 return self._send(200, {"id": c.id, "name": c.name, "email": c.email})
+            found = route(self.path, probes, "users")
+            if found is not None:
+                return answer(self, *found)
             return self._send(404, {"error": "not found"})
 
         def log_message(self, fmt, *args) -> None:

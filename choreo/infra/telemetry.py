@@ -1,0 +1,153 @@
+"""Prometheus metrics of one process (prometheus_client's default registry, served on /metrics).
+
+Labels are bounded: a service, a message type (only types the contract knows; anything else is
+"unknown"), an outcome, a breaker, a queue. Never an order id or an event id.
+
+Counted where the work happens (the adapter, the consumer, the relay); what is cheaper to read
+when scraped (outbox backlog, breaker state, queue depth) is read at scrape time by a collector
+the process registers (`ScrapeTime`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("choreo.infra.telemetry")
+
+OUTCOMES = ("processed", "duplicate", "retry", "dead_lettered", "poison", "requeue")
+BREAKER_STATES = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
+
+REQUESTS = Counter("service_request", "Messages (or HTTP requests) handled, by service, message type and outcome.",
+                   ["service", "type", "outcome"])
+LATENCY = Histogram("service_latency_seconds", "Handling time of a message: received by the consumer to settled "
+                    "(its batch's wait, transaction and confirmed publishes included).", ["service", "type"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+BATCH = Histogram("choreo_batch_size", "Messages per batch (one transaction, one publish burst).", ["service"],
+                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+RELAYED = Counter("choreo_relay_published", "Outbox rows the relay published (a crash stranded them).", ["service"])
+
+
+def known_type(name: str | None, known: Iterable[str]) -> str:
+    """A message type as a label: one the domain hears, else "unknown" (hostile names stay out)."""
+    return name if name in known else "unknown"
+
+
+class Recorder:
+    """The per-message counters of one service, label children cached (a dict lookup per message)."""
+
+    def __init__(self, service: str, enabled: bool = True) -> None:
+        self.service = service
+        self.enabled = enabled
+        self._requests: dict[tuple[str, str], object] = {}
+        self._latency: dict[str, object] = {}
+
+    def handled(self, type_: str, outcome: str, seconds: float | None = None) -> None:
+        if not self.enabled:
+            return
+        child = self._requests.get((type_, outcome))
+        if child is None:
+            child = self._requests[(type_, outcome)] = REQUESTS.labels(self.service, type_, outcome)
+        child.inc()
+        if seconds is not None:
+            hist = self._latency.get(type_)
+            if hist is None:
+                hist = self._latency[type_] = LATENCY.labels(self.service, type_)
+            hist.observe(seconds)
+
+    def batch(self, size: int) -> None:
+        if self.enabled:
+            BATCH.labels(self.service).observe(size)
+
+
+class ScrapeTime(Collector):
+    """Gauges read when Prometheus scrapes, from callables the process registers. A source that
+    fails (database or broker away) is left out of that scrape, and logged at debug."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.sources: list[Callable[[], Iterable[GaugeMetricFamily]]] = []
+
+    def add(self, source: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+        self.sources.append(source)
+
+    def collect(self):
+        for source in self.sources:
+            try:
+                yield from source()
+            except Exception as exc:
+                log.debug("scrape source %r failed: %r", source, exc)
+
+
+_scrape: dict[str, ScrapeTime] = {}
+
+
+def scrape_time(service: str) -> ScrapeTime:
+    """The process's collector for `service` (registered once)."""
+    found = _scrape.get(service)
+    if found is None:
+        found = _scrape[service] = ScrapeTime(service)
+        REGISTRY.register(found)
+    return found
+
+
+def breaker_families(service: str, breakers: Callable[[], list[dict]]) -> Callable[[], Iterable[GaugeMetricFamily]]:
+    """choreo_breaker_state (0 closed, 1 half-open, 2 open) and choreo_breaker_failures."""
+    def source():
+        state = GaugeMetricFamily("choreo_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                                  labels=["service", "breaker"])
+        fails = GaugeMetricFamily("choreo_breaker_failures", "Consecutive failures the breaker has counted.",
+                                  labels=["service", "breaker"])
+        for b in breakers():
+            state.add_metric([service, b["name"]], BREAKER_STATES.get(str(b["state"]), 2))
+            fails.add_metric([service, b["name"]], b["failures"])
+        yield state
+        yield fails
+    return source
+
+
+def outbox_families(service: str, backlog: Callable[[], tuple[int, float | None]]):
+    """choreo_outbox_unsent and choreo_outbox_oldest_unsent_seconds (0 when nothing waits)."""
+    def source():
+        unsent, oldest = backlog()
+        g = GaugeMetricFamily("choreo_outbox_unsent", "Outbox rows the broker has not confirmed yet.", labels=["service"])
+        g.add_metric([service], unsent)
+        yield g
+        a = GaugeMetricFamily("choreo_outbox_oldest_unsent_seconds", "Age of the oldest unsent outbox row.",
+                              labels=["service"])
+        a.add_metric([service], max(0.0, time.time() - oldest) if oldest else 0.0)
+        yield a
+    return source
+
+
+def queue_families(service: str, depths: Callable[[], list[tuple[str, int, int]]]):
+    """choreo_queue_messages and choreo_queue_consumers of the worker's queue and its DLQ."""
+    def source():
+        msgs = GaugeMetricFamily("choreo_queue_messages", "Messages ready in the queue (the broker's count).",
+                                 labels=["service", "queue"])
+        cons = GaugeMetricFamily("choreo_queue_consumers", "Consumers on the queue (the broker's count).",
+                                 labels=["service", "queue"])
+        for queue, messages, consumers in depths():
+            msgs.add_metric([service, queue], messages)
+            cons.add_metric([service, queue], consumers)
+        yield msgs
+        yield cons
+    return source
+
+
+def consumer_families(service: str, in_hand: Callable[[], int], consuming: Callable[[], bool]):
+    """choreo_prefetch_in_hand and choreo_consumer_ready, read from the consumer when scraped."""
+    def source():
+        held = GaugeMetricFamily("choreo_prefetch_in_hand", "Deliveries the consumer holds unacked (its batch "
+                                 "being collected and the one being processed).", labels=["service"])
+        held.add_metric([service], in_hand())
+        yield held
+        ready = GaugeMetricFamily("choreo_consumer_ready", "1 while the consumer is connected and consuming.",
+                                  labels=["service"])
+        ready.add_metric([service], 1 if consuming() else 0)
+        yield ready
+    return source
