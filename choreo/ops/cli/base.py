@@ -54,6 +54,7 @@ COMMANDS = {
     **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "dlq", "topology", "breakers", "projections",
                                                            "audit")},
     "chaos": "choreo.ops.cli.chaos:chaos",
+    "trace": "choreo.ops.cli.trace:trace",
 }
 
 
