@@ -86,14 +86,15 @@ class ChoreoConsumer(Consumer):
         self._recorder = Recorder(self.app.domain, self._settings.metrics)
 
         def on_task_received(message):
+            received = time.monotonic()
             try:
                 message.headers = check(message.body, message.headers, message.content_type,
                                         message.content_encoding, message.decode, known, limits)
                 delivery = _delivery(message)
             except Malformed as exc:
-                return self._dead_letter_raw(message, f"poison: {exc}")
+                return self._dead_letter_raw(message, f"poison: {exc}", received)
             except Exception as exc:  # the guard does no I/O: anything else is the message's fault too
-                return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}")
+                return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}", received)
             delivery.received_ns = time.time_ns()
             self._batch.append((message, delivery, time.monotonic()))
             self._event("task-received", delivery.task_id, name=delivery.name, args=message.headers.get("argsrepr"),
@@ -181,7 +182,7 @@ class ChoreoConsumer(Consumer):
     def _settings(self):
         return self.app.settings
 
-    def _dead_letter_raw(self, message, reason: str) -> None:
+    def _dead_letter_raw(self, message, reason: str, received: float | None = None) -> None:
         """Copy the delivery, as received, to the domain's DLQ with the reason; then ack it.
 
         Never raises for the message's sake: if the copy cannot be published, the delivery is
@@ -209,7 +210,8 @@ class ChoreoConsumer(Consumer):
             self._reject(message)
         self._count(domain)
         if getattr(self, "_recorder", None) is not None:
-            self._recorder.handled(known_type(headers.get("task"), self._known), "poison")
+            self._recorder.handled(known_type(headers.get("task"), self._known), "poison",
+                                   time.monotonic() - received if received is not None else None)
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
 
     def _count(self, domain: str) -> None:
@@ -229,7 +231,7 @@ class ChoreoConsumer(Consumer):
 
     def on_decode_error(self, message, exc):
         self._dead_letter_raw(message, f"poison: body is not valid {getattr(message, 'content_type', None) or 'content'}: "
-                                       f"{str(exc)[:300]}")
+                                       f"{str(exc)[:300]}", time.monotonic())
 
 
 def _delivery(message) -> Delivery:

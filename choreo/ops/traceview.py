@@ -212,19 +212,21 @@ def tree_order(spans: list[dict]) -> list[tuple[dict, int]]:
 
 
 def queue_waits(spans: list[dict]) -> dict[str, int]:
-    """Consumer span id -> ns between the end of the latest producer of the same message that
-    ended at or before the consumer started (retry copies and relay republishes included)."""
-    producer_ends: dict[str, list[int]] = {}
+    """Consumer span id -> ns from the start of the latest publish (PRODUCER span) of the same
+    message that began at or before the consumer's start (retry copies and relay republishes
+    included). From the start, not the end: a PRODUCER span lasts until the broker's confirm,
+    which often comes back after the consumer already has the message."""
+    producer_starts: dict[str, list[int]] = {}
     for s in spans:
         message_id = s["attributes"].get(MESSAGE_ID)
         if s.get("kind") == "PRODUCER" and message_id is not None:
-            producer_ends.setdefault(str(message_id), []).append(s["end_ns"])
+            producer_starts.setdefault(str(message_id), []).append(s["start_ns"])
     waits: dict[str, int] = {}
     for s in spans:
         message_id = s["attributes"].get(MESSAGE_ID)
         if s.get("kind") != "CONSUMER" or message_id is None:
             continue
-        earlier = [end for end in producer_ends.get(str(message_id), ()) if end <= s["start_ns"]]
+        earlier = [start for start in producer_starts.get(str(message_id), ()) if start <= s["start_ns"]]
         if earlier:
             waits[s["span_id"]] = s["start_ns"] - max(earlier)
     return waits

@@ -168,13 +168,13 @@ def test_spans_come_in_tree_order_with_depths(view):
             assert s["depth"] == view["spans"][position[s["parent_span_id"]]]["depth"] + 1
 
 
-def test_queue_wait_is_from_the_latest_producer_that_ended_before_the_consumer(view):
+def test_queue_wait_is_from_the_latest_publish_that_began_before_the_consumer(view):
     spans = by_id(view)
-    assert spans[O1]["queue_wait_ms"] == 2.0      # client publish ended at 1 ms, consumed at 3 ms
-    assert spans[P1]["queue_wait_ms"] == 3.0      # order's publish ended at 9 ms
-    assert spans[P2]["queue_wait_ms"] == 1005.5   # the retry copy (14.5 ms), not the first publish; relay is later
-    assert spans[P3]["queue_wait_ms"] == 5.0      # the relay republish (1040 ms)
-    assert spans[I1]["queue_wait_ms"] == 4.0
+    assert spans[O1]["queue_wait_ms"] == 3.0      # client publish began at 0 ms, consumed at 3 ms
+    assert spans[P1]["queue_wait_ms"] == 4.0      # order's publish began at 8 ms
+    assert spans[P2]["queue_wait_ms"] == 1006.0   # the retry copy (14 ms), not the first publish; relay is later
+    assert spans[P3]["queue_wait_ms"] == 10.0     # the relay republish (1035 ms)
+    assert spans[I1]["queue_wait_ms"] == 5.0      # began at 1025 ms, its confirm (1026) is irrelevant
     assert spans[OP1]["queue_wait_ms"] is None and spans[X1]["queue_wait_ms"] is None
 
 
@@ -260,7 +260,7 @@ def test_cli_table_shows_the_waterfall(trace_dir, run_cli):
     for service in ("client", "order", "payment", "inventory"):
         assert service in lines[0]
     assert "█" in out and "─" in out
-    for shown in ("[retry]", "[compensation]", "duplicate", "ERROR", "(relay)", "#1", "1 retry", "1,005.5 ms"):
+    for shown in ("[retry]", "[compensation]", "duplicate", "ERROR", "(relay)", "#1", "1 retry", "1,006.0 ms"):
         assert shown in out, shown
     # one row per span, in tree order, indented by depth
     rows = [line for line in lines if "█" in line]
