@@ -38,6 +38,9 @@ def measure(arm: str, n: int, quick: bool, **kw) -> dict:
     if arm in ("choreo", "choreo-pg"):
         from bench.choreo_arm import run_choreo
         return run_choreo(n, database="postgresql" if arm == "choreo-pg" else "sqlite", **lat, **kw)
+    if arm == "choreo-dark":  # the same, with Prometheus metrics and OpenTelemetry spans off: their cost
+        from bench.choreo_arm import run_choreo
+        return run_choreo(n, database="sqlite", extra_env=DARK, **lat, **kw)
     if arm == "naive":
         from bench.naive import run_naive
         return run_naive(n, **lat, **kw)
@@ -45,6 +48,9 @@ def measure(arm: str, n: int, quick: bool, **kw) -> dict:
         from bench.raw import run_raw
         return run_raw(n, **lat, **kw)
     raise ValueError(arm)
+
+
+DARK = {"CHOREO_METRICS": "false", "CHOREO_TRACING": "false"}
 
 
 def foreign_load(r: dict) -> float:
@@ -131,11 +137,12 @@ def build_summary(runs: dict[str, list[dict]]) -> dict:
 
 def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -> str:
     labels = {"choreo": "choreo (all guarantees), SQLite", "choreo-pg": "choreo (all guarantees), PostgreSQL",
+              "choreo-dark": "choreo, metrics + tracing off, SQLite",
               "naive": "naive Celery chain", "raw": "raw broker ceiling"}
     cols = ["", "sagas/s", "delivered msgs/s", "share of raw ceiling", "latency p50 / p95 / p99 ms @ half load",
             "peak RSS/worker proc MB", "CPU s/saga"]
     rows = []
-    for arm in ("choreo", "choreo-pg", "naive", "raw"):
+    for arm in ("choreo", "choreo-dark", "choreo-pg", "naive", "raw"):
         s = summ.get(arm)
         if not s:
             continue
@@ -162,6 +169,11 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
     text.append(f"choreo / ceiling: sagas/s {ratio('choreo', 'raw', 'sagas_per_s')}, "
                 f"msgs/s {ratio('choreo', 'raw', 'msgs_per_s')}, p99 {ratio('choreo', 'raw', 'p99')}, "
                 f"CPU/saga {ratio('choreo', 'raw', 'cpu_s_per_saga')}")
+    if summ.get("choreo-dark") and summ.get("choreo"):
+        on, off = (summ[a]["cpu_s_per_saga"]["median"] for a in ("choreo", "choreo-dark"))
+        text.append(f"observability cost: worker CPU/saga {on * 1000:.2f} ms with metrics + tracing, "
+                    f"{off * 1000:.2f} ms without: {100 * (on / off - 1):+.1f} % (target < 10 %); "
+                    f"sagas/s {ratio('choreo', 'choreo-dark', 'sagas_per_s')}")
     if summ.get("choreo-pg"):
         text.append(f"choreo on PostgreSQL / naive: sagas/s {ratio('choreo-pg', 'naive', 'sagas_per_s')}; "
                     f"/ ceiling: msgs/s {ratio('choreo-pg', 'raw', 'msgs_per_s')}")
@@ -272,8 +284,9 @@ def main() -> int:
     ap.add_argument("--orders", type=int, default=None, help="orders per throughput run (default 1000; --quick 200)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per arm (default 3; --quick 1)")
     ap.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 repeat, 8-12 s latency runs")
-    ap.add_argument("--arms", default="choreo,choreo-pg,naive,raw",
-                    help="of choreo (SQLite), choreo-pg (PostgreSQL), naive, raw")
+    ap.add_argument("--arms", default="choreo,choreo-dark,choreo-pg,naive,raw",
+                    help="of choreo (SQLite), choreo-dark (SQLite, metrics and tracing off), choreo-pg "
+                         "(PostgreSQL), naive, raw")
     ap.add_argument("--sweep", action="store_true", help="choreo prefetch (batch size) variants (quick each)")
     ap.add_argument("--sweep-orders", type=int, default=300)
     ap.add_argument("--sweep-configs", default=None,

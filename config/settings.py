@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     # on loopback: domain workers on health_port_base + HEALTH_PORT_OFFSETS[domain], the user
     # service on its own port. Prometheus (started by `choreo up`) listens on prometheus_port.
     health_port_base: int = Field(9100, ge=0, le=65000)
+    # Loopback by default; a container sets 0.0.0.0 so its compose neighbour Prometheus can scrape it.
+    health_host: str = "127.0.0.1"
     prometheus_port: int = Field(9190, ge=1, le=65535)
     # Prometheus metrics and OpenTelemetry spans (off: the bench's comparison arm). Spans go to
     # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to a file per process under run_dir/traces.

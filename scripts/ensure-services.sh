@@ -4,6 +4,8 @@
 # that already answers is used as is; one that is installed is started; one that is
 # missing is started with Docker when an engine answers, else installed from Debian
 # packages. Prints one line per service; exits non-zero with one line on failure.
+# Also installs the prometheus binary (Debian's package) that `choreo up` runs on its
+# own; it never starts or stops a system Prometheus, and a stack runs without it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -203,6 +205,56 @@ ensure_postgres() {
   say postgres "$how (127.0.0.1:5432)"
 }
 
+# ---------------------------------------------------------------- Prometheus
+# Only the binaries (prometheus, promtool): `choreo up` runs its own Prometheus on
+# 127.0.0.1:9190 with its files under run/. The package's service is never started here.
+
+# Debian starts a package's service on install unless /usr/sbin/policy-rc.d says no (101);
+# invoke-rc.d and deb-systemd-invoke both ask it. Lay one down only for the install, and only
+# when the machine has none of its own.
+without_service_starts() {
+  local policy=/usr/sbin/policy-rc.d made=0 rc=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# choreo ensure-services: no service starts during this install\nexit 101\n' >"$policy" \
+      && chmod 755 "$policy" && made=1
+  fi
+  "$@" || rc=$?
+  [ "$made" -eq 0 ] || rm -f "$policy"
+  return "$rc"
+}
+
+prom_install() {
+  without_service_starts env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends prometheus >>"$LOG" 2>&1
+}
+
+ensure_prometheus() {
+  if have prometheus; then
+    say prometheus "installed ($(command -v prometheus))"
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    say prometheus "not installed, and installing needs root: run this script as root, or apt-get install prometheus (choreo up runs without it)"
+    return 0
+  fi
+  if ! have apt-get; then
+    say prometheus "not installed and no apt-get here: install prometheus yourself (choreo up runs without it)"
+    return 0
+  fi
+  # A stale package list is the usual failure: refresh it once and try again.
+  if ! prom_install; then
+    apt-get update -q >>"$LOG" 2>&1 || true
+    APT_UPDATED=1
+    if ! prom_install; then
+      say prometheus "apt-get install prometheus failed (log: $LOG); choreo up runs without it"
+      return 0
+    fi
+  fi
+  have prometheus || { say prometheus "installed, but no prometheus binary on PATH (log: $LOG)"; return 0; }
+  say prometheus "installed ($(command -v prometheus))"
+}
+
 ensure_rabbitmq
 ensure_redis
 ensure_postgres
+ensure_prometheus

@@ -143,11 +143,12 @@ class Observability(bootsteps.StartStopStep):
             return
         port = settings.health_port(app.domain)
         try:
-            self.server = HealthServer("127.0.0.1", port, self.probes, app.domain).start()
+            self.server = HealthServer(settings.health_host, port, self.probes, app.domain).start()
         except OSError as exc:  # the port is taken: the worker still works, unobserved; say so loudly
-            log.error("health listener could not bind 127.0.0.1:%d (%s); /health and /metrics are off", port, exc)
+            log.error("health listener could not bind %s:%d (%s); /health and /metrics are off",
+                      settings.health_host, port, exc)
             return
-        log.info("health listener on http://127.0.0.1:%d (/health /ready /metrics /breakers)", port)
+        log.info("health listener on http://%s:%d (/health /ready /metrics /breakers)", settings.health_host, port)
 
     def stop(self, worker):
         if self.server is not None:

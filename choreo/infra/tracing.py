@@ -159,7 +159,8 @@ def traceparent_of(span: Span | None) -> str | None:
     sc = span.get_span_context()
     if not sc.is_valid:
         return None
-    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+    # Only the sampled bit: W3C level 2's "random" bit (0x02) is not part of choreo's wire contract.
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{'01' if sc.trace_flags.sampled else '00'}"
 
 
 def span_id_of(span: Span | None) -> str | None:

@@ -40,7 +40,12 @@ def _cmdline(pid: int) -> str:
 
 def is_ours(pid: int) -> bool:
     """Alive and a choreo process (never a recycled pid of someone else's)."""
-    return alive(pid) and MARK in _cmdline(pid)
+    return runs_with(pid, MARK)
+
+
+def runs_with(pid: int, marker: str) -> bool:
+    """Alive, and `marker` is in its command line: the pid file's process, not a recycled pid."""
+    return alive(pid) and marker in _cmdline(pid)
 
 
 def alive(pid: int) -> bool:

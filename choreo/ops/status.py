@@ -1,12 +1,15 @@
-"""`choreo status` as data: orders by state, queues, dead letters, unrouted messages, processes, counters.
+"""`choreo status` as data: orders by state, queues, dead letters, unrouted messages, processes
+(and each one's /health and /ready), Prometheus, counters.
 
 Every source that is away (database, broker, Redis) is reported in the result, never raised:
 a status is most wanted when something is down.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,8 +17,11 @@ from choreo.app.queries import system_summary
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.admin import BrokerAdmin
+from choreo.ops import prometheus
 from choreo.ops.stack import Stack
 from config.settings import Settings
+
+PROBE_TIMEOUT = 0.5  # seconds per GET: a status is most wanted when something hangs
 
 
 def gather_status(settings: Settings) -> dict[str, Any]:
@@ -34,9 +40,43 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     data["unrouted"] = next((q["messages"] for q in data["queues"] if q["name"] == f"{settings.namespace}.unrouted"),
                             None)
     data["processes"] = Stack(settings).running()
+    data["health"] = process_health(settings, data["processes"])
+    pid = prometheus.running(settings)
+    data["prometheus"] = {"url": prometheus.url(settings), "pid": pid, "running": pid is not None}
     try:
         data["metrics"] = Metrics(redis_client(settings), settings.redis_prefix).snapshot()
     except redis.RedisError as exc:
         data["metrics"] = {}
         data["redis_error"] = repr(exc)
     return data
+
+
+def _get(client: httpx.Client, url: str | None) -> int | None:
+    """The status code of GET url, or None when nothing answers in time."""
+    if url is None:
+        return None
+    try:
+        return client.get(url).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def process_health(settings: Settings, pids: dict[str, int | None]) -> dict[str, dict[str, Any]]:
+    """Per process: pid, health and metrics URLs, "health" (ok | down | not running) and "ready"
+    (True/False, None when not asked). Running processes are asked in parallel, never the others."""
+    urls = prometheus.endpoints(settings)
+    asks = [(name, kind) for name, pid in pids.items() if pid and name in urls for kind in ("health", "ready")]
+    with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client, \
+            ThreadPoolExecutor(max_workers=max(1, len(asks))) as pool:
+        codes = dict(zip(asks, pool.map(lambda a: _get(client, urls[a[0]][a[1]]), asks)))
+    out: dict[str, dict[str, Any]] = {}
+    for name, pid in pids.items():
+        url = urls.get(name, {})
+        record: dict[str, Any] = {"pid": pid, "health_url": url.get("health"), "metrics_url": url.get("metrics"),
+                                  "health": "not running", "ready": None}
+        if pid:
+            record["health"] = "ok" if codes.get((name, "health")) == 200 else "down"
+            ready = codes.get((name, "ready"))
+            record["ready"] = None if ready is None else ready == 200
+        out[name] = record
+    return out

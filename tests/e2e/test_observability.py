@@ -282,3 +282,36 @@ def test_poison_ids_are_not_labels(settings, stack):
         requests(scrape(settings, "shipment"), "shipment")), 20, what="three poison counted")
     assert after[("unknown", "poison")] - before[("unknown", "poison")] == 3
     assert not any(t.startswith("evil.") for t, _ in after)
+
+
+@pytest.mark.skipif(__import__("shutil").which("prometheus") is None,
+                    reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)")
+def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(settings, stack):
+    """`choreo up`'s Prometheus (choreo.ops.prometheus), scraping the real workers and user service."""
+    from choreo.ops import prometheus as prom
+    from choreo.ops.workload import publish_orders
+
+    sent = publish_orders(settings, ["completed", "declined"], seed=None)
+    settled(settings, [o for o, _ in sent])
+    prom.start(settings)
+    try:
+        prom.wait_ready(settings, 30)
+
+        def up():
+            found = {r["metric"]["process"]: r["value"][1] for r in prom.query(settings, 'up{job="choreo"}')}
+            return found if found and all(v == "1" for v in found.values()) else None
+        assert set(wait_for(up, 45, interval=1, what="every process scraped (up == 1)")) == \
+            {"users", *(f"worker-{d}" for d in DOMAINS)}
+
+        def domains():
+            rows = prom.query(settings, 'sum by (service) (service_request_total{outcome="processed"})')
+            found = {r["metric"]["service"] for r in rows}
+            return found if set(DOMAINS) <= found else None
+        wait_for(domains, 45, interval=1, what="service_request_total of all five domains in Prometheus")
+        breakers = prom.query(settings, 'choreo_breaker_state{breaker="user-service"}')
+        assert [r["metric"]["service"] for r in breakers] == ["notification"]
+        rules = httpx.get(prom.url(settings) + "/api/v1/rules", timeout=5).json()["data"]["groups"]
+        assert any(r["name"] for g in rules for r in g["rules"])
+    finally:
+        prom.stop(settings)
+    assert prom.running(settings) is None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from urllib.parse import urlsplit
 
 import click
 from rich.table import Table
@@ -47,15 +48,34 @@ def print_status(settings, as_json: bool) -> dict:
     if data["metrics"]:
         console.print("counters: " + "; ".join(f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
                                                for name, per in data["metrics"].items() if per))
-    procs = ", ".join(f"{n}={'pid ' + str(p) if p else 'down'}" for n, p in data["processes"].items())
-    console.print(f"processes: {procs}")
+    console.print(process_table(data))
+    prom = data["prometheus"]
+    console.print(f"prometheus: {prom['url']} (pid {prom['pid']})" if prom["running"]
+                  else "prometheus: not running (`choreo up` starts it)")
     return data
+
+
+HEALTH_STYLE = {"ok": "green", "down": "red", "not running": "yellow"}
+READY = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}
+
+
+def process_table(data: dict) -> Table:
+    t = Table(title="processes")
+    for col in ("name", "pid", "health", "ready", "listener"):
+        t.add_column(col, no_wrap=True)
+    for name, pid in data["processes"].items():
+        h = data["health"].get(name, {})
+        state = h.get("health", "not running" if not pid else "?")
+        t.add_row(name, str(pid or "-"), f"[{HEALTH_STYLE.get(state, 'white')}]{state}[/]",
+                  READY[h.get("ready")], urlsplit(h.get("health_url") or "").netloc)
+    return t
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Orders by state and reason, queue depths and consumers, dead letters, processes."""
+    """Orders by state and reason, queue depths and consumers, dead letters, processes and their
+    health (/health, /ready), Prometheus."""
     print_status(current_settings(), as_json)
 
 

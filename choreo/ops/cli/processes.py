@@ -8,7 +8,8 @@ import click
 from choreo.app.bootstrap import prepare
 from choreo.infra import logs
 from choreo.infra.db import engine_for
-from choreo.ops.cli.base import SAGA_MARKER, console, current_settings, fail
+from choreo.ops import prometheus
+from choreo.ops.cli.base import SAGA_MARKER, console, current_settings, err, fail
 from choreo.ops.stack import Stack, bring_up, process_names
 from choreo.world.users import make_server
 from config.settings import DOMAINS, SAGA_MODES
@@ -42,7 +43,8 @@ def users() -> None:
     settings = current_settings()
     logs.configure("users", settings.log_level, settings.log_json)
     prepare(settings, ["user"])
-    server = make_server(engine_for(settings, "user"), settings.user_service_host, settings.user_service_port)
+    server = make_server(engine_for(settings, "user"), settings.user_service_host, settings.user_service_port,
+                         settings.metrics)
     console.print(f"user service on {settings.users_url}")
     try:
         server.serve_forever()
@@ -61,8 +63,10 @@ def flower() -> None:
     app.start(["flower", f"--port={settings.flower_port}", "--address=127.0.0.1", "--purge_offline_workers=60"])
 
 
-def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = None) -> None:
-    """`choreo up`: start what is not running and wait until every worker consumes."""
+def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = None,
+             with_prometheus: bool = True) -> None:
+    """`choreo up`: start what is not running and wait until every worker consumes, then
+    Prometheus (a stack runs without it: a failure to start it is a warning)."""
     settings = current_settings()
     if saga:
         running = [n for n, pid in Stack(settings).running().items() if pid]
@@ -79,21 +83,38 @@ def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = No
     console.print(f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} (logs in {stack.log_dir})")
     if with_flower:
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")
+    if with_prometheus:
+        start_prometheus(settings)
+
+
+def start_prometheus(settings) -> None:
+    try:
+        prometheus.start(settings)
+        prometheus.wait_ready(settings, 30)
+    except RuntimeError as exc:
+        err.print(f"[yellow]warning:[/yellow] Prometheus not started: {exc}")
+        return
+    url = prometheus.url(settings)
+    console.print(f"Prometheus: {url} (alerts: {url}/alerts, targets: {url}/targets)")
 
 
 @click.command()
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+@click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus.")
 @click.option("--saga", type=click.Choice(SAGA_MODES), default=None,
               help="Saga style (default: the running one, else choreography).")
-def up(no_flower: bool, saga: str | None) -> None:
-    """Start the user service, the five domain workers (and the orchestrator) and Flower (idempotent)."""
-    up_stack(with_flower=not no_flower, saga=saga)
+def up(no_flower: bool, no_prometheus: bool, saga: str | None) -> None:
+    """Start the user service, the five domain workers (and the orchestrator), Flower and
+    Prometheus (idempotent)."""
+    up_stack(with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus)
 
 
 @click.command()
 def down() -> None:
     """Stop what `choreo up` started (by pid file; nothing else is touched)."""
     settings = current_settings()
+    if prometheus.stop(settings):
+        console.print("stopped prometheus")
     stack = Stack(settings)
     for name in reversed(process_names(settings.model_copy(update={"saga_mode": "orchestrated"}))):
         if stack.stop(name):
