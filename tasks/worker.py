@@ -210,8 +210,11 @@ class ChoreoConsumer(Consumer):
             self._reject(message)
         self._count(domain)
         if getattr(self, "_recorder", None) is not None:
-            self._recorder.handled(known_type(headers.get("task"), self._known), "poison",
-                                   time.monotonic() - received if received is not None else None)
+            try:
+                self._recorder.handled(known_type(headers.get("task"), self._known), "poison",
+                                       time.monotonic() - received if received is not None else None)
+            except Exception as exc:  # a lost figure, never the worker
+                log.warning("could not count a poison message: %r", exc)
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
 
     def _count(self, domain: str) -> None:

@@ -1,6 +1,7 @@
 """Shared test helpers: start the stack by the CLI's code path, wait for outcomes with deadlines."""
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Callable, TypeVar
@@ -99,6 +100,22 @@ class Probe:
             found = self.letters()
             return found if all(m in found for m in message_ids) else None
         return wait_for(arrived, timeout, what=f"{message_ids} in the {self.domain} DLQ")
+
+
+_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
+
+
+def scrape(settings, process: str) -> dict[tuple, float]:
+    """Every labelled sample of a process's /metrics: (name, frozenset(labels)) -> value."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(settings.health_url(process) + "/metrics", timeout=5).text.splitlines():
+        m = _SAMPLE.match(line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
 
 
 def workers(stack) -> dict:

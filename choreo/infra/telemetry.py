@@ -32,9 +32,10 @@ BATCH = Histogram("choreo_batch_size", "Messages per batch (one transaction, one
 RELAYED = Counter("choreo_relay_published", "Outbox rows the relay published (a crash stranded them).", ["service"])
 
 
-def known_type(name: str | None, known: Iterable[str]) -> str:
-    """A message type as a label: one the domain hears, else "unknown" (hostile names stay out)."""
-    return name if name in known else "unknown"
+def known_type(name: object, known: Iterable[str]) -> str:
+    """A message type as a label: one the domain hears, else "unknown" (hostile names stay out,
+    and so does anything that is not a string: a header may hold a list or a dict)."""
+    return name if isinstance(name, str) and name in known else "unknown"
 
 
 class Recorder:

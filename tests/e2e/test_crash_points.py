@@ -22,7 +22,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from config.settings import FAULT_POINTS
-from tests.helpers import settled, wait_for
+from tests.helpers import scrape, settled, wait_for
 
 pytestmark = pytest.mark.e2e
 ORDERS = 6
@@ -84,10 +84,26 @@ def test_a_worker_killed_at_any_point_of_a_batch_loses_and_doubles_nothing(point
         if point != "before_commit":  # committed and then killed: the relay published what was stranded
             wait_for(lambda: metrics.snapshot()["relayed"].get("inventory", 0) > relayed_before, 30,
                      what="the relay to count the stranded events")
+            # ...which the restarted worker's own Prometheus counter and its spans say too: a relay
+            # publish is a PRODUCER span under, and linked to, the span that staged the event.
+            samples = scrape(settings, "inventory")
+            assert samples[("choreo_relay_published_total", frozenset({("service", "inventory")}))] >= 1
+            relayed = wait_for(lambda: _relay_spans(settings, ids), 20, what="the relay's spans")
+            for span in relayed:
+                assert span["kind"] == "PRODUCER" and span["name"] == "send inventory.reserved"
+                assert [link["span_id"] for link in span["links"]] == [span["parent_span_id"]]
     finally:
         if faulty is not None:
             faulty.stop("worker-inventory")
         start_stack(settings, names=["worker-inventory"])
+
+
+def _relay_spans(settings, ids: list[str]) -> list[dict]:
+    import json
+
+    spans = [json.loads(line) for f in settings.trace_dir.glob("inventory-*.jsonl")
+             for line in f.read_text().splitlines() if '"choreo.relay"' in line]
+    return [s for s in spans if s["attributes"].get("choreo.order_id") in ids]
 
 
 def _unsent(engine, ids: list[str]) -> int:

@@ -12,25 +12,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import Probe, queues_idle, settled, wait_for
+from tests.helpers import Probe, queues_idle, scrape, settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
 DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
-_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
-
-
-def scrape(settings, process: str) -> dict[tuple, float]:
-    """Every sample of a process's /metrics: (name, frozenset(labels)) -> value."""
-    out = {}
-    for line in httpx.get(settings.health_url(process) + "/metrics", timeout=5).text.splitlines():
-        m = _SAMPLE.match(line)
-        if m:
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-            out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
 def requests(samples: dict, service: str) -> Counter:
     """service_request_total of one service: (type, outcome) -> count."""
     out = Counter()

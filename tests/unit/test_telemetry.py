@@ -118,6 +118,8 @@ def test_recorder_counts_with_bounded_labels():
                                      {"service": "unit-svc", "type": "order.placed"}) >= 2
     assert known_type("evil.123", {"order.placed"}) == "unknown"
     assert known_type("order.placed", {"order.placed"}) == "order.placed"
+    assert known_type(["order.placed"], {"order.placed"}) == "unknown"  # a hostile header: unhashable
+    assert known_type({"a": 1}, {"order.placed"}) == "unknown"
     off = Recorder("unit-off", enabled=False)
     off.handled("order.placed", "processed", 0.1)
     assert REGISTRY.get_sample_value("service_request_total", {"service": "unit-off", "type": "order.placed",

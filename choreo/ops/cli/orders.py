@@ -82,7 +82,10 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
     settings = current_settings()
     print_status(settings, as_json=False)
     console.print(f"\nWatch it in Flower: http://127.0.0.1:{settings.flower_port}   "
-                  f"Inspect one: choreo order <ORDER_ID>   Dead letters: choreo dlq list payment   Stop: choreo down")
+                  f"Prometheus: http://127.0.0.1:{settings.prometheus_port}   "
+                  f"Health: curl {settings.health_url('payment')}/health (and /ready /metrics /breakers)\n"
+                  f"Inspect one: choreo order <ORDER_ID>   Its trace: choreo trace <ORDER_ID>   "
+                  f"Dead letters: choreo dlq list payment   Stop: choreo down")
     sys.exit(code)
 
 
