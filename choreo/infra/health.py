@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +38,10 @@ def route(path: str, probes: Probes, service: str) -> tuple[int, str, bytes] | N
         return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
     if path == "/health":
         ok, detail = probes.liveness()
-        return _json(200 if ok else 503, {"status": "ok" if ok else "stalled", "service": service, **detail})
+        # The pid: a second process of the same service cannot bind this port, so the pid says
+        # which process answers (the one `choreo status` lists, or not).
+        return _json(200 if ok else 503, {"status": "ok" if ok else "stalled", "service": service,
+                                          "pid": os.getpid(), **detail})
     if path == "/ready":
         ok, detail = probes.readiness()
         return _json(200 if ok else 503, {"ready": ok, "service": service, **detail})

@@ -283,18 +283,20 @@ def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(setti
     try:
         prom.wait_ready(settings, 30)
 
-        def up():
+        expected = {"users", *(f"worker-{d}" for d in DOMAINS)}
+
+        def up():  # each target's first scrape lands somewhere in the first 5 s interval
             found = {r["metric"]["process"]: r["value"][1] for r in prom.query(settings, 'up{job="choreo"}')}
-            return found if found and all(v == "1" for v in found.values()) else None
-        assert set(wait_for(up, 45, interval=1, what="every process scraped (up == 1)")) == \
-            {"users", *(f"worker-{d}" for d in DOMAINS)}
+            return found if set(found) == expected and all(v == "1" for v in found.values()) else None
+        wait_for(up, 45, interval=1, what="every process scraped (up == 1)")
 
         def domains():
             rows = prom.query(settings, 'sum by (service) (service_request_total{outcome="processed"})')
             found = {r["metric"]["service"] for r in rows}
             return found if set(DOMAINS) <= found else None
         wait_for(domains, 45, interval=1, what="service_request_total of all five domains in Prometheus")
-        breakers = prom.query(settings, 'choreo_breaker_state{breaker="user-service"}')
+        breakers = wait_for(lambda: prom.query(settings, 'choreo_breaker_state{breaker="user-service"}'), 30,
+                            interval=1, what="the notification worker's breaker gauge in Prometheus")
         assert [r["metric"]["service"] for r in breakers] == ["notification"]
         rules = httpx.get(prom.url(settings) + "/api/v1/rules", timeout=5).json()["data"]["groups"]
         assert any(r["name"] for g in rules for r in g["rules"])

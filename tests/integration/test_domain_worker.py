@@ -21,7 +21,13 @@ def ns_settings(settings):
     from consumers.registry import topology
     from choreo.app.bootstrap import prepare
 
-    s = settings.model_copy(update={"namespace": f"inproc-{uuid.uuid4().hex[:6]}"})
+    from choreo.ops.stack import free_port_block
+    from config.settings import HEALTH_PORT_OFFSETS
+
+    # Its own health listener ports: this in-process worker lives for the whole session, beside
+    # the e2e stack's shipment worker, whose port it must not take.
+    s = settings.model_copy(update={"namespace": f"inproc-{uuid.uuid4().hex[:6]}",
+                                    "health_port_base": free_port_block(len(HEALTH_PORT_OFFSETS))})
     prepare(s, ["shipment"])
     topology(s).declare()
     return s
