@@ -362,7 +362,8 @@ def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "I
 # --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
 
 def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", batch: int = 16) -> dict:
-    """Variants: base, log_warning; 'a+b' combines. Reports median CPU ms/msg per variant."""
+    """Variants: base, log_warning, dark (metrics and tracing off); 'a+b' combines. Reports median
+    CPU ms/msg per variant (this process's CPU: the span exporter's thread included)."""
     import logging
     import statistics
 
@@ -375,6 +376,13 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", ba
                     continue
                 if part == "log_warning":
                     logging.getLogger().setLevel("WARNING" if on else log_level)
+                elif part == "dark":  # metrics and tracing off, as CHOREO_METRICS/TRACING=false
+                    for rt in h.rts.values():
+                        if on:
+                            rt.saved_observers = (rt.tracer, rt.recorder)
+                            rt.tracer = rt.recorder = None
+                        else:
+                            rt.tracer, rt.recorder = rt.saved_observers
                 else:
                     raise ValueError(part)
         h.block(max(10, batch))

@@ -13,10 +13,10 @@ import time
 
 import redis
 from celery import bootsteps
-from sqlalchemy import text
 
 from choreo.app.outbox import backlog
 from choreo.infra import telemetry, tracing
+from choreo.infra.db import reachable
 from choreo.infra.health import Cached, HealthServer
 from consumers.registry import subscriptions
 from tasks.runtime import runtime
@@ -58,13 +58,8 @@ class WorkerProbes:
 
     def _readiness(self) -> tuple[bool, dict]:
         c = self.consumer
-        checks = {"broker": bool(c is not None and getattr(c, "consuming", False) and c.connection is not None)}
-        try:
-            with self.rt.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = True
-        except Exception:
-            checks["database"] = False
+        checks = {"broker": bool(c is not None and getattr(c, "consuming", False) and c.connection is not None),
+                  "database": reachable(self.rt.engine)}
         try:
             checks["redis"] = bool(self._redis.ping())
         except redis.RedisError:
@@ -77,6 +72,10 @@ class WorkerProbes:
         b = self.rt.deps.users.breaker
         return [{"name": b.name, "state": str(b.current_state), "failures": b.fail_counter,
                  "fail_max": b.fail_max, "reset_timeout_s": b.reset_timeout}]
+
+    def close(self) -> None:
+        self._queues.close()
+        self._redis.close()
 
     def register_gauges(self) -> None:
         source = telemetry.scrape_time(self.domain)
@@ -155,7 +154,7 @@ class Observability(bootsteps.StartStopStep):
             self.server.stop()
             self.server = None
         if self.probes is not None:
-            self.probes._queues.close()
+            self.probes.close()
         tracing.shutdown()
 
     shutdown = stop

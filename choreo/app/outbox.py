@@ -15,7 +15,6 @@ _OUTBOX = Outbox.__table__
 OUTBOX_ADD = _OUTBOX.insert()
 _OUTBOX_SENT = (_OUTBOX.update().where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
                 .values(sent_at=bindparam("sent_at")))
-_UNSENT = select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.sent_at.is_(None))
 _BACKLOG = select(func.count(), func.min(_OUTBOX.c.created_at)).where(_OUTBOX.c.sent_at.is_(None))
 
 
@@ -42,14 +41,12 @@ def mark_sent(engine: Engine, event_ids: list[str]) -> None:
 
 def count_unsent(engine: Engine) -> int:
     """Outbox rows the broker has not confirmed yet (in flight, or stranded for the relay)."""
-    with engine.connect() as conn:
-        n = conn.execute(_UNSENT).scalar_one()
-        conn.rollback()
-    return n
+    return backlog(engine)[0]
 
 
 def backlog(engine: Engine) -> tuple[int, float | None]:
-    """Unsent outbox rows and the oldest one's creation time (epoch seconds), for the metrics."""
+    """Unsent outbox rows and the oldest one's creation time (epoch seconds): `choreo status`
+    and the metrics (choreo_outbox_unsent, choreo_outbox_oldest_unsent_seconds)."""
     with engine.connect() as conn:
         n, oldest = conn.execute(_BACKLOG).one()
         conn.rollback()

@@ -57,6 +57,16 @@ def non_durable(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+def reachable(engine: Engine) -> bool:
+    """Whether the database answers a trivial query now (a readiness probe; never raises)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
 def ensure_database(url: str) -> None:
     """Create the PostgreSQL database named in `url` if it does not exist (SQLite: the folder)."""
     u = make_url(url)

@@ -19,8 +19,7 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger("choreo.infra.telemetry")
 
-OUTCOMES = ("processed", "duplicate", "retry", "dead_lettered", "poison", "requeue")
-BREAKER_STATES = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}  # pybreaker's state names
 
 REQUESTS = Counter("service_request", "Messages (or HTTP requests) handled, by service, message type and outcome.",
                    ["service", "type", "outcome"])
@@ -69,8 +68,7 @@ class ScrapeTime(Collector):
     """Gauges read when Prometheus scrapes, from callables the process registers. A source that
     fails (database or broker away) is left out of that scrape, and logged at debug."""
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    def __init__(self) -> None:
         self.sources: list[Callable[[], Iterable[GaugeMetricFamily]]] = []
 
     def add(self, source: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
@@ -91,7 +89,7 @@ def scrape_time(service: str) -> ScrapeTime:
     """The process's collector for `service` (registered once)."""
     found = _scrape.get(service)
     if found is None:
-        found = _scrape[service] = ScrapeTime(service)
+        found = _scrape[service] = ScrapeTime()
         REGISTRY.register(found)
     return found
 

@@ -72,8 +72,8 @@ class Publisher:
         links = []
         if relay:
             attributes["choreo.relay"] = True
-            links = [Link(parent_span.get_span_context(), {"choreo.link": "staged_by"})
-                     for parent_span in [get_current_span(parent)] if parent is not None]
+            if parent is not None:
+                links = [Link(get_current_span(parent).get_span_context(), {"choreo.link": "staged_by"})]
         return t.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links)
 
     def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,

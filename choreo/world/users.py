@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pybreaker
 import redis
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from choreo.infra.db import reachable
 from choreo.infra.health import Cached, answer, route
 from choreo.infra.telemetry import Recorder
 from config.catalog import CUSTOMERS
@@ -88,12 +88,8 @@ class UserServiceProbes:
         return True, {"state": "serving"}
 
     def _readiness(self) -> tuple[bool, dict]:
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return True, {"checks": {"database": True}}
-        except Exception:
-            return False, {"checks": {"database": False}}
+        ok = reachable(self.engine)
+        return ok, {"checks": {"database": ok}}
 
     def breakers(self) -> list[dict]:
         return []

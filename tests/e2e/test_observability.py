@@ -165,6 +165,23 @@ def test_one_trace_per_saga_across_five_domains(settings, known_set):
     for s in consumed:
         if s["message_type"] != "place_order":
             assert s["queue_wait_ms"] is not None and s["queue_wait_ms"] >= 0
+    # Causality: each delivery's parent is the span that emitted the message: the client's
+    # publish for place_order, else the CONSUMER span (of the emitting domain) of its cause.
+    by_id = {s["span_id"]: s for s in spans}
+    emitted_by = {"place_order": ("client", "PRODUCER", "place_order"),
+                  "order.placed": ("order", "CONSUMER", "place_order"),
+                  "payment.completed": ("payment", "CONSUMER", "order.placed"),
+                  "inventory.reserved": ("inventory", "CONSUMER", "payment.completed"),
+                  "shipment.created": ("shipment", "CONSUMER", "inventory.reserved"),
+                  "order.completed": ("order", "CONSUMER", "shipment.created")}
+    for s in consumed:
+        parent = by_id.get(s["parent_span_id"])
+        assert parent is not None, f"{s['service']} {s['name']}: parent {s['parent_span_id']} not in the trace"
+        assert (parent["service"], parent["kind"], parent["message_type"]) == emitted_by[s["message_type"]], s["name"]
+    # and each publish is a child of the delivery that staged it
+    for s in spans:
+        if s["kind"] == "PRODUCER" and s["service"] != "client":
+            assert by_id[s["parent_span_id"]]["kind"] == "CONSUMER"
 
 
 def test_a_retried_saga_shows_its_retries(settings, known_set):
