@@ -276,6 +276,11 @@ def start(settings: Settings) -> int:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=base_dir(settings), start_new_session=True)
     pid_path(settings).write_text(str(proc.pid))
+    # Popen returns once exec has begun, but the kernel fills in the new command line a moment
+    # later: until then `running()` would not recognise it, and a second start ran a second one.
+    deadline = time.monotonic() + 5
+    while running(settings) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return proc.pid
 
 

@@ -146,6 +146,11 @@ class Stack:
                                 env=self.env, start_new_session=True)
         log.close()
         self.pidfile(name).write_text(str(proc.pid))
+        # The kernel sets the new command line a moment after Popen returns: until then `pid()`
+        # would not know the process as ours, and a stop right after this start would miss it.
+        deadline = time.monotonic() + 5
+        while not is_ours(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         return proc.pid
 
     def stop(self, name: str, timeout: float = 15.0) -> bool:
