@@ -362,7 +362,7 @@ def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "I
 # --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
 
 def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", batch: int = 16) -> dict:
-    """Variants: base, log_warning, dark (metrics and tracing off); 'a+b' combines. Reports median
+    """Variants: base, log_warning, dark (metrics and tracing off), notrace, nometrics; 'a+b' combines. Reports median
     CPU ms/msg per variant (this process's CPU: the span exporter's thread included)."""
     import logging
     import statistics
@@ -376,13 +376,16 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", ba
                     continue
                 if part == "log_warning":
                     logging.getLogger().setLevel("WARNING" if on else log_level)
-                elif part == "dark":  # metrics and tracing off, as CHOREO_METRICS/TRACING=false
+                elif part in ("dark", "notrace", "nometrics"):  # as CHOREO_TRACING / CHOREO_METRICS=false
+                    fields = {"dark": ("tracer", "recorder"), "notrace": ("tracer",), "nometrics": ("recorder",)}[part]
                     for rt in h.rts.values():
                         if on:
-                            rt.saved_observers = (rt.tracer, rt.recorder)
-                            rt.tracer = rt.recorder = None
+                            rt.saved_observers = tuple(getattr(rt, f) for f in fields)
+                            for f in fields:
+                                setattr(rt, f, None)
                         else:
-                            rt.tracer, rt.recorder = rt.saved_observers
+                            for f, saved in zip(fields, rt.saved_observers):
+                                setattr(rt, f, saved)
                 else:
                     raise ValueError(part)
         h.block(max(10, batch))
@@ -403,7 +406,12 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", ba
         wall = [x["wall_ms_per_msg"] for x in xs]
         summary[v] = {"cpu_ms_per_msg_median": statistics.median(cpu), "cpu_min": min(cpu), "cpu_max": max(cpu),
                       "wall_ms_per_msg_median": statistics.median(wall),
-                      "cpu_vs_first": statistics.median(cpu) / base - 1, "counts": xs[-1]["per_msg_counts"]}
+                      "cpu_vs_first": statistics.median(cpu) / base - 1,
+                      # each round's ratio to the first variant's block of the same round (adjacent in
+                      # time, so a slow minute on a shared machine hits both): the steadier estimate
+                      "paired_vs_first": statistics.median(
+                          x["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for x, b in zip(xs, results[variants[0]])) - 1,
+                      "cpu_per_round": [round(c, 3) for c in cpu], "counts": xs[-1]["per_msg_counts"]}
     return {"rounds": rounds, "sagas_per_block": sagas, "batch": batch, "summary": summary}
 
 
@@ -426,10 +434,11 @@ def main() -> None:
     if a.ab:
         r = ab(a.ab.split(","), a.rounds, a.sagas, a.log_level, a.batch)
         print(json.dumps(r, indent=1))
-        print("\nvariant                                   CPU ms/msg median (min-max)   vs first   wall ms/msg")
+        print("\nvariant                                   CPU ms/msg median (min-max)   vs first   paired   wall ms/msg")
         for v, x in r["summary"].items():
             print(f"{v:42} {x['cpu_ms_per_msg_median']:6.2f} ({x['cpu_min']:.2f}-{x['cpu_max']:.2f})"
-                  f"        {100 * x['cpu_vs_first']:+6.1f}%   {x['wall_ms_per_msg_median']:6.2f}")
+                  f"        {100 * x['cpu_vs_first']:+6.1f}%  {100 * x['paired_vs_first']:+6.1f}%"
+                  f"   {x['wall_ms_per_msg_median']:6.2f}")
         return
     r = run(a.sagas, a.cprofile, a.variant, a.log_level, a.batch, a.top, a.profile_clock, a.profile_out)
     prof, prof_self = r.pop("cprofile", None), r.pop("cprofile_self", None)

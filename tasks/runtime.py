@@ -10,11 +10,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from opentelemetry.sdk.trace import Tracer
 from sqlalchemy.engine import Engine
 
 from choreo.app.bootstrap import LiveDeps
 from choreo.infra.db import engine_for
+from choreo.infra.hotspans import HotTracer
 from choreo.infra.idempotency import Idempotency
 from choreo.infra import tracing
 from choreo.infra.redis_client import redis_client
@@ -34,7 +34,7 @@ class Runtime:
     burst: ConfirmedBurst
     idempotency: Idempotency
     deps: HandlerDeps
-    tracer: Tracer | None = None   # None: tracing off (settings.tracing), or a test's runtime
+    tracer: HotTracer | None = None   # None: tracing off (settings.tracing), or a test's runtime
     recorder: Recorder | None = None
     pid: int = field(default_factory=os.getpid)
 
@@ -63,7 +63,7 @@ def runtime(app) -> Runtime:
             rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
                          burst=ConfirmedBurst(app, settings.publish_confirm_timeout),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
-                         deps=LiveDeps(settings, r), tracer=tracing.tracer(settings, domain),
+                         deps=LiveDeps(settings, r), tracer=tracing.hot_tracer(settings, domain),
                          recorder=Recorder(domain, settings.metrics))
             _runtimes[key] = rt
         return rt

@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from choreo.infra import tracing
 from models.envelope import TRACEPARENT_RE
@@ -39,9 +39,8 @@ def consumer_span(rt, delivery, envelope, queue: str):
         order_id = delivery.args[0].get("order_id")
         if isinstance(order_id, str) and len(order_id) <= 64:
             attributes["choreo.order_id"] = order_id
-    return rt.tracer.start_span(f"process {delivery.name[:64]}", context=tracing.parent_context(traceparent),
-                                kind=SpanKind.CONSUMER, attributes=attributes,
-                                start_time=delivery.received_ns or None)
+    return rt.tracer.start(f"process {delivery.name[:64]}", tracing.parent_context(traceparent), SpanKind.CONSUMER,
+                           attributes, start_time=delivery.received_ns or None)
 
 
 def _raw_traceparent(args) -> str | None:
@@ -60,7 +59,7 @@ def producer_spans(rt, sends: list[tuple[Any, dict]]) -> list:
     out = []
     start = time.time_ns()
     for span, kw in sends:
-        if span is None:
+        if span is None or not span.is_recording():  # no span, or not sampled
             out.append(None)
             continue
         destination = kw.get("exchange") or kw.get("queue") or ""
@@ -76,8 +75,7 @@ def producer_spans(rt, sends: list[tuple[Any, dict]]) -> list:
             attributes["choreo.retry"] = True
         if kw.get("exchange") == rt.names.dlx:
             attributes["choreo.dead_letter"] = True
-        out.append(rt.tracer.start_span(f"send {kw['name'][:64]}", context=_in(span), kind=SpanKind.PRODUCER,
-                                        attributes=attributes, start_time=start))
+        out.append(span.child(f"send {kw['name'][:64]}", SpanKind.PRODUCER, attributes, start_time=start))
     return out
 
 
@@ -88,10 +86,6 @@ def end_producers(spans: list, failed_flags: list[bool]) -> None:
             if failed:
                 span.set_status(Status(StatusCode.ERROR, "not confirmed by the broker"))
             span.end(end_time=end)
-
-
-def _in(span):
-    return set_span_in_context(span)
 
 
 def finish(span, outcome: str, *, retry: tuple | None = None, error: Exception | None = None,
