@@ -11,9 +11,10 @@ DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
 SAGA_MODES = ("choreography", "orchestrated")
 # Where a crash test may make a worker die like kill -9 within a batch (tasks.adapter).
 FAULT_POINTS = ("before_commit", "after_commit", "mid_burst", "after_publish")
-# Services with a database: the five domains, the user service, and the sandbox payment
-# gateway (an "external" provider with books of its own).
-SERVICES = (*DOMAINS, "user", "gateway", "orchestrator")
+# Services with a database: the five domains, the user service, the sandbox payment gateway
+# (an "external" provider with books of its own), the orchestrator, and the operator's own
+# records (`choreo dlq replay --execute`).
+SERVICES = (*DOMAINS, "user", "gateway", "orchestrator", "operator")
 # A worker's health listener: health_port_base + its offset (the user service has its own port).
 HEALTH_PORT_OFFSETS = {"order": 1, "payment": 2, "inventory": 3, "shipment": 4, "notification": 5, "orchestrator": 6}
 
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     user_database_url: str = ""
     gateway_database_url: str = ""
     orchestrator_database_url: str = ""
+    operator_database_url: str = ""
 
     # choreography: domains react to each other's events (the broker's bindings decide the
     # flow). orchestrated: an orchestrator worker sends commands and hears the replies.

@@ -190,6 +190,28 @@ class Notification(SQLModel, table=True):
     sent_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+# --- the operator's records ---------------------------------------------------------------
+
+class ReplayRecord(SQLModel, table=True):
+    """One dead letter an operator replayed (`choreo dlq replay --execute`): when, which message,
+    by whom, and what came of it. Written (durably) after the broker confirmed the replayed
+    copy and before the dead letter is acked."""
+    __tablename__ = "dlq_replays"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=36, index=True)  # one `--execute` run
+    replayed_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    by: str = Field(max_length=128)
+    domain: str = Field(max_length=32, index=True)
+    event_id: str = Field(max_length=64, index=True)
+    message_id: str | None = Field(default=None, max_length=64)
+    type: str = Field(max_length=64)
+    order_id: str | None = Field(default=None, max_length=64)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    # The consumer's inbox already held this event when it was replayed: the copy is absorbed.
+    already_processed: bool | None = None  # None: could not check
+    outcome: str = Field(max_length=32)  # replayed | unroutable | not_confirmed
+
+
 # --- orchestrator (orchestrated saga mode only) -----------------------------------------
 
 class SagaState(SQLModel, table=True):
@@ -224,4 +246,5 @@ TABLES: dict[str, list[type[SQLModel]]] = {
     "notification": [*COMMON, Notification],
     "user": [Customer],
     "orchestrator": [*COMMON, SagaState],
+    "operator": [ReplayRecord],
 }

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
 import pika
-from pika.exceptions import ChannelClosedByBroker
+from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
 from choreo.messaging.topology import Names, queue_names
 from config.settings import Settings
@@ -28,6 +28,9 @@ def connection_parameters(broker_url: str) -> pika.ConnectionParameters:
         credentials=pika.PlainCredentials(unquote(u.username or "guest"), unquote(u.password or "guest")),
         connection_attempts=3, retry_delay=1, blocked_connection_timeout=30, heartbeat=60,
     )
+
+
+MAX_SCAN = 10_000  # dead letters one replay reads at most (the ones it keeps are held until it ends)
 
 
 @dataclass
@@ -47,6 +50,14 @@ class DeadLetterView:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "delivery_tag"}
+
+
+@dataclass
+class Replayed:
+    """One dead letter a replay published: `replayed` (confirmed; its dead letter is acked after
+    the batch), `unroutable` or `not_confirmed` (its dead letter stays)."""
+    view: DeadLetterView
+    outcome: str
 
 
 def _text(value: Any) -> Any:
@@ -141,48 +152,72 @@ class BrokerAdmin:
             ch.close()
         return seen
 
-    def replay(self, domain: str, event_id: str | None = None, limit: int = 1000) -> list[DeadLetterView]:
-        """Move dead letters (all, or one event id) back to the domain's queue, reset to attempt 0.
-        Unrouted messages go back to the events exchange with their routing key: once a
-        subscriber is bound they reach it; until then they come back to `unrouted`.
+    def replay(self, domain: str, event_id: str | None = None, limit: int = 1000, *,
+               select: Callable[[DeadLetterView], bool] | None = None, batch: int = 100,
+               before_ack: Callable[[list[Replayed]], None] | None = None) -> list[DeadLetterView]:
+        """Move dead letters (all, one event id, or those `select` accepts; at most `limit`) back
+        to the domain's queue, reset to attempt 0. Unrouted messages go back to the events
+        exchange with their routing key: once a subscriber is bound they reach it; until then
+        they come back to `unrouted`.
 
-        Publish (confirmed) before ack: a crash in between duplicates, never loses.
+        In batches of `batch`: each copy is published and confirmed by the broker first (a copy
+        no queue took is `unroutable`, one the broker refused `not_confirmed`: their dead letters
+        stay); then `before_ack(batch's results)` runs (the replay record's durable commit);
+        then the batch's dead letters are acked. A crash in between duplicates, never loses, and
+        a duplicate is absorbed by the consumer's inbox. Returns the dead letters moved.
         """
+        if event_id is not None:
+            select = (lambda v, _id=event_id: v.event_id == _id)
         queue = self.held_in(domain)
         names = self.names
         ch = self.conn.channel()
         ch.confirm_delivery()
-        replayed: list[DeadLetterView] = []
+        moved: list[DeadLetterView] = []
         keep: list[int] = []
+        scanned = 0
         try:
-            for _ in range(limit):
-                method, props, body = ch.basic_get(queue, auto_ack=False)
-                if method is None:
+            while len(moved) < limit and scanned < MAX_SCAN:
+                results: list[Replayed] = []
+                while len(results) < min(batch, limit - len(moved)) and scanned < MAX_SCAN:
+                    method, props, body = ch.basic_get(queue, auto_ack=False)
+                    if method is None:
+                        break
+                    scanned += 1
+                    view = describe(method, props, body, domain)
+                    if select is not None and not select(view):
+                        keep.append(method.delivery_tag)
+                        continue
+                    new_props = pika.BasicProperties(
+                        content_type=props.content_type, content_encoding=props.content_encoding,
+                        headers=_replay_headers(props.headers, view.reason), delivery_mode=2,
+                        correlation_id=props.correlation_id, message_id=props.message_id)
+                    try:
+                        if domain == UNROUTED:
+                            ch.basic_publish(names.events, method.routing_key, body, new_props)
+                        else:
+                            ch.basic_publish("", names.queue(domain), body, new_props, mandatory=True)
+                        outcome = "replayed"
+                    except UnroutableError:
+                        outcome = "unroutable"
+                    except NackError:
+                        outcome = "not_confirmed"
+                    if outcome != "replayed":
+                        keep.append(method.delivery_tag)
+                    results.append(Replayed(view, outcome))
+                if not results:
                     break
-                view = describe(method, props, body, domain)
-                if event_id and view.event_id != event_id:
-                    keep.append(method.delivery_tag)
-                    continue
-                headers = {k: v for k, v in (props.headers or {}).items()
-                           if not k.startswith("x-choreo-") and k not in ("x-death", "x-delivery-count", "x-first-death-exchange",
-                                                                          "x-first-death-queue", "x-first-death-reason",
-                                                                          "choreo_attempt", "choreo_last_error")}
-                headers["x-choreo-replayed"] = view.reason[:500]
-                new_props = pika.BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
-                                                 headers=headers, delivery_mode=2, correlation_id=props.correlation_id,
-                                                 message_id=props.message_id)
-                if domain == UNROUTED:
-                    ch.basic_publish(names.events, method.routing_key, body, new_props)
-                else:
-                    ch.basic_publish("", names.queue(domain), body, new_props, mandatory=True)
-                ch.basic_ack(method.delivery_tag)
-                replayed.append(view)
+                if before_ack is not None:
+                    before_ack(results)
+                for r in results:
+                    if r.outcome == "replayed":
+                        ch.basic_ack(r.view.delivery_tag)
+                        moved.append(r.view)
         finally:
-            for tag in keep:
-                ch.basic_nack(delivery_tag=tag, requeue=True)
             if ch.is_open:
+                for tag in keep:
+                    ch.basic_nack(delivery_tag=tag, requeue=True)
                 ch.close()
-        return replayed
+        return moved
 
     def publish_raw(self, routing_key: str, body: bytes, headers: dict | None = None, exchange: str | None = None,
                     content_type: str | None = "application/json", content_encoding: str | None = "utf-8",
@@ -194,6 +229,19 @@ class BrokerAdmin:
                          pika.BasicProperties(content_type=content_type, content_encoding=content_encoding,
                                               headers=headers or {}, delivery_mode=2, message_id=message_id))
         ch.close()
+
+
+def _replay_headers(headers: dict | None, reason: str) -> dict:
+    """A replayed copy's headers: the dead letter's own (x-choreo-*, the broker's x-death and
+    counts, the retry rung) dropped, so it starts at attempt 0; what it was replayed from kept."""
+    out = {k: v for k, v in (headers or {}).items()
+           if not k.startswith("x-choreo-") and k not in _DEAD_LETTER_HEADERS}
+    out["x-choreo-replayed"] = reason[:500]
+    return out
+
+
+_DEAD_LETTER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
+                        "x-first-death-reason", "choreo_attempt", "choreo_last_error")
 
 
 def _check(domain: str, settings: Settings) -> None:

@@ -51,8 +51,8 @@ class LazyGroup(click.Group):
 COMMANDS = {
     **{name: f"choreo.ops.cli.processes:{name}" for name in ("worker", "users", "flower", "up", "down")},
     **{name: f"choreo.ops.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
-    **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "dlq", "topology", "breakers", "projections",
-                                                           "audit")},
+    **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "topology", "breakers", "projections", "audit")},
+    "dlq": "choreo.ops.cli.dlq:dlq",
     "chaos": "choreo.ops.cli.chaos:chaos",
     "trace": "choreo.ops.cli.trace:trace",
 }

@@ -1,4 +1,4 @@
-"""`choreo status|dlq|topology|breakers|projections|audit`: look inside a running system."""
+"""`choreo status|topology|breakers|projections|audit`: look inside a running system."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,6 @@ from rich.table import Table
 from choreo.app import projections as proj
 from choreo.infra.db import engine_for
 from choreo.infra.redis_client import redis_client
-from choreo.messaging.admin import UNROUTED, BrokerAdmin
 from choreo.ops.audit import print_report, run_audit
 from choreo.ops.cli.base import console, current_settings, err, fail
 from choreo.ops.status import gather_status
@@ -77,64 +76,6 @@ def status(as_json: bool) -> None:
     """Orders by state and reason, queue depths and consumers, dead letters, processes and their
     health (/health, /ready), Prometheus."""
     print_status(current_settings(), as_json)
-
-
-# --- dead letters ---------------------------------------------------------------------
-
-@click.group()
-def dlq() -> None:
-    """Dead-letter queues (one per domain, and `unrouted`): list, peek, replay."""
-
-
-def _domain_arg(settings, domain: str) -> str:
-    domains = (*settings.domains, UNROUTED)
-    if domain not in domains:
-        fail(f"unknown domain {domain!r}; choose from {', '.join(domains)}")
-    return domain
-
-
-@dlq.command("list")
-@click.argument("domain")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def dlq_list(domain: str, limit: int, as_json: bool) -> None:
-    """One line per dead letter of DOMAIN: id, type, order, reason (nothing is consumed)."""
-    settings = current_settings()
-    with BrokerAdmin(settings) as admin:
-        items = admin.peek(_domain_arg(settings, domain), limit)
-    if as_json:
-        print(json.dumps([{k: v for k, v in i.as_dict().items() if k not in ("headers", "body")} for i in items], indent=2))
-        return
-    t = Table(title=f"{domain} dead letters ({len(items)})")
-    for col in ("event id", "type", "order", "attempts", "reason"):
-        t.add_column(col, overflow="fold")
-    for i in items:
-        t.add_row(i.event_id, i.type, i.order_id or "", str(i.attempts or ""), i.reason)
-    console.print(t)
-
-
-@dlq.command("peek")
-@click.argument("domain")
-@click.option("--limit", default=5, show_default=True)
-def dlq_peek(domain: str, limit: int) -> None:
-    """Full headers and body of the first dead letters of DOMAIN (nothing is consumed)."""
-    settings = current_settings()
-    with BrokerAdmin(settings) as admin:
-        items = admin.peek(_domain_arg(settings, domain), limit)
-    print(json.dumps([i.as_dict() for i in items], indent=2, default=str))
-
-
-@dlq.command("replay")
-@click.argument("domain")
-@click.option("--id", "event_id", default=None, help="Only this event id (default: all).")
-def dlq_replay(domain: str, event_id: str | None) -> None:
-    """Move dead letters back to DOMAIN's queue for another try (attempts start again)."""
-    settings = current_settings()
-    with BrokerAdmin(settings) as admin:
-        done = admin.replay(_domain_arg(settings, domain), event_id)
-    if event_id and not done:
-        fail(f"no dead letter with id {event_id!r} in {domain}")
-    console.print(f"replayed {len(done)} message(s) to {domain}")
 
 
 # --- the rest -------------------------------------------------------------------------

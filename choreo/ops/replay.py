@@ -1,0 +1,170 @@
+"""Dead-letter replay that cannot hurt: a dry run by default, a record of every replay.
+
+`plan` says what a replay of DOMAIN's dead letters would move, and for each message whether
+the consumer's inbox already holds its event (then the replayed copy is absorbed as a
+duplicate and changes nothing). `execute` replays, in bounded batches, each copy confirmed by
+the broker before its dead letter is acked, and records each one in the operator's database
+(`dlq_replays`) with when, by whom and the outcome; `history` lists those records. The CLI
+(`choreo dlq replay|replays`) and the operator agent's replay proposal both go through here.
+"""
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from choreo.infra.db import create_tables, engine_for
+from choreo.messaging.admin import UNROUTED, BrokerAdmin, DeadLetterView, Replayed
+from config.settings import Settings
+from models.tables import Inbox, ReplayRecord, utcnow
+
+log = logging.getLogger("choreo.ops.replay")
+MAX_LIMIT = 10_000
+
+
+@dataclass
+class Candidate:
+    """A dead letter a replay would move, and what the consumer already knows of its event."""
+    letter: DeadLetterView
+    already_processed: bool | None  # None: could not check (no inbox for `unrouted`, or the database is away)
+    replayed_before: int = 0
+
+    @property
+    def effect(self) -> str:
+        if self.already_processed is None:
+            return "unknown: could not check the consumer's inbox"
+        return "absorbed: already processed, changes nothing" if self.already_processed else "runs again"
+
+    def as_dict(self) -> dict:
+        v = self.letter
+        return {"event_id": v.event_id, "message_id": v.message_id, "type": v.type, "order_id": v.order_id,
+                "reason": v.reason, "attempts": v.attempts, "dead_lettered_at": v.dead_lettered_at,
+                "already_processed": self.already_processed, "replayed_before": self.replayed_before,
+                "effect": self.effect}
+
+
+@dataclass
+class Run:
+    run_id: str
+    by: str
+    domain: str
+    records: list[ReplayRecord] = field(default_factory=list)
+
+    @property
+    def moved(self) -> list[ReplayRecord]:
+        return [r for r in self.records if r.outcome == "replayed"]
+
+
+def operator_name() -> str:
+    """Who replays: CHOREO_OPERATOR when set (a shared account's real person), else the OS user."""
+    name = os.environ.get("CHOREO_OPERATOR", "").strip()
+    if not name:
+        try:
+            name = getpass.getuser()
+        except Exception:  # no user name for this uid (a container)
+            name = f"uid {os.getuid()}"
+    return name[:128]
+
+
+def _selector(ids: list[str] | None):
+    wanted = set(ids or ())
+    return (lambda v: v.event_id in wanted) if wanted else None
+
+
+def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str, bool] | None:
+    """Which of `event_ids` the domain's consumer has applied (its inbox), or None if unknown."""
+    if domain == UNROUTED or not event_ids:
+        return None if domain == UNROUTED else {}
+    try:
+        with engine_for(settings, domain).connect() as conn:
+            rows = conn.execute(select(Inbox.event_id).where(Inbox.consumer == domain,
+                                                             Inbox.event_id.in_(event_ids))).scalars().all()
+    except Exception as exc:  # the domain's database away: say so, never guess
+        log.warning("could not read %s's inbox: %r", domain, exc)
+        return None
+    found = set(rows)
+    return {e: e in found for e in event_ids}
+
+
+def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> dict[str, int]:
+    try:
+        with Session(create_tables(settings, "operator")) as s:
+            rows = s.execute(select(ReplayRecord.event_id).where(
+                ReplayRecord.domain == domain, ReplayRecord.event_id.in_(event_ids),
+                ReplayRecord.outcome == "replayed")).scalars().all()
+    except Exception as exc:
+        log.warning("could not read the replay records: %r", exc)
+        return {}
+    counts: dict[str, int] = {}
+    for event_id in rows:
+        counts[event_id] = counts.get(event_id, 0) + 1
+    return counts
+
+
+def plan(settings: Settings, domain: str, ids: list[str] | None = None, limit: int = 100) -> list[Candidate]:
+    """What `execute` with the same arguments would move now (nothing is consumed or moved)."""
+    with BrokerAdmin(settings) as admin:
+        letters = admin.peek(domain, MAX_LIMIT if ids else limit)
+    choose = _selector(ids)
+    letters = [v for v in letters if choose is None or choose(v)][:limit]
+    event_ids = [v.event_id for v in letters if v.event_id]
+    known = processed(settings, domain, event_ids)
+    before = _replayed_before(settings, domain, event_ids) if event_ids else {}
+    return [Candidate(v, None if known is None else known.get(v.event_id, False), before.get(v.event_id, 0))
+            for v in letters]
+
+
+def execute(settings: Settings, domain: str, ids: list[str] | None = None, limit: int = 100,
+            batch: int = 50, by: str | None = None) -> Run:
+    """Replay: each copy confirmed, then the batch's records committed, then its dead letters acked."""
+    run = Run(run_id=str(uuid.uuid4()), by=by or operator_name(), domain=domain)
+    engine = create_tables(settings, "operator")  # before anything moves: a record can always be written
+
+    def record(results: list[Replayed]) -> None:
+        event_ids = [r.view.event_id for r in results if r.view.event_id]
+        known = processed(settings, domain, event_ids) if event_ids else {}
+        now = utcnow()
+        rows = [ReplayRecord(run_id=run.run_id, replayed_at=now, by=run.by, domain=domain,
+                             event_id=r.view.event_id[:64], message_id=(r.view.message_id or None),
+                             type=r.view.type[:64], order_id=(r.view.order_id or None), reason=r.view.reason,
+                             already_processed=None if known is None else known.get(r.view.event_id, False),
+                             outcome=r.outcome) for r in results]
+        with Session(engine, expire_on_commit=False) as s:  # durable (fsync'd) before the acks
+            s.add_all(rows)
+            s.commit()
+        run.records += rows
+
+    with BrokerAdmin(settings) as admin:
+        admin.replay(domain, limit=limit, select=_selector(ids), batch=batch, before_ack=record)
+    log.info("replay run %s by %s: %d of %s moved", run.run_id, run.by, len(run.moved), domain)
+    return run
+
+
+def history(settings: Settings, domain: str | None = None, limit: int = 50,
+            event_id: str | None = None) -> list[ReplayRecord]:
+    """The newest replay records first."""
+    with Session(create_tables(settings, "operator")) as s:
+        q = select(ReplayRecord)
+        if domain:
+            q = q.where(ReplayRecord.domain == domain)
+        if event_id:
+            q = q.where(ReplayRecord.event_id == event_id)
+        rows = list(s.execute(q.order_by(ReplayRecord.id.desc()).limit(limit)).scalars().all())
+        s.expunge_all()
+        return rows
+
+
+def record_dict(r: ReplayRecord) -> dict:
+    return {"run_id": r.run_id, "replayed_at": _iso(r.replayed_at), "by": r.by, "domain": r.domain,
+            "event_id": r.event_id, "message_id": r.message_id, "type": r.type, "order_id": r.order_id,
+            "reason": r.reason, "already_processed": r.already_processed, "outcome": r.outcome}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
