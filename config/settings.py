@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     metrics: bool = True
     tracing: bool = True
 
+    # `choreo ask` (the operator agent). The key comes from ANTHROPIC_API_KEY only. The base
+    # URL is the SDK's (empty: its default, or ANTHROPIC_BASE_URL); tests point it at a local fake.
+    agent_model: str = "claude-sonnet-4-6"
+    agent_max_rounds: int = Field(8, ge=1, le=50)      # rounds of tool use per question
+    agent_max_tokens: int = Field(2048, ge=256, le=32000)  # per model turn
+    agent_max_retries: int = Field(3, ge=0, le=10)     # the SDK's own retries (overloaded, 429, network)
+    agent_timeout: float = Field(60.0, gt=0)
+    agent_base_url: str = ""
+
     # Test hook for the crash proofs: the worker of `fault_crash_domain` exits hard (like
     # kill -9) at this point of a batch (tasks.adapter.FAULT_POINTS), once per existing marker.
     fault_crash_point: str = ""

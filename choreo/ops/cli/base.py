@@ -54,6 +54,7 @@ COMMANDS = {
     **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "topology", "breakers", "projections", "audit")},
     "dlq": "choreo.ops.cli.dlq:dlq",
     "chaos": "choreo.ops.cli.chaos:chaos",
+    "ask": "choreo.ops.cli.ask:ask",
     "trace": "choreo.ops.cli.trace:trace",
 }
 

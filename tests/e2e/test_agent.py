@@ -1,0 +1,136 @@
+"""The operator agent against the real stack: every tool over real stores with known orders,
+and `choreo ask` with the real SDK talking to a local fake Messages API (no network) whose
+scripted turns call the real tools and propose a replay the operator refuses, then confirms."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.test_dlq_replay import _leave_in_dlq, _letters, _order_placed
+from tests.fake_anthropic import FakeMessagesAPI, text, tool_use
+from tests.helpers import settled, wait_for
+
+
+@pytest.fixture(scope="module")
+def known(settings, stack):
+    from choreo.ops.scenarios import SCENARIOS
+    from choreo.ops.workload import publish_orders
+
+    sent = publish_orders(settings, list(SCENARIOS), seed=None)
+    states = settled(settings, [o for o, _ in sent])
+    return {scenario: (order_id, states[order_id]) for order_id, scenario in sent}
+
+
+def test_every_tool_answers_from_the_real_stores(settings, known):
+    from choreo.ops.agent import tools as t
+
+    for scenario, (order_id, (state, reason)) in known.items():
+        got = t.get_order(settings, order_id)
+        assert got["found"] and (got["state"], got["reason"]) == (state, reason), scenario
+        assert any(step["service"] == "payment" for step in got["timeline"])
+    assert t.get_order(settings, "ord-never-placed") == {"order_id": "ord-never-placed", "found": False}
+    completed = t.find_orders(settings, state="completed", limit=1000)
+    assert known["completed"][0] in {o["order_id"] for o in completed["orders"]} or completed["more"]
+    assert len(completed["orders"]) <= t.MAX_ITEMS
+    assert t.find_orders(settings, state="NO_SUCH_STATE") == {"orders": [], "more": False}
+    summary = t.system_summary(settings)
+    assert summary["orders"]["total"] >= len(known) and any(q["name"].endswith(".payment") for q in summary["queues"])
+    letters = t.dead_letters(settings, "payment", limit=50)
+    assert any(d["order_id"] == known["needs_attention"][0] for d in letters["dead_letters"])
+    assert all("body" not in d for d in letters["dead_letters"])
+    assert {c["check"] for c in t.audit(settings)["checks"]} >= {"terminal", "money", "stock"}
+    assert t.breakers(settings)["breakers"][0]["state"] in ("closed", "open", "half-open")
+    health = t.process_health(settings)["processes"]
+    assert {"worker-order", "worker-payment"} <= set(health)
+    trace = wait_for(lambda: (lambda v: v if v.get("found") and len(v["services"]) >= 5 else None)(
+        t.order_trace(settings, known["completed"][0])), 30, what="the completed order's trace")
+    assert set(trace["services"]) >= {"order", "payment", "inventory", "shipment", "notification"}
+    assert t.order_trace(settings, "ord-never-placed")["found"] is False
+    # capped: whatever a tool returns, what reaches the model fits
+    assert len(t.capped(t.dead_letters(settings, "payment", limit=50, with_body=True))) <= t.MAX_RESULT_CHARS
+
+
+def _ask(monkeypatch, fake_url: str, question: str, answers: str = ""):
+    from click.testing import CliRunner
+
+    from choreo.ops.cli import cli
+    from config.settings import get_settings
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.setenv("CHOREO_AGENT_BASE_URL", fake_url)
+    monkeypatch.setenv("CHOREO_AGENT_MAX_RETRIES", "0")
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli, ["ask", question], input=answers)
+    finally:
+        monkeypatch.delenv("CHOREO_AGENT_BASE_URL")
+        get_settings.cache_clear()
+
+
+def test_ask_runs_the_real_order_tool_and_its_result_carries_the_real_state(settings, known, monkeypatch):
+    order_id, (state, reason) = known["declined"]
+    script = [[tool_use("get_order", {"order_id": order_id}, "toolu_o")],
+              [text(f"Order {order_id} is {state} ({reason}), per get_order.")]]
+    with FakeMessagesAPI(script) as fake:
+        result = _ask(monkeypatch, fake.url, f"why was order {order_id} cancelled?")
+    assert result.exit_code == 0, result.output
+    (tool_result,) = fake.tool_results(1)
+    data = json.loads(tool_result["content"])
+    assert (data["order_id"], data["state"], data["reason"]) == (order_id, state, reason)
+    assert data["payment"]["charge"] is None  # declined: nothing was charged
+    assert f"Order {order_id} is {state}" in result.output
+    assert "transcript:" in result.output
+
+
+def test_a_proposed_replay_runs_only_on_the_operators_yes(settings, known, monkeypatch):
+    from choreo.ops import replay as rp
+
+    env = _order_placed(settings, known["completed"][0])
+    _leave_in_dlq(settings, env, "test: for the agent")
+    wait_for(lambda: env["event_id"] in _letters(settings), 10, what="the copy in the DLQ")
+    proposal = tool_use("propose_replay", {"domain": "payment", "event_ids": [env["event_id"]],
+                                           "why": "a crash left a copy"}, "toolu_p")
+
+    def script():
+        return [[proposal], [text("I propose replaying it; it was already processed, so it would be absorbed.")]]
+
+    with FakeMessagesAPI(script()) as fake:
+        refused = _ask(monkeypatch, fake.url, "is anything unsafe to replay?", answers="n\n")
+    assert refused.exit_code == 0, refused.output
+    assert json.loads(fake.tool_results(1)[0]["content"])["executed"] is False
+    assert "dry run" in refused.output and "Not replayed." in refused.output
+    assert env["event_id"] in _letters(settings)
+    assert rp.history(settings, "payment", event_id=env["event_id"]) == []
+
+    with FakeMessagesAPI(script()) as fake:
+        confirmed = _ask(monkeypatch, fake.url, "is anything unsafe to replay?", answers="y\n")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert env["event_id"] not in _letters(settings)
+    (record,) = rp.history(settings, "payment", event_id=env["event_id"])
+    assert (record.outcome, record.already_processed) == ("replayed", True)
+
+
+def test_ask_without_a_key_is_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from choreo.ops.cli import cli
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["ask", "anything"])
+    assert result.exit_code != 0
+    assert result.output.strip() == "error: set ANTHROPIC_API_KEY to an Anthropic API key to use `choreo ask`"
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("ANTHROPIC_API_KEY"),
+                    reason="the live check needs ANTHROPIC_API_KEY (it talks to the real API)")
+def test_live_questions_with_known_answers(settings, known):
+    from choreo.ops.agent.loop import Agent, make_client
+
+    order_id, (state, reason) = known["declined"]
+    agent = Agent(settings, make_client(settings))
+    answer = agent.ask(f"Why was order {order_id} cancelled? Answer in one sentence with the reason code.")
+    assert answer.stopped == "answered" and any(c["name"] == "get_order" for c in answer.tool_calls)
+    assert order_id in answer.text and (reason or "").split("_")[-1] in answer.text.lower()
+    answer = agent.ask("Which domain's dead-letter queue holds messages right now? Name the domain.")
+    assert "payment" in answer.text.lower()
