@@ -134,3 +134,47 @@ def test_live_questions_with_known_answers(settings, known):
     assert order_id in answer.text and (reason or "").split("_")[-1] in answer.text.lower()
     answer = agent.ask("Which domain's dead-letter queue holds messages right now? Name the domain.")
     assert "payment" in answer.text.lower()
+
+
+def test_a_proposed_start_of_a_stopped_worker_runs_only_on_yes_in_a_conversation(settings, stack, monkeypatch):
+    name = "worker-notification"
+    proposal = tool_use("propose_start", {"process": name, "why": "it is not running"}, "toolu_s")
+
+    def script():
+        return [[tool_use("process_health", {}, "toolu_h")], [proposal],
+                [text(f"{name} is down (process_health); I propose starting it.")]]
+
+    stack.stop(name)
+    try:
+        with FakeMessagesAPI(script()) as fake:  # a conversation: one question, then an empty line ends it
+            refused = _ask_conversation(monkeypatch, fake.url, "what is down?\nn\n\n")
+        assert refused.exit_code == 0, refused.output
+        health = json.loads(fake.tool_results(1)[0]["content"])["processes"]
+        assert health[name]["pid"] is None
+        assert json.loads(fake.tool_results(2)[0]["content"])["running"] is False
+        assert "Not started." in refused.output and stack.pid(name) is None
+
+        with FakeMessagesAPI(script()) as fake:
+            confirmed = _ask_conversation(monkeypatch, fake.url, "what is down?\ny\n\n")
+        assert confirmed.exit_code == 0, confirmed.output
+        assert stack.pid(name) is not None and f"started {name}" in confirmed.output
+    finally:
+        if stack.pid(name) is None:
+            from choreo.ops.stack import bring_up
+            bring_up(settings, [name])
+
+
+def _ask_conversation(monkeypatch, fake_url: str, typed: str):
+    from click.testing import CliRunner
+
+    from choreo.ops.cli import cli
+    from config.settings import get_settings
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.setenv("CHOREO_AGENT_BASE_URL", fake_url)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(cli, ["ask"], input=typed)
+    finally:
+        monkeypatch.delenv("CHOREO_AGENT_BASE_URL")
+        get_settings.cache_clear()

@@ -32,7 +32,8 @@ database, inbox (processed events), outbox and dead-letter queue.
 Answer only from what your tools return. Cite your evidence: order ids, event ids, and which tool \
 said what. If a tool fails, say "could not check" for that part; never guess.
 Your tools are read-only. You cannot replay, restart or change anything. When an action would help \
-(for example replaying dead letters), call propose_replay: the operator sees its dry run and decides.
+(replaying dead letters, starting a stopped worker), call propose_replay or propose_start: the \
+operator sees what it would do and decides.
 Be brief: a direct answer first, then the evidence."""
 
 
@@ -138,7 +139,7 @@ class Agent:
                     out, is_error = self.run_tool(u["name"], u["input"])
                     answer.tool_calls.append({"name": u["name"], "input": u["input"], "is_error": is_error,
                                               "result_chars": len(out)})
-                    if u["name"] == "propose_replay" and not is_error:
+                    if u["name"].startswith("propose_") and not is_error:
                         answer.proposals.append(json.loads(out))
                     results.append({"type": "tool_result", "tool_use_id": u["id"], "content": out,
                                     **({"is_error": True} if is_error else {})})

@@ -2,8 +2,9 @@
 
 Every tool returns structured data (JSON-able) built from the system's own stores: the
 services' databases, the broker, Redis, the span files, the process health listeners. None of
-them changes anything. `propose_replay` only describes a replay (its dry run): the CLI shows
-it and the operator alone decides to run it (choreo.ops.replay, the `choreo dlq replay` path).
+them changes anything. `propose_replay` and `propose_start` only describe an action (a replay's
+dry run; what starting a stopped process would do): the CLI shows it and the operator alone
+decides to run it, through the same code as `choreo dlq replay --execute` and `choreo up`.
 """
 from __future__ import annotations
 
@@ -144,6 +145,20 @@ def propose_replay(settings: Settings, domain: str, event_ids: list[str] | None 
             "note": "nothing was replayed: the operator is shown this dry run and decides"}
 
 
+def propose_start(settings: Settings, process: str, why: str = "") -> dict:
+    """A proposal, never an action: what starting a stopped process (as `choreo up` does) would do."""
+    from choreo.ops.stack import Stack, process_names
+    names = process_names(settings)
+    if process not in names:
+        raise ValueError(f"unknown process {process!r}; choose from {', '.join(names)}")
+    pid = Stack(settings).pid(process)
+    return {"proposal": {"action": "start_process", "process": process, "why": why[:500]},
+            "running": pid is not None, "pid": pid,
+            "would": (f"nothing: {process} is running (pid {pid})" if pid is not None else
+                      f"start {process} as `choreo up` does, and wait until it consumes"),
+            "executed": False, "note": "nothing was started: the operator is shown this and decides"}
+
+
 DOMAIN = {"type": "string", "description": "order, payment, inventory, shipment, notification, or unrouted"}
 
 
@@ -172,4 +187,7 @@ def catalog() -> list[Tool]:
              "confirm or refuse.",
              _obj({"domain": DOMAIN, "event_ids": {"type": "array", "items": {"type": "string"}},
                    "why": {"type": "string"}}, ("domain",)), propose_replay),
+        Tool("propose_start", "Propose starting a stopped process (worker-<domain>, users, flower). This does "
+             "NOT start it: it says what starting would do, for the operator to confirm or refuse.",
+             _obj({"process": {"type": "string"}, "why": {"type": "string"}}, ("process",)), propose_start),
     ]

@@ -1,7 +1,8 @@
 """`choreo ask [QUESTION]`: ask the operator agent; without a question, a conversation.
 
 The agent only reads. When it proposes a replay, this command shows the dry run and asks;
-only an explicit "y" runs it, through choreo.ops.replay exactly like `choreo dlq replay --execute`.
+only an explicit "y" runs it, through choreo.ops.replay exactly like `choreo dlq replay
+--execute`. A proposed start of a stopped process runs, on "y", as `choreo up` starts it.
 """
 from __future__ import annotations
 
@@ -45,8 +46,40 @@ def answer_and_confirm(agent: Agent, question: str) -> Answer:
         console.print(f"[dim]checked: {used}; {answer.rounds} round(s), "
                       f"{answer.usage['input_tokens']}+{answer.usage['output_tokens']} tokens[/dim]")
     for proposal in answer.proposals:
-        confirm_replay(agent, proposal.get("proposal") or {})
+        action = (proposal.get("proposal") or {}).get("action")
+        if action == "replay_dead_letters":
+            confirm_replay(agent, proposal["proposal"])
+        elif action == "start_process":
+            confirm_start(agent, proposal["proposal"])
     return answer
+
+
+def confirm_start(agent: Agent, proposal: dict) -> bool:
+    """Start a stopped process, as `choreo up` does, only on "y"."""
+    from choreo.ops.stack import Stack, bring_up, process_names
+
+    settings, name = agent.settings, proposal.get("process")
+    if name not in process_names(settings):
+        console.print(f"the agent proposed starting an unknown process {name!r}: ignored")
+        return False
+    console.print(f"The agent proposes: start {name}" + (f" ({proposal.get('why')})" if proposal.get("why") else ""))
+    pid = Stack(settings).pid(name)
+    if pid is not None:
+        console.print(f"{name} is running (pid {pid}): nothing to do.")
+        return False
+    if not click.confirm(f"Start {name} now (as `choreo up` does)?", default=False):
+        console.print("Not started.")
+        _tell(agent, f"(operator: {name} was NOT started)")
+        return False
+    stack = bring_up(settings, [name])
+    console.print(f"started {name} (pid {stack.pid(name)}); log: {stack.logfile(name)}")
+    _tell(agent, f"(operator: {name} started, pid {stack.pid(name)})")
+    return True
+
+
+def _tell(agent: Agent, note: str) -> None:
+    agent.messages.append({"role": "user", "content": note})
+    agent.save()
 
 
 def confirm_replay(agent: Agent, proposal: dict) -> bool:
@@ -65,12 +98,9 @@ def confirm_replay(agent: Agent, proposal: dict) -> bool:
     ids = [c.letter.event_id for c in plan]  # exactly what the dry run showed
     if not click.confirm(f"Replay these {len(ids)} dead letter(s) of {domain} now?", default=False):
         console.print("Not replayed.")
-        agent.messages.append({"role": "user", "content": "(operator: the proposed replay was NOT run)"})
-        agent.save()
+        _tell(agent, "(operator: the proposed replay was NOT run)")
         return False
     run = rp.execute(settings, domain, ids)
     show_records(run.records, f"replay run {run.run_id} by {run.by}: {len(run.moved)} moved to {domain}")
-    agent.messages.append({"role": "user", "content": f"(operator: replay run {run.run_id} executed, "
-                                                      f"{len(run.moved)} moved)"})
-    agent.save()
+    _tell(agent, f"(operator: replay run {run.run_id} executed, {len(run.moved)} moved)")
     return True
