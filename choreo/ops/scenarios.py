@@ -77,6 +77,24 @@ def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[
     return "COMPLETED", None
 
 
+def scenario_of(card_token: str, items: list[dict], address: str) -> str:
+    """Which of SCENARIOS an order's data makes it (the inverse of make_order); `custom` otherwise."""
+    sold_out = bool(missing_skus(INITIAL_STOCK, items)) if all(i.get("sku") in PRICES_CENTS for i in items) else False
+    if card_token == CARD_DECLINED:
+        return "declined"
+    if card_token == CARD_REFUND_FAILS:
+        return "needs_attention" if sold_out or is_undeliverable(address) else "custom"
+    if card_token.startswith(CARD_FLAKY_PREFIX):
+        return "flaky"
+    if card_token != CARD_OK:
+        return "custom"
+    if sold_out:
+        return "out_of_stock"
+    if is_undeliverable(address):
+        return "undeliverable"
+    return "completed"
+
+
 def parse_mix(text: str | None) -> dict[str, int]:
     """'completed=60,declined=40' -> weights. Raises ValueError with a one-line reason."""
     if not text:

@@ -34,6 +34,15 @@ def test_every_tool_answers_from_the_real_stores(settings, known):
     assert known["completed"][0] in {o["order_id"] for o in completed["orders"]} or completed["more"]
     assert len(completed["orders"]) <= t.MAX_ITEMS
     assert t.find_orders(settings, state="NO_SUCH_STATE") == {"orders": [], "more": False}
+    for scenario, (order_id, (state, reason)) in known.items():
+        rows = {o["order_id"]: o for o in t.find_orders(settings, scenario=scenario, limit=50)["orders"]}
+        assert all(o["scenario"] == scenario for o in rows.values())
+        if order_id in rows:  # newest first: this run's order is among the newest of its scenario
+            assert rows[order_id]["expected"] == [state, reason] == [rows[order_id]["state"], rows[order_id]["reason"]]
+    declined = t.find_orders(settings, scenario="declined", limit=50)["orders"]
+    assert known["declined"][0] in {o["order_id"] for o in declined}
+    with pytest.raises(ValueError, match="unknown scenario"):
+        t.find_orders(settings, scenario="nonsense")
     summary = t.system_summary(settings)
     assert summary["orders"]["total"] >= len(known) and any(q["name"].endswith(".payment") for q in summary["queues"])
     letters = t.dead_letters(settings, "payment", limit=50)

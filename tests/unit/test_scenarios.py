@@ -158,3 +158,16 @@ def test_the_seller_s_catalog_decides_before_any_test_card():
     assert expected_outcome(catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}],
                             catalog.ADDRESS_OK) == ("CANCELLED", "price_mismatch")
     assert expected_outcome(catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1}], catalog.ADDRESS_OK) == ("COMPLETED", None)
+
+
+def test_scenario_of_reads_back_every_scenario_from_the_orders_data():
+    import random
+
+    from choreo.ops.scenarios import SCENARIOS, make_order, scenario_of
+
+    rng = random.Random(5)
+    for scenario in SCENARIOS:
+        for _ in range(20):
+            spec = make_order(scenario, rng)
+            assert scenario_of(spec.card_token, spec.items, spec.address) == scenario
+    assert scenario_of("tok_someone_elses", [{"sku": "SKU-NOPE", "qty": 1}], "x") == "custom"

@@ -20,6 +20,7 @@ from config.settings import Settings
 
 MAX_RESULT_CHARS = 12_000  # what one tool result may put into the model's context
 MAX_ITEMS = 50             # rows a listing tool returns at most
+SCENARIO_SCAN = 5000       # newest orders find_orders reads to filter by scenario
 
 
 @dataclass
@@ -70,11 +71,16 @@ def get_order(settings: Settings, order_id: str) -> dict:
 
 
 def find_orders(settings: Settings, state: str | None = None, reason: str | None = None,
-                older_than_minutes: float | None = None, limit: int = 20) -> dict:
+                older_than_minutes: float | None = None, scenario: str | None = None, limit: int = 20) -> dict:
+    """Newest first. Each row says the scenario its data makes it and the outcome that data must
+    end in, so a wrong or stuck order shows (`expected` differs from state/reason)."""
     from choreo.infra.db import engine_for
+    from choreo.ops.scenarios import SCENARIOS, expected_outcome, scenario_of
     from models.tables import OrderView
 
-    q = select(OrderView.order_id, OrderView.state, OrderView.reason, OrderView.placed_at, OrderView.ended_at)
+    if scenario is not None and scenario not in (*SCENARIOS, "custom"):
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join((*SCENARIOS, 'custom'))}")
+    q = select(OrderView)
     if state:
         q = q.where(OrderView.state == state.upper())
     if reason:
@@ -82,10 +88,21 @@ def find_orders(settings: Settings, state: str | None = None, reason: str | None
     if older_than_minutes is not None:
         q = q.where(OrderView.placed_at < datetime.now(timezone.utc) - timedelta(minutes=float(older_than_minutes)))
     n = _limit(limit)
+    scan = SCENARIO_SCAN if scenario else n + 1  # the scenario is in the order's data, not a column
     with Session(engine_for(settings, "order")) as s:
-        rows = s.execute(q.order_by(OrderView.placed_at.desc()).limit(n + 1)).all()
-    return {"orders": [{"order_id": o, "state": st, "reason": r, "placed_at": p, "ended_at": e}
-                       for o, st, r, p, e in rows[:n]], "more": len(rows) > n}
+        views = s.execute(q.order_by(OrderView.placed_at.desc()).limit(scan)).scalars().all()
+    rows = []
+    for v in views:
+        kind = scenario_of(v.card_token, v.items or [], v.address)
+        if scenario and kind != scenario:
+            continue
+        rows.append({"order_id": v.order_id, "state": v.state, "reason": v.reason, "scenario": kind,
+                     "expected": list(expected_outcome(v.card_token, v.items or [], v.address)),
+                     "placed_at": v.placed_at, "ended_at": v.ended_at})
+    out = {"orders": rows[:n], "more": len(rows) > n}
+    if scenario:
+        out["scanned_newest"] = len(views)
+    return out
 
 
 def system_summary(settings: Settings) -> dict:
@@ -167,10 +184,12 @@ def catalog() -> list[Tool]:
         Tool("get_order", "One order: state, reason, money (charge, refund), stock reservation, shipment, "
              "notifications, and its timeline across services (handled, emitted, dead-lettered).",
              _obj({"order_id": {"type": "string"}}, ("order_id",)), get_order),
-        Tool("find_orders", "Orders by state (PENDING, COMPLETED, CANCELLED, NEEDS_ATTENTION...), reason, or age; "
-             "newest first, at most 50.",
+        Tool("find_orders", "Orders by state (PENDING, COMPLETED, CANCELLED, NEEDS_ATTENTION...), reason, age, or "
+             "scenario (completed, declined, out_of_stock, undeliverable, flaky, needs_attention, custom); newest "
+             "first, at most 50. Each row has the outcome its data must end in ('expected').",
              _obj({"state": {"type": "string"}, "reason": {"type": "string"},
-                   "older_than_minutes": {"type": "number"}, "limit": {"type": "integer"}}), find_orders),
+                   "older_than_minutes": {"type": "number"}, "scenario": {"type": "string"},
+                   "limit": {"type": "integer"}}), find_orders),
         Tool("system_summary", "Orders by state and reason, queue depths and consumers, dead-letter counts, "
              "unsent outbox rows, counters.", _obj({}), system_summary),
         Tool("dead_letters", "The dead letters of one domain's DLQ with their reasons (read without consuming).",
