@@ -51,6 +51,10 @@ class DeadLetterView:
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "delivery_tag"}
 
+    def summary(self) -> dict:
+        """as_dict without the headers and the body (a listing's row)."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("headers", "body")}
+
 
 @dataclass
 class Replayed:

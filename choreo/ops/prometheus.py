@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from choreo.ops.stack import alive, process_names, runs_with
+from choreo.ops.stack import alive, await_exec, process_names, runs_with
 from config.settings import Settings
 
 RABBITMQ_PROMETHEUS_PORT = 15692
@@ -241,8 +241,12 @@ def running(settings: Settings) -> int | None:
         pid = int(pid_path(settings).read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if runs_with(pid, _marker(settings)) else None
+
+
+def _marker(settings: Settings) -> str:
     # /proc/<pid>/cmdline separates arguments by NULs, read back as spaces: one follows the path.
-    return pid if runs_with(pid, f"--config.file={config_path(settings)} ") else None
+    return f"--config.file={config_path(settings)} "
 
 
 def _port_taken(port: int) -> bool:
@@ -276,11 +280,7 @@ def start(settings: Settings) -> int:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=base_dir(settings), start_new_session=True)
     pid_path(settings).write_text(str(proc.pid))
-    # Popen returns once exec has begun, but the kernel fills in the new command line a moment
-    # later: until then `running()` would not recognise it, and a second start ran a second one.
-    deadline = time.monotonic() + 5
-    while running(settings) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    await_exec(proc, _marker(settings))
     return proc.pid
 
 

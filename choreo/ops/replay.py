@@ -14,7 +14,6 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlmodel import Session
@@ -42,11 +41,8 @@ class Candidate:
         return "absorbed: already processed, changes nothing" if self.already_processed else "runs again"
 
     def as_dict(self) -> dict:
-        v = self.letter
-        return {"event_id": v.event_id, "message_id": v.message_id, "type": v.type, "order_id": v.order_id,
-                "reason": v.reason, "attempts": v.attempts, "dead_lettered_at": v.dead_lettered_at,
-                "already_processed": self.already_processed, "replayed_before": self.replayed_before,
-                "effect": self.effect}
+        return {**self.letter.summary(), "already_processed": self.already_processed,
+                "replayed_before": self.replayed_before, "effect": self.effect}
 
 
 @dataclass
@@ -79,8 +75,10 @@ def _selector(ids: list[str] | None):
 
 def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str, bool] | None:
     """Which of `event_ids` the domain's consumer has applied (its inbox), or None if unknown."""
-    if domain == UNROUTED or not event_ids:
-        return None if domain == UNROUTED else {}
+    if domain == UNROUTED:  # no consumer of its own: nothing to ask
+        return None
+    if not event_ids:
+        return {}
     try:
         with engine_for(settings, domain).connect() as conn:
             rows = conn.execute(select(Inbox.event_id).where(Inbox.consumer == domain,
@@ -94,7 +92,7 @@ def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str
 
 def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> dict[str, int]:
     try:
-        with Session(create_tables(settings, "operator")) as s:
+        with Session(engine_for(settings, "operator")) as s:  # no table yet: nothing replayed
             rows = s.execute(select(ReplayRecord.event_id).where(
                 ReplayRecord.domain == domain, ReplayRecord.event_id.in_(event_ids),
                 ReplayRecord.outcome == "replayed")).scalars().all()
@@ -161,10 +159,7 @@ def history(settings: Settings, domain: str | None = None, limit: int = 50,
 
 
 def record_dict(r: ReplayRecord) -> dict:
-    return {"run_id": r.run_id, "replayed_at": _iso(r.replayed_at), "by": r.by, "domain": r.domain,
+    return {"run_id": r.run_id, "replayed_at": r.replayed_at.isoformat(), "by": r.by, "domain": r.domain,
             "event_id": r.event_id, "message_id": r.message_id, "type": r.type, "order_id": r.order_id,
             "reason": r.reason, "already_processed": r.already_processed, "outcome": r.outcome}
 
-
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t is not None else None

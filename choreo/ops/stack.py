@@ -48,6 +48,16 @@ def runs_with(pid: int, marker: str) -> bool:
     return alive(pid) and marker in _cmdline(pid)
 
 
+def await_exec(proc: subprocess.Popen, marker: str, timeout: float = 5.0) -> None:
+    """Wait (bounded) until a process just started shows `marker` in its command line, or exits.
+    Popen returns once exec has begun, but the kernel sets the new command line a moment later:
+    until then `runs_with` would not recognise it, and a start or stop right after would think
+    nothing of ours runs (a second start ran a second Prometheus)."""
+    deadline = time.monotonic() + timeout
+    while not runs_with(proc.pid, marker) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -146,11 +156,7 @@ class Stack:
                                 env=self.env, start_new_session=True)
         log.close()
         self.pidfile(name).write_text(str(proc.pid))
-        # The kernel sets the new command line a moment after Popen returns: until then `pid()`
-        # would not know the process as ours, and a stop right after this start would miss it.
-        deadline = time.monotonic() + 5
-        while not is_ours(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        await_exec(proc, MARK)
         return proc.pid
 
     def stop(self, name: str, timeout: float = 15.0) -> bool:

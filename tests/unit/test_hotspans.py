@@ -112,3 +112,21 @@ def test_the_runtime_tracer_shares_the_providers_span_file(tmp_path):
     assert tracing.hot_tracer(Settings(run_dir=tmp_path / "r2", data_dir=tmp_path / "d2", tracing=False),
                               "payment") is None
     tracing.shutdown()
+
+
+def test_a_burst_of_spans_is_not_dropped(tmp_path, monkeypatch):
+    """The SDK's default queue (2048 spans) dropped spans in a burst of a few hundred sagas."""
+    from config.settings import Settings
+
+    for var in ("OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    settings = Settings(run_dir=tmp_path / "run", data_dir=tmp_path / "data")
+    hot = tracing.hot_tracer(settings, "inventory")
+    for _ in range(6000):  # two spans per message, 3000 messages: faster than any export
+        span = hot.start("process payment.completed", _ctx(), SpanKind.CONSUMER, {"choreo.order_id": "ord-1"})
+        span.child("send inventory.reserved", SpanKind.PRODUCER, {}).end()
+        span.end()
+    tracing.force_flush()
+    lines = sum(len(f.read_text().splitlines()) for f in settings.trace_dir.glob("inventory-*.jsonl"))
+    tracing.shutdown()
+    assert lines == 12000

@@ -117,9 +117,7 @@ def dead_letters(settings: Settings, domain: str, limit: int = 20, with_body: bo
     from choreo.messaging.admin import BrokerAdmin
     with BrokerAdmin(settings) as admin:
         letters = admin.peek(domain, _limit(limit))
-    skip = () if with_body else ("headers", "body")
-    return {"domain": domain, "dead_letters": [{k: v for k, v in d.as_dict().items() if k not in skip}
-                                               for d in letters]}
+    return {"domain": domain, "dead_letters": [d.as_dict() if with_body else d.summary() for d in letters]}
 
 
 def audit(settings: Settings) -> dict:

@@ -37,7 +37,7 @@ def dlq_list(domain: str, limit: int, as_json: bool) -> None:
     with BrokerAdmin(settings) as admin:
         items = admin.peek(_domain_arg(settings, domain), limit)
     if as_json:
-        print(json.dumps([{k: v for k, v in i.as_dict().items() if k not in ("headers", "body")} for i in items], indent=2))
+        print(json.dumps([i.summary() for i in items], indent=2))
         return
     t = Table(title=f"{domain} dead letters ({len(items)})")
     for col in ("event id", "type", "order", "attempts", "reason"):
