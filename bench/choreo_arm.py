@@ -124,7 +124,7 @@ def _wait_users(settings, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{settings.users_url}/users/cust-1", timeout=1).status_code == 200:
+            if httpx.get(f"{settings.users_url}/ready", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -176,7 +176,7 @@ class Harness:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
-                    if httpx.get(f"{settings.users_url}/users/cust-1", timeout=1).status_code == 200:
+                    if httpx.get(f"{settings.users_url}/ready", timeout=1).status_code == 200:
                         break
                 except Exception:
                     time.sleep(0.2)

@@ -22,7 +22,15 @@ HEALTH_PORT_OFFSETS = {"order": 1, "payment": 2, "inventory": 3, "shipment": 4, 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHOREO_", extra="ignore")
 
+    # Where the broker is (host, port, vhost). Its user is the bootstrap user, who only sets up
+    # (choreo broker setup: users, grants, topology): every service connects as its own user,
+    # <broker_user_prefix><service>, with its password from CHOREO_BROKER_PASSWORD_<SERVICE> or
+    # a file generated once under run_dir/secrets (choreo.messaging.access).
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    broker_user_prefix: str = "choreo-"
+    # Set up through this management API (e.g. http://rabbitmq:15672) instead of the local
+    # node's rabbitmqctl: a broker in another container or host.
+    broker_admin_api: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key choreo writes starts with this, so test runs never see each other.
     redis_prefix: str = "choreo"

@@ -52,7 +52,14 @@ docker_ok() {
   fi
   [ "$DOCKER_OK" -eq 1 ]
 }
-compose_up() { (cd "$ROOT" && docker compose up -d "$@") >>"$LOG" 2>&1; }
+# A local broker for development, on loopback: its bootstrap user is guest, as a Debian package's
+# is (choreo broker setup uses it, through the management API on 15672). Compose needs the
+# variables for any of its services.
+compose() {
+  (cd "$ROOT" && CHOREO_BROKER_ADMIN_USER="${CHOREO_BROKER_ADMIN_USER:-guest}" \
+    CHOREO_BROKER_ADMIN_PASSWORD="${CHOREO_BROKER_ADMIN_PASSWORD:-guest}" docker compose "$@")
+}
+compose_up() { compose up -d "$@" >>"$LOG" 2>&1; }
 
 # ---------------------------------------------------------------- RabbitMQ
 rmqctl() { as_root timeout 30 rabbitmqctl "$@"; }
@@ -113,7 +120,7 @@ ensure_rabbitmq() {
   if have rabbitmqctl; then
     rmqctl -q enable_feature_flag all >>"$LOG" 2>&1 || true
   elif docker_ok; then
-    (cd "$ROOT" && docker compose exec -T rabbitmq rabbitmqctl -q enable_feature_flag all) >>"$LOG" 2>&1 || true
+    compose exec -T rabbitmq rabbitmqctl -q enable_feature_flag all >>"$LOG" 2>&1 || true
   fi
   say rabbitmq "$how (127.0.0.1:5672)"
 }

@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from choreo.app.outbox import mark_sent
 from choreo.app.uow import Batch
 from choreo.infra import logs, tracing
+from choreo.messaging.access import may_send, owners, sender_header
 from choreo.messaging.publisher import event_message
 from choreo.messaging.wire import dead_letter_headers
 from consumers.base import Subscription
@@ -64,6 +65,9 @@ class Delivery:
     delivery_count: Any = 0     # x-delivery-count as it arrived
     redelivered: bool = False
     received_ns: int = 0        # when the consumer received it (wall clock): its span starts there
+    # The service that sent it, as the broker vouches (its user_id; tasks.worker.verified_sender).
+    # None: no verified sender, and nothing is believed of it (it is dead-lettered).
+    sender: str | None = None
 
 
 @dataclass
@@ -105,7 +109,11 @@ def register_domain(app: Celery) -> None:
 
 def _task_body(domain: str, type_: str):
     def run(task, *args, **kwargs):
-        outcome = process_batch(runtime(task.app), [Delivery(type_, list(args), kwargs, str(task.request.id))])[0]
+        # Called in process (no broker between caller and handler, so nobody to vouch): the
+        # caller is this process's own code, trusted as the type's owner.
+        sender = min(owners(type_), default=None)
+        outcome = process_batch(runtime(task.app), [Delivery(type_, list(args), kwargs, str(task.request.id),
+                                                             sender=sender)])[0]
         return {"outcome": outcome.kind, "detail": outcome.detail, "emitted": outcome.emitted}
     run.__name__ = run.__qualname__ = f"{domain}_{type_.replace('.', '_')}"
     return run
@@ -154,11 +162,22 @@ def _decode(item: _Item) -> None:
             raise PoisonMessage(f"no handler for {d.name!r} in this domain")
         if not isinstance(d.args, (list, tuple)) or len(d.args) != 1 or d.kwargs:
             raise PoisonMessage("expected exactly one positional argument, the envelope")
-        item.envelope = decode(d.args[0])
-        if item.envelope.type != d.name:
-            raise PoisonMessage(f"envelope type {item.envelope.type!r} does not match message name {d.name!r}")
+        envelope = decode(d.args[0])  # validation only: nothing of it is believed before the sender is
+        if envelope.type != d.name:
+            raise PoisonMessage(f"envelope type {envelope.type!r} does not match message name {d.name!r}")
+        if not may_send(d.sender, d.name):
+            who = f"sender {d.sender!r}" if d.sender else "a message with no verified sender (AMQP user_id)"
+            raise PoisonMessage(f"unauthorized: {who} may not send {d.name!r} "
+                                f"(sent by {', '.join(sorted(owners(d.name))) or 'nobody'})")
+        item.envelope = envelope  # kept only when believed: a forgery causes no notice about its order
     except PoisonMessage as exc:
         item.reason = f"poison: {exc}"
+
+
+def _sent_by(d: Delivery) -> dict:
+    """The header a copy this domain publishes of a delivery (retry, dead letter) carries: who
+    sent the original. Believed only on copies whose user_id is this domain's own."""
+    return sender_header(d.sender)
 
 
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
@@ -271,16 +290,18 @@ def _retry_message(rt: Runtime, item: _Item) -> dict:
     d, n = item.delivery, item.delivery.attempt + 1
     delay = rt.settings.retry_delay(n) * (1 - rt.settings.retry_jitter * random.random())
     item.retry = (n, delay, rt.names.retry(rt.domain, n))
-    return {"name": d.name, "args": list(d.args), "kwargs": d.kwargs, "task_id": d.task_id, "queue": item.retry[2],
-            "headers": {"choreo_attempt": n, "choreo_last_error": repr(item.error)[:500]}, "expiration": delay,
-            "message_id": d.message_id}
+    return {"name": d.name, "args": list(d.args), "kwargs": d.kwargs, "task_id": d.task_id,
+            "exchange": rt.names.retry_exchange, "routing_key": rt.names.retry_key(rt.domain, n),
+            "headers": {"choreo_attempt": n, "choreo_last_error": repr(item.error)[:500], **_sent_by(d)},
+            "expiration": delay, "message_id": d.message_id}
 
 
 def _dead_letter_messages(rt: Runtime, item: _Item) -> list[dict]:
     """The copy to the DLQ with the reason in its headers, and the order's notice."""
     d, env = item.delivery, item.envelope
     compensation = _compensation(item)
-    headers = dead_letter_headers(item.reason, rt.domain, d.attempt + 1, compensation, d.delivery_count, d.redelivered)
+    headers = {**dead_letter_headers(item.reason, rt.domain, d.attempt + 1, compensation, d.delivery_count,
+                                     d.redelivered), **_sent_by(d)}
     out = [{"name": d.name, "args": list(d.args) if isinstance(d.args, (list, tuple)) else d.args,
             "kwargs": d.kwargs, "task_id": d.task_id, "exchange": rt.names.dlx, "routing_key": rt.domain,
             "headers": headers, "message_id": d.message_id}]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from choreo.messaging.access import service_url, user_name
 from config.settings import Settings
 from consumers.registry import topology
 from tasks.adapter import register_domain
@@ -13,16 +14,22 @@ class ChoreoApp(Celery):
     """A Celery app that carries its settings, and for a worker app the domain it serves:
     the adapter, the consumer and the relay read both from the app that runs them."""
 
-    def __init__(self, name: str, settings: Settings) -> None:
-        super().__init__(f"choreo.{name}", broker=settings.broker_url, set_as_current=False)
+    def __init__(self, name: str, settings: Settings, service: str | None = None) -> None:
+        domain = name if name in settings.domains else None
+        # Who it is on the broker: a domain as itself, Flower as flower, any client as the operator.
+        self.service = service or domain or ("flower" if name == "flower" else "operator")
+        super().__init__(f"choreo.{name}", broker=service_url(settings, self.service), set_as_current=False)
         self.settings = settings
-        self.domain: str | None = name if name in settings.domains else None
+        self.domain: str | None = domain
+        # Stamped on everything it publishes: the broker refuses any other (choreo.messaging.access).
+        self.user_id = user_name(settings, self.service)
 
 
-def make_app(name: str, settings: Settings) -> ChoreoApp:
-    """`name` is a domain (a worker app with its tasks) or any other word (a client app)."""
+def make_app(name: str, settings: Settings, service: str | None = None) -> ChoreoApp:
+    """`name` is a domain (a worker app with its tasks) or any other word (a client app);
+    `service`: the broker user it connects as, when not the one its name implies."""
     topo = topology(settings)
-    app = ChoreoApp(name, settings)
+    app = ChoreoApp(name, settings, service)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -47,7 +54,8 @@ def make_app(name: str, settings: Settings) -> ChoreoApp:
         task_create_missing_queues=False,
         # A client app routes nothing by default: its default queue is the unrouted one, declared
         # (if Celery ever does) exactly as the topology declares it.
-        task_queues=[topo.domain_queue(name) if name in settings.domains else topo.unrouted_queue()],
+        # Declared by the set-up, never by a worker (its user may not): no_declare.
+        task_queues=[_undeclared(topo.domain_queue(name) if name in settings.domains else topo.unrouted_queue())],
         task_default_queue=topo.names.queue(name) if name in settings.domains else topo.names.unrouted,
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
@@ -69,3 +77,8 @@ def make_app(name: str, settings: Settings) -> ChoreoApp:
         install(app)
     return app
 
+
+
+def _undeclared(queue):
+    queue.no_declare = True
+    return queue

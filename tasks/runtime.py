@@ -63,7 +63,7 @@ def runtime(app) -> Runtime:
             rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
                          burst=ConfirmedBurst(app, settings.publish_confirm_timeout),
                          idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
-                         deps=LiveDeps(settings, r), tracer=tracing.hot_tracer(settings, domain),
+                         deps=LiveDeps(settings, r, domain), tracer=tracing.hot_tracer(settings, domain),
                          recorder=Recorder(domain, settings.metrics))
             _runtimes[key] = rt
         return rt

@@ -15,6 +15,7 @@ from vine import promise
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.infra.telemetry import Recorder, known_type
+from choreo.messaging.access import sender_header, verified_sender
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import dead_letter_headers
 from tasks.adapter import Delivery, Outcome, process_batch
@@ -90,7 +91,7 @@ class ChoreoConsumer(Consumer):
             try:
                 message.headers = check(message.body, message.headers, message.content_type,
                                         message.content_encoding, message.decode, known, limits)
-                delivery = _delivery(message)
+                delivery = _delivery(message, self._settings, self.app.domain)
             except Malformed as exc:
                 return self._dead_letter_raw(message, f"poison: {exc}", received)
             except Exception as exc:  # the guard does no I/O: anything else is the message's fault too
@@ -195,13 +196,15 @@ class ChoreoConsumer(Consumer):
         info = getattr(message, "delivery_info", None) or {}
         headers.update(dead_letter_headers(reason, domain, 1, False, headers.get("x-delivery-count"),
                                            info.get("redelivered", False)))
+        headers.update(sender_header(verified_sender(self._settings, domain, props.get("user_id"), headers)))
         try:
             keep = {k: props[k] for k in ("message_id", "correlation_id") if props.get(k)}
             with self.app.producer_or_acquire() as producer:
                 producer.publish(_as_bytes(message), exchange=names.dlx, routing_key=domain, headers=headers,
                                  content_type=message.content_type or "application/octet-stream",
                                  content_encoding=message.content_encoding or "binary",
-                                 delivery_mode=2, retry=True, retry_policy={"max_retries": 3}, **keep)
+                                 delivery_mode=2, retry=True, retry_policy={"max_retries": 3},
+                                 user_id=self.app.user_id, **keep)
             message.ack()
         except self.connection_errors:
             raise  # the consumer's own connection is gone: Celery reconnects, the broker redelivers
@@ -237,15 +240,27 @@ class ChoreoConsumer(Consumer):
                                        f"{str(exc)[:300]}", time.monotonic())
 
 
-def _delivery(message) -> Delivery:
+def _delivery(message, settings, domain: str) -> Delivery:
     """What the adapter needs of a delivery the guard passed (its body decoded, kombu caches it)."""
     args, kwargs, _embed = message.decode()
     headers = message.headers or {}
     props = message.properties or {}
+    attempt = 0 if replayed(headers, Names(settings.namespace).dlq(domain)) else int(headers.get("choreo_attempt") or 0)
     return Delivery(name=headers["task"], args=args, kwargs=kwargs, task_id=str(headers["id"]),
-                    root_id=headers.get("root_id"), attempt=int(headers.get("choreo_attempt") or 0),
+                    root_id=headers.get("root_id"), attempt=attempt,
                     message_id=props.get("message_id"), delivery_count=headers.get("x-delivery-count", 0),
-                    redelivered=bool((message.delivery_info or {}).get("redelivered", False)))
+                    redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
+                    sender=verified_sender(settings, domain, props.get("user_id"), headers))
+
+
+def replayed(headers: dict, dlq: str) -> bool:
+    """Moved back from this domain's DLQ by a replay (the broker's newest x-death names it):
+    it starts again at the bottom of the retry ladder."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, (list, tuple)) or not deaths or not isinstance(deaths[0], dict):
+        return False
+    queue = deaths[0].get("queue")
+    return (queue.decode(errors="replace") if isinstance(queue, bytes) else queue) == dlq
 
 
 def _as_bytes(message) -> bytes:

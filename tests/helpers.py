@@ -83,9 +83,21 @@ class Probe:
         from choreo.messaging.admin import BrokerAdmin
 
         message_id = message_id or f"probe-{uuid.uuid4().hex}"
-        with BrokerAdmin(self.settings) as admin:
+        # As a client that may write to the queue itself (the bootstrap user: no service may)
+        # and vouches for nobody (no user_id): the guard's reasons come before the sender's.
+        with BrokerAdmin(self.settings, service=None) as admin:
             admin.publish_raw(f"{self.settings.namespace}.{self.domain}", body, headers, exchange="",
-                              content_type=content_type, content_encoding=content_encoding, message_id=message_id)
+                              content_type=content_type, content_encoding=content_encoding, message_id=message_id,
+                              user_id=None)
+        return message_id
+
+    def place(self, body: bytes, headers: dict, message_id: str | None = None) -> str:
+        """A place_order as a client may send one: the operator's user, through the events exchange."""
+        from choreo.messaging.admin import BrokerAdmin
+
+        message_id = message_id or f"probe-{uuid.uuid4().hex}"
+        with BrokerAdmin(self.settings) as admin:
+            admin.publish_raw("place_order", body, headers, message_id=message_id)
         return message_id
 
     def letters(self) -> dict:
@@ -122,3 +134,34 @@ def workers(stack) -> dict:
     """Each domain worker's pid: a test that sends poison checks none of them changed."""
     from config.settings import DOMAINS
     return {d: stack.pid(f"worker-{d}") for d in DOMAINS}
+
+
+class own_namespace:
+    """A namespace of its own in the run's vhost, with the broker users of that namespace
+    (choreo-<namespace>-<service>: the run's users keep their grants), set up as `choreo broker
+    setup` does; on exit its queues, exchanges and users are deleted."""
+
+    def __init__(self, settings, tag: str, **update) -> None:
+        self.settings = settings.model_copy(update={"namespace": f"{tag}-{uuid.uuid4().hex[:6]}", **update})
+
+    def __enter__(self):
+        from choreo.messaging import access
+        from consumers.registry import topology
+        access.setup(self.settings, topology(self.settings))
+        return self.settings
+
+    def __exit__(self, *exc) -> None:
+        from choreo.messaging import access
+        from choreo.messaging.admin import BrokerAdmin
+        from choreo.ops.stack import rabbitmqctl
+        from consumers.registry import topology
+        topo = topology(self.settings)
+        with BrokerAdmin(self.settings, service=None) as admin:
+            ch = admin.conn.channel()
+            for q in topo.all_queues():
+                ch.queue_delete(q.name)
+            for x in (topo.names.events, topo.names.dlx, topo.names.retry_exchange, topo.names.unrouted):
+                ch.exchange_delete(x)
+            ch.close()
+        for service in access.SERVICES:
+            rabbitmqctl("delete_user", access.user_name(self.settings, service), check=False)

@@ -13,18 +13,20 @@ from sqlmodel import Session
 
 from choreo.infra.db import create_tables, engine_for
 from choreo.world.gateway import SandboxGateway
-from choreo.world.users import UsersClient, seed_customers
+from choreo.world.users import CALLERS, UsersClient, seed_customers, users_token
 from config.catalog import INITIAL_STOCK, PRICES_CENTS
 from config.settings import SERVICES, Settings
 from models.tables import Stock
 
 
 class LiveDeps:
-    """What handlers may use, for real. Built lazily: a domain that never calls the gateway never opens it."""
+    """What handlers may use, for real. Built lazily: a domain that never calls the gateway never opens it.
+    `caller`: the service whose token the user service client sends (its domain)."""
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis | None) -> None:
+    def __init__(self, settings: Settings, redis_client: redis.Redis | None, caller: str | None = None) -> None:
         self.settings = settings
         self._redis = redis_client
+        self.caller = caller
 
     @cached_property
     def gateway(self) -> SandboxGateway:
@@ -37,7 +39,10 @@ class LiveDeps:
 
     @cached_property
     def users(self) -> UsersClient:
-        return UsersClient(self.settings.users_url, self._redis, self.settings.redis_prefix)
+        caller = self.caller
+        token = users_token(self.settings.run_dir, caller) if caller in CALLERS else None
+        return UsersClient(self.settings.users_url, self._redis, self.settings.redis_prefix,
+                           caller=caller, token=token, run_dir=self.settings.run_dir)
 
 
 def prepare(settings: Settings, services=SERVICES) -> None:

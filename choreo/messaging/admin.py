@@ -11,8 +11,9 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
 import pika
-from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
+from pika.exceptions import ChannelClosedByBroker
 
+from choreo.messaging.access import service_url
 from choreo.messaging.topology import Names, queue_names
 from config.settings import Settings
 
@@ -58,8 +59,7 @@ class DeadLetterView:
 
 @dataclass
 class Replayed:
-    """One dead letter a replay published: `replayed` (confirmed; its dead letter is acked after
-    the batch), `unroutable` or `not_confirmed` (its dead letter stays)."""
+    """One dead letter a replay moves back (`replayed`: recorded, then moved by the broker)."""
     view: DeadLetterView
     outcome: str
 
@@ -106,10 +106,18 @@ def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
 
 
 class BrokerAdmin:
-    def __init__(self, settings: Settings) -> None:
+    """As the operator's broker user by default (`service`: another service's user; tests and the
+    chaos injector publish as the service that owns what they send)."""
+
+    def __init__(self, settings: Settings, service: str | None = "operator") -> None:
+        """`service` None: as the bootstrap user of broker_url (the set-up's; tests use it to
+        be a client that may write anywhere, such as a queue directly)."""
         self.settings = settings
         self.names = Names(settings.namespace)
-        self.conn = pika.BlockingConnection(connection_parameters(settings.broker_url))
+        self.service = service
+        url = settings.broker_url if service is None else service_url(settings, service)
+        self.user_id = unquote(urlparse(url).username or "guest")
+        self.conn = pika.BlockingConnection(connection_parameters(url))
 
     def close(self) -> None:
         if self.conn.is_open:
@@ -160,22 +168,24 @@ class BrokerAdmin:
                select: Callable[[DeadLetterView], bool] | None = None, batch: int = 100,
                before_ack: Callable[[list[Replayed]], None] | None = None) -> list[DeadLetterView]:
         """Move dead letters (all, one event id, or those `select` accepts; at most `limit`) back
-        to the domain's queue, reset to attempt 0. Unrouted messages go back to the events
-        exchange with their routing key: once a subscriber is bound they reach it; until then
-        they come back to `unrouted`.
+        to the domain's queue; unrouted messages back to the events exchange with their routing
+        key (once a subscriber is bound they reach it; until then they come back to `unrouted`).
 
-        In batches of `batch`: each copy is published and confirmed by the broker first (a copy
-        no queue took is `unroutable`, one the broker refused `not_confirmed`: their dead letters
-        stay); then `before_ack(batch's results)` runs (the replay record's durable commit);
-        then the batch's dead letters are acked. A crash in between duplicates, never loses, and
-        a duplicate is absorbed by the consumer's inbox. Returns the dead letters moved.
+        Nothing is re-published: each is rejected from its dead-letter queue, whose own
+        dead-letter target is where it came from (choreo.messaging.topology), and the broker
+        moves it at least once, as it was, so its AMQP user_id still names the service that
+        sent it (the consumer believes nothing else, choreo.messaging.access). The consumer
+        starts it at attempt 0 (tasks.worker.replayed).
+
+        In batches of `batch`: `before_ack(batch's results)` runs first (the replay record's
+        durable commit), then the batch's dead letters are moved. A crash in between moves
+        nothing (they are redelivered to the next replay, and the record says "replayed": a
+        second replay is absorbed by the consumer's inbox). Returns the dead letters moved.
         """
         if event_id is not None:
             select = (lambda v, _id=event_id: v.event_id == _id)
         queue = self.held_in(domain)
-        names = self.names
         ch = self.conn.channel()
-        ch.confirm_delivery()
         moved: list[DeadLetterView] = []
         keep: list[int] = []
         scanned = 0
@@ -191,31 +201,14 @@ class BrokerAdmin:
                     if select is not None and not select(view):
                         keep.append(method.delivery_tag)
                         continue
-                    new_props = pika.BasicProperties(
-                        content_type=props.content_type, content_encoding=props.content_encoding,
-                        headers=_replay_headers(props.headers, view.reason), delivery_mode=2,
-                        correlation_id=props.correlation_id, message_id=props.message_id)
-                    try:
-                        if domain == UNROUTED:
-                            ch.basic_publish(names.events, method.routing_key, body, new_props)
-                        else:
-                            ch.basic_publish("", names.queue(domain), body, new_props, mandatory=True)
-                        outcome = "replayed"
-                    except UnroutableError:
-                        outcome = "unroutable"
-                    except NackError:
-                        outcome = "not_confirmed"
-                    if outcome != "replayed":
-                        keep.append(method.delivery_tag)
-                    results.append(Replayed(view, outcome))
+                    results.append(Replayed(view, "replayed"))
                 if not results:
                     break
                 if before_ack is not None:
                     before_ack(results)
                 for r in results:
-                    if r.outcome == "replayed":
-                        ch.basic_ack(r.view.delivery_tag)
-                        moved.append(r.view)
+                    ch.basic_reject(r.view.delivery_tag, requeue=False)  # the broker moves it back
+                    moved.append(r.view)
         finally:
             if ch.is_open:
                 for tag in keep:
@@ -225,27 +218,17 @@ class BrokerAdmin:
 
     def publish_raw(self, routing_key: str, body: bytes, headers: dict | None = None, exchange: str | None = None,
                     content_type: str | None = "application/json", content_encoding: str | None = "utf-8",
-                    message_id: str | None = None) -> None:
-        """Publish bytes as any client would (tests and the chaos injector use it for poison)."""
+                    message_id: str | None = None, user_id: str | None | bool = True) -> None:
+        """Publish bytes as any client would (tests and the chaos injector use it for poison).
+        `user_id`: True stamps this connection's user (what choreo's publishers do), None sends
+        none, a string claims that user (the broker refuses any but the connection's own)."""
         ch = self.conn.channel()
         ch.confirm_delivery()
         ch.basic_publish(self.names.events if exchange is None else exchange, routing_key, body,
                          pika.BasicProperties(content_type=content_type, content_encoding=content_encoding,
-                                              headers=headers or {}, delivery_mode=2, message_id=message_id))
+                                              headers=headers or {}, delivery_mode=2, message_id=message_id,
+                                              user_id=self.user_id if user_id is True else user_id or None))
         ch.close()
-
-
-def _replay_headers(headers: dict | None, reason: str) -> dict:
-    """A replayed copy's headers: the dead letter's own (x-choreo-*, the broker's x-death and
-    counts, the retry rung) dropped, so it starts at attempt 0; what it was replayed from kept."""
-    out = {k: v for k, v in (headers or {}).items()
-           if not k.startswith("x-choreo-") and k not in _DEAD_LETTER_HEADERS}
-    out["x-choreo-replayed"] = reason[:500]
-    return out
-
-
-_DEAD_LETTER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
-                        "x-first-death-reason", "choreo_attempt", "choreo_last_error")
 
 
 def _check(domain: str, settings: Settings) -> None:

@@ -92,6 +92,8 @@ class Publisher:
             options["expiration"] = expiration
         if message_id:
             options["message_id"] = message_id  # a client's own id for its message, kept on copies
+        if getattr(self.app, "user_id", None):
+            options["user_id"] = self.app.user_id  # the broker refuses it unless it is the connection's user
         if queue is not None:
             # Through the default exchange; the queue is declared by the topology, not per message.
             options["queue"] = Queue(queue, no_declare=True)
@@ -136,6 +138,8 @@ def task_message(app: Celery, name: str, args: Any, kwargs: Any, *, task_id: str
         properties["expiration"] = str(int(expiration * 1000))
     if message_id:
         properties["message_id"] = message_id
+    if getattr(app, "user_id", None):
+        properties["user_id"] = app.user_id
     if queue is not None:
         exchange, routing_key = "", queue
     return payload, _headers, properties, exchange or "", routing_key or ""

@@ -6,12 +6,17 @@ side (consumers.registry.topology builds it); this module knows queues, not hand
 Per domain D (namespace N, default "choreo"):
   N.D            quorum queue, bound to N.events for each message type D hears;
                  rejects dead-letter to N.dlx (routing key D)
-  N.D.dlq        quorum queue bound to N.dlx with key D: messages D gave up on
-  N.D.retry.K    the retry ladder: a message waits here for the K-th retry's delay
-                 (queue TTL), then dead-letters back to N.D through the default exchange
+  N.D.dlq        quorum queue bound to N.dlx (topic) with key D: messages D gave up on. Its
+                 own dead-letter target is N.D (at-least-once): a replay rejects a dead letter
+                 and the broker moves it back, its publisher's user_id intact
+                 (choreo.messaging.access: only the sender the broker vouches for is believed)
+  N.D.retry.K    the retry ladder: a copy D publishes to the topic exchange N.retry with key
+                 D.K waits here for the K-th retry's delay (queue TTL), then dead-letters back
+                 to N.D through the default exchange
   N.unrouted     quorum queue behind the fanout exchange N.unrouted, the alternate exchange
-                 of N.events and N.dlx: a message no binding routes (a typo'd type, a
-                 subscriber not yet deployed) is kept here instead of dropped by the broker
+                 of N.events, N.dlx and N.retry: a message no binding routes (a typo'd type, a
+                 subscriber not yet deployed) is kept here instead of dropped by the broker;
+                 a replay moves it back to N.events with its routing key
 """
 from __future__ import annotations
 
@@ -40,6 +45,10 @@ class Names:
         return f"{self.ns}.dlx"
 
     @property
+    def retry_exchange(self) -> str:
+        return f"{self.ns}.retry"
+
+    @property
     def unrouted(self) -> str:
         """The alternate exchange and the queue behind it (exchanges and queues are separate names)."""
         return f"{self.ns}.unrouted"
@@ -52,6 +61,11 @@ class Names:
 
     def retry(self, domain: str, attempt: int) -> str:
         return f"{self.ns}.{domain}.retry.{attempt}"
+
+    @staticmethod
+    def retry_key(domain: str, attempt: int) -> str:
+        """The routing key of the retry ladder's rung `attempt` on the retry exchange."""
+        return f"{domain}.{attempt}"
 
 
 # saga mode -> domain -> the message types that domain hears (its bindings on the events exchange)
@@ -74,7 +88,9 @@ class Topology:
         keep_unroutable = {"alternate-exchange": self.names.unrouted}
         self.unrouted = Exchange(self.names.unrouted, type="fanout", durable=True)
         self.events = Exchange(self.names.events, type="topic", durable=True, arguments=keep_unroutable)
-        self.dlx = Exchange(self.names.dlx, type="direct", durable=True, arguments=keep_unroutable)
+        # Topic exchanges, so topic permissions decide which routing keys a service may use.
+        self.dlx = Exchange(self.names.dlx, type="topic", durable=True, arguments=keep_unroutable)
+        self.retry = Exchange(self.names.retry_exchange, type="topic", durable=True, arguments=keep_unroutable)
 
     def routing_keys(self, domain: str, mode: str | None = None) -> list[str]:
         return sorted(self.hears[mode or self.settings.saga_mode].get(domain, ()))
@@ -101,11 +117,12 @@ class Topology:
 
     def dead_letter_queue(self, domain: str) -> Queue:
         return Queue(self.names.dlq(domain), exchange=self.dlx, routing_key=domain, durable=True,
-                     queue_arguments={"x-queue-type": "quorum"})
+                     queue_arguments={"x-queue-type": "quorum", **_back_to(self.names.queue(domain))})
 
     def retry_queue(self, domain: str, attempt: int) -> Queue:
         delay_ms = int(self.settings.retry_delay(attempt) * 1000)
-        return Queue(self.names.retry(domain, attempt), durable=True, no_declare=False,
+        return Queue(self.names.retry(domain, attempt), exchange=self.retry,
+                     routing_key=self.names.retry_key(domain, attempt), durable=True,
                      queue_arguments={
                          "x-queue-type": "classic",
                          "x-message-ttl": delay_ms,
@@ -115,7 +132,7 @@ class Topology:
 
     def unrouted_queue(self) -> Queue:
         return Queue(self.names.unrouted, exchange=self.unrouted, durable=True,
-                     queue_arguments={"x-queue-type": "quorum"})
+                     queue_arguments={"x-queue-type": "quorum", **_back_to(None, self.names.events)})
 
     def queues(self, domain: str) -> list[Queue]:
         return [self.domain_queue(domain), self.dead_letter_queue(domain),
@@ -133,9 +150,10 @@ class Topology:
             self.unrouted(channel).declare()
             self._declare_exchange(conn, self.events)
             self._declare_exchange(conn, self.dlx)
+            self._declare_exchange(conn, self.retry)
             declared = []
             for q in self.all_queues():
-                q(channel).declare()
+                self._declare_queue(conn, q)
                 declared.append(q.name)
             for d in self.settings.domains:
                 for rk in self.stale_keys(d):
@@ -167,6 +185,30 @@ class Topology:
             if channel.is_open:
                 channel.close()
 
+    def _declare_queue(self, conn: Connection, queue: Queue) -> None:
+        """Declare; an empty dead-letter queue declared by an older choreo (without the way back
+        a replay takes) is re-created. One that holds dead letters is never deleted: the error
+        says what to do."""
+        channel = conn.channel()
+        try:
+            queue(channel).declare()
+        except conn.channel_errors as exc:
+            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not queue.name.endswith((".dlq", ".unrouted")):
+                raise
+            channel = conn.channel()
+            _name, held, _consumers = channel.queue_declare(queue.name, passive=True)
+            if held:
+                raise RuntimeError(
+                    f"{queue.name} holds {held} message(s) and was declared by an older choreo ({exc}); replay or "
+                    f"move them (choreo dlq list), then delete it (rabbitmqctl delete_queue {queue.name}) and run "
+                    f"choreo broker setup again") from None
+            log.warning("re-creating empty %s with its replay route (%s)", queue.name, exc)
+            channel.queue_delete(queue.name)
+            queue(channel).declare()
+        finally:
+            if channel.is_open:
+                channel.close()
+
     def _unbind_inactive(self, conn: Connection) -> None:
         """A worker queue of another mode (the orchestrator's, after switching back to
         choreography) must stop collecting events nobody will consume. Unbound, not deleted:
@@ -188,5 +230,18 @@ class Topology:
         for d in self.settings.domains:
             out |= {(n.events, rk, n.queue(d)) for rk in self.routing_keys(d)}
             out.add((n.dlx, d, n.dlq(d)))
+            out |= {(n.retry_exchange, n.retry_key(d, k), n.retry(d, k))
+                    for k in range(1, self.settings.retry_max_attempts + 1)}
         out.add((n.unrouted, "", n.unrouted))
         return out
+
+
+def _back_to(queue: str | None, exchange: str = "") -> dict:
+    """Dead-letter arguments that send a rejected message back (to `queue` through the default
+    exchange, or to `exchange` with its own routing key), at least once: the broker keeps it
+    until the target confirms it (quorum queues; needs overflow reject-publish)."""
+    args = {"x-dead-letter-exchange": exchange, "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish"}
+    if queue is not None:
+        args["x-dead-letter-routing-key"] = queue
+    return args

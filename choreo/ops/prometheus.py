@@ -351,7 +351,7 @@ def query(settings: Settings, promql: str, timeout: float = 5.0) -> list[dict]:
 
 def compose_files() -> dict[str, str]:
     """config/prometheus/*.yml for docker-compose.yml: targets by service name, default ports."""
-    s = Settings(namespace="choreo", saga_mode="choreography", broker_url="amqp://guest:guest@rabbitmq:5672//",
+    s = Settings(namespace="choreo", saga_mode="choreography", broker_url="amqp://rabbitmq:5672//",
                  health_port_base=9100, user_service_port=8001, flower_port=5555, run_dir=Path("run"))
     targets = {name: f"{name.removeprefix('worker-')}:{target.rsplit(':', 1)[1]}"
                for name, target in scrape_targets(s).items()}

@@ -21,6 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.infra.db import dispose_engines
+from choreo.messaging import access
+from consumers.registry import topology
 from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
 from config.settings import HEALTH_PORT_OFFSETS, SERVICES, Settings
 
@@ -47,12 +49,15 @@ class Sandbox:
         self.redis_port = free_port() if own_redis else None
         self.redis_proc: subprocess.Popen | None = None
         self.vhost_created = False
+        self.users_created = False
         self.database_prefix = f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
         self.overrides: dict[str, Any] = {
             "broker_url": f"{AMQP_BASE}/{self.vhost}",
             "redis_url": f"redis://127.0.0.1:{self.redis_port}/0" if own_redis else SHARED_REDIS,
             "redis_prefix": self.name,
             "namespace": "choreo",
+            # Its own broker users (choreo broker setup makes them; close deletes them).
+            "broker_user_prefix": f"{self.name}-",
             "data_dir": self.workdir / "data",
             "run_dir": self.workdir / "run",
             "user_service_port": free_port(),
@@ -99,7 +104,10 @@ class Sandbox:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         rabbitmqctl("add_vhost", self.vhost)
         self.vhost_created = True
+        # The bootstrap user sets up (users, grants, topology); no process of the sandbox uses it.
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        self.users_created = True
+        access.setup(self.settings, topology(self.settings))
         if self.own_redis:
             self.start_redis()
         return self
@@ -145,11 +153,28 @@ class Sandbox:
                 rabbitmqctl("delete_vhost", self.vhost)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"vhost {self.vhost} not deleted: {exc}")
+        if self.users_created:
+            problems += self._delete_users()
         dispose_engines(str(self.workdir))  # its databases go away with it: close their engines
         if self.overrides["database_server"]:
             problems += self._drop_databases()
         if not keep and self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        return problems
+
+    def _delete_users(self) -> list[str]:
+        """Its broker users, of every namespace it ran (named by its prefix: never another run's)."""
+        prefix = self.overrides["broker_user_prefix"]
+        try:
+            users = [line.split("\t")[0] for line in rabbitmqctl("list_users", "--no-table-headers").splitlines()]
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return [f"broker users {prefix}* not listed: {exc}"]
+        problems = []
+        for user in (u for u in users if u.startswith(prefix)):
+            try:
+                rabbitmqctl("delete_user", user, check=False)
+            except subprocess.TimeoutExpired as exc:
+                problems.append(f"broker user {user} not deleted: {exc}")
         return problems
 
     def _drop_redis_keys(self) -> list[str]:

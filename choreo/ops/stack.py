@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 from choreo.app.bootstrap import prepare
+from choreo.messaging import access
+from consumers.registry import topology
 from choreo.messaging.admin import BrokerAdmin
 from config.settings import DOMAINS, Settings
-from consumers.registry import topology
 
 # Every process the stack starts runs `python -m choreo ...`; its command line says so.
 MARK = " -m choreo "
@@ -225,10 +226,10 @@ def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: 
 
 
 def bring_up(settings: Settings, names: list[str], timeout: float = 90.0, env: dict[str, str] | None = None) -> Stack:
-    """Tables and topology first, then start `names` (those not already running) and wait
+    """Tables, broker users and topology first, then start `names` (those not already running) and wait
     until every worker consumes: `choreo up`, the e2e tests and the bench all start this way."""
     prepare(settings)
-    topology(settings).declare()
+    access.setup(settings, topology(settings))  # the users, their grants and the topology: as the bootstrap user
     stack = Stack(settings, env)
     for name in names:
         stack.start(name)

@@ -9,6 +9,7 @@ from typing import Callable
 
 from choreo.app.queries import order_states
 from choreo.domain.order import TERMINAL
+from choreo.messaging.access import may_send, owners
 from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from choreo.ops.scenarios import SCENARIOS, expected_outcome, make_order
@@ -38,6 +39,34 @@ def publish_orders(settings: Settings, scenarios: list[str], seed: int | None,
     finally:
         app.close()
     return sent
+
+
+class AsOwners:
+    """Publishes each envelope as the service that owns its type (its source, when that may
+    send it): a service re-publishing what it said before, as its outbox relay does after a
+    crash. Consumers believe no other sender (choreo.messaging.access), so the chaos harness
+    and the tests re-deliver this way."""
+
+    def __init__(self, settings: Settings, name: str = "client") -> None:
+        self.settings = settings
+        self.name = name
+        self.apps: dict[str, object] = {}
+        self.publishers: dict[str, Publisher] = {}
+
+    def publisher(self, env) -> Publisher:
+        owner = env.source if may_send(env.source, env.type) else min(owners(env.type))
+        if owner not in self.publishers:
+            self.apps[owner] = make_app(self.name, self.settings, service=owner)
+            self.publishers[owner] = Publisher(self.apps[owner], Names(self.settings.namespace))
+        return self.publishers[owner]
+
+    def publish(self, env) -> None:
+        self.publisher(env).publish(env)
+
+    def close(self) -> None:
+        for app in self.apps.values():
+            app.close()
+        self.apps, self.publishers = {}, {}
 
 
 def terminal_count(states: States) -> int:

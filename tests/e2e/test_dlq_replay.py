@@ -24,9 +24,12 @@ def _leave_in_dlq(settings, envelope: dict, reason: str) -> None:
     from choreo.messaging.topology import Names
     from choreo.messaging.wire import dead_letter_headers
 
+    from choreo.messaging.access import sender_header
+
     body, headers = celery_message(envelope["type"], [envelope], task_id=envelope["event_id"])
-    headers.update(dead_letter_headers(reason, "payment", 4, False))
-    with BrokerAdmin(settings) as admin:
+    # As the payment worker writes its dead letters: as itself, saying who sent the original.
+    headers.update(dead_letter_headers(reason, "payment", 4, False), **sender_header("order"))
+    with BrokerAdmin(settings, service="payment") as admin:
         admin.publish_raw("payment", body, headers, exchange=Names(settings.namespace).dlx,
                           message_id=envelope["event_id"])
 

@@ -17,7 +17,7 @@ def test_each_message_is_its_own_task_in_the_event_stream(settings, stack):
     from choreo.ops.workload import publish_orders
     from tasks.app import make_app
 
-    app = make_app("client", settings)
+    app = make_app("client", settings, service="flower")  # with Flower's broker user and grants
     events: list[dict] = []
     conn = app.connection_for_read()
     receiver = app.events.Receiver(conn, handlers={"*": events.append})

@@ -138,7 +138,7 @@ def test_no_delivery_takes_a_worker_down_and_each_is_accounted_for(settings, sta
         message_id = probe.send(raw, _fresh(d["headers"]), d["content_type"], d["content_encoding"])
         sent[message_id] = _event_id(body) if not isinstance(body, bytes) else None
     good = place_order()
-    probe.send(*celery_message("place_order", [good], good["event_id"]))
+    probe.place(*celery_message("place_order", [good], good["event_id"]))
 
     def accounted():
         letters = probe.letters()

@@ -77,7 +77,7 @@ def known_set(settings, stack):
     with engine_for(settings, "payment").connect() as conn:
         body = conn.execute(select(Outbox.body).where(Outbox.order_id == completed,
                                                       Outbox.type == "payment.completed")).scalar_one()
-    app = make_app("client", settings)
+    app = make_app("client", settings, service="payment")  # as its relay would re-publish it
     try:
         Publisher(app, Names(settings.namespace)).publish(Envelope.model_validate_json(body))
     finally:

@@ -30,7 +30,8 @@ def test_the_readme_client_places_an_order_that_completes(settings, stack, tmp_p
     script = tmp_path / "client.py"
     script.write_text(readme_client())
     # Only the broker's address comes from us; no choreo module is importable from there.
-    env = {"PATH": os.environ["PATH"], "AMQP_URL": settings.broker_url}
+    from choreo.messaging.access import service_url
+    env = {"PATH": os.environ["PATH"], "AMQP_URL": service_url(settings, "operator")}
     out = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, timeout=60,
                          env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -296,23 +296,13 @@ def test_a_dead_letter_without_reason_fails_dead_letters(world):
 def test_a_dlq_message_without_reason_fails_dead_letters(world):
     """In a namespace of its own, so no other test's DLQ sees the reasonless message."""
     from choreo.messaging.admin import BrokerAdmin
-    from consumers.registry import topology
+    from tests.helpers import own_namespace
 
-    s = world.settings.model_copy(update={"namespace": f"audit-{uuid.uuid4().hex[:6]}"})
-    topo = topology(s)
-    topo.declare()
-    try:
-        with BrokerAdmin(s) as admin:
-            admin.publish_raw("payment", b'[[{"order_id": "ord-declined"}], {}, {}]', {"task": "x"},
-                              exchange=topo.names.dlx)
+    with own_namespace(world.settings, "audit") as s, BrokerAdmin(s, service="payment") as admin:
+        admin.publish_raw("payment", b'[[{"order_id": "ord-declined"}], {}, {}]', {"task": "x"},
+                          exchange=f"{s.namespace}.dlx")
         checks = audit(s)
         assert failing(checks) == {"dead_letters": ["ord-declined"]}
-    finally:
-        with BrokerAdmin(s) as admin:
-            ch = admin.conn.channel()
-            for q in topo.all_queues():
-                ch.queue_delete(q.name)
-            ch.close()
 
 
 def test_an_unreachable_broker_fails_dead_letters_with_the_error(world):

@@ -18,7 +18,6 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="session")
 def ns_settings(settings):
-    from consumers.registry import topology
     from choreo.app.bootstrap import prepare
 
     from choreo.ops.stack import free_port_block
@@ -26,11 +25,10 @@ def ns_settings(settings):
 
     # Its own health listener ports: this in-process worker lives for the whole session, beside
     # the e2e stack's shipment worker, whose port it must not take.
-    s = settings.model_copy(update={"namespace": f"inproc-{uuid.uuid4().hex[:6]}",
-                                    "health_port_base": free_port_block(len(HEALTH_PORT_OFFSETS))})
-    prepare(s, ["shipment"])
-    topology(s).declare()
-    return s
+    from tests.helpers import own_namespace
+    with own_namespace(settings, "inproc", health_port_base=free_port_block(len(HEALTH_PORT_OFFSETS))) as s:
+        prepare(s, ["shipment"])
+        yield s
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +44,10 @@ def celery_worker_pool():
 
 @pytest.fixture(scope="session")
 def celery_worker_parameters(ns_settings):
-    return {"queues": (f"{ns_settings.namespace}.shipment",), "perform_ping_check": False, "shutdown_timeout": 10}
+    from choreo.messaging.access import node_name
+    # Its node name is the one its broker user may declare a remote-control queue for.
+    return {"queues": (f"{ns_settings.namespace}.shipment",), "perform_ping_check": False, "shutdown_timeout": 10,
+            "hostname": f"{node_name(ns_settings, 'shipment')}@localhost"}
 
 
 @pytest.fixture
@@ -90,7 +91,8 @@ def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_work
     cause = make_envelope("inventory.reserved", order_id, InventoryReserved(
         reservation_id="r-1", order={"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 5}],
                                      "address": "1 Main Street", "amount_cents": 5}), source="test")
-    publisher = Publisher(make_app("client", ns_settings), Names(ns_settings.namespace))
+    # As the inventory service, the owner of inventory.reserved (the shipment worker believes no one else).
+    publisher = Publisher(make_app("client", ns_settings, service="inventory"), Names(ns_settings.namespace))
     publisher.publish(cause)
 
     said = wait_for(lambda: _drain(conn, q), 30, what="shipment.created")

@@ -97,7 +97,8 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
         mine = dataclasses.replace(rt, burst=ConfirmedBurst(app, 10))  # a worker each
         try:
             barrier.wait()
-            outcomes.extend(process_batch(mine, [Delivery(env.type, [env.to_wire()], {}, env.event_id)]))
+            outcomes.extend(process_batch(mine, [Delivery(env.type, [env.to_wire()], {}, env.event_id,
+                                                                  sender=env.type.split(".")[0])]))
         except Exception as exc:  # surfaced below, with the thread's failure
             errors.append(exc)
         finally:

@@ -2,12 +2,12 @@
 exchange declared before the alternate exchange existed is upgraded in place."""
 from __future__ import annotations
 
-import uuid
 
 import pika
 import pytest
 
 from tests.conftest import VHOST, rabbitmqctl
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -15,19 +15,18 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def own_namespace(settings):
     """A namespace of its own in the run's vhost, so the unrouted queue holds only this test's messages."""
-    from consumers.registry import topology
-
-    s = settings.model_copy(update={"namespace": f"unr-{uuid.uuid4().hex[:6]}"})
-    topology(s).declare()
-    return s
+    from tests.helpers import own_namespace
+    with own_namespace(settings, "unr") as s:
+        yield s
 
 
 def _publish(settings, routing_key: str, message_id: str) -> None:
+    """As a publisher no service is (the bootstrap user: a type nobody owns is refused to every service)."""
     from choreo.messaging.admin import BrokerAdmin
     from tests.helpers import celery_message
 
     body, headers = celery_message("late.subscriber.heard", [{"any": "envelope"}])
-    with BrokerAdmin(settings) as admin:
+    with BrokerAdmin(settings, service=None) as admin:
         admin.publish_raw(routing_key, body, headers, message_id=message_id)
 
 
@@ -40,30 +39,35 @@ def test_a_message_nobody_hears_waits_in_unrouted_and_replays_to_a_late_subscrib
         (kept,) = admin.peek("unrouted", 10)
         assert (kept.message_id, kept.routing_key) == ("m-1", "late.subscriber.heard")
         assert kept.reason == f"unrouted: nothing is bound to routing key 'late.subscriber.heard' on {s.namespace}.events"
-        # A subscriber deploys: a new binding. Replay sends the kept message to it.
-        ch = admin.conn.channel()
+    # A subscriber deploys: a new binding. Replay (the operator's) sends the kept message to it.
+    with BrokerAdmin(s, service=None) as deployer, BrokerAdmin(s) as admin:
+        ch = deployer.conn.channel()
         ch.queue_declare("late-subscriber-" + s.namespace, exclusive=True)
         ch.queue_bind("late-subscriber-" + s.namespace, f"{s.namespace}.events", "late.subscriber.heard")
         assert [v.message_id for v in admin.replay("unrouted")] == ["m-1"]
+        # The broker moves it (at least once, with its properties, user_id included).
+        _method, props, _ = wait_for(lambda: (got := ch.basic_get("late-subscriber-" + s.namespace, auto_ack=True))[0]
+                                     and got, 10, what="the replayed message at the late subscriber")
+        assert props.message_id == "m-1"
         assert admin.peek("unrouted", 10) == []
-        method, props, _ = ch.basic_get("late-subscriber-" + s.namespace, auto_ack=True)
-        assert method is not None and props.message_id == "m-1"
 
 
 def test_an_events_exchange_declared_without_the_alternate_exchange_is_upgraded(settings):
     from choreo.messaging.admin import connection_parameters
     from consumers.registry import topology
 
-    s = settings.model_copy(update={"namespace": f"old-{uuid.uuid4().hex[:6]}"})
+    from tests.helpers import own_namespace
+    namespace = own_namespace(settings, "old")
+    s = namespace.settings
     conn = pika.BlockingConnection(connection_parameters(s.broker_url))
     conn.channel().exchange_declare(f"{s.namespace}.events", "topic", durable=True)  # as before this change
     conn.close()
-    topology(s).declare()
-    topology(s).declare()  # and idempotent afterwards
-    rows = rabbitmqctl("list_exchanges", "-p", VHOST, "name", "arguments", "--no-table-headers")
-    (line,) = [r for r in rows.splitlines() if r.startswith(f"{s.namespace}.events\t")]
-    assert f'"alternate-exchange","{s.namespace}.unrouted"' in line
-    _publish(s, "nobody.hears.this", "m-2")
-    from choreo.messaging.admin import BrokerAdmin
-    with BrokerAdmin(s) as admin:
-        assert [v.message_id for v in admin.peek("unrouted", 10)] == ["m-2"]
+    with namespace:  # the set-up declares the topology
+        topology(s).declare()  # and idempotent afterwards
+        rows = rabbitmqctl("list_exchanges", "-p", VHOST, "name", "arguments", "--no-table-headers")
+        (line,) = [r for r in rows.splitlines() if r.startswith(f"{s.namespace}.events\t")]
+        assert f'"alternate-exchange","{s.namespace}.unrouted"' in line
+        _publish(s, "nobody.hears.this", "m-2")
+        from choreo.messaging.admin import BrokerAdmin
+        with BrokerAdmin(s) as admin:
+            assert [v.message_id for v in admin.peek("unrouted", 10)] == ["m-2"]

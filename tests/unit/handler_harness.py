@@ -24,6 +24,7 @@ from config.catalog import CARD_DECLINED, PRICES_CENTS
 from config.settings import SERVICES, Settings
 from consumers.registry import subscriptions
 from models.envelope import Envelope, decode, make_envelope
+from choreo.messaging.access import owners
 from tasks.adapter import Delivery, Outcome, process_batch
 from tasks.runtime import Runtime
 
@@ -187,7 +188,9 @@ class Harness:
 
     def deliver_batch(self, envelopes: list[Envelope | Delivery], attempt: int = 0) -> list[Published]:
         """One batch, as a worker holding these deliveries runs it; what each one published."""
-        deliveries = [e if isinstance(e, Delivery) else Delivery(e.type, [e.to_wire()], {}, e.event_id, attempt=attempt)
+        # Sent by the type's owner, as the broker would vouch for a real delivery (tasks.worker).
+        deliveries = [e if isinstance(e, Delivery) else Delivery(e.type, [e.to_wire()], {}, e.event_id, attempt=attempt,
+                                                                 sender=min(owners(e.type)))
                       for e in envelopes]
         before = len(self.burst.published)
         outcomes = process_batch(self.rt, deliveries)

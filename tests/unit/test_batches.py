@@ -52,7 +52,7 @@ def test_the_same_event_twice_in_one_batch_is_applied_once(h):
 
 
 def test_poison_in_a_batch_goes_to_the_dlq_at_once_and_the_rest_is_processed(h):
-    poison = Delivery("order.placed", [{"not": "an envelope"}], {}, "bad-1")
+    poison = Delivery("order.placed", [{"not": "an envelope"}], {}, "bad-1", sender="order")
     good, bad = h.deliver_batch([placed(h, "ord-1"), poison])
     assert (good.outcome.kind, bad.outcome.kind) == ("processed", "poison")
     [copy] = h.burst.sent

@@ -1,4 +1,8 @@
-"""What the harness sends: the orders (paced), and duplicates, late and reversed events and poison."""
+"""What the harness sends: the orders (paced), and duplicates, late and reversed events, poison
+and forgeries.
+
+Duplicates, late and reversed events are re-published as the service that owns each (a
+service's relay re-publishing, as after a crash): consumers believe no other sender."""
 from __future__ import annotations
 
 import json
@@ -8,22 +12,21 @@ import time
 import uuid
 from collections import Counter
 
+from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import Session, select
 
 from choreo.app.queries import order_states
 from choreo.domain.order import TERMINAL
 from choreo.infra.db import engine_for
+from choreo.messaging.access import owners
 from choreo.messaging.admin import BrokerAdmin
-from choreo.messaging.publisher import Publisher
-from choreo.messaging.topology import Names
 from choreo.messaging.wire import celery_message
 from choreo.ops.chaos.report import Journal
 from choreo.ops.scenarios import make_order
-from choreo.ops.workload import publish_orders
+from choreo.ops.workload import AsOwners, publish_orders
 from config.settings import DOMAINS, Settings
-from models.envelope import Envelope, OrderPlaced, make_envelope
+from models.envelope import Envelope, OrderPlaced, PaymentCompleted, make_envelope
 from models.tables import Outbox
-from tasks.app import make_app
 
 
 class Injector:
@@ -34,12 +37,11 @@ class Injector:
         self.rng = rng
         self.journal = journal
         self.per_burst = per_burst
-        self.app = make_app("chaos", settings)
-        self.publisher = Publisher(self.app, Names(settings.namespace))
+        self.owners = AsOwners(settings, "chaos")
         self.counts: Counter = Counter()
 
     def close(self) -> None:
-        self.app.close()
+        self.owners.close()
 
     def _outbox(self) -> list[tuple]:
         """(domain, row id, order id, type, created_at) of every committed event, sent or not."""
@@ -63,7 +65,7 @@ class Injector:
 
     def _publish(self, kind: str, envelopes: list) -> None:
         for env in envelopes:
-            self.publisher.publish(env)
+            self.owners.publish(env)
         self.counts[kind] += len(envelopes)
 
     def burst(self) -> None:
@@ -118,11 +120,32 @@ class Injector:
             "oversized": ("order.placed", None, b"[" + b" " * (self.settings.max_message_bytes + 1) + b"]",
                           celery_message("order.placed", [], str(uuid.uuid4()))[1]),
         }
-        with BrokerAdmin(self.settings) as admin:
-            for kind, (rk, exchange, body, headers) in cases.items():
+        # Each as the service that owns its routing key (a buggy service: the broker lets it say
+        # its own types); straight to a queue as the bootstrap user (no service may do that).
+        for kind, (rk, exchange, body, headers) in cases.items():
+            with BrokerAdmin(self.settings, service=None if exchange == "" else min(owners(rk))) as admin:
                 admin.publish_raw(rk, body, headers, exchange=exchange)
-                self.counts[f"poison:{kind}"] += 1
-        self.journal.note("inject", f"poison: {', '.join(cases)}", style="cyan")
+            self.counts[f"poison:{kind}"] += 1
+        self.forge()
+        self.journal.note("inject", f"poison: {', '.join(cases)}; forged payment.completed twice", style="cyan")
+
+    def forge(self) -> None:
+        """A payment.completed for an order never placed: with the operator's credentials (the
+        broker refuses it), and with no verified sender straight into the inventory queue (it
+        is dead-lettered). Neither may reserve stock or ship: the audit's unknown-order checks."""
+        env = make_envelope("payment.completed", f"chaos-forged-{uuid.uuid4().hex[:8]}",
+                            PaymentCompleted(charge_id=f"ch-forged-{uuid.uuid4().hex[:6]}", amount_cents=100,
+                                             order=_forged_order(self.rng)), source="payment")
+        body, headers = celery_message("payment.completed", [env.to_wire()], env.event_id)
+        try:
+            with BrokerAdmin(self.settings) as admin:
+                admin.publish_raw("payment.completed", body, headers)
+            self.counts["forged:accepted_by_broker"] += 1  # the audit will say what it did
+        except ChannelClosedByBroker as exc:
+            self.counts["forged:refused_by_broker" if exc.reply_code == 403 else "forged:failed"] += 1
+        with BrokerAdmin(self.settings, service=None) as admin:
+            admin.publish_raw(f"{self.settings.namespace}.inventory", body, headers, exchange="", user_id=None)
+        self.counts["forged:unverified"] += 1
 
 
 class OrderFeed(threading.Thread):
@@ -160,3 +183,8 @@ class OrderFeed(threading.Thread):
                                             source="chaos")
         except Exception as exc:  # reported as a run error with the count published so far
             self.error = f"publishing failed after {self.published} of {n} orders: {exc!r}"
+
+
+def _forged_order(rng: random.Random) -> dict:
+    spec = make_order("completed", rng)
+    return {"customer_id": spec.customer_id, "items": spec.items, "address": spec.address, "amount_cents": 100}

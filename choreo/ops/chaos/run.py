@@ -84,6 +84,9 @@ def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journa
     if len(feed.sent) < cfg.orders:
         report.errors.append(f"only {len(feed.sent)} of {cfg.orders} orders were published")
     report.injected = dict(injector.counts)
+    if injector.counts["forged:accepted_by_broker"] or injector.counts["forged:failed"]:
+        report.errors.append("a forged payment.completed sent with the operator's credentials was not refused "
+                             "by the broker's topic permissions")
 
     # Settle: every worker back, then wait for terminal orders, drained outboxes, idle queues.
     for name in list(faults.restart_due):

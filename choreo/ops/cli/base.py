@@ -53,6 +53,7 @@ COMMANDS = {
     **{name: f"choreo.ops.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
     **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "topology", "breakers", "projections", "audit")},
     "dlq": "choreo.ops.cli.dlq:dlq",
+    "broker": "choreo.ops.cli.broker:broker",
     "chaos": "choreo.ops.cli.chaos:chaos",
     "ask": "choreo.ops.cli.ask:ask",
     "trace": "choreo.ops.cli.trace:trace",

@@ -7,6 +7,7 @@ import click
 
 from choreo.app.bootstrap import prepare
 from choreo.infra import logs
+from choreo.messaging.access import node_name
 from choreo.infra.db import engine_for
 from choreo.ops import prometheus
 from choreo.ops.cli.base import SAGA_MARKER, console, current_settings, err, fail
@@ -24,11 +25,13 @@ def worker(domain: str) -> None:
     settings = current_settings()
     logs.configure(f"worker:{domain}", settings.log_level, settings.log_json)
     prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
+    # The topology is the set-up's (choreo broker setup, run by choreo up): a worker's user may
+    # not declare it, and needs nothing of it but its own queue.
     topo = topology(settings)
-    topo.declare()
     app = make_app(domain, settings)
-    # Node names must be unique per vhost (Celery's pidbox queue is exclusive to one node).
-    node = domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
+    # Node names must be unique per vhost (Celery's pidbox queue is exclusive to one node); its
+    # broker user may declare only its own (choreo.messaging.access.node_name).
+    node = node_name(settings, domain)
     app.worker_main([
         "worker", "-Q", topo.names.queue(domain), "-n", f"{node}@%h",
         # solo: the worker runs its batches in the consuming process (tasks.worker.ChoreoConsumer).
@@ -44,7 +47,7 @@ def users() -> None:
     logs.configure("users", settings.log_level, settings.log_json)
     prepare(settings, ["user"])
     server = make_server(engine_for(settings, "user"), settings.user_service_host, settings.user_service_port,
-                         settings.metrics)
+                         settings.metrics, run_dir=settings.run_dir)
     console.print(f"user service on {settings.users_url}")
     try:
         server.serve_forever()

@@ -1,0 +1,271 @@
+"""Least privilege on the broker: one user per service, what each may configure, write and read,
+who owns which message type, and the idempotent set-up (`choreo broker setup`).
+
+Every service connects as its own user, `<broker_user_prefix><service>`, and stamps the AMQP
+`user_id` property on what it publishes; RabbitMQ refuses a `user_id` that is not the
+connection's user, so a consumer knows who really sent a message (`verified_sender`) and
+dead-letters a fact whose type the sender does not own (`may_send`). Topic permissions on the
+events exchange refuse most forgeries before they are routed at all.
+
+What each user is granted (N the namespace, D a domain):
+
+  domain D      configure  its own Celery remote-control queue, celery.pidbox, reply.celery.pidbox,
+                           celeryev (Celery declares these; choreo's own queues and exchanges are
+                           declared by the set-up, never by a worker)
+                write      N.events (topic: only its own types, plus saga.dead_lettered),
+                           N.dlx (topic: only key D), N.retry (topic: only D.<rung>),
+                           celeryev (topic: task.* and worker.*: Flower's task events),
+                           reply.celery.pidbox (answers to Flower), its pidbox queue (binding)
+                read       N.D (its queue), its pidbox queue, celery.pidbox (binding)
+  orchestrator  as a domain; it owns the commands
+  operator      write N.events (topic: place_order only) and celeryev (task.sent); read the DLQs
+                and N.unrouted (peek, replay: a replay asks the broker to move a dead letter
+                back, it never re-publishes it, so its sender stays the one who sent it)
+  flower        declares and reads its own celeryev.* queues (every task event), broadcasts on
+                celery.pidbox and reads its replies: Flower's worker pages and control buttons.
+                It can ask a worker to shut down (that is what Flower is for); it cannot send a
+                single choreo message.
+  (the set-up)  the bootstrap user of broker_url (guest on a local broker): creates the users,
+                grants and the topology; no service ever connects as it.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from choreo.infra.secrets import secret
+from config.settings import DOMAINS, Settings
+
+log = logging.getLogger("choreo.access")
+
+# Every broker user choreo makes. "operator" is the CLI (choreo enqueue, status, dlq, ask).
+SERVICES = (*DOMAINS, "orchestrator", "operator", "flower")
+PASSWORD = "broker_password"
+# On a copy a domain publishes of a delivery (retry rung, dead letter): who sent the original.
+SENDER_HEADER = "x-choreo-sender"
+UNVERIFIED = "-"
+COMMANDS = {"charge_payment", "refund_payment", "reserve_stock", "release_stock", "create_shipment"}
+DEAD_LETTER_NOTICE = "saga.dead_lettered"
+EMITTERS = (*DOMAINS, "orchestrator")  # who may tell the order that a message of its saga died
+
+
+def owners(type_: str) -> frozenset[str]:
+    """The services that may send a message of this type."""
+    if type_ == "place_order":
+        return frozenset({"operator"})
+    if type_ == DEAD_LETTER_NOTICE:
+        return frozenset(EMITTERS)
+    if type_ in COMMANDS:
+        return frozenset({"orchestrator"})
+    prefix = type_.split(".", 1)[0]
+    return frozenset({prefix}) if prefix in DOMAINS and "." in type_ else frozenset()
+
+
+def may_send(service: str | None, type_: str) -> bool:
+    return service is not None and service in owners(type_)
+
+
+def _user_prefix(settings: Settings) -> str:
+    """Grants name a namespace's queues and exchanges, and a user has one grant per vhost: a
+    namespace other than the default has users of its own (choreo-shop-payment), so two
+    namespaces in one vhost never overwrite each other's grants."""
+    ns = "" if settings.namespace == "choreo" else f"{settings.namespace}-"
+    return f"{settings.broker_user_prefix}{ns}"
+
+
+def user_name(settings: Settings, service: str) -> str:
+    return f"{_user_prefix(settings)}{service}"
+
+
+def service_of(settings: Settings, user_id: str | None) -> str | None:
+    """The service a broker user is, or None (no user_id, or not one of ours)."""
+    prefix = _user_prefix(settings)
+    if not user_id or not user_id.startswith(prefix):
+        return None
+    service = user_id[len(prefix):]
+    return service if service in SERVICES else None
+
+
+def verified_sender(settings: Settings, own: str, user_id: str | None, headers: Mapping) -> str | None:
+    """Who sent a delivery, as far as the broker vouches: the service of its user_id; on a copy
+    this service published itself (its own user_id: a retry rung, a dead letter moved back by a
+    replay), the sender it recorded then. None when nothing is vouched for."""
+    service = service_of(settings, user_id)
+    if service is not None and service == own and SENDER_HEADER in headers:
+        recorded = headers[SENDER_HEADER]
+        if isinstance(recorded, bytes):
+            recorded = recorded.decode(errors="replace")
+        return recorded if recorded in SERVICES else None
+    return service  # its own fresh message (the order hears its own saga.dead_lettered) or another's
+
+
+def sender_header(sender: str | None) -> dict:
+    """What a copy of a delivery carries (always: a copy of one with no verified sender says so)."""
+    return {SENDER_HEADER: sender or UNVERIFIED}
+
+
+def password(settings: Settings, service: str) -> str:
+    """The service's broker password: CHOREO_BROKER_PASSWORD_<SERVICE>, else its file under run_dir/secrets."""
+    return secret(settings.run_dir, PASSWORD, service)
+
+
+def service_url(settings: Settings, service: str) -> str:
+    """broker_url (host, port, vhost, options) with the service's own user and password."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown broker user {service!r}; one of {', '.join(SERVICES)}")
+    parts = urlsplit(settings.broker_url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user_name(settings, service), safe='')}:{quote(password(settings, service), safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def vhost_of(broker_url: str) -> str:
+    path = urlsplit(broker_url).path
+    return unquote(path[1:]) if path and path != "/" else "/"
+
+
+# -- grants ---------------------------------------------------------------------------------
+
+NOTHING = "^$"
+
+
+def _one_of(names: Iterable[str], raw: Iterable[str] = ()) -> str:
+    alternatives = sorted({re.escape(n) for n in names} | set(raw))
+    return f"^({'|'.join(alternatives)})$" if alternatives else NOTHING
+
+
+@dataclass(frozen=True)
+class Grant:
+    configure: str = NOTHING
+    write: str = NOTHING
+    read: str = NOTHING
+    # exchange -> (write, read) routing-key patterns
+    topics: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def node_name(settings: Settings, domain: str) -> str:
+    """A worker's Celery node name (before @host): unique per vhost, since its pidbox queue is."""
+    return domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
+
+
+def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, Grant]:
+    """Each service's grant on the vhost; `hears`: domain -> the types bound to its queue, over
+    every saga mode (a worker of either mode runs under the same user)."""
+    from choreo.messaging.topology import Names
+    n = Names(settings.namespace)
+    from models.envelope import PAYLOADS
+    out: dict[str, Grant] = {}
+    for d in EMITTERS:
+        pidbox = rf"{re.escape(node_name(settings, d))}@.+\.celery\.pidbox"
+        sends = sorted(t for t in PAYLOADS if may_send(d, t))
+        out[d] = Grant(
+            configure=_one_of(["celery.pidbox", "reply.celery.pidbox", "celeryev"], [pidbox]),
+            write=_one_of([n.events, n.dlx, n.retry_exchange, "celeryev", "reply.celery.pidbox"], [pidbox]),
+            read=_one_of([n.queue(d), "celery.pidbox"], [pidbox]),
+            topics={n.events: (_one_of(sends), _one_of(hears.get(d, ()))),
+                    n.dlx: (_one_of([d]), NOTHING),
+                    n.retry_exchange: (rf"^{re.escape(d)}\.[0-9]+$", NOTHING),
+                    "celeryev": (r"^(task|worker)\..+$", NOTHING)})
+    out["operator"] = Grant(
+        configure=_one_of(["celeryev"]),
+        write=_one_of([n.events, "celeryev"]),
+        read=_one_of([n.unrouted, *(n.dlq(d) for d in EMITTERS)]),
+        topics={n.events: (_one_of(["place_order"]), NOTHING), n.dlx: (NOTHING, NOTHING),
+                n.retry_exchange: (NOTHING, NOTHING), "celeryev": (r"^task\.sent$", NOTHING)})
+    flower_own = [r"celeryev\..+", r".+\.reply\.celery\.pidbox"]
+    out["flower"] = Grant(
+        configure=_one_of(["celeryev", "celery.pidbox", "reply.celery.pidbox"], flower_own),
+        write=_one_of(["celery.pidbox"], flower_own),
+        read=_one_of(["celeryev", "reply.celery.pidbox"], flower_own),
+        topics={n.events: (NOTHING, NOTHING), n.dlx: (NOTHING, NOTHING), n.retry_exchange: (NOTHING, NOTHING),
+                "celeryev": (NOTHING, ".*")})
+    return out
+
+
+def _password_hash(value: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + value.encode()).digest()).decode()
+
+
+def definitions(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict:
+    """Users (hashed passwords), permissions and topic permissions, as RabbitMQ's definitions
+    JSON: imported in one call, so no password is ever on a command line or on disk there."""
+    vhost = vhost_of(settings.broker_url)
+    users, perms, topics = [], [], []
+    for service, g in grants(settings, hears).items():
+        user = user_name(settings, service)
+        users.append({"name": user, "password_hash": _password_hash(password(settings, service)),
+                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
+        perms.append({"user": user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read})
+        topics += [{"user": user, "vhost": vhost, "exchange": x, "write": w, "read": r}
+                   for x, (w, r) in g.topics.items()]
+    return {"users": users, "permissions": perms, "topic_permissions": topics}
+
+
+class SetupFailed(RuntimeError):
+    pass
+
+
+def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
+    """Create or update every service's user and grants; returns the user names. Idempotent:
+    passwords are the same secrets each time, so running processes keep their connections.
+
+    With broker_admin_api (a management API, e.g. http://rabbitmq:15672, as the bootstrap user
+    of broker_url) through its /api/definitions; else with the local node's rabbitmqctl."""
+    doc = definitions(settings, hears)
+    if settings.broker_admin_api:
+        _post_definitions(settings, doc, settings.broker_admin_api)
+        return [u["name"] for u in doc["users"]]
+    try:
+        out = subprocess.run(["rabbitmqctl", "-q", "import_definitions", "--format", "json"],
+                             input=json.dumps(doc), capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:  # no local node (a broker in a container): its management API
+        _post_definitions(settings, doc, f"http://{urlsplit(settings.broker_url).hostname or '127.0.0.1'}:15672")
+        return [u["name"] for u in doc["users"]]
+    if out.returncode != 0:
+        raise SetupFailed(f"rabbitmqctl import_definitions failed ({out.returncode}): "
+                          f"{(out.stderr or out.stdout).strip()[:300]}")
+    return [u["name"] for u in doc["users"]]
+
+
+def _post_definitions(settings: Settings, doc: dict, api: str) -> None:
+    """POST the definitions to a management API (users are global: the whole-broker import)."""
+    import httpx
+    parts = urlsplit(settings.broker_url)
+    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    try:
+        resp = httpx.post(f"{api.rstrip('/')}/api/definitions", json=doc, auth=auth, timeout=30)
+    except httpx.HTTPError as exc:
+        raise SetupFailed(f"POST {api}/api/definitions failed: {exc!r}") from None
+    if resp.status_code >= 300:
+        raise SetupFailed(f"POST {api}/api/definitions answered {resp.status_code}: {resp.text[:300]}")
+
+
+def hears_of(topo) -> dict[str, set[str]]:
+    """domain -> every type bound to its queue in any saga mode (one user serves both modes)."""
+    hears: dict[str, set[str]] = {}
+    for mode in topo.hears:
+        for d in topo.hears[mode]:
+            hears.setdefault(d, set()).update(topo.routing_keys(d, mode))
+    return hears
+
+
+def setup(settings: Settings, topo) -> list[str]:
+    """`choreo broker setup`: the users and grants, then `topo` (a choreo.messaging.topology.
+    Topology), as the bootstrap user of broker_url. Returns the user names."""
+    users = apply(settings, hears_of(topo))
+    topo.declare()
+    return users

@@ -1,0 +1,58 @@
+"""`choreo broker setup|users|rotate`: the broker's users, their grants and the topology."""
+from __future__ import annotations
+
+import click
+
+from choreo.infra.secrets import env_name, rotate
+from choreo.messaging import access
+from consumers.registry import topology
+from choreo.ops.cli.base import console, current_settings, fail
+
+
+@click.group()
+def broker() -> None:
+    """The broker's per-service users and grants (choreo.messaging.access)."""
+
+
+@broker.command()
+def setup() -> None:
+    """Create or update every service's broker user, its permissions and topic permissions, then
+    declare the topology; idempotent (`choreo up` runs it). Needs the bootstrap user of
+    CHOREO_BROKER_URL and the local rabbitmqctl, or CHOREO_BROKER_ADMIN_API."""
+    settings = current_settings()
+    try:
+        users = access.setup(settings, topology(settings))
+    except (access.SetupFailed, OSError) as exc:
+        fail(f"broker setup: {exc}")
+    console.print(f"{len(users)} broker users set up on vhost {access.vhost_of(settings.broker_url)}: "
+                  f"{', '.join(users)}")
+
+
+@broker.command()
+def users() -> None:
+    """Who may do what: each user's configure / write / read patterns and topic permissions (no secrets)."""
+    settings = current_settings()
+    for service, g in access.grants(settings, access.hears_of(topology(settings))).items():
+        console.print(f"[bold]{access.user_name(settings, service)}[/bold]  (password: ${env_name(access.PASSWORD, service)}"
+                      f" or {settings.run_dir}/secrets/broker-password-{service})")
+        console.print(f"  configure {g.configure}\n  write     {g.write}\n  read      {g.read}", soft_wrap=True)
+        for exchange, (w, r) in g.topics.items():
+            console.print(f"  topic {exchange}: write {w}  read {r}", soft_wrap=True)
+
+
+@broker.command("rotate")
+@click.argument("service", type=click.Choice(access.SERVICES))
+def rotate_password(service: str) -> None:
+    """Give SERVICE a new generated broker password and set it on the broker; restart that
+    service afterwards (its open connections keep working until then)."""
+    settings = current_settings()
+    var = env_name(access.PASSWORD, service)
+    import os
+    if os.environ.get(var):
+        fail(f"{var} is set: its password comes from there; change it there and run choreo broker setup")
+    rotate(settings.run_dir, access.PASSWORD, service)
+    try:
+        access.setup(settings, topology(settings))
+    except (access.SetupFailed, OSError) as exc:
+        fail(f"broker setup: {exc}")
+    console.print(f"new password for {access.user_name(settings, service)} set; restart it (choreo down && choreo up)", soft_wrap=True)

@@ -1,0 +1,164 @@
+"""Who owns which message type, who a broker user is, what each grant lets through, and the
+secrets behind them (choreo.messaging.access, choreo.infra.secrets): no broker here."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import stat
+
+import pytest
+
+from choreo.infra import secrets
+from choreo.messaging import access
+from config.settings import DOMAINS, Settings
+from models.envelope import PAYLOADS
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(("CHOREO_BROKER_PASSWORD_", "CHOREO_USERS_TOKEN_")):
+            monkeypatch.delenv(name)
+    return Settings(run_dir=tmp_path / "run", broker_url="amqp://boot:strap@10.0.0.5:5673/shop",
+                    broker_user_prefix="t-")
+
+
+HEARS = {"order": {"place_order", "payment.completed", "saga.dead_lettered"}, "payment": {"order.placed"},
+         "inventory": {"payment.completed"}, "shipment": {"inventory.reserved"},
+         "notification": {"order.completed"}, "orchestrator": {"order.placed"}}
+
+
+def test_every_type_has_exactly_the_owners_the_contract_gives_it():
+    table = {t: access.owners(t) for t in PAYLOADS}
+    assert all(table.values()), [t for t, o in table.items() if not o]  # nobody may send an ownerless type
+    assert table["place_order"] == {"operator"}
+    assert table["payment.completed"] == {"payment"} and table["order.placed"] == {"order"}
+    assert table["reserve_stock"] == {"orchestrator"}
+    assert table["saga.dead_lettered"] == {*DOMAINS, "orchestrator"}
+    assert access.owners("paymnet.completed") == set() and access.owners("payment") == set()
+    assert not access.may_send(None, "payment.completed") and not access.may_send("operator", "payment.completed")
+
+
+def test_a_broker_user_is_a_service_only_under_the_prefix(settings):
+    assert access.service_of(settings, "t-payment") == "payment"
+    assert access.service_of(settings, "payment") is None        # not ours
+    assert access.service_of(settings, "t-root") is None          # ours by name, not a service
+    assert access.service_of(settings, None) is None
+
+
+def test_the_sender_of_a_copy_is_the_one_its_publisher_recorded(settings):
+    own = "t-inventory"
+    assert access.verified_sender(settings, "inventory", "t-payment", {}) == "payment"
+    # A retry rung or a dead letter moved back: published by the domain itself, saying who sent the original.
+    assert access.verified_sender(settings, "inventory", own, access.sender_header("payment")) == "payment"
+    assert access.verified_sender(settings, "inventory", own, access.sender_header(None)) is None
+    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": b"payment"}) == "payment"
+    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": "root"}) is None
+    # Its own fresh message (the order hears its own saga.dead_lettered).
+    assert access.verified_sender(settings, "inventory", own, {}) == "inventory"
+    # Another service's header is never believed: only the broker-checked user_id counts.
+    assert access.verified_sender(settings, "inventory", "t-operator", access.sender_header("payment")) == "operator"
+    assert access.verified_sender(settings, "inventory", None, access.sender_header("payment")) is None
+
+
+def _allows(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None
+
+
+def test_each_domain_may_say_its_own_types_and_hear_only_its_bindings(settings):
+    g = access.grants(settings, HEARS)
+    write, read = g["payment"].topics["choreo.events"]
+    assert _allows(write, "payment.completed") and _allows(write, "saga.dead_lettered")
+    for foreign in ("order.completed", "inventory.reserved", "place_order", "charge_payment", "payment.completedX"):
+        assert not _allows(write, foreign), foreign
+    assert _allows(read, "order.placed") and not _allows(read, "payment.completed")
+    assert _allows(g["payment"].topics["choreo.dlx"][0], "payment")
+    assert not _allows(g["payment"].topics["choreo.dlx"][0], "inventory")
+    assert _allows(g["payment"].topics["choreo.retry"][0], "payment.2")
+    assert not _allows(g["payment"].topics["choreo.retry"][0], "inventory.2")
+    # Queues: its own to consume; no other domain's, no DLQ; declares only Celery's own.
+    assert _allows(g["payment"].read, "choreo.payment")
+    for name in ("choreo.inventory", "choreo.payment.dlq", "choreo.payment.retry.1", "amq.default"):
+        assert not _allows(g["payment"].read, name), name
+    assert _allows(g["payment"].configure, "payment@host.example.celery.pidbox")
+    for name in ("choreo.payment", "choreo.events", "order@host.celery.pidbox", "my-queue"):
+        assert not _allows(g["payment"].configure, name), name
+    assert not _allows(g["payment"].write, "amq.default")  # the default exchange reaches every queue by name
+
+
+def test_the_operator_places_orders_and_reads_dead_letters_only(settings):
+    g = access.grants(settings, HEARS)["operator"]
+    assert _allows(g.topics["choreo.events"][0], "place_order")
+    assert not _allows(g.topics["choreo.events"][0], "payment.completed")
+    assert _allows(g.read, "choreo.payment.dlq") and _allows(g.read, "choreo.unrouted")
+    assert not _allows(g.read, "choreo.payment") and not _allows(g.write, "choreo.dlx")
+    flower = access.grants(settings, HEARS)["flower"]
+    assert not _allows(flower.write, "choreo.events") and _allows(flower.read, "celeryev.1f2e")
+
+
+def test_a_namespace_changes_every_name(settings):
+    s = settings.model_copy(update={"namespace": "shop"})
+    assert access.user_name(s, "payment") == "t-shop-payment"  # its own users: grants never collide
+    assert access.service_of(s, "t-shop-payment") == "payment" and access.service_of(s, "t-payment") is None
+    g = access.grants(s, HEARS)["payment"]
+    assert "shop.events" in g.topics and _allows(g.read, "shop.payment") and not _allows(g.read, "choreo.payment")
+    assert _allows(g.configure, "payment.shop@h.celery.pidbox")
+
+
+def test_definitions_carry_hashes_rabbitmq_accepts_and_no_password(settings):
+    doc = access.definitions(settings, HEARS)
+    assert {u["name"] for u in doc["users"]} == {f"t-{s}" for s in access.SERVICES}
+    assert {p["vhost"] for p in doc["permissions"]} == {"shop"}
+    text = json.dumps(doc)
+    for service in access.SERVICES:
+        pw = access.password(settings, service)
+        assert pw not in text
+        user = next(u for u in doc["users"] if u["name"] == f"t-{service}")
+        raw = base64.b64decode(user["password_hash"])
+        assert hashlib.sha256(raw[:4] + pw.encode()).digest() == raw[4:]
+
+
+def test_a_service_url_keeps_the_address_and_swaps_the_user(settings):
+    url = access.service_url(settings, "order")
+    assert url.startswith("amqp://t-order:") and url.endswith("@10.0.0.5:5673/shop")
+    assert "strap" not in url
+    with pytest.raises(ValueError):
+        access.service_url(settings, "root")
+
+
+def test_a_secret_comes_from_the_environment_first(settings, monkeypatch):
+    monkeypatch.setenv("CHOREO_BROKER_PASSWORD_ORDER", "from-env")
+    assert access.password(settings, "order") == "from-env"
+    assert not (settings.run_dir / "secrets" / "broker-password-order").exists()
+
+
+def test_a_generated_secret_is_owner_only_and_stable(settings):
+    first = access.password(settings, "payment")
+    path = settings.run_dir / "secrets" / "broker-password-payment"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert access.password(settings, "payment") == first and len(first) >= 32
+    secrets.rotate(settings.run_dir, access.PASSWORD, "payment")
+    assert access.password(settings, "payment") != first
+    assert secrets.secret(settings.run_dir, "nothing", "here", create=False) is None
+
+
+def _race(run_dir, out):
+    out.put(secrets.secret(run_dir, "race", "x"))
+
+
+def test_processes_starting_together_agree_on_one_secret(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(tmp_path, out)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(10)
+    values = {out.get(timeout=5) for _ in procs}
+    assert len(values) == 1
+    assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["race-x"]  # no temporary file left
