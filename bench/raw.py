@@ -189,11 +189,6 @@ def role_consume(url: str, exchange: str, domain: str, queue: str, expect: int, 
 
 # --- driver (bench process) ----------------------------------------------------------------------
 
-def _settings(broker_url: str):
-    from config.settings import Settings
-    return Settings(broker_url=broker_url)
-
-
 def _consumers_ready(settings, want: int = 1, timeout: float = 60) -> None:
     from choreo.messaging.admin import BrokerAdmin
     from config.settings import DOMAINS
@@ -298,7 +293,9 @@ def run_raw(n: int, *, publishers: int = 2, window: int = 256, sync_publishers: 
     result: dict = {"arm": "raw", "n": n, "deliveries_per_saga": deliveries_per_saga(),
                     "deliveries_per_type": deliveries_per_type()}
     with sandbox("raw") as sb:
-        settings = _settings(sb.broker_url)
+        # The sandbox's own settings: the raw clients connect as its bootstrap user (they are the
+        # ceiling, not choreo services); the queue depths are read as its operator.
+        settings = sb.settings
         topology(settings).declare()
         _run_once(sb, settings, min(50, n), "bulk", publishers, None, ProcSampler, 120, window)  # warm-up
         result["throughput"] = thr = _run_once(sb, settings, n, "bulk", publishers, None, ProcSampler,

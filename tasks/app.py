@@ -78,7 +78,6 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
     return app
 
 
-
 def _undeclared(queue):
     queue.no_declare = True
     return queue
