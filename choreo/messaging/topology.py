@@ -30,6 +30,7 @@ from config.settings import Settings
 
 log = logging.getLogger("choreo.topology")
 PRECONDITION_FAILED = 406
+PEEKS_UNLIMITED = 2**31 - 1  # the largest delivery limit every RabbitMQ version takes
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,11 @@ def _back_to(queue: str | None, exchange: str = "") -> dict:
     exchange, or to `exchange` with its own routing key), at least once: the broker keeps it
     until the target confirms it (quorum queues; needs overflow reject-publish)."""
     args = {"x-dead-letter-exchange": exchange, "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish"}
+            "x-overflow": "reject-publish",
+            # A peek (basic.get, then nack to requeue) is a returned delivery, which a quorum queue
+            # counts; past its delivery limit (20 by default since RabbitMQ 4.0) it would
+            # dead-letter, that is replay, the message: only an operator's replay may.
+            "x-delivery-limit": PEEKS_UNLIMITED}
     if queue is not None:
         args["x-dead-letter-routing-key"] = queue
     return args

@@ -141,3 +141,19 @@ def test_the_cli_dry_runs_by_default_and_records_with_execute(settings, stack):
     assert [r["event_id"] for r in json.loads(listed.output)] == [env["event_id"]]
     nothing = runner.invoke(cli, ["dlq", "replay", "payment", "--id", f"evt-none-{uuid.uuid4().hex}", "--execute"])
     assert nothing.exit_code != 0 and "not replayed" in nothing.output
+
+
+def test_peeking_a_dead_letter_many_times_never_moves_it(settings, stack):
+    """A peek returns the message to its DLQ (a quorum queue counts that as a failed delivery);
+    past a delivery limit the broker would dead-letter it, which here means back to its queue."""
+    from choreo.ops.workload import publish_orders
+
+    (order_id,) = [o for o, _ in publish_orders(settings, ["completed"], seed=None)]
+    settled(settings, [order_id])
+    env = _order_placed(settings, order_id)
+    _leave_in_dlq(settings, env, "test: peeked often")
+    wait_for(lambda: env["event_id"] in _letters(settings), 10, what="the copy")
+    for _ in range(25):  # RabbitMQ 4's default delivery limit is 20
+        assert env["event_id"] in _letters(settings)
+    queues_idle(settings)
+    assert env["event_id"] in _letters(settings)

@@ -24,7 +24,12 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
         name, type_, durable, args = rows[f"{ns}.{d}"]
         assert (type_, durable) == ("quorum", "true")
         assert f'"x-dead-letter-exchange","{ns}.dlx"' in args and f'"x-dead-letter-routing-key","{d}"' in args
-        assert rows[f"{ns}.{d}.dlq"][1] == "quorum"
+        _, type_, _, args = rows[f"{ns}.{d}.dlq"]
+        assert type_ == "quorum"
+        # A replay rejects a dead letter and the broker moves it back, at least once, as it was;
+        # peeks never count toward a delivery limit that would move it by itself.
+        assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args and '"x-dead-letter-exchange",[]' in args  # "": rabbitmqctl shows []
+        assert '"x-dead-letter-strategy","at-least-once"' in args and '"x-delivery-limit",2147483647' in args
         for k in range(1, settings.retry_max_attempts + 1):
             _, _, durable, args = rows[f"{ns}.{d}.retry.{k}"]
             assert durable == "true"
