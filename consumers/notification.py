@@ -16,8 +16,9 @@ NOTIFICATIONS = Rows(Notification)
 
 
 def customer_of(msg: Envelope, deps) -> dict:
-    """The customer, over HTTP behind a circuit breaker: looked up before the unit of work opens."""
-    return {"customer": deps.users.get(msg.payload["customer_id"])}
+    """The customer, over HTTP behind a circuit breaker: looked up before the unit of work opens.
+    The event id is the request's X-Request-ID: the user service's log line names the message."""
+    return {"customer": deps.users.get(msg.payload["customer_id"], request_id=msg.event_id)}
 
 
 def on_order_ended(msg: Envelope, uow, deps, customer: dict | None) -> None:

@@ -116,9 +116,11 @@ class FakeUsers:
             "cust-1": {"id": "cust-1", "name": "Ada Lovelace", "email": "ada@example.com"}}
         self.probe = probe
         self.calls: list[tuple[str, Any]] = []
+        self.request_ids: list[str | None] = []
 
-    def get(self, customer_id: str) -> dict | None:
+    def get(self, customer_id: str, request_id: str | None = None) -> dict | None:
         self.calls.append((customer_id, self.probe() if self.probe else None))
+        self.request_ids.append(request_id)
         return self.customers.get(customer_id)
 
 

@@ -181,8 +181,10 @@ def test_one_notification_per_kind_with_the_customer_looked_up_outside_the_trans
     assert sorted(n.kind for n in h.rows(Notification)) == ["cancelled", "completed"]
     assert "out_of_stock" in h.row(Notification, "ord-1", "cancelled").body
 
-    # Looked up on every delivery, and never while the unit of work held the write lock.
+    # Looked up on every delivery, and never while the unit of work held the write lock; each
+    # request carries its event's id as X-Request-ID.
     assert h.users.calls == [("cust-1", True)] * 3
+    assert len(set(h.users.request_ids)) == 3 and all(h.users.request_ids)
 
 
 # --- the adapter --------------------------------------------------------------------------
