@@ -60,11 +60,9 @@ def isolated_redis(sandbox):
 def settings(isolated_broker, isolated_redis):
     from choreo.app.bootstrap import prepare
     from config.settings import get_settings
-    from consumers.registry import topology
 
     get_settings.cache_clear()
     s = get_settings()
     assert VHOST in s.broker_url
-    prepare(s)
-    topology(s).declare()
+    prepare(s)  # the broker's users, grants and topology: the sandbox's set-up (Sandbox.open)
     return s

@@ -16,11 +16,21 @@ SECRETS_DIR = "secrets"
 
 
 def secrets_dir(run_dir: Path | str) -> Path:
-    """run_dir/secrets, created owner-only (0700)."""
+    """run_dir/secrets, created owner-only (0700) when it is not there."""
     path = Path(run_dir) / SECRETS_DIR
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)  # whatever the umask
+        except FileExistsError:
+            pass  # another process made it a moment ago
     return path
+
+
+def secret_path(run_dir: Path | str, kind: str, owner: str) -> Path:
+    """Where `secret` keeps `kind` of `owner` when its variable is not set: secrets/<kind>-<owner>."""
+    return Path(run_dir) / SECRETS_DIR / f"{kind.lower()}-{owner}".replace("_", "-")
 
 
 def env_name(kind: str, owner: str) -> str:
@@ -34,7 +44,8 @@ def secret(run_dir: Path | str, kind: str, owner: str, *, create: bool = True) -
     value = os.environ.get(env_name(kind, owner), "")
     if value:
         return value
-    path = secrets_dir(run_dir) / f"{kind.lower()}-{owner}".replace("_", "-")
+    secrets_dir(run_dir)
+    path = secret_path(run_dir, kind, owner)
     try:
         return _read(path)
     except FileNotFoundError:
@@ -50,7 +61,9 @@ def _read(path: Path) -> str:
     return value
 
 
-def _create(path: Path) -> str:
+def _create(path: Path, replace: bool = False) -> str:
+    """A new secret in a private temporary file, then put in place atomically: linked (fails if
+    another process got there first: theirs wins) or, with `replace`, renamed over the old one."""
     value = _random.token_urlsafe(24)  # 192 bits, URL- and AMQP-URI-safe
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -59,20 +72,22 @@ def _create(path: Path) -> str:
             f.write(value + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return value
         try:
-            os.link(tmp, path)  # atomic, and fails if another process got there first
+            os.link(tmp, path)
         except FileExistsError:
             return _read(path)
-        except FileNotFoundError:
-            raise
         return value
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def rotate(run_dir: Path | str, kind: str, owner: str) -> Path:
-    """Replace the file's secret with a new one (its users must then be set up or restarted)."""
-    path = secrets_dir(run_dir) / f"{kind.lower()}-{owner}".replace("_", "-")
-    path.unlink(missing_ok=True)
-    _create(path)
+    """Replace the file's secret with a new one (its users must then be set up or restarted);
+    a reader at that moment sees the old one or the new one, never none."""
+    secrets_dir(run_dir)
+    path = secret_path(run_dir, kind, owner)
+    _create(path, replace=True)
     return path

@@ -1,7 +1,8 @@
 """Least privilege on the broker: one user per service, what each may configure, write and read,
 who owns which message type, and the idempotent set-up (`choreo broker setup`).
 
-Every service connects as its own user, `<broker_user_prefix><service>`, and stamps the AMQP
+Every service connects as its own user, `<broker_user_prefix><service>` (with the namespace in
+between when it is not the default: user_name), and stamps the AMQP
 `user_id` property on what it publishes; RabbitMQ refuses a `user_id` that is not the
 connection's user, so a consumer knows who really sent a message (`verified_sender`) and
 dead-letters a fact whose type the sender does not own (`may_send`). Topic permissions on the
@@ -33,18 +34,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from choreo.infra.secrets import secret
+from choreo.infra.secrets import secret, secret_path
+from choreo.messaging.topology import Names
 from config.settings import DOMAINS, Settings
-
-log = logging.getLogger("choreo.access")
+from models.envelope import PAYLOADS
 
 # Every broker user choreo makes. "operator" is the CLI (choreo enqueue, status, dlq, ask).
 SERVICES = (*DOMAINS, "orchestrator", "operator", "flower")
@@ -113,8 +114,12 @@ def sender_header(sender: str | None) -> dict:
 
 
 def password(settings: Settings, service: str) -> str:
-    """The service's broker password: CHOREO_BROKER_PASSWORD_<SERVICE>, else its file under run_dir/secrets."""
+    """The service's broker password: CHOREO_BROKER_PASSWORD_<SERVICE>, else its file (password_file)."""
     return secret(settings.run_dir, PASSWORD, service)
+
+
+def password_file(settings: Settings, service: str):
+    return secret_path(settings.run_dir, PASSWORD, service)
 
 
 def service_url(settings: Settings, service: str) -> str:
@@ -163,9 +168,7 @@ def node_name(settings: Settings, domain: str) -> str:
 def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, Grant]:
     """Each service's grant on the vhost; `hears`: domain -> the types bound to its queue, over
     every saga mode (a worker of either mode runs under the same user)."""
-    from choreo.messaging.topology import Names
     n = Names(settings.namespace)
-    from models.envelope import PAYLOADS
     out: dict[str, Grant] = {}
     for d in EMITTERS:
         pidbox = rf"{re.escape(node_name(settings, d))}@.+\.celery\.pidbox"
@@ -226,18 +229,16 @@ def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
     With broker_admin_api (a management API, e.g. http://rabbitmq:15672, as the bootstrap user
     of broker_url) through its /api/definitions; else with the local node's rabbitmqctl."""
     doc = definitions(settings, hears)
-    if settings.broker_admin_api:
-        _post_definitions(settings, doc, settings.broker_admin_api)
-        return [u["name"] for u in doc["users"]]
-    try:
+    if settings.broker_admin_api or not shutil.which("rabbitmqctl"):
+        # A broker elsewhere (a container): its management API, by default on its host's 15672.
+        host = urlsplit(settings.broker_url).hostname or "127.0.0.1"
+        _post_definitions(settings, doc, settings.broker_admin_api or f"http://{host}:15672")
+    else:
         out = subprocess.run(["rabbitmqctl", "-q", "import_definitions", "--format", "json"],
                              input=json.dumps(doc), capture_output=True, text=True, timeout=120)
-    except FileNotFoundError:  # no local node (a broker in a container): its management API
-        _post_definitions(settings, doc, f"http://{urlsplit(settings.broker_url).hostname or '127.0.0.1'}:15672")
-        return [u["name"] for u in doc["users"]]
-    if out.returncode != 0:
-        raise SetupFailed(f"rabbitmqctl import_definitions failed ({out.returncode}): "
-                          f"{(out.stderr or out.stdout).strip()[:300]}")
+        if out.returncode != 0:
+            raise SetupFailed(f"rabbitmqctl import_definitions failed ({out.returncode}): "
+                              f"{(out.stderr or out.stdout).strip()[:300]}")
     return [u["name"] for u in doc["users"]]
 
 

@@ -114,7 +114,6 @@ class BrokerAdmin:
         be a client that may write anywhere, such as a queue directly)."""
         self.settings = settings
         self.names = Names(settings.namespace)
-        self.service = service
         url = settings.broker_url if service is None else service_url(settings, service)
         self.user_id = unquote(urlparse(url).username or "guest")
         self.conn = pika.BlockingConnection(connection_parameters(url))

@@ -194,7 +194,8 @@ class Topology:
         try:
             queue(channel).declare()
         except conn.channel_errors as exc:
-            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not queue.name.endswith((".dlq", ".unrouted")):
+            old_dead_letters = queue.name.endswith((".dlq", ".unrouted"))
+            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not old_dead_letters:
                 raise
             channel = conn.channel()
             _name, held, _consumers = channel.queue_declare(queue.name, passive=True)

@@ -22,9 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.infra.db import dispose_engines
 from choreo.messaging import access
-from consumers.registry import topology
 from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
 from config.settings import HEALTH_PORT_OFFSETS, SERVICES, Settings
+from consumers.registry import topology
 
 AMQP_BASE = os.environ.get("CHOREO_SANDBOX_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 SHARED_REDIS = os.environ.get("CHOREO_SANDBOX_REDIS", "redis://127.0.0.1:6379/0")
@@ -49,7 +49,6 @@ class Sandbox:
         self.redis_port = free_port() if own_redis else None
         self.redis_proc: subprocess.Popen | None = None
         self.vhost_created = False
-        self.users_created = False
         self.database_prefix = f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
         self.overrides: dict[str, Any] = {
             "broker_url": f"{AMQP_BASE}/{self.vhost}",
@@ -106,7 +105,6 @@ class Sandbox:
         self.vhost_created = True
         # The bootstrap user sets up (users, grants, topology); no process of the sandbox uses it.
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        self.users_created = True
         access.setup(self.settings, topology(self.settings))
         if self.own_redis:
             self.start_redis()
@@ -153,8 +151,7 @@ class Sandbox:
                 rabbitmqctl("delete_vhost", self.vhost)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"vhost {self.vhost} not deleted: {exc}")
-        if self.users_created:
-            problems += self._delete_users()
+            problems += self._delete_users()  # made by open's set-up, with the vhost
         dispose_engines(str(self.workdir))  # its databases go away with it: close their engines
         if self.overrides["database_server"]:
             problems += self._drop_databases()

@@ -12,9 +12,9 @@ from typing import Callable
 
 from choreo.app.bootstrap import prepare
 from choreo.messaging import access
-from consumers.registry import topology
 from choreo.messaging.admin import BrokerAdmin
 from config.settings import DOMAINS, Settings
+from consumers.registry import topology
 
 # Every process the stack starts runs `python -m choreo ...`; its command line says so.
 MARK = " -m choreo "

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from choreo.infra import logs
 from choreo.infra.db import reachable
 from choreo.infra.health import PATHS, Cached, route
-from choreo.infra.secrets import SECRETS_DIR, env_name, secret
+from choreo.infra.secrets import SECRETS_DIR, env_name, secret, secret_path
 from choreo.infra.telemetry import Recorder
 from config.catalog import CUSTOMERS
 from config.settings import DOMAINS
@@ -62,7 +62,7 @@ def token_env(caller: str) -> str:
 
 def token_file(run_dir: Path | str, caller: str) -> Path:
     """Where `users_token` keeps `caller`'s token when its variable is not set."""
-    return Path(run_dir) / SECRETS_DIR / f"{TOKEN_KIND}-{caller}".replace("_", "-")
+    return secret_path(run_dir, TOKEN_KIND, caller)
 
 
 def sane_request_id(value: str | None) -> str | None:

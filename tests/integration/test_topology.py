@@ -61,3 +61,33 @@ def test_routing_follows_the_published_contract(settings):
     assert routing_keys("notification") == ["order.cancelled", "order.completed"]
     assert "place_order" in routing_keys("order") and "saga.dead_lettered" in routing_keys("order")
     assert topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"
+
+
+def test_an_old_empty_dlq_gets_its_replay_route_and_one_holding_dead_letters_is_kept(settings):
+    """A DLQ declared before replays moved messages back had no dead-letter target: the set-up
+    re-creates it when empty, and refuses, deleting nothing, when it holds dead letters."""
+    import pika
+    from choreo.messaging.admin import connection_parameters
+    from tests.helpers import own_namespace
+
+    namespace = own_namespace(settings, "olddlq")
+    s = namespace.settings
+    conn = pika.BlockingConnection(connection_parameters(s.broker_url))
+    ch = conn.channel()
+    for d in ("order", "payment"):  # as an older choreo declared them
+        ch.queue_declare(f"{s.namespace}.{d}.dlq", durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    ch.basic_publish("", f"{s.namespace}.payment.dlq", b"kept", pika.BasicProperties(delivery_mode=2))
+    try:
+        with pytest.raises(RuntimeError, match=r"payment\.dlq holds 1 message"):
+            with namespace:
+                pass
+        assert ch.queue_declare(f"{s.namespace}.payment.dlq", passive=True).method.message_count == 1
+        args = {r[0]: r[1] for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
+                                                     "name", "arguments"))}
+        assert f'"x-dead-letter-routing-key","{s.namespace}.order"' in args[f"{s.namespace}.order.dlq"]
+    finally:
+        ch.queue_delete(f"{s.namespace}.payment.dlq")
+        conn.close()
+        with namespace:  # now it sets up, and cleans everything of the namespace on exit
+            pass

@@ -109,3 +109,17 @@ def test_what_a_failing_handler_wrote_before_it_raised_is_rolled_back_and_the_ba
     assert h.rows(Refund) == [] and middle == []  # its row and its staged event are gone
     assert [c.order_id for c in h.rows(Charge)] == ["ord-1"]
     assert {i.event_id for i in h.rows(Inbox)} == {first[0].causation_id}
+
+
+@pytest.mark.parametrize("sender", ["operator", "inventory", None])
+def test_a_fact_from_a_sender_that_does_not_own_it_changes_nothing_and_tells_no_one(h, sender):
+    env = placed(h, "ord-forged")
+    ok, forged = h.deliver_batch([placed(h, "ord-1"),
+                                  Delivery(env.type, [env.to_wire()], {}, env.event_id, sender=sender)])
+    assert (ok.outcome.kind, forged.outcome.kind) == ("processed", "poison")
+    assert "unauthorized" in forged.outcome.detail and forged.types == []  # no saga.dead_lettered notice
+    assert {c.order_id for c in h.rows(Charge)} == {"ord-1"} and h.gateway.moved("ord-forged")["charge"] == 0
+    [copy] = [m for m in h.burst.sent if m["task_id"] == env.event_id]
+    assert copy["exchange"] == h.rt.names.dlx and copy["headers"]["x-choreo-sender"] == (sender or "-")
+    [record] = h.rows(DeadLetter)
+    assert record.event_id == env.event_id and record.order_id is None  # nothing of it believed

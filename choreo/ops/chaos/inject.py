@@ -100,11 +100,9 @@ class Injector:
     def poison(self) -> None:
         """One of each kind; none names an audited order, so none can make an order NEEDS_ATTENTION."""
         ns = self.settings.namespace
-        spec = make_order("completed", self.rng)
         good = make_envelope("order.placed", f"chaos-poison-{uuid.uuid4().hex[:8]}",
-                             OrderPlaced(order={"customer_id": spec.customer_id, "items": spec.items,
-                                                "address": spec.address, "amount_cents": 100},
-                                         card_token="tok_visa"), source="chaos").to_wire()
+                             OrderPlaced(order=_order_snapshot(self.rng), card_token="tok_visa"),
+                             source="chaos").to_wire()
         good["payload"]["order"]["items"][0]["qty"] = 0
         cases = {
             # (routing key, exchange or None for the events exchange, body, headers)
@@ -135,7 +133,7 @@ class Injector:
         is dead-lettered). Neither may reserve stock or ship: the audit's unknown-order checks."""
         env = make_envelope("payment.completed", f"chaos-forged-{uuid.uuid4().hex[:8]}",
                             PaymentCompleted(charge_id=f"ch-forged-{uuid.uuid4().hex[:6]}", amount_cents=100,
-                                             order=_forged_order(self.rng)), source="payment")
+                                             order=_order_snapshot(self.rng)), source="payment")
         body, headers = celery_message("payment.completed", [env.to_wire()], env.event_id)
         try:
             with BrokerAdmin(self.settings) as admin:
@@ -185,6 +183,7 @@ class OrderFeed(threading.Thread):
             self.error = f"publishing failed after {self.published} of {n} orders: {exc!r}"
 
 
-def _forged_order(rng: random.Random) -> dict:
+def _order_snapshot(rng: random.Random) -> dict:
+    """An order as a fact carries it (items, address, amount) for an order no audit counts."""
     spec = make_order("completed", rng)
     return {"customer_id": spec.customer_id, "items": spec.items, "address": spec.address, "amount_cents": 100}

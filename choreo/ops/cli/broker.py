@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import click
 
+import os
+
 from choreo.infra.secrets import env_name, rotate
 from choreo.messaging import access
-from consumers.registry import topology
 from choreo.ops.cli.base import console, current_settings, fail
+from consumers.registry import topology
 
 
 @click.group()
@@ -34,7 +36,7 @@ def users() -> None:
     settings = current_settings()
     for service, g in access.grants(settings, access.hears_of(topology(settings))).items():
         console.print(f"[bold]{access.user_name(settings, service)}[/bold]  (password: ${env_name(access.PASSWORD, service)}"
-                      f" or {settings.run_dir}/secrets/broker-password-{service})")
+                      f" or {access.password_file(settings, service)})", soft_wrap=True)
         console.print(f"  configure {g.configure}\n  write     {g.write}\n  read      {g.read}", soft_wrap=True)
         for exchange, (w, r) in g.topics.items():
             console.print(f"  topic {exchange}: write {w}  read {r}", soft_wrap=True)
@@ -47,7 +49,6 @@ def rotate_password(service: str) -> None:
     service afterwards (its open connections keep working until then)."""
     settings = current_settings()
     var = env_name(access.PASSWORD, service)
-    import os
     if os.environ.get(var):
         fail(f"{var} is set: its password comes from there; change it there and run choreo broker setup")
     rotate(settings.run_dir, access.PASSWORD, service)
