@@ -56,8 +56,62 @@ def test_every_tool_answers_from_the_real_stores(settings, known):
         t.order_trace(settings, known["completed"][0])), 30, what="the completed order's trace")
     assert set(trace["services"]) >= {"order", "payment", "inventory", "shipment", "notification"}
     assert t.order_trace(settings, "ord-never-placed")["found"] is False
+    _check_order_metrics(settings, known)
+    with pytest.raises(RuntimeError, match="could not check"):  # no Prometheus in this stack: said, not guessed
+        t.metrics(settings)
     # capped: whatever a tool returns, what reaches the model fits
     assert len(t.capped(t.dead_letters(settings, "payment", limit=50, with_body=True))) <= t.MAX_RESULT_CHARS
+
+
+def _check_order_metrics(settings, known):
+    from datetime import datetime
+
+    from choreo.ops.agent import tools as t
+
+    done_id = known["completed"][0]
+    got, order = t.order_metrics(settings, done_id), t.get_order(settings, done_id)
+    assert got["found"] and got["finished"] and got["state"] == "COMPLETED"
+    assert set(got["steps"]) == {"paid", "reserved", "shipped", "ended"}
+    span = datetime.fromisoformat(order["ended_at"]) - datetime.fromisoformat(order["placed_at"])
+    assert got["steps"]["ended"]["seconds"] == pytest.approx(span.total_seconds(), abs=1e-3) == got["elapsed_seconds"]
+    assert all(v["seconds"] >= 0 and v["recent"]["n"] >= 1 and 0 <= v["slower_than_pct"] <= 100
+               for v in got["steps"].values())
+    assert got["steps"]["ended"]["recent"]["p50"] <= got["steps"]["ended"]["recent"]["p99"]
+    hops = {(h["type"], h["to"]) for h in got["hops"]}
+    assert {("payment.completed", "inventory"), ("inventory.reserved", "shipment")} <= hops, hops
+    assert all(h["seconds"] >= 0 for h in got["hops"])
+    declined = t.order_metrics(settings, known["declined"][0])
+    assert "paid" not in declined["steps"] and "shipped" not in declined["steps"] and "ended" in declined["steps"]
+    stuck = t.order_metrics(settings, known["needs_attention"][0])
+    assert stuck["dead_lettered"] and all(d["what"].startswith("dead-lettered") for d in stuck["dead_lettered"])
+    assert t.order_metrics(settings, "ord-never-placed") == {"order_id": "ord-never-placed", "found": False}
+
+
+@pytest.mark.skipif(__import__("shutil").which("prometheus") is None,
+                    reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)")
+def test_the_metrics_tool_reads_the_stacks_prometheus(settings, known):
+    from choreo.ops import prometheus as prom
+    from choreo.ops.agent import tools as t
+    from choreo.ops.workload import publish_orders
+
+    prom.start(settings)
+    try:
+        prom.wait_ready(settings, 30)
+
+        def five_domains():  # a rate needs orders between two scrapes (5 s apart): keep some flowing
+            settled(settings, [o for o, _ in publish_orders(settings, ["completed"], seed=None)])
+            got = t.metrics(settings, window_minutes=2)
+            served = {r["service"] for r in got["handled_per_second"] if float(r["value"]) > 0}
+            return got if {"order", "payment", "inventory", "shipment", "notification"} <= served else None
+        got = wait_for(five_domains, 90, interval=2, what="handled_per_second of all five domains")
+        assert got["window"] == "2m"
+        assert {r["process"] for r in got["scraped_up"]} >= {"worker-order", "worker-payment"}
+        assert any(r["service"] == "payment" and float(r["value"]) == 1 for r in got["consumer_ready"])
+        assert all(set(r) >= {"service", "value"} for r in got["latency_p99_seconds"])
+        assert isinstance(got["alerts_firing"], list)
+        assert len(t.capped(got)) <= t.MAX_RESULT_CHARS
+    finally:
+        prom.stop(settings)
 
 
 def _ask(monkeypatch, fake_url: str, question: str, answers: str = ""):

@@ -127,6 +127,7 @@ def test_an_unreachable_api_is_one_line(tmp_path, monkeypatch):
 def test_every_real_tool_has_a_schema_and_is_read_only_by_name():
     specs = [t.spec() for t in agent_tools.catalog()]
     assert {s["name"] for s in specs} >= {"get_order", "find_orders", "system_summary", "dead_letters", "audit",
-                                          "breakers", "process_health", "order_trace", "propose_replay"}
+                                          "breakers", "process_health", "order_trace", "order_metrics",
+                                          "metrics", "propose_replay"}
     assert all(s["input_schema"]["type"] == "object" and s["description"] for s in specs)
     assert not any(word in s["name"] for s in specs for word in ("execute", "restart", "delete", "purge"))

@@ -150,6 +150,105 @@ def order_trace(settings: Settings, order_id: str) -> dict:
     return {"found": True, **view}
 
 
+STEPS = (("paid", "placed_at", "paid_at"), ("reserved", "paid_at", "reserved_at"),
+         ("shipped", "reserved_at", "shipped_at"), ("ended", "placed_at", "ended_at"))
+METRICS_SAMPLE = 1000  # newest finished orders an order is compared with
+
+
+def _utc(at: datetime | str) -> datetime:
+    """A stored time as naive UTC (SQLite hands back naive UTC, PostgreSQL aware)."""
+    at = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return at.astimezone(timezone.utc).replace(tzinfo=None) if at.tzinfo else at
+
+
+def _seconds(start, end) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((_utc(end) - _utc(start)).total_seconds(), 4)
+
+
+def _quantiles(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    v = sorted(values)
+    at = lambda p: v[min(len(v) - 1, int(p * len(v)))]  # noqa: E731  nearest rank
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": v[-1], "n": len(v)}
+
+
+def order_metrics(settings: Settings, order_id: str) -> dict:
+    """How long an order's steps took (placed -> paid -> reserved -> shipped, placed -> ended) and
+    each hop between services (an event emitted -> handled by its consumer), beside the same
+    steps over the newest finished orders: is this order slow, and where."""
+    from choreo.app.queries import order_details
+    from choreo.infra.db import engine_for
+    from models.tables import OrderView
+
+    found = order_details(settings, order_id)
+    if found is None:
+        return {"order_id": order_id, "found": False}
+    with Session(engine_for(settings, "order")) as s:
+        view = s.get(OrderView, order_id)
+        recent = s.execute(select(OrderView).where(OrderView.ended_at.is_not(None))
+                           .order_by(OrderView.ended_at.desc()).limit(METRICS_SAMPLE)).scalars().all()
+    steps = {}
+    for name, a, b in STEPS:
+        mine = _seconds(getattr(view, a), getattr(view, b))
+        if mine is None:
+            continue
+        others = [d for o in recent if (d := _seconds(getattr(o, a), getattr(o, b))) is not None]
+        q = _quantiles(others)
+        steps[name] = {"seconds": mine, "recent": q,
+                       "slower_than_pct": round(100 * sum(d < mine for d in others) / len(others), 1) if others else None}
+    emitted: dict[str, str] = {}
+    for t in found["timeline"]:
+        if t["what"].startswith(("emitted ", "recorded ")):
+            emitted.setdefault(t["what"].split(" ", 1)[1], t["at"])
+    hops = []
+    for t in found["timeline"]:
+        kind = t["what"].split(" ", 1)[1] if t["what"].startswith("handled ") else None
+        if kind and kind in emitted and t["at"]:
+            hops.append({"type": kind, "to": t["service"], "seconds": _seconds(emitted[kind], t["at"])})
+    return {"found": True, "order_id": order_id, "state": view.state, "reason": view.reason,
+            "elapsed_seconds": _seconds(view.placed_at, view.ended_at or datetime.now(timezone.utc)),
+            "finished": view.ended_at is not None, "steps": steps,
+            "hops": sorted(hops, key=lambda h: -h["seconds"])[:MAX_ITEMS],
+            "dead_lettered": [t for t in found["timeline"] if t["what"].startswith("dead-lettered")][:10],
+            "compared_with": f"the newest {len(recent)} finished orders"}
+
+
+METRICS_QUERIES = {  # name -> PromQL over the window (`{w}`); each a vector, labelled by service
+    "handled_per_second": "sum by (service, outcome) (rate(service_request_total[{w}]))",
+    "latency_p50_seconds": "histogram_quantile(0.5, sum by (service, le) (rate(service_latency_seconds_bucket[{w}])))",
+    "latency_p99_seconds": "histogram_quantile(0.99, sum by (service, le) (rate(service_latency_seconds_bucket[{w}])))",
+    "batch_size_mean": "sum by (service) (rate(choreo_batch_size_sum[{w}])) / "
+                       "sum by (service) (rate(choreo_batch_size_count[{w}]))",
+    "relayed_per_second": "sum by (service) (rate(choreo_relay_published_total[{w}]))",
+    "outbox_oldest_unsent_seconds": "max by (service) (choreo_outbox_oldest_unsent_seconds)",
+    "consumer_ready": "min by (service) (choreo_consumer_ready)",
+    "scraped_up": 'up{{job=~"choreo|flower"}}',
+}
+
+
+def metrics(settings: Settings, window_minutes: float = 5) -> dict:
+    """The Prometheus that `choreo up` runs, asked a fixed set of questions over a window: rates by
+    service and outcome, handling latency p50/p99, batch sizes, the relay, the outbox, consumers,
+    scrape health, and the alerts firing now. Prometheus not running: an error (could not check)."""
+    from choreo.ops import prometheus
+
+    if prometheus.running(settings) is None:
+        raise RuntimeError("prometheus is not running (`choreo up` starts it): could not check metrics")
+    w = f"{max(1, min(24 * 60, int(float(window_minutes))))}m"
+    out: dict[str, Any] = {"window": w, "prometheus": prometheus.url(settings)}
+    for name, promql in METRICS_QUERIES.items():
+        rows = prometheus.query(settings, promql.format(w=w))
+        out[name] = [{**{k: v for k, v in r["metric"].items() if k not in ("__name__", "job", "instance")},
+                      "value": r["value"][1]} for r in rows][:MAX_ITEMS]
+    firing = prometheus.query(settings, 'ALERTS{alertstate="firing"}')
+    out["alerts_firing"] = [{k: v for k, v in r["metric"].items() if k not in ("__name__", "alertstate")}
+                            for r in firing][:MAX_ITEMS]
+    return out
+
+
 def propose_replay(settings: Settings, domain: str, event_ids: list[str] | None = None, why: str = "") -> dict:
     """A proposal, never an action: the dry run of `choreo dlq replay DOMAIN --id ...`."""
     from choreo.ops import replay as rp
@@ -199,6 +298,13 @@ def catalog() -> list[Tool]:
         Tool("process_health", "Each process choreo started: pid, /health and /ready.", _obj({}), process_health),
         Tool("order_trace", "An order's trace: its spans across services, queue waits, retries, outcomes.",
              _obj({"order_id": {"type": "string"}}, ("order_id",)), order_trace),
+        Tool("order_metrics", "How long one order's steps took (placed->paid->reserved->shipped, placed->ended) "
+             "and each hop between services, beside p50/p90/p99 of the newest finished orders.",
+             _obj({"order_id": {"type": "string"}}, ("order_id",)), order_metrics),
+        Tool("metrics", "Prometheus over a window (minutes, default 5): messages handled per second by service "
+             "and outcome, handling latency p50/p99, batch sizes, relay, outbox lag, consumers, scrape health, "
+             "alerts firing now.",
+             _obj({"window_minutes": {"type": "number"}}), metrics),
         Tool("propose_replay", "Propose replaying dead letters of one domain. This does NOT replay: it returns "
              "the dry run (what would move, whether each event was already processed) for the operator to "
              "confirm or refuse.",
