@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
@@ -26,11 +26,18 @@ class Settings(BaseSettings):
     # (choreo broker setup: users, grants, topology): every service connects as its own user,
     # <broker_user_prefix><service>, with its password from CHOREO_BROKER_PASSWORD_<SERVICE> or
     # a file generated once under run_dir/secrets (choreo.messaging.access).
+    # A cluster: every node's URL, joined by ";" (kombu's failover list; same user and vhost),
+    # e.g. the one `choreo cluster up` prints. Each process shuffles them and fails over.
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     broker_user_prefix: str = "choreo-"
     # Set up through this management API (e.g. http://rabbitmq:15672) instead of the local
     # node's rabbitmqctl: a broker in another container or host.
     broker_admin_api: str = ""
+    # A private cluster of `choreo cluster up` (its folder): rabbitmqctl talks to its nodes, with
+    # its cookie, instead of this machine's own node.
+    broker_cluster_dir: str = ""
+    # Competing consumers: how many workers `choreo up` runs per domain (each on the domain's queue).
+    workers_per_domain: int = Field(1, ge=1, le=16)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key choreo writes starts with this, so test runs never see each other.
     redis_prefix: str = "choreo"
@@ -122,6 +129,16 @@ class Settings(BaseSettings):
             raise ValueError(f"fault_crash_point must be one of {', '.join(FAULT_POINTS)}")
         return value
 
+    @model_validator(mode="after")
+    def _competing_workers_need_a_server(self) -> "Settings":
+        if self.workers_per_domain > 1:
+            local = [d for d in self.domains if self.database_url(d).startswith("sqlite")]
+            if local:
+                raise ValueError(f"workers_per_domain={self.workers_per_domain} needs a database server "
+                                 f"(CHOREO_DATABASE_SERVER=postgresql://...): {', '.join(local)} would share "
+                                 "a SQLite file between processes")
+        return self
+
     @field_validator("saga_mode")
     @classmethod
     def _mode(cls, value: str) -> str:
@@ -148,15 +165,16 @@ class Settings(BaseSettings):
     def users_url(self) -> str:
         return self.user_service_url or f"http://{self.user_service_host}:{self.user_service_port}"
 
-    def health_port(self, process: str) -> int:
+    def health_port(self, process: str, index: int = 1) -> int:
         """The loopback port of a process's /health, /ready, /metrics, /breakers listener
-        (`process`: a domain, "orchestrator" or "users")."""
+        (`process`: a domain, "orchestrator" or "users"; `index`: which of the domain's workers,
+        each further one a block of len(HEALTH_PORT_OFFSETS) ports higher)."""
         if process == "users":
             return self.user_service_port
-        return self.health_port_base + HEALTH_PORT_OFFSETS[process]
+        return self.health_port_base + HEALTH_PORT_OFFSETS[process] + (index - 1) * len(HEALTH_PORT_OFFSETS)
 
-    def health_url(self, process: str) -> str:
-        return f"http://127.0.0.1:{self.health_port(process)}"
+    def health_url(self, process: str, index: int = 1) -> str:
+        return f"http://127.0.0.1:{self.health_port(process, index)}"
 
     @property
     def trace_dir(self) -> Path:

@@ -1,6 +1,8 @@
 """One Celery app per domain (its own queue, its own tasks), plus a client app for publishers."""
 from __future__ import annotations
 
+import random
+
 from celery import Celery
 
 from choreo.messaging.access import service_url, user_name
@@ -18,7 +20,10 @@ class ChoreoApp(Celery):
         domain = name if name in settings.domains else None
         # Who it is on the broker: a domain as itself, Flower as flower, any client as the operator.
         self.service = service or domain or ("flower" if name == "flower" else "operator")
-        super().__init__(f"choreo.{name}", broker=service_url(settings, self.service), set_as_current=False)
+        # A cluster's nodes in this process's own order: kombu starts on the first, so the
+        # processes spread over the nodes (shuffle picks the next on a failure).
+        nodes = service_url(settings, self.service).split(";")
+        super().__init__(f"choreo.{name}", broker=";".join(random.sample(nodes, len(nodes))), set_as_current=False)
         self.settings = settings
         self.domain: str | None = domain
         # Stamped on everything it publishes: the broker refuses any other (choreo.messaging.access).
@@ -50,6 +55,10 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_heartbeat=30,
+        # A cluster's nodes (broker_url "a;b;c"): each process starts on a random one and, when
+        # its node goes, reconnects to the next (kombu's failover); the broker redelivers what
+        # was unacked, the outbox relay and the burst's requeue re-send what was unconfirmed.
+        broker_failover_strategy="shuffle",
         task_default_delivery_mode="persistent",
         task_create_missing_queues=False,
         # A client app routes nothing by default: its default queue is the unrouted one, declared

@@ -140,7 +140,7 @@ class Observability(bootsteps.StartStopStep):
         if not settings.health_port_base:
             log.info("health listener off (health_port_base is 0)")
             return
-        port = settings.health_port(app.domain)
+        port = settings.health_port(app.domain, getattr(app, "worker_index", 1))
         try:
             self.server = HealthServer(settings.health_host, port, self.probes, app.domain).start()
         except OSError as exc:  # the port is taken: the worker still works, unobserved; say so loudly

@@ -117,12 +117,13 @@ class Probe:
 _SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
 
 
-def scrape(settings, process: str) -> dict[tuple, float]:
-    """Every labelled sample of a process's /metrics: (name, frozenset(labels)) -> value."""
+def scrape(settings, process: str, index: int = 1) -> dict[tuple, float]:
+    """Every labelled sample of a process's /metrics (`index`: which of a domain's workers):
+    (name, frozenset(labels)) -> value."""
     import httpx
 
     out = {}
-    for line in httpx.get(settings.health_url(process) + "/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(settings.health_url(process, index) + "/metrics", timeout=5).text.splitlines():
         m = _SAMPLE.match(line)
         if m:
             labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))

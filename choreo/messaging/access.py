@@ -122,22 +122,33 @@ def password_file(settings: Settings, service: str):
     return secret_path(settings.run_dir, PASSWORD, service)
 
 
+def broker_urls(broker_url: str) -> list[str]:
+    """The nodes of broker_url: one URL, or a cluster's, joined by ";" (kombu's failover form)."""
+    urls = [u.strip() for u in broker_url.split(";") if u.strip()]
+    if not urls:
+        raise ValueError("broker_url is empty")
+    return urls
+
+
 def service_url(settings: Settings, service: str) -> str:
-    """broker_url (host, port, vhost, options) with the service's own user and password."""
+    """broker_url (every node's host, port, vhost, options) with the service's own user and password."""
     if service not in SERVICES:
         raise ValueError(f"unknown broker user {service!r}; one of {', '.join(SERVICES)}")
-    parts = urlsplit(settings.broker_url)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(user_name(settings, service), safe='')}:{quote(password(settings, service), safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    user = f"{quote(user_name(settings, service), safe='')}:{quote(password(settings, service), safe='')}"
+    out = []
+    for url in broker_urls(settings.broker_url):
+        parts = urlsplit(url)
+        host = parts.hostname or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
+        out.append(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+    return ";".join(out)
 
 
 def vhost_of(broker_url: str) -> str:
-    path = urlsplit(broker_url).path
+    """The vhost (every node of a cluster's list names the same one)."""
+    path = urlsplit(broker_urls(broker_url)[0]).path
     return unquote(path[1:]) if path and path != "/" else "/"
 
 
@@ -160,9 +171,11 @@ class Grant:
     topics: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def node_name(settings: Settings, domain: str) -> str:
-    """A worker's Celery node name (before @host): unique per vhost, since its pidbox queue is."""
-    return domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
+def node_name(settings: Settings, domain: str, index: int = 1) -> str:
+    """A worker's Celery node name (before @host): unique per vhost, since its pidbox queue is;
+    a domain's further workers (`index` 2, 3...) add -<index>."""
+    base = domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
+    return base if index == 1 else f"{base}-{index}"
 
 
 def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, Grant]:
@@ -171,7 +184,7 @@ def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, 
     n = Names(settings.namespace)
     out: dict[str, Grant] = {}
     for d in EMITTERS:
-        pidbox = rf"{re.escape(node_name(settings, d))}@.+\.celery\.pidbox"
+        pidbox = rf"{re.escape(node_name(settings, d))}(-[0-9]+)?@.+\.celery\.pidbox"
         sends = sorted(t for t in PAYLOADS if may_send(d, t))
         out[d] = Grant(
             configure=_one_of(["celery.pidbox", "reply.celery.pidbox", "celeryev"], [pidbox]),
@@ -231,7 +244,7 @@ def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
     doc = definitions(settings, hears)
     if settings.broker_admin_api or not shutil.which("rabbitmqctl"):
         # A broker elsewhere (a container): its management API, by default on its host's 15672.
-        host = urlsplit(settings.broker_url).hostname or "127.0.0.1"
+        host = urlsplit(broker_urls(settings.broker_url)[0]).hostname or "127.0.0.1"
         _post_definitions(settings, doc, settings.broker_admin_api or f"http://{host}:15672")
     else:
         out = subprocess.run(["rabbitmqctl", "-q", "import_definitions", "--format", "json"],
@@ -245,7 +258,7 @@ def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
 def _post_definitions(settings: Settings, doc: dict, api: str) -> None:
     """POST the definitions to a management API (users are global: the whole-broker import)."""
     import httpx
-    parts = urlsplit(settings.broker_url)
+    parts = urlsplit(broker_urls(settings.broker_url)[0])
     auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
     try:
         resp = httpx.post(f"{api.rstrip('/')}/api/definitions", json=doc, auth=auth, timeout=30)

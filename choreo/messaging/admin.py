@@ -6,6 +6,7 @@ publishes through Celery/kombu instead.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
@@ -13,7 +14,7 @@ from urllib.parse import unquote, urlparse
 import pika
 from pika.exceptions import ChannelClosedByBroker
 
-from choreo.messaging.access import service_url
+from choreo.messaging.access import broker_urls, service_url
 from choreo.messaging.topology import Names, queue_names
 from config.settings import Settings
 
@@ -21,14 +22,21 @@ from config.settings import Settings
 UNROUTED = "unrouted"
 
 
-def connection_parameters(broker_url: str) -> pika.ConnectionParameters:
-    u = urlparse(broker_url)
-    vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
-    return pika.ConnectionParameters(
-        host=u.hostname or "127.0.0.1", port=u.port or 5672, virtual_host=vhost or "/",
-        credentials=pika.PlainCredentials(unquote(u.username or "guest"), unquote(u.password or "guest")),
-        connection_attempts=3, retry_delay=1, blocked_connection_timeout=30, heartbeat=60,
-    )
+def connection_parameters(broker_url: str) -> list[pika.ConnectionParameters]:
+    """pika's parameters for each node of broker_url, shuffled (BlockingConnection tries them in
+    turn: with a cluster, a node that is down costs one refused connect)."""
+    urls = broker_urls(broker_url)
+    out = []
+    for url in urls:
+        u = urlparse(url)
+        vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
+        out.append(pika.ConnectionParameters(
+            host=u.hostname or "127.0.0.1", port=u.port or 5672, virtual_host=vhost or "/",
+            credentials=pika.PlainCredentials(unquote(u.username or "guest"), unquote(u.password or "guest")),
+            connection_attempts=3 if len(urls) == 1 else 1, retry_delay=1,
+            blocked_connection_timeout=30, heartbeat=60))
+    random.shuffle(out)
+    return out
 
 
 MAX_SCAN = 10_000  # dead letters one replay reads at most (the ones it keeps are held until it ends)
@@ -115,7 +123,7 @@ class BrokerAdmin:
         self.settings = settings
         self.names = Names(settings.namespace)
         url = settings.broker_url if service is None else service_url(settings, service)
-        self.user_id = unquote(urlparse(url).username or "guest")
+        self.user_id = unquote(urlparse(broker_urls(url)[0]).username or "guest")
         self.conn = pika.BlockingConnection(connection_parameters(url))
 
     def close(self) -> None:

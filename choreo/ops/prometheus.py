@@ -26,7 +26,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from choreo.ops.stack import alive, await_exec, process_names, runs_with
+from choreo.messaging.access import broker_urls
+from choreo.ops.stack import alive, await_exec, process_names, runs_with, worker_of
 from config.settings import Settings
 
 RABBITMQ_PROMETHEUS_PORT = 15692
@@ -60,7 +61,7 @@ def endpoints(settings: Settings) -> dict[str, dict[str, str | None]]:
             base = f"http://127.0.0.1:{settings.flower_port}"
             out[name] = {"health": f"{base}/healthcheck", "ready": None, "metrics": f"{base}/metrics"}
         else:
-            base = settings.health_url(name.removeprefix("worker-"))
+            base = settings.health_url(*(worker_of(name) or (name,)))  # a worker by (domain, index); users
             out[name] = {"health": f"{base}/health", "ready": f"{base}/ready", "metrics": f"{base}/metrics"}
     return out
 
@@ -71,13 +72,13 @@ def scrape_targets(settings: Settings) -> dict[str, str]:
 
 
 def vhost(settings: Settings) -> str:
-    path = urlsplit(settings.broker_url).path
+    path = urlsplit(broker_urls(settings.broker_url)[0]).path
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def rabbitmq_target(settings: Settings, timeout: float = 0.5) -> str | None:
     """host:port of RabbitMQ's prometheus plugin if it answers now (it is never enabled from here)."""
-    host = urlsplit(settings.broker_url).hostname or "127.0.0.1"
+    host = urlsplit(broker_urls(settings.broker_url)[0]).hostname or "127.0.0.1"
     target = f"[{host}]:{RABBITMQ_PROMETHEUS_PORT}" if ":" in host else f"{host}:{RABBITMQ_PROMETHEUS_PORT}"
     try:
         r = httpx.get(f"http://{target}/metrics/detailed", timeout=timeout, trust_env=False,

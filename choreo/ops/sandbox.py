@@ -61,7 +61,8 @@ class Sandbox:
             "run_dir": self.workdir / "run",
             "user_service_port": free_port(),
             "flower_port": free_port(),
-            "health_port_base": free_port_block(len(HEALTH_PORT_OFFSETS)),
+            # Room for 4 workers per domain (each further worker a block higher: Settings.health_port).
+            "health_port_base": free_port_block(4 * len(HEALTH_PORT_OFFSETS)),
             "prometheus_port": free_port(),
             "database_server": database_server,
             "database_prefix": self.database_prefix,

@@ -20,15 +20,31 @@ from consumers.registry import topology
 MARK = " -m choreo "
 
 
+def worker_name(domain: str, index: int = 1) -> str:
+    """worker-<domain> for a domain's first worker, worker-<domain>-<i> for each further one."""
+    return f"worker-{domain}" if index == 1 else f"worker-{domain}-{index}"
+
+
+def worker_of(name: str) -> tuple[str, int] | None:
+    """(domain, index) of a worker's process name; None for any other process."""
+    if not name.startswith("worker-"):
+        return None
+    domain, _, index = name.removeprefix("worker-").partition("-")
+    return domain, int(index) if index else 1
+
+
 def process_names(settings: Settings | None = None) -> list[str]:
     domains = settings.domains if settings is not None else DOMAINS
-    return ["users", *(f"worker-{d}" for d in domains), "flower"]
+    count = settings.workers_per_domain if settings is not None else 1
+    return ["users", *(worker_name(d, i) for d in domains for i in range(1, count + 1)), "flower"]
 
 
 def argv_for(name: str) -> list[str]:
     base = [sys.executable, "-m", "choreo"]
-    if name.startswith("worker-"):
-        return [*base, "worker", name.removeprefix("worker-")]
+    worker = worker_of(name)
+    if worker:
+        domain, index = worker
+        return [*base, "worker", domain, *(["--index", str(index)] if index > 1 else [])]
     return [*base, name]
 
 
@@ -207,13 +223,17 @@ def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: 
     """Until every worker among `names` has a consumer on its queue and every one of `names`
     runs; with `start`, (re)start by it what is not running meanwhile. RuntimeError on timeout."""
     deadline = time.monotonic() + timeout
-    queue = {f"worker-{d}": f"{settings.namespace}.{d}" for d in settings.domains}
-    wanted = [queue[n] for n in names if n in queue]
+    wanted: dict[str, int] = {}  # queue -> consumers it must have: one per worker of its domain in `names`
+    for name in names:
+        worker = worker_of(name)
+        if worker:
+            queue = f"{settings.namespace}.{worker[0]}"
+            wanted[queue] = wanted.get(queue, 0) + 1
     while True:
         # A connection per look: the broker may have dropped the last one (chaos restarts it).
         with BrokerAdmin(settings) as admin:
             consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
-        idle = [q for q in wanted if not consumers.get(q)]
+        idle = [q for q, n in wanted.items() if (consumers.get(q) or 0) < n]
         dead = [n for n in names if stack.pid(n) is None]
         if not idle and not dead:
             return

@@ -130,6 +130,27 @@ def test_a_service_url_keeps_the_address_and_swaps_the_user(settings):
         access.service_url(settings, "root")
 
 
+def test_a_cluster_url_list_keeps_every_node_and_swaps_the_user_on_each(settings):
+    from choreo.messaging.admin import connection_parameters
+    from tasks.app import make_app
+
+    nodes = "amqp://boot:strap@127.0.0.1:5701/shop;amqp://boot:strap@127.0.0.1:5702/shop; amqp://boot:strap@[::1]:5703/shop"
+    cluster = settings.model_copy(update={"broker_url": nodes})
+    urls = access.service_url(cluster, "payment").split(";")
+    assert [u.rsplit("@", 1)[1] for u in urls] == ["127.0.0.1:5701/shop", "127.0.0.1:5702/shop", "[::1]:5703/shop"]
+    assert all(u.startswith("amqp://t-payment:") and "strap" not in u for u in urls)
+    assert access.vhost_of(nodes) == "shop"
+    params = connection_parameters(access.service_url(cluster, "payment"))
+    assert sorted(p.port for p in params) == [5701, 5702, 5703]
+    assert {p.credentials.username for p in params} == {"t-payment"} and {p.virtual_host for p in params} == {"shop"}
+    app = make_app("payment", cluster)
+    alternates = app.connection_for_write().alt
+    assert sorted(a.rsplit("@", 1)[1] for a in alternates) == sorted(u.rsplit("@", 1)[1] for u in urls)
+    assert app.conf.broker_failover_strategy == "shuffle"
+    with pytest.raises(ValueError, match="empty"):
+        access.broker_urls(" ; ")
+
+
 def test_a_secret_comes_from_the_environment_first(settings, monkeypatch):
     monkeypatch.setenv("CHOREO_BROKER_PASSWORD_ORDER", "from-env")
     assert access.password(settings, "order") == "from-env"

@@ -13,6 +13,7 @@ from config.settings import Settings, get_settings
 console = Console(stderr=False)
 err = Console(stderr=True)
 SAGA_MARKER = "saga-mode"  # under run_dir: the saga mode `choreo up` started the stack in
+WORKERS_MARKER = "workers-per-domain"  # under run_dir: how many workers per domain it started
 
 
 def fail(message: str) -> None:
@@ -21,13 +22,17 @@ def fail(message: str) -> None:
 
 
 def current_settings() -> Settings:
-    """This shell's settings, in the saga mode of the stack it runs: `choreo up --saga MODE`
-    records its mode so that later commands agree with it (CHOREO_SAGA_MODE still wins)."""
+    """This shell's settings, in the shape of the stack it runs: `choreo up --saga MODE --workers N`
+    records both so that later commands agree with it (CHOREO_SAGA_MODE and
+    CHOREO_WORKERS_PER_DOMAIN still win)."""
     settings = get_settings()
-    marker = settings.run_dir / SAGA_MARKER
-    if "CHOREO_SAGA_MODE" not in os.environ and marker.exists():
-        settings = Settings(saga_mode=marker.read_text().strip())
-    return settings
+    shape = {}
+    for field, marker, env in (("saga_mode", SAGA_MARKER, "CHOREO_SAGA_MODE"),
+                               ("workers_per_domain", WORKERS_MARKER, "CHOREO_WORKERS_PER_DOMAIN")):
+        path = settings.run_dir / marker
+        if env not in os.environ and path.exists():
+            shape[field] = path.read_text().strip()
+    return Settings(**shape) if shape else settings
 
 
 class LazyGroup(click.Group):

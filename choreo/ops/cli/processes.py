@@ -4,24 +4,27 @@ from __future__ import annotations
 import os
 
 import click
+from pydantic import ValidationError
 
 from choreo.app.bootstrap import prepare
 from choreo.infra import logs
 from choreo.messaging.access import node_name
 from choreo.infra.db import engine_for
 from choreo.ops import prometheus
-from choreo.ops.cli.base import SAGA_MARKER, console, current_settings, err, fail
+from choreo.ops.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settings, err, fail
 from choreo.ops.stack import Stack, bring_up, process_names
 from choreo.world.users import make_server
-from config.settings import DOMAINS, SAGA_MODES
+from config.settings import DOMAINS, SAGA_MODES, Settings
 from consumers.registry import topology
 from tasks.app import make_app
 
 
 @click.command()
 @click.argument("domain", type=click.Choice([*DOMAINS, "orchestrator"]))
-def worker(domain: str) -> None:
-    """Run one domain's Celery worker (what `choreo up` starts, five times)."""
+@click.option("--index", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Which of the domain's workers (competing consumers on its queue) this is.")
+def worker(domain: str, index: int) -> None:
+    """Run one domain's Celery worker (what `choreo up` starts, workers_per_domain times per domain)."""
     settings = current_settings()
     logs.configure(f"worker:{domain}", settings.log_level, settings.log_json)
     prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
@@ -29,9 +32,10 @@ def worker(domain: str) -> None:
     # not declare it, and needs nothing of it but its own queue.
     topo = topology(settings)
     app = make_app(domain, settings)
+    app.worker_index = index  # its health listener's port (tasks.observe)
     # Node names must be unique per vhost (Celery's pidbox queue is exclusive to one node); its
     # broker user may declare only its own (choreo.messaging.access.node_name).
-    node = node_name(settings, domain)
+    node = node_name(settings, domain, index)
     app.worker_main([
         "worker", "-Q", topo.names.queue(domain), "-n", f"{node}@%h",
         # solo: the worker runs its batches in the consuming process (tasks.worker.ChoreoConsumer).
@@ -67,7 +71,7 @@ def flower() -> None:
 
 
 def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = None,
-             with_prometheus: bool = True) -> None:
+             with_prometheus: bool = True, workers: int | None = None) -> None:
     """`choreo up`: start what is not running and wait until every worker consumes, then
     Prometheus (a stack runs without it: a failure to start it is a warning)."""
     settings = current_settings()
@@ -75,9 +79,15 @@ def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = No
         running = [n for n, pid in Stack(settings).running().items() if pid]
         if saga != settings.saga_mode and running:
             fail(f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}")
-        settings = settings.model_copy(update={"saga_mode": saga})
+    if saga or workers:
+        try:
+            settings = Settings(**{**settings.model_dump(), **({"saga_mode": saga} if saga else {}),
+                                   **({"workers_per_domain": workers} if workers else {})})
+        except ValidationError as exc:
+            fail(exc.errors()[0]["msg"].removeprefix("Value error, "))
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     (settings.run_dir / SAGA_MARKER).write_text(settings.saga_mode)
+    (settings.run_dir / WORKERS_MARKER).write_text(str(settings.workers_per_domain))
     names = [n for n in process_names(settings) if with_flower or n != "flower"]
     try:
         stack = bring_up(settings, names, wait)
@@ -106,10 +116,13 @@ def start_prometheus(settings) -> None:
 @click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus.")
 @click.option("--saga", type=click.Choice(SAGA_MODES), default=None,
               help="Saga style (default: the running one, else choreography).")
-def up(no_flower: bool, no_prometheus: bool, saga: str | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 16), default=None,
+              help="Workers per domain, competing on its queue (default: the running count, else 1; "
+                   "more than 1 needs a database server).")
+def up(no_flower: bool, no_prometheus: bool, saga: str | None, workers: int | None) -> None:
     """Start the user service, the five domain workers (and the orchestrator), Flower and
     Prometheus (idempotent)."""
-    up_stack(with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus)
+    up_stack(with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus, workers=workers)
 
 
 @click.command()
@@ -119,6 +132,8 @@ def down() -> None:
     if prometheus.stop(settings):
         console.print("stopped prometheus")
     stack = Stack(settings)
-    for name in reversed(process_names(settings.model_copy(update={"saga_mode": "orchestrated"}))):
+    # Every process it may have started, whatever the mode and worker count it was started with.
+    every = settings.model_copy(update={"saga_mode": "orchestrated", "workers_per_domain": 16})
+    for name in reversed(process_names(every)):
         if stack.stop(name):
             console.print(f"stopped {name}")
