@@ -17,7 +17,6 @@ from bench.common import (Pacer, ProcSampler, broker_pid, log, patched_environ,
 DURABILITY = {"sqlite": "SQLite WAL, synchronous=FULL (fsync per commit)",
               "postgresql": "PostgreSQL, synchronous_commit=on (WAL flushed per commit)"}
 POSTGRES = "postgresql://postgres:postgres@127.0.0.1:5432"
-WORKER_NAMES = [f"worker-{d}" for d in ("order", "payment", "inventory", "shipment", "notification")]
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -196,22 +195,28 @@ def latency_phase(settings, pub: OrderPublisher, rate: float, count: int, timeou
 
 def run_choreo(n: int, *, prefetch: int | None = None, database: str = "sqlite",
                latency: bool = True, lat_orders: int | None = None, lat_min_s: float = 20, lat_max_s: float = 30,
-               warmup: int = 20, extra_env: dict | None = None, during_throughput=None) -> dict:
+               warmup: int = 20, extra_env: dict | None = None, during_throughput=None,
+               cluster=None, workers: int = 1) -> dict:
+    """`cluster`: a running choreo.ops.cluster.Cluster to run on instead of the machine's node;
+    `workers`: workers per domain (competing consumers; more than one needs PostgreSQL)."""
     from choreo.infra.db import dispose_all
-    from choreo.ops.stack import Stack, bring_up
+    from choreo.ops.stack import Stack, bring_up, process_names
     from config.settings import get_settings
 
     defaults = {k: f.default for k, f in type(get_settings()).model_fields.items()}
     prefetch = prefetch or defaults["prefetch_multiplier"]  # choreo's default unless the sweep says otherwise
     result: dict = {"arm": "choreo", "prefetch": prefetch, "database": database, "n": n,
-                    "durability": DURABILITY[database]}
-    with sandbox("choreo", database_server=POSTGRES if database == "postgresql" else None) as sb:
+                    "durability": DURABILITY[database], "workers_per_domain": workers,
+                    "broker": f"private cluster of {cluster.size} nodes" if cluster else "this machine's node"}
+    options = {"cluster_dir": cluster.base_dir, "workers_per_domain": workers} if cluster else {"workers_per_domain": workers}
+    with sandbox("choreo", database_server=POSTGRES if database == "postgresql" else None, **options) as sb:
         env = choreo_env(sb, prefetch, extra_env)
         with patched_environ(env):
             get_settings.cache_clear()
             settings = get_settings()
             assert sb.vhost in settings.broker_url
-            names = ["users", *WORKER_NAMES]
+            worker_names = [name for name in process_names(settings) if name.startswith("worker-")]
+            names = ["users", *worker_names]
             stack = Stack(settings, env)  # the pid files bring_up writes: stopped below whatever happens
             pub = None
             sampler = None
@@ -221,8 +226,10 @@ def run_choreo(n: int, *, prefetch: int | None = None, database: str = "sqlite",
                 pub = OrderPublisher(settings)
                 if warmup:
                     wait_done(settings, [pub.publish_one() for _ in range(warmup)], 120)
-                sampler = ProcSampler({name: stack.pid(name) for name in WORKER_NAMES},
-                                      external={"broker": broker_pid(), "redis": redis_pid(),
+                brokers = ({f"broker-n{i}": cluster.pid(i) for i in cluster.nodes} if cluster
+                           else {"broker": broker_pid()})
+                sampler = ProcSampler({name: stack.pid(name) for name in worker_names},
+                                      external={**brokers, "redis": redis_pid(),
                                                 "users": stack.pid("users")}).start()
                 hook = during_throughput(stack) if during_throughput else None
                 try:

@@ -25,10 +25,11 @@ def log(msg: str) -> None:
 
 
 @contextmanager
-def sandbox(tag: str, database_server: str | None = None):
+def sandbox(tag: str, database_server: str | None = None, **options):
     """One measurement's private vhost, Redis key prefix and folder (choreo.ops.sandbox), and its
-    own PostgreSQL databases when `database_server` is given; all removed after."""
-    sb = Sandbox(f"bench-{tag}", database_server=database_server or "")
+    own PostgreSQL databases when `database_server` is given; all removed after. `options`:
+    Sandbox's (cluster_dir) and further settings (workers_per_domain)."""
+    sb = Sandbox(f"bench-{tag}", database_server=database_server or "", **options)
     try:
         yield sb.open()
     finally:

@@ -41,6 +41,9 @@ def measure(arm: str, n: int, quick: bool, **kw) -> dict:
     if arm == "choreo-dark":  # the same, with Prometheus metrics and OpenTelemetry spans off: their cost
         from bench.choreo_arm import run_choreo
         return run_choreo(n, database="sqlite", extra_env=DARK, **lat, **kw)
+    if arm in CLUSTER_ARMS:  # a private three-node cluster (started once by main), PostgreSQL
+        from bench.choreo_arm import run_choreo
+        return run_choreo(n, database="postgresql", cluster=CLUSTER["cluster"], workers=CLUSTER_ARMS[arm], **lat, **kw)
     if arm == "naive":
         from bench.naive import run_naive
         return run_naive(n, **lat, **kw)
@@ -51,6 +54,28 @@ def measure(arm: str, n: int, quick: bool, **kw) -> dict:
 
 
 DARK = {"CHOREO_METRICS": "false", "CHOREO_TRACING": "false"}
+ARMS = ("choreo", "choreo-dark", "choreo-pg", "naive", "raw")
+CLUSTER_ARMS = {"cluster-1w": 1, "cluster-2w": 2}  # arm -> workers per domain
+CLUSTER: dict = {}  # "cluster": the running choreo.ops.cluster.Cluster of a --cluster bench
+
+
+def start_cluster():
+    """A private three-node cluster for the cluster arms, on free loopback ports; stopped by main."""
+    import tempfile
+
+    from choreo.ops.cluster import SPAN, Cluster
+    from choreo.ops.stack import free_port_block
+
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="choreo-bench-cluster-")), tag="bench",
+                      base_port=free_port_block(SPAN) + 1)
+    log(f"starting a private 3-node RabbitMQ cluster in {cluster.base_dir}")
+    try:
+        cluster.up()
+    except Exception:
+        cluster.down(purge=True)
+        raise
+    CLUSTER["cluster"] = cluster
+    return cluster
 
 
 def foreign_load(r: dict) -> float:
@@ -137,12 +162,14 @@ def build_summary(runs: dict[str, list[dict]]) -> dict:
 
 def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -> str:
     labels = {"choreo": "choreo (all guarantees), SQLite", "choreo-pg": "choreo (all guarantees), PostgreSQL",
+              "cluster-1w": "choreo, 3-node cluster, PostgreSQL, 1 worker/domain",
+              "cluster-2w": "choreo, 3-node cluster, PostgreSQL, 2 workers/domain",
               "choreo-dark": "choreo, metrics + tracing off, SQLite",
               "naive": "naive Celery chain", "raw": "raw broker ceiling"}
     cols = ["", "sagas/s", "delivered msgs/s", "share of raw ceiling", "latency p50 / p95 / p99 ms @ half load",
             "peak RSS/worker proc MB", "CPU s/saga"]
     rows = []
-    for arm in ("choreo", "choreo-dark", "choreo-pg", "naive", "raw"):
+    for arm in ("choreo", "choreo-dark", "choreo-pg", *CLUSTER_ARMS, "naive", "raw"):
         s = summ.get(arm)
         if not s:
             continue
@@ -177,6 +204,10 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
     if summ.get("choreo-pg"):
         text.append(f"choreo on PostgreSQL / naive: sagas/s {ratio('choreo-pg', 'naive', 'sagas_per_s')}; "
                     f"/ ceiling: msgs/s {ratio('choreo-pg', 'raw', 'msgs_per_s')}")
+    for arm in CLUSTER_ARMS:
+        if summ.get(arm):
+            text.append(f"{arm} / choreo-pg (one node, 1 worker/domain): sagas/s {ratio(arm, 'choreo-pg', 'sagas_per_s')}, "
+                        f"p99 {ratio(arm, 'choreo-pg', 'p99')}, CPU/saga {ratio(arm, 'choreo-pg', 'cpu_s_per_saga')}")
     # targets
     c, nv = summ.get("choreo", {}), summ.get("naive", {})
     text.append("")
@@ -287,6 +318,9 @@ def main() -> int:
     ap.add_argument("--arms", default="choreo,choreo-dark,choreo-pg,naive,raw",
                     help="of choreo (SQLite), choreo-dark (SQLite, metrics and tracing off), choreo-pg "
                          "(PostgreSQL), naive, raw")
+    ap.add_argument("--cluster", action="store_true",
+                    help="on a private three-node RabbitMQ cluster with 1 and 2 workers per domain, beside the "
+                         "single node (arms choreo-pg,cluster-1w,cluster-2w unless --arms says otherwise)")
     ap.add_argument("--sweep", action="store_true", help="choreo prefetch (batch size) variants (quick each)")
     ap.add_argument("--sweep-orders", type=int, default=300)
     ap.add_argument("--sweep-configs", default=None,
@@ -336,16 +370,26 @@ def main() -> int:
         return 0
 
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    if a.cluster and a.arms == ap.get_default("arms"):
+        arms = ["choreo-pg", *CLUSTER_ARMS]
+    unknown = [arm for arm in arms if arm not in (*ARMS, *CLUSTER_ARMS)]
+    if unknown:
+        ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, *CLUSTER_ARMS))}")
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     path = RESULTS / f"bench-{stamp}.json"
-    for rep in range(repeats):
-        for arm in arms:
-            log(f"repeat {rep + 1}/{repeats}: {arm} (N={n})")
-            r = measure_valid(arm, n, a.quick, quiet, a.max_foreign, a.attempts)
-            r["repeat"] = rep + 1
-            runs[arm].append(r)
-            doc["runs"] = runs
-            path.write_text(json.dumps(doc, indent=1, default=str))
+    cluster = start_cluster() if any(arm in CLUSTER_ARMS for arm in arms) else None
+    try:
+        for rep in range(repeats):
+            for arm in arms:
+                log(f"repeat {rep + 1}/{repeats}: {arm} (N={n})")
+                r = measure_valid(arm, n, a.quick, quiet, a.max_foreign, a.attempts)
+                r["repeat"] = rep + 1
+                runs[arm].append(r)
+                doc["runs"] = runs
+                path.write_text(json.dumps(doc, indent=1, default=str))
+    finally:
+        if cluster:
+            cluster.down(purge=True)
     summ = build_summary(runs)
     doc["summary"] = summ
     print()

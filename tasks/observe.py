@@ -64,7 +64,15 @@ class WorkerProbes:
             checks["redis"] = bool(self._redis.ping())
         except redis.RedisError:
             checks["redis"] = False
-        return all(checks.values()), {"checks": checks}
+        return all(checks.values()), {"checks": checks, "broker_node": self.broker_node()}
+
+    def broker_node(self) -> str | None:
+        """host:port of the broker node its consumer is connected to now (a cluster: which one)."""
+        conn = getattr(self.consumer, "connection", None)
+        try:
+            return conn.host if conn is not None and conn.connected else None
+        except Exception:  # a connection being torn down: no node to name
+            return None
 
     def breakers(self) -> list[dict]:
         if not self.uses_users:

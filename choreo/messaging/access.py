@@ -240,14 +240,17 @@ def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
     passwords are the same secrets each time, so running processes keep their connections.
 
     With broker_admin_api (a management API, e.g. http://rabbitmq:15672, as the bootstrap user
-    of broker_url) through its /api/definitions; else with the local node's rabbitmqctl."""
+    of broker_url) through its /api/definitions; else with the local node's rabbitmqctl, or with
+    broker_cluster_dir the one in that folder (`choreo cluster up` writes it: a node of that
+    private cluster, with its cookie)."""
     doc = definitions(settings, hears)
-    if settings.broker_admin_api or not shutil.which("rabbitmqctl"):
+    if settings.broker_admin_api or not (settings.broker_cluster_dir or shutil.which("rabbitmqctl")):
         # A broker elsewhere (a container): its management API, by default on its host's 15672.
         host = urlsplit(broker_urls(settings.broker_url)[0]).hostname or "127.0.0.1"
         _post_definitions(settings, doc, settings.broker_admin_api or f"http://{host}:15672")
     else:
-        out = subprocess.run(["rabbitmqctl", "-q", "import_definitions", "--format", "json"],
+        ctl = os.path.join(settings.broker_cluster_dir, "rabbitmqctl") if settings.broker_cluster_dir else "rabbitmqctl"
+        out = subprocess.run([ctl, "-q", "import_definitions", "--format", "json"],
                              input=json.dumps(doc), capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise SetupFailed(f"rabbitmqctl import_definitions failed ({out.returncode}): "

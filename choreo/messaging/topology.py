@@ -10,9 +10,9 @@ Per domain D (namespace N, default "choreo"):
                  own dead-letter target is N.D (at-least-once): a replay rejects a dead letter
                  and the broker moves it back, its publisher's user_id intact
                  (choreo.messaging.access: only the sender the broker vouches for is believed)
-  N.D.retry.K    the retry ladder: a copy D publishes to the topic exchange N.retry with key
-                 D.K waits here for the K-th retry's delay (queue TTL), then dead-letters back
-                 to N.D through the default exchange
+  N.D.retry.K    the retry ladder, quorum queues too: a copy D publishes to the topic exchange
+                 N.retry with key D.K waits here for the K-th retry's delay (queue TTL), then
+                 dead-letters back to N.D through the default exchange (at-least-once)
   N.unrouted     quorum queue behind the fanout exchange N.unrouted, the alternate exchange
                  of N.events, N.dlx and N.retry: a message no binding routes (a typo'd type, a
                  subscriber not yet deployed) is kept here instead of dropped by the broker;
@@ -124,12 +124,11 @@ class Topology:
         delay_ms = int(self.settings.retry_delay(attempt) * 1000)
         return Queue(self.names.retry(domain, attempt), exchange=self.retry,
                      routing_key=self.names.retry_key(domain, attempt), durable=True,
-                     queue_arguments={
-                         "x-queue-type": "classic",
-                         "x-message-ttl": delay_ms,
-                         "x-dead-letter-exchange": "",
-                         "x-dead-letter-routing-key": self.names.queue(domain),
-                     })
+                     # Quorum, like every queue here: a classic rung lives on one node, and a copy
+                     # waiting on it while that node is down is lost (or, published meanwhile, dropped).
+                     # Back to N.D at-least-once: a copy leaves the rung only once N.D has it.
+                     queue_arguments={"x-queue-type": "quorum", "x-message-ttl": delay_ms,
+                                      **_back_to(self.names.queue(domain))})
 
     def unrouted_queue(self) -> Queue:
         return Queue(self.names.unrouted, exchange=self.unrouted, durable=True,
@@ -187,18 +186,23 @@ class Topology:
                 channel.close()
 
     def _declare_queue(self, conn: Connection, queue: Queue) -> None:
-        """Declare; an empty dead-letter queue declared by an older choreo (without the way back
-        a replay takes) is re-created. One that holds dead letters is never deleted: the error
-        says what to do."""
+        """Declare; an empty dead-letter queue or retry rung declared by an older choreo (without
+        the way back a replay takes; a classic rung) is re-created. One that holds messages is
+        never deleted: the error says what to do."""
         channel = conn.channel()
         try:
             queue(channel).declare()
         except conn.channel_errors as exc:
-            old_dead_letters = queue.name.endswith((".dlq", ".unrouted"))
-            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not old_dead_letters:
+            rung = ".retry." in queue.name
+            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not (rung or queue.name.endswith((".dlq", ".unrouted"))):
                 raise
             channel = conn.channel()
             _name, held, _consumers = channel.queue_declare(queue.name, passive=True)
+            if held and rung:
+                raise RuntimeError(
+                    f"{queue.name} holds {held} retry cop(ies) and was declared by an older choreo ({exc}); they go "
+                    f"back to their queue within the rung's delay: stop the older workers, wait for it to empty "
+                    f"(rabbitmqctl list_queues), then run choreo broker setup again") from None
             if held:
                 raise RuntimeError(
                     f"{queue.name} holds {held} message(s) and was declared by an older choreo ({exc}); replay or "
@@ -239,7 +243,7 @@ class Topology:
 
 
 def _back_to(queue: str | None, exchange: str = "") -> dict:
-    """Dead-letter arguments that send a rejected message back (to `queue` through the default
+    """Dead-letter arguments that send a rejected (or, on a rung, expired) message back (to `queue` through the default
     exchange, or to `exchange` with its own routing key), at least once: the broker keeps it
     until the target confirms it (quorum queues; needs overflow reject-publish)."""
     args = {"x-dead-letter-exchange": exchange, "x-dead-letter-strategy": "at-least-once",

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.infra.db import dispose_engines
 from choreo.messaging import access
+from choreo.ops.cluster import Cluster
 from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
 from config.settings import HEALTH_PORT_OFFSETS, SERVICES, Settings
 from consumers.registry import topology
@@ -34,24 +35,31 @@ class Sandbox:
     """`tag` names the run's resources (choreo-<tag>-<id>). With `own_redis`, a redis-server is
     started on a free port (the chaos harness kills it); otherwise keys go under the run's prefix
     on the shared Redis. `database_server`: databases <prefix>_<service> there, dropped on close;
-    empty: SQLite files in the run's folder. `overrides` are further settings (strings or values)."""
+    empty: SQLite files in the run's folder. `cluster_dir`: its vhost on that private cluster
+    (choreo.ops.cluster), every node in its broker_url, instead of this machine's node.
+    `overrides` are further settings (strings or values)."""
 
     def __init__(self, tag: str, *, own_redis: bool = False, workdir: Path | str | None = None,
                  remove_workdir: bool | None = None, database_server: str = "", run_id: str | None = None,
-                 **overrides: Any) -> None:
+                 cluster_dir: str | Path | None = None, **overrides: Any) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.name = f"choreo-{tag}-{self.run_id}"
         # A folder it made is removed on close; a folder it was given, only when told so.
         self.own_workdir = workdir is None if remove_workdir is None else remove_workdir
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.name}-")).resolve()
         self.vhost = self.name
+        self.cluster_dir = str(Path(cluster_dir).resolve()) if cluster_dir else ""
         self.own_redis = own_redis
         self.redis_port = free_port() if own_redis else None
         self.redis_proc: subprocess.Popen | None = None
         self.vhost_created = False
         self.database_prefix = f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
         self.overrides: dict[str, Any] = {
-            "broker_url": f"{AMQP_BASE}/{self.vhost}",
+            # On a cluster, its nodes' guest (loopback only) is the bootstrap user, as on this machine's.
+            "broker_url": (Cluster.open(self.cluster_dir).urls(vhost=self.vhost) if self.cluster_dir
+                           else f"{AMQP_BASE}/{self.vhost}"),
+            # Always said: a cluster the calling shell exported must not catch a sandbox on this machine's node.
+            "broker_cluster_dir": self.cluster_dir,
             "redis_url": f"redis://127.0.0.1:{self.redis_port}/0" if own_redis else SHARED_REDIS,
             "redis_prefix": self.name,
             "namespace": "choreo",
@@ -102,10 +110,10 @@ class Sandbox:
         if self.vhost_created:
             return self
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        rabbitmqctl("add_vhost", self.vhost)
+        rabbitmqctl("add_vhost", self.vhost, cluster_dir=self.cluster_dir)
         self.vhost_created = True
         # The bootstrap user sets up (users, grants, topology); no process of the sandbox uses it.
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*", cluster_dir=self.cluster_dir)
         access.setup(self.settings, topology(self.settings))
         if self.own_redis:
             self.start_redis()
@@ -149,7 +157,7 @@ class Sandbox:
             problems += self._drop_redis_keys()
         if self.vhost_created:
             try:
-                rabbitmqctl("delete_vhost", self.vhost)
+                rabbitmqctl("delete_vhost", self.vhost, cluster_dir=self.cluster_dir)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"vhost {self.vhost} not deleted: {exc}")
             problems += self._delete_users()  # made by open's set-up, with the vhost
@@ -164,13 +172,14 @@ class Sandbox:
         """Its broker users, of every namespace it ran (named by its prefix: never another run's)."""
         prefix = self.overrides["broker_user_prefix"]
         try:
-            users = [line.split("\t")[0] for line in rabbitmqctl("list_users", "--no-table-headers").splitlines()]
+            listing = rabbitmqctl("list_users", "--no-table-headers", cluster_dir=self.cluster_dir)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             return [f"broker users {prefix}* not listed: {exc}"]
+        users = [line.split("\t")[0] for line in listing.splitlines()]
         problems = []
         for user in (u for u in users if u.startswith(prefix)):
             try:
-                rabbitmqctl("delete_user", user, check=False)
+                rabbitmqctl("delete_user", user, check=False, cluster_dir=self.cluster_dir)
             except subprocess.TimeoutExpired as exc:
                 problems.append(f"broker user {user} not deleted: {exc}")
         return problems

@@ -13,6 +13,7 @@ from typing import Callable
 from choreo.app.bootstrap import prepare
 from choreo.messaging import access
 from choreo.messaging.admin import BrokerAdmin
+from choreo.ops.cluster import Cluster
 from config.settings import DOMAINS, Settings
 from consumers.registry import topology
 
@@ -87,19 +88,28 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (for a sandbox's user service, Flower, Redis)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port_block(1) + 1
 
 
 def free_port_block(size: int, tries: int = 200) -> int:
     """A base port such that base+1 .. base+size are all free on loopback right now (a
-    sandbox's health listeners: health_port_base + each worker's offset)."""
+    sandbox's health listeners: health_port_base + each worker's offset; a private cluster).
+    Below the kernel's ephemeral range: an outgoing connection never takes such a port, so a
+    process killed and started again (a broker node, Redis, a worker) finds its port free."""
     import random
+    high = _ephemeral_low() - size - 1
     for _ in range(tries):
-        base = random.randrange(20000, 60000 - size)
+        base = random.randrange(10000, high)
         socks = []
         try:
             for port in range(base + 1, base + size + 1):
@@ -115,8 +125,12 @@ def free_port_block(size: int, tries: int = 200) -> int:
     raise RuntimeError(f"no block of {size} free ports found on loopback")
 
 
-def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120) -> str:
-    """Run `rabbitmqctl -q ARGS` on this machine's node; with `check`, fail loudly on an error."""
+def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120, cluster_dir: str = "") -> str:
+    """Run `rabbitmqctl -q ARGS` on this machine's node, or with `cluster_dir` (settings.
+    broker_cluster_dir) on a running node of that private cluster, with its cookie and epmd;
+    with `check`, fail loudly on an error."""
+    if cluster_dir:
+        return Cluster.open(cluster_dir).ctl(*args, check=check, timeout=timeout)
     out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[:300]}")

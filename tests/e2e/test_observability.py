@@ -227,12 +227,13 @@ def test_ready_turns_and_health_stays_while_the_broker_refuses(settings, stack, 
     from choreo.ops.stack import rabbitmqctl, wait_consuming
 
     url = settings.health_url("payment")
-    assert httpx.get(url + "/ready", timeout=5).status_code == 200
+    ready = httpx.get(url + "/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json()["broker_node"] == "127.0.0.1:5672"  # the node it consumes from
     rabbitmqctl("set_vhost_limits", "-p", sandbox.vhost, '{"max-connections": 0}')
     try:
         rabbitmqctl("close_all_connections", "--vhost", sandbox.vhost, "choreo test: broker connections closed")
         body = wait_for(lambda: _not_ready(url), 20, what="/ready to say not ready")
-        assert body["checks"]["broker"] is False and body["checks"]["database"] is True
+        assert body["checks"]["broker"] is False and body["checks"]["database"] is True and body["broker_node"] is None
         for _ in range(5):  # liveness holds while the worker only waits for its broker
             health = httpx.get(url + "/health", timeout=5)
             assert health.status_code == 200 and health.json()["state"] == "reconnecting"

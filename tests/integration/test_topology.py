@@ -31,10 +31,11 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
         assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args and '"x-dead-letter-exchange",[]' in args  # "": rabbitmqctl shows []
         assert '"x-dead-letter-strategy","at-least-once"' in args and '"x-delivery-limit",2147483647' in args
         for k in range(1, settings.retry_max_attempts + 1):
-            _, _, durable, args = rows[f"{ns}.{d}.retry.{k}"]
-            assert durable == "true"
+            _, type_, durable, args = rows[f"{ns}.{d}.retry.{k}"]
+            # Replicated like the rest (a classic rung lives and dies with one node), and back at least once.
+            assert (type_, durable) == ("quorum", "true")
             assert f'"x-message-ttl",{int(settings.retry_delay(k) * 1000)}' in args
-            assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args
+            assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args and '"x-dead-letter-strategy","at-least-once"' in args
     # Nothing else: no celery_delayed_* ladder, no stray queues from per-message declares.
     ours = {n for n in rows if n.startswith(f"{ns}.")}
     assert len(ours) == len(DOMAINS) * (2 + settings.retry_max_attempts) + 1  # + N.unrouted
@@ -90,4 +91,37 @@ def test_an_old_empty_dlq_gets_its_replay_route_and_one_holding_dead_letters_is_
         ch.queue_delete(f"{s.namespace}.payment.dlq")
         conn.close()
         with namespace:  # now it sets up, and cleans everything of the namespace on exit
+            pass
+
+
+def test_an_old_classic_retry_rung_is_re_created_empty_and_kept_while_it_holds_copies(settings):
+    """Rungs were classic queues before they were replicated: the set-up re-creates an empty one
+    as a quorum queue, and refuses, deleting nothing, while one still holds retry copies."""
+    import pika
+    from choreo.messaging.admin import connection_parameters
+    from tests.helpers import own_namespace
+
+    namespace = own_namespace(settings, "oldrung")
+    s = namespace.settings
+    conn = pika.BlockingConnection(connection_parameters(s.broker_url))
+    ch = conn.channel()
+    ch.queue_declare(f"{s.namespace}.order.retry.1", durable=True,  # as an older choreo declared it
+                     arguments={"x-queue-type": "classic", "x-message-ttl": 1000, "x-dead-letter-exchange": "",
+                                "x-dead-letter-routing-key": f"{s.namespace}.order"})
+    # A classic rung still holding a copy (no TTL here, so it stays for the test to see).
+    ch.queue_declare(f"{s.namespace}.payment.retry.1", durable=True, arguments={"x-queue-type": "classic"})
+    ch.confirm_delivery()
+    ch.basic_publish("", f"{s.namespace}.payment.retry.1", b"waiting", pika.BasicProperties(delivery_mode=2))
+    try:
+        with pytest.raises(RuntimeError, match=r"payment\.retry\.1 holds 1 retry cop"):
+            with namespace:
+                pass
+        assert ch.queue_declare(f"{s.namespace}.payment.retry.1", passive=True).method.message_count == 1
+        types = {r[0]: r[1] for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
+                                                      "name", "type"))}
+        assert types[f"{s.namespace}.order.retry.1"] == "quorum"
+    finally:
+        ch.queue_delete(f"{s.namespace}.payment.retry.1")
+        conn.close()
+        with namespace:
             pass

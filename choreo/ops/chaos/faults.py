@@ -1,20 +1,43 @@
-"""The faults: kill -9 of workers (whole or a pool child), the broker's connections dropped, Redis killed."""
+"""The faults: kill -9 of workers (whole or a pool child), the broker's connections dropped, Redis
+killed; on a cluster (`choreo chaos --cluster`), kill -9 of the node leading the busiest domain
+queue and a stop_app/start_app of another."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import threading
 import time
 from collections import Counter
 
+import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from choreo.ops.chaos.report import Journal
 from choreo.ops.sandbox import Sandbox
-from choreo.ops.stack import Stack, children, rabbitmqctl
-from config.settings import DOMAINS
+from choreo.ops.stack import Stack, children, process_names, rabbitmqctl, worker_of
 
-WORKERS = [f"worker-{d}" for d in DOMAINS]
+
+def worker_view(settings, stack: Stack, names: list[str]) -> dict[str, dict]:
+    """Each running worker's pid, the broker node it consumes from (its /ready) and the messages
+    it has processed since it started (its /metrics)."""
+    out = {}
+    for name in names:
+        domain, index = worker_of(name)
+        base = settings.health_url(domain, index)
+        try:
+            ready = httpx.get(base + "/ready", timeout=5).json()
+            text = httpx.get(base + "/metrics", timeout=5).text
+        except (httpx.HTTPError, ValueError):
+            continue
+        handled = sum(sample.value for family in text_string_to_metric_families(text)
+                      if family.name == "service_request" for sample in family.samples
+                      if sample.name == "service_request_total" and sample.labels.get("outcome") == "processed")
+        out[name] = {"pid": stack.pid(name), "broker_node": ready.get("broker_node"), "handled": int(handled)}
+    return out
 
 
 def kill_pid(pid: int) -> bool:
@@ -29,9 +52,18 @@ def kill_pid(pid: int) -> bool:
 class Faults:
     """Kills and restarts workers, the broker and Redis; keeps the books of what it did."""
 
-    def __init__(self, sandbox: Sandbox, stack: Stack, rng: random.Random, journal: Journal, broker_mode: str) -> None:
+    def __init__(self, sandbox: Sandbox, stack: Stack, rng: random.Random, journal: Journal, broker_mode: str,
+                 cluster=None) -> None:
         self.sb = sandbox
         self.stack = stack
+        self.cluster = cluster  # choreo.ops.cluster.Cluster of a --cluster run
+        # Every worker of the run: worker-<domain>, and worker-<domain>-<i> with several per domain.
+        self.workers = [n for n in process_names(sandbox.settings) if worker_of(n)]
+        self.node_down: dict[int, float] = {}  # node killed -> when to start it again
+        self.node_faults: list[dict] = []       # what each node fault did, for the report
+        self.handled_before_kills: Counter = Counter()  # worker -> messages it processed before kills
+        self.node_jobs: list[threading.Thread] = []
+        self.node_errors: list[str] = []
         self.rng = rng
         self.journal = journal
         self.broker_mode = broker_mode
@@ -48,7 +80,9 @@ class Faults:
         return pid
 
     def kill_random_worker(self) -> None:
-        candidates = [n for n in WORKERS if n not in self.restart_due and self.stack.pid(n)]
+        # The workers that consumed from a killed node are left alone: their failover is observed.
+        watched = {name for x in self.node_faults for name in x.get("workers_on_node", {})}
+        candidates = [n for n in self.workers if n not in self.restart_due and n not in watched and self.stack.pid(n)]
         if not candidates:
             return
 
@@ -63,6 +97,9 @@ class Faults:
             self.journal.note("kill -9", f"{name} pool child {kids} (parent {parent} lives)", style="red",
                               process=name, mode="child", pids=kids)
             return
+        if self.cluster:  # what it processed dies with it: count it first (who did the work, over the run)
+            view = worker_view(self.sb.settings, self.stack, [name]).get(name)
+            self.handled_before_kills[name] += view["handled"] if view else 0
         pids = self.stack.kill(name)
         delay = round(self.rng.uniform(0.3, 2.0), 2)
         self.restart_due[name] = time.monotonic() + delay
@@ -77,7 +114,11 @@ class Faults:
             if now >= due:
                 del self.restart_due[name]
                 self.start(name, "after kill")
-        for name in ["users", *WORKERS]:
+        for node, due in list(self.node_down.items()):
+            if now >= due:
+                del self.node_down[node]
+                self._in_background(self._start_node, node, "after kill")
+        for name in ["users", *self.workers]:
             if name not in self.restart_due and self.stack.pid(name) is None:
                 self.counts["unexpected_exit"] += 1
                 self.journal.note("died", f"{name} was not running (not killed by us); see "
@@ -115,3 +156,122 @@ class Faults:
         self.counts["redis_restart"] += 1
         self.journal.note("redis", f"kill -9 redis-server pid {old}, new pid {new} on port {self.sb.redis_port} "
                                    f"(every key lost)", style="magenta", old=old, new=new)
+
+    # --- a cluster's nodes ----------------------------------------------------------------
+
+    def leaders(self) -> dict[str, int | None]:
+        """Domain queue -> the index of the node leading it now (None: no leader, or could not ask)."""
+        names = [self.cluster.name(i) for i in self.cluster.nodes]
+        queues = [f"{self.sb.settings.namespace}.{d}" for d in self.sb.settings.domains]
+        try:  # one short look: a node just killed or restarting may not answer
+            rows = json.loads(self.cluster.ctl("list_queues", "-p", self.sb.vhost, "name", "leader",
+                                               "--formatter", "json", timeout=15) or "[]")
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError):
+            return dict.fromkeys(queues)
+        lead = {r["name"]: r.get("leader") for r in rows}
+        return {q: names.index(lead[q]) + 1 if lead.get(q) in names else None for q in queues}
+
+    def busiest_queue(self) -> str:
+        """The domain queue holding the most messages now (ready + unacknowledged)."""
+        depths = {}
+        try:
+            listing = self.cluster.ctl("list_queues", "-p", self.sb.vhost, "name", "messages",
+                                       "--no-table-headers", timeout=15)
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            listing = ""
+        for line in listing.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and not parts[0].endswith((".dlq", ".unrouted")):
+                depths[parts[0]] = int(parts[1])
+        domain_queues = {f"{self.sb.settings.namespace}.{d}" for d in self.sb.settings.domains}
+        ranked = sorted((q for q in depths if q in domain_queues), key=lambda q: -depths[q])
+        return ranked[0] if ranked else f"{self.sb.settings.namespace}.payment"
+
+    def kill_leader_node(self, down_for: float) -> None:
+        """kill -9 the node that leads the busiest domain queue; start it again after `down_for` s.
+        The workers consuming from that node then are noted: each must come back on another."""
+        queue = self.busiest_queue()
+        before = self.leaders()
+        node = before[queue] or 1  # not known: the first node (where the set-up declared the queues)
+        on_it = {name: view for name, view in worker_view(self.sb.settings, self.stack, self.workers).items()
+                 if view["broker_node"] == f"127.0.0.1:{self.cluster.ports(node)['amqp']}"}
+        killed_at = time.monotonic()
+        pid = self.cluster.kill(node)
+        self.node_down[node] = killed_at + down_for
+        self.counts["node_kill"] += 1
+        fault = {"t": self.journal.now(), "fault": "kill -9", "node": node, "queue": queue,
+                 "leaders_before": before, "workers_on_node": on_it}
+        self.node_faults.append(fault)
+
+        dead = f"127.0.0.1:{self.cluster.ports(node)['amqp']}"
+
+        def recovery() -> None:
+            """How long the queue had no leader, and where each worker that was on the node went
+            (the first look that names another node), bounded."""
+            waiting = set(on_it)
+            while time.monotonic() < killed_at + 60 and ("new_leader_after_s" not in fault or waiting):
+                if "new_leader_after_s" not in fault and self.leaders()[queue] not in (None, node):
+                    fault["new_leader_after_s"] = round(time.monotonic() - killed_at, 2)
+                for name, view in worker_view(self.sb.settings, self.stack, sorted(waiting)).items():
+                    if view["broker_node"] not in (None, dead):
+                        waiting.discard(name)
+                        on_it[name].update(reconnected_to=view["broker_node"],
+                                           reconnected_after_s=round(time.monotonic() - killed_at, 2))
+                time.sleep(0.2)
+        self._in_background(recovery)
+        self.journal.note("kill -9 node", f"node {node} ({self.cluster.name(node)}, pid {pid}), leader of "
+                                          f"{queue}; start again in {down_for:.1f}s; workers on it: "
+                                          f"{', '.join(on_it) or 'none'}", style="red", node=node, queue=queue)
+
+    def bounce_app(self, pause: float) -> None:
+        """stop_app, then start_app, of a running node other than one killed (its broker app only:
+        the Erlang node stays; its clients are disconnected and its queue replicas go offline).
+        In the background: a stop takes seconds, and workers keep being killed meanwhile."""
+        candidates = [i for i in self.cluster.nodes if i not in self.node_down and self.cluster.app_running(i)]
+        if not candidates:
+            self.journal.note("stop_app", "no other node running: skipped", style="yellow")
+            return
+        node = self.rng.choice(candidates)
+        self.counts["node_stop_app"] += 1
+        self.node_faults.append({"t": self.journal.now(), "fault": "stop_app/start_app", "node": node,
+                                 "leaders_before": self.leaders()})
+        self.journal.note("stop_app", f"node {node} ({self.cluster.name(node)}); start_app {pause:.1f}s after it stopped",
+                          style="magenta", node=node)
+
+        def bounce() -> None:
+            self.cluster.stop_app(node)
+            time.sleep(pause)
+            self.cluster.start_app(node)
+            self.journal.note("start_app", f"node {node} back", style="magenta", node=node)
+        self._in_background(bounce)
+
+    def _start_node(self, node: int, why: str) -> None:
+        self.cluster.start(node)
+        self.journal.note("node", f"started node {node} again ({self.cluster.name(node)}; {why})",
+                          style="green", node=node)
+
+    def _in_background(self, job, *args) -> None:
+        """A node fault's slow part (a node start, a stop_app) off the fault loop; its error is the run's."""
+        def run() -> None:
+            try:
+                job(*args)
+            except Exception as exc:  # noqa: BLE001 (reported as the run's error by settle_nodes)
+                self.node_errors.append(f"{getattr(job, '__name__', job)}{args}: {exc!r}")
+        thread = threading.Thread(target=run, name="chaos-node", daemon=True)
+        self.node_jobs.append(thread)
+        thread.start()
+
+    def note_leaders_after(self, force: bool = False) -> None:
+        """Each node fault's queue leaders a few seconds after it (once elections are done)."""
+        for x in self.node_faults:
+            if "leaders_after" not in x and (force or self.journal.now() - x["t"] >= 5):
+                x["leaders_after"] = self.leaders()
+
+    def settle_nodes(self, timeout: float = 180) -> list[str]:
+        """Every node fault's background job done, every killed node started again; the errors."""
+        for node in list(self.node_down):
+            del self.node_down[node]
+            self._in_background(self._start_node, node, "settle")
+        for thread in self.node_jobs:
+            thread.join(timeout)
+        return self.node_errors + [f"{t.name} still running after {timeout:.0f}s" for t in self.node_jobs if t.is_alive()]

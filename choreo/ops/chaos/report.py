@@ -25,6 +25,12 @@ class ChaosConfig:
     redis_restart: bool = True
     keep: bool = False               # keep the sandbox's folders (they are also kept when a run fails)
     workdir: Path | None = None      # default: a new temporary folder
+    # --cluster: a private three-node RabbitMQ cluster (choreo.ops.cluster), several workers per
+    # domain on a database server; node faults instead of the vhost restart.
+    cluster: bool = False
+    workers_per_domain: int = 1
+    database_server: str = ""
+    node_down_seconds: float = 5.0   # a killed node stays down this long
 
 
 @dataclass
@@ -94,6 +100,16 @@ def print_summary(console: Console, report: ChaosReport, kept: bool, workdir: Pa
         ("kills (worker / pool child)", "{kill_worker} / {kill_child}".format(**f["kills"]) if "kills" in f else None),
         ("processes that died on their own", f.get("unexpected_exits")),
         ("broker restarts / redis restarts", f"{f.get('broker_restarts')} / {f.get('redis_restarts')}"),
+        *([("node faults", "\n".join(
+            f"{x['fault']} node {x['node']}" + (f" (leader of {x['queue']})" if x.get("queue") else "")
+            + (f"; new leader seen after {x['new_leader_after_s']}s" if "new_leader_after_s" in x else "")
+            + f"; leaders moved {x.get('leaders_moved')}; next saga finished after {x.get('pause_seconds')}s"
+            + "".join(f"; {w} {v['was_on']} -> {v['reconnected_to']} after {v['reconnected_after_s']}s, "
+                      f"{v['processed_after']} processed after"
+                      for w, v in x.get("workers_failed_over", {}).items())
+            for x in f["node_faults"]))] if f.get("node_faults") else []),
+        *([("work per worker (messages handled)", ", ".join(f"{k}: {v}" for k, v in f["handled_by_worker"].items()))]
+          if f.get("handled_by_worker") else []),
         ("injected", ", ".join(f"{k}: {v}" for k, v in sorted(report.injected.items()))),
         ("duplicates absorbed (counters / logs)", f"{f.get('duplicates_absorbed')} / "
                                                   f"{f.get('duplicates_absorbed_logged')}"),

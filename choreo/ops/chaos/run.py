@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -17,13 +18,13 @@ from choreo.app.bootstrap import prepare
 from choreo.app.queries import order_states
 from choreo.domain.order import TERMINAL
 from choreo.ops.audit import run_audit
-from choreo.ops.chaos.faults import WORKERS, Faults, kill_pid
+from choreo.ops.chaos.faults import Faults, kill_pid, worker_view
 from choreo.ops.chaos.inject import Injector, OrderFeed
 from choreo.ops.chaos.report import ChaosConfig, ChaosReport, Journal, print_summary
 from choreo.ops.chaos.settle import dead_letter_figures, log_count, metrics_snapshot, settle, total
 from choreo.ops.sandbox import Sandbox
 from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
-from choreo.ops.stack import Stack, is_ours, wait_consuming
+from choreo.ops.stack import Stack, is_ours, process_names, wait_consuming
 from choreo.ops.render import outcome_table
 from choreo.ops.workload import expected_by_scenario, outcomes, terminal_count
 from config.settings import Settings
@@ -38,7 +39,15 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     console = console or Console()
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().getrandbits(32)
     journal = Journal(console)
-    sandbox = Sandbox("chaos", own_redis=True, workdir=cfg.workdir)
+    cluster = _cluster_up(cfg, console) if cfg.cluster else None
+    try:
+        sandbox = Sandbox("chaos", own_redis=True, workdir=cfg.workdir, database_server=cfg.database_server,
+                          workers_per_domain=cfg.workers_per_domain,
+                          cluster_dir=cluster.base_dir if cluster else None)
+    except Exception:
+        if cluster:
+            cluster.down(purge=True)
+        raise
     report = ChaosReport(config={k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
                          seed=seed, workdir=str(sandbox.workdir))
     if cfg.broker_restart == "node":
@@ -51,7 +60,8 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     faults = None
     try:
         sandbox.open()
-        faults = Faults(sandbox, stack, random.Random(seed), journal, cfg.broker_restart)
+        faults = Faults(sandbox, stack, random.Random(seed), journal, "none" if cluster else cfg.broker_restart,
+                        cluster)
         _run(cfg, seed, sandbox, stack, faults, journal, report)
     except ENVIRONMENT_FAILURES as exc:
         report.errors.append(f"harness: {exc!r}")
@@ -61,8 +71,26 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
         report.actions = journal.actions
         keep = cfg.keep or not report.passed
         report.errors += sandbox.close(keep)
+        if cluster:
+            cluster.down(purge=not keep)  # its nodes by pid; their data stays with a kept run
     print_summary(console, report, keep, sandbox.workdir)
     return report
+
+
+def _cluster_up(cfg: ChaosConfig, console: Console):
+    """A private cluster of its own for the run, in its folder (never the machine's node)."""
+    from choreo.ops.cluster import SPAN, Cluster
+    from choreo.ops.stack import free_port_block
+
+    base = Path(tempfile.mkdtemp(prefix="choreo-chaos-cluster-", dir=cfg.workdir))
+    cluster = Cluster(base, tag="chaos", base_port=free_port_block(SPAN) + 1)  # never a user's cluster's ports
+    try:
+        cluster.up()
+    except Exception:
+        cluster.down(purge=True)
+        raise
+    console.print(f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {base}")
+    return cluster
 
 
 def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journal: Journal,
@@ -70,10 +98,11 @@ def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journa
     settings = sb.settings
     prepare(settings)
     topology(settings).declare()
-    for name in ["users", *WORKERS]:
+    processes = ["users", *faults.workers]
+    for name in processes:
         faults.start(name)
-    wait_consuming(settings, stack, ["users", *WORKERS], 120, start=faults.start)
-    journal.note("stack", "users + 5 workers consuming", style="green")
+    wait_consuming(settings, stack, processes, 120, start=faults.start)
+    journal.note("stack", f"users + {len(faults.workers)} workers consuming", style="green")
 
     rng = random.Random(seed ^ 0x5EED)
     feed, injector, t0 = _inject(cfg, seed, settings, faults, journal, rng)
@@ -88,11 +117,13 @@ def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journa
         report.errors.append("a forged payment.completed sent with the operator's credentials was not refused "
                              "by the broker's topic permissions")
 
-    # Settle: every worker back, then wait for terminal orders, drained outboxes, idle queues.
+    # Settle: every node and worker back, then wait for terminal orders, drained outboxes, idle queues.
+    if faults.cluster:
+        report.errors += faults.settle_nodes()
     for name in list(faults.restart_due):
         faults.restart_due.pop(name)
         faults.start(name, "settle")
-    wait_consuming(settings, stack, ["users", *WORKERS], 120, start=faults.start)
+    wait_consuming(settings, stack, processes, 120, start=faults.start)
     ids = [o for o, _ in feed.sent]
     states = settle(settings, sb.vhost, ids, time.monotonic() + cfg.settle_timeout, journal)
     settled_at = time.monotonic()
@@ -103,6 +134,8 @@ def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journa
     _conclude(settings, feed.sent, states, faults, stack, report)
     report.figures.update(injection_seconds=round(injection_end - t0, 1),
                           settle_seconds=round(settled_at - injection_end, 1))
+    if faults.cluster:
+        report.figures.update(_cluster_figures(settings, faults, feed.progress))
 
 
 def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, journal: Journal,
@@ -118,12 +151,17 @@ def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, jou
     t0 = time.monotonic()
     one_offs = {
         "poison": t0 + rng.uniform(0.15, 0.3) * window,
-        "broker": t0 + rng.uniform(0.3, 0.45) * window if cfg.broker_restart != "none" else None,
+        "broker": t0 + rng.uniform(0.3, 0.45) * window if faults.broker_mode != "none" else None,
         "redis": t0 + rng.uniform(0.55, 0.75) * window if cfg.redis_restart else None,
+        # A cluster: the busiest queue's leader node dies while orders flow; later another node's app stops.
+        "node_kill": t0 + rng.uniform(0.3, 0.45) * window if faults.cluster else None,
+        "stop_app": t0 + rng.uniform(0.75, 0.9) * window if faults.cluster else None,
     }
     bursts = [t0 + window * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
     next_kill, next_look = t0 + cfg.kill_every, 0.0
     feed.start()
+    feed.progress = Progress(settings, journal, feed)
+    feed.progress.start()
     journal.note("orders", f"publishing {cfg.orders} orders over {window:.0f}s (mix {DEFAULT_MIX})")
     try:
         while time.monotonic() - t0 < cfg.duration:
@@ -142,20 +180,100 @@ def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, jou
                         injector.poison()
                     elif what == "broker":
                         faults.restart_broker()
+                    elif what == "node_kill":
+                        faults.kill_leader_node(cfg.node_down_seconds)
+                    elif what == "stop_app":
+                        faults.bounce_app(rng.uniform(1.0, 3.0))
                     else:
                         faults.restart_redis(lambda: metrics_snapshot(settings))
             if bursts and now >= bursts[0]:
                 bursts.pop(0)
                 injector.burst()
             faults.tend()
+            if faults.cluster:
+                faults.note_leaders_after()
             time.sleep(0.1)
         # Publishing is paced to end by half-time; a slow broker may stretch it: let it finish.
         feed.join(timeout=cfg.settle_timeout)
     finally:
         feed.stop_event.set()
         feed.join(timeout=30)
+        feed.progress.stop()
         injector.close()
     return feed, injector, t0
+
+
+class Progress(threading.Thread):
+    """Sagas finishing over time: (journal seconds, terminal orders, orders sent) every `every` s,
+    to tell how long sagas stopped finishing after a fault."""
+
+    def __init__(self, settings: Settings, journal: Journal, feed: OrderFeed, every: float = 0.25) -> None:
+        super().__init__(name="chaos-progress", daemon=True)
+        self.settings, self.journal, self.feed, self.every = settings, journal, feed, every
+        self.samples: list[tuple[float, int, int]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        from sqlmodel import Session, func, select
+
+        from choreo.infra.db import engine_for
+        from models.tables import OrderView
+
+        q = select(func.count()).select_from(OrderView).where(OrderView.state.in_(list(TERMINAL)))
+        while not self.halt.wait(self.every):
+            sent = len(self.feed.sent)
+            try:
+                with Session(engine_for(self.settings, "order")) as s:
+                    self.samples.append((self.journal.now(), s.execute(q).scalar_one(), sent))
+            except SQLAlchemyError:
+                pass  # a gap in the samples, not a failure of the run
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
+
+    def longest_stall(self) -> float:
+        """The longest time no saga finished while some were open."""
+        longest, since = 0.0, None
+        previous = -1
+        for when, done, sent in self.samples:
+            if done > previous or done >= sent:
+                since = when  # progress, or nothing open: no stall
+            previous = done
+            longest = max(longest, when - since)
+        return round(longest, 2)
+
+    def pause_after(self, t: float) -> float | None:
+        """Seconds from `t` until the next saga finished (None: none finished after it)."""
+        at_t = next((done for when, done, _ in reversed(self.samples) if when <= t), 0)
+        later = next((when for when, done, _ in self.samples if when > t and done > at_t), None)
+        return None if later is None else round(later - t, 2)
+
+
+def _cluster_figures(settings: Settings, faults: Faults, progress: Progress) -> dict:
+    """Each node fault: which queue leaders moved, how long sagas stopped finishing after it, and
+    where the workers that consumed from a killed node are now; who did the work."""
+    faults.note_leaders_after(force=True)
+    now = worker_view(settings, faults.stack, faults.workers)
+    node_faults = []
+    for x in faults.node_faults:
+        moved = {q: f"{a}->{x['leaders_after'].get(q)}" for q, a in x["leaders_before"].items()
+                 if a != x["leaders_after"].get(q)}
+        # A worker that was on the killed node, not killed itself since (same pid): where it consumes
+        # now and what it processed after the kill.
+        failed_over = {name: {"was_on": v["broker_node"], "reconnected_to": v.get("reconnected_to"),
+                              "reconnected_after_s": v.get("reconnected_after_s"),
+                              "processed_after": now[name]["handled"] - v["handled"]}
+                       for name, v in x.get("workers_on_node", {}).items()
+                       if name in now and now[name]["pid"] == v["pid"]}
+        node_faults.append({**{k: v for k, v in x.items() if k != "workers_on_node"}, "leaders_moved": moved,
+                            "pause_seconds": progress.pause_after(x["t"]), "workers_failed_over": failed_over})
+    return {"node_faults": node_faults, "node_kills": faults.counts["node_kill"],
+            "node_stop_apps": faults.counts["node_stop_app"],
+            # over the run: before each kill of it (a kill resets its counters) and since its last start
+            "handled_by_worker": {name: faults.handled_before_kills[name] + now.get(name, {}).get("handled", 0)
+                                  for name in faults.workers},
+            "longest_stall_seconds": progress.longest_stall()}
 
 
 def _conclude(settings: Settings, sent: list[tuple[str, str]], states: dict, faults: Faults, stack,
@@ -192,7 +310,7 @@ def _conclude(settings: Settings, sent: list[tuple[str, str]], states: dict, fau
 
 def _stop_all(stack, faults: Faults | None, journal: Journal) -> None:
     """Stop every process of the run (in parallel: each may take a few seconds to shut down warm)."""
-    names = ["users", *WORKERS]
+    names = [n for n in process_names(stack.settings) if n != "flower"]
     threads = [threading.Thread(target=stack.stop, args=(n,)) for n in names]
     for t in threads:
         t.start()

@@ -20,9 +20,10 @@ from config.settings import DOMAINS, Settings
 from models.tables import DeadLetter
 
 
-def _busy_queues(vhost: str) -> dict[str, int]:
+def _busy_queues(settings: Settings, vhost: str) -> dict[str, int]:
     """Queues (not DLQs) holding messages, ready or unacknowledged (a passive declare sees only ready)."""
-    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers")
+    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers",
+                      cluster_dir=settings.broker_cluster_dir)
     busy = {}
     for line in out.splitlines():
         parts = line.split()
@@ -40,7 +41,7 @@ def settle(settings: Settings, vhost: str, order_ids: list[str], deadline: float
         states = order_states(settings, order_ids)
         open_orders = [o for o in order_ids if states.get(o, ("MISSING",))[0] not in TERMINAL]
         unsent = unsent_total(settings) if not open_orders else None
-        busy = _busy_queues(vhost) if not open_orders and not unsent else None
+        busy = _busy_queues(settings, vhost) if not open_orders and not unsent else None
         if not open_orders and not unsent and not busy:
             calm += 1
             if calm >= 2:

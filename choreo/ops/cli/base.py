@@ -59,6 +59,7 @@ COMMANDS = {
     **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "topology", "breakers", "projections", "audit")},
     "dlq": "choreo.ops.cli.dlq:dlq",
     "broker": "choreo.ops.cli.broker:broker",
+    "cluster": "choreo.ops.cli.cluster:cluster",
     "chaos": "choreo.ops.cli.chaos:chaos",
     "ask": "choreo.ops.cli.ask:ask",
     "trace": "choreo.ops.cli.trace:trace",

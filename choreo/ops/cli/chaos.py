@@ -10,6 +10,8 @@ import click
 from choreo.ops.chaos import ChaosConfig, run_chaos
 from choreo.ops.cli.base import console, err, fail
 
+DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
+
 
 @click.command()
 @click.option("--orders", default=1000, show_default=True, help="Orders to place while faults are injected.")
@@ -22,15 +24,30 @@ from choreo.ops.cli.base import console, err, fail
 @click.option("--keep", is_flag=True, help="Keep the run's folder (data, logs) afterwards; kept anyway on failure.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Folder for the run (default: a new temp folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (progress goes to stderr).")
+@click.option("--cluster", is_flag=True,
+              help="On a private three-node RabbitMQ cluster of its own, two workers per domain on PostgreSQL: "
+                   "kill -9 of the node leading the busiest queue, stop_app/start_app of another.")
+@click.option("--workers", type=click.IntRange(1, 4), default=None,
+              help="Workers per domain (default 1; 2 with --cluster). More than 1 needs --database-server.")
+@click.option("--database-server", default=None, metavar="URL",
+              help="PostgreSQL server for the run's databases (default SQLite; with --cluster "
+                   "postgresql://postgres:postgres@127.0.0.1:5432).")
 def chaos(orders: int, duration: float, kill_every: float, seed: int | None, broker_restart: str,
-          settle_timeout: float, keep: bool, workdir: str | None, as_json: bool) -> None:
+          settle_timeout: float, keep: bool, workdir: str | None, as_json: bool, cluster: bool,
+          workers: int | None, database_server: str | None) -> None:
     """Place orders while killing workers, restarting the broker and Redis, injecting duplicates
     and poison; then wait for the system to settle and audit it. Exits 1 on any violation."""
     if orders < 1 or duration <= 0 or kill_every <= 0:
         fail("--orders, --duration and --kill-every must be positive")
+    workers = workers or (2 if cluster else 1)
+    if database_server is None:
+        database_server = DEFAULT_DATABASE_SERVER if cluster else ""
+    if workers > 1 and not database_server:
+        fail(f"--workers {workers} needs --database-server (PostgreSQL): SQLite serves one process per file")
     report = run_chaos(ChaosConfig(orders=orders, duration=duration, kill_every=kill_every, seed=seed,
                                    broker_restart=broker_restart, settle_timeout=settle_timeout, keep=keep,
-                                   workdir=Path(workdir) if workdir else None),
+                                   workdir=Path(workdir) if workdir else None, cluster=cluster,
+                                   workers_per_domain=workers, database_server=database_server),
                        console=err if as_json else console)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, default=str))

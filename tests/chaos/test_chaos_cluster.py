@@ -1,0 +1,70 @@
+"""Broker nodes die under load: one CI-sized `choreo chaos --cluster` run. A private three-node
+RabbitMQ cluster of its own (choreo.ops.cluster: own node names, ports, folders, cookie and
+epmd), two workers per domain on PostgreSQL; while 300 orders of every path flow, the node that
+leads the busiest domain queue is killed -9 and started again, another node's app is stopped and
+started, and workers are killed as in the single-node run. Then the audit."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from choreo.ops import cluster as rabbit_cluster
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420),
+              pytest.mark.skipif(not rabbit_cluster.available(), reason="rabbitmq-server and epmd are not installed")]
+
+CLUSTER_RUN = {"orders": 300, "duration": 70.0, "kill_every": 6.0, "settle_timeout": 150.0, "cluster": True,
+               "workers_per_domain": 2, "node_down_seconds": 5.0,
+               "database_server": os.environ.get("CHOREO_TEST_DATABASE_SERVER",
+                                                 "postgresql://postgres:postgres@127.0.0.1:5432")}
+
+
+@pytest.fixture(scope="module")
+def cluster_report():
+    from rich.console import Console
+
+    from choreo.ops.chaos import ChaosConfig, run_chaos
+
+    seed = int(os.environ["CHOREO_CHAOS_SEED"]) if os.environ.get("CHOREO_CHAOS_SEED") else None
+    return run_chaos(ChaosConfig(seed=seed, **CLUSTER_RUN), console=Console(width=140, force_terminal=False))
+
+
+def _why(report) -> str:
+    failed = {c["name"]: dict(list(c["problems"].items())[:5]) for c in report.audit if not c["passed"]}
+    return (f"seed {report.seed}, kept in {report.workdir}: errors {report.errors}; failed checks {failed}; "
+            f"wrong outcomes {report.mismatches}; unsettled {len(report.unsettled)}; "
+            f"node faults {report.figures.get('node_faults')}")
+
+
+def test_all_300_orders_end_where_their_data_asked_and_the_audit_is_green(cluster_report):
+    assert cluster_report.passed and cluster_report.violations == 0, _why(cluster_report)
+    f = cluster_report.figures
+    assert f["orders_placed"] == 300 and sum(f["terminal"].values()) == 300, _why(cluster_report)
+    assert cluster_report.mismatches == 0 and not cluster_report.missing, _why(cluster_report)
+
+
+def test_the_leader_node_died_and_its_queue_got_a_new_leader(cluster_report):
+    f = cluster_report.figures
+    assert f["node_kills"] == 1 and f["node_stop_apps"] == 1, _why(cluster_report)
+    kill = next(x for x in f["node_faults"] if x["fault"] == "kill -9")
+    assert kill["queue"] in kill["leaders_moved"], _why(cluster_report)  # it led that queue: someone else does
+    assert not kill["leaders_moved"][kill["queue"]].endswith(f"->{kill['node']}")
+    assert kill["pause_seconds"] is not None  # sagas finished again after it
+
+
+def test_a_worker_on_the_killed_node_reconnected_to_another_and_kept_consuming(cluster_report):
+    kill = next(x for x in cluster_report.figures["node_faults"] if x["fault"] == "kill -9")
+    moved = kill["workers_failed_over"]
+    assert moved, _why(cluster_report)  # some worker consumed from that node and was not killed since
+    for name, w in moved.items():  # seen on another node while the killed one was down, then working
+        assert w["reconnected_to"] and w["reconnected_to"] != w["was_on"], (name, w)
+        assert w["reconnected_after_s"] < 60, (name, w)
+    assert any(w["processed_after"] > 0 for w in moved.values()), moved
+
+
+def test_both_workers_of_every_domain_got_work(cluster_report):
+    handled = cluster_report.figures["handled_by_worker"]
+    domains = ("order", "payment", "inventory", "shipment", "notification")
+    assert set(handled) == {f"worker-{d}" for d in domains} | {f"worker-{d}-2" for d in domains}
+    assert all(n > 0 for n in handled.values()), handled  # competing consumers: each one took its share
