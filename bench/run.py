@@ -43,7 +43,7 @@ def measure(arm: str, n: int, quick: bool, **kw) -> dict:
         return run_choreo(n, database="sqlite", extra_env=DARK, **lat, **kw)
     if arm in CLUSTER_ARMS:  # a private three-node cluster (started once by main), PostgreSQL
         from bench.choreo_arm import run_choreo
-        return run_choreo(n, database="postgresql", cluster=CLUSTER["cluster"], workers=CLUSTER_ARMS[arm], **lat, **kw)
+        return run_choreo(n, database="postgresql", cluster=cluster_for_arms(), workers=CLUSTER_ARMS[arm], **lat, **kw)
     if arm == "naive":
         from bench.naive import run_naive
         return run_naive(n, **lat, **kw)
@@ -59,23 +59,14 @@ CLUSTER_ARMS = {"cluster-1w": 1, "cluster-2w": 2}  # arm -> workers per domain
 CLUSTER: dict = {}  # "cluster": the running choreo.ops.cluster.Cluster of a --cluster bench
 
 
-def start_cluster():
-    """A private three-node cluster for the cluster arms, on free loopback ports; stopped by main."""
-    import tempfile
-
-    from choreo.ops.cluster import SPAN, Cluster
-    from choreo.ops.stack import free_port_block
-
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="choreo-bench-cluster-")), tag="bench",
-                      base_port=free_port_block(SPAN) + 1)
-    log(f"starting a private 3-node RabbitMQ cluster in {cluster.base_dir}")
-    try:
-        cluster.up()
-    except Exception:
-        cluster.down(purge=True)
-        raise
-    CLUSTER["cluster"] = cluster
-    return cluster
+def cluster_for_arms():
+    """The private three-node cluster of the cluster arms: started at the first one's turn (not
+    idling through the single-node arms before it), stopped by main."""
+    if "cluster" not in CLUSTER:
+        from choreo.ops.sandbox import private_cluster
+        log("starting a private 3-node RabbitMQ cluster")
+        CLUSTER["cluster"] = private_cluster("bench")
+    return CLUSTER["cluster"]
 
 
 def foreign_load(r: dict) -> float:
@@ -131,7 +122,8 @@ def row_figures(r: dict) -> dict:
         "processes": (mem or {}).get("processes"),
         "cpu_s_per_saga": thr["cpu_s_per_saga"],
         "foreign_cores": r.get("foreign_cores", thr["cpu"].get("foreign_cores")), "broker_cpu_s_per_saga":
-            (thr["cpu"].get("broker") or 0) / (thr.get("orders") or thr.get("sagas")),
+            # one broker, or a cluster's nodes (broker-n1..n3)
+            sum(v or 0 for k, v in thr["cpu"].items() if k.startswith("broker")) / (thr.get("orders") or thr.get("sagas")),
     }
 
 
@@ -377,7 +369,6 @@ def main() -> int:
         ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, *CLUSTER_ARMS))}")
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     path = RESULTS / f"bench-{stamp}.json"
-    cluster = start_cluster() if any(arm in CLUSTER_ARMS for arm in arms) else None
     try:
         for rep in range(repeats):
             for arm in arms:
@@ -388,8 +379,8 @@ def main() -> int:
                 doc["runs"] = runs
                 path.write_text(json.dumps(doc, indent=1, default=str))
     finally:
-        if cluster:
-            cluster.down(purge=True)
+        if "cluster" in CLUSTER:
+            CLUSTER.pop("cluster").down(purge=True)
     summ = build_summary(runs)
     doc["summary"] = summ
     print()

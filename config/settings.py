@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # its cookie, instead of this machine's own node.
     broker_cluster_dir: str = ""
     # Competing consumers: how many workers `choreo up` runs per domain (each on the domain's queue).
-    workers_per_domain: int = Field(1, ge=1, le=16)
+    workers_per_domain: int = Field(1, ge=1, le=8)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key choreo writes starts with this, so test runs never see each other.
     redis_prefix: str = "choreo"
@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     flower_port: int = 5555
 
     # Observability. Every long-running process answers /health, /ready, /metrics and /breakers
-    # on loopback: domain workers on health_port_base + HEALTH_PORT_OFFSETS[domain], the user
+    # on loopback: domain workers on health_port_base + HEALTH_PORT_OFFSETS[domain] (a domain's
+    # i-th worker (i-1) * len(HEALTH_PORT_OFFSETS) higher), the user
     # service on its own port. Prometheus (started by `choreo up`) listens on prometheus_port.
     health_port_base: int = Field(9100, ge=0, le=65000)
     # Loopback by default; a container sets 0.0.0.0 so its compose neighbour Prometheus can scrape it.

@@ -5,7 +5,7 @@ import random
 
 from celery import Celery
 
-from choreo.messaging.access import service_url, user_name
+from choreo.messaging.access import broker_urls, service_url, user_name
 from config.settings import Settings
 from consumers.registry import topology
 from tasks.adapter import register_domain
@@ -21,8 +21,8 @@ class ChoreoApp(Celery):
         # Who it is on the broker: a domain as itself, Flower as flower, any client as the operator.
         self.service = service or domain or ("flower" if name == "flower" else "operator")
         # A cluster's nodes in this process's own order: kombu starts on the first, so the
-        # processes spread over the nodes (shuffle picks the next on a failure).
-        nodes = service_url(settings, self.service).split(";")
+        # processes spread over the nodes, and on a failure goes round that order.
+        nodes = broker_urls(service_url(settings, self.service))
         super().__init__(f"choreo.{name}", broker=";".join(random.sample(nodes, len(nodes))), set_as_current=False)
         self.settings = settings
         self.domain: str | None = domain
@@ -58,7 +58,7 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         # A cluster's nodes (broker_url "a;b;c"): each process starts on a random one and, when
         # its node goes, reconnects to the next (kombu's failover); the broker redelivers what
         # was unacked, the outbox relay and the burst's requeue re-send what was unconfirmed.
-        broker_failover_strategy="shuffle",
+        broker_failover_strategy="round-robin",
         task_default_delivery_mode="persistent",
         task_create_missing_queues=False,
         # A client app routes nothing by default: its default queue is the unrouted one, declared

@@ -2,8 +2,8 @@
 gauges read at scrape time, and the tracer's flush at shutdown.
 
 One listener per worker process (a worker is one process: Celery's solo pool), on loopback at
-settings.health_port(domain). Started in the worker's main process after any fork, like the
-tracer (tasks.runtime builds it on first use in the process that consumes).
+settings.health_port(domain, index) (index: which of the domain's workers). Started in the
+worker's main process after any fork, like the tracer (tasks.runtime builds it on first use in the process that consumes).
 """
 from __future__ import annotations
 

@@ -244,6 +244,10 @@ def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
     broker_cluster_dir the one in that folder (`choreo cluster up` writes it: a node of that
     private cluster, with its cookie)."""
     doc = definitions(settings, hears)
+    if len(broker_urls(settings.broker_url)) > 1 and not (settings.broker_cluster_dir or settings.broker_admin_api):
+        # Else the local rabbitmqctl would set up this machine's own node, not the listed cluster.
+        raise SetupFailed("broker_url lists several nodes: set CHOREO_BROKER_CLUSTER_DIR (a `choreo cluster up` "
+                          "folder) or CHOREO_BROKER_ADMIN_API (one node's management API) to set them up")
     if settings.broker_admin_api or not (settings.broker_cluster_dir or shutil.which("rabbitmqctl")):
         # A broker elsewhere (a container): its management API, by default on its host's 15672.
         host = urlsplit(broker_urls(settings.broker_url)[0]).hostname or "127.0.0.1"

@@ -208,7 +208,9 @@ class Topology:
                     f"{queue.name} holds {held} message(s) and was declared by an older choreo ({exc}); replay or "
                     f"move them (choreo dlq list), then delete it (rabbitmqctl delete_queue {queue.name}) and run "
                     f"choreo broker setup again") from None
-            log.warning("re-creating empty %s with its replay route (%s)", queue.name, exc)
+            log.warning("re-creating empty %s as this choreo declares it (%s)", queue.name, exc)
+            # Not if_empty: quorum queues refuse that flag (540); the window since the passive look is
+            # a round trip, and this runs at set-up, before this choreo's workers start.
             channel.queue_delete(queue.name)
             queue(channel).declare()
         finally:

@@ -307,7 +307,7 @@ class Cluster:
         def stop(i: int) -> list[int]:
             if (pid := self.pid(i)) is None:
                 return []
-            with suppress(subprocess.TimeoutExpired):
+            with suppress(subprocess.TimeoutExpired, ClusterError):  # hung, or died meanwhile: SIGKILL below
                 self.ctl("stop", node=i, check=False, timeout=timeout)
             self._gone([pid], timeout, 0, signal.SIGKILL)  # its own stop first, SIGKILL if it hangs
             return [pid]

@@ -77,7 +77,10 @@ def vhost(settings: Settings) -> str:
 
 
 def rabbitmq_target(settings: Settings, timeout: float = 0.5) -> str | None:
-    """host:port of RabbitMQ's prometheus plugin if it answers now (it is never enabled from here)."""
+    """host:port of RabbitMQ's prometheus plugin if it answers now (it is never enabled from here).
+    None on a private cluster: that port would be this machine's own node, not the cluster."""
+    if settings.broker_cluster_dir:
+        return None
     host = urlsplit(broker_urls(settings.broker_url)[0]).hostname or "127.0.0.1"
     target = f"[{host}]:{RABBITMQ_PROMETHEUS_PORT}" if ":" in host else f"{host}:{RABBITMQ_PROMETHEUS_PORT}"
     try:

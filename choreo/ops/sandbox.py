@@ -31,6 +31,24 @@ AMQP_BASE = os.environ.get("CHOREO_SANDBOX_AMQP", "amqp://guest:guest@127.0.0.1:
 SHARED_REDIS = os.environ.get("CHOREO_SANDBOX_REDIS", "redis://127.0.0.1:6379/0")
 
 
+def private_cluster(tag: str, parent: Path | str | None = None) -> Cluster:
+    """A private three-node RabbitMQ cluster of its own, up, in a new folder (under `parent`) on
+    free loopback ports (never a user's `choreo cluster up` ports): the chaos run's and the
+    bench's. Taken down and removed if it fails or is interrupted on its way up."""
+    from choreo.ops.cluster import SPAN
+
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix=f"choreo-{tag}-cluster-", dir=parent)), tag=tag,
+                      base_port=free_port_block(SPAN) + 1)
+    try:
+        cluster.up()
+    except BaseException:  # a Ctrl-C during the half minute it takes too: no nodes left behind
+        cluster.down(purge=True)
+        raise
+    return cluster
+
+
 class Sandbox:
     """`tag` names the run's resources (choreo-<tag>-<id>). With `own_redis`, a redis-server is
     started on a free port (the chaos harness kills it); otherwise keys go under the run's prefix
@@ -69,8 +87,8 @@ class Sandbox:
             "run_dir": self.workdir / "run",
             "user_service_port": free_port(),
             "flower_port": free_port(),
-            # Room for 4 workers per domain (each further worker a block higher: Settings.health_port).
-            "health_port_base": free_port_block(4 * len(HEALTH_PORT_OFFSETS)),
+            # Room for 8 workers per domain (each further worker a block higher: Settings.health_port).
+            "health_port_base": free_port_block(8 * len(HEALTH_PORT_OFFSETS)),
             "prometheus_port": free_port(),
             "database_server": database_server,
             "database_prefix": self.database_prefix,

@@ -107,9 +107,11 @@ def free_port_block(size: int, tries: int = 200) -> int:
     Below the kernel's ephemeral range: an outgoing connection never takes such a port, so a
     process killed and started again (a broker node, Redis, a worker) finds its port free."""
     import random
-    high = _ephemeral_low() - size - 1
+    low, high = 10000, _ephemeral_low() - size - 1
+    if high <= low:  # an unusual kernel range that starts low: above it instead
+        low, high = 61000, 65535 - size
     for _ in range(tries):
-        base = random.randrange(10000, high)
+        base = random.randrange(low, high)
         socks = []
         try:
             for port in range(base + 1, base + size + 1):
@@ -237,10 +239,13 @@ def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: 
     """Until every worker among `names` has a consumer on its queue and every one of `names`
     runs; with `start`, (re)start by it what is not running meanwhile. RuntimeError on timeout."""
     deadline = time.monotonic() + timeout
-    wanted: dict[str, int] = {}  # queue -> consumers it must have: one per worker of its domain in `names`
-    for name in names:
+    # queue -> consumers it must have: one per worker of its domain that is in `names` or runs
+    # (a second worker started beside a running first one is waited for too)
+    wanted: dict[str, int] = {}
+    domains = {worker_of(n)[0] for n in names if worker_of(n)}
+    for name in set(names) | {n for n in process_names(settings) if stack.pid(n)}:
         worker = worker_of(name)
-        if worker:
+        if worker and worker[0] in domains:
             queue = f"{settings.namespace}.{worker[0]}"
             wanted[queue] = wanted.get(queue, 0) + 1
     while True:

@@ -48,15 +48,19 @@ def test_the_leader_node_died_and_its_queue_got_a_new_leader(cluster_report):
     f = cluster_report.figures
     assert f["node_kills"] == 1 and f["node_stop_apps"] == 1, _why(cluster_report)
     kill = next(x for x in f["node_faults"] if x["fault"] == "kill -9")
-    assert kill["queue"] in kill["leaders_moved"], _why(cluster_report)  # it led that queue: someone else does
-    assert not kill["leaders_moved"][kill["queue"]].endswith(f"->{kill['node']}")
+    # It led that queue; a few seconds later another node does (seen by the harness within 60 s).
+    assert 0 < kill["new_leader_after_s"] < 60, _why(cluster_report)
+    moved = kill["leaders_moved"][kill["queue"]]
+    assert moved.startswith(f"{kill['node']}->") and moved.split("->")[1] not in ("None", str(kill["node"])), moved
     assert kill["pause_seconds"] is not None  # sagas finished again after it
 
 
-def test_a_worker_on_the_killed_node_reconnected_to_another_and_kept_consuming(cluster_report):
-    kill = next(x for x in cluster_report.figures["node_faults"] if x["fault"] == "kill -9")
-    moved = kill["workers_failed_over"]
-    assert moved, _why(cluster_report)  # some worker consumed from that node and was not killed since
+def test_a_worker_on_a_faulted_node_reconnected_to_another_and_kept_consuming(cluster_report):
+    # The workers on the killed node, and on the node whose app stopped (each process picks its
+    # node at random: that neither had one is a (2/3)^20 chance).
+    moved = {f"{x['fault']}: {name}": w for x in cluster_report.figures["node_faults"]
+             for name, w in x["workers_failed_over"].items()}
+    assert moved, _why(cluster_report)
     for name, w in moved.items():  # seen on another node while the killed one was down, then working
         assert w["reconnected_to"] and w["reconnected_to"] != w["was_on"], (name, w)
         assert w["reconnected_after_s"] < 60, (name, w)

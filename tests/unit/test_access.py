@@ -146,7 +146,10 @@ def test_a_cluster_url_list_keeps_every_node_and_swaps_the_user_on_each(settings
     app = make_app("payment", cluster)
     alternates = app.connection_for_write().alt
     assert sorted(a.rsplit("@", 1)[1] for a in alternates) == sorted(u.rsplit("@", 1)[1] for u in urls)
-    assert app.conf.broker_failover_strategy == "shuffle"
+    assert app.conf.broker_failover_strategy == "round-robin"
+    # Each process starts on a node of its own drawing: the workers spread over the cluster.
+    firsts = {make_app("payment", cluster).connection_for_write().host for _ in range(30)}
+    assert len(firsts) > 1
     with pytest.raises(ValueError, match="empty"):
         access.broker_urls(" ; ")
 

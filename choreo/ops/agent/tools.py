@@ -310,7 +310,8 @@ def catalog() -> list[Tool]:
              "confirm or refuse.",
              _obj({"domain": DOMAIN, "event_ids": {"type": "array", "items": {"type": "string"}},
                    "why": {"type": "string"}}, ("domain",)), propose_replay),
-        Tool("propose_start", "Propose starting a stopped process (worker-<domain>, users, flower). This does "
+        Tool("propose_start", "Propose starting a stopped process (worker-<domain>, worker-<domain>-<i> for a domain's further "
+             "workers, users, flower). This does "
              "NOT start it: it says what starting would do, for the operator to confirm or refuse.",
              _obj({"process": {"type": "string"}, "why": {"type": "string"}}, ("process",)), propose_start),
     ]

@@ -28,14 +28,14 @@ def worker_view(settings, stack: Stack, names: list[str]) -> dict[str, dict]:
     for name in names:
         domain, index = worker_of(name)
         base = settings.health_url(domain, index)
-        try:
-            ready = httpx.get(base + "/ready", timeout=5).json()
-            text = httpx.get(base + "/metrics", timeout=5).text
+        try:  # a worker being killed or restarted: not in the view (the parser is lazy: inside)
+            ready = httpx.get(base + "/ready", timeout=5, trust_env=False).json()
+            text = httpx.get(base + "/metrics", timeout=5, trust_env=False).text
+            handled = sum(sample.value for family in text_string_to_metric_families(text)
+                          if family.name == "service_request" for sample in family.samples
+                          if sample.name == "service_request_total" and sample.labels.get("outcome") == "processed")
         except (httpx.HTTPError, ValueError):
             continue
-        handled = sum(sample.value for family in text_string_to_metric_families(text)
-                      if family.name == "service_request" for sample in family.samples
-                      if sample.name == "service_request_total" and sample.labels.get("outcome") == "processed")
         out[name] = {"pid": stack.pid(name), "broker_node": ready.get("broker_node"), "handled": int(handled)}
     return out
 
@@ -63,6 +63,7 @@ class Faults:
         self.node_faults: list[dict] = []       # what each node fault did, for the report
         self.handled_before_kills: Counter = Counter()  # worker -> messages it processed before kills
         self.node_jobs: list[threading.Thread] = []
+        self.restarting: set[int] = set()       # nodes killed and being started again
         self.node_errors: list[str] = []
         self.rng = rng
         self.journal = journal
@@ -80,7 +81,8 @@ class Faults:
         return pid
 
     def kill_random_worker(self) -> None:
-        # The workers that consumed from a killed node are left alone: their failover is observed.
+        # The workers that consumed from a faulted node are never killed: their failover is observed
+        # (and compared at the end, same pid).
         watched = {name for x in self.node_faults for name in x.get("workers_on_node", {})}
         candidates = [n for n in self.workers if n not in self.restart_due and n not in watched and self.stack.pid(n)]
         if not candidates:
@@ -117,6 +119,7 @@ class Faults:
         for node, due in list(self.node_down.items()):
             if now >= due:
                 del self.node_down[node]
+                self.restarting.add(node)  # until it runs again: no other node is stopped meanwhile
                 self._in_background(self._start_node, node, "after kill")
         for name in ["users", *self.workers]:
             if name not in self.restart_due and self.stack.pid(name) is None:
@@ -128,10 +131,11 @@ class Faults:
     def restart_broker(self) -> None:
         vhost = self.sb.vhost
         if self.broker_mode == "vhost":
-            out = rabbitmqctl("close_all_connections", "-p", vhost, "chaos: broker restart")
+            on = self.sb.settings.broker_cluster_dir  # never this machine's node when the run has a cluster
+            out = rabbitmqctl("close_all_connections", "-p", vhost, "chaos: broker restart", cluster_dir=on)
             # restart_vhost restarts a vhost whose stores failed; on a healthy vhost RabbitMQ
             # 3.10 answers "already running": the forced disconnect above is the real fault.
-            out += rabbitmqctl("restart_vhost", "-p", vhost)
+            out += rabbitmqctl("restart_vhost", "-p", vhost, cluster_dir=on)
             self.journal.note("broker", f"closed every connection of vhost {vhost}, restart_vhost: "
                                         f"{' '.join(out.split())[:160]}", style="magenta", mode="vhost")
         elif self.broker_mode == "node":
@@ -187,14 +191,37 @@ class Faults:
         ranked = sorted((q for q in depths if q in domain_queues), key=lambda q: -depths[q])
         return ranked[0] if ranked else f"{self.sb.settings.namespace}.payment"
 
+    def _on_node(self, node: int) -> tuple[str, dict[str, dict]]:
+        """The node's AMQP address and the workers consuming from it now."""
+        address = f"127.0.0.1:{self.cluster.ports(node)['amqp']}"
+        return address, {name: view for name, view in worker_view(self.sb.settings, self.stack, self.workers).items()
+                         if view["broker_node"] == address}
+
+    def _watch(self, fault: dict, since: float, address: str, queue: str | None = None) -> None:
+        """In the background: how long `queue` had no leader off the faulted node, and where each
+        worker that was on it went (the first look that names another node); bounded by 60 s.
+        A leader look is a rabbitmqctl run (a second or two here): paced, the workers' /ready cheap."""
+        waiting, node = set(fault["workers_on_node"]), fault["node"]
+        next_look = 0.0
+        while time.monotonic() < since + 60 and (waiting or (queue and "new_leader_after_s" not in fault)):
+            if queue and "new_leader_after_s" not in fault and time.monotonic() >= next_look:
+                if self.leaders()[queue] not in (None, node):
+                    fault["new_leader_after_s"] = round(time.monotonic() - since, 2)
+                next_look = time.monotonic() + 1.0
+            for name, view in worker_view(self.sb.settings, self.stack, sorted(waiting)).items():
+                if view["broker_node"] not in (None, address):
+                    waiting.discard(name)
+                    fault["workers_on_node"][name].update(reconnected_to=view["broker_node"],
+                                                          reconnected_after_s=round(time.monotonic() - since, 2))
+            time.sleep(0.2)
+
     def kill_leader_node(self, down_for: float) -> None:
         """kill -9 the node that leads the busiest domain queue; start it again after `down_for` s.
-        The workers consuming from that node then are noted: each must come back on another."""
+        The workers consuming from it are watched (and never killed): each must reconnect elsewhere."""
         queue = self.busiest_queue()
         before = self.leaders()
         node = before[queue] or 1  # not known: the first node (where the set-up declared the queues)
-        on_it = {name: view for name, view in worker_view(self.sb.settings, self.stack, self.workers).items()
-                 if view["broker_node"] == f"127.0.0.1:{self.cluster.ports(node)['amqp']}"}
+        address, on_it = self._on_node(node)
         killed_at = time.monotonic()
         pid = self.cluster.kill(node)
         self.node_down[node] = killed_at + down_for
@@ -202,51 +229,46 @@ class Faults:
         fault = {"t": self.journal.now(), "fault": "kill -9", "node": node, "queue": queue,
                  "leaders_before": before, "workers_on_node": on_it}
         self.node_faults.append(fault)
-
-        dead = f"127.0.0.1:{self.cluster.ports(node)['amqp']}"
-
-        def recovery() -> None:
-            """How long the queue had no leader, and where each worker that was on the node went
-            (the first look that names another node), bounded."""
-            waiting = set(on_it)
-            while time.monotonic() < killed_at + 60 and ("new_leader_after_s" not in fault or waiting):
-                if "new_leader_after_s" not in fault and self.leaders()[queue] not in (None, node):
-                    fault["new_leader_after_s"] = round(time.monotonic() - killed_at, 2)
-                for name, view in worker_view(self.sb.settings, self.stack, sorted(waiting)).items():
-                    if view["broker_node"] not in (None, dead):
-                        waiting.discard(name)
-                        on_it[name].update(reconnected_to=view["broker_node"],
-                                           reconnected_after_s=round(time.monotonic() - killed_at, 2))
-                time.sleep(0.2)
-        self._in_background(recovery)
+        self._in_background(self._watch, fault, killed_at, address, queue)
         self.journal.note("kill -9 node", f"node {node} ({self.cluster.name(node)}, pid {pid}), leader of "
                                           f"{queue}; start again in {down_for:.1f}s; workers on it: "
                                           f"{', '.join(on_it) or 'none'}", style="red", node=node, queue=queue)
 
-    def bounce_app(self, pause: float) -> None:
-        """stop_app, then start_app, of a running node other than one killed (its broker app only:
-        the Erlang node stays; its clients are disconnected and its queue replicas go offline).
-        In the background: a stop takes seconds, and workers keep being killed meanwhile."""
-        candidates = [i for i in self.cluster.nodes if i not in self.node_down and self.cluster.app_running(i)]
-        if not candidates:
-            self.journal.note("stop_app", "no other node running: skipped", style="yellow")
-            return
-        node = self.rng.choice(candidates)
+    def bounce_app(self, pause: float) -> bool:
+        """stop_app, then start_app, of another node (its broker app only: the Erlang node stays;
+        its clients are disconnected and its queue replicas go offline). Only while every other
+        node runs (else the quorum queues would lose their majority), in the background: a stop
+        takes seconds, and workers keep being killed meanwhile."""
+        up = [i for i in self.cluster.nodes if i not in self.node_down and i not in self.restarting
+              and self.cluster.app_running(i)]
+        if len(up) < self.cluster.size:
+            return False  # a killed node is not back yet: the caller asks again a moment later
+        node = self.rng.choice(up)
+        address, on_it = self._on_node(node)
         self.counts["node_stop_app"] += 1
-        self.node_faults.append({"t": self.journal.now(), "fault": "stop_app/start_app", "node": node,
-                                 "leaders_before": self.leaders()})
-        self.journal.note("stop_app", f"node {node} ({self.cluster.name(node)}); start_app {pause:.1f}s after it stopped",
-                          style="magenta", node=node)
+        fault = {"t": self.journal.now(), "fault": "stop_app/start_app", "node": node,
+                 "leaders_before": self.leaders(), "workers_on_node": on_it}
+        self.node_faults.append(fault)
+        self.journal.note("stop_app", f"node {node} ({self.cluster.name(node)}); start_app once its workers moved "
+                                      f"and {pause:.1f}s more; workers on it: {', '.join(on_it) or 'none'}", style="magenta", node=node)
 
         def bounce() -> None:
-            self.cluster.stop_app(node)
-            time.sleep(pause)
-            self.cluster.start_app(node)
+            stopped_at = time.monotonic()
+            try:
+                self.cluster.stop_app(node)
+                self._watch(fault, stopped_at, address)
+                time.sleep(pause)
+            finally:
+                self.cluster.start_app(node)
             self.journal.note("start_app", f"node {node} back", style="magenta", node=node)
         self._in_background(bounce)
+        return True
 
     def _start_node(self, node: int, why: str) -> None:
-        self.cluster.start(node)
+        try:
+            self.cluster.start(node)
+        finally:
+            self.restarting.discard(node)
         self.journal.note("node", f"started node {node} again ({self.cluster.name(node)}; {why})",
                           style="green", node=node)
 
@@ -274,4 +296,7 @@ class Faults:
             self._in_background(self._start_node, node, "settle")
         for thread in self.node_jobs:
             thread.join(timeout)
-        return self.node_errors + [f"{t.name} still running after {timeout:.0f}s" for t in self.node_jobs if t.is_alive()]
+        stopped = [f"node {i} ({self.cluster.name(i)}) is not running its app after the faults"
+                   for i in self.cluster.nodes if not self.cluster.app_running(i)]
+        return (self.node_errors + stopped
+                + [f"{t.name} still running after {timeout:.0f}s" for t in self.node_jobs if t.is_alive()])

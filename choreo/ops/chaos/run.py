@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from choreo.ops.chaos.faults import Faults, kill_pid, worker_view
 from choreo.ops.chaos.inject import Injector, OrderFeed
 from choreo.ops.chaos.report import ChaosConfig, ChaosReport, Journal, print_summary
 from choreo.ops.chaos.settle import dead_letter_figures, log_count, metrics_snapshot, settle, total
-from choreo.ops.sandbox import Sandbox
+from choreo.ops.sandbox import Sandbox, private_cluster
 from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
 from choreo.ops.stack import Stack, is_ours, process_names, wait_consuming
 from choreo.ops.render import outcome_table
@@ -39,18 +38,20 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     console = console or Console()
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().getrandbits(32)
     journal = Journal(console)
-    cluster = _cluster_up(cfg, console) if cfg.cluster else None
+    cluster = private_cluster("chaos", cfg.workdir) if cfg.cluster else None
+    if cluster:
+        console.print(f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {cluster.base_dir}")
     try:
         sandbox = Sandbox("chaos", own_redis=True, workdir=cfg.workdir, database_server=cfg.database_server,
                           workers_per_domain=cfg.workers_per_domain,
                           cluster_dir=cluster.base_dir if cluster else None)
-    except Exception:
+    except BaseException:
         if cluster:
             cluster.down(purge=True)
         raise
     report = ChaosReport(config={k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
                          seed=seed, workdir=str(sandbox.workdir))
-    if cfg.broker_restart == "node":
+    if cfg.broker_restart == "node" and not cluster:
         console.print("[bold red]warning:[/bold red] --broker-restart node stops and starts the whole RabbitMQ "
                       "node: every vhost and every client on this machine is disconnected")
     console.print(f"chaos run {sandbox.run_id}: {cfg.orders} orders, {cfg.duration:.0f}s of faults, a kill every "
@@ -67,30 +68,16 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
         report.errors.append(f"harness: {exc!r}")
         journal.note("error", repr(exc), style="red")
     finally:
-        _stop_all(stack, faults, journal)
-        report.actions = journal.actions
         keep = cfg.keep or not report.passed
-        report.errors += sandbox.close(keep)
-        if cluster:
-            cluster.down(purge=not keep)  # its nodes by pid; their data stays with a kept run
+        try:
+            _stop_all(stack, faults, journal)
+            report.actions = journal.actions
+            report.errors += sandbox.close(keep)
+        finally:
+            if cluster:
+                cluster.down(purge=not keep)  # its nodes by pid; their data stays with a kept run
     print_summary(console, report, keep, sandbox.workdir)
     return report
-
-
-def _cluster_up(cfg: ChaosConfig, console: Console):
-    """A private cluster of its own for the run, in its folder (never the machine's node)."""
-    from choreo.ops.cluster import SPAN, Cluster
-    from choreo.ops.stack import free_port_block
-
-    base = Path(tempfile.mkdtemp(prefix="choreo-chaos-cluster-", dir=cfg.workdir))
-    cluster = Cluster(base, tag="chaos", base_port=free_port_block(SPAN) + 1)  # never a user's cluster's ports
-    try:
-        cluster.up()
-    except Exception:
-        cluster.down(purge=True)
-        raise
-    console.print(f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {base}")
-    return cluster
 
 
 def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journal: Journal,
@@ -161,7 +148,8 @@ def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, jou
     next_kill, next_look = t0 + cfg.kill_every, 0.0
     feed.start()
     feed.progress = Progress(settings, journal, feed)
-    feed.progress.start()
+    if faults.cluster:  # how long sagas stop finishing after a node fault
+        feed.progress.start()
     journal.note("orders", f"publishing {cfg.orders} orders over {window:.0f}s (mix {DEFAULT_MIX})")
     try:
         while time.monotonic() - t0 < cfg.duration:
@@ -182,8 +170,8 @@ def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, jou
                         faults.restart_broker()
                     elif what == "node_kill":
                         faults.kill_leader_node(cfg.node_down_seconds)
-                    elif what == "stop_app":
-                        faults.bounce_app(rng.uniform(1.0, 3.0))
+                    elif what == "stop_app" and not faults.bounce_app(rng.uniform(1.0, 3.0)):
+                        one_offs[what] = now + 1.0  # only once every node runs again
                     else:
                         faults.restart_redis(lambda: metrics_snapshot(settings))
             if bursts and now >= bursts[0]:
@@ -198,7 +186,8 @@ def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, jou
     finally:
         feed.stop_event.set()
         feed.join(timeout=30)
-        feed.progress.stop()
+        if feed.progress.is_alive():
+            feed.progress.stop()
         injector.close()
     return feed, injector, t0
 

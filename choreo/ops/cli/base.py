@@ -6,6 +6,7 @@ import os
 import sys
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 
 from config.settings import Settings, get_settings
@@ -27,12 +28,15 @@ def current_settings() -> Settings:
     CHOREO_WORKERS_PER_DOMAIN still win)."""
     settings = get_settings()
     shape = {}
-    for field, marker, env in (("saga_mode", SAGA_MARKER, "CHOREO_SAGA_MODE"),
-                               ("workers_per_domain", WORKERS_MARKER, "CHOREO_WORKERS_PER_DOMAIN")):
+    for field, marker, env, kind in (("saga_mode", SAGA_MARKER, "CHOREO_SAGA_MODE", str),
+                                     ("workers_per_domain", WORKERS_MARKER, "CHOREO_WORKERS_PER_DOMAIN", int)):
         path = settings.run_dir / marker
         if env not in os.environ and path.exists():
-            shape[field] = path.read_text().strip()
-    return Settings(**shape) if shape else settings
+            shape[field] = kind(path.read_text().strip())
+    try:
+        return Settings(**shape) if shape else settings
+    except ValidationError:  # this shell lacks what the stack was started with (its database server):
+        return settings.model_copy(update=shape)  # still the stack's shape, so status and down find it
 
 
 class LazyGroup(click.Group):

@@ -21,12 +21,12 @@ from tasks.app import make_app
 
 @click.command()
 @click.argument("domain", type=click.Choice([*DOMAINS, "orchestrator"]))
-@click.option("--index", type=click.IntRange(1, 16), default=1, show_default=True,
+@click.option("--index", type=click.IntRange(1, 8), default=1, show_default=True,
               help="Which of the domain's workers (competing consumers on its queue) this is.")
 def worker(domain: str, index: int) -> None:
     """Run one domain's Celery worker (what `choreo up` starts, workers_per_domain times per domain)."""
     settings = current_settings()
-    logs.configure(f"worker:{domain}", settings.log_level, settings.log_json)
+    logs.configure(f"worker:{domain}" + (f"-{index}" if index > 1 else ""), settings.log_level, settings.log_json)
     prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
     # The topology is the set-up's (choreo broker setup, run by choreo up): a worker's user may
     # not declare it, and needs nothing of it but its own queue.
@@ -75,10 +75,12 @@ def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = No
     """`choreo up`: start what is not running and wait until every worker consumes, then
     Prometheus (a stack runs without it: a failure to start it is a warning)."""
     settings = current_settings()
-    if saga:
-        running = [n for n, pid in Stack(settings).running().items() if pid]
-        if saga != settings.saga_mode and running:
-            fail(f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}")
+    running = [n for n, pid in Stack(settings).running().items() if pid]
+    if saga and saga != settings.saga_mode and running:
+        fail(f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}")
+    if workers and workers < settings.workers_per_domain and running:
+        fail(f"the stack runs {settings.workers_per_domain} workers per domain; run `choreo down` before "
+             f"starting it with {workers}")
     if saga or workers:
         try:
             settings = Settings(**{**settings.model_dump(), **({"saga_mode": saga} if saga else {}),
@@ -116,11 +118,11 @@ def start_prometheus(settings) -> None:
 @click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus.")
 @click.option("--saga", type=click.Choice(SAGA_MODES), default=None,
               help="Saga style (default: the running one, else choreography).")
-@click.option("--workers", type=click.IntRange(1, 16), default=None,
+@click.option("--workers", type=click.IntRange(1, 8), default=None,
               help="Workers per domain, competing on its queue (default: the running count, else 1; "
                    "more than 1 needs a database server).")
 def up(no_flower: bool, no_prometheus: bool, saga: str | None, workers: int | None) -> None:
-    """Start the user service, the five domain workers (and the orchestrator), Flower and
+    """Start the user service, the domain workers (and the orchestrator), Flower and
     Prometheus (idempotent)."""
     up_stack(with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus, workers=workers)
 
@@ -133,7 +135,7 @@ def down() -> None:
         console.print("stopped prometheus")
     stack = Stack(settings)
     # Every process it may have started, whatever the mode and worker count it was started with.
-    every = settings.model_copy(update={"saga_mode": "orchestrated", "workers_per_domain": 16})
+    every = settings.model_copy(update={"saga_mode": "orchestrated", "workers_per_domain": 8})
     for name in reversed(process_names(every)):
         if stack.stop(name):
             console.print(f"stopped {name}")
