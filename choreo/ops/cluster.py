@@ -160,7 +160,7 @@ class Cluster:
         d = self.folder(i)
         return dict(self.ctl_env(i), RABBITMQ_MNESIA_BASE=str(d / "mnesia"), RABBITMQ_LOG_BASE=str(d / "log"),
                     RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"), RABBITMQ_DIST_PORT=str(self.ports(i)["dist"]),
-                    RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),  # none; never /etc/rabbitmq's
+                    RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),  # never /etc/rabbitmq's
                     RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"), RABBITMQ_PID_FILE=str(d / "pid"),
                     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=f"-kernel inet_dist_use_interface {LOOPBACK} -start_epmd false"
                                                         f" -choreo_node {self.name(i)}")
@@ -223,6 +223,8 @@ class Cluster:
             (self.folder(i) / "log").mkdir(parents=True, exist_ok=True)
             (self.folder(i) / "rabbitmq.conf").write_text(CONF.format(tag=self.tag, **self.ports(i)))
             (self.folder(i) / "enabled_plugins").write_text("[rabbitmq_management].\n")
+            (self.folder(i) / "advanced.config").write_text(  # at-least-once dead letters (rungs) unconfirmed
+                "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n")  # by a leader change: 5 s, not 180
         (wrapper := self.base_dir / CTL).write_text(
             f"#!/bin/sh\n# rabbitmqctl on a running node of this cluster\nexec {shlex.quote(sys.executable)} -m choreo"
             f' cluster ctl --dir {shlex.quote(str(self.base_dir))} "$@"\n')
@@ -375,9 +377,6 @@ class Cluster:
         if row := next((r for r in rows if r["name"] == queue), None):
             return row
         raise ClusterError(f"no queue {queue} in vhost {vhost}")
-
-    def leader_node_index(self, vhost: str, queue: str) -> int:
-        return [self.name(i) for i in self.nodes].index(self.queue_info(vhost, queue)["leader"]) + 1
 
     def kill(self, i: int) -> int:
         """SIGKILL node i's VM (a crash: no goodbye to its peers); returns its pid."""
