@@ -257,6 +257,7 @@ class Faults:
             try:
                 self.cluster.stop_app(node)
                 self._watch(fault, stopped_at, address)
+                fault["leaders_after"] = self.leaders()  # while its app is down (a stop takes seconds)
                 time.sleep(pause)
             finally:
                 self.cluster.start_app(node)
@@ -284,9 +285,10 @@ class Faults:
         thread.start()
 
     def note_leaders_after(self, force: bool = False) -> None:
-        """Each node fault's queue leaders a few seconds after it (once elections are done)."""
+        """A node kill's queue leaders a few seconds after it (once elections are done); a stop_app's
+        are taken by its own job while the app is down (`force`: whatever is still missing)."""
         for x in self.node_faults:
-            if "leaders_after" not in x and (force or self.journal.now() - x["t"] >= 5):
+            if "leaders_after" not in x and (force or (x["fault"] == "kill -9" and self.journal.now() - x["t"] >= 5)):
                 x["leaders_after"] = self.leaders()
 
     def settle_nodes(self, timeout: float = 180) -> list[str]:
