@@ -64,64 +64,53 @@ def test_routing_follows_the_published_contract(settings):
     assert topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"
 
 
-def test_an_old_empty_dlq_gets_its_replay_route_and_one_holding_dead_letters_is_kept(settings):
-    """A DLQ declared before replays moved messages back had no dead-letter target: the set-up
-    re-creates it when empty, and refuses, deleting nothing, when it holds dead letters."""
+def _older_choreo_declared(settings, tag: str, empty: tuple[str, dict], held: tuple[str, dict], refusal: str) -> dict:
+    """Declare two queues as an older choreo did (`held` with one message in it), run the set-up:
+    it must refuse with `refusal`, keep the held message, and re-create the empty queue. Returns
+    the namespace's queues (name -> (type, arguments), its namespace written N) as the set-up left
+    them; cleans up after."""
     import pika
     from choreo.messaging.admin import connection_parameters
     from tests.helpers import own_namespace
 
-    namespace = own_namespace(settings, "olddlq")
-    s = namespace.settings
-    conn = pika.BlockingConnection(connection_parameters(s.broker_url))
+    namespace = own_namespace(settings, tag)
+    ns = namespace.settings.namespace
+    conn = pika.BlockingConnection(connection_parameters(namespace.settings.broker_url))
     ch = conn.channel()
-    for d in ("order", "payment"):  # as an older choreo declared them
-        ch.queue_declare(f"{s.namespace}.{d}.dlq", durable=True, arguments={"x-queue-type": "quorum"})
+    for suffix, arguments in (empty, held):
+        ch.queue_declare(f"{ns}.{suffix}", durable=True, arguments=arguments)
     ch.confirm_delivery()
-    ch.basic_publish("", f"{s.namespace}.payment.dlq", b"kept", pika.BasicProperties(delivery_mode=2))
+    ch.basic_publish("", f"{ns}.{held[0]}", b"kept", pika.BasicProperties(delivery_mode=2))
     try:
-        with pytest.raises(RuntimeError, match=r"payment\.dlq holds 1 message"):
+        with pytest.raises(RuntimeError, match=refusal):
             with namespace:
                 pass
-        assert ch.queue_declare(f"{s.namespace}.payment.dlq", passive=True).method.message_count == 1
-        args = {r[0]: r[1] for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
-                                                     "name", "arguments"))}
-        assert f'"x-dead-letter-routing-key","{s.namespace}.order"' in args[f"{s.namespace}.order.dlq"]
+        assert ch.queue_declare(f"{ns}.{held[0]}", passive=True).method.message_count == 1
+        rows = _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers", "name", "type", "arguments"))
+        return {r[0].removeprefix(f"{ns}."): (r[1], r[2].replace(f'"{ns}.', '"N.')) for r in rows
+                if r[0].startswith(f"{ns}.")}
     finally:
-        ch.queue_delete(f"{s.namespace}.payment.dlq")
+        ch.queue_delete(f"{ns}.{held[0]}")
         conn.close()
         with namespace:  # now it sets up, and cleans everything of the namespace on exit
             pass
 
 
+def test_an_old_empty_dlq_gets_its_replay_route_and_one_holding_dead_letters_is_kept(settings):
+    """A DLQ declared before replays moved messages back had no dead-letter target: the set-up
+    re-creates it when empty, and refuses, deleting nothing, when it holds dead letters."""
+    old = {"x-queue-type": "quorum"}
+    queues = _older_choreo_declared(settings, "olddlq", ("order.dlq", old), ("payment.dlq", old),
+                                    r"payment\.dlq holds 1 message")
+    assert '"x-dead-letter-routing-key","N.order"' in queues["order.dlq"][1]
+
+
 def test_an_old_classic_retry_rung_is_re_created_empty_and_kept_while_it_holds_copies(settings):
     """Rungs were classic queues before they were replicated: the set-up re-creates an empty one
     as a quorum queue, and refuses, deleting nothing, while one still holds retry copies."""
-    import pika
-    from choreo.messaging.admin import connection_parameters
-    from tests.helpers import own_namespace
-
-    namespace = own_namespace(settings, "oldrung")
-    s = namespace.settings
-    conn = pika.BlockingConnection(connection_parameters(s.broker_url))
-    ch = conn.channel()
-    ch.queue_declare(f"{s.namespace}.order.retry.1", durable=True,  # as an older choreo declared it
-                     arguments={"x-queue-type": "classic", "x-message-ttl": 1000, "x-dead-letter-exchange": "",
-                                "x-dead-letter-routing-key": f"{s.namespace}.order"})
-    # A classic rung still holding a copy (no TTL here, so it stays for the test to see).
-    ch.queue_declare(f"{s.namespace}.payment.retry.1", durable=True, arguments={"x-queue-type": "classic"})
-    ch.confirm_delivery()
-    ch.basic_publish("", f"{s.namespace}.payment.retry.1", b"waiting", pika.BasicProperties(delivery_mode=2))
-    try:
-        with pytest.raises(RuntimeError, match=r"payment\.retry\.1 holds 1 retry cop"):
-            with namespace:
-                pass
-        assert ch.queue_declare(f"{s.namespace}.payment.retry.1", passive=True).method.message_count == 1
-        types = {r[0]: r[1] for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
-                                                      "name", "type"))}
-        assert types[f"{s.namespace}.order.retry.1"] == "quorum"
-    finally:
-        ch.queue_delete(f"{s.namespace}.payment.retry.1")
-        conn.close()
-        with namespace:
-            pass
+    rung = {"x-queue-type": "classic", "x-message-ttl": 1000, "x-dead-letter-exchange": ""}
+    # The held rung has no TTL, so its copy stays for the test to see.
+    queues = _older_choreo_declared(settings, "oldrung", ("order.retry.1", rung),
+                                    ("payment.retry.1", {"x-queue-type": "classic"}),
+                                    r"payment\.retry\.1 holds 1 retry cop")
+    assert queues["order.retry.1"][0] == "quorum"
