@@ -52,6 +52,21 @@ class DeadLetter(SQLModel, table=True):
     dead_lettered_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+class CopyRecord(SQLModel, table=True):
+    """A copy this service made of a delivery (a retry rung's, a dead letter's), written in the
+    transaction that decided it: the proof, checked when the copy comes back, of the sender the
+    copy names (tasks.adapter). The broker vouches only for the copy's publisher, this service, so
+    a copy with no record here (made by anyone else holding its broker password) is refused."""
+    __tablename__ = "copies"
+    event_id: str = Field(primary_key=True, max_length=64)  # the delivery's task id
+    # sha256 over the original sender, the message name and its arguments (choreo.app.copies)
+    digest: str = Field(primary_key=True, max_length=64)
+    sender: str = Field(max_length=32)
+    kind: str = Field(max_length=16)  # retry | dead_letter: the first copy made of it
+    attempt: int = 0  # that copy's rung (a dead letter's: the attempts it had)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
 # --- order ----------------------------------------------------------------------------
 
 class OrderEvent(SQLModel, table=True):
@@ -236,7 +251,7 @@ class Customer(SQLModel, table=True):
     email: str = Field(max_length=128)
 
 
-COMMON = [Outbox, Inbox, DeadLetter]
+COMMON = [Outbox, Inbox, DeadLetter, CopyRecord]
 TABLES: dict[str, list[type[SQLModel]]] = {
     "order": [*COMMON, OrderEvent, OrderView],
     "payment": [*COMMON, Charge, Refund, PaymentDecision],

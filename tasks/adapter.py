@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +38,12 @@ from sqlalchemy.exc import IntegrityError
 from choreo.app.outbox import mark_sent
 from choreo.app.uow import Batch
 from choreo.infra import logs, tracing
-from choreo.messaging.access import may_send, owners, sender_header
+from choreo.messaging.access import may_send, owners
 from choreo.messaging.publisher import event_message
-from choreo.messaging.wire import dead_letter_headers
 from consumers.base import Subscription
 from consumers.registry import subscriptions
-from models.envelope import Envelope, PoisonMessage, SagaDeadLettered, decode, derived_id, make_envelope
-from tasks import spans
+from models.envelope import Envelope, PoisonMessage, decode
+from tasks import failures, spans
 from tasks.runtime import Runtime, runtime
 
 log = logging.getLogger("choreo.adapter")
@@ -68,6 +66,10 @@ class Delivery:
     # The service that sent it, as the broker vouches (its user_id; tasks.worker.verified_sender).
     # None: no verified sender, and nothing is believed of it (it is dead-lettered).
     sender: str | None = None
+    # On a copy this domain made (retry rung, dead letter): the original sender it names, which
+    # becomes `sender` only when this domain's record of the copy proves it (choreo.app.copies).
+    claim: str | None = None
+    replayed: bool = False      # moved back from this domain's DLQ by an operator's replay
 
 
 @dataclass
@@ -129,8 +131,12 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     subs = subscriptions(rt.settings.saga_mode)[rt.domain]
     items = [_Item(d, subs.get(d.name)) for d in deliveries]
     queue = rt.names.queue(rt.domain)
+    unchecked = failures.prove_claims(rt, [i.delivery for i in items])
     for item in items:
-        _decode(item)
+        if unchecked and item.delivery.claim:  # no proof either way, so no decision
+            item.outcome = Outcome("requeue", f"could not check the copy's record: {unchecked}"[:1000])
+        if item.outcome is None:
+            _decode(item)
         item.span = spans.consumer_span(rt, item.delivery, item.envelope, queue)
     if rt.recorder is not None:
         rt.recorder.batch(len(items))
@@ -174,12 +180,6 @@ def _decode(item: _Item) -> None:
         item.reason = f"poison: {exc}"
 
 
-def _sent_by(d: Delivery) -> dict:
-    """The header a copy this domain publishes of a delivery (retry, dead letter) carries: who
-    sent the original. Believed only on copies whose user_id is this domain's own."""
-    return sender_header(d.sender)
-
-
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
     todo = _open(items)
     for item, seen in zip(todo, rt.idempotency.seen(rt.domain, [i.envelope.event_id for i in todo])):
@@ -200,9 +200,11 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
                     continue
                 _apply(rt, batch, item)
             for item in items:
-                _decide_failure(rt, item)
+                failures.decide(rt, item)
                 if item.reason is not None:
-                    _record_dead_letter(batch, item)
+                    failures.record_dead_letter(batch, item)
+                if (made := failures.made(item)) is not None:
+                    batch.record_copy(made)
             _fault(rt, "before_commit")
             batch.commit()
     except Exception as exc:  # the database (or the commit itself) failed: nothing of it happened
@@ -210,16 +212,9 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
         for item in items:
             if item.reason is None and (item.outcome is None or item.outcome.kind == "processed"):
                 item.outcome, item.emitted, item.error = None, [], item.error or exc
-                _decide_failure(rt, item)
-
-
-def _record_dead_letter(batch: Batch, item: _Item) -> None:
-    env, d = item.envelope, item.delivery
-    try:
-        batch.record_dead_letter(env.event_id if env else d.task_id, d.name, env.order_id if env else None,
-                                 item.reason, d.attempt + 1, _compensation(item))
-    except Exception as exc:  # a record, not the message: the DLQ copy still carries the reason
-        log.error("could not record dead letter %s: %r", d.task_id, exc)
+                failures.decide(rt, item)
+        for n, why in failures.record_alone(rt, items).items():
+            items[n].outcome = Outcome("requeue", f"the database failed: {why}"[:1000])
 
 
 def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
@@ -248,28 +243,18 @@ def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
     item.error = RuntimeError(f"{OPTIMISTIC_RETRIES} conflicting writes in a row")
 
 
-def _decide_failure(rt: Runtime, item: _Item) -> None:
-    """A failed message climbs the retry ladder, or past its last rung goes to the DLQ."""
-    if item.error is None or item.reason is not None:
-        return
-    if item.delivery.attempt >= rt.settings.retry_max_attempts:
-        item.reason = f"failed after {item.delivery.attempt + 1} attempts: {item.error!r}"
-
-
-def _compensation(item: _Item) -> bool:
-    return bool(item.sub and item.sub.compensation)
-
-
 def _publish(rt: Runtime, items: list[_Item]) -> None:
     """Step 5: one burst for the whole batch; an item whose publishes are not all confirmed is requeued."""
     messages: list[tuple[int, dict]] = []
     for n, item in enumerate(items):
         d = item.delivery
         link = {"parent_id": d.task_id, "root_id": d.root_id or d.task_id}
+        if item.outcome is not None and item.outcome.kind == "requeue":
+            continue  # back to the broker as it is: nothing of it is published
         if item.reason is not None:
-            messages += [(n, m) for m in _dead_letter_messages(rt, item)]
+            messages += [(n, m) for m in failures.dead_letter_messages(rt, item)]
         elif item.error is not None:
-            messages.append((n, _retry_message(rt, item)))
+            messages.append((n, failures.retry_message(rt, item)))
         else:
             messages += [(n, event_message(rt.names, e, **link)) for e in item.emitted]
     hook = _burst_fault(rt) if rt.settings.fault_crash_point == "mid_burst" else None
@@ -286,46 +271,16 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
         log.warning("could not mark %d event(s) sent: %r", len(sent), exc)
 
 
-def _retry_message(rt: Runtime, item: _Item) -> dict:
-    d, n = item.delivery, item.delivery.attempt + 1
-    delay = rt.settings.retry_delay(n) * (1 - rt.settings.retry_jitter * random.random())
-    item.retry = (n, delay, rt.names.retry(rt.domain, n))
-    return {"name": d.name, "args": list(d.args), "kwargs": d.kwargs, "task_id": d.task_id,
-            "exchange": rt.names.retry_exchange, "routing_key": rt.names.retry_key(rt.domain, n),
-            "headers": {"choreo_attempt": n, "choreo_last_error": repr(item.error)[:500], **_sent_by(d)},
-            "expiration": delay, "message_id": d.message_id}
-
-
-def _dead_letter_messages(rt: Runtime, item: _Item) -> list[dict]:
-    """The copy to the DLQ with the reason in its headers, and the order's notice."""
-    d, env = item.delivery, item.envelope
-    compensation = _compensation(item)
-    headers = {**dead_letter_headers(item.reason, rt.domain, d.attempt + 1, compensation, d.delivery_count,
-                                     d.redelivered), **_sent_by(d)}
-    out = [{"name": d.name, "args": list(d.args) if isinstance(d.args, (list, tuple)) else d.args,
-            "kwargs": d.kwargs, "task_id": d.task_id, "exchange": rt.names.dlx, "routing_key": rt.domain,
-            "headers": headers, "message_id": d.message_id}]
-    if env is not None and env.type != "saga.dead_lettered":
-        notice = make_envelope(
-            "saga.dead_lettered", env.order_id,
-            SagaDeadLettered(domain=rt.domain, event_type=env.type, event_id=env.event_id,
-                             reason=item.reason[:500], compensation=compensation),
-            source=rt.domain, cause=env, event_id=derived_id(rt.domain, env.event_id, "dead_lettered"),
-            traceparent=tracing.traceparent_of(item.span))
-        out.append(event_message(rt.names, notice, parent_id=d.task_id, root_id=d.root_id or d.task_id))
-    return out
-
-
 def _settle(rt: Runtime, item: _Item) -> None:
     """The outcome of a message whose publishes were confirmed, its log line and its span's end."""
     received = item.delivery.received_ns
     done = {"duration_ms": round((time.time_ns() - received) / 1e6, 3)} if received else {}
     with logs.bound(**_context(item), **done):
         if item.outcome is not None and item.outcome.kind == "requeue":
-            log.error("publish not confirmed; requeueing")
+            log.error("requeueing: %s", item.outcome.detail)
         elif item.reason is not None:
             where = rt.names.dlq(rt.domain)
-            comp = _compensation(item)
+            comp = failures.compensation(item)
             log.log(logging.CRITICAL if comp else logging.ERROR, "dead-lettered to %s: %s", where, item.reason,
                     extra={"alert": "compensation_failed" if comp else "dead_letter"})
             kind = "poison" if item.reason.startswith("poison") else "dead_lettered"
@@ -343,7 +298,7 @@ def _settle(rt: Runtime, item: _Item) -> None:
     kind = item.outcome.kind
     spans.finish(item.span, kind, retry=item.retry if kind == "retry" else None, error=item.error,
                  reason=item.reason if kind in ("poison", "dead_lettered") else None,
-                 compensation=_compensation(item) and kind == "processed",
+                 compensation=failures.compensation(item) and kind == "processed",
                  duplicate_of=("inbox" if item.duplicate_of_inbox else "redis") if kind == "duplicate" else None)
 
 

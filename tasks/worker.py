@@ -148,6 +148,10 @@ class ChoreoConsumer(Consumer):
                 self._settle_message(message, delivery, outcome, now - received)
         finally:
             self.in_flight, self.batch_started = 0, None
+        if any(o.kind == "requeue" for o in outcomes):
+            # The database or the broker failed this batch and, redelivered at once, would fail it
+            # again: a short pause (the quorum queue's delivery limit bounds the round trips).
+            time.sleep(min(1.0, self._settings.retry_initial_delay))
 
     def _settle_message(self, message, delivery, outcome, runtime_s: float) -> None:
         """Ack (or requeue) one delivery, count it, and tell Flower how it ended, as Celery's Request would."""
@@ -196,7 +200,8 @@ class ChoreoConsumer(Consumer):
         info = getattr(message, "delivery_info", None) or {}
         headers.update(dead_letter_headers(reason, domain, 1, False, headers.get("x-delivery-count"),
                                            info.get("redelivered", False)))
-        headers.update(sender_header(verified_sender(self._settings, domain, props.get("user_id"), headers)))
+        # A copy's claim is proven only by the adapter's records: a raw dead letter of one claims nobody.
+        headers.update(sender_header(verified_sender(self._settings, domain, props.get("user_id"), headers)[0]))
         try:
             keep = {k: props[k] for k in ("message_id", "correlation_id") if props.get(k)}
             with self.app.producer_or_acquire() as producer:
@@ -245,12 +250,13 @@ def _delivery(message, settings, domain: str) -> Delivery:
     args, kwargs, _embed = message.decode()
     headers = message.headers or {}
     props = message.properties or {}
-    attempt = 0 if replayed(headers, Names(settings.namespace).dlq(domain)) else int(headers.get("choreo_attempt") or 0)
+    back = replayed(headers, Names(settings.namespace).dlq(domain))
+    sender, claim = verified_sender(settings, domain, props.get("user_id"), headers)
     return Delivery(name=headers["task"], args=args, kwargs=kwargs, task_id=str(headers["id"]),
-                    root_id=headers.get("root_id"), attempt=attempt,
+                    root_id=headers.get("root_id"), attempt=0 if back else int(headers.get("choreo_attempt") or 0),
                     message_id=props.get("message_id"), delivery_count=headers.get("x-delivery-count", 0),
                     redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
-                    sender=verified_sender(settings, domain, props.get("user_id"), headers))
+                    sender=sender, claim=claim, replayed=back)
 
 
 def replayed(headers: dict, dlq: str) -> bool:

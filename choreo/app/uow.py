@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from choreo.app import copies
 from choreo.app.outbox import OUTBOX_ADD
 from choreo.infra.db import Rows, connection_of
 from models.envelope import Envelope, derived_id, make_envelope
@@ -84,6 +86,15 @@ class Batch:
                 DEAD_LETTERS.add(self.conn, event_id=event_id[:64], type=type_[:64],
                                  order_id=order_id[:64] if order_id else None, reason=reason[:2000],
                                  attempts=attempts, compensation=compensation)
+
+    def record_copy(self, made: copies.Made) -> None:
+        """The record that proves a copy's sender when it comes back (choreo.app.copies), in its
+        own savepoint: the same record committed meanwhile by a competing worker is kept."""
+        try:
+            with self.session.begin_nested():
+                copies.record(self.conn, made)
+        except IntegrityError:
+            pass
 
     def commit(self) -> None:
         """Durable before it returns (synchronous=FULL / synchronous_commit=on: choreo.infra.db)."""

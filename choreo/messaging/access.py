@@ -6,7 +6,9 @@ between when it is not the default: user_name), and stamps the AMQP
 `user_id` property on what it publishes; RabbitMQ refuses a `user_id` that is not the
 connection's user, so a consumer knows who really sent a message (`verified_sender`) and
 dead-letters a fact whose type the sender does not own (`may_send`). Topic permissions on the
-events exchange refuse most forgeries before they are routed at all.
+events exchange refuse most forgeries before they are routed at all. A copy a service makes of a
+delivery (retry rung, dead letter) goes out under its own user: the original sender it names is
+believed only where the service's own record of the copy proves it (choreo.app.copies).
 
 What each user is granted (N the namespace, D a domain):
 
@@ -50,7 +52,8 @@ from models.envelope import PAYLOADS
 # Every broker user choreo makes. "operator" is the CLI (choreo enqueue, status, dlq, ask).
 SERVICES = (*DOMAINS, "orchestrator", "operator", "flower")
 PASSWORD = "broker_password"
-# On a copy a domain publishes of a delivery (retry rung, dead letter): who sent the original.
+# On a copy a domain publishes of a delivery (retry rung, dead letter): who sent the original
+# (a claim its record proves: choreo.app.copies).
 SENDER_HEADER = "x-choreo-sender"
 UNVERIFIED = "-"
 COMMANDS = {"charge_payment", "refund_payment", "reserve_stock", "release_stock", "create_shipment"}
@@ -95,17 +98,21 @@ def service_of(settings: Settings, user_id: str | None) -> str | None:
     return service if service in SERVICES else None
 
 
-def verified_sender(settings: Settings, own: str, user_id: str | None, headers: Mapping) -> str | None:
-    """Who sent a delivery, as far as the broker vouches: the service of its user_id; on a copy
-    this service published itself (its own user_id: a retry rung, a dead letter moved back by a
-    replay), the sender it recorded then. None when nothing is vouched for."""
+def verified_sender(settings: Settings, own: str, user_id: str | None, headers: Mapping) -> tuple[str | None, str | None]:
+    """(sender, claim) of a delivery. `sender`: the service the broker vouches for (its user_id),
+    or None. On a copy this service published of a delivery (its own user_id and the copy's
+    SENDER_HEADER: a retry rung, a dead letter moved back by a replay) the broker vouches only
+    that this service's user published it, which anyone holding its password can: `sender` is
+    None and `claim` the original sender the copy names, to be believed only once the service's
+    own record of that copy proves it (choreo.app.copies). A copy of an unverified delivery
+    claims nobody (UNVERIFIED)."""
     service = service_of(settings, user_id)
     if service is not None and service == own and SENDER_HEADER in headers:
-        recorded = headers[SENDER_HEADER]
-        if isinstance(recorded, bytes):
-            recorded = recorded.decode(errors="replace")
-        return recorded if recorded in SERVICES else None
-    return service  # its own fresh message (the order hears its own saga.dead_lettered) or another's
+        claimed = headers[SENDER_HEADER]
+        if isinstance(claimed, bytes):
+            claimed = claimed.decode(errors="replace")
+        return None, (claimed if claimed in SERVICES else None)
+    return service, None  # its own fresh message (the order hears its own saga.dead_lettered) or another's
 
 
 def sender_header(sender: str | None) -> dict:

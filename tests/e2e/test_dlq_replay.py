@@ -19,14 +19,18 @@ def _letters(settings, domain="payment") -> dict:
 
 def _leave_in_dlq(settings, envelope: dict, reason: str) -> None:
     """Put a copy of a delivered event in the payment DLQ, as a crash between a dead letter's
-    publish and its ack (or an old replay) leaves one: same task id, the dead-letter headers."""
+    publish and its ack (or an old replay) leaves one: same task id, the dead-letter headers,
+    and the payment service's record of the copy, written before it was published."""
+    from choreo.app import copies
+    from choreo.infra.db import engine_for
+    from choreo.messaging.access import sender_header
     from choreo.messaging.admin import BrokerAdmin
     from choreo.messaging.topology import Names
     from choreo.messaging.wire import dead_letter_headers
 
-    from choreo.messaging.access import sender_header
-
     body, headers = celery_message(envelope["type"], [envelope], task_id=envelope["event_id"])
+    copy = copies.copy_of(envelope["event_id"], "order", envelope["type"], [envelope], {})
+    copies.record_now(engine_for(settings, "payment"), [copies.Made(copy, "order", copies.DEAD_LETTER, 4)])
     # As the payment worker writes its dead letters: as itself, saying who sent the original.
     headers.update(dead_letter_headers(reason, "payment", 4, False), **sender_header("order"))
     with BrokerAdmin(settings, service="payment") as admin:

@@ -204,6 +204,15 @@ class Harness:
             out.append(mine)
         return out
 
+    @staticmethod
+    def returned(copy: dict, replayed: bool = False) -> Delivery:
+        """A retry or dead-letter copy this domain published, coming back to it as the worker
+        reads it (tasks.worker._delivery): its own user_id, so no sender, only the claim it names."""
+        claim = copy["headers"]["x-choreo-sender"]
+        return Delivery(copy["name"], copy["args"], copy["kwargs"], copy["task_id"],
+                        attempt=0 if replayed else copy["headers"].get("choreo_attempt", 0), sender=None,
+                        claim=None if claim == "-" else claim, replayed=replayed)
+
     def rows(self, model) -> list:
         with Session(self.engine) as s:
             return list(s.exec(select(model)).all())

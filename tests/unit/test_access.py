@@ -50,19 +50,20 @@ def test_a_broker_user_is_a_service_only_under_the_prefix(settings):
     assert access.service_of(settings, None) is None
 
 
-def test_the_sender_of_a_copy_is_the_one_its_publisher_recorded(settings):
+def test_a_copy_of_its_own_names_a_sender_it_must_still_prove(settings):
     own = "t-inventory"
-    assert access.verified_sender(settings, "inventory", "t-payment", {}) == "payment"
-    # A retry rung or a dead letter moved back: published by the domain itself, saying who sent the original.
-    assert access.verified_sender(settings, "inventory", own, access.sender_header("payment")) == "payment"
-    assert access.verified_sender(settings, "inventory", own, access.sender_header(None)) is None
-    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": b"payment"}) == "payment"
-    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": "root"}) is None
+    assert access.verified_sender(settings, "inventory", "t-payment", {}) == ("payment", None)
+    # A retry rung or a dead letter moved back: published by the domain itself (or by anyone with its
+    # password), naming who sent the original: a claim, no sender until the copy's record proves it.
+    assert access.verified_sender(settings, "inventory", own, access.sender_header("payment")) == (None, "payment")
+    assert access.verified_sender(settings, "inventory", own, access.sender_header(None)) == (None, None)
+    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": b"payment"}) == (None, "payment")
+    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": "root"}) == (None, None)
     # Its own fresh message (the order hears its own saga.dead_lettered).
-    assert access.verified_sender(settings, "inventory", own, {}) == "inventory"
-    # Another service's header is never believed: only the broker-checked user_id counts.
-    assert access.verified_sender(settings, "inventory", "t-operator", access.sender_header("payment")) == "operator"
-    assert access.verified_sender(settings, "inventory", None, access.sender_header("payment")) is None
+    assert access.verified_sender(settings, "inventory", own, {}) == ("inventory", None)
+    # Another service's header is never even a claim: only the broker-checked user_id counts.
+    assert access.verified_sender(settings, "inventory", "t-operator", access.sender_header("payment")) == ("operator", None)
+    assert access.verified_sender(settings, "inventory", None, access.sender_header("payment")) == (None, None)
 
 
 def _allows(pattern: str, name: str) -> bool:

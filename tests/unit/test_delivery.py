@@ -29,23 +29,24 @@ def _message(user_id=None, **headers) -> FakeMessage:
                        {"user_id": user_id} if user_id else {})
 
 
-@pytest.mark.parametrize("user_id, headers, sender", [
-    ("t-payment", {}, "payment"),                                  # the owner itself
-    ("t-operator", {"x-choreo-sender": "payment"}, "operator"),    # another's claim is never believed
-    ("t-inventory", {"x-choreo-sender": "payment"}, "payment"),    # its own retry copy or dead letter
-    ("t-inventory", {"x-choreo-sender": "-"}, None),               # a copy of an unverified one
-    (None, {"x-choreo-sender": "payment"}, None),                  # no user_id: nobody vouches
-    ("payment", {}, None),                                         # not one of ours
+@pytest.mark.parametrize("user_id, headers, sender, claim", [
+    ("t-payment", {}, "payment", None),                                  # the owner itself
+    ("t-operator", {"x-choreo-sender": "payment"}, "operator", None),    # another's header is nothing
+    ("t-inventory", {"x-choreo-sender": "payment"}, None, "payment"),    # its own copy: a claim to prove
+    ("t-inventory", {"x-choreo-sender": "-"}, None, None),               # a copy of an unverified one
+    (None, {"x-choreo-sender": "payment"}, None, None),                  # no user_id: nobody vouches
+    ("payment", {}, None, None),                                         # not one of ours
 ])
-def test_the_sender_is_the_one_the_broker_vouches_for(user_id, headers, sender):
-    assert _delivery(_message(user_id, **headers), SETTINGS, "inventory").sender == sender
+def test_the_sender_is_the_one_the_broker_vouches_for(user_id, headers, sender, claim):
+    d = _delivery(_message(user_id, **headers), SETTINGS, "inventory")
+    assert (d.sender, d.claim) == (sender, claim)
 
 
 def test_a_dead_letter_moved_back_by_a_replay_starts_at_attempt_zero():
     death = {"queue": "choreo.inventory.dlq", "reason": "rejected", "count": 1}
     rung = {"queue": "choreo.inventory.retry.2", "reason": "expired", "count": 1}
     again = _message("t-inventory", **{"choreo_attempt": 2, "x-death": [death, rung], "x-choreo-sender": "payment"})
-    assert _delivery(again, SETTINGS, "inventory").attempt == 0
+    assert _delivery(again, SETTINGS, "inventory").attempt == 0 and _delivery(again, SETTINGS, "inventory").replayed
     # Back from its retry rung (the newest death is the rung's): it keeps climbing.
     climbing = _message("t-inventory", **{"choreo_attempt": 2, "x-death": [rung, death], "x-choreo-sender": "payment"})
     assert _delivery(climbing, SETTINGS, "inventory").attempt == 2

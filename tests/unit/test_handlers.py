@@ -153,7 +153,7 @@ def test_a_refund_the_gateway_refuses_commits_nothing_so_the_retry_refunds_once(
     [copy] = h.burst.sent  # to the first rung of the retry ladder, the error with it
     assert (copy["exchange"], copy["routing_key"]) == (h.rt.names.retry_exchange, "payment.1")
     assert copy["headers"]["choreo_attempt"] == 1
-    assert copy["headers"]["x-choreo-sender"] == "shipment"  # who sent the original: believed on the way back
+    assert copy["headers"]["x-choreo-sender"] == "shipment"  # who sent the original: a claim its record proves on the way back
     assert "processor unavailable" in copy["headers"]["choreo_last_error"]
 
     # The retry ladder redelivers the same event: the inbox must not have marked it processed.

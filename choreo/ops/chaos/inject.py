@@ -18,8 +18,9 @@ from sqlmodel import Session, select
 from choreo.app.queries import order_states
 from choreo.domain.order import TERMINAL
 from choreo.infra.db import engine_for
-from choreo.messaging.access import owners
+from choreo.messaging.access import owners, sender_header
 from choreo.messaging.admin import BrokerAdmin
+from choreo.messaging.topology import Names
 from choreo.messaging.wire import celery_message
 from choreo.ops.chaos.report import Journal
 from choreo.ops.scenarios import make_order
@@ -125,7 +126,7 @@ class Injector:
                 admin.publish_raw(rk, body, headers, exchange=exchange)
             self.counts[f"poison:{kind}"] += 1
         self.forge()
-        self.journal.note("inject", f"poison: {', '.join(cases)}; forged payment.completed twice", style="cyan")
+        self.journal.note("inject", f"poison: {', '.join(cases)}; forged payment.completed twice, an order.placed retry copy", style="cyan")
 
     def forge(self) -> None:
         """A payment.completed for an order never placed: with the operator's credentials (the
@@ -144,6 +145,20 @@ class Injector:
         with BrokerAdmin(self.settings, service=None) as admin:
             admin.publish_raw(f"{self.settings.namespace}.inventory", body, headers, exchange="", user_id=None)
         self.counts["forged:unverified"] += 1
+        self.forge_copy()
+
+    def forge_copy(self) -> None:
+        """An order.placed for an order never placed, with the payment user's password, on the
+        payment service's own first retry rung, naming the order service as its sender: a copy
+        the payment service never made (no record of it), so it must charge nothing."""
+        placed = make_envelope("order.placed", f"chaos-forged-{uuid.uuid4().hex[:8]}",
+                               OrderPlaced(order=_order_snapshot(self.rng), card_token="tok_visa"), source="order")
+        body, headers = celery_message("order.placed", [placed.to_wire()], placed.event_id)
+        headers.update({"choreo_attempt": 1, **sender_header("order")})
+        names = Names(self.settings.namespace)
+        with BrokerAdmin(self.settings, service="payment") as admin:
+            admin.publish_raw(names.retry_key("payment", 1), body, headers, exchange=names.retry_exchange)
+        self.counts["forged:copy"] += 1
 
 
 class OrderFeed(threading.Thread):
