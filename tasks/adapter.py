@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from choreo.app.outbox import mark_sent
 from choreo.app.uow import Batch
 from choreo.infra import logs, tracing
-from choreo.messaging.access import may_send, owners
+from choreo.messaging.access import may_send, owners, speaks_for_itself
 from choreo.messaging.publisher import event_message
 from consumers.base import Subscription
 from consumers.registry import subscriptions
@@ -175,6 +175,9 @@ def _decode(item: _Item) -> None:
             who = f"sender {d.sender!r}" if d.sender else "a message with no verified sender (AMQP user_id)"
             raise PoisonMessage(f"unauthorized: {who} may not send {d.name!r} "
                                 f"(sent by {', '.join(sorted(owners(d.name))) or 'nobody'})")
+        if not speaks_for_itself(d.sender, d.name, envelope.payload):
+            raise PoisonMessage(f"unauthorized: {d.sender!r} may not report another domain's dead letter "
+                                f"({envelope.payload.get('domain')!r})")
         item.envelope = envelope  # kept only when believed: a forgery causes no notice about its order
     except PoisonMessage as exc:
         item.reason = f"poison: {exc}"

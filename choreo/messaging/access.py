@@ -77,6 +77,12 @@ def may_send(service: str | None, type_: str) -> bool:
     return service is not None and service in owners(type_)
 
 
+def speaks_for_itself(service: str | None, type_: str, payload: Mapping) -> bool:
+    """Every emitter may send a dead-letter notice, but only about its own dead letters: a
+    notice naming another domain is that domain's fact, not the sender's."""
+    return type_ != DEAD_LETTER_NOTICE or payload.get("domain") == service
+
+
 def _user_prefix(settings: Settings) -> str:
     """Grants name a namespace's queues and exchanges, and a user has one grant per vhost: a
     namespace other than the default has users of its own (choreo-shop-payment), so two

@@ -123,3 +123,16 @@ def test_a_fact_from_a_sender_that_does_not_own_it_changes_nothing_and_tells_no_
     assert copy["exchange"] == h.rt.names.dlx and copy["headers"]["x-choreo-sender"] == (sender or "-")
     [record] = h.rows(DeadLetter)
     assert record.event_id == env.event_id and record.order_id is None  # nothing of it believed
+
+
+@pytest.mark.parametrize("sender, named, believed", [("payment", "payment", True), ("payment", "inventory", False),
+                                                     ("order", "order", True)])
+def test_a_dead_letter_notice_is_believed_only_about_the_senders_own_dead_letters(tmp_path, sender, named, believed):
+    from models.tables import OrderView
+    with Harness("order", tmp_path) as o:
+        notice = o.envelope("saga.dead_lettered", "ord-1", {"domain": named, "event_type": "order.placed",
+                                                            "event_id": "ev-1", "reason": "failed", "compensation": False})
+        [out] = o.deliver_batch([Delivery(notice.type, [notice.to_wire()], {}, notice.event_id, sender=sender)])
+        assert (out.outcome.kind != "poison") == believed, out.outcome.detail
+        if not believed:
+            assert "another domain's dead letter" in out.outcome.detail and o.rows(OrderView) == []
