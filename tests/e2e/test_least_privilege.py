@@ -90,6 +90,37 @@ def test_a_message_claiming_another_user_is_refused(settings, stack):
         code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "place_order", body, headers,
                                                                         claimed))
         assert code == 406 and "user_id" in text
+    # On a key that is not the user's to write, the topic permission refuses it first (README: Security).
+    code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "payment.completed", body, headers,
+                                                                    user_name(settings, "payment")))
+    assert code == 403 and "payment.completed" in text
+
+
+def test_an_unbound_key_is_refused_for_the_operator_not_kept_in_unrouted(settings, stack):
+    """The README's client user may say place_order and nothing else: a typo is a 403 that closes
+    the channel, not a message in choreo.unrouted (that catches keys a user may write but nothing binds)."""
+    body, headers = celery_message("place_ordr", [{}], str(uuid.uuid4()))
+    code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "place_ordr", body, headers))
+    assert code == 403 and "place_ordr" in text
+
+
+def test_a_place_order_without_user_id_is_taken_by_the_broker_and_dead_lettered(settings, stack):
+    """user_id is optional in AMQP: the broker checks it only when present. Any user that may write
+    place_order can send one without it; the order service believes no sender, so it dead-letters it."""
+    from choreo.messaging.admin import BrokerAdmin
+    from tests.helpers import place_order
+
+    env = place_order()
+    body, headers = celery_message("place_order", [env], env["event_id"])
+    with BrokerAdmin(settings) as admin:  # the operator's user, no user_id
+        admin.publish_raw("place_order", body, headers, user_id=None)
+
+    def letter():
+        with BrokerAdmin(settings) as admin:
+            return next((v for v in admin.peek("order", 10_000) if v.event_id == env["event_id"]), None)
+    dead = wait_for(letter, 30, what="the order without user_id in the order DLQ")
+    assert dead.reason.startswith("poison: unauthorized: a message with no verified sender"), dead.reason
+    assert _effects(settings, env["order_id"])["OrderView"] == 0
 
 
 def _effects(settings, order_id: str) -> dict:
