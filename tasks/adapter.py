@@ -172,7 +172,9 @@ def _decode(item: _Item) -> None:
         if envelope.type != d.name:
             raise PoisonMessage(f"envelope type {envelope.type!r} does not match message name {d.name!r}")
         if not may_send(d.sender, d.name):
-            who = f"sender {d.sender!r}" if d.sender else "a message with no verified sender (AMQP user_id)"
+            who = (f"sender {d.sender!r}" if d.sender else
+                   f"a copy naming sender {d.claim!r} that this service has no record of making" if d.claim else
+                   "a message with no verified sender (AMQP user_id)")
             raise PoisonMessage(f"unauthorized: {who} may not send {d.name!r} "
                                 f"(sent by {', '.join(sorted(owners(d.name))) or 'nobody'})")
         if not speaks_for_itself(d.sender, d.name, envelope.payload):
