@@ -11,6 +11,10 @@ scripts, not Debian's /usr/sbin wrappers (they run as user rabbitmq: the machine
 Every process started here has CHOREO_CLUSTER_ID in its environment, a node's command line names
 it (-choreo_node NAME): no other process is ever signalled. The folder's `rabbitmqctl` (`choreo
 cluster ctl`) is what choreo.messaging.access runs when settings.broker_cluster_dir is set.
+
+With TLS (`Cluster(tls=True)`, `choreo cluster up --tls`; kept in cluster.json): amqps only, HTTPS
+management and Erlang distribution over TLS, all certified by a CA of the folder's own
+(choreo.ops.cluster_files, choreo.ops.tlsca).
 """
 from __future__ import annotations
 
@@ -18,13 +22,9 @@ import json
 import os
 import re
 import secrets
-import shlex
 import shutil
 import signal
-import socket
-import string
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -32,24 +32,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
+from choreo.ops import cluster_files as nodefiles, procfs, tlsca
+
 HOST = "localhost"  # shortnames: /etc/hosts maps it to 127.0.0.1 (the machine's node is rabbit@localhost too)
 DEFAULT_BASE_PORT = 5700
 SPAN = 40  # ports a cluster takes from base_port (the layout above)
 MAX_SIZE = 9
 STATE = "cluster.json"
 CTL = "rabbitmqctl"  # the folder's own: choreo.messaging.access.apply runs it by this name
-LOOPBACK = "{127,0,0,1}"
-# Modest nodes: publishers blocked above 512 MiB; the Raft log (in memory too) rolls at 64 MB, not 512.
-CONF = """\
-listeners.tcp.1 = 127.0.0.1:{amqp}
-management.tcp.ip = 127.0.0.1
-management.tcp.port = {mgmt}
-cluster_name = {tag}
-vm_memory_high_watermark.absolute = 512MiB
-raft.wal_max_size_bytes = 64000000
-"""
-
-
 class ClusterError(RuntimeError):
     pass
 
@@ -71,38 +61,19 @@ def _saved(base_dir: Path) -> dict | None:
         return None
 
 
-def _proc(pid: int, what: str) -> list[str]:
-    """/proc/<pid>/cmdline or environ, split at its NULs ([] once gone, or unreadable)."""
-    try:
-        return Path(f"/proc/{pid}/{what}").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _each(fn: Callable[[int], Any], nodes: Iterable[int]) -> list:
     """fn(i) for every node side by side (each mostly waits on a node); its first error, raised."""
     with ThreadPoolExecutor(MAX_SIZE) as pool:
         return list(pool.map(fn, nodes))
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 class Cluster:
     """A cluster's folder: cluster.json (its id, tag, size, base port, the pids it started), the
     cookie, and n<i>/ per node (rabbitmq.conf, enabled_plugins, mnesia/, log/)."""
 
-    def __init__(self, base_dir: Path | str, tag: str = "choreo", size: int = 3, base_port: int | None = None) -> None:
+    def __init__(self, base_dir: Path | str, tag: str = "choreo", size: int = 3, base_port: int | None = None,
+                 tls: bool | None = None) -> None:
+        """`tls`: None keeps what the folder's cluster has (off for a new one)."""
         if not re.fullmatch(r"[A-Za-z0-9_-]+", tag) or not 1 <= size <= MAX_SIZE:
             raise ClusterError(f"tag {tag!r}, size {size}: letters, digits, - and _; from 1 to {MAX_SIZE} nodes")
         self.base_dir = Path(base_dir).resolve()
@@ -121,13 +92,22 @@ class Cluster:
                                                "epmd_pid": None, "nodes": {}}
         self.state["base_port"] = self.base_port
         self._children: list[subprocess.Popen] = []  # reaped once they end, so none stays a zombie
+        was = bool(self.state.get("tls", False))
+        self.tls = was if tls is None else bool(tls)
+        if saved and self.tls != was and (running := [self.name(i) for i in self.nodes if self.pid(i)]):
+            raise ClusterError(f"the cluster in {self.base_dir} runs {'with' if was else 'without'} TLS "
+                               f"({', '.join(running)}); stop it first (choreo cluster down) to turn TLS "
+                               f"{'off' if was else 'on'}")
+        if self.tls and re.search(r"\s", str(self.base_dir)):  # the Erlang flags naming its files are word-split
+            raise ClusterError(f"{self.base_dir}: a cluster with TLS needs a folder path without spaces")
+        self.state["tls"] = self.tls
 
     @classmethod
     def open(cls, base_dir: Path | str) -> "Cluster":
         """The cluster a folder holds, as it was made (tag, size, ports)."""
         if not (saved := _saved(Path(base_dir).resolve())):
             raise ClusterError(f"no cluster in {Path(base_dir).resolve()} (choreo cluster up makes one)")
-        return cls(base_dir, saved["tag"], saved["size"], saved["base_port"])
+        return cls(base_dir, saved["tag"], saved["size"], saved["base_port"], tls=saved.get("tls", False))
 
     @property
     def nodes(self) -> range:
@@ -142,6 +122,13 @@ class Cluster:
     def folder(self, i: int) -> Path:
         return self.base_dir / f"n{i}"
 
+    @property
+    def tls_files(self) -> tlsca.TlsFiles:
+        return tlsca.TlsFiles(self.base_dir / nodefiles.TLS_DIR)
+
+    def _dist_args(self) -> str:
+        return nodefiles.dist_args(self.tls_files.folder if self.tls else None)
+
     def logs(self, i: int) -> str:
         return f"{self.folder(i) / 'log' / self.name(i)}.log and {self.folder(i) / 'log' / 'console.log'}"
 
@@ -154,7 +141,7 @@ class Cluster:
                     RABBITMQ_CONF_ENV_FILE=str(self.base_dir / "rabbitmq-env.conf"),
                     RABBITMQ_CTL_DIST_PORT_MIN=str(self.base_port + 30),
                     RABBITMQ_CTL_DIST_PORT_MAX=str(self.base_port + 39),
-                    RABBITMQ_CTL_ERL_ARGS=f"-kernel inet_dist_use_interface {LOOPBACK}")
+                    RABBITMQ_CTL_ERL_ARGS=self._dist_args())
 
     def _node_env(self, i: int) -> dict[str, str]:
         d = self.folder(i)
@@ -162,7 +149,7 @@ class Cluster:
                     RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"), RABBITMQ_DIST_PORT=str(self.ports(i)["dist"]),
                     RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),  # never /etc/rabbitmq's
                     RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"), RABBITMQ_PID_FILE=str(d / "pid"),
-                    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=f"-kernel inet_dist_use_interface {LOOPBACK} -start_epmd false"
+                    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=f"{self._dist_args()} -start_epmd false"
                                                         f" -choreo_node {self.name(i)}")
 
     def _save(self) -> None:
@@ -171,8 +158,8 @@ class Cluster:
 
     def _ours(self, pid: int | None, mark: str) -> bool:
         """Alive, `mark` in its command line and this cluster's id in its environment."""
-        return bool(pid) and _alive(pid) and mark in " ".join(_proc(pid, "cmdline")) + " " \
-            and f"CHOREO_CLUSTER_ID={self.state['id']}" in _proc(pid, "environ")
+        return bool(pid) and procfs.alive(pid) and mark in " ".join(procfs.cmdline_or_environ(pid, "cmdline")) + " " \
+            and f"CHOREO_CLUSTER_ID={self.state['id']}" in procfs.cmdline_or_environ(pid, "environ")
 
     def pid(self, i: int) -> int | None:
         """Node i's beam.smp while it runs (never a recycled pid: the command line names the node)."""
@@ -180,7 +167,7 @@ class Cluster:
 
     def app_running(self, i: int) -> bool:
         """Its AMQP listener answers: RabbitMQ opens it once booted and closes it on stop_app."""
-        return self.pid(i) is not None and _listening(self.ports(i)["amqp"])
+        return self.pid(i) is not None and procfs.listening(self.ports(i)["amqp"])
 
     def _epmd_pid(self) -> int | None:
         return pid if self._ours(pid := self.state["epmd_pid"], f"-port {self.base_port} ") else None
@@ -189,7 +176,7 @@ class Cluster:
         """Every process with this cluster's id in its environment (an epmd a node started, a node's helper)."""
         mark = f"CHOREO_CLUSTER_ID={self.state['id']}"
         return [int(p) for p in os.listdir("/proc")
-                if p.isdigit() and int(p) != os.getpid() and _alive(int(p)) and mark in _proc(int(p), "environ")]
+                if p.isdigit() and int(p) != os.getpid() and procfs.alive(int(p)) and mark in procfs.cmdline_or_environ(int(p), "environ")]
 
     def _spawn(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
@@ -202,46 +189,44 @@ class Cluster:
         """Send each signal in turn (0: none, just wait) to what of pids is alive, `timeout` apart,
         until none is; True if none is."""
         for sig in signals or (0,):
-            for p in (p for p in pids if sig and _alive(p)):
+            for p in (p for p in pids if sig and procfs.alive(p)):
                 with suppress(OSError):
                     os.kill(p, sig)
             deadline = time.monotonic() + timeout
-            while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            while any(procfs.alive(p) for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.05)
         self._children = [c for c in self._children if c.poll() is None]  # reaps those that ended
-        return not any(_alive(p) for p in pids)
+        return not any(procfs.alive(p) for p in pids)
 
     def _layout(self) -> None:
         """The folder, the cookie (made once), each node's config, the folder's rabbitmqctl."""
         self.base_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cookie = self.base_dir / ".erlang.cookie"
-        if not cookie.exists():
-            with os.fdopen(os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "w") as f:
-                f.write("".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(32)))
+        nodefiles.write_cookie(self.base_dir)
         (self.base_dir / "rabbitmq-env.conf").write_text("# empty: /etc/rabbitmq's is the machine node's\n")
+        if self.tls:
+            self._tls_layout()
         for i in self.nodes:
-            (self.folder(i) / "log").mkdir(parents=True, exist_ok=True)
-            (self.folder(i) / "rabbitmq.conf").write_text(CONF.format(tag=self.tag, **self.ports(i)))
-            (self.folder(i) / "enabled_plugins").write_text("[rabbitmq_management].\n")
-            (self.folder(i) / "advanced.config").write_text(  # at-least-once dead letters (rungs) unconfirmed
-                "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n")  # by a leader change: 5 s, not 180
-        (wrapper := self.base_dir / CTL).write_text(
-            f"#!/bin/sh\n# rabbitmqctl on a running node of this cluster\nexec {shlex.quote(sys.executable)} -m choreo"
-            f' cluster ctl --dir {shlex.quote(str(self.base_dir))} "$@"\n')
-        wrapper.chmod(0o700)
+            nodefiles.write_node(self.folder(i), nodefiles.node_conf(self.tag, self.ports(i),
+                                                                     self.tls_files if self.tls else None))
+        nodefiles.write_ctl_wrapper(self.base_dir / CTL, self.base_dir)
         self._save()
+
+    def _tls_layout(self) -> None:
+        """The CA and certificates (made once, see choreo.ops.tlsca) and the distribution optfile."""
+        files = tlsca.ensure(self.tls_files.folder, label=f"choreo cluster {self.tag} {self.state['id'][:8]}")
+        nodefiles.write_dist_optfile(files, f"the nodes of {self.base_dir} and rabbitmqctl")
 
     def _ensure_epmd(self) -> None:
         if self._epmd_pid():
             return
-        if _listening(port := self.base_port):
+        if procfs.listening(port := self.base_port):
             raise ClusterError(f"port {port} (the cluster's epmd) is taken; choose another base port")
         proc = self._spawn([shutil.which("epmd") or "epmd", "-port", str(port), "-address", "127.0.0.1"],
                            self.ctl_env(), self.base_dir, self.base_dir / "epmd.log")
         self.state["epmd_pid"] = proc.pid
         self._save()
         deadline = time.monotonic() + 10
-        while not _listening(port):
+        while not procfs.listening(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise ClusterError(f"epmd on port {port} did not start; see {self.base_dir / 'epmd.log'}")
             time.sleep(0.05)
@@ -249,7 +234,7 @@ class Cluster:
     def _launch(self, i: int) -> None:
         """Start node i's VM, not waiting for its boot (a node with data rejoins its cluster by itself)."""
         # Only a listener is in the way: a killed node's connections in TIME_WAIT are not (reuseaddr).
-        if busy := [f"{k} {p}" for k, p in self.ports(i).items() if _listening(p)]:
+        if busy := [f"{k} {p}" for k, p in self.ports(i).items() if procfs.listening(p)]:
             raise ClusterError(f"{self.name(i)}: port {', '.join(busy)} is taken by another process")
         proc = self._spawn([str(rabbitmq_bin() / "rabbitmq-server")], self._node_env(i), self.folder(i),
                            self.folder(i) / "log" / "console.log")
@@ -258,7 +243,7 @@ class Cluster:
         while not beam and proc.poll() is None and time.monotonic() < deadline:
             with suppress(OSError):  # the script may exit meanwhile
                 kids = " ".join(Path(t, "children").read_text() for t in Path(f"/proc/{proc.pid}/task").iterdir())
-                beam = next((int(k) for k in kids.split() if mark in " ".join(_proc(int(k), "cmdline")) + " "), None)
+                beam = next((int(k) for k in kids.split() if mark in " ".join(procfs.cmdline_or_environ(int(k), "cmdline")) + " "), None)
             time.sleep(0.02)
         if not beam:
             raise ClusterError(f"{self.name(i)} did not start; see {self.logs(i)}")
@@ -359,15 +344,27 @@ class Cluster:
                     "app_running": self.app_running(i), "members": sorted(members), "logs": self.logs(i)}
 
         return {"dir": str(self.base_dir), "tag": self.tag, "epmd": {"port": self.base_port, "pid": self._epmd_pid()},
-                "nodes": _each(node, self.nodes), "urls": self.urls(), "ctl": str(self.base_dir / CTL)}
+                "nodes": _each(node, self.nodes), "urls": self.urls(), "ctl": str(self.base_dir / CTL),
+                "tls": self.tls_status()}
+
+    def tls_status(self) -> dict:
+        """What a client needs to know of the cluster's TLS ({"enabled": False} without)."""
+        return nodefiles.tls_status(self.tls_files if self.tls else None, [self.ports(i)["amqp"] for i in self.nodes])
+
+    def client_env(self, user: str = "guest", password: str = "guest", vhost: str = "/") -> dict[str, str]:
+        """The CHOREO_* settings a choreo stack needs to run on this cluster: its URLs, its folder
+        (rabbitmqctl through it) and, with TLS, the CA to verify it by and the client certificate."""
+        return {"CHOREO_BROKER_URL": self.urls(user, password, vhost), "CHOREO_BROKER_CLUSTER_DIR": str(self.base_dir),
+                **(nodefiles.client_tls_env(self.tls_files) if self.tls else {})}
 
     def urls(self, user: str = "guest", password: str = "guest", vhost: str = "/") -> str:
-        """Every node's AMQP URL, joined by ";": kombu's failover form (broker_url)."""
+        """Every node's AMQP URL (amqps:// with TLS), joined by ";": kombu's failover form (broker_url)."""
         auth, path = f"{quote(user, safe='')}:{quote(password, safe='')}", quote(vhost, safe="")
-        return ";".join(f"amqp://{auth}@127.0.0.1:{self.ports(i)['amqp']}/{path}" for i in self.nodes)
+        scheme = "amqps" if self.tls else "amqp"
+        return ";".join(f"{scheme}://{auth}@127.0.0.1:{self.ports(i)['amqp']}/{path}" for i in self.nodes)
 
     def admin_api(self, i: int | None = None) -> str:
-        return f"http://127.0.0.1:{self.ports(self.target(i))['mgmt']}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.ports(self.target(i))['mgmt']}"
 
     def queue_info(self, vhost: str, queue: str) -> dict:
         """A queue's name, type, leader, members and online members, as the broker sees them now
