@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,17 @@ class Settings(BaseSettings):
     # Competing consumers: how many workers `choreo up` runs per domain (each on the domain's queue).
     workers_per_domain: int = Field(1, ge=1, le=8)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # TLS where traffic leaves the host (choreo.infra.tls); peers are always verified. The
+    # broker: amqps:// in broker_url (every node), its CA (empty: the system's CAs) and an
+    # optional client certificate. Redis: a rediss:// redis_url, the same three. PostgreSQL: with
+    # a CA, every database URL asks sslmode=verify-full with it as sslrootcert.
+    broker_ca_file: str = ""
+    broker_cert_file: str = ""
+    broker_key_file: str = ""
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
+    database_ca_file: str = ""
     # Every Redis key choreo writes starts with this, so test runs never see each other.
     redis_prefix: str = "choreo"
     # Queue and exchange names start with this (within the vhost of broker_url).
@@ -123,6 +135,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    @field_validator("broker_ca_file", "broker_cert_file", "broker_key_file", "redis_ca_file", "redis_cert_file",
+                     "redis_key_file", "database_ca_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
     @field_validator("fault_crash_point")
     @classmethod
     def _fault_point(cls, value: str) -> str:
@@ -157,9 +177,11 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown service {service!r}")
         explicit = getattr(self, f"{service}_database_url")
         if explicit:
-            return explicit
+            return verified_database_url(explicit, self.database_ca_file)
         if self.database_server:
-            return f"{self.database_server.rstrip('/')}/{self.database_prefix}_{service}"
+            parts = urlsplit(self.database_server)  # the server's own options (?sslmode=...) stay
+            url = urlunsplit(parts._replace(path=f"/{self.database_prefix}_{service}"))
+            return verified_database_url(url, self.database_ca_file)
         return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
 
     @property
@@ -185,6 +207,18 @@ class Settings(BaseSettings):
     def retry_delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based), before jitter."""
         return min(self.retry_max_delay, self.retry_initial_delay * 2 ** (attempt - 1))
+
+
+def verified_database_url(url: str, ca_file: str) -> str:
+    """A PostgreSQL URL that verifies its server against `ca_file` (sslmode=verify-full: encrypted,
+    the CA checked, the host name checked); an sslmode or sslrootcert the URL names is kept."""
+    if not ca_file or not url.startswith("postgresql"):
+        return url
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("sslmode", "verify-full")
+    query.setdefault("sslrootcert", ca_file)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 @lru_cache(maxsize=1)

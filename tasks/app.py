@@ -5,6 +5,7 @@ import random
 
 from celery import Celery
 
+from choreo.infra import tls
 from choreo.messaging.access import broker_urls, service_url, user_name
 from config.settings import Settings
 from consumers.registry import topology
@@ -33,6 +34,7 @@ class ChoreoApp(Celery):
 def make_app(name: str, settings: Settings, service: str | None = None) -> ChoreoApp:
     """`name` is a domain (a worker app with its tasks) or any other word (a client app);
     `service`: the broker user it connects as, when not the one its name implies."""
+    tls.check_broker(settings)  # one clear line for a broker certificate that cannot be verified
     topo = topology(settings)
     app = ChoreoApp(name, settings, service)
     app.conf.update(
@@ -52,6 +54,8 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         # Quorum queues have no global QoS (kombu#2469).
         worker_detect_quorum_queues=True,
         broker_transport_options={"confirm_publish": True},
+        # amqps:// nodes: the broker verified against broker_ca_file (choreo.infra.tls).
+        broker_use_ssl=tls.kombu_ssl(settings),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_heartbeat=30,

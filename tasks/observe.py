@@ -15,7 +15,7 @@ import redis
 from celery import bootsteps
 
 from choreo.app.outbox import backlog
-from choreo.infra import telemetry, tracing
+from choreo.infra import telemetry, tls, tracing
 from choreo.infra.db import reachable
 from choreo.infra.health import Cached, HealthServer
 from consumers.registry import subscriptions
@@ -34,7 +34,8 @@ class WorkerProbes:
         self.worker, self.app = worker, app
         self.settings, self.domain = app.settings, app.domain
         self.rt = runtime(app)
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                           **tls.redis_options(self.settings))
         self.readiness = Cached(self._readiness, ttl=1.0)
         self._queues = QueueDepths(app, [self.rt.names.queue(self.domain), self.rt.names.dlq(self.domain)])
         self.uses_users = any(sub.lookup for sub in subscriptions(self.settings.saga_mode)[self.domain].values())

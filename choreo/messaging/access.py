@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from choreo.infra import tls
 from choreo.infra.secrets import secret, secret_path
 from choreo.messaging.topology import Names
 from config.settings import DOMAINS, Settings
@@ -281,7 +282,8 @@ def _post_definitions(settings: Settings, doc: dict, api: str) -> None:
     parts = urlsplit(broker_urls(settings.broker_url)[0])
     auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
     try:
-        resp = httpx.post(f"{api.rstrip('/')}/api/definitions", json=doc, auth=auth, timeout=30)
+        verify = tls.client_context(settings.broker_ca_file) if api.startswith("https") else True
+        resp = httpx.post(f"{api.rstrip('/')}/api/definitions", json=doc, auth=auth, timeout=30, verify=verify)
     except httpx.HTTPError as exc:
         raise SetupFailed(f"POST {api}/api/definitions failed: {exc!r}") from None
     if resp.status_code >= 300:

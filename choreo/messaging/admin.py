@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
@@ -14,6 +15,7 @@ from urllib.parse import unquote, urlparse
 import pika
 from pika.exceptions import ChannelClosedByBroker
 
+from choreo.infra import tls
 from choreo.messaging.access import broker_urls, service_url
 from choreo.messaging.topology import Names, queue_names
 from config.settings import Settings
@@ -22,16 +24,21 @@ from config.settings import Settings
 UNROUTED = "unrouted"
 
 
-def connection_parameters(broker_url: str) -> list[pika.ConnectionParameters]:
+def connection_parameters(broker_url: str, context: ssl.SSLContext | None = None) -> list[pika.ConnectionParameters]:
     """pika's parameters for each node of broker_url, shuffled (BlockingConnection tries them in
-    turn: with a cluster, a node that is down costs one refused connect)."""
+    turn: with a cluster, a node that is down costs one refused connect). amqps:// nodes need
+    `context` (choreo.infra.tls.broker_context): each node's host name is checked against it."""
     urls = broker_urls(broker_url)
     out = []
     for url in urls:
         u = urlparse(url)
         vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
+        host, secure = u.hostname or "127.0.0.1", u.scheme == "amqps"
+        if secure and context is None:
+            raise tls.TLSRefused(f"{host}: an amqps:// node needs a TLS context (choreo.infra.tls.broker_context)")
         out.append(pika.ConnectionParameters(
-            host=u.hostname or "127.0.0.1", port=u.port or 5672, virtual_host=vhost or "/",
+            host=host, port=u.port or (tls.AMQPS_PORT if secure else 5672), virtual_host=vhost or "/",
+            ssl_options=pika.SSLOptions(context, server_hostname=host) if secure else None,
             credentials=pika.PlainCredentials(unquote(u.username or "guest"), unquote(u.password or "guest")),
             connection_attempts=3 if len(urls) == 1 else 1, retry_delay=1,
             blocked_connection_timeout=30, heartbeat=60))
@@ -124,7 +131,9 @@ class BrokerAdmin:
         self.names = Names(settings.namespace)
         url = settings.broker_url if service is None else service_url(settings, service)
         self.user_id = unquote(urlparse(broker_urls(url)[0]).username or "guest")
-        self.conn = pika.BlockingConnection(connection_parameters(url))
+        tls.check_broker(settings)  # one clear line for a certificate that cannot be verified
+        context = tls.broker_context(settings) if tls.broker_uses_tls(settings) else None
+        self.conn = pika.BlockingConnection(connection_parameters(url, context))
 
     def close(self) -> None:
         if self.conn.is_open:

@@ -26,6 +26,7 @@ from typing import Iterable, Mapping
 
 from kombu import Connection, Exchange, Queue, binding
 
+from choreo.infra import tls
 from config.settings import Settings
 
 log = logging.getLogger("choreo.topology")
@@ -144,7 +145,9 @@ class Topology:
     def declare(self, connection: Connection | None = None) -> list[str]:
         """Declare exchanges, queues and bindings; safe to run any number of times."""
         own = connection is None
-        conn = connection or Connection(self.settings.broker_url)
+        if own:
+            tls.check_broker(self.settings)
+        conn = connection or Connection(self.settings.broker_url, ssl=tls.kombu_ssl(self.settings))
         try:
             channel = conn.default_channel
             self.unrouted(channel).declare()

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.infra.db import dispose_engines
+from choreo.infra.redis_client import redis_client
 from choreo.messaging import access
 from choreo.ops.cluster import Cluster
 from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
@@ -54,12 +55,14 @@ class Sandbox:
     started on a free port (the chaos harness kills it); otherwise keys go under the run's prefix
     on the shared Redis. `database_server`: databases <prefix>_<service> there, dropped on close;
     empty: SQLite files in the run's folder. `cluster_dir`: its vhost on that private cluster
-    (choreo.ops.cluster), every node in its broker_url, instead of this machine's node.
+    (choreo.ops.cluster), every node in its broker_url, instead of this machine's node; a TLS
+    cluster's CA and client certificate with it. `redis_tls`: its own redis-server over TLS only
+    (rediss://, no plain port), with the TLS cluster's CA and node certificate.
     `overrides` are further settings (strings or values)."""
 
     def __init__(self, tag: str, *, own_redis: bool = False, workdir: Path | str | None = None,
                  remove_workdir: bool | None = None, database_server: str = "", run_id: str | None = None,
-                 cluster_dir: str | Path | None = None, **overrides: Any) -> None:
+                 cluster_dir: str | Path | None = None, redis_tls: bool = False, **overrides: Any) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.name = f"choreo-{tag}-{self.run_id}"
         # A folder it made is removed on close; a folder it was given, only when told so.
@@ -67,18 +70,32 @@ class Sandbox:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.name}-")).resolve()
         self.vhost = self.name
         self.cluster_dir = str(Path(cluster_dir).resolve()) if cluster_dir else ""
-        self.own_redis = own_redis
-        self.redis_port = free_port() if own_redis else None
+        self.own_redis = own_redis or redis_tls
+        cluster = Cluster.open(self.cluster_dir) if self.cluster_dir else None
+        self.tls = cluster.tls_files if cluster is not None and cluster.tls else None
+        if redis_tls and self.tls is None:
+            raise ValueError("redis_tls needs a TLS cluster (cluster_dir of `choreo cluster up --tls`): its certificates")
+        self.redis_tls = redis_tls
+        tls_settings = {"broker_ca_file": str(self.tls.ca), "broker_cert_file": str(self.tls.client_cert),
+                        "broker_key_file": str(self.tls.client_key)} if self.tls else {}
+        if redis_tls:
+            tls_settings.update(redis_ca_file=str(self.tls.ca), redis_cert_file=str(self.tls.client_cert),
+                                redis_key_file=str(self.tls.client_key))
+        self.redis_port = free_port() if self.own_redis else None
         self.redis_proc: subprocess.Popen | None = None
         self.vhost_created = False
         self.database_prefix = f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
         self.overrides: dict[str, Any] = {
             # On a cluster, its nodes' guest (loopback only) is the bootstrap user, as on this machine's.
-            "broker_url": (Cluster.open(self.cluster_dir).urls(vhost=self.vhost) if self.cluster_dir
-                           else f"{AMQP_BASE}/{self.vhost}"),
+            "broker_url": cluster.urls(vhost=self.vhost) if cluster else f"{AMQP_BASE}/{self.vhost}",
             # Always said: a cluster the calling shell exported must not catch a sandbox on this machine's node.
             "broker_cluster_dir": self.cluster_dir,
-            "redis_url": f"redis://127.0.0.1:{self.redis_port}/0" if own_redis else SHARED_REDIS,
+            "redis_url": (f"{'rediss' if redis_tls else 'redis'}://127.0.0.1:{self.redis_port}/0" if self.own_redis
+                          else SHARED_REDIS),
+            # Never inherit a shell's CA or certificates: the run's own, or none.
+            **{f"{peer}_{f}_file": "" for peer in ("broker", "redis") for f in ("ca", "cert", "key")},
+            "database_ca_file": "",
+            **tls_settings,
             "redis_prefix": self.name,
             "namespace": "choreo",
             # Its own broker users (choreo broker setup makes them; close deletes them).
@@ -139,12 +156,17 @@ class Sandbox:
 
     def start_redis(self) -> int:
         log = open(self.log_dir / "redis.log", "ab")
+        # With TLS, no plain port at all (--port 0): the client certificate is optional, the password-less
+        # loopback server is the sandbox's own.
+        listen = (["--port", "0", "--tls-port", str(self.redis_port), "--tls-cert-file", str(self.tls.node_cert),
+                   "--tls-key-file", str(self.tls.node_key), "--tls-ca-cert-file", str(self.tls.ca),
+                   "--tls-auth-clients", "optional"] if self.redis_tls else ["--port", str(self.redis_port)])
         self.redis_proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.5)
+        client = redis_client(self.settings)
         deadline = time.monotonic() + 15
         while True:
             try:

@@ -9,6 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
+from choreo.infra.tls import TLSRefused
 from choreo.ops.cli.base import cli, err
 from config.settings import get_settings
 
@@ -20,4 +21,8 @@ def main() -> None:
         first = exc.errors()[0]
         err.print(f"error: setting CHOREO_{str(first['loc'][0]).upper()}: {first['msg']}")
         sys.exit(2)
-    cli()
+    try:
+        cli()
+    except TLSRefused as exc:  # a peer's certificate that cannot be verified: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)  # not rich: it would wrap the line at the terminal's width
+        sys.exit(2)
