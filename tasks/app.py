@@ -83,7 +83,7 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         event_queue_ttl=10,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_enable_remote_control=True,
+        worker_enable_remote_control=False,  # Celery's step dies of a refused pidbox declare: tasks.remote's serves
     )
     if app.domain:
         register_domain(app)

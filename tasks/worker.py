@@ -298,6 +298,7 @@ def install(app: Celery) -> None:
     app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
     app.steps["worker"].add(Observability)
+    app.steps["consumer"].add("tasks.remote:RemoteControl")  # remote control, in place of Celery's (tasks.app)
 
 
 @setup_logging.connect

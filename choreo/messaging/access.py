@@ -186,7 +186,8 @@ class Grant:
 
 
 def node_name(settings: Settings, domain: str, index: int = 1) -> str:
-    """A worker's Celery node name (before @host): unique per vhost, since its pidbox queue is;
+    """A worker's Celery node name (before @host): unique per vhost (Flower and `celery inspect`
+    tell workers apart by it; its pidbox queue's name adds a token per connection: tasks.remote);
     a domain's further workers (`index` 2, 3...) add -<index>."""
     base = domain if settings.namespace == "choreo" else f"{domain}.{settings.namespace}"
     return base if index == 1 else f"{base}-{index}"

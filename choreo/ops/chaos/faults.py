@@ -191,6 +191,14 @@ class Faults:
         ranked = sorted((q for q in depths if q in domain_queues), key=lambda q: -depths[q])
         return ranked[0] if ranked else f"{self.sb.settings.namespace}.payment"
 
+    def workers_by_node(self) -> dict[int, list[str]]:
+        """Node index -> the workers consuming from it now (every node listed; a worker that is
+        reconnecting or being restarted is on none)."""
+        view = worker_view(self.sb.settings, self.stack, self.workers)
+        return {i: sorted(name for name, v in view.items()
+                          if v["broker_node"] == f"127.0.0.1:{self.cluster.ports(i)['amqp']}")
+                for i in self.cluster.nodes}
+
     def _on_node(self, node: int) -> tuple[str, dict[str, dict]]:
         """The node's AMQP address and the workers consuming from it now."""
         address = f"127.0.0.1:{self.cluster.ports(node)['amqp']}"
@@ -212,7 +220,9 @@ class Faults:
                 if view["broker_node"] not in (None, address):
                     waiting.discard(name)
                     fault["workers_on_node"][name].update(reconnected_to=view["broker_node"],
-                                                          reconnected_after_s=round(time.monotonic() - since, 2))
+                                                          reconnected_after_s=round(time.monotonic() - since, 2),
+                                                          pid_on_reconnect=view["pid"],
+                                                          handled_on_reconnect=view["handled"])
             time.sleep(0.2)
 
     def kill_leader_node(self, down_for: float) -> None:
@@ -220,7 +230,15 @@ class Faults:
         The workers consuming from it are watched (and never killed): each must reconnect elsewhere."""
         queue = self.busiest_queue()
         before = self.leaders()
-        node = before[queue] or 1  # not known: the first node (where the set-up declared the queues)
+        # Not known: the first node (where the set-up declared the queues).
+        self.kill_node(before[queue] or 1, down_for, queue, before)
+
+    def kill_node(self, node: int, down_for: float, queue: str | None = None,
+                  leaders_before: dict | None = None) -> dict:
+        """kill -9 node `node`; start it again after `down_for` s (tend, settle_nodes). Its workers
+        are watched as they reconnect elsewhere; with `queue`, how long that queue had no leader.
+        Returns the fault's record (filled in by the watch)."""
+        before = leaders_before if leaders_before is not None else self.leaders()
         address, on_it = self._on_node(node)
         killed_at = time.monotonic()
         pid = self.cluster.kill(node)
@@ -230,20 +248,22 @@ class Faults:
                  "leaders_before": before, "workers_on_node": on_it}
         self.node_faults.append(fault)
         self._in_background(self._watch, fault, killed_at, address, queue)
-        self.journal.note("kill -9 node", f"node {node} ({self.cluster.name(node)}, pid {pid}), leader of "
-                                          f"{queue}; start again in {down_for:.1f}s; workers on it: "
-                                          f"{', '.join(on_it) or 'none'}", style="red", node=node, queue=queue)
+        self.journal.note("kill -9 node", f"node {node} ({self.cluster.name(node)}, pid {pid})"
+                                          + (f", leader of {queue}" if queue else "") + f"; start again in "
+                                          f"{down_for:.1f}s; workers on it: {', '.join(on_it) or 'none'}",
+                          style="red", node=node, queue=queue)
+        return fault
 
-    def bounce_app(self, pause: float) -> bool:
+    def bounce_app(self, pause: float, node: int | None = None) -> bool:
         """stop_app, then start_app, of another node (its broker app only: the Erlang node stays;
-        its clients are disconnected and its queue replicas go offline). Only while every other
-        node runs (else the quorum queues would lose their majority), in the background: a stop
-        takes seconds, and workers keep being killed meanwhile."""
+        its clients are disconnected and its queue replicas go offline); `node`, or one drawn.
+        Only while every other node runs (else the quorum queues would lose their majority), in
+        the background: a stop takes seconds, and workers keep being killed meanwhile."""
         up = [i for i in self.cluster.nodes if i not in self.node_down and i not in self.restarting
               and self.cluster.app_running(i)]
         if len(up) < self.cluster.size:
             return False  # a killed node is not back yet: the caller asks again a moment later
-        node = self.rng.choice(up)
+        node = node if node is not None else self.rng.choice(up)
         address, on_it = self._on_node(node)
         self.counts["node_stop_app"] += 1
         fault = {"t": self.journal.now(), "fault": "stop_app/start_app", "node": node,

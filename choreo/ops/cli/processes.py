@@ -33,8 +33,9 @@ def worker(domain: str, index: int) -> None:
     topo = topology(settings)
     app = make_app(domain, settings)
     app.worker_index = index  # its health listener's port (tasks.observe)
-    # Node names must be unique per vhost (Celery's pidbox queue is exclusive to one node); its
-    # broker user may declare only its own (choreo.messaging.access.node_name).
+    # Node names must be unique per vhost (Flower and `celery inspect` tell workers apart by it; the
+    # broker no longer refuses a duplicate: each connection's pidbox queue has a name of its own,
+    # tasks.remote); its broker user may declare only its own (choreo.messaging.access.node_name).
     node = node_name(settings, domain, index)
     app.worker_main([
         "worker", "-Q", topo.names.queue(domain), "-n", f"{node}@%h",
