@@ -32,16 +32,17 @@ AMQP_BASE = os.environ.get("CHOREO_SANDBOX_AMQP", "amqp://guest:guest@127.0.0.1:
 SHARED_REDIS = os.environ.get("CHOREO_SANDBOX_REDIS", "redis://127.0.0.1:6379/0")
 
 
-def private_cluster(tag: str, parent: Path | str | None = None) -> Cluster:
+def private_cluster(tag: str, parent: Path | str | None = None, tls: bool = False) -> Cluster:
     """A private three-node RabbitMQ cluster of its own, up, in a new folder (under `parent`) on
     free loopback ports (never a user's `choreo cluster up` ports): the chaos run's and the
-    bench's. Taken down and removed if it fails or is interrupted on its way up."""
+    bench's; with `tls`, amqps only and TLS between its nodes. Taken down and removed if it fails
+    or is interrupted on its way up."""
     from choreo.ops.cluster import SPAN
 
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
     cluster = Cluster(Path(tempfile.mkdtemp(prefix=f"choreo-{tag}-cluster-", dir=parent)), tag=tag,
-                      base_port=free_port_block(SPAN) + 1)
+                      base_port=free_port_block(SPAN) + 1, tls=tls)
     try:
         cluster.up()
     except BaseException:  # a Ctrl-C during the half minute it takes too: no nodes left behind

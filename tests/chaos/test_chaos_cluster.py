@@ -1,6 +1,7 @@
-"""Broker nodes die under load: one CI-sized `choreo chaos --cluster` run. A private three-node
+"""Broker nodes die under load: one CI-sized `choreo chaos --cluster --tls` run. A private three-node
 RabbitMQ cluster of its own (choreo.ops.cluster: own node names, ports, folders, cookie and
-epmd), two workers per domain on PostgreSQL; while 300 orders of every path flow, the node that
+epmd) serving amqps only, its nodes talking TLS to each other, the run's Redis TLS only, two
+workers per domain on PostgreSQL; while 300 orders of every path flow, the node that
 leads the busiest domain queue is killed -9 and started again, another node's app is stopped and
 started, and workers are killed as in the single-node run. Then the audit."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420),
               pytest.mark.skipif(not rabbit_cluster.available(), reason="rabbitmq-server and epmd are not installed")]
 
 CLUSTER_RUN = {"orders": 300, "duration": 70.0, "kill_every": 6.0, "settle_timeout": 150.0, "cluster": True,
+               "tls": True,  # amqps only, TLS between the nodes, Redis TLS only: every path over TLS
                "workers_per_domain": 2, "node_down_seconds": 5.0,
                "database_server": os.environ.get("CHOREO_TEST_DATABASE_SERVER",
                                                  "postgresql://postgres:postgres@127.0.0.1:5432")}

@@ -31,6 +31,7 @@ class ChaosConfig:
     workers_per_domain: int = 1
     database_server: str = ""
     node_down_seconds: float = 5.0   # a killed node stays down this long
+    tls: bool = False                # with cluster: amqps only, TLS between nodes, the run's Redis TLS only
 
 
 @dataclass

@@ -38,13 +38,13 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     console = console or Console()
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().getrandbits(32)
     journal = Journal(console)
-    cluster = private_cluster("chaos", cfg.workdir) if cfg.cluster else None
+    cluster = private_cluster("chaos", cfg.workdir, tls=cfg.tls) if cfg.cluster else None
     if cluster:
         console.print(f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {cluster.base_dir}")
     try:
         sandbox = Sandbox("chaos", own_redis=True, workdir=cfg.workdir, database_server=cfg.database_server,
                           workers_per_domain=cfg.workers_per_domain,
-                          cluster_dir=cluster.base_dir if cluster else None)
+                          cluster_dir=cluster.base_dir if cluster else None, redis_tls=bool(cluster and cfg.tls))
     except BaseException:
         if cluster:
             cluster.down(purge=True)
