@@ -195,10 +195,21 @@ def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     return True
 
 
-def ensure(folder: Path | str, label: str = "choreo") -> TlsFiles:
+def _names(cert: x509.Certificate) -> tuple[set[str], set[str]]:
+    """A certificate's DNS and IP subject alternative names."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set()
+    return set(san.get_values_for_type(x509.DNSName)), {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+
+
+def ensure(folder: Path | str, label: str = "choreo", hostnames: tuple[str, ...] = HOSTNAMES,
+           addresses: tuple[str, ...] = ADDRESSES) -> TlsFiles:
     """The CA folder `folder` (0700), made or completed: a CA named "<label> CA" unless a usable
-    one is there, and the node and client certificates unless usable ones signed by it are there.
-    Idempotent: a second call changes nothing (so a cluster's `up` reuses its certificates)."""
+    one is there, and the node and client certificates unless usable ones signed by it are there
+    (the node's naming exactly `hostnames` and `addresses`). Idempotent: a second call changes
+    nothing (so a cluster's `up` reuses its certificates)."""
     files = TlsFiles(Path(folder))
     _private_folder(files.folder)
     ca = _load(files.ca, files.ca_key)
@@ -210,9 +221,10 @@ def ensure(folder: Path | str, label: str = "choreo") -> TlsFiles:
     for cert_path, key_path, cn, server in ((files.node_cert, files.node_key, "localhost", True),
                                             (files.client_cert, files.client_key, f"{label} client", False)):
         have = _load(cert_path, key_path)
-        if have and _fresh(have[1]) and _signed_by(have[1], ca_cert):
+        if have and _fresh(have[1]) and _signed_by(have[1], ca_cert) and \
+                (not server or _names(have[1]) == (set(hostnames), set(addresses))):
             continue
-        key, cert = issue(ca_key, ca_cert, cn, server=server)
+        key, cert = issue(ca_key, ca_cert, cn, server=server, hostnames=hostnames, addresses=addresses)
         write_private(key_path, _key_pem(key))  # the key first: a crash in between leaves a pair that
         write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))  # does not match: re-issued
     for path in (files.ca, files.ca_key, files.node_cert, files.client_cert, files.node_key, files.client_key):
@@ -225,3 +237,17 @@ def unrelated_ca(folder: Path | str, label: str = "unrelated") -> TlsFiles:
     """A second CA with its own node and client certificates, sharing nothing with any other
     (a "wrong CA", to show a peer refusing what it did not sign). `folder` must be its own."""
     return ensure(folder, label)
+
+
+def server_copy(files: TlsFiles, folder: Path | str, owner: int) -> TlsFiles:
+    """The CA certificate and the node's certificate and key, copied into `folder` (0700) and owned
+    by `owner` (a uid): what a server that runs as another user reads (RabbitMQ, Redis and
+    PostgreSQL in their images run as uid 999). The CA's key and the client's stay where they are."""
+    out = TlsFiles(Path(folder))
+    out.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for src, dst in ((files.ca, out.ca), (files.node_cert, out.node_cert), (files.node_key, out.node_key)):
+        write_private(dst, src.read_bytes())
+        os.chown(dst, owner, owner)
+    os.chmod(out.folder, 0o700)
+    os.chown(out.folder, owner, owner)
+    return out

@@ -64,6 +64,7 @@ COMMANDS = {
     "dlq": "choreo.ops.cli.dlq:dlq",
     "broker": "choreo.ops.cli.broker:broker",
     "cluster": "choreo.ops.cli.cluster:cluster",
+    "tls": "choreo.ops.cli.tls:tls",
     "chaos": "choreo.ops.cli.chaos:chaos",
     "ask": "choreo.ops.cli.ask:ask",
     "trace": "choreo.ops.cli.trace:trace",
