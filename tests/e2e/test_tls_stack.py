@@ -1,7 +1,7 @@
-"""Everything over TLS: a stack whose broker is a private RabbitMQ node serving amqps only
-(`Cluster(tls=True)`: its own CA, plain AMQP off, inter-node and CLI traffic over TLS) and whose
-Redis is a private redis-server serving TLS only, runs every path end to end; a client with the
-wrong CA is refused with one line; nothing answers in clear text on either port."""
+"""Everything over TLS: a stack whose broker is a private three-node RabbitMQ cluster serving amqps
+only (`choreo cluster up --tls`: its own CA, plain AMQP off, the nodes and rabbitmqctl talking TLS
+to each other) and whose Redis is a private redis-server serving TLS only runs every path end to
+end; a client with the wrong CA is refused with one line; nothing answers in clear text."""
 from __future__ import annotations
 
 import os
@@ -30,7 +30,7 @@ def tls_stack(tmp_path_factory):
     from choreo.ops.sandbox import Sandbox
     from choreo.ops.stack import bring_up, free_port_block, process_names
 
-    node = Cluster(tmp_path_factory.mktemp("tls-node"), tag=f"tls{uuid.uuid4().hex[:6]}", size=1,
+    node = Cluster(tmp_path_factory.mktemp("tls-cluster"), tag=f"tls{uuid.uuid4().hex[:6]}", size=3,
                    base_port=free_port_block(SPAN) + 1, tls=True)
     sandbox = stack = None
     try:
@@ -54,9 +54,11 @@ def test_every_path_runs_end_to_end_over_tls(tls_stack):
     from choreo.ops.scenarios import SCENARIOS
     from choreo.ops.workload import expected_by_scenario, publish_orders
 
-    _node, sandbox, stack = tls_stack
+    node, sandbox, stack = tls_stack
     settings = sandbox.settings
-    assert settings.broker_url.startswith("amqps://") and settings.redis_url.startswith("rediss://")
+    assert settings.broker_url.count("amqps://") == 3 and settings.redis_url.startswith("rediss://")
+    names = sorted(node.name(i) for i in node.nodes)
+    assert sorted(node.cluster_status(1)["running_nodes"]) == names  # formed over TLS distribution
     sent = publish_orders(settings, list(SCENARIOS) * 2, seed=None)
     states = settled(settings, [o for o, _ in sent], timeout=120)
     expected = expected_by_scenario()
@@ -88,10 +90,10 @@ def test_a_client_with_the_wrong_ca_is_refused_with_one_line(tls_stack, tmp_path
 
 def test_nothing_answers_in_clear_text(tls_stack):
     node, sandbox, _stack = tls_stack
-    port = node.ports(1)["amqp"]
-    plain = pika.ConnectionParameters(host="127.0.0.1", port=port, connection_attempts=1, socket_timeout=3,
-                                      credentials=pika.PlainCredentials("guest", "guest"))
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
-        pika.BlockingConnection(plain)
+    for i in node.nodes:
+        plain = pika.ConnectionParameters(host="127.0.0.1", port=node.ports(i)["amqp"], connection_attempts=1,
+                                          socket_timeout=3, credentials=pika.PlainCredentials("guest", "guest"))
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            pika.BlockingConnection(plain)
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=sandbox.redis_port, socket_connect_timeout=2, socket_timeout=2).ping()

@@ -2,9 +2,8 @@
 the AMQP port speaks only TLS, verified against the CA the folder made (no plain AMQP listener,
 so a password never crosses loopback in clear text); a client trusting another CA refuses the
 node, and the node refuses a client certificate another CA signed; Erlang distribution speaks
-TLS too (a rabbitmqctl without TLS is shut out; three nodes forming over it, one killed and
-rejoining while workers fail over, is the CI cluster chaos run's: tests/chaos/test_chaos_cluster.py
-runs with --tls); pika and kombu publish with confirms to a quorum queue over amqps; the
+TLS too (a rabbitmqctl without TLS is shut out; three nodes forming over it and running every
+path is tests/e2e/test_tls_stack.py's); pika and kombu publish with confirms to a quorum queue over amqps; the
 CA's files are owner-only and reused; `choreo cluster status --json` tells a client what it needs.
 
 Fresh ports (a free block) and fresh folders, taken down and removed at the end; the machine's

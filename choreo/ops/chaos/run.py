@@ -257,7 +257,11 @@ def _cluster_figures(settings: Settings, faults: Faults, progress: Progress) -> 
                        if name in now and now[name]["pid"] == v["pid"]}
         node_faults.append({**{k: v for k, v in x.items() if k != "workers_on_node"}, "leaders_moved": moved,
                             "pause_seconds": progress.pause_after(x["t"]), "workers_failed_over": failed_over})
+    samples = progress.samples
     return {"node_faults": node_faults, "node_kills": faults.counts["node_kill"],
+            # What pause_seconds is read from: (first, last) sample (journal s, terminal, sent) and how many.
+            "progress_samples": {"count": len(samples), "first": samples[0] if samples else None,
+                                 "last": samples[-1] if samples else None},
             "node_stop_apps": faults.counts["node_stop_app"],
             # over the run: before each kill of it (a kill resets its counters) and since its last start
             "handled_by_worker": {name: faults.handled_before_kills[name] + now.get(name, {}).get("handled", 0)
