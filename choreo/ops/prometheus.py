@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from choreo.messaging.access import broker_urls
+from choreo.ops import procfs
 from choreo.ops.stack import alive, await_exec, process_names, runs_with, worker_of
 from config.settings import Settings
 
@@ -254,9 +254,7 @@ def _marker(settings: Settings) -> str:
 
 
 def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    return procfs.listening(port)
 
 
 def start(settings: Settings) -> int:

@@ -13,6 +13,7 @@ from typing import Callable
 from choreo.app.bootstrap import prepare
 from choreo.messaging import access
 from choreo.messaging.admin import BrokerAdmin
+from choreo.ops import procfs
 from choreo.ops.cluster import Cluster
 from config.settings import DOMAINS, Settings
 from consumers.registry import topology
@@ -50,10 +51,7 @@ def argv_for(name: str) -> list[str]:
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return " ".join(procfs.cmdline_or_environ(pid, "cmdline"))
 
 
 def is_ours(pid: int) -> bool:
@@ -76,16 +74,7 @@ def await_exec(proc: subprocess.Popen, marker: str, timeout: float = 5.0) -> Non
         time.sleep(0.01)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().split(") ")[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+alive = procfs.alive  # alive and not a zombie (callers import it from here)
 
 
 def _ephemeral_low() -> int:
