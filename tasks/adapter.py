@@ -69,7 +69,6 @@ class Delivery:
     # On a copy this domain made (retry rung, dead letter): the original sender it names, which
     # becomes `sender` only when this domain's record of the copy proves it (choreo.app.copies).
     claim: str | None = None
-    replayed: bool = False      # moved back from this domain's DLQ by an operator's replay
 
 
 @dataclass

@@ -250,13 +250,13 @@ def _delivery(message, settings, domain: str) -> Delivery:
     args, kwargs, _embed = message.decode()
     headers = message.headers or {}
     props = message.properties or {}
-    back = replayed(headers, Names(settings.namespace).dlq(domain))
+    back = replayed(headers, Names(settings.namespace).dlq(domain))  # a replay starts the ladder again
     sender, claim = verified_sender(settings, domain, props.get("user_id"), headers)
     return Delivery(name=headers["task"], args=args, kwargs=kwargs, task_id=str(headers["id"]),
                     root_id=headers.get("root_id"), attempt=0 if back else int(headers.get("choreo_attempt") or 0),
                     message_id=props.get("message_id"), delivery_count=headers.get("x-delivery-count", 0),
                     redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
-                    sender=sender, claim=claim, replayed=back)
+                    sender=sender, claim=claim)
 
 
 def replayed(headers: dict, dlq: str) -> bool:

@@ -211,7 +211,7 @@ class Harness:
         claim = copy["headers"]["x-choreo-sender"]
         return Delivery(copy["name"], copy["args"], copy["kwargs"], copy["task_id"],
                         attempt=0 if replayed else copy["headers"].get("choreo_attempt", 0), sender=None,
-                        claim=None if claim == "-" else claim, replayed=replayed)
+                        claim=None if claim == "-" else claim)
 
     def rows(self, model) -> list:
         with Session(self.engine) as s:

@@ -53,7 +53,7 @@ def test_a_copy_no_record_proves_is_refused_whatever_it_claims(h, replayed):
     naming the order service, published by whoever holds the payment user's password."""
     env = h.envelope("order.placed", "ord-forged", {"order": snapshot(("SKU-BLUE", 3)), "card_token": CARD_OK})
     forged = Delivery(env.type, [env.to_wire()], {}, env.event_id, attempt=0 if replayed else 1, sender=None,
-                      claim="order", replayed=replayed)
+                      claim="order")
     [out] = h.deliver_batch([forged])
     assert out.outcome.kind == "poison" and out.types == []
     assert "unauthorized: a copy naming sender 'order' that this service has no record of making" in out.outcome.detail
