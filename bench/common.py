@@ -3,6 +3,7 @@
 Every measurement gets its own RabbitMQ vhost, Redis key prefix and temp folder, all removed
 afterwards. Processes are started by us, tracked by pid and stopped by pid only.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,6 +55,7 @@ def patched_environ(env: dict[str, str]):
 
 # --- /proc ---------------------------------------------------------------------------------
 
+
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of pid (all its threads), in seconds."""
     try:
@@ -97,8 +99,15 @@ def wait_quiet(threshold: float, max_wait: float, window: float = 2.0) -> dict:
         if b < threshold:
             return {"quiet": True, "busy_cores": b, "waited_s": round(time.monotonic() - t0, 1)}
         if time.monotonic() - t0 > max_wait:
-            log(f"machine still busy ({b:.2f} cores used by others) after {max_wait:.0f}s; measuring anyway")
-            return {"quiet": False, "busy_cores": b, "waited_s": round(time.monotonic() - t0, 1), "samples": seen[-10:]}
+            log(
+                f"machine still busy ({b:.2f} cores used by others) after {max_wait:.0f}s; measuring anyway"
+            )
+            return {
+                "quiet": False,
+                "busy_cores": b,
+                "waited_s": round(time.monotonic() - t0, 1),
+                "samples": seen[-10:],
+            }
 
 
 def pss_kb(pid: int) -> int | None:
@@ -125,6 +134,7 @@ def broker_pid() -> int | None:
 def redis_pid() -> int | None:
     try:
         import redis
+
         c = redis.Redis.from_url(REDIS_URL)
         pid = int(c.info("server")["process_id"])
         c.close()
@@ -140,8 +150,12 @@ class ProcSampler:
     replaced pool child is counted too. `external` pids (broker, redis) are read for CPU only.
     """
 
-    def __init__(self, roots: dict[str, int], external: dict[str, int | None] | None = None,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        roots: dict[str, int],
+        external: dict[str, int | None] | None = None,
+        interval: float = 0.5,
+    ) -> None:
         self.roots = roots
         self.external = {k: v for k, v in (external or {}).items() if v}
         self.interval = interval
@@ -173,8 +187,14 @@ class ProcSampler:
         pids = self.pids()
         procs = {pid: cpu_seconds(pid) for pid in pids}
         ext = {k: cpu_seconds(p) for k, p in self.external.items()}
-        return {"t": time.monotonic(), "procs": {p: c for p, c in procs.items() if c is not None}, "ext": ext,
-                "roles": pids, "machine": machine_busy_seconds(), "self": time.process_time()}
+        return {
+            "t": time.monotonic(),
+            "procs": {p: c for p, c in procs.items() if c is not None},
+            "ext": ext,
+            "roles": pids,
+            "machine": machine_busy_seconds(),
+            "self": time.process_time(),
+        }
 
     @staticmethod
     def cpu_delta(a: dict, b: dict) -> dict:
@@ -184,22 +204,32 @@ class ProcSampler:
             role = b["roles"].get(p, "?")
             per_role[role] = round(per_role.get(role, 0.0) + c - a["procs"].get(p, 0.0), 2)
         workers = sum(per_role.values())
-        ext = {k: (b["ext"][k] - a["ext"][k]) if a["ext"].get(k) is not None and b["ext"].get(k) is not None
-               else None for k in b["ext"]}
+        ext = {
+            k: (b["ext"][k] - a["ext"][k])
+            if a["ext"].get(k) is not None and b["ext"].get(k) is not None
+            else None
+            for k in b["ext"]
+        }
         wall = b["t"] - a["t"]
         machine = b["machine"] - a["machine"]
         ours = workers + sum(v for v in ext.values() if v) + (b["self"] - a["self"])
-        return {"wall": wall, "workers": workers, **{f"{k}": v for k, v in ext.items()},
-                "bench_process": round(b["self"] - a["self"], 2), "per_role": per_role,
-                "machine_busy_cores": round(machine / wall, 2),
-                # CPU used by processes that are not part of this measurement (another job on the box);
-                # the broker's figure includes other vhosts' traffic, so this can undercount.
-                "foreign_cores": round(max(0.0, machine - ours) / wall, 2)}
+        return {
+            "wall": wall,
+            "workers": workers,
+            **{f"{k}": v for k, v in ext.items()},
+            "bench_process": round(b["self"] - a["self"], 2),
+            "per_role": per_role,
+            "machine_busy_cores": round(machine / wall, 2),
+            # CPU used by processes that are not part of this measurement (another job on the box);
+            # the broker's figure includes other vhosts' traffic, so this can undercount.
+            "foreign_cores": round(max(0.0, machine - ours) / wall, 2),
+        }
 
     def start(self) -> "ProcSampler":
         def loop():
             while not self._stop.wait(self.interval):
                 self.sample()
+
         self.sample()
         self._thread = threading.Thread(target=loop, daemon=True, name="proc-sampler")
         self._thread.start()
@@ -216,15 +246,24 @@ class ProcSampler:
             self._thread.join(timeout=2)
 
     def memory(self) -> dict:
-        per = [{"pid": p, "role": self.role.get(p, "?"), "peak_rss_mb": round(self.peak_rss_kb.get(p, 0) / 1024, 1),
+        per = [
+            {
+                "pid": p,
+                "role": self.role.get(p, "?"),
+                "peak_rss_mb": round(self.peak_rss_kb.get(p, 0) / 1024, 1),
                 "vmhwm_mb": round(self.hwm_kb.get(p, 0) / 1024, 1),
-                "pss_end_mb": round(self.pss_kb[p] / 1024, 1) if p in self.pss_kb else None}
-               for p in sorted(self.peak_rss_kb)]
+                "pss_end_mb": round(self.pss_kb[p] / 1024, 1) if p in self.pss_kb else None,
+            }
+            for p in sorted(self.peak_rss_kb)
+        ]
         pss = [x["pss_end_mb"] for x in per if x["pss_end_mb"] is not None]
-        return {"max_vmhwm_mb": max((x["vmhwm_mb"] for x in per), default=None),
-                "total_pss_mb": round(sum(pss), 1) if pss else None,
-                "max_rss_mb": max((x["peak_rss_mb"] for x in per), default=None),
-                "processes": len(per), "per_process": per}
+        return {
+            "max_vmhwm_mb": max((x["vmhwm_mb"] for x in per), default=None),
+            "total_pss_mb": round(sum(pss), 1) if pss else None,
+            "max_rss_mb": max((x["peak_rss_mb"] for x in per), default=None),
+            "processes": len(per),
+            "per_process": per,
+        }
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> None:
@@ -255,6 +294,7 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
 
 
 # --- stats ---------------------------------------------------------------------------------
+
 
 def percentiles(values: list[float], ps=(50, 95, 99)) -> dict[str, float | None]:
     if not values:

@@ -17,6 +17,7 @@ CPU and wall figures cover the `process_batch` calls only: building the deliveri
 envelope's wire form, what kombu would have decoded) and reading back what was published are
 the harness's own work, kept out of the figures and out of the profile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,16 @@ from collections import Counter
 
 from bench.common import log, patched_environ, sandbox
 
-HOPS = [("order", "place_order"), ("payment", "order.placed"), ("order", "payment.completed"),
-        ("inventory", "payment.completed"), ("order", "inventory.reserved"), ("shipment", "inventory.reserved"),
-        ("order", "shipment.created"), ("notification", "order.completed")]
+HOPS = [
+    ("order", "place_order"),
+    ("payment", "order.placed"),
+    ("order", "payment.completed"),
+    ("inventory", "payment.completed"),
+    ("order", "inventory.reserved"),
+    ("shipment", "inventory.reserved"),
+    ("order", "shipment.created"),
+    ("notification", "order.completed"),
+]
 
 
 class Counters:
@@ -43,6 +51,7 @@ class Counters:
         from sqlalchemy import event
 
         for eng in engines:
+
             @event.listens_for(eng, "before_cursor_execute")
             def _sql(conn, cursor, statement, params, context, executemany, _eng=eng):
                 word = statement.split(None, 1)[0].upper()
@@ -61,6 +70,7 @@ class Counters:
                 self.c["redis"] += 1
                 self.c["redis:roundtrips"] += 1
                 return _orig(*args, **kw)
+
             r.execute_command = wrapped
 
     def install_redis_pipelines(self) -> None:
@@ -76,6 +86,7 @@ class Counters:
                     self.c[f"redis:{args[0]}"] += 1
                     self.c["redis"] += 1
             return orig(pipe, *a, **kw)
+
         redis.client.Pipeline.execute = execute
 
     def install_amqp(self, names) -> None:
@@ -85,11 +96,21 @@ class Counters:
         orig = amqp.channel.Channel._basic_publish
 
         def counted(ch, msg, exchange="", routing_key="", *a, **kw):
-            kind = ("event" if exchange == names.events else "dlx" if exchange == names.dlx
-                    else "queue" if exchange == "" else "celeryev" if "celeryev" in exchange else "other")
+            kind = (
+                "event"
+                if exchange == names.events
+                else "dlx"
+                if exchange == names.dlx
+                else "queue"
+                if exchange == ""
+                else "celeryev"
+                if "celeryev" in exchange
+                else "other"
+            )
             self.c["amqp:publish"] += 1
             self.c[f"amqp:publish:{kind}"] += 1
             return orig(ch, msg, exchange, routing_key, *a, **kw)
+
         # `basic_publish` is a class-level alias of `_basic_publish` (a channel without confirm
         # mode, like the burst's, calls it); `basic_publish_confirm` calls `self._basic_publish`.
         if amqp.channel.Channel.basic_publish is orig:
@@ -101,6 +122,7 @@ class Counters:
         def confirm(ch, *a, **kw):  # a publish that waits for its own confirm: none expected now
             self.c["amqp:confirm_sync"] += 1
             return orig_confirm(ch, *a, **kw)
+
         amqp.channel.Channel.basic_publish_confirm = confirm
 
         orig_drain = amqp.connection.Connection.drain_events
@@ -108,6 +130,7 @@ class Counters:
         def drain(conn, *a, **kw):  # ConfirmedBurst._wait reads the broker's acks this way
             self.c["amqp:drain_events"] += 1
             return orig_drain(conn, *a, **kw)
+
         amqp.connection.Connection.drain_events = drain
 
     def install_http(self) -> None:
@@ -118,14 +141,17 @@ class Counters:
         def send(client, *a, **kw):
             self.c["http"] += 1
             return orig(client, *a, **kw)
+
         httpx.Client.send = send
 
 
 # --- candidate changes, as monkeypatches (the core is not edited) --------------------------------
 
+
 def variant_log_warning():
     """Per-message INFO logs off (CHOREO_LOG_LEVEL=WARNING)."""
     import logging
+
     logging.getLogger().setLevel("WARNING")
 
 
@@ -184,8 +210,12 @@ class Harness:
             self._stack_ctx.callback(self._close_apps)
             self.rts = {d: runtime(self.apps[d]) for d in DOMAINS}
             self.counters = Counters()
-            self.counters.install([engine_for(settings, s) for s in (*DOMAINS, "gateway")],
-                                  {id(rt.idempotency.client): rt.idempotency.client for rt in self.rts.values()}.values())
+            self.counters.install(
+                [engine_for(settings, s) for s in (*DOMAINS, "gateway")],
+                {
+                    id(rt.idempotency.client): rt.idempotency.client for rt in self.rts.values()
+                }.values(),
+            )
             self.counters.install_redis_pipelines()
             self.counters.install_amqp(next(iter(self.rts.values())).names)
             self.counters.install_http()
@@ -211,6 +241,7 @@ class Harness:
                 self.counters.c["amqp:bursts"] += 1
             self.captured.extend((_rt, m) for _key, m in messages)
             return _orig(messages, before_each)
+
         rt.burst.run = run
 
     def _published(self) -> list:
@@ -271,7 +302,9 @@ class Harness:
             self.hop_n[hop] += len(deliveries)
             kinds = Counter(o.kind for o in outcomes)
             if kinds != {"processed": len(deliveries)}:
-                raise RuntimeError(f"{hop}: {dict(kinds)}: {[o.detail for o in outcomes if o.kind != 'processed'][:3]}")
+                raise RuntimeError(
+                    f"{hop}: {dict(kinds)}: {[o.detail for o in outcomes if o.kind != 'processed'][:3]}"
+                )
             for e in self._published():
                 inboxes[e.order_id][e.type] = e
         missing = [oid for oid, inbox in inboxes.items() if "order.completed" not in inbox]
@@ -295,13 +328,23 @@ class Harness:
         n = rounds * self.batch
         msgs = n * len(HOPS)
         cpu, wall = sum(self.hop_cpu.values()), sum(self.hop_wall.values())
-        return {"sagas_run": n, "batch": self.batch, "messages": msgs,
-                "cpu_ms_per_msg": 1000 * cpu / msgs, "wall_ms_per_msg": 1000 * wall / msgs,
-                "cpu_ms_per_saga": 1000 * cpu / n, "wall_ms_per_saga": 1000 * wall / n,
-                "harness_cpu_ms_per_msg": 1000 * (total_cpu - cpu) / msgs,
-                "per_msg_counts": {k: round(v / msgs, 3) for k, v in sorted(self.counters.c.items())},
-                "per_hop_cpu_ms_per_msg": {k: round(1000 * self.hop_cpu[k] / self.hop_n[k], 3) for k in self.hop_cpu},
-                "per_hop_wall_ms_per_msg": {k: round(1000 * self.hop_wall[k] / self.hop_n[k], 3) for k in self.hop_wall}}
+        return {
+            "sagas_run": n,
+            "batch": self.batch,
+            "messages": msgs,
+            "cpu_ms_per_msg": 1000 * cpu / msgs,
+            "wall_ms_per_msg": 1000 * wall / msgs,
+            "cpu_ms_per_saga": 1000 * cpu / n,
+            "wall_ms_per_saga": 1000 * wall / n,
+            "harness_cpu_ms_per_msg": 1000 * (total_cpu - cpu) / msgs,
+            "per_msg_counts": {k: round(v / msgs, 3) for k, v in sorted(self.counters.c.items())},
+            "per_hop_cpu_ms_per_msg": {
+                k: round(1000 * self.hop_cpu[k] / self.hop_n[k], 3) for k in self.hop_cpu
+            },
+            "per_hop_wall_ms_per_msg": {
+                k: round(1000 * self.hop_wall[k] / self.hop_n[k], 3) for k in self.hop_wall
+            },
+        }
 
 
 def own_time_by_package(stats: pstats.Stats, top: int = 20) -> str:
@@ -314,7 +357,9 @@ def own_time_by_package(stats: pstats.Stats, top: int = 20) -> str:
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
     own: Counter = Counter()
     for (file, _line, fn), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():
-        if file == "~":  # a builtin, by its type's or module's name: <method 'execute' of 'sqlite3.Cursor' objects>
+        if (
+            file == "~"
+        ):  # a builtin, by its type's or module's name: <method 'execute' of 'sqlite3.Cursor' objects>
             m = re.search(r" of '([\w.]+)'", fn) or re.search(r"built-in method ([\w.]+)\.", fn)
             own[f"builtin:{m.group(1).split('.')[0]}" if m else "builtin"] += tt
             continue
@@ -334,9 +379,21 @@ def own_time_by_package(stats: pstats.Stats, top: int = 20) -> str:
     return "\n".join(rows) + "\n"
 
 
-def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "INFO", batch: int = 16,
-        top: int = 35, profile_clock: str = "wall", profile_out: str | None = None) -> dict:
-    out: dict = {"sagas": sagas, "variants": variants, **({"profile_clock": profile_clock} if use_cprofile else {})}
+def run(
+    sagas: int,
+    use_cprofile: bool,
+    variants: list[str],
+    log_level: str = "INFO",
+    batch: int = 16,
+    top: int = 35,
+    profile_clock: str = "wall",
+    profile_out: str | None = None,
+) -> dict:
+    out: dict = {
+        "sagas": sagas,
+        "variants": variants,
+        **({"profile_clock": profile_clock} if use_cprofile else {}),
+    }
     with Harness(log_level, batch) as h:
         for v in variants:
             fn = VARIANTS[v]
@@ -344,8 +401,11 @@ def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "I
         h.block(max(10, batch))  # warm-up
         # wall: cProfile's default (a recv or an fsync counts its waiting); cpu: this process's
         # CPU only (time.process_time, a system call per event: more overhead, same ranking)
-        prof = (cProfile.Profile(time.process_time) if profile_clock == "cpu" else cProfile.Profile()) \
-            if use_cprofile else None
+        prof = (
+            (cProfile.Profile(time.process_time) if profile_clock == "cpu" else cProfile.Profile())
+            if use_cprofile
+            else None
+        )
         out.update(h.block(sagas, prof))
         if prof:
             s = io.StringIO()
@@ -361,7 +421,10 @@ def run(sagas: int, use_cprofile: bool, variants: list[str], log_level: str = "I
 
 # --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
 
-def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", batch: int = 16) -> dict:
+
+def ab(
+    variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", batch: int = 16
+) -> dict:
     """Variants: base, log_warning, dark (metrics and tracing off), notrace, nometrics; 'a+b' combines. Reports median
     CPU ms/msg per variant (this process's CPU: the span exporter's thread included)."""
     import logging
@@ -376,8 +439,16 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", ba
                     continue
                 if part == "log_warning":
                     logging.getLogger().setLevel("WARNING" if on else log_level)
-                elif part in ("dark", "notrace", "nometrics"):  # as CHOREO_TRACING / CHOREO_METRICS=false
-                    fields = {"dark": ("tracer", "recorder"), "notrace": ("tracer",), "nometrics": ("recorder",)}[part]
+                elif part in (
+                    "dark",
+                    "notrace",
+                    "nometrics",
+                ):  # as CHOREO_TRACING / CHOREO_METRICS=false
+                    fields = {
+                        "dark": ("tracer", "recorder"),
+                        "notrace": ("tracer",),
+                        "nometrics": ("recorder",),
+                    }[part]
                     for rt in h.rts.values():
                         if on:
                             rt.saved_observers = tuple(getattr(rt, f) for f in fields)
@@ -388,6 +459,7 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", ba
                                 setattr(rt, f, saved)
                 else:
                     raise ValueError(part)
+
         h.block(max(10, batch))
         for r in range(rounds):
             order = variants if r % 2 == 0 else list(reversed(variants))
@@ -404,26 +476,50 @@ def ab(variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", ba
     for v, xs in results.items():
         cpu = [x["cpu_ms_per_msg"] for x in xs]
         wall = [x["wall_ms_per_msg"] for x in xs]
-        summary[v] = {"cpu_ms_per_msg_median": statistics.median(cpu), "cpu_min": min(cpu), "cpu_max": max(cpu),
-                      "wall_ms_per_msg_median": statistics.median(wall),
-                      "cpu_vs_first": statistics.median(cpu) / base - 1,
-                      # each round's ratio to the first variant's block of the same round (adjacent in
-                      # time, so a slow minute on a shared machine hits both): the steadier estimate
-                      "paired_vs_first": statistics.median(
-                          x["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for x, b in zip(xs, results[variants[0]])) - 1,
-                      "cpu_per_round": [round(c, 3) for c in cpu], "counts": xs[-1]["per_msg_counts"]}
+        summary[v] = {
+            "cpu_ms_per_msg_median": statistics.median(cpu),
+            "cpu_min": min(cpu),
+            "cpu_max": max(cpu),
+            "wall_ms_per_msg_median": statistics.median(wall),
+            "cpu_vs_first": statistics.median(cpu) / base - 1,
+            # each round's ratio to the first variant's block of the same round (adjacent in
+            # time, so a slow minute on a shared machine hits both): the steadier estimate
+            "paired_vs_first": statistics.median(
+                x["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for x, b in zip(xs, results[variants[0]])
+            )
+            - 1,
+            "cpu_per_round": [round(c, 3) for c in cpu],
+            "counts": xs[-1]["per_msg_counts"],
+        }
     return {"rounds": rounds, "sagas_per_block": sagas, "batch": batch, "summary": summary}
 
 
 def main() -> None:
     import json
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sagas", type=int, default=160, help="sagas per measured block (rounded up to whole batches)")
-    ap.add_argument("--batch", type=int, default=16, help="sagas in lock step = deliveries per process_batch call")
+    ap.add_argument(
+        "--sagas",
+        type=int,
+        default=160,
+        help="sagas per measured block (rounded up to whole batches)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=16,
+        help="sagas in lock step = deliveries per process_batch call",
+    )
     ap.add_argument("--cprofile", action="store_true")
-    ap.add_argument("--top", type=int, default=35, help="cProfile rows, by cumulative and by own time")
-    ap.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall", help="cProfile's timer")
-    ap.add_argument("--profile-out", help="also write the raw cProfile stats here (for pstats / snakeviz)")
+    ap.add_argument(
+        "--top", type=int, default=35, help="cProfile rows, by cumulative and by own time"
+    )
+    ap.add_argument(
+        "--profile-clock", choices=("wall", "cpu"), default="wall", help="cProfile's timer"
+    )
+    ap.add_argument(
+        "--profile-out", help="also write the raw cProfile stats here (for pstats / snakeviz)"
+    )
     ap.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--ab", help="comma-separated A/B variants, e.g. base,log_warning")
@@ -434,13 +530,19 @@ def main() -> None:
     if a.ab:
         r = ab(a.ab.split(","), a.rounds, a.sagas, a.log_level, a.batch)
         print(json.dumps(r, indent=1))
-        print("\nvariant                                   CPU ms/msg median (min-max)   vs first   paired   wall ms/msg")
+        print(
+            "\nvariant                                   CPU ms/msg median (min-max)   vs first   paired   wall ms/msg"
+        )
         for v, x in r["summary"].items():
-            print(f"{v:42} {x['cpu_ms_per_msg_median']:6.2f} ({x['cpu_min']:.2f}-{x['cpu_max']:.2f})"
-                  f"        {100 * x['cpu_vs_first']:+6.1f}%  {100 * x['paired_vs_first']:+6.1f}%"
-                  f"   {x['wall_ms_per_msg_median']:6.2f}")
+            print(
+                f"{v:42} {x['cpu_ms_per_msg_median']:6.2f} ({x['cpu_min']:.2f}-{x['cpu_max']:.2f})"
+                f"        {100 * x['cpu_vs_first']:+6.1f}%  {100 * x['paired_vs_first']:+6.1f}%"
+                f"   {x['wall_ms_per_msg_median']:6.2f}"
+            )
         return
-    r = run(a.sagas, a.cprofile, a.variant, a.log_level, a.batch, a.top, a.profile_clock, a.profile_out)
+    r = run(
+        a.sagas, a.cprofile, a.variant, a.log_level, a.batch, a.top, a.profile_clock, a.profile_out
+    )
     prof, prof_self = r.pop("cprofile", None), r.pop("cprofile_self", None)
     print(json.dumps(r, indent=1))
     if prof:

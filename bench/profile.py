@@ -3,6 +3,7 @@
 py-spy is not a dependency of choreo: install it anywhere (e.g. `python3 -m venv /tmp/pyspy &&
 /tmp/pyspy/bin/pip install py-spy`) and pass its path with --py-spy.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,16 +21,34 @@ FRAME_RE = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 def spy_hook(py_spy: str, out_dir: Path, domains: list[str], rate: int = 100, idle: bool = False):
     """A during_throughput hook for run_choreo: py-spy record on each domain's worker (and pool children)."""
+
     def start(stack):
         procs = []
         for d in domains:
             parent = stack.pid(f"worker-{d}")
             kids = children(parent)
-            for label, pid in [(f"{d}-parent", parent), *((f"{d}-child{i}", k) for i, k in enumerate(kids))]:
+            for label, pid in [
+                (f"{d}-parent", parent),
+                *((f"{d}-child{i}", k) for i, k in enumerate(kids)),
+            ]:
                 out = out_dir / f"pyspy-{label}.txt"
-                cmd = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate), "--nonblocking", *(["--idle"] if idle else []),
-                       "-o", str(out)]
-                procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out))
+                cmd = [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    str(rate),
+                    "--nonblocking",
+                    *(["--idle"] if idle else []),
+                    "-o",
+                    str(out),
+                ]
+                procs.append(
+                    (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out)
+                )
         log(f"py-spy recording {len(procs)} process(es) into {out_dir}")
 
         def stop():
@@ -41,7 +60,9 @@ def spy_hook(py_spy: str, out_dir: Path, domains: list[str], rate: int = 100, id
                 except subprocess.TimeoutExpired:
                     p.kill()
             log("py-spy stopped")
+
         return stop
+
     return start
 
 
@@ -76,8 +97,11 @@ def summarise(path: Path, top: int = 40, thread_filter: str | None = None) -> di
     incl: Counter = Counter()
     self_: Counter = Counter()
     for frames, n in stacks:
-        keys = [_key(f) for f in frames[1:]] if frames and frames[0].startswith(("process", "thread", "Thread")) \
+        keys = (
+            [_key(f) for f in frames[1:]]
+            if frames and frames[0].startswith(("process", "thread", "Thread"))
             else [_key(f) for f in frames]
+        )
         for k in set(keys):
             incl[k] += n
         if keys:
@@ -88,11 +112,14 @@ def summarise(path: Path, top: int = 40, thread_filter: str | None = None) -> di
     # choreo's frames below the entry points (the CLI's frames are on every stack).
     ours = [(k, n) for k, n in incl.most_common() if _package(k) in OWN and n < 0.9 * total]
     pct = (lambda n: round(100 * n / total, 1)) if total else (lambda n: 0.0)
-    return {"file": str(path), "samples": total,
-            "by_package": [(k, n, pct(n)) for k, n in by_package.most_common(top)],
-            "own_inclusive": [(k, n, pct(n)) for k, n in ours[:top]],
-            "inclusive": [(k, n, pct(n)) for k, n in incl.most_common(top)],
-            "self": [(k, n, pct(n)) for k, n in self_.most_common(top)]}
+    return {
+        "file": str(path),
+        "samples": total,
+        "by_package": [(k, n, pct(n)) for k, n in by_package.most_common(top)],
+        "own_inclusive": [(k, n, pct(n)) for k, n in ours[:top]],
+        "inclusive": [(k, n, pct(n)) for k, n in incl.most_common(top)],
+        "self": [(k, n, pct(n)) for k, n in self_.most_common(top)],
+    }
 
 
 OWN = {"choreo", "tasks", "consumers", "models", "config"}
@@ -112,15 +139,16 @@ def print_summary(s: dict, top: int = 40) -> None:
     for k, n, pct in s["by_package"][:12]:
         print(f"   {pct:5.1f}%  {k}")
     print("  choreo's own functions (inclusive):")
-    for k, n, pct in s["own_inclusive"][:top // 2]:
+    for k, n, pct in s["own_inclusive"][: top // 2]:
         print(f"   {pct:5.1f}%  {k}")
     print("  self:")
-    for k, n, pct in s["self"][:top // 2]:
+    for k, n, pct in s["self"][: top // 2]:
         print(f"   {pct:5.1f}%  {k}")
 
 
 if __name__ == "__main__":
     import sys
+
     for p in sys.argv[1:]:
         print_summary(summarise(Path(p)))
 
@@ -136,7 +164,7 @@ def tree(path: Path, root: str, depth: int = 3, min_pct: float = 1.0) -> None:
         if idx is None:
             continue
         cur = node
-        for k in keys[idx:idx + depth + 1]:
+        for k in keys[idx : idx + depth + 1]:
             ent = cur.setdefault(k, [0, {}])
             ent[0] += n
             cur = ent[1]
@@ -147,5 +175,6 @@ def tree(path: Path, root: str, depth: int = 3, min_pct: float = 1.0) -> None:
                 continue
             print(f"{'  ' * indent}{100 * n / total:5.1f}%  {k}")
             show(sub, indent + 1)
+
     print(f"\n== tree under '{root}' in {path} ({total} samples)")
     show(node, 0)

@@ -13,6 +13,7 @@ for a choreo saga: deliveries per saga = sum over those types of the domains sub
 
 Run as a module for the worker roles: python -m bench.raw consume|publish ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,22 @@ import sys
 import time
 import uuid
 
-HAPPY_PATH = ["place_order", "order.placed", "payment.completed", "inventory.reserved", "shipment.created",
-              "order.completed"]
+HAPPY_PATH = [
+    "place_order",
+    "order.placed",
+    "payment.completed",
+    "inventory.reserved",
+    "shipment.created",
+    "order.completed",
+]
 # relay: (domain, type received) -> type to publish next (the happy path's causal chain)
-NEXT = {("order", "place_order"): "order.placed", ("payment", "order.placed"): "payment.completed",
-        ("inventory", "payment.completed"): "inventory.reserved", ("shipment", "inventory.reserved"): "shipment.created",
-        ("order", "shipment.created"): "order.completed"}
+NEXT = {
+    ("order", "place_order"): "order.placed",
+    ("payment", "order.placed"): "payment.completed",
+    ("inventory", "payment.completed"): "inventory.reserved",
+    ("shipment", "inventory.reserved"): "shipment.created",
+    ("order", "shipment.created"): "order.completed",
+}
 PREFETCH = 100
 
 
@@ -50,12 +61,25 @@ def _bodies() -> dict[str, tuple[bytes, dict]]:
     from models.envelope import make_envelope
 
     spec = make_order("completed", random.Random(1))
-    snap = {"customer_id": spec.customer_id, "items": spec.items, "address": spec.address, "amount_cents": 2598}
+    snap = {
+        "customer_id": spec.customer_id,
+        "items": spec.items,
+        "address": spec.address,
+        "amount_cents": 2598,
+    }
     payloads = {
-        "place_order": {"customer_id": spec.customer_id, "items": spec.items, "card_token": spec.card_token,
-                        "address": spec.address},
+        "place_order": {
+            "customer_id": spec.customer_id,
+            "items": spec.items,
+            "card_token": spec.card_token,
+            "address": spec.address,
+        },
         "order.placed": {"order": snap, "card_token": spec.card_token},
-        "payment.completed": {"charge_id": "ch_0123456789abcdef", "amount_cents": 2598, "order": snap},
+        "payment.completed": {
+            "charge_id": "ch_0123456789abcdef",
+            "amount_cents": 2598,
+            "order": snap,
+        },
         "inventory.reserved": {"reservation_id": str(uuid.uuid4()), "order": snap},
         "shipment.created": {"shipment_id": str(uuid.uuid4()), "tracking_code": "TRK0123456789"},
         "order.completed": {"customer_id": spec.customer_id, "amount_cents": 2598},
@@ -63,12 +87,33 @@ def _bodies() -> dict[str, tuple[bytes, dict]]:
     out = {}
     for t, p in payloads.items():
         env = make_envelope(t, "ord-0123456789abcdef", p, source="bench")
-        body = json.dumps([[env.to_wire()], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-        headers = {"lang": "py", "task": t, "id": env.event_id, "shadow": None, "eta": None, "expires": None,
-                   "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
-                   "root_id": env.event_id, "parent_id": None, "argsrepr": repr([env.to_wire()])[:1024],
-                   "kwargsrepr": "{}", "origin": "gen0@bench", "ignore_result": True,
-                   "choreo_order_id": env.order_id, "choreo_correlation_id": env.correlation_id}
+        body = json.dumps(
+            [
+                [env.to_wire()],
+                {},
+                {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+            ]
+        )
+        headers = {
+            "lang": "py",
+            "task": t,
+            "id": env.event_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": env.event_id,
+            "parent_id": None,
+            "argsrepr": repr([env.to_wire()])[:1024],
+            "kwargsrepr": "{}",
+            "origin": "gen0@bench",
+            "ignore_result": True,
+            "choreo_order_id": env.order_id,
+            "choreo_correlation_id": env.correlation_id,
+        }
         out[t] = (body.encode(), headers)
     return out
 
@@ -81,8 +126,16 @@ def _connection(url: str, confirm: bool):
 
 # --- roles (subprocesses) ----------------------------------------------------------------------
 
-def role_publish(url: str, exchange: str, sagas: int, rate: float | None, out: str, types: list[str],
-                 window: int = 1) -> None:
+
+def role_publish(
+    url: str,
+    exchange: str,
+    sagas: int,
+    rate: float | None,
+    out: str,
+    types: list[str],
+    window: int = 1,
+) -> None:
     """window 1: wait for each confirm (kombu confirm_publish, what choreo's Publisher does).
     window W > 1: keep up to W unconfirmed messages in flight (confirm mode, acks read as they come)."""
     from kombu import Exchange, Producer
@@ -108,6 +161,7 @@ def role_publish(url: str, exchange: str, sagas: int, rate: float | None, out: s
         def on_nack(tag, multiple):
             nacked[0] += 1
             on_ack(tag, multiple)
+
         channel.events["basic_ack"].add(on_ack)
         channel.events["basic_nack"].add(on_nack)
     producer = Producer(channel, exchange=Exchange(exchange, type="topic", no_declare=True))
@@ -118,9 +172,16 @@ def role_publish(url: str, exchange: str, sagas: int, rate: float | None, out: s
             pacer.wait()
         for t in types:
             body, headers = bodies[t]
-            producer.publish(body, routing_key=t, delivery_mode=2, content_type="application/json",
-                             content_encoding="utf-8", headers={**headers, "bench_t0": time.time()}, declare=[],
-                             retry=False)
+            producer.publish(
+                body,
+                routing_key=t,
+                delivery_mode=2,
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={**headers, "bench_t0": time.time()},
+                declare=[],
+                retry=False,
+            )
             if window > 1:
                 seq[0] += 1
                 pending.add(seq[0])
@@ -131,11 +192,27 @@ def role_publish(url: str, exchange: str, sagas: int, rate: float | None, out: s
     t_last = time.time()
     conn.release()
     with open(out, "w") as f:
-        json.dump({"t_first": t_first, "t_last": t_last, "published": sagas * len(types), "nacked": nacked[0]}, f)
+        json.dump(
+            {
+                "t_first": t_first,
+                "t_last": t_last,
+                "published": sagas * len(types),
+                "nacked": nacked[0],
+            },
+            f,
+        )
 
 
-def role_consume(url: str, exchange: str, domain: str, queue: str, expect: int, relay: bool, out: str,
-                 timeout: float) -> None:
+def role_consume(
+    url: str,
+    exchange: str,
+    domain: str,
+    queue: str,
+    expect: int,
+    relay: bool,
+    out: str,
+    timeout: float,
+) -> None:
     from kombu import Exchange, Producer, Queue
 
     bodies = _bodies() if relay else {}
@@ -145,7 +222,9 @@ def role_consume(url: str, exchange: str, domain: str, queue: str, expect: int, 
     if relay:
         pub_conn = _connection(url, confirm=True)
         pub_conn.connect()
-        producer = Producer(pub_conn.channel(), exchange=Exchange(exchange, type="topic", no_declare=True))
+        producer = Producer(
+            pub_conn.channel(), exchange=Exchange(exchange, type="topic", no_declare=True)
+        )
     state = {"n": 0, "t_first": None, "t_last": None}
     latencies: list[float] = []
 
@@ -158,9 +237,16 @@ def role_consume(url: str, exchange: str, domain: str, queue: str, expect: int, 
             nxt = NEXT.get((domain, t))
             if nxt:
                 b, h = bodies[nxt]
-                producer.publish(b, routing_key=nxt, delivery_mode=2, content_type="application/json",
-                                 content_encoding="utf-8", headers={**h, "bench_t0": message.headers["bench_t0"]},
-                                 declare=[], retry=False)
+                producer.publish(
+                    b,
+                    routing_key=nxt,
+                    delivery_mode=2,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    headers={**h, "bench_t0": message.headers["bench_t0"]},
+                    declare=[],
+                    retry=False,
+                )
             if domain == "notification":
                 latencies.append((now - message.headers["bench_t0"]) * 1000)
         message.ack()
@@ -189,6 +275,7 @@ def role_consume(url: str, exchange: str, domain: str, queue: str, expect: int, 
 
 # --- driver (bench process) ----------------------------------------------------------------------
 
+
 def _consumers_ready(settings, want: int = 1, timeout: float = 60) -> None:
     from choreo.messaging.admin import BrokerAdmin
     from config.settings import DOMAINS
@@ -208,14 +295,30 @@ def _spawn(args: list[str], workdir, name: str) -> subprocess.Popen:
 
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log_f = open(workdir / f"{name}.log", "ab")
-    p = subprocess.Popen([sys.executable, "-m", "bench.raw", *args], cwd=str(ROOT), env=env, stdout=log_f,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bench.raw", *args],
+        cwd=str(ROOT),
+        env=env,
+        stdout=log_f,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log_f.close()
     return p
 
 
-def _run_once(sb, settings, sagas: int, mode: str, publishers: int, rate: float | None, sampler_cls,
-              timeout: float, window: int = 1) -> dict:
+def _run_once(
+    sb,
+    settings,
+    sagas: int,
+    mode: str,
+    publishers: int,
+    rate: float | None,
+    sampler_cls,
+    timeout: float,
+    window: int = 1,
+) -> dict:
     from bench.common import ProcSampler, broker_pid, redis_pid, stop_pid
     from config.settings import DOMAINS
 
@@ -227,23 +330,65 @@ def _run_once(sb, settings, sagas: int, mode: str, publishers: int, rate: float 
     for d in DOMAINS:
         expect = sagas * len(per[d])
         outs[d] = str(sb.workdir / f"raw-{tag}-{d}.json")
-        consumers[d] = _spawn(["consume", "--url", sb.broker_url, "--exchange", f"{names}.events", "--domain", d,
-                               "--queue", f"{names}.{d}", "--expect", str(expect), "--out", outs[d],
-                               "--timeout", str(timeout), *(["--relay"] if relay else [])], sb.workdir, f"c-{d}")
+        consumers[d] = _spawn(
+            [
+                "consume",
+                "--url",
+                sb.broker_url,
+                "--exchange",
+                f"{names}.events",
+                "--domain",
+                d,
+                "--queue",
+                f"{names}.{d}",
+                "--expect",
+                str(expect),
+                "--out",
+                outs[d],
+                "--timeout",
+                str(timeout),
+                *(["--relay"] if relay else []),
+            ],
+            sb.workdir,
+            f"c-{d}",
+        )
     try:
         _consumers_ready(settings)
         roots = {f"consumer-{d}": p.pid for d, p in consumers.items()}
-        sampler = sampler_cls(roots, external={"broker": broker_pid(), "redis": redis_pid()}).start()
+        sampler = sampler_cls(
+            roots, external={"broker": broker_pid(), "redis": redis_pid()}
+        ).start()
         pubs, pub_outs = [], []
         types = ["place_order"] if relay else HAPPY_PATH
-        share = [sagas // publishers + (1 if i < sagas % publishers else 0) for i in range(publishers)]
+        share = [
+            sagas // publishers + (1 if i < sagas % publishers else 0) for i in range(publishers)
+        ]
         c0 = sampler.cpu()
         for i, k in enumerate(share):
             o = str(sb.workdir / f"raw-{tag}-pub{i}.json")
             pub_outs.append(o)
-            pubs.append(_spawn(["publish", "--url", sb.broker_url, "--exchange", f"{names}.events", "--sagas", str(k),
-                                "--out", o, "--types", ",".join(types), "--window", str(window),
-                                *(["--rate", str(rate / publishers)] if rate else [])], sb.workdir, f"p-{i}"))
+            pubs.append(
+                _spawn(
+                    [
+                        "publish",
+                        "--url",
+                        sb.broker_url,
+                        "--exchange",
+                        f"{names}.events",
+                        "--sagas",
+                        str(k),
+                        "--out",
+                        o,
+                        "--types",
+                        ",".join(types),
+                        "--window",
+                        str(window),
+                        *(["--rate", str(rate / publishers)] if rate else []),
+                    ],
+                    sb.workdir,
+                    f"p-{i}",
+                )
+            )
             sampler.roots[f"publisher-{i}"] = pubs[-1].pid
         deadline = time.monotonic() + timeout
         c1 = sampler.cpu()
@@ -268,12 +413,24 @@ def _run_once(sb, settings, sagas: int, mode: str, publishers: int, rate: float 
     t_first = min(p["t_first"] for p in pres)
     t_last = max(r["t_last"] for r in res.values() if r["t_last"])
     cpu = ProcSampler.cpu_delta(c0, c1)
-    out = {"mode": mode, "window": window, "sagas": sagas, "publishers": publishers, "deliveries": got, "expected": want,
-           "seconds": t_last - t_first, "msgs_per_s": got / (t_last - t_first), "sagas_per_s": sagas / (t_last - t_first),
-           "publish_seconds": max(p["t_last"] for p in pres) - t_first, "cpu": cpu, "cpu_s_per_saga": cpu["workers"] / sagas,
-           "memory": sampler.memory()}
+    out = {
+        "mode": mode,
+        "window": window,
+        "sagas": sagas,
+        "publishers": publishers,
+        "deliveries": got,
+        "expected": want,
+        "seconds": t_last - t_first,
+        "msgs_per_s": got / (t_last - t_first),
+        "sagas_per_s": sagas / (t_last - t_first),
+        "publish_seconds": max(p["t_last"] for p in pres) - t_first,
+        "cpu": cpu,
+        "cpu_s_per_saga": cpu["workers"] / sagas,
+        "memory": sampler.memory(),
+    }
     if relay:
         from bench.common import percentiles
+
         lat = res["notification"]["latencies_ms"]
         out["latency_ms"] = percentiles(lat)
         out["latency_ms_mean"] = sum(lat) / len(lat) if lat else None
@@ -282,44 +439,73 @@ def _run_once(sb, settings, sagas: int, mode: str, publishers: int, rate: float 
     return out
 
 
-def run_raw(n: int, *, publishers: int = 2, window: int = 256, sync_publishers: int = 5, latency: bool = True,
-            lat_min_s: float = 20, lat_max_s: float = 30, lat_orders: int | None = None) -> dict:
+def run_raw(
+    n: int,
+    *,
+    publishers: int = 2,
+    window: int = 256,
+    sync_publishers: int = 5,
+    latency: bool = True,
+    lat_min_s: float = 20,
+    lat_max_s: float = 30,
+    lat_orders: int | None = None,
+) -> dict:
     """The ceiling: `publishers` processes with up to `window` confirms in flight. Context: the same
     with one confirm at a time from `sync_publishers` processes (choreo publishes that way from five
     domain processes), and the zero-work relay's throughput and latency."""
     from bench.common import ProcSampler, log, sandbox
     from consumers.registry import topology
 
-    result: dict = {"arm": "raw", "n": n, "deliveries_per_saga": deliveries_per_saga(),
-                    "deliveries_per_type": deliveries_per_type()}
+    result: dict = {
+        "arm": "raw",
+        "n": n,
+        "deliveries_per_saga": deliveries_per_saga(),
+        "deliveries_per_type": deliveries_per_type(),
+    }
     with sandbox("raw") as sb:
         # The sandbox's own settings: the raw clients connect as its bootstrap user (they are the
         # ceiling, not choreo services); the queue depths are read as its operator.
         settings = sb.settings
         topology(settings).declare()
-        _run_once(sb, settings, min(50, n), "bulk", publishers, None, ProcSampler, 120, window)  # warm-up
-        result["throughput"] = thr = _run_once(sb, settings, n, "bulk", publishers, None, ProcSampler,
-                                               max(180, n / 20), window)
-        log(f"raw bulk: {thr['msgs_per_s']:.0f} msgs/s = {thr['sagas_per_s']:.0f} sagas/s "
-            f"({thr['deliveries']}/{thr['expected']} delivered, {publishers} publishers, window {window})")
+        _run_once(
+            sb, settings, min(50, n), "bulk", publishers, None, ProcSampler, 120, window
+        )  # warm-up
+        result["throughput"] = thr = _run_once(
+            sb, settings, n, "bulk", publishers, None, ProcSampler, max(180, n / 20), window
+        )
+        log(
+            f"raw bulk: {thr['msgs_per_s']:.0f} msgs/s = {thr['sagas_per_s']:.0f} sagas/s "
+            f"({thr['deliveries']}/{thr['expected']} delivered, {publishers} publishers, window {window})"
+        )
         if sync_publishers:
-            result["sync_confirm"] = sc = _run_once(sb, settings, n, "bulk", sync_publishers, None, ProcSampler,
-                                                    max(180, n / 5), 1)
-            log(f"raw bulk, one confirm at a time x {sync_publishers} publishers: {sc['msgs_per_s']:.0f} msgs/s")
+            result["sync_confirm"] = sc = _run_once(
+                sb, settings, n, "bulk", sync_publishers, None, ProcSampler, max(180, n / 5), 1
+            )
+            log(
+                f"raw bulk, one confirm at a time x {sync_publishers} publishers: {sc['msgs_per_s']:.0f} msgs/s"
+            )
         if latency:
-            result["relay_throughput"] = rt = _run_once(sb, settings, n, "relay", 1, None, ProcSampler, max(180, n / 5))
+            result["relay_throughput"] = rt = _run_once(
+                sb, settings, n, "relay", 1, None, ProcSampler, max(180, n / 5)
+            )
             log(f"raw relay (zero-work choreography): {rt['sagas_per_s']:.0f} sagas/s")
             rate = 0.5 * rt["sagas_per_s"]
             count = lat_orders if lat_orders is not None else n // 2
             count = max(10, int(min(max(count, rate * lat_min_s), rate * lat_max_s)))
-            result["latency"] = lt = _run_once(sb, settings, count, "relay", 1, rate, ProcSampler, 180)
+            result["latency"] = lt = _run_once(
+                sb, settings, count, "relay", 1, rate, ProcSampler, 180
+            )
             lt["rate_target"] = rate
-            lt["definition"] = ("relay: notification consumer's receive time - place_order publish time "
-                                "(6 sequential hops, each consume + confirmed publish + ack), at half the relay's "
-                                "own throughput")
+            lt["definition"] = (
+                "relay: notification consumer's receive time - place_order publish time "
+                "(6 sequential hops, each consume + confirmed publish + ack), at half the relay's "
+                "own throughput"
+            )
             p = lt["latency_ms"]
-            log(f"raw relay latency at {rate:.0f} sagas/s x {count}: p50 {p['p50']:.1f} p95 {p['p95']:.1f} "
-                f"p99 {p['p99']:.1f} ms")
+            log(
+                f"raw relay latency at {rate:.0f} sagas/s x {count}: p50 {p['p50']:.1f} p95 {p['p95']:.1f} "
+                f"p99 {p['p99']:.1f} ms"
+            )
     return result
 
 

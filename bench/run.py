@@ -9,6 +9,7 @@ afterwards; every process it starts is stopped by pid. Arms are interleaved per 
 (choreo, naive, raw, choreo, ...) so a noisy neighbour hurts them alike, and before each one
 the bench waits (bounded) for the machine to be quiet. Raw results go to bench/results/*.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,22 +34,37 @@ TARGETS = {"vs_naive": 1.0, "share_of_ceiling": 0.25, "p99_ms": 250.0, "rss_mb":
 
 # --- one measurement per arm -------------------------------------------------------------------
 
+
 def measure(arm: str, n: int, quick: bool, **kw) -> dict:
     lat = {"lat_min_s": 8, "lat_max_s": 12} if quick else {"lat_min_s": 20, "lat_max_s": 30}
     if arm in ("choreo", "choreo-pg"):
         from bench.choreo_arm import run_choreo
+
         return run_choreo(n, database="postgresql" if arm == "choreo-pg" else "sqlite", **lat, **kw)
-    if arm == "choreo-dark":  # the same, with Prometheus metrics and OpenTelemetry spans off: their cost
+    if (
+        arm == "choreo-dark"
+    ):  # the same, with Prometheus metrics and OpenTelemetry spans off: their cost
         from bench.choreo_arm import run_choreo
+
         return run_choreo(n, database="sqlite", extra_env=DARK, **lat, **kw)
     if arm in CLUSTER_ARMS:  # a private three-node cluster (started once by main), PostgreSQL
         from bench.choreo_arm import run_choreo
-        return run_choreo(n, database="postgresql", cluster=cluster_for_arms(), workers=CLUSTER_ARMS[arm], **lat, **kw)
+
+        return run_choreo(
+            n,
+            database="postgresql",
+            cluster=cluster_for_arms(),
+            workers=CLUSTER_ARMS[arm],
+            **lat,
+            **kw,
+        )
     if arm == "naive":
         from bench.naive import run_naive
+
         return run_naive(n, **lat, **kw)
     if arm == "raw":
         from bench.raw import run_raw
+
         return run_raw(n, **lat, **kw)
     raise ValueError(arm)
 
@@ -64,6 +80,7 @@ def cluster_for_arms():
     idling through the single-node arms before it), stopped by main."""
     if "cluster" not in CLUSTER:
         from choreo.ops.sandbox import private_cluster
+
         log("starting a private 3-node RabbitMQ cluster")
         CLUSTER["cluster"] = private_cluster("bench")
     return CLUSTER["cluster"]
@@ -71,19 +88,30 @@ def cluster_for_arms():
 
 def foreign_load(r: dict) -> float:
     """Cores used by other jobs during this measurement's throughput and latency runs (the max)."""
-    vals = [((r.get(k) or {}).get("cpu") or {}).get("foreign_cores") for k in ("throughput", "latency")]
+    vals = [
+        ((r.get(k) or {}).get("cpu") or {}).get("foreign_cores") for k in ("throughput", "latency")
+    ]
     vals = [v for v in vals if v is not None]
     return max(vals) if vals else 0.0
 
 
-def measure_valid(arm: str, n: int, quick: bool, quiet: tuple[float, float], max_foreign: float, attempts: int,
-                  **kw) -> dict:
+def measure_valid(
+    arm: str,
+    n: int,
+    quick: bool,
+    quiet: tuple[float, float],
+    max_foreign: float,
+    attempts: int,
+    **kw,
+) -> dict:
     """Measure; if another job took more than max_foreign cores meanwhile, measure again (bounded).
     Keeps the attempt with the least interference and records the discarded ones."""
     tries = []
     for i in range(attempts):
         gate = wait_quiet(*quiet)
-        log(f"{arm} attempt {i + 1}/{attempts} (others used {gate['busy_cores']:.2f} cores before start)")
+        log(
+            f"{arm} attempt {i + 1}/{attempts} (others used {gate['busy_cores']:.2f} cores before start)"
+        )
         try:
             r = measure(arm, n, quick, **kw)
         except Exception as exc:  # keep the other measurements; say what failed
@@ -95,12 +123,21 @@ def measure_valid(arm: str, n: int, quick: bool, quiet: tuple[float, float], max
         if "error" not in r and r["foreign_cores"] <= max_foreign:
             break
         if "error" not in r:
-            log(f"{arm}: other jobs used {r['foreign_cores']:.2f} cores during the run (> {max_foreign}); measuring again")
+            log(
+                f"{arm}: other jobs used {r['foreign_cores']:.2f} cores during the run (> {max_foreign}); measuring again"
+            )
     ok = [t for t in tries if "error" not in t]
     best = min(ok, key=lambda t: t["foreign_cores"]) if ok else tries[-1]
     best["attempts"] = len(tries)
-    best["discarded"] = [{"foreign_cores": t.get("foreign_cores"), "error": t.get("error"),
-                          "sagas_per_s": (t.get("throughput") or {}).get("sagas_per_s")} for t in tries if t is not best]
+    best["discarded"] = [
+        {
+            "foreign_cores": t.get("foreign_cores"),
+            "error": t.get("error"),
+            "sagas_per_s": (t.get("throughput") or {}).get("sagas_per_s"),
+        }
+        for t in tries
+        if t is not best
+    ]
     return best
 
 
@@ -116,18 +153,26 @@ def row_figures(r: dict) -> dict:
     lat = (r.get("latency") or {}).get("latency_ms") or {}
     mem = thr.get("memory") if r["arm"] == "raw" else r.get("memory")
     return {
-        "sagas_per_s": thr["sagas_per_s"], "msgs_per_s": msgs, "deliveries_per_saga": per_saga,
-        "p50": lat.get("p50"), "p95": lat.get("p95"), "p99": lat.get("p99"),
-        "rss_mb": (mem or {}).get("max_vmhwm_mb"), "pss_total_mb": (mem or {}).get("total_pss_mb"),
+        "sagas_per_s": thr["sagas_per_s"],
+        "msgs_per_s": msgs,
+        "deliveries_per_saga": per_saga,
+        "p50": lat.get("p50"),
+        "p95": lat.get("p95"),
+        "p99": lat.get("p99"),
+        "rss_mb": (mem or {}).get("max_vmhwm_mb"),
+        "pss_total_mb": (mem or {}).get("total_pss_mb"),
         "processes": (mem or {}).get("processes"),
         "cpu_s_per_saga": thr["cpu_s_per_saga"],
-        "foreign_cores": r.get("foreign_cores", thr["cpu"].get("foreign_cores")), "broker_cpu_s_per_saga":
-            # one broker, or a cluster's nodes (broker-n1..n3)
-            sum(v or 0 for k, v in thr["cpu"].items() if k.startswith("broker")) / (thr.get("orders") or thr.get("sagas")),
+        "foreign_cores": r.get("foreign_cores", thr["cpu"].get("foreign_cores")),
+        "broker_cpu_s_per_saga":
+        # one broker, or a cluster's nodes (broker-n1..n3)
+        sum(v or 0 for k, v in thr["cpu"].items() if k.startswith("broker"))
+        / (thr.get("orders") or thr.get("sagas")),
     }
 
 
 # --- table --------------------------------------------------------------------------------------
+
 
 def _fmt(s: dict, digits: int = 1, scale: float = 1.0) -> str:
     if s["median"] is None:
@@ -153,13 +198,24 @@ def build_summary(runs: dict[str, list[dict]]) -> dict:
 
 
 def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -> str:
-    labels = {"choreo": "choreo (all guarantees), SQLite", "choreo-pg": "choreo (all guarantees), PostgreSQL",
-              "cluster-1w": "choreo, 3-node cluster, PostgreSQL, 1 worker/domain",
-              "cluster-2w": "choreo, 3-node cluster, PostgreSQL, 2 workers/domain",
-              "choreo-dark": "choreo, metrics + tracing off, SQLite",
-              "naive": "naive Celery chain", "raw": "raw broker ceiling"}
-    cols = ["", "sagas/s", "delivered msgs/s", "share of raw ceiling", "latency p50 / p95 / p99 ms @ half load",
-            "peak RSS/worker proc MB", "CPU s/saga"]
+    labels = {
+        "choreo": "choreo (all guarantees), SQLite",
+        "choreo-pg": "choreo (all guarantees), PostgreSQL",
+        "cluster-1w": "choreo, 3-node cluster, PostgreSQL, 1 worker/domain",
+        "cluster-2w": "choreo, 3-node cluster, PostgreSQL, 2 workers/domain",
+        "choreo-dark": "choreo, metrics + tracing off, SQLite",
+        "naive": "naive Celery chain",
+        "raw": "raw broker ceiling",
+    }
+    cols = [
+        "",
+        "sagas/s",
+        "delivered msgs/s",
+        "share of raw ceiling",
+        "latency p50 / p95 / p99 ms @ half load",
+        "peak RSS/worker proc MB",
+        "CPU s/saga",
+    ]
     rows = []
     for arm in ("choreo", "choreo-dark", "choreo-pg", *CLUSTER_ARMS, "naive", "raw"):
         s = summ.get(arm)
@@ -167,83 +223,125 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
             continue
         share = s["share_of_ceiling"]
         lat = " / ".join(_fmt(s[p], 0) for p in ("p50", "p95", "p99"))
-        rows.append([labels[arm], _fmt(s["sagas_per_s"], 1), _fmt(s["msgs_per_s"], 0),
-                     _fmt(share, 1, 100) + " %" if share["median"] is not None else "-", lat,
-                     _fmt(s["rss_mb"], 0), _fmt(s["cpu_s_per_saga"], 4)])
+        rows.append(
+            [
+                labels[arm],
+                _fmt(s["sagas_per_s"], 1),
+                _fmt(s["msgs_per_s"], 0),
+                _fmt(share, 1, 100) + " %" if share["median"] is not None else "-",
+                lat,
+                _fmt(s["rss_mb"], 0),
+                _fmt(s["cpu_s_per_saga"], 4),
+            ]
+        )
     widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
     text = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", line]
     text += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     text.append(line)
-    text.append(f"median (min-max) of {repeats} repeat(s); N = {n} orders per throughput run; 'completed' scenario only.")
+    text.append(
+        f"median (min-max) of {repeats} repeat(s); N = {n} orders per throughput run; 'completed' scenario only."
+    )
 
     def ratio(a: str, b: str, k: str) -> str:
         x, y = summ.get(a, {}).get(k, {}).get("median"), summ.get(b, {}).get(k, {}).get("median")
         return f"{x / y:.3f}x" if x and y else "-"
 
     text.append("")
-    text.append(f"choreo / naive : sagas/s {ratio('choreo', 'naive', 'sagas_per_s')}, "
-                f"msgs/s {ratio('choreo', 'naive', 'msgs_per_s')}, p99 {ratio('choreo', 'naive', 'p99')}, "
-                f"CPU/saga {ratio('choreo', 'naive', 'cpu_s_per_saga')}, peak RSS {ratio('choreo', 'naive', 'rss_mb')}")
-    text.append(f"choreo / ceiling: sagas/s {ratio('choreo', 'raw', 'sagas_per_s')}, "
-                f"msgs/s {ratio('choreo', 'raw', 'msgs_per_s')}, p99 {ratio('choreo', 'raw', 'p99')}, "
-                f"CPU/saga {ratio('choreo', 'raw', 'cpu_s_per_saga')}")
+    text.append(
+        f"choreo / naive : sagas/s {ratio('choreo', 'naive', 'sagas_per_s')}, "
+        f"msgs/s {ratio('choreo', 'naive', 'msgs_per_s')}, p99 {ratio('choreo', 'naive', 'p99')}, "
+        f"CPU/saga {ratio('choreo', 'naive', 'cpu_s_per_saga')}, peak RSS {ratio('choreo', 'naive', 'rss_mb')}"
+    )
+    text.append(
+        f"choreo / ceiling: sagas/s {ratio('choreo', 'raw', 'sagas_per_s')}, "
+        f"msgs/s {ratio('choreo', 'raw', 'msgs_per_s')}, p99 {ratio('choreo', 'raw', 'p99')}, "
+        f"CPU/saga {ratio('choreo', 'raw', 'cpu_s_per_saga')}"
+    )
     if summ.get("choreo-dark") and summ.get("choreo"):
         on, off = (summ[a]["cpu_s_per_saga"]["median"] for a in ("choreo", "choreo-dark"))
-        text.append(f"observability cost: worker CPU/saga {on * 1000:.2f} ms with metrics + tracing, "
-                    f"{off * 1000:.2f} ms without: {100 * (on / off - 1):+.1f} % (target < 10 %); "
-                    f"sagas/s {ratio('choreo', 'choreo-dark', 'sagas_per_s')}")
+        text.append(
+            f"observability cost: worker CPU/saga {on * 1000:.2f} ms with metrics + tracing, "
+            f"{off * 1000:.2f} ms without: {100 * (on / off - 1):+.1f} % (target < 10 %); "
+            f"sagas/s {ratio('choreo', 'choreo-dark', 'sagas_per_s')}"
+        )
     if summ.get("choreo-pg"):
-        text.append(f"choreo on PostgreSQL / naive: sagas/s {ratio('choreo-pg', 'naive', 'sagas_per_s')}; "
-                    f"/ ceiling: msgs/s {ratio('choreo-pg', 'raw', 'msgs_per_s')}")
+        text.append(
+            f"choreo on PostgreSQL / naive: sagas/s {ratio('choreo-pg', 'naive', 'sagas_per_s')}; "
+            f"/ ceiling: msgs/s {ratio('choreo-pg', 'raw', 'msgs_per_s')}"
+        )
     for arm in CLUSTER_ARMS:
         if summ.get(arm):
-            text.append(f"{arm} / choreo-pg (one node, 1 worker/domain): sagas/s {ratio(arm, 'choreo-pg', 'sagas_per_s')}, "
-                        f"p99 {ratio(arm, 'choreo-pg', 'p99')}, CPU/saga {ratio(arm, 'choreo-pg', 'cpu_s_per_saga')}")
+            text.append(
+                f"{arm} / choreo-pg (one node, 1 worker/domain): sagas/s {ratio(arm, 'choreo-pg', 'sagas_per_s')}, "
+                f"p99 {ratio(arm, 'choreo-pg', 'p99')}, CPU/saga {ratio(arm, 'choreo-pg', 'cpu_s_per_saga')}"
+            )
     # targets
     c, nv = summ.get("choreo", {}), summ.get("naive", {})
     text.append("")
     text.append("targets (medians):")
     if c and nv:
         v = c["sagas_per_s"]["median"] / nv["sagas_per_s"]["median"]
-        text.append(f"  choreo >= {TARGETS['vs_naive']:.1f}x naive sagas/s : {v:.3f}x  "
-                    f"{'MET' if v >= TARGETS['vs_naive'] else 'NOT MET'}")
+        text.append(
+            f"  choreo >= {TARGETS['vs_naive']:.1f}x naive sagas/s : {v:.3f}x  "
+            f"{'MET' if v >= TARGETS['vs_naive'] else 'NOT MET'}"
+        )
     if c and c.get("share_of_ceiling", {}).get("median") is not None:
         v = c["share_of_ceiling"]["median"]
-        text.append(f"  delivered msgs/s >= 25% of raw ceiling : {100 * v:.1f} %  "
-                    f"{'MET' if v >= TARGETS['share_of_ceiling'] else 'NOT MET'}")
+        text.append(
+            f"  delivered msgs/s >= 25% of raw ceiling : {100 * v:.1f} %  "
+            f"{'MET' if v >= TARGETS['share_of_ceiling'] else 'NOT MET'}"
+        )
     if c and c["p99"]["median"] is not None:
         v = c["p99"]["median"]
-        text.append(f"  p99 saga latency < 250 ms at half load  : {v:.0f} ms  {'MET' if v < TARGETS['p99_ms'] else 'NOT MET'}")
+        text.append(
+            f"  p99 saga latency < 250 ms at half load  : {v:.0f} ms  {'MET' if v < TARGETS['p99_ms'] else 'NOT MET'}"
+        )
     if c and c["rss_mb"]["median"] is not None:
         v = c["rss_mb"]["max"]
-        text.append(f"  < 150 MB RSS per worker process        : {v:.0f} MB (max over repeats)  "
-                    f"{'MET' if v < TARGETS['rss_mb'] else 'NOT MET'}")
+        text.append(
+            f"  < 150 MB RSS per worker process        : {v:.0f} MB (max over repeats)  "
+            f"{'MET' if v < TARGETS['rss_mb'] else 'NOT MET'}"
+        )
     # definitions and context
     text.append("")
     text.append("definitions:")
-    text.append("  sagas/s: N / (first place_order publish .. last order_view.ended_at) for choreo; naive: N / (first "
-                "publish .. last 'complete' commit); raw: N / (first publish .. last ack).")
-    text.append("  delivered msgs/s: sagas/s x deliveries per saga (choreo 8 = counted in every domain's inbox and "
-                "derived from consumers.registry.CHOREOGRAPHY; naive 4; raw 8, same topology and routing keys).")
-    text.append("  latency: choreo = order_view.ended_at - place_order envelope occurred_at (DB timestamps); naive = "
-                "'complete' commit time - publish time; raw = relay of the 6 hops with no work (see JSON), each at "
-                "half of its own arm's throughput.")
-    text.append("  durability: choreo acks and publishes only after a durable commit: SQLite WAL with "
-                "synchronous=FULL (the WAL fsynced per commit), PostgreSQL with synchronous_commit=on (WAL flushed "
-                "per commit). The naive chain commits with SQLite synchronous=NORMAL and early acks (no claim).")
-    text.append("  peak RSS: max VmHWM over the worker processes (parents and pool children); CPU s/saga: utime+stime "
-                "delta of all worker processes / N during the throughput run (users service, broker, redis excluded).")
+    text.append(
+        "  sagas/s: N / (first place_order publish .. last order_view.ended_at) for choreo; naive: N / (first "
+        "publish .. last 'complete' commit); raw: N / (first publish .. last ack)."
+    )
+    text.append(
+        "  delivered msgs/s: sagas/s x deliveries per saga (choreo 8 = counted in every domain's inbox and "
+        "derived from consumers.registry.CHOREOGRAPHY; naive 4; raw 8, same topology and routing keys)."
+    )
+    text.append(
+        "  latency: choreo = order_view.ended_at - place_order envelope occurred_at (DB timestamps); naive = "
+        "'complete' commit time - publish time; raw = relay of the 6 hops with no work (see JSON), each at "
+        "half of its own arm's throughput."
+    )
+    text.append(
+        "  durability: choreo acks and publishes only after a durable commit: SQLite WAL with "
+        "synchronous=FULL (the WAL fsynced per commit), PostgreSQL with synchronous_commit=on (WAL flushed "
+        "per commit). The naive chain commits with SQLite synchronous=NORMAL and early acks (no claim)."
+    )
+    text.append(
+        "  peak RSS: max VmHWM over the worker processes (parents and pool children); CPU s/saga: utime+stime "
+        "delta of all worker processes / N during the throughput run (users service, broker, redis excluded)."
+    )
     raw = runs.get("raw") or []
     if raw:
         rl = [r.get("relay_throughput", {}).get("sagas_per_s") for r in raw]
         sync = [r.get("sync_confirm", {}).get("msgs_per_s") for r in raw]
-        text.append(f"  raw ceiling: 2 publishers, confirms with up to 256 in flight, 5 consumers (prefetch 100, ack "
-                    f"each). Context: one-confirm-at-a-time from 5 publishers {_fmt(summary(sync), 0)} msgs/s; "
-                    f"zero-work relay (6 hops) {_fmt(summary(rl), 1)} sagas/s.")
+        text.append(
+            f"  raw ceiling: 2 publishers, confirms with up to 256 in flight, 5 consumers (prefetch 100, ack "
+            f"each). Context: one-confirm-at-a-time from 5 publishers {_fmt(summary(sync), 0)} msgs/s; "
+            f"zero-work relay (6 hops) {_fmt(summary(rl), 1)} sagas/s."
+        )
     fc = {arm: _fmt(s["foreign_cores"], 2) for arm, s in summ.items() if s}
-    text.append("  noise: CPU used by other jobs on the box during throughput runs (cores): "
-                + ", ".join(f"{a} {v}" for a, v in fc.items()))
+    text.append(
+        "  noise: CPU used by other jobs on the box during throughput runs (cores): "
+        + ", ".join(f"{a} {v}" for a, v in fc.items())
+    )
     out = "\n".join(text)
     print(out)
     return out
@@ -254,8 +352,14 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
 SWEEP = [1, 4, 8, 16, 32, 64]  # prefetch = the most a worker's batch holds
 
 
-def run_sweep(n: int, quiet: tuple[float, float], max_foreign: float, attempts: int, repeats: int = 1,
-              configs=SWEEP) -> list[dict]:
+def run_sweep(
+    n: int,
+    quiet: tuple[float, float],
+    max_foreign: float,
+    attempts: int,
+    repeats: int = 1,
+    configs=SWEEP,
+) -> list[dict]:
     out = []
     for rep in range(repeats):
         for p in configs:
@@ -271,22 +375,32 @@ def run_sweep(n: int, quiet: tuple[float, float], max_foreign: float, attempts: 
             rows = [o for o in out if o["prefetch"] == p and "error" not in o]
             if not rows:
                 continue
-            sm = {k: summary([o[k] for o in rows]) for k in ("sagas_per_s", "p99", "cpu_s_per_saga", "pss_total_mb", "rss_mb")}
-            print(f"  prefetch={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  p99 ms {_fmt(sm['p99'], 0)}  "
-                  f"CPU ms/saga {_fmt(sm['cpu_s_per_saga'], 1, 1000)}  total PSS MB {_fmt(sm['pss_total_mb'], 0)}  "
-                  f"max RSS MB {_fmt(sm['rss_mb'], 0)}")
-    print("\nprefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  CPU ms/saga  foreign cores")
+            sm = {
+                k: summary([o[k] for o in rows])
+                for k in ("sagas_per_s", "p99", "cpu_s_per_saga", "pss_total_mb", "rss_mb")
+            }
+            print(
+                f"  prefetch={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  p99 ms {_fmt(sm['p99'], 0)}  "
+                f"CPU ms/saga {_fmt(sm['cpu_s_per_saga'], 1, 1000)}  total PSS MB {_fmt(sm['pss_total_mb'], 0)}  "
+                f"max RSS MB {_fmt(sm['rss_mb'], 0)}"
+            )
+    print(
+        "\nprefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  CPU ms/saga  foreign cores"
+    )
     for o in out:
         if "error" in o:
             print(f"{o['prefetch']:>8}  ERROR {o['error'][:80]}")
             continue
-        print(f"{o['prefetch']:>8}  {o['sagas_per_s']:7.1f}  "
-              f"{o['p50']:5.0f}/{o['p95']:5.0f}/{o['p99']:5.0f}        {o['rss_mb']:6.0f}  {o['processes']:>5}  "
-              f"{o['pss_total_mb'] or 0:11.0f}  {o['cpu_s_per_saga'] * 1000:11.1f}  {o['foreign_cores']:.2f}")
+        print(
+            f"{o['prefetch']:>8}  {o['sagas_per_s']:7.1f}  "
+            f"{o['p50']:5.0f}/{o['p95']:5.0f}/{o['p99']:5.0f}        {o['rss_mb']:6.0f}  {o['processes']:>5}  "
+            f"{o['pss_total_mb'] or 0:11.0f}  {o['cpu_s_per_saga'] * 1000:11.1f}  {o['foreign_cores']:.2f}"
+        )
     return out
 
 
 # --- main ---------------------------------------------------------------------------------------
+
 
 def environment() -> dict:
     def sh(*cmd):
@@ -294,56 +408,122 @@ def environment() -> dict:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except Exception:
             return None
+
     import celery
     import kombu
-    return {"python": platform.python_version(), "celery": celery.__version__, "kombu": kombu.__version__,
-            "cores": os.cpu_count(), "loadavg_start": open("/proc/loadavg").read().strip(),
-            "git": sh("git", "rev-parse", "--short", "HEAD"), "git_dirty": bool(sh("git", "status", "--porcelain")),
-            "rabbitmq": (sh("rabbitmqctl", "-q", "version") or "").strip()}
+
+    return {
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "cores": os.cpu_count(),
+        "loadavg_start": open("/proc/loadavg").read().strip(),
+        "git": sh("git", "rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(sh("git", "status", "--porcelain")),
+        "rabbitmq": (sh("rabbitmqctl", "-q", "version") or "").strip(),
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--orders", type=int, default=None, help="orders per throughput run (default 1000; --quick 200)")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per arm (default 3; --quick 1)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: N=200, 1 repeat, 8-12 s latency runs")
-    ap.add_argument("--arms", default="choreo,choreo-dark,choreo-pg,naive,raw",
-                    help="of choreo (SQLite), choreo-dark (SQLite, metrics and tracing off), choreo-pg "
-                         "(PostgreSQL), naive, raw")
-    ap.add_argument("--cluster", action="store_true",
-                    help="on a private three-node RabbitMQ cluster with 1 and 2 workers per domain, beside the "
-                         "single node (arms choreo-pg,cluster-1w,cluster-2w unless --arms says otherwise)")
-    ap.add_argument("--sweep", action="store_true", help="choreo prefetch (batch size) variants (quick each)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--orders",
+        type=int,
+        default=None,
+        help="orders per throughput run (default 1000; --quick 200)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="repeats per arm (default 3; --quick 1)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: N=200, 1 repeat, 8-12 s latency runs"
+    )
+    ap.add_argument(
+        "--arms",
+        default="choreo,choreo-dark,choreo-pg,naive,raw",
+        help="of choreo (SQLite), choreo-dark (SQLite, metrics and tracing off), choreo-pg "
+        "(PostgreSQL), naive, raw",
+    )
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on a private three-node RabbitMQ cluster with 1 and 2 workers per domain, beside the "
+        "single node (arms choreo-pg,cluster-1w,cluster-2w unless --arms says otherwise)",
+    )
+    ap.add_argument(
+        "--sweep", action="store_true", help="choreo prefetch (batch size) variants (quick each)"
+    )
     ap.add_argument("--sweep-orders", type=int, default=300)
-    ap.add_argument("--sweep-configs", default=None,
-                    help="prefetch values, comma-separated (default: 1,4,8,16,32,64); repeats with --repeats")
-    ap.add_argument("--profile", metavar="PY_SPY", help="path to py-spy: profile choreo's workers in one throughput run")
-    ap.add_argument("--profile-idle", action="store_true", help="py-spy --idle (wall clock, not only on-CPU)")
-    ap.add_argument("--quiet-threshold", type=float, default=0.5,
-                    help="wait before each measurement until others use fewer cores than this")
-    ap.add_argument("--quiet-wait", type=float, default=90.0, help="...but at most this many seconds")
-    ap.add_argument("--max-foreign", type=float, default=0.35,
-                    help="redo a measurement if other jobs used more cores than this during it")
-    ap.add_argument("--attempts", type=int, default=3, help="at most this many tries per measurement")
+    ap.add_argument(
+        "--sweep-configs",
+        default=None,
+        help="prefetch values, comma-separated (default: 1,4,8,16,32,64); repeats with --repeats",
+    )
+    ap.add_argument(
+        "--profile",
+        metavar="PY_SPY",
+        help="path to py-spy: profile choreo's workers in one throughput run",
+    )
+    ap.add_argument(
+        "--profile-idle", action="store_true", help="py-spy --idle (wall clock, not only on-CPU)"
+    )
+    ap.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.5,
+        help="wait before each measurement until others use fewer cores than this",
+    )
+    ap.add_argument(
+        "--quiet-wait", type=float, default=90.0, help="...but at most this many seconds"
+    )
+    ap.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.35,
+        help="redo a measurement if other jobs used more cores than this during it",
+    )
+    ap.add_argument(
+        "--attempts", type=int, default=3, help="at most this many tries per measurement"
+    )
     a = ap.parse_args()
     n = a.orders or (200 if a.quick else 1000)
     repeats = a.repeats or (1 if a.quick else 3)
     quiet = (a.quiet_threshold, a.quiet_wait)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    doc: dict = {"argv": sys.argv, "orders": n, "repeats": repeats, "quick": a.quick, "environment": environment(),
-                 "started": stamp}
+    doc: dict = {
+        "argv": sys.argv,
+        "orders": n,
+        "repeats": repeats,
+        "quick": a.quick,
+        "environment": environment(),
+        "started": stamp,
+    }
 
     if a.profile:
         from bench.choreo_arm import run_choreo
         from bench.profile import print_summary, spy_hook, summarise
+
         out_dir = RESULTS / f"profile-{stamp}"
         out_dir.mkdir(parents=True)
         wait_quiet(*quiet)
-        r = run_choreo(n, latency=False, during_throughput=spy_hook(
-            a.profile, out_dir, ["order", "payment", "inventory", "shipment", "notification"], idle=a.profile_idle))
-        doc["profile"] = {"result": r, "dir": str(out_dir),
-                          "summaries": [summarise(p) for p in sorted(out_dir.glob("pyspy-*.txt"))]}
+        r = run_choreo(
+            n,
+            latency=False,
+            during_throughput=spy_hook(
+                a.profile,
+                out_dir,
+                ["order", "payment", "inventory", "shipment", "notification"],
+                idle=a.profile_idle,
+            ),
+        )
+        doc["profile"] = {
+            "result": r,
+            "dir": str(out_dir),
+            "summaries": [summarise(p) for p in sorted(out_dir.glob("pyspy-*.txt"))],
+        }
         for s in doc["profile"]["summaries"]:
             print_summary(s, top=30)
         path = RESULTS / f"profile-{stamp}.json"
@@ -355,7 +535,9 @@ def main() -> int:
         configs = SWEEP
         if a.sweep_configs:
             configs = [int(x) for x in a.sweep_configs.split(",")]
-        doc["sweep"] = run_sweep(a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1, configs)
+        doc["sweep"] = run_sweep(
+            a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1, configs
+        )
         path = RESULTS / f"sweep-{stamp}.json"
         path.write_text(json.dumps(doc, indent=1, default=str))
         log(f"results in {path}")
@@ -366,7 +548,9 @@ def main() -> int:
         arms = ["choreo-pg", *CLUSTER_ARMS]
     unknown = [arm for arm in arms if arm not in (*ARMS, *CLUSTER_ARMS)]
     if unknown:
-        ap.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, *CLUSTER_ARMS))}")
+        ap.error(
+            f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, *CLUSTER_ARMS))}"
+        )
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     path = RESULTS / f"bench-{stamp}.json"
     try:

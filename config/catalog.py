@@ -5,6 +5,7 @@ Data only, no rules: the rules that read it live with the service that applies t
 (choreo.domain.shipment, choreo.world.gateway) and the scenarios built from it in
 choreo.ops.scenarios.
 """
+
 from __future__ import annotations
 
 CARD_OK = "tok_visa"

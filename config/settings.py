@@ -1,4 +1,5 @@
 """Every setting choreo reads, from environment variables (prefix CHOREO_) with sane defaults."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -17,7 +18,14 @@ FAULT_POINTS = ("before_commit", "after_commit", "mid_burst", "after_publish")
 # records (`choreo dlq replay --execute`).
 SERVICES = (*DOMAINS, "user", "gateway", "orchestrator", "operator")
 # A worker's health listener: health_port_base + its offset (the user service has its own port).
-HEALTH_PORT_OFFSETS = {"order": 1, "payment": 2, "inventory": 3, "shipment": 4, "notification": 5, "orchestrator": 6}
+HEALTH_PORT_OFFSETS = {
+    "order": 1,
+    "payment": 2,
+    "inventory": 3,
+    "shipment": 4,
+    "notification": 5,
+    "orchestrator": 6,
+}
 
 
 class Settings(BaseSettings):
@@ -119,9 +127,11 @@ class Settings(BaseSettings):
     # `choreo ask` (the operator agent). The key comes from ANTHROPIC_API_KEY only. The base
     # URL is the SDK's (empty: its default, or ANTHROPIC_BASE_URL); tests point it at a local fake.
     agent_model: str = "claude-sonnet-4-6"
-    agent_max_rounds: int = Field(8, ge=1, le=50)      # rounds of tool use per question
+    agent_max_rounds: int = Field(8, ge=1, le=50)  # rounds of tool use per question
     agent_max_tokens: int = Field(2048, ge=256, le=32000)  # per model turn
-    agent_max_retries: int = Field(3, ge=0, le=10)     # the SDK's own retries (overloaded, 429, network)
+    agent_max_retries: int = Field(
+        3, ge=0, le=10
+    )  # the SDK's own retries (overloaded, 429, network)
     agent_timeout: float = Field(60.0, gt=0)
     agent_base_url: str = ""
 
@@ -135,8 +145,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("broker_ca_file", "broker_cert_file", "broker_key_file", "redis_ca_file", "redis_cert_file",
-                     "redis_key_file", "database_ca_file")
+    @field_validator(
+        "broker_ca_file",
+        "broker_cert_file",
+        "broker_key_file",
+        "redis_ca_file",
+        "redis_cert_file",
+        "redis_key_file",
+        "database_ca_file",
+    )
     @classmethod
     def _readable(cls, value: str) -> str:
         if value and not Path(value).is_file():
@@ -155,9 +172,11 @@ class Settings(BaseSettings):
         if self.workers_per_domain > 1:
             local = [d for d in self.domains if self.database_url(d).startswith("sqlite")]
             if local:
-                raise ValueError(f"workers_per_domain={self.workers_per_domain} needs a database server "
-                                 f"(CHOREO_DATABASE_SERVER=postgresql://...): {', '.join(local)} would share "
-                                 "a SQLite file between processes")
+                raise ValueError(
+                    f"workers_per_domain={self.workers_per_domain} needs a database server "
+                    f"(CHOREO_DATABASE_SERVER=postgresql://...): {', '.join(local)} would share "
+                    "a SQLite file between processes"
+                )
         return self
 
     @field_validator("saga_mode")
@@ -194,7 +213,11 @@ class Settings(BaseSettings):
         each further one a block of len(HEALTH_PORT_OFFSETS) ports higher)."""
         if process == "users":
             return self.user_service_port
-        return self.health_port_base + HEALTH_PORT_OFFSETS[process] + (index - 1) * len(HEALTH_PORT_OFFSETS)
+        return (
+            self.health_port_base
+            + HEALTH_PORT_OFFSETS[process]
+            + (index - 1) * len(HEALTH_PORT_OFFSETS)
+        )
 
     def health_url(self, process: str, index: int = 1) -> str:
         return f"http://127.0.0.1:{self.health_port(process, index)}"

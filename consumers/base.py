@@ -1,4 +1,5 @@
 """What a handler is and how a domain lists the messages it hears."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from models.envelope import Envelope
 
 class HandlerDeps(Protocol):
     """The dependencies a handler may use (choreo.app.bootstrap.LiveDeps; fakes in unit tests)."""
+
     gateway: Any
     users: Any
     catalog: Mapping[str, int]  # the seller's price list: SKU -> unit price in cents

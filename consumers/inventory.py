@@ -1,4 +1,5 @@
 """Inventory service handlers: reserve on payment.completed; release (compensation) on shipment.failed."""
+
 from __future__ import annotations
 
 import uuid
@@ -15,8 +16,13 @@ from models.tables import Reservation, Stock, StockDecision, utcnow
 RESERVATIONS, DECISIONS = Rows(Reservation), Rows(StockDecision)
 _STOCK = Stock.__table__
 # Conditional update: the database, not a read-then-write, keeps stock >= 0.
-_RESERVE = (update(_STOCK).where(_STOCK.c.sku == bindparam("k"), _STOCK.c.available >= bindparam("q"))
-            .values(available=_STOCK.c.available - bindparam("q"), reserved=_STOCK.c.reserved + bindparam("q")))
+_RESERVE = (
+    update(_STOCK)
+    .where(_STOCK.c.sku == bindparam("k"), _STOCK.c.available >= bindparam("q"))
+    .values(
+        available=_STOCK.c.available - bindparam("q"), reserved=_STOCK.c.reserved + bindparam("q")
+    )
+)
 
 
 def on_payment_completed(msg: Envelope, uow, deps) -> None:
@@ -37,10 +43,17 @@ def on_payment_completed(msg: Envelope, uow, deps) -> None:
         return
     nested.commit()
     reservation_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"reservation:{msg.order_id}"))
-    RESERVATIONS.add(db, order_id=msg.order_id, reservation_id=reservation_id,
-                     items=[{"sku": k, "qty": v} for k, v in sorted(wanted.items())], status="reserved")
+    RESERVATIONS.add(
+        db,
+        order_id=msg.order_id,
+        reservation_id=reservation_id,
+        items=[{"sku": k, "qty": v} for k, v in sorted(wanted.items())],
+        status="reserved",
+    )
     DECISIONS.add(db, order_id=msg.order_id, outcome="reserved")
-    uow.emit("inventory.reserved", {"reservation_id": reservation_id, "order": p.order.model_dump()})
+    uow.emit(
+        "inventory.reserved", {"reservation_id": reservation_id, "order": p.order.model_dump()}
+    )
 
 
 def on_shipment_failed(msg: Envelope, uow, deps) -> None:
@@ -54,12 +67,20 @@ def on_shipment_failed(msg: Envelope, uow, deps) -> None:
             s.add(StockDecision(order_id=msg.order_id, outcome="released"))
         return
     for item in r.items:
-        s.execute(update(Stock).where(Stock.sku == item["sku"])
-                  .values(available=Stock.available + item["qty"], reserved=Stock.reserved - item["qty"]))
+        s.execute(
+            update(Stock)
+            .where(Stock.sku == item["sku"])
+            .values(available=Stock.available + item["qty"], reserved=Stock.reserved - item["qty"])
+        )
     r.status, r.released_at = "released", utcnow()
     s.add(r)
-    uow.emit("inventory.released", {"reservation_id": r.reservation_id,
-                                    "items": [{"sku": i["sku"], "qty": i["qty"], "unit_price_cents": 0} for i in r.items]})
+    uow.emit(
+        "inventory.released",
+        {
+            "reservation_id": r.reservation_id,
+            "items": [{"sku": i["sku"], "qty": i["qty"], "unit_price_cents": 0} for i in r.items],
+        },
+    )
 
 
 SUBSCRIPTIONS = {

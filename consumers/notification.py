@@ -1,4 +1,5 @@
 """Notification service handler: tell the customer how the order ended, once per (order, kind)."""
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,18 @@ def on_order_ended(msg: Envelope, uow, deps, customer: dict | None) -> None:
     if NOTIFICATIONS.exists(db, msg.order_id, kind):
         return
     body = compose(kind, msg.order_id, customer.get("name") if customer else None, msg.payload)
-    NOTIFICATIONS.add(db, order_id=msg.order_id, kind=kind, customer_id=msg.payload["customer_id"],
-                      email=customer.get("email") if customer else None, body=body)
-    log.info("notification sent", extra={"kind": kind, "email": customer.get("email") if customer else None})
+    NOTIFICATIONS.add(
+        db,
+        order_id=msg.order_id,
+        kind=kind,
+        customer_id=msg.payload["customer_id"],
+        email=customer.get("email") if customer else None,
+        body=body,
+    )
+    log.info(
+        "notification sent",
+        extra={"kind": kind, "email": customer.get("email") if customer else None},
+    )
 
 
 SUBSCRIPTIONS = {

@@ -1,4 +1,5 @@
 """Order service handlers: the place_order command and every fact other services report."""
+
 from __future__ import annotations
 
 from choreo.app.eventstore import append, load
@@ -11,7 +12,9 @@ def on_place_order(msg: Envelope, uow, deps) -> None:
     p = msg.parsed()
     order = load(uow.session, msg.order_id)
     lines = [i.model_dump() for i in p.items]
-    append(uow, order, domain.place(order, p.customer_id, lines, p.address, p.card_token, deps.catalog))
+    append(
+        uow, order, domain.place(order, p.customer_id, lines, p.address, p.card_token, deps.catalog)
+    )
 
 
 def on_fact(msg: Envelope, uow, deps) -> None:

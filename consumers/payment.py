@@ -1,4 +1,5 @@
 """Payment service handlers: charge on order.placed; refund (compensation) on stock or shipment failure."""
+
 from __future__ import annotations
 
 from choreo.infra.db import Rows
@@ -23,10 +24,21 @@ def on_order_placed(msg: Envelope, uow, deps) -> None:
         uow.emit("payment.failed", {"reason": exc.reason, "code": exc.code})
         return
     DECISIONS.add(db, order_id=msg.order_id, outcome="charged")
-    CHARGES.add(db, order_id=msg.order_id, charge_id=charge_id, amount_cents=p.order.amount_cents,
-                card_token=p.card_token)
-    uow.emit("payment.completed", {"charge_id": charge_id, "amount_cents": p.order.amount_cents,
-                                   "order": p.order.model_dump()})
+    CHARGES.add(
+        db,
+        order_id=msg.order_id,
+        charge_id=charge_id,
+        amount_cents=p.order.amount_cents,
+        card_token=p.card_token,
+    )
+    uow.emit(
+        "payment.completed",
+        {
+            "charge_id": charge_id,
+            "amount_cents": p.order.amount_cents,
+            "order": p.order.model_dump(),
+        },
+    )
 
 
 def on_failure_refund(msg: Envelope, uow, deps) -> None:

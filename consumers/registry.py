@@ -1,4 +1,5 @@
 """Which domain hears which message types, per saga mode: the single source the topology is derived from."""
+
 from __future__ import annotations
 
 from choreo.messaging.topology import Topology
@@ -39,4 +40,7 @@ def subscriptions(mode: str) -> dict[str, dict[str, Subscription]]:
 
 def topology(settings: Settings) -> Topology:
     """The broker topology these tables give: each domain's queue bound to the types it hears."""
-    return Topology(settings, {mode: {d: sorted(subs) for d, subs in table.items()} for mode, table in MODES.items()})
+    return Topology(
+        settings,
+        {mode: {d: sorted(subs) for d, subs in table.items()} for mode, table in MODES.items()},
+    )

@@ -1,4 +1,5 @@
 """Shipment service handler: ship what inventory reserved, or say why not."""
+
 from __future__ import annotations
 
 import uuid
@@ -24,7 +25,9 @@ def on_inventory_reserved(msg: Envelope, uow, deps) -> None:
         uow.emit("shipment.failed", {"reason": detail})
         return
     shipment_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"shipment:{msg.order_id}"))
-    SHIPMENTS.add(db, order_id=msg.order_id, shipment_id=shipment_id, tracking_code=detail, status="created")
+    SHIPMENTS.add(
+        db, order_id=msg.order_id, shipment_id=shipment_id, tracking_code=detail, status="created"
+    )
     uow.emit("shipment.created", {"shipment_id": shipment_id, "tracking_code": detail})
 
 

@@ -3,6 +3,7 @@
 JSON on the wire, validated on publish and on consume, so a service written in another
 language can take part: see README "Wire format".
 """
+
 from __future__ import annotations
 
 import os
@@ -40,6 +41,7 @@ class Strict(BaseModel):
 
 class Item(Strict):
     """A priced line, as the order service priced it from its catalog."""
+
     sku: Sku
     qty: int = Field(gt=0, le=MAX_QTY)
     unit_price_cents: Cents
@@ -49,6 +51,7 @@ class OrderLine(Strict):
     """A line of a place_order command. The seller sets the price: a client may omit
     `unit_price_cents`; if it sends one that is not the catalog's, the order is refused
     (CANCELLED, reason price_mismatch) and nothing is charged."""
+
     sku: Sku
     qty: int = Field(gt=0, le=MAX_QTY)
     unit_price_cents: Cents | None = None
@@ -56,6 +59,7 @@ class OrderLine(Strict):
 
 class OrderSnapshot(Strict):
     """The facts about an order that travel with it (event-carried state transfer)."""
+
     customer_id: CustomerId
     items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
     address: Address
@@ -128,6 +132,7 @@ class ShipmentFailed(Strict):
 
 class SagaDeadLettered(Strict):
     """A domain gave up on a message of this order: the order needs an operator."""
+
     domain: Annotated[str, Field(min_length=1, max_length=64)]
     event_type: Annotated[str, Field(min_length=1, max_length=64)]
     event_id: Id
@@ -210,7 +215,9 @@ def decode(raw: Any) -> Envelope:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in (*prefix, *first.get("loc", ()))) or "envelope"
-        raise PoisonMessage(f"schema: {where}: {first.get('msg')} ({exc.error_count()} error(s))") from None
+        raise PoisonMessage(
+            f"schema: {where}: {first.get('msg')} ({exc.error_count()} error(s))"
+        ) from None
     return envelope.model_copy(update={"payload": payload})
 
 
@@ -256,10 +263,9 @@ def make_envelope(
     )
 
 
-
-
 # --- commands of the orchestrated saga mode (imperative names; same facts as the events
 # that trigger the same handlers in choreography mode) ---------------------------------
+
 
 class ChargePayment(Strict):
     order: OrderSnapshot
@@ -282,10 +288,12 @@ class CreateShipment(Strict):
     order: OrderSnapshot
 
 
-PAYLOADS.update({
-    "charge_payment": ChargePayment,
-    "refund_payment": RefundPayment,
-    "reserve_stock": ReserveStock,
-    "release_stock": ReleaseStock,
-    "create_shipment": CreateShipment,
-})
+PAYLOADS.update(
+    {
+        "charge_payment": ChargePayment,
+        "refund_payment": RefundPayment,
+        "reserve_stock": ReserveStock,
+        "release_stock": ReleaseStock,
+        "create_shipment": CreateShipment,
+    }
+)

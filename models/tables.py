@@ -1,4 +1,5 @@
 """Database tables of every service. Each service creates only its own in its own database."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -17,8 +18,10 @@ def _ts(**kw) -> Column:
 
 # --- in every service's database -----------------------------------------------------
 
+
 class Outbox(SQLModel, table=True):
     """Events to publish, written in the same transaction as the state that caused them."""
+
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -32,6 +35,7 @@ class Outbox(SQLModel, table=True):
 
 class Inbox(SQLModel, table=True):
     """Messages this service has applied: the unique key that makes redelivery harmless."""
+
     __tablename__ = "inbox"
     consumer: str = Field(primary_key=True, max_length=32)
     event_id: str = Field(primary_key=True, max_length=64)
@@ -42,6 +46,7 @@ class Inbox(SQLModel, table=True):
 
 class DeadLetter(SQLModel, table=True):
     """A message this service gave up on: the operator's record of a critical alert."""
+
     __tablename__ = "dead_letters"
     event_id: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=64)
@@ -57,6 +62,7 @@ class CopyRecord(SQLModel, table=True):
     transaction that decided it: the proof, checked when the copy comes back, of the sender the
     copy names (tasks.adapter). The broker vouches only for the copy's publisher, this service, so
     a copy with no record here (made by anyone else holding its broker password) is refused."""
+
     __tablename__ = "copies"
     event_id: str = Field(primary_key=True, max_length=64)  # the delivery's task id
     # sha256 over the original sender, the message name and its arguments (choreo.app.copies)
@@ -69,8 +75,10 @@ class CopyRecord(SQLModel, table=True):
 
 # --- order ----------------------------------------------------------------------------
 
+
 class OrderEvent(SQLModel, table=True):
     """The order event store: append-only; (order_id, version) unique = optimistic locking."""
+
     __tablename__ = "order_events"
     __table_args__ = (UniqueConstraint("order_id", "version", name="uq_order_version"),)
     position: int | None = Field(default=None, primary_key=True)
@@ -85,6 +93,7 @@ class OrderEvent(SQLModel, table=True):
 
 class OrderView(SQLModel, table=True):
     """Read model: one row per order, a projection of order_events."""
+
     __tablename__ = "order_view"
     order_id: str = Field(primary_key=True, max_length=64)
     state: str = Field(max_length=32, index=True)
@@ -108,6 +117,7 @@ class OrderView(SQLModel, table=True):
 
 # --- payment --------------------------------------------------------------------------
 
+
 class Charge(SQLModel, table=True):
     __tablename__ = "charges"
     order_id: str = Field(primary_key=True, max_length=64)
@@ -128,6 +138,7 @@ class Refund(SQLModel, table=True):
 
 class PaymentDecision(SQLModel, table=True):
     """A declined charge is a decision too: recorded so a redelivery does not ask again."""
+
     __tablename__ = "payment_decisions"
     order_id: str = Field(primary_key=True, max_length=64)
     outcome: str = Field(max_length=32)
@@ -139,6 +150,7 @@ class GatewayLedger(SQLModel, table=True):
 
     Like a real provider, it honours idempotency keys: the same key never moves money twice.
     """
+
     __tablename__ = "gateway_ledger"
     idempotency_key: str = Field(primary_key=True, max_length=96)
     kind: str = Field(max_length=16)
@@ -155,6 +167,7 @@ class GatewayAttempt(SQLModel, table=True):
 
 
 # --- inventory ------------------------------------------------------------------------
+
 
 class Stock(SQLModel, table=True):
     __tablename__ = "stock"
@@ -176,12 +189,14 @@ class Reservation(SQLModel, table=True):
 
 class StockDecision(SQLModel, table=True):
     """Out-of-stock is remembered, so a late or duplicate request cannot reserve after it."""
+
     __tablename__ = "stock_decisions"
     order_id: str = Field(primary_key=True, max_length=64)
     outcome: str = Field(max_length=32)
 
 
 # --- shipment -------------------------------------------------------------------------
+
 
 class Shipment(SQLModel, table=True):
     __tablename__ = "shipments"
@@ -195,6 +210,7 @@ class Shipment(SQLModel, table=True):
 
 # --- notification ---------------------------------------------------------------------
 
+
 class Notification(SQLModel, table=True):
     __tablename__ = "notifications"
     order_id: str = Field(primary_key=True, max_length=64)
@@ -207,10 +223,12 @@ class Notification(SQLModel, table=True):
 
 # --- the operator's records ---------------------------------------------------------------
 
+
 class ReplayRecord(SQLModel, table=True):
     """One dead letter an operator replayed (`choreo dlq replay --execute`): when, which message,
     by whom, and what came of it. Written (durably) after the broker confirmed the replayed
     copy and before the dead letter is acked."""
+
     __tablename__ = "dlq_replays"
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(max_length=36, index=True)  # one `--execute` run
@@ -229,8 +247,10 @@ class ReplayRecord(SQLModel, table=True):
 
 # --- orchestrator (orchestrated saga mode only) -----------------------------------------
 
+
 class SagaState(SQLModel, table=True):
     """The orchestrator's saga, persisted after every step so a killed orchestrator resumes."""
+
     __tablename__ = "sagas"
     order_id: str = Field(primary_key=True, max_length=64)
     status: str = Field(max_length=16, index=True)
@@ -243,6 +263,7 @@ class SagaState(SQLModel, table=True):
 
 
 # --- user -----------------------------------------------------------------------------
+
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"

@@ -23,6 +23,7 @@ The outcomes, as Flower shows them (the consumer sends each message's task event
   FAILURE  dead-lettered: poison input at once, or a failure that outlived its retries
   REJECTED requeued: a publish the broker did not confirm (it is redelivered)
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,16 +54,17 @@ OPTIMISTIC_RETRIES = 10
 @dataclass
 class Delivery:
     """One message of a batch, as the consumer received it (what Celery would hand a task)."""
-    name: str                   # the task name: the event type
+
+    name: str  # the task name: the event type
     args: Any
     kwargs: Any
     task_id: str
     root_id: str | None = None
-    attempt: int = 0            # the choreo_attempt header: rungs of the retry ladder climbed
+    attempt: int = 0  # the choreo_attempt header: rungs of the retry ladder climbed
     message_id: str | None = None
-    delivery_count: Any = 0     # x-delivery-count as it arrived
+    delivery_count: Any = 0  # x-delivery-count as it arrived
     redelivered: bool = False
-    received_ns: int = 0        # when the consumer received it (wall clock): its span starts there
+    received_ns: int = 0  # when the consumer received it (wall clock): its span starts there
     # The service that sent it, as the broker vouches (its user_id; tasks.worker.verified_sender).
     # None: no verified sender, and nothing is believed of it (it is dead-lettered).
     sender: str | None = None
@@ -73,8 +75,8 @@ class Delivery:
 
 @dataclass
 class Outcome:
-    kind: str                   # processed | duplicate | retry | dead_lettered | poison | requeue
-    detail: str = ""            # what Flower shows: the result, or the exception
+    kind: str  # processed | duplicate | retry | dead_lettered | poison | requeue
+    detail: str = ""  # what Flower shows: the result, or the exception
     emitted: list[str] = field(default_factory=list)
 
 
@@ -85,12 +87,12 @@ class _Item:
     envelope: Envelope | None = None
     outcome: Outcome | None = None
     looked_up: dict = field(default_factory=dict)
-    error: Exception | None = None   # a failure to send to the ladder or the DLQ
-    reason: str | None = None        # set: dead-letter with this reason
+    error: Exception | None = None  # a failure to send to the ladder or the DLQ
+    reason: str | None = None  # set: dead-letter with this reason
     emitted: list[Envelope] = field(default_factory=list)
     duplicate_of_inbox: bool = False
     retry: tuple[int, float, str] | None = None  # (rung, delay, queue) of its retry copy
-    span: Any = None                 # its CONSUMER span (None: tracing off)
+    span: Any = None  # its CONSUMER span (None: tracing off)
 
 
 def register_domain(app: Celery) -> None:
@@ -104,8 +106,9 @@ def register_domain(app: Celery) -> None:
     # shared=False: Celery would otherwise hand these tasks to every app finalized later in the
     # same process, so a second domain's app would run this domain's handler under the same name.
     for type_ in subscriptions(app.settings.saga_mode)[domain]:
-        app.task(name=type_, bind=True, typing=False, acks_late=True, ignore_result=True, shared=False)(
-            _task_body(domain, type_))
+        app.task(
+            name=type_, bind=True, typing=False, acks_late=True, ignore_result=True, shared=False
+        )(_task_body(domain, type_))
 
 
 def _task_body(domain: str, type_: str):
@@ -113,9 +116,12 @@ def _task_body(domain: str, type_: str):
         # Called in process (no broker between caller and handler, so nobody to vouch): the
         # caller is this process's own code, trusted as the type's owner.
         sender = min(owners(type_), default=None)
-        outcome = process_batch(runtime(task.app), [Delivery(type_, list(args), kwargs, str(task.request.id),
-                                                             sender=sender)])[0]
+        outcome = process_batch(
+            runtime(task.app),
+            [Delivery(type_, list(args), kwargs, str(task.request.id), sender=sender)],
+        )[0]
         return {"outcome": outcome.kind, "detail": outcome.detail, "emitted": outcome.emitted}
+
     run.__name__ = run.__qualname__ = f"{domain}_{type_.replace('.', '_')}"
     return run
 
@@ -133,7 +139,9 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     unchecked = failures.prove_claims(rt, [i.delivery for i in items])
     for item in items:
         if unchecked and item.delivery.claim:  # no proof either way, so no decision
-            item.outcome = Outcome("requeue", f"could not check the copy's record: {unchecked}"[:1000])
+            item.outcome = Outcome(
+                "requeue", f"could not check the copy's record: {unchecked}"[:1000]
+            )
         if item.outcome is None:
             _decode(item)
         item.span = spans.consumer_span(rt, item.delivery, item.envelope, queue)
@@ -167,26 +175,42 @@ def _decode(item: _Item) -> None:
             raise PoisonMessage(f"no handler for {d.name!r} in this domain")
         if not isinstance(d.args, (list, tuple)) or len(d.args) != 1 or d.kwargs:
             raise PoisonMessage("expected exactly one positional argument, the envelope")
-        envelope = decode(d.args[0])  # validation only: nothing of it is believed before the sender is
+        envelope = decode(
+            d.args[0]
+        )  # validation only: nothing of it is believed before the sender is
         if envelope.type != d.name:
-            raise PoisonMessage(f"envelope type {envelope.type!r} does not match message name {d.name!r}")
+            raise PoisonMessage(
+                f"envelope type {envelope.type!r} does not match message name {d.name!r}"
+            )
         if not may_send(d.sender, d.name):
-            who = (f"sender {d.sender!r}" if d.sender else
-                   f"a copy naming sender {d.claim!r} that this service has no record of making" if d.claim else
-                   "a message with no verified sender (AMQP user_id)")
-            raise PoisonMessage(f"unauthorized: {who} may not send {d.name!r} "
-                                f"(sent by {', '.join(sorted(owners(d.name))) or 'nobody'})")
+            who = (
+                f"sender {d.sender!r}"
+                if d.sender
+                else f"a copy naming sender {d.claim!r} that this service has no record of making"
+                if d.claim
+                else "a message with no verified sender (AMQP user_id)"
+            )
+            raise PoisonMessage(
+                f"unauthorized: {who} may not send {d.name!r} "
+                f"(sent by {', '.join(sorted(owners(d.name))) or 'nobody'})"
+            )
         if not speaks_for_itself(d.sender, d.name, envelope.payload):
-            raise PoisonMessage(f"unauthorized: {d.sender!r} may not report another domain's dead letter "
-                                f"({envelope.payload.get('domain')!r})")
-        item.envelope = envelope  # kept only when believed: a forgery causes no notice about its order
+            raise PoisonMessage(
+                f"unauthorized: {d.sender!r} may not report another domain's dead letter "
+                f"({envelope.payload.get('domain')!r})"
+            )
+        item.envelope = (
+            envelope  # kept only when believed: a forgery causes no notice about its order
+        )
     except PoisonMessage as exc:
         item.reason = f"poison: {exc}"
 
 
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
     todo = _open(items)
-    for item, seen in zip(todo, rt.idempotency.seen(rt.domain, [i.envelope.event_id for i in todo])):
+    for item, seen in zip(
+        todo, rt.idempotency.seen(rt.domain, [i.envelope.event_id for i in todo])
+    ):
         if seen:
             item.outcome = Outcome("duplicate", "duplicate absorbed (redis)")
 
@@ -200,7 +224,10 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
             done = batch.processed_among(domain, [i.envelope.event_id for i in todo])
             for item in todo:
                 if item.envelope.event_id in done:
-                    item.outcome, item.duplicate_of_inbox = Outcome("duplicate", "duplicate absorbed (inbox)"), True
+                    item.outcome, item.duplicate_of_inbox = (
+                        Outcome("duplicate", "duplicate absorbed (inbox)"),
+                        True,
+                    )
                     continue
                 _apply(rt, batch, item)
             for item in items:
@@ -225,8 +252,12 @@ def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
     env = item.envelope
     for _ in range(OPTIMISTIC_RETRIES):
         try:
-            with logs.bound(**_context(item)), batch.message(env, consumer=rt.domain,
-                                                             traceparent=tracing.traceparent_of(item.span)) as uow:
+            with (
+                logs.bound(**_context(item)),
+                batch.message(
+                    env, consumer=rt.domain, traceparent=tracing.traceparent_of(item.span)
+                ) as uow,
+            ):
                 item.sub.handler(env, uow, rt.deps, **item.looked_up)
             item.emitted = uow.pending
             item.outcome = Outcome("processed", emitted=[e.type for e in uow.pending])
@@ -235,7 +266,10 @@ def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
             # A concurrent delivery of the same event, or a concurrent append at our version:
             # the savepoint is gone; look again (the inbox tells which it was) and decide again.
             if batch.processed_among(rt.domain, [env.event_id]):
-                item.outcome, item.duplicate_of_inbox = Outcome("duplicate", "duplicate absorbed (inbox)"), True
+                item.outcome, item.duplicate_of_inbox = (
+                    Outcome("duplicate", "duplicate absorbed (inbox)"),
+                    True,
+                )
                 return
             log.info("optimistic concurrency conflict, reloading: %s", str(exc.orig)[:120])
         except PoisonMessage as exc:
@@ -285,46 +319,92 @@ def _settle(rt: Runtime, item: _Item) -> None:
         elif item.reason is not None:
             where = rt.names.dlq(rt.domain)
             comp = failures.compensation(item)
-            log.log(logging.CRITICAL if comp else logging.ERROR, "dead-lettered to %s: %s", where, item.reason,
-                    extra={"alert": "compensation_failed" if comp else "dead_letter"})
+            log.log(
+                logging.CRITICAL if comp else logging.ERROR,
+                "dead-lettered to %s: %s",
+                where,
+                item.reason,
+                extra={"alert": "compensation_failed" if comp else "dead_letter"},
+            )
             kind = "poison" if item.reason.startswith("poison") else "dead_lettered"
-            item.outcome = Outcome(kind, f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000])
+            item.outcome = Outcome(
+                kind, f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000]
+            )
         elif item.error is not None:
             n, delay, queue = item.retry
-            log.warning("transient failure, retry %d/%d in %.2fs via %s: %r", n, rt.settings.retry_max_attempts,
-                        delay, queue, item.error)
-            item.outcome = Outcome("retry", f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via "
-                                            f"{queue}: {item.error!r}"[:1000])
+            log.warning(
+                "transient failure, retry %d/%d in %.2fs via %s: %r",
+                n,
+                rt.settings.retry_max_attempts,
+                delay,
+                queue,
+                item.error,
+            )
+            item.outcome = Outcome(
+                "retry",
+                f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via "
+                f"{queue}: {item.error!r}"[:1000],
+            )
         elif item.outcome.kind == "duplicate":
             log.info(item.outcome.detail)
         else:
             log.info("processed", extra={"emitted": ",".join(item.outcome.emitted)})
     kind = item.outcome.kind
-    spans.finish(item.span, kind, retry=item.retry if kind == "retry" else None, error=item.error,
-                 reason=item.reason if kind in ("poison", "dead_lettered") else None,
-                 compensation=failures.compensation(item) and kind == "processed",
-                 duplicate_of=("inbox" if item.duplicate_of_inbox else "redis") if kind == "duplicate" else None)
+    spans.finish(
+        item.span,
+        kind,
+        retry=item.retry if kind == "retry" else None,
+        error=item.error,
+        reason=item.reason if kind in ("poison", "dead_lettered") else None,
+        compensation=failures.compensation(item) and kind == "processed",
+        duplicate_of=("inbox" if item.duplicate_of_inbox else "redis")
+        if kind == "duplicate"
+        else None,
+    )
 
 
 def _remember(rt: Runtime, items: list[_Item]) -> None:
     """Step 7: the idempotency keys of what this service has applied, and the counters."""
     kinds = [i.outcome.kind for i in items]
-    keys = [i.envelope.event_id for i in items
-            if i.outcome.kind == "processed" or (i.outcome.kind == "duplicate" and i.duplicate_of_inbox)]
-    rt.idempotency.remember(rt.domain, keys, {
-        "processed": kinds.count("processed"), "duplicates": kinds.count("duplicate"),
-        "retries": kinds.count("retry"), "dead_lettered": kinds.count("dead_lettered") + kinds.count("poison")})
+    keys = [
+        i.envelope.event_id
+        for i in items
+        if i.outcome.kind == "processed" or (i.outcome.kind == "duplicate" and i.duplicate_of_inbox)
+    ]
+    rt.idempotency.remember(
+        rt.domain,
+        keys,
+        {
+            "processed": kinds.count("processed"),
+            "duplicates": kinds.count("duplicate"),
+            "retries": kinds.count("retry"),
+            "dead_lettered": kinds.count("dead_lettered") + kinds.count("poison"),
+        },
+    )
 
 
 def _context(item: _Item) -> dict:
     """What every log line about this message carries (the domain is bound per worker)."""
     env, d = item.envelope, item.delivery
-    span = {"trace_id": f"{item.span.get_span_context().trace_id:032x}",
-            "span_id": tracing.span_id_of(item.span)} if item.span is not None else {}
+    span = (
+        {
+            "trace_id": f"{item.span.get_span_context().trace_id:032x}",
+            "span_id": tracing.span_id_of(item.span),
+        }
+        if item.span is not None
+        else {}
+    )
     if env is None:
         return {"event_type": d.name, "event_id": d.task_id, "attempt": d.attempt, **span}
-    return {"event_type": env.type, "event_id": env.event_id, "order_id": env.order_id,
-            "correlation_id": env.correlation_id, "trace_id": env.trace_id, "attempt": d.attempt, **span}
+    return {
+        "event_type": env.type,
+        "event_id": env.event_id,
+        "order_id": env.order_id,
+        "correlation_id": env.correlation_id,
+        "trace_id": env.trace_id,
+        "attempt": d.attempt,
+        **span,
+    }
 
 
 def _fault(rt: Runtime, point: str) -> None:
@@ -344,4 +424,5 @@ def _burst_fault(rt: Runtime):
     def before_each(n: int, total: int) -> None:
         if n == total // 2:
             _fault(rt, "mid_burst")
+
     return before_each

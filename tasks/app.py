@@ -1,4 +1,5 @@
 """One Celery app per domain (its own queue, its own tasks), plus a client app for publishers."""
+
 from __future__ import annotations
 
 import random
@@ -24,7 +25,11 @@ class ChoreoApp(Celery):
         # A cluster's nodes in this process's own order: kombu starts on the first, so the
         # processes spread over the nodes, and on a failure goes round that order.
         nodes = broker_urls(service_url(settings, self.service))
-        super().__init__(f"choreo.{name}", broker=";".join(random.sample(nodes, len(nodes))), set_as_current=False)
+        super().__init__(
+            f"choreo.{name}",
+            broker=";".join(random.sample(nodes, len(nodes))),
+            set_as_current=False,
+        )
         self.settings = settings
         self.domain: str | None = domain
         # Stamped on everything it publishes: the broker refuses any other (choreo.messaging.access).
@@ -68,8 +73,14 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         # A client app routes nothing by default: its default queue is the unrouted one, declared
         # (if Celery ever does) exactly as the topology declares it.
         # Declared by the set-up, never by a worker (its user may not): no_declare.
-        task_queues=[_undeclared(topo.domain_queue(name) if name in settings.domains else topo.unrouted_queue())],
-        task_default_queue=topo.names.queue(name) if name in settings.domains else topo.names.unrouted,
+        task_queues=[
+            _undeclared(
+                topo.domain_queue(name) if name in settings.domains else topo.unrouted_queue()
+            )
+        ],
+        task_default_queue=topo.names.queue(name)
+        if name in settings.domains
+        else topo.names.unrouted,
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
         # Flower: task events (received, started, succeeded, retried, failed) from every worker,

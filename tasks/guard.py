@@ -8,6 +8,7 @@ Every delivery passes `check` first. What fails it goes to the domain's DLQ with
 choreo understand, so no header can steer Celery into scheduling (`eta`), dropping
 (`expires`) or sending more tasks (`chain`, `callbacks`) on a client's say-so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,20 +69,34 @@ def clean_headers(headers: Any, known: Container[str], limits: Limits) -> dict:
     task_id = headers.get("id")
     if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_ID:
         what = "missing" if task_id is None else f"{task_id!r:.60}"
-        raise Malformed(f"header 'id' must be a string of 1-{MAX_ID} characters (the event id), got {what}")
+        raise Malformed(
+            f"header 'id' must be a string of 1-{MAX_ID} characters (the event id), got {what}"
+        )
     lang = headers.get("lang")
     if lang not in (None, "py"):
         raise Malformed(f"header 'lang' must be 'py' or absent, got {lang!r:.60}")
-    _must_be_null("eta", headers.get("eta"), "choreo never holds a message in the worker; retries wait in the broker")
-    _must_be_null("expires", headers.get("expires"), "a choreo message is processed or dead-lettered, never dropped")
+    _must_be_null(
+        "eta",
+        headers.get("eta"),
+        "choreo never holds a message in the worker; retries wait in the broker",
+    )
+    _must_be_null(
+        "expires",
+        headers.get("expires"),
+        "a choreo message is processed or dead-lettered, never dropped",
+    )
     timelimit = headers.get("timelimit")
-    if timelimit is not None and (not isinstance(timelimit, (list, tuple)) or list(timelimit) != [None, None]):
+    if timelimit is not None and (
+        not isinstance(timelimit, (list, tuple)) or list(timelimit) != [None, None]
+    ):
         raise Malformed(f"header 'timelimit' must be null or [null, null], got {timelimit!r:.60}")
     ignore_result = headers.get("ignore_result")
     if ignore_result is not None and not isinstance(ignore_result, bool):
         raise Malformed(f"header 'ignore_result' must be a boolean, got {ignore_result!r:.60}")
     out = {
-        "lang": "py", "task": task, "id": task_id,
+        "lang": "py",
+        "task": task,
+        "id": task_id,
         "root_id": _optional_text("root_id", headers.get("root_id"), MAX_ID),
         "parent_id": _optional_text("parent_id", headers.get("parent_id"), MAX_ID),
         "group": _optional_text("group", headers.get("group"), MAX_ID),
@@ -90,11 +105,15 @@ def clean_headers(headers: Any, known: Container[str], limits: Limits) -> dict:
         "argsrepr": _optional_text("argsrepr", headers.get("argsrepr")),
         "kwargsrepr": _optional_text("kwargsrepr", headers.get("kwargsrepr")),
         "retries": _nonneg_int("retries", headers.get("retries")),
-        "eta": None, "expires": None, "timelimit": [None, None],
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
         "ignore_result": bool(ignore_result),
     }
     if "choreo_attempt" in headers:
-        out["choreo_attempt"] = _nonneg_int("choreo_attempt", headers["choreo_attempt"], limits.max_attempts)
+        out["choreo_attempt"] = _nonneg_int(
+            "choreo_attempt", headers["choreo_attempt"], limits.max_attempts
+        )
     for name in ("choreo_last_error", "choreo_order_id", "choreo_correlation_id"):
         if name in headers:
             out[name] = _optional_text(name, headers[name])
@@ -109,7 +128,9 @@ def check_body(decoded: Any) -> None:
     if not isinstance(decoded, list):
         raise Malformed(f"body must be a JSON array [args, kwargs, options], got {_kind(decoded)}")
     if len(decoded) != 3:
-        raise Malformed(f"body must be a JSON array of 3 elements [args, kwargs, options], got {len(decoded)}")
+        raise Malformed(
+            f"body must be a JSON array of 3 elements [args, kwargs, options], got {len(decoded)}"
+        )
     args, kwargs, embed = decoded
     if not isinstance(args, list):
         raise Malformed(f"body[0] (args) must be an array, got {_kind(args)}")
@@ -118,7 +139,9 @@ def check_body(decoded: Any) -> None:
     if not isinstance(embed, dict):
         raise Malformed(f"body[2] (options) must be an object, got {_kind(embed)}")
     if len(args) != 1 or kwargs:
-        raise Malformed("expected exactly one positional argument, the envelope, and no keyword arguments")
+        raise Malformed(
+            "expected exactly one positional argument, the envelope, and no keyword arguments"
+        )
     if not isinstance(args[0], dict):
         raise Malformed(f"envelope must be a JSON object, got {_kind(args[0])}")
     unknown = sorted(str(k) for k in embed if k not in EMBED_KEYS)
@@ -126,11 +149,20 @@ def check_body(decoded: Any) -> None:
         raise Malformed(f"body[2] (options) has unknown keys {unknown[:5]}")
     set_ = sorted(k for k, v in embed.items() if v not in (None, [], {}))
     if set_:
-        raise Malformed(f"body[2] (options) {set_} must be null: choreo messages carry no callbacks")
+        raise Malformed(
+            f"body[2] (options) {set_} must be null: choreo messages carry no callbacks"
+        )
 
 
-def check(body: Any, headers: Any, content_type: Any, content_encoding: Any, decode: Callable[[], Any],
-          known: Container[str], limits: Limits) -> dict:
+def check(
+    body: Any,
+    headers: Any,
+    content_type: Any,
+    content_encoding: Any,
+    decode: Callable[[], Any],
+    known: Container[str],
+    limits: Limits,
+) -> dict:
     """Validate one delivery; return the headers to hand Celery, or raise Malformed(reason).
 
     `decode` is the message's own (kombu caches what it decodes, so Celery reads it for free).
@@ -139,8 +171,10 @@ def check(body: Any, headers: Any, content_type: Any, content_encoding: Any, dec
     if isinstance(body, str) and size * 4 > limits.max_bytes:  # py-amqp decoded it: count the bytes
         size = len(body.encode("utf-8", "surrogatepass"))
     if size > limits.max_bytes:
-        raise Malformed(f"message body is {size} bytes, over the limit of {limits.max_bytes} bytes "
-                        f"(max_message_bytes)")
+        raise Malformed(
+            f"message body is {size} bytes, over the limit of {limits.max_bytes} bytes "
+            f"(max_message_bytes)"
+        )
     clean = clean_headers(headers, known, limits)
     if size == 0:
         raise Malformed("body is empty")
@@ -157,5 +191,12 @@ def check(body: Any, headers: Any, content_type: Any, content_encoding: Any, dec
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

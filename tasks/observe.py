@@ -5,6 +5,7 @@ One listener per worker process (a worker is one process: Celery's solo pool), o
 settings.health_port(domain, index) (index: which of the domain's workers). Started in the
 worker's main process after any fork, like the tracer (tasks.runtime builds it on first use in the process that consumes).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,11 +35,19 @@ class WorkerProbes:
         self.worker, self.app = worker, app
         self.settings, self.domain = app.settings, app.domain
         self.rt = runtime(app)
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                           **tls.redis_options(self.settings))
+        self._redis = redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            **tls.redis_options(self.settings),
+        )
         self.readiness = Cached(self._readiness, ttl=1.0)
-        self._queues = QueueDepths(app, [self.rt.names.queue(self.domain), self.rt.names.dlq(self.domain)])
-        self.uses_users = any(sub.lookup for sub in subscriptions(self.settings.saga_mode)[self.domain].values())
+        self._queues = QueueDepths(
+            app, [self.rt.names.queue(self.domain), self.rt.names.dlq(self.domain)]
+        )
+        self.uses_users = any(
+            sub.lookup for sub in subscriptions(self.settings.saga_mode)[self.domain].values()
+        )
 
     @property
     def consumer(self):
@@ -52,15 +61,32 @@ class WorkerProbes:
         running = now - started if started else 0.0
         idle_for = now - c.last_turn if c.last_turn else None
         connected = bool(getattr(c, "consuming", False))
-        stalled = running > STALL_SECONDS or (connected and idle_for is not None and idle_for > STALL_SECONDS)
-        state = "stalled" if stalled else "processing" if started else "consuming" if connected else "reconnecting"
-        return not stalled, {"state": state, "batch_running_s": round(running, 3),
-                             "last_loop_turn_s": round(idle_for, 3) if idle_for is not None else None}
+        stalled = running > STALL_SECONDS or (
+            connected and idle_for is not None and idle_for > STALL_SECONDS
+        )
+        state = (
+            "stalled"
+            if stalled
+            else "processing"
+            if started
+            else "consuming"
+            if connected
+            else "reconnecting"
+        )
+        return not stalled, {
+            "state": state,
+            "batch_running_s": round(running, 3),
+            "last_loop_turn_s": round(idle_for, 3) if idle_for is not None else None,
+        }
 
     def _readiness(self) -> tuple[bool, dict]:
         c = self.consumer
-        checks = {"broker": bool(c is not None and getattr(c, "consuming", False) and c.connection is not None),
-                  "database": reachable(self.rt.engine)}
+        checks = {
+            "broker": bool(
+                c is not None and getattr(c, "consuming", False) and c.connection is not None
+            ),
+            "database": reachable(self.rt.engine),
+        }
         try:
             checks["redis"] = bool(self._redis.ping())
         except redis.RedisError:
@@ -79,8 +105,15 @@ class WorkerProbes:
         if not self.uses_users:
             return []
         b = self.rt.deps.users.breaker
-        return [{"name": b.name, "state": str(b.current_state), "failures": b.fail_counter,
-                 "fail_max": b.fail_max, "reset_timeout_s": b.reset_timeout}]
+        return [
+            {
+                "name": b.name,
+                "state": str(b.current_state),
+                "failures": b.fail_counter,
+                "fail_max": b.fail_max,
+                "reset_timeout_s": b.reset_timeout,
+            }
+        ]
 
     def close(self) -> None:
         self._queues.close()
@@ -91,9 +124,13 @@ class WorkerProbes:
         source.add(telemetry.breaker_families(self.domain, self.breakers))
         source.add(telemetry.outbox_families(self.domain, lambda: backlog(self.rt.engine)))
         source.add(telemetry.queue_families(self.domain, self._queues))
-        source.add(telemetry.consumer_families(
-            self.domain, lambda: getattr(self.consumer, "in_hand", 0),
-            lambda: bool(getattr(self.consumer, "consuming", False))))
+        source.add(
+            telemetry.consumer_families(
+                self.domain,
+                lambda: getattr(self.consumer, "in_hand", 0),
+                lambda: bool(getattr(self.consumer, "consuming", False)),
+            )
+        )
 
 
 class QueueDepths:
@@ -152,11 +189,21 @@ class Observability(bootsteps.StartStopStep):
         port = settings.health_port(app.domain, getattr(app, "worker_index", 1))
         try:
             self.server = HealthServer(settings.health_host, port, self.probes, app.domain).start()
-        except OSError as exc:  # the port is taken: the worker still works, unobserved; say so loudly
-            log.error("health listener could not bind %s:%d (%s); /health and /metrics are off",
-                      settings.health_host, port, exc)
+        except (
+            OSError
+        ) as exc:  # the port is taken: the worker still works, unobserved; say so loudly
+            log.error(
+                "health listener could not bind %s:%d (%s); /health and /metrics are off",
+                settings.health_host,
+                port,
+                exc,
+            )
             return
-        log.info("health listener on http://%s:%d (/health /ready /metrics /breakers)", settings.health_host, port)
+        log.info(
+            "health listener on http://%s:%d (/health /ready /metrics /breakers)",
+            settings.health_host,
+            port,
+        )
 
     def stop(self, worker):
         if self.server is not None:

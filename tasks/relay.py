@@ -1,4 +1,5 @@
 """The outbox relay: a worker thread that publishes events a crashed task committed but never published."""
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,9 @@ class OutboxRelay(bootsteps.StartStopStep):
 
     def start(self, worker):
         self.domain = worker.app.domain
-        self.thread = threading.Thread(target=self.loop, args=(worker.app,), name="outbox-relay", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop, args=(worker.app,), name="outbox-relay", daemon=True
+        )
         self.thread.start()
 
     def stop(self, worker):
@@ -64,5 +67,9 @@ class OutboxRelay(bootsteps.StartStopStep):
             self.metrics.incr("relayed", self.domain, len(rows))
             if settings.metrics:
                 RELAYED.labels(self.domain).inc(len(rows))
-            log.warning("outbox relay published %d stranded event(s)", len(rows), extra={"domain": self.domain})
+            log.warning(
+                "outbox relay published %d stranded event(s)",
+                len(rows),
+                extra={"domain": self.domain},
+            )
         return len(rows)

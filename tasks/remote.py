@@ -1,5 +1,6 @@
 """The worker's remote control (the pidbox Flower pings and inspects), as a consumer bootstep that
 no broker fault can turn into the worker's death."""
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,14 @@ class ConnectionMailbox(Pidbox):
         queue = mailbox.get_queue(f"{self.hostname}.{uuid.uuid4().hex[:8]}")
         self.queue_name = queue.name
         self.node.channel = c.connection.channel()
-        self.consumer = Consumer(self.node.channel, [queue], no_ack=True, accept=mailbox.accept,
-                                 callbacks=[self.on_message], on_decode_error=c.on_decode_error)
+        self.consumer = Consumer(
+            self.node.channel,
+            [queue],
+            no_ack=True,
+            accept=mailbox.accept,
+            callbacks=[self.on_message],
+            on_decode_error=c.on_decode_error,
+        )
         self.consumer.consume()
 
 
@@ -67,8 +74,8 @@ class RemoteControl(bootsteps.StartStopStep):
 
     def __init__(self, c, **kwargs):
         self.box = ConnectionMailbox(c)
-        self.retry = None            # the timer entry of the next try
-        self.refused = 0             # tries refused since the last success
+        self.retry = None  # the timer entry of the next try
+        self.refused = 0  # tries refused since the last success
         self.refused_since = 0.0
         self.reminded = 0.0
         super().__init__(c, **kwargs)
@@ -91,21 +98,32 @@ class RemoteControl(bootsteps.StartStopStep):
             self._refused(c, exc)
             return
         if self.refused:
-            log.info("remote control back: %s after %d refused tries in %.1fs", self.box.queue_name,
-                     self.refused, time.monotonic() - self.refused_since)
+            log.info(
+                "remote control back: %s after %d refused tries in %.1fs",
+                self.box.queue_name,
+                self.refused,
+                time.monotonic() - self.refused_since,
+            )
         self.refused = 0
 
     def _refused(self, c, exc) -> None:
         now = time.monotonic()
         if not self.refused:
             self.refused_since = self.reminded = now
-            log.error("remote control not available: declaring %s was refused (%r); the worker goes on "
-                      "consuming and tries again (if it lasts: this worker's broker grants, choreo broker setup)",
-                      self.box.queue_name, exc)
+            log.error(
+                "remote control not available: declaring %s was refused (%r); the worker goes on "
+                "consuming and tries again (if it lasts: this worker's broker grants, choreo broker setup)",
+                self.box.queue_name,
+                exc,
+            )
         elif now - self.reminded >= REMIND_EVERY:
             self.reminded = now
-            log.warning("remote control still not available after %.0fs (%d refused tries): %r",
-                        now - self.refused_since, self.refused, exc)
+            log.warning(
+                "remote control still not available after %.0fs (%d refused tries): %r",
+                now - self.refused_since,
+                self.refused,
+                exc,
+            )
         self.refused += 1
         delay = RETRY_DELAYS[self.refused - 1] if self.refused <= len(RETRY_DELAYS) else RETRY_EVERY
         self.retry = c.timer.call_after(delay, self._listen, (c,))

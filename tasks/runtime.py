@@ -4,6 +4,7 @@ tracer and metrics.
 Built once per process and domain (connections are not fork-safe), from the app's own
 settings. Tests build a `Runtime` directly with fakes (tests/unit/handler_harness.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ class Runtime:
     burst: ConfirmedBurst
     idempotency: Idempotency
     deps: HandlerDeps
-    tracer: HotTracer | None = None   # None: tracing off (settings.tracing), or a test's runtime
+    tracer: HotTracer | None = None  # None: tracing off (settings.tracing), or a test's runtime
     recorder: Recorder | None = None
     pid: int = field(default_factory=os.getpid)
 
@@ -60,10 +61,16 @@ def runtime(app) -> Runtime:
         if rt is None:
             names = Names(settings.namespace)
             r = redis_client(settings)
-            rt = Runtime(settings=settings, domain=domain, engine=engine_for(settings, domain), names=names,
-                         burst=ConfirmedBurst(app, settings.publish_confirm_timeout),
-                         idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
-                         deps=LiveDeps(settings, r, domain), tracer=tracing.hot_tracer(settings, domain),
-                         recorder=Recorder(domain, settings.metrics))
+            rt = Runtime(
+                settings=settings,
+                domain=domain,
+                engine=engine_for(settings, domain),
+                names=names,
+                burst=ConfirmedBurst(app, settings.publish_confirm_timeout),
+                idempotency=Idempotency(r, settings.redis_prefix, settings.idempotency_ttl),
+                deps=LiveDeps(settings, r, domain),
+                tracer=tracing.hot_tracer(settings, domain),
+                recorder=Recorder(domain, settings.metrics),
+            )
             _runtimes[key] = rt
         return rt

@@ -1,4 +1,5 @@
 """Worker customisations: the consumer that dead-letters what Celery itself cannot read, and the install step."""
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,11 @@ class ChoreoConsumer(Consumer):
         process, and the bench measured that as the largest single cost per message. Events
         stay on; only their confirms go. Events (choreo's), retries and dead letters keep theirs.
         """
-        return self.ensure_connected(self.app.connection_for_write(
-            url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}))
+        return self.ensure_connected(
+            self.app.connection_for_write(
+                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+            )
+        )
 
     def create_task_handler(self, promise=promise):
         """Every delivery goes through the protocol guard (tasks.guard), then into the batch.
@@ -79,7 +83,10 @@ class ChoreoConsumer(Consumer):
         to the DLQ with its reason. Only the broker connection's own errors pass, so Celery
         reconnects as it always does.
         """
-        limits = Limits(max_bytes=self._settings.max_message_bytes, max_attempts=self._settings.retry_max_attempts)
+        limits = Limits(
+            max_bytes=self._settings.max_message_bytes,
+            max_attempts=self._settings.retry_max_attempts,
+        )
         known = {name for name in self.app.tasks if not name.startswith("celery.")}
         self._batch = []
         self._batch_max = max(1, self._settings.prefetch_multiplier)
@@ -89,18 +96,38 @@ class ChoreoConsumer(Consumer):
         def on_task_received(message):
             received = time.monotonic()
             try:
-                message.headers = check(message.body, message.headers, message.content_type,
-                                        message.content_encoding, message.decode, known, limits)
+                message.headers = check(
+                    message.body,
+                    message.headers,
+                    message.content_type,
+                    message.content_encoding,
+                    message.decode,
+                    known,
+                    limits,
+                )
                 delivery = _delivery(message, self._settings, self.app.domain)
             except Malformed as exc:
                 return self._dead_letter_raw(message, f"poison: {exc}", received)
-            except Exception as exc:  # the guard does no I/O: anything else is the message's fault too
-                return self._dead_letter_raw(message, f"poison: unreadable message: {exc!r:.300}", received)
+            except (
+                Exception
+            ) as exc:  # the guard does no I/O: anything else is the message's fault too
+                return self._dead_letter_raw(
+                    message, f"poison: unreadable message: {exc!r:.300}", received
+                )
             delivery.received_ns = time.time_ns()
             self._batch.append((message, delivery, time.monotonic()))
-            self._event("task-received", delivery.task_id, name=delivery.name, args=message.headers.get("argsrepr"),
-                        kwargs=message.headers.get("kwargsrepr"), root_id=delivery.root_id,
-                        parent_id=message.headers.get("parent_id"), retries=0, eta=None, expires=None)
+            self._event(
+                "task-received",
+                delivery.task_id,
+                name=delivery.name,
+                args=message.headers.get("argsrepr"),
+                kwargs=message.headers.get("kwargsrepr"),
+                root_id=delivery.root_id,
+                parent_id=message.headers.get("parent_id"),
+                retries=0,
+                eta=None,
+                expires=None,
+            )
             if self.hub is None or len(self._batch) >= self._batch_max:
                 self._flush()
 
@@ -140,7 +167,9 @@ class ChoreoConsumer(Consumer):
         try:
             outcomes = process_batch(runtime(self.app), [d for _m, d, _t in batch])
         except Exception as exc:  # a bug, not a message: give them all back to the broker
-            log.critical("batch of %d failed unexpectedly; requeueing: %r", len(batch), exc, exc_info=True)
+            log.critical(
+                "batch of %d failed unexpectedly; requeueing: %r", len(batch), exc, exc_info=True
+            )
             outcomes = [Outcome("requeue", f"{exc!r:.300}")] * len(batch)
         now = time.monotonic()
         try:
@@ -164,8 +193,12 @@ class ChoreoConsumer(Consumer):
         state.total_count[delivery.name] += 1
         state.all_total_count[0] += 1
         if outcome.kind in ("processed", "duplicate"):
-            self._event("task-succeeded", delivery.task_id, result=repr({"outcome": outcome.kind, "emitted": outcome.emitted}),
-                        runtime=runtime_s)
+            self._event(
+                "task-succeeded",
+                delivery.task_id,
+                result=repr({"outcome": outcome.kind, "emitted": outcome.emitted}),
+                runtime=runtime_s,
+            )
         elif outcome.kind == "retry":
             self._event("task-retried", delivery.task_id, exception=outcome.detail, traceback="")
         else:
@@ -198,18 +231,36 @@ class ChoreoConsumer(Consumer):
         props = getattr(message, "properties", None) or {}
         headers = dict(getattr(message, "headers", None) or {})
         info = getattr(message, "delivery_info", None) or {}
-        headers.update(dead_letter_headers(reason, domain, 1, False, headers.get("x-delivery-count"),
-                                           info.get("redelivered", False)))
+        headers.update(
+            dead_letter_headers(
+                reason,
+                domain,
+                1,
+                False,
+                headers.get("x-delivery-count"),
+                info.get("redelivered", False),
+            )
+        )
         # A copy's claim is proven only by the adapter's records: a raw dead letter of one claims nobody.
-        headers.update(sender_header(verified_sender(self._settings, domain, props.get("user_id"), headers)[0]))
+        headers.update(
+            sender_header(verified_sender(self._settings, domain, props.get("user_id"), headers)[0])
+        )
         try:
             keep = {k: props[k] for k in ("message_id", "correlation_id") if props.get(k)}
             with self.app.producer_or_acquire() as producer:
-                producer.publish(_as_bytes(message), exchange=names.dlx, routing_key=domain, headers=headers,
-                                 content_type=message.content_type or "application/octet-stream",
-                                 content_encoding=message.content_encoding or "binary",
-                                 delivery_mode=2, retry=True, retry_policy={"max_retries": 3},
-                                 user_id=self.app.user_id, **keep)
+                producer.publish(
+                    _as_bytes(message),
+                    exchange=names.dlx,
+                    routing_key=domain,
+                    headers=headers,
+                    content_type=message.content_type or "application/octet-stream",
+                    content_encoding=message.content_encoding or "binary",
+                    delivery_mode=2,
+                    retry=True,
+                    retry_policy={"max_retries": 3},
+                    user_id=self.app.user_id,
+                    **keep,
+                )
             message.ack()
         except self.connection_errors:
             raise  # the consumer's own connection is gone: Celery reconnects, the broker redelivers
@@ -219,8 +270,11 @@ class ChoreoConsumer(Consumer):
         self._count(domain)
         if getattr(self, "_recorder", None) is not None:
             try:
-                self._recorder.handled(known_type(headers.get("task"), self._known), "poison",
-                                       time.monotonic() - received if received is not None else None)
+                self._recorder.handled(
+                    known_type(headers.get("task"), self._known),
+                    "poison",
+                    time.monotonic() - received if received is not None else None,
+                )
             except Exception as exc:  # a lost figure, never the worker
                 log.warning("could not count a poison message: %r", exc)
         log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
@@ -241,8 +295,12 @@ class ChoreoConsumer(Consumer):
             message.channel.basic_reject(message.delivery_tag, requeue=False)
 
     def on_decode_error(self, message, exc):
-        self._dead_letter_raw(message, f"poison: body is not valid {getattr(message, 'content_type', None) or 'content'}: "
-                                       f"{str(exc)[:300]}", time.monotonic())
+        self._dead_letter_raw(
+            message,
+            f"poison: body is not valid {getattr(message, 'content_type', None) or 'content'}: "
+            f"{str(exc)[:300]}",
+            time.monotonic(),
+        )
 
 
 def _delivery(message, settings, domain: str) -> Delivery:
@@ -250,13 +308,23 @@ def _delivery(message, settings, domain: str) -> Delivery:
     args, kwargs, _embed = message.decode()
     headers = message.headers or {}
     props = message.properties or {}
-    back = replayed(headers, Names(settings.namespace).dlq(domain))  # a replay starts the ladder again
+    back = replayed(
+        headers, Names(settings.namespace).dlq(domain)
+    )  # a replay starts the ladder again
     sender, claim = verified_sender(settings, domain, props.get("user_id"), headers)
-    return Delivery(name=headers["task"], args=args, kwargs=kwargs, task_id=str(headers["id"]),
-                    root_id=headers.get("root_id"), attempt=0 if back else int(headers.get("choreo_attempt") or 0),
-                    message_id=props.get("message_id"), delivery_count=headers.get("x-delivery-count", 0),
-                    redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
-                    sender=sender, claim=claim)
+    return Delivery(
+        name=headers["task"],
+        args=args,
+        kwargs=kwargs,
+        task_id=str(headers["id"]),
+        root_id=headers.get("root_id"),
+        attempt=0 if back else int(headers.get("choreo_attempt") or 0),
+        message_id=props.get("message_id"),
+        delivery_count=headers.get("x-delivery-count", 0),
+        redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
+        sender=sender,
+        claim=claim,
+    )
 
 
 def replayed(headers: dict, dlq: str) -> bool:
@@ -286,8 +354,10 @@ def refuse_compression() -> None:
     """kombu inflates a body whose `compression` header asks for it before any check can run:
     a few kilobytes of gzip can become gigabytes in the worker. choreo's wire format is plain
     JSON, so in a worker every decompressor refuses (the message is dead-lettered, unread)."""
+
     def refuse(body, _type=None):
         raise ValueError("compressed bodies are not accepted: choreo messages are plain JSON")
+
     for content_type in list(compression._decoders):
         compression._decoders[content_type] = refuse
 
@@ -298,10 +368,11 @@ def install(app: Celery) -> None:
     app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
     app.steps["worker"].add(Observability)
-    app.steps["consumer"].add("tasks.remote:RemoteControl")  # remote control, in place of Celery's (tasks.app)
+    app.steps["consumer"].add(
+        "tasks.remote:RemoteControl"
+    )  # remote control, in place of Celery's (tasks.app)
 
 
 @setup_logging.connect
 def _keep_our_logging(**_):
     """With a receiver here Celery leaves logging alone: `choreo worker` configured it (choreo.infra.logs)."""
-

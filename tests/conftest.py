@@ -4,6 +4,7 @@ Redis key prefix, data and run folders, ports, and on PostgreSQL its own databas
 Its CHOREO_* variables are set before anything reads settings, so workers the tests start
 (by the same code path as `choreo up`) and the test process itself agree on where everything lives.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,14 +15,31 @@ from choreo.ops.sandbox import Sandbox
 from choreo.ops.stack import rabbitmqctl  # noqa: F401 (tests import rabbitmqctl from here)
 
 # Short ladder so retry paths finish in seconds (same code, smaller numbers).
-_TEST_SETTINGS = {"retry_initial_delay": "0.2", "retry_max_delay": "1.0", "outbox_relay_after": "1.0",
-                  "log_level": "INFO"}
-_first = "CHOREO_TEST_RUN_ID" not in os.environ  # this module may be imported twice (conftest, tests.conftest)
-SANDBOX = Sandbox("test", run_id=os.environ.get("CHOREO_TEST_RUN_ID"),
-                  workdir=os.environ.get("CHOREO_TEST_WORKDIR"), remove_workdir=True,
-                  database_server=os.environ.get("CHOREO_TEST_DATABASE_SERVER", ""), **_TEST_SETTINGS)
+_TEST_SETTINGS = {
+    "retry_initial_delay": "0.2",
+    "retry_max_delay": "1.0",
+    "outbox_relay_after": "1.0",
+    "log_level": "INFO",
+}
+_first = (
+    "CHOREO_TEST_RUN_ID" not in os.environ
+)  # this module may be imported twice (conftest, tests.conftest)
+SANDBOX = Sandbox(
+    "test",
+    run_id=os.environ.get("CHOREO_TEST_RUN_ID"),
+    workdir=os.environ.get("CHOREO_TEST_WORKDIR"),
+    remove_workdir=True,
+    database_server=os.environ.get("CHOREO_TEST_DATABASE_SERVER", ""),
+    **_TEST_SETTINGS,
+)
 if _first:
-    os.environ.update({**SANDBOX.env, "CHOREO_TEST_RUN_ID": SANDBOX.run_id, "CHOREO_TEST_WORKDIR": str(SANDBOX.workdir)})
+    os.environ.update(
+        {
+            **SANDBOX.env,
+            "CHOREO_TEST_RUN_ID": SANDBOX.run_id,
+            "CHOREO_TEST_WORKDIR": str(SANDBOX.workdir),
+        }
+    )
 
 RUN_ID = SANDBOX.run_id
 VHOST = SANDBOX.vhost

@@ -5,6 +5,7 @@ Each script step is a list of content blocks for the next assistant turn (tool_u
 its stop_reason "tool_use"), or an (HTTP status, error type) pair to answer with an error. The
 server records every request body, so tests see what the SDK sent (tools, tool results).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,20 @@ def text(t: str) -> dict:
 
 
 def tool_use(name: str, arguments: dict, id_: str | None = None) -> dict:
-    return {"type": "tool_use", "id": id_ or f"toolu_{name}_{abs(hash(json.dumps(arguments))) % 10**8}",
-            "name": name, "input": arguments}
+    return {
+        "type": "tool_use",
+        "id": id_ or f"toolu_{name}_{abs(hash(json.dumps(arguments))) % 10**8}",
+        "name": name,
+        "input": arguments,
+    }
 
 
 def _key(headers) -> str | None:
     """The API key the SDK sent (x-api-key, or a bearer token: this SDK version sends the latter)."""
     auth = headers.get("authorization") or ""
-    return headers.get("x-api-key") or (auth[len("Bearer "):] if auth.startswith("Bearer ") else None)
+    return headers.get("x-api-key") or (
+        auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+    )
 
 
 class FakeMessagesAPI:
@@ -40,21 +47,41 @@ class FakeMessagesAPI:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
-                fake.requests.append({"path": self.path, "body": body, "api_key": _key(self.headers)})
+                body = json.loads(
+                    self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}"
+                )
+                fake.requests.append(
+                    {"path": self.path, "body": body, "api_key": _key(self.headers)}
+                )
                 if fake.script:
-                    step = fake.script[0] if (fake.repeat_last and len(fake.script) == 1) else fake.script.pop(0)
+                    step = (
+                        fake.script[0]
+                        if (fake.repeat_last and len(fake.script) == 1)
+                        else fake.script.pop(0)
+                    )
                 else:
                     step = [text("(the fake has no more turns)")]
                 if isinstance(step, tuple):
                     status, kind = step
                     payload = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
-                    self._send(status, payload, {"retry-after": "0"} if status in (429, 529) else {})
+                    self._send(
+                        status, payload, {"retry-after": "0"} if status in (429, 529) else {}
+                    )
                     return
                 stop = "tool_use" if any(b["type"] == "tool_use" for b in step) else "end_turn"
-                self._send(200, {"id": f"msg_{len(fake.requests)}", "type": "message", "role": "assistant",
-                                 "model": body.get("model"), "content": step, "stop_reason": stop,
-                                 "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 7}})
+                self._send(
+                    200,
+                    {
+                        "id": f"msg_{len(fake.requests)}",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": body.get("model"),
+                        "content": step,
+                        "stop_reason": stop,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 11, "output_tokens": 7},
+                    },
+                )
 
             def _send(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()
@@ -81,5 +108,8 @@ class FakeMessagesAPI:
     def tool_results(self, n: int) -> list[dict]:
         """The tool_result blocks of request n (0-based)."""
         last = self.requests[n]["body"]["messages"][-1]
-        return [b for b in last["content"] if isinstance(b, dict) and b.get("type") == "tool_result"] \
-            if isinstance(last["content"], list) else []
+        return (
+            [b for b in last["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
+            if isinstance(last["content"], list)
+            else []
+        )

@@ -1,4 +1,5 @@
 """Shared test helpers: start the stack by the CLI's code path, wait for outcomes with deadlines."""
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,12 @@ from choreo.messaging.wire import EMBED, celery_message  # noqa: F401 (the tests
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.2, what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
     """Poll until predicate() is truthy; fail with `what` after the deadline (never a fixed sleep)."""
     deadline = time.monotonic() + timeout
     last = None
@@ -29,7 +35,8 @@ def settled(settings, order_ids: list[str], timeout: float = 90.0) -> dict:
 
     states = wait_terminal(settings, order_ids, timeout, poll=0.2)
     assert terminal_count(states) == len(order_ids), (
-        f"timed out after {timeout:.0f}s: {terminal_count(states)}/{len(order_ids)} orders settled")
+        f"timed out after {timeout:.0f}s: {terminal_count(states)}/{len(order_ids)} orders settled"
+    )
     return states
 
 
@@ -41,7 +48,11 @@ def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None
         quiet_since = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [q for q in admin.queue_stats() if not q["name"].endswith((".dlq", ".unrouted")) and q["messages"]]
+            busy = [
+                q
+                for q in admin.queue_stats()
+                if not q["name"].endswith((".dlq", ".unrouted")) and q["messages"]
+            ]
             if busy:
                 quiet_since = None
             elif quiet_since is None:
@@ -55,7 +66,6 @@ def queues_idle(settings, quiet_for: float = 1.0, timeout: float = 60.0) -> None
 # --- raw deliveries, as a client in any language sends them (hostile-input and fuzz tests) ---
 
 
-
 def place_order(order_id: str | None = None, **payload) -> dict:
     """A valid place_order envelope as JSON travels (prices left to the seller); `payload`
     overrides fields after validation, so it may break the schema on purpose."""
@@ -63,10 +73,15 @@ def place_order(order_id: str | None = None, **payload) -> dict:
     from models.envelope import make_envelope
 
     spec = make_order("completed")
-    body = {"customer_id": spec.customer_id, "items": [{"sku": i["sku"], "qty": i["qty"]} for i in spec.items],
-            "card_token": spec.card_token, "address": spec.address}
-    wire = make_envelope("place_order", order_id or f"ord-hostile-{uuid.uuid4().hex[:10]}", body,
-                         source="foreign").to_wire()
+    body = {
+        "customer_id": spec.customer_id,
+        "items": [{"sku": i["sku"], "qty": i["qty"]} for i in spec.items],
+        "card_token": spec.card_token,
+        "address": spec.address,
+    }
+    wire = make_envelope(
+        "place_order", order_id or f"ord-hostile-{uuid.uuid4().hex[:10]}", body, source="foreign"
+    ).to_wire()
     wire["payload"].update(payload)
     return wire
 
@@ -78,17 +93,30 @@ class Probe:
         self.settings = settings
         self.domain = domain
 
-    def send(self, body: bytes, headers: dict | None, content_type: str | None = "application/json",
-             content_encoding: str | None = "utf-8", message_id: str | None = None) -> str:
+    def send(
+        self,
+        body: bytes,
+        headers: dict | None,
+        content_type: str | None = "application/json",
+        content_encoding: str | None = "utf-8",
+        message_id: str | None = None,
+    ) -> str:
         from choreo.messaging.admin import BrokerAdmin
 
         message_id = message_id or f"probe-{uuid.uuid4().hex}"
         # As a client that may write to the queue itself (the bootstrap user: no service may)
         # and vouches for nobody (no user_id): the guard's reasons come before the sender's.
         with BrokerAdmin(self.settings, service=None) as admin:
-            admin.publish_raw(f"{self.settings.namespace}.{self.domain}", body, headers, exchange="",
-                              content_type=content_type, content_encoding=content_encoding, message_id=message_id,
-                              user_id=None)
+            admin.publish_raw(
+                f"{self.settings.namespace}.{self.domain}",
+                body,
+                headers,
+                exchange="",
+                content_type=content_type,
+                content_encoding=content_encoding,
+                message_id=message_id,
+                user_id=None,
+            )
         return message_id
 
     def place(self, body: bytes, headers: dict, message_id: str | None = None) -> str:
@@ -111,10 +139,11 @@ class Probe:
         def arrived():
             found = self.letters()
             return found if all(m in found for m in message_ids) else None
+
         return wait_for(arrived, timeout, what=f"{message_ids} in the {self.domain} DLQ")
 
 
-_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} ([0-9.e+-]+)$")
 
 
 def scrape(settings, process: str, index: int = 1) -> dict[tuple, float]:
@@ -123,7 +152,9 @@ def scrape(settings, process: str, index: int = 1) -> dict[tuple, float]:
     import httpx
 
     out = {}
-    for line in httpx.get(settings.health_url(process, index) + "/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(
+        settings.health_url(process, index) + "/metrics", timeout=5
+    ).text.splitlines():
         m = _SAMPLE.match(line)
         if m:
             labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
@@ -134,6 +165,7 @@ def scrape(settings, process: str, index: int = 1) -> dict[tuple, float]:
 def workers(stack) -> dict:
     """Each domain worker's pid: a test that sends poison checks none of them changed."""
     from config.settings import DOMAINS
+
     return {d: stack.pid(f"worker-{d}") for d in DOMAINS}
 
 
@@ -143,11 +175,14 @@ class own_namespace:
     setup` does; on exit its queues, exchanges and users are deleted."""
 
     def __init__(self, settings, tag: str, **update) -> None:
-        self.settings = settings.model_copy(update={"namespace": f"{tag}-{uuid.uuid4().hex[:6]}", **update})
+        self.settings = settings.model_copy(
+            update={"namespace": f"{tag}-{uuid.uuid4().hex[:6]}", **update}
+        )
 
     def __enter__(self):
         from choreo.messaging import access
         from consumers.registry import topology
+
         access.setup(self.settings, topology(self.settings))
         return self.settings
 
@@ -156,12 +191,18 @@ class own_namespace:
         from choreo.messaging.admin import BrokerAdmin
         from choreo.ops.stack import rabbitmqctl
         from consumers.registry import topology
+
         topo = topology(self.settings)
         with BrokerAdmin(self.settings, service=None) as admin:
             ch = admin.conn.channel()
             for q in topo.all_queues():
                 ch.queue_delete(q.name)
-            for x in (topo.names.events, topo.names.dlx, topo.names.retry_exchange, topo.names.unrouted):
+            for x in (
+                topo.names.events,
+                topo.names.dlx,
+                topo.names.retry_exchange,
+                topo.names.unrouted,
+            ):
                 ch.exchange_delete(x)
             ch.close()
         for service in access.SERVICES:

@@ -3,6 +3,7 @@
 Handlers see only `consumers.base.HandlerDeps`; this builds the live one (the sandbox gateway,
 the user service client, the seller's catalog). Unit tests hand handlers fakes instead.
 """
+
 from __future__ import annotations
 
 from functools import cached_property
@@ -23,7 +24,9 @@ class LiveDeps:
     """What handlers may use, for real. Built lazily: a domain that never calls the gateway never opens it.
     `caller`: the service whose token the user service client sends (its domain)."""
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis | None, caller: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, redis_client: redis.Redis | None, caller: str | None = None
+    ) -> None:
         self.settings = settings
         self._redis = redis_client
         self.caller = caller
@@ -41,8 +44,14 @@ class LiveDeps:
     def users(self) -> UsersClient:
         caller = self.caller
         token = users_token(self.settings.run_dir, caller) if caller in CALLERS else None
-        return UsersClient(self.settings.users_url, self._redis, self.settings.redis_prefix,
-                           caller=caller, token=token, run_dir=self.settings.run_dir)
+        return UsersClient(
+            self.settings.users_url,
+            self._redis,
+            self.settings.redis_prefix,
+            caller=caller,
+            token=token,
+            run_dir=self.settings.run_dir,
+        )
 
 
 def prepare(settings: Settings, services=SERVICES) -> None:

@@ -10,6 +10,7 @@ with no such record is refused like any fact from a sender that does not own it 
 the way, another sender named in the header: no record). Which rung, or whether the copy came back
 from a rung or a replayed dead letter, does not matter: the record proves who sent the original.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,21 +30,28 @@ DEAD_LETTER = "dead_letter"
 COPIES = Rows(CopyRecord)
 _T = CopyRecord.__table__
 _AMONG = select(_T.c.event_id, _T.c.digest).where(
-    _T.c.event_id.in_(bindparam("ids", expanding=True)))
+    _T.c.event_id.in_(bindparam("ids", expanding=True))
+)
 
 
 @dataclass(frozen=True)
 class Copy:
     """A copy, as its record keys it."""
-    event_id: str   # the delivery's task id (an event's id)
+
+    event_id: str  # the delivery's task id (an event's id)
     digest: str
 
 
 def digest(sender: str, name: str, args: Any, kwargs: Any) -> str:
     """sha256 over what the copy's receiver reads from it: the same for the copy as for the
     original (both come from JSON, and this is their canonical JSON)."""
-    doc = json.dumps([sender, name, args, kwargs], sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                     default=repr)
+    doc = json.dumps(
+        [sender, name, args, kwargs],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=repr,
+    )
     return hashlib.sha256(doc.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -54,10 +62,11 @@ def copy_of(event_id: str, sender: str, name: str, args: Any, kwargs: Any) -> Co
 @dataclass(frozen=True)
 class Made:
     """A copy about to be published: its key, the sender it names, what kind and which rung."""
+
     copy: Copy
     sender: str
-    kind: str       # RETRY | DEAD_LETTER
-    attempt: int    # the rung a retry copy waits on; for a dead letter, the attempts it had
+    kind: str  # RETRY | DEAD_LETTER
+    attempt: int  # the rung a retry copy waits on; for a dead letter, the attempts it had
 
 
 def record(conn: Connection, made: Made) -> None:
@@ -66,8 +75,14 @@ def record(conn: Connection, made: Made) -> None:
     worker's identical record raises IntegrityError (uow.Batch.record_copy takes a savepoint)."""
     c = made.copy
     if not COPIES.exists(conn, c.event_id, c.digest):
-        COPIES.add(conn, event_id=c.event_id, digest=c.digest, sender=made.sender, kind=made.kind,
-                   attempt=made.attempt)
+        COPIES.add(
+            conn,
+            event_id=c.event_id,
+            digest=c.digest,
+            sender=made.sender,
+            kind=made.kind,
+            attempt=made.attempt,
+        )
 
 
 def record_now(engine: Engine, made: list[Made]) -> None:

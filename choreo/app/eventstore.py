@@ -1,4 +1,5 @@
 """The order event store: load an order as the fold of its stored events, append new ones."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -14,6 +15,7 @@ from models.tables import OrderEvent, utcnow
 
 class Appended(NamedTuple):
     """An event just appended: what the projection needs of it."""
+
     type: str
     position: int
     recorded_at: datetime
@@ -21,8 +23,11 @@ class Appended(NamedTuple):
 
 _EVENTS = OrderEvent.__table__
 # Built once (the hot path): the fold's read, and the append.
-_LOAD = (select(_EVENTS.c.type, _EVENTS.c.schema_version, _EVENTS.c.data)
-         .where(_EVENTS.c.order_id == bindparam("oid")).order_by(_EVENTS.c.version))
+_LOAD = (
+    select(_EVENTS.c.type, _EVENTS.c.schema_version, _EVENTS.c.data)
+    .where(_EVENTS.c.order_id == bindparam("oid"))
+    .order_by(_EVENTS.c.version)
+)
 _APPEND = _EVENTS.insert()
 
 
@@ -43,9 +48,18 @@ def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain
     rows = []
     for ev in events:
         now = utcnow()
-        res = conn.execute(_APPEND, {"order_id": order.order_id, "version": order.version + 1, "type": ev.type,
-                                     "schema_version": ev.schema_version, "data": ev.data,
-                                     "cause_event_id": cause, "recorded_at": now})
+        res = conn.execute(
+            _APPEND,
+            {
+                "order_id": order.order_id,
+                "version": order.version + 1,
+                "type": ev.type,
+                "schema_version": ev.schema_version,
+                "data": ev.data,
+                "cause_event_id": cause,
+                "recorded_at": now,
+            },
+        )
         rows.append(Appended(ev.type, res.inserted_primary_key[0], now))
         order = domain.apply(order, ev)
         said = domain.announcement(order, ev)

@@ -1,4 +1,5 @@
 """The outbox: rows committed with the state that caused them, published after commit, marked sent."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -13,8 +14,11 @@ from models.tables import Outbox, utcnow
 _OUTBOX = Outbox.__table__
 # Built once: on every message's path.
 OUTBOX_ADD = _OUTBOX.insert()
-_OUTBOX_SENT = (_OUTBOX.update().where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
-                .values(sent_at=bindparam("sent_at")))
+_OUTBOX_SENT = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.event_id.in_(bindparam("ids", expanding=True)))
+    .values(sent_at=bindparam("sent_at"))
+)
 _BACKLOG = select(func.count(), func.min(_OUTBOX.c.created_at)).where(_OUTBOX.c.sent_at.is_(None))
 
 
@@ -22,8 +26,16 @@ def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[E
     """Outbox rows nobody marked sent within `older_than` seconds, oldest first."""
     cutoff = utcnow() - timedelta(seconds=older_than)
     with engine.connect() as conn:
-        bodies = conn.execute(select(_OUTBOX.c.body).where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.created_at <= cutoff)
-                              .order_by(_OUTBOX.c.id).limit(limit)).scalars().all()
+        bodies = (
+            conn.execute(
+                select(_OUTBOX.c.body)
+                .where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.created_at <= cutoff)
+                .order_by(_OUTBOX.c.id)
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
         conn.rollback()
     return [Envelope.model_validate_json(b) for b in bodies]
 

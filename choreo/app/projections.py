@@ -4,6 +4,7 @@ Live, the projector runs in the same transaction as the events it applies and re
 last position applied; rebuilt, it replays the store in order. Both use `view_of`, so a
 rebuild gives the same rows as the live projection (timestamps come from the events).
 """
+
 from __future__ import annotations
 
 from itertools import groupby
@@ -16,12 +17,34 @@ from choreo.infra.db import connection_of
 from choreo.domain import order as domain
 from models.tables import OrderEvent, OrderView
 
-STAMPS = {"OrderPlaced": "placed_at", "PaymentCaptured": "paid_at", "StockReserved": "reserved_at",
-          "ShipmentDispatched": "shipped_at", "OrderCompleted": "ended_at", "OrderCancelled": "ended_at",
-          "OrderRejected": "ended_at"}
-COLUMNS = ("state", "reason", "customer_id", "amount_cents", "card_token", "address", "items", "charged_cents",
-           "refunded_cents", "version", "last_position", "placed_at", "paid_at", "reserved_at", "shipped_at",
-           "ended_at", "updated_at")
+STAMPS = {
+    "OrderPlaced": "placed_at",
+    "PaymentCaptured": "paid_at",
+    "StockReserved": "reserved_at",
+    "ShipmentDispatched": "shipped_at",
+    "OrderCompleted": "ended_at",
+    "OrderCancelled": "ended_at",
+    "OrderRejected": "ended_at",
+}
+COLUMNS = (
+    "state",
+    "reason",
+    "customer_id",
+    "amount_cents",
+    "card_token",
+    "address",
+    "items",
+    "charged_cents",
+    "refunded_cents",
+    "version",
+    "last_position",
+    "placed_at",
+    "paid_at",
+    "reserved_at",
+    "shipped_at",
+    "ended_at",
+    "updated_at",
+)
 
 
 def values(prev: dict | None, order: domain.Order, rows) -> dict:
@@ -29,14 +52,34 @@ def values(prev: dict | None, order: domain.Order, rows) -> dict:
 
     `rows` are the appended events (anything with type, position and recorded_at): ORM rows
     on a rebuild, plain tuples on the live path."""
-    v = dict(prev) if prev else {"placed_at": None, "paid_at": None, "reserved_at": None, "shipped_at": None,
-                                 "ended_at": None, "last_position": 0, "updated_at": None}
+    v = (
+        dict(prev)
+        if prev
+        else {
+            "placed_at": None,
+            "paid_at": None,
+            "reserved_at": None,
+            "shipped_at": None,
+            "ended_at": None,
+            "last_position": 0,
+            "updated_at": None,
+        }
+    )
     for row in rows:
         if row.type in STAMPS:
             v[STAMPS[row.type]] = row.recorded_at
-    v.update(state=order.state, reason=order.reason, customer_id=order.customer_id, amount_cents=order.amount_cents,
-             card_token=order.card_token, address=order.address, items=[dict(i) for i in order.items],
-             charged_cents=order.charged_cents or 0, refunded_cents=order.refunded_cents or 0, version=order.version)
+    v.update(
+        state=order.state,
+        reason=order.reason,
+        customer_id=order.customer_id,
+        amount_cents=order.amount_cents,
+        card_token=order.card_token,
+        address=order.address,
+        items=[dict(i) for i in order.items],
+        charged_cents=order.charged_cents or 0,
+        refunded_cents=order.refunded_cents or 0,
+        version=order.version,
+    )
     if rows:
         v["last_position"] = rows[-1].position
         v["updated_at"] = rows[-1].recorded_at
@@ -69,7 +112,9 @@ def project(db: Session | Connection, order: domain.Order, rows) -> None:
 
 
 def _replay(session: Session):
-    rows = session.exec(select(OrderEvent).order_by(OrderEvent.order_id, OrderEvent.version)).yield_per(2000)
+    rows = session.exec(
+        select(OrderEvent).order_by(OrderEvent.order_id, OrderEvent.version)
+    ).yield_per(2000)
     for order_id, group in groupby(rows, key=lambda r: r.order_id):
         group = list(group)
         order = domain.fold_stored(order_id, ((r.type, r.schema_version, r.data) for r in group))

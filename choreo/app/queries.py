@@ -3,6 +3,7 @@
 Reads the order read model (never the write side) and each service's own tables; Flower's
 in-memory history is not a source (flower#415).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,8 +14,18 @@ from sqlmodel import Session, func, select
 from choreo.app.outbox import count_unsent
 from choreo.infra.db import engine_for
 from config.settings import SERVICES, Settings
-from models.tables import (Charge, DeadLetter, Inbox, Notification, OrderEvent, OrderView, Outbox, Refund,
-                           Reservation, Shipment)
+from models.tables import (
+    Charge,
+    DeadLetter,
+    Inbox,
+    Notification,
+    OrderEvent,
+    OrderView,
+    Outbox,
+    Refund,
+    Reservation,
+    Shipment,
+)
 
 
 def _iso(value) -> str | None:
@@ -27,20 +38,47 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         view = s.get(OrderView, order_id)
         if view is None:
             return None
-        events = s.exec(select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.version)).all()
-    timeline: list[dict] = [{"at": _iso(e.recorded_at), "service": "order", "what": f"recorded {e.type}",
-                             "detail": e.data.get("reason")} for e in events]
+        events = s.exec(
+            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.version)
+        ).all()
+    timeline: list[dict] = [
+        {
+            "at": _iso(e.recorded_at),
+            "service": "order",
+            "what": f"recorded {e.type}",
+            "detail": e.data.get("reason"),
+        }
+        for e in events
+    ]
     for domain in settings.domains:
         with Session(eng[domain]) as s:
             for r in s.exec(select(Inbox).where(Inbox.order_id == order_id)):
-                timeline.append({"at": _iso(r.processed_at), "service": domain, "what": f"handled {r.type}",
-                                 "detail": r.event_id})
+                timeline.append(
+                    {
+                        "at": _iso(r.processed_at),
+                        "service": domain,
+                        "what": f"handled {r.type}",
+                        "detail": r.event_id,
+                    }
+                )
             for r in s.exec(select(Outbox).where(Outbox.order_id == order_id)):
-                timeline.append({"at": _iso(r.created_at), "service": domain, "what": f"emitted {r.type}",
-                                 "detail": "sent" if r.sent_at else "UNSENT"})
+                timeline.append(
+                    {
+                        "at": _iso(r.created_at),
+                        "service": domain,
+                        "what": f"emitted {r.type}",
+                        "detail": "sent" if r.sent_at else "UNSENT",
+                    }
+                )
             for r in s.exec(select(DeadLetter).where(DeadLetter.order_id == order_id)):
-                timeline.append({"at": _iso(r.dead_lettered_at), "service": domain, "what": f"dead-lettered {r.type}",
-                                 "detail": r.reason})
+                timeline.append(
+                    {
+                        "at": _iso(r.dead_lettered_at),
+                        "service": domain,
+                        "what": f"dead-lettered {r.type}",
+                        "detail": r.reason,
+                    }
+                )
     timeline.sort(key=lambda t: t["at"] or "")
     with Session(eng["payment"]) as s:
         charge, refund = s.get(Charge, order_id), s.get(Refund, order_id)
@@ -63,27 +101,51 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         "placed_at": _iso(view.placed_at),
         "ended_at": _iso(view.ended_at),
         "payment": {
-            "charge": {"charge_id": charge.charge_id, "amount_cents": charge.amount_cents} if charge else None,
-            "refund": {"refund_id": refund.refund_id, "amount_cents": refund.amount_cents, "reason": refund.reason}
-            if refund else None,
+            "charge": {"charge_id": charge.charge_id, "amount_cents": charge.amount_cents}
+            if charge
+            else None,
+            "refund": {
+                "refund_id": refund.refund_id,
+                "amount_cents": refund.amount_cents,
+                "reason": refund.reason,
+            }
+            if refund
+            else None,
         },
-        "stock": {"reservation_id": reservation.reservation_id, "status": reservation.status, "items": reservation.items}
-        if reservation else None,
-        "shipment": {"status": shipment.status, "shipment_id": shipment.shipment_id,
-                     "tracking_code": shipment.tracking_code, "reason": shipment.reason} if shipment else None,
-        "notifications": [{"kind": n.kind, "email": n.email, "sent_at": _iso(n.sent_at)} for n in notes],
+        "stock": {
+            "reservation_id": reservation.reservation_id,
+            "status": reservation.status,
+            "items": reservation.items,
+        }
+        if reservation
+        else None,
+        "shipment": {
+            "status": shipment.status,
+            "shipment_id": shipment.shipment_id,
+            "tracking_code": shipment.tracking_code,
+            "reason": shipment.reason,
+        }
+        if shipment
+        else None,
+        "notifications": [
+            {"kind": n.kind, "email": n.email, "sent_at": _iso(n.sent_at)} for n in notes
+        ],
         "timeline": timeline,
     }
 
 
-def order_states(settings: Settings, order_ids: list[str] | None = None) -> dict[str, tuple[str, str | None]]:
+def order_states(
+    settings: Settings, order_ids: list[str] | None = None
+) -> dict[str, tuple[str, str | None]]:
     with Session(engine_for(settings, "order")) as s:
         q = select(OrderView.order_id, OrderView.state, OrderView.reason)
         if order_ids is not None:
             found: dict[str, tuple[str, str | None]] = {}
             for i in range(0, len(order_ids), 500):
-                chunk = order_ids[i:i + 500]
-                found.update({o: (st, r) for o, st, r in s.exec(q.where(OrderView.order_id.in_(chunk)))})
+                chunk = order_ids[i : i + 500]
+                found.update(
+                    {o: (st, r) for o, st, r in s.exec(q.where(OrderView.order_id.in_(chunk)))}
+                )
             return found
         return {o: (st, r) for o, st, r in s.exec(q)}
 
@@ -96,7 +158,11 @@ def unsent_total(settings: Settings) -> int:
 def system_summary(settings: Settings) -> dict[str, Any]:
     """Orders by state and reason, unsent outbox rows and dead-letter records per service."""
     with Session(engine_for(settings, "order")) as s:
-        rows = s.exec(select(OrderView.state, OrderView.reason, func.count()).group_by(OrderView.state, OrderView.reason)).all()
+        rows = s.exec(
+            select(OrderView.state, OrderView.reason, func.count()).group_by(
+                OrderView.state, OrderView.reason
+            )
+        ).all()
     by_state: Counter = Counter()
     by_reason = []
     for state, reason, n in rows:
@@ -107,6 +173,13 @@ def system_summary(settings: Settings) -> dict[str, Any]:
         unsent[domain] = count_unsent(engine_for(settings, domain))
         with Session(engine_for(settings, domain)) as s:
             dead[domain] = s.exec(select(func.count()).select_from(DeadLetter)).one()
-    return {"saga_mode": settings.saga_mode, "orders": {"total": sum(by_state.values()), "by_state": dict(by_state),
-                       "by_state_reason": sorted(by_reason, key=lambda r: (r["state"], r["reason"] or ""))},
-            "outbox_unsent": unsent, "dead_letter_records": dead}
+    return {
+        "saga_mode": settings.saga_mode,
+        "orders": {
+            "total": sum(by_state.values()),
+            "by_state": dict(by_state),
+            "by_state_reason": sorted(by_reason, key=lambda r: (r["state"], r["reason"] or "")),
+        },
+        "outbox_unsent": unsent,
+        "dead_letter_records": dead,
+    }

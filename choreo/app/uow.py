@@ -5,6 +5,7 @@ whose handler fails rolls back to its savepoint alone, and the rest of the batch
 Nothing is published from inside: each message's `UnitOfWork.pending` is what the adapter
 publishes once the batch's commit is durable.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -23,8 +24,9 @@ from models.tables import DeadLetter, Inbox, utcnow
 
 _INBOX = Inbox.__table__
 # Built once: on every batch's path (building a statement costs more than running it).
-_INBOX_AMONG = select(_INBOX.c.event_id).where(_INBOX.c.consumer == bindparam("c"),
-                                              _INBOX.c.event_id.in_(bindparam("ids", expanding=True)))
+_INBOX_AMONG = select(_INBOX.c.event_id).where(
+    _INBOX.c.consumer == bindparam("c"), _INBOX.c.event_id.in_(bindparam("ids", expanding=True))
+)
 _INBOX_ADD = _INBOX.insert()
 DEAD_LETTERS = Rows(DeadLetter)
 
@@ -58,11 +60,14 @@ class Batch:
         """The event ids `consumer` has already applied (its inbox), in one query."""
         if not event_ids:
             return set()
-        return set(self.conn.execute(_INBOX_AMONG, {"c": consumer, "ids": list(event_ids)}).scalars())
+        return set(
+            self.conn.execute(_INBOX_AMONG, {"c": consumer, "ids": list(event_ids)}).scalars()
+        )
 
     @contextmanager
-    def message(self, cause: Envelope | None, consumer: str | None = None,
-                traceparent: str | None = None) -> Iterator["UnitOfWork"]:
+    def message(
+        self, cause: Envelope | None, consumer: str | None = None, traceparent: str | None = None
+    ) -> Iterator["UnitOfWork"]:
         """A savepoint for one message. On a clean exit its inbox mark (when `consumer` is
         given) and its outbox rows join the batch; on an exception it rolls back alone.
         `traceparent`: the span handling the message, which the events it emits carry."""
@@ -77,15 +82,28 @@ class Batch:
                 nested.rollback()
             raise
 
-    def record_dead_letter(self, event_id: str, type_: str, order_id: str | None, reason: str, attempts: int,
-                           compensation: bool) -> None:
+    def record_dead_letter(
+        self,
+        event_id: str,
+        type_: str,
+        order_id: str | None,
+        reason: str,
+        attempts: int,
+        compensation: bool,
+    ) -> None:
         """The service's own record of a message it gave up on (once per event id). In its own
         savepoint, cut to the columns' sizes: a foreign id must not fail the batch's transaction."""
         with self.session.begin_nested():
             if not DEAD_LETTERS.exists(self.conn, event_id[:64]):
-                DEAD_LETTERS.add(self.conn, event_id=event_id[:64], type=type_[:64],
-                                 order_id=order_id[:64] if order_id else None, reason=reason[:2000],
-                                 attempts=attempts, compensation=compensation)
+                DEAD_LETTERS.add(
+                    self.conn,
+                    event_id=event_id[:64],
+                    type=type_[:64],
+                    order_id=order_id[:64] if order_id else None,
+                    reason=reason[:2000],
+                    attempts=attempts,
+                    compensation=compensation,
+                )
 
     def record_copy(self, made: copies.Made) -> None:
         """The record that proves a copy's sender when it comes back (choreo.app.copies), in its
@@ -106,8 +124,13 @@ class UnitOfWork:
     """What a handler gets: the batch's transaction (`conn` for Core statements, `session` for
     the ORM) inside this message's savepoint, and `emit` to stage the events it causes."""
 
-    def __init__(self, session: Session, source: str, cause: Envelope | None = None,
-                 traceparent: str | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        source: str,
+        cause: Envelope | None = None,
+        traceparent: str | None = None,
+    ) -> None:
         self.session = session
         self.source = source
         self.cause = cause
@@ -128,8 +151,15 @@ class UnitOfWork:
         order_id = order_id or self.cause.order_id
         seq = str(len(self.pending))
         event_id = derived_id(self.source, self.cause.event_id, type, seq) if self.cause else None
-        envelope = make_envelope(type, order_id, payload, source=self.source, cause=self.cause, event_id=event_id,
-                                 traceparent=self.traceparent)
+        envelope = make_envelope(
+            type,
+            order_id,
+            payload,
+            source=self.source,
+            cause=self.cause,
+            event_id=event_id,
+            traceparent=self.traceparent,
+        )
         self.pending.append(envelope)
         return envelope
 
@@ -139,9 +169,28 @@ class UnitOfWork:
         now = utcnow()
         if consumer is not None and self.cause is not None:
             c = self.cause
-            conn.execute(_INBOX_ADD, {"consumer": consumer, "event_id": c.event_id, "type": c.type,
-                                      "order_id": c.order_id, "processed_at": now})
+            conn.execute(
+                _INBOX_ADD,
+                {
+                    "consumer": consumer,
+                    "event_id": c.event_id,
+                    "type": c.type,
+                    "order_id": c.order_id,
+                    "processed_at": now,
+                },
+            )
         if self.pending:
-            conn.execute(OUTBOX_ADD, [
-                {"event_id": e.event_id, "type": e.type, "order_id": e.order_id, "body": e.model_dump_json(),
-                 "created_at": now, "sent_at": None} for e in self.pending])
+            conn.execute(
+                OUTBOX_ADD,
+                [
+                    {
+                        "event_id": e.event_id,
+                        "type": e.type,
+                        "order_id": e.order_id,
+                        "body": e.model_dump_json(),
+                        "created_at": now,
+                        "sent_at": None,
+                    }
+                    for e in self.pending
+                ],
+            )

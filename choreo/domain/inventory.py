@@ -1,4 +1,5 @@
 """Stock decisions with no I/O."""
+
 from __future__ import annotations
 
 

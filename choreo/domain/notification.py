@@ -1,4 +1,5 @@
 """What a notification says, with no I/O."""
+
 from __future__ import annotations
 
 KINDS = {"order.completed": "completed", "order.cancelled": "cancelled"}

@@ -1,4 +1,5 @@
 """The orchestrated saga: which command to send next, and which steps to undo, in reverse order."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -9,9 +10,16 @@ STEPS = (
     ("reserve", "reserve_stock", "release_stock", "inventory.released"),
     ("ship", "create_shipment", None, None),
 )
-DONE_BY = {"payment.completed": "charge", "inventory.reserved": "reserve", "shipment.created": "ship"}
-FAILED_BY = {"payment.failed": "payment_declined", "inventory.failed": "out_of_stock",
-             "shipment.failed": "shipment_failed"}
+DONE_BY = {
+    "payment.completed": "charge",
+    "inventory.reserved": "reserve",
+    "shipment.created": "ship",
+}
+FAILED_BY = {
+    "payment.failed": "payment_declined",
+    "inventory.failed": "out_of_stock",
+    "shipment.failed": "shipment_failed",
+}
 UNDONE_BY = {undone_event: step for step, _, _, undone_event in STEPS if undone_event}
 
 
@@ -65,7 +73,9 @@ def react(saga: Saga, event_type: str, payload: dict) -> tuple[Saga, list[tuple[
         saga = replace(saga, done=(*saga.done, step))
         if saga.status == "compensating":
             # A step finished after the saga failed (out of order): undo it too.
-            return saga, ([_undo(saga, step)] if step in saga.to_undo and len(saga.to_undo) == 1 else [])
+            return saga, (
+                [_undo(saga, step)] if step in saga.to_undo and len(saga.to_undo) == 1 else []
+            )
         order = [s for s, *_ in STEPS]
         if step == order[-1]:
             return replace(saga, status="completed"), []

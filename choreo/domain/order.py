@@ -1,4 +1,5 @@
 """The order aggregate: state is a fold of its events; decisions return new events."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -46,8 +47,13 @@ def _upcast_order_placed_v1(data: dict) -> dict:
     # v1 stored a single sku/qty/price; v2 stores a list of items.
     data = dict(data)
     if "items" not in data:
-        data["items"] = [{"sku": data.pop("sku"), "qty": data.pop("qty"),
-                          "unit_price_cents": data.pop("unit_price_cents")}]
+        data["items"] = [
+            {
+                "sku": data.pop("sku"),
+                "qty": data.pop("qty"),
+                "unit_price_cents": data.pop("unit_price_cents"),
+            }
+        ]
     return data
 
 
@@ -118,8 +124,13 @@ def apply(order: Order, event: DomainEvent) -> Order:
     t = event.type
     changes: dict[str, Any] = {"version": order.version + 1}
     if t == "OrderPlaced":
-        changes.update(customer_id=d["customer_id"], items=tuple(tuple(sorted(i.items())) for i in d["items"]),
-                       address=d["address"], card_token=d["card_token"], amount_cents=d["amount_cents"])
+        changes.update(
+            customer_id=d["customer_id"],
+            items=tuple(tuple(sorted(i.items())) for i in d["items"]),
+            address=d["address"],
+            card_token=d["card_token"],
+            amount_cents=d["amount_cents"],
+        )
     elif t == "PaymentCaptured":
         changes.update(charged_cents=d["amount_cents"])
     elif t == "PaymentDeclined":
@@ -143,8 +154,12 @@ def apply(order: Order, event: DomainEvent) -> Order:
     elif t == "OrderCancelled":
         changes.update(closed="CANCELLED", close_reason=d["reason"])
     elif t == "OrderRejected":
-        changes.update(customer_id=d["customer_id"], items=tuple(tuple(sorted(i.items())) for i in d["items"]),
-                       closed="CANCELLED", close_reason=d["reason"])
+        changes.update(
+            customer_id=d["customer_id"],
+            items=tuple(tuple(sorted(i.items())) for i in d["items"]),
+            closed="CANCELLED",
+            close_reason=d["reason"],
+        )
     return replace(order, **changes)
 
 
@@ -164,15 +179,25 @@ def fold_stored(order_id: str, rows: Iterable[tuple[str, int, dict]]) -> Order:
 # Integration event (what another service said) -> the order's own fact.
 def fact_from_message(msg_type: str, payload: dict) -> DomainEvent | None:
     if msg_type == "payment.completed":
-        return DomainEvent("PaymentCaptured", {"charge_id": payload["charge_id"], "amount_cents": payload["amount_cents"]})
+        return DomainEvent(
+            "PaymentCaptured",
+            {"charge_id": payload["charge_id"], "amount_cents": payload["amount_cents"]},
+        )
     if msg_type == "payment.failed":
-        return DomainEvent("PaymentDeclined", {"reason": payload["reason"], "code": payload["code"]})
+        return DomainEvent(
+            "PaymentDeclined", {"reason": payload["reason"], "code": payload["code"]}
+        )
     if msg_type == "payment.refunded":
-        return DomainEvent("PaymentRefunded", {"amount_cents": payload["amount_cents"], "reason": payload["reason"]})
+        return DomainEvent(
+            "PaymentRefunded",
+            {"amount_cents": payload["amount_cents"], "reason": payload["reason"]},
+        )
     if msg_type == "inventory.reserved":
         return DomainEvent("StockReserved", {"reservation_id": payload["reservation_id"]})
     if msg_type == "inventory.failed":
-        return DomainEvent("StockUnavailable", {"reason": payload["reason"], "skus": payload["skus"]})
+        return DomainEvent(
+            "StockUnavailable", {"reason": payload["reason"], "skus": payload["skus"]}
+        )
     if msg_type == "inventory.released":
         return DomainEvent("StockReleased", {"reservation_id": payload["reservation_id"]})
     if msg_type == "shipment.created":
@@ -180,13 +205,26 @@ def fact_from_message(msg_type: str, payload: dict) -> DomainEvent | None:
     if msg_type == "shipment.failed":
         return DomainEvent("ShipmentFailed", {"reason": payload["reason"]})
     if msg_type == "saga.dead_lettered":
-        reason = "compensation_failed" if payload["compensation"] else f"dead_lettered:{payload['domain']}"
-        return DomainEvent("AttentionRequired", {"reason": reason, "domain": payload["domain"],
-                                                 "event_type": payload["event_type"], "detail": payload["reason"]})
+        reason = (
+            "compensation_failed"
+            if payload["compensation"]
+            else f"dead_lettered:{payload['domain']}"
+        )
+        return DomainEvent(
+            "AttentionRequired",
+            {
+                "reason": reason,
+                "domain": payload["domain"],
+                "event_type": payload["event_type"],
+                "detail": payload["reason"],
+            },
+        )
     return None
 
 
-def priced(lines: list[dict], prices: Mapping[str, int]) -> tuple[list[dict], str | None, str | None]:
+def priced(
+    lines: list[dict], prices: Mapping[str, int]
+) -> tuple[list[dict], str | None, str | None]:
     """The lines priced from the seller's catalog: (items, None, None), or ([], reason, detail).
 
     The seller sets the price. A line may omit `unit_price_cents`; one that names a price other
@@ -195,26 +233,59 @@ def priced(lines: list[dict], prices: Mapping[str, int]) -> tuple[list[dict], st
     unknown = sorted({line["sku"] for line in lines if line["sku"] not in prices})
     if unknown:
         return [], "unknown_sku", f"not in the catalog: {', '.join(unknown)}"
-    wrong = [line for line in lines
-             if line.get("unit_price_cents") is not None and line["unit_price_cents"] != prices[line["sku"]]]
+    wrong = [
+        line
+        for line in lines
+        if line.get("unit_price_cents") is not None
+        and line["unit_price_cents"] != prices[line["sku"]]
+    ]
     if wrong:
-        said = ", ".join(f"{w['sku']} at {w['unit_price_cents']} (catalog {prices[w['sku']]})" for w in wrong)
+        said = ", ".join(
+            f"{w['sku']} at {w['unit_price_cents']} (catalog {prices[w['sku']]})" for w in wrong
+        )
         return [], "price_mismatch", f"client price differs from the catalog: {said}"
-    return [{"sku": line["sku"], "qty": line["qty"], "unit_price_cents": prices[line["sku"]]} for line in lines], None, None
+    return (
+        [
+            {"sku": line["sku"], "qty": line["qty"], "unit_price_cents": prices[line["sku"]]}
+            for line in lines
+        ],
+        None,
+        None,
+    )
 
 
-def place(order: Order, customer_id: str, lines: list[dict], address: str, card_token: str,
-          prices: Mapping[str, int]) -> list[DomainEvent]:
+def place(
+    order: Order,
+    customer_id: str,
+    lines: list[dict],
+    address: str,
+    card_token: str,
+    prices: Mapping[str, int],
+) -> list[DomainEvent]:
     """Place the order at the catalog's prices, or refuse it (CANCELLED at once, nothing charged)."""
     if order.exists:
         return []  # placing the same order id twice is a no-op, not a second order
     items, refused, detail = priced(lines, prices)
     if refused:
-        return [DomainEvent("OrderRejected", {"customer_id": customer_id, "items": lines, "reason": refused,
-                                              "detail": detail})]
+        return [
+            DomainEvent(
+                "OrderRejected",
+                {"customer_id": customer_id, "items": lines, "reason": refused, "detail": detail},
+            )
+        ]
     amount = sum(i["qty"] * i["unit_price_cents"] for i in items)
-    return [DomainEvent("OrderPlaced", {"customer_id": customer_id, "items": items, "address": address,
-                                        "card_token": card_token, "amount_cents": amount})]
+    return [
+        DomainEvent(
+            "OrderPlaced",
+            {
+                "customer_id": customer_id,
+                "items": items,
+                "address": address,
+                "card_token": card_token,
+                "amount_cents": amount,
+            },
+        )
+    ]
 
 
 def record(order: Order, fact: DomainEvent) -> list[DomainEvent]:
@@ -233,15 +304,17 @@ def record(order: Order, fact: DomainEvent) -> list[DomainEvent]:
 
 def _already_known(order: Order, fact: DomainEvent) -> bool:
     t = fact.type
-    return ((t == "PaymentCaptured" and order.charged_cents is not None)
-            or (t == "PaymentDeclined" and order.declined is not None)
-            or (t == "StockReserved" and order.reserved)
-            or (t == "StockUnavailable" and order.stock_failed is not None)
-            or (t == "StockReleased" and order.released)
-            or (t == "ShipmentDispatched" and order.shipped)
-            or (t == "ShipmentFailed" and order.ship_failed is not None)
-            or (t == "PaymentRefunded" and order.refunded_cents is not None)
-            or (t == "AttentionRequired" and order.attention == fact.data["reason"]))
+    return (
+        (t == "PaymentCaptured" and order.charged_cents is not None)
+        or (t == "PaymentDeclined" and order.declined is not None)
+        or (t == "StockReserved" and order.reserved)
+        or (t == "StockUnavailable" and order.stock_failed is not None)
+        or (t == "StockReleased" and order.released)
+        or (t == "ShipmentDispatched" and order.shipped)
+        or (t == "ShipmentFailed" and order.ship_failed is not None)
+        or (t == "PaymentRefunded" and order.refunded_cents is not None)
+        or (t == "AttentionRequired" and order.attention == fact.data["reason"])
+    )
 
 
 def decide(order: Order) -> list[DomainEvent]:
@@ -261,15 +334,30 @@ def announcement(order: Order, event: DomainEvent) -> tuple[str, dict] | None:
     """The integration event (type, payload) other services hear for one of our events."""
     if event.type == "OrderPlaced":
         d = event.data
-        return "order.placed", {"order": {"customer_id": d["customer_id"], "items": d["items"],
-                                          "address": d["address"], "amount_cents": d["amount_cents"]},
-                                "card_token": d["card_token"]}
+        return "order.placed", {
+            "order": {
+                "customer_id": d["customer_id"],
+                "items": d["items"],
+                "address": d["address"],
+                "amount_cents": d["amount_cents"],
+            },
+            "card_token": d["card_token"],
+        }
     if event.type == "OrderCompleted":
-        return "order.completed", {"customer_id": order.customer_id, "amount_cents": order.amount_cents}
+        return "order.completed", {
+            "customer_id": order.customer_id,
+            "amount_cents": order.amount_cents,
+        }
     if event.type == "OrderCancelled":
-        return "order.cancelled", {"customer_id": order.customer_id, "reason": event.data["reason"],
-                                   "amount_cents": order.amount_cents}
+        return "order.cancelled", {
+            "customer_id": order.customer_id,
+            "reason": event.data["reason"],
+            "amount_cents": order.amount_cents,
+        }
     if event.type == "OrderRejected":
-        return "order.cancelled", {"customer_id": order.customer_id, "reason": event.data["reason"],
-                                   "amount_cents": 0}
+        return "order.cancelled", {
+            "customer_id": order.customer_id,
+            "reason": event.data["reason"],
+            "amount_cents": 0,
+        }
     return None

@@ -1,4 +1,5 @@
 """Payment decisions with no I/O, and the two ways a charge can fail."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Shipment decisions with no I/O."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Database engines (one per service per process), table creation, and prebuilt Core statements (`Rows`)."""
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,9 @@ def non_durable(engine: Engine) -> Iterator[Connection]:
     lost, it costs one more publish of an event that consumers absorb as a duplicate)."""
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
-            raw = conn.connection.driver_connection  # no transaction yet: SQLite refuses the pragma inside one
+            raw = (
+                conn.connection.driver_connection
+            )  # no transaction yet: SQLite refuses the pragma inside one
             raw.execute("PRAGMA synchronous=NORMAL")
             try:
                 with conn.begin():
@@ -78,7 +81,9 @@ def ensure_database(url: str) -> None:
         admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
-                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname=:n"), {"n": u.database}).scalar()
+                exists = conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname=:n"), {"n": u.database}
+                ).scalar()
                 if not exists:
                     conn.execute(text(f'CREATE DATABASE "{u.database}"'))
         finally:
@@ -93,15 +98,22 @@ def engine_for(settings: Settings, service: str) -> Engine:
         engine = _engines.get(key)
         if engine is None:
             if url.startswith("postgresql://"):
-                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
             if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                engine = create_engine(
+                    url, connect_args={"check_same_thread": False, "timeout": 30}
+                )
                 _sqlite_pragmas(engine)
             else:
                 # synchronous_commit=on whatever the server's default: a commit is flushed to the
                 # WAL on disk before it returns (see the SQLite pragmas above for why).
-                engine = create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True,
-                                       connect_args={"options": "-c synchronous_commit=on"})
+                engine = create_engine(
+                    url,
+                    pool_size=4,
+                    max_overflow=4,
+                    pool_pre_ping=True,
+                    connect_args={"options": "-c synchronous_commit=on"},
+                )
             _engines[key] = engine
         return engine
 
@@ -158,7 +170,9 @@ class Rows:
         t = model.__table__
         self.pk = [c.name for c in t.primary_key.columns]
         self._get = select(t).where(*(t.c[n] == bindparam(f"pk_{n}") for n in self.pk))
-        self._has = select(t.c[self.pk[0]]).where(*(t.c[n] == bindparam(f"pk_{n}") for n in self.pk))
+        self._has = select(t.c[self.pk[0]]).where(
+            *(t.c[n] == bindparam(f"pk_{n}") for n in self.pk)
+        )
         self._insert = t.insert()
         self._defaults: dict = {}
         for name, field in model.model_fields.items():

@@ -10,6 +10,7 @@
 The user service answers the same paths on its own port (`route` is shared); a worker runs
 `HealthServer` in a daemon thread of its main process, so it answers while a batch runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def route(path: str, probes: Probes, service: str) -> tuple[int, str, bytes] | N
         ok, detail = probes.liveness()
         # The pid: a second process of the same service cannot bind this port, so the pid says
         # which process answers (the one `choreo status` lists, or not).
-        return _json(200 if ok else 503, {"status": "ok" if ok else "stalled", "service": service,
-                                          "pid": os.getpid(), **detail})
+        return _json(
+            200 if ok else 503,
+            {"status": "ok" if ok else "stalled", "service": service, "pid": os.getpid(), **detail},
+        )
     if path == "/ready":
         ok, detail = probes.readiness()
         return _json(200 if ok else 503, {"ready": ok, "service": service, **detail})
@@ -79,7 +82,9 @@ class HealthServer:
                 log.debug("health http: " + fmt, *args)
 
         self.server = _Server((host, port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="health-http", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="health-http", daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -15,6 +15,7 @@ Sampling is the SDK's: a CONSUMER span asks the provider's sampler (so OTEL_TRAC
 its argument apply as they would), and a child span (a PRODUCER span the delivery caused) takes
 its parent's decision, as the default parent-based sampler would.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,16 +53,30 @@ class HotTracer:
         self.sampler = sampler
         self.processor = processor
 
-    def start(self, name: str, context: Context | None, kind: SpanKind, attributes: dict[str, Any],
-              start_time: int | None = None) -> trace_api.Span:
+    def start(
+        self,
+        name: str,
+        context: Context | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        start_time: int | None = None,
+    ) -> trace_api.Span:
         """A span under the span current in `context` (a remote parent; None: a new trace)."""
-        parent = trace_api.get_current_span(context).get_span_context() if context is not None else None
+        parent = (
+            trace_api.get_current_span(context).get_span_context() if context is not None else None
+        )
         if parent is not None and not parent.is_valid:
             parent = None
         trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
         decision = self.sampler.should_sample(context, trace_id, name, kind, attributes)
         flags = _SAMPLED if decision.decision.is_sampled() else TraceFlags(TraceFlags.DEFAULT)
-        ctx = SpanContext(trace_id, _span_id(), is_remote=False, trace_flags=flags, trace_state=decision.trace_state)
+        ctx = SpanContext(
+            trace_id,
+            _span_id(),
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=decision.trace_state,
+        )
         if not decision.decision.is_recording():
             return trace_api.NonRecordingSpan(ctx)
         if decision.attributes:
@@ -73,13 +88,38 @@ class HotSpan(trace_api.Span):
     """A recording span of the hot path (see the module's docstring). Not thread-safe: a span is
     used by the one thread handling its delivery."""
 
-    __slots__ = ("_tracer", "_name", "_context", "_parent", "_kind", "attributes", "_events", "_links",
-                 "_status", "_start", "_ended")
+    __slots__ = (
+        "_tracer",
+        "_name",
+        "_context",
+        "_parent",
+        "_kind",
+        "attributes",
+        "_events",
+        "_links",
+        "_status",
+        "_start",
+        "_ended",
+    )
 
-    def __init__(self, tracer: HotTracer, name: str, context: SpanContext, parent: SpanContext | None,
-                 kind: SpanKind, attributes: dict[str, Any], start_time: int,
-                 links: Sequence[Link] = ()) -> None:
-        self._tracer, self._name, self._context, self._parent, self._kind = tracer, name, context, parent, kind
+    def __init__(
+        self,
+        tracer: HotTracer,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        start_time: int,
+        links: Sequence[Link] = (),
+    ) -> None:
+        self._tracer, self._name, self._context, self._parent, self._kind = (
+            tracer,
+            name,
+            context,
+            parent,
+            kind,
+        )
         self.attributes = attributes  # read by the spans it causes (the order id)
         self._events: list[Event] = []
         self._links = tuple(links)
@@ -87,11 +127,20 @@ class HotSpan(trace_api.Span):
         self._start = start_time
         self._ended = False
 
-    def child(self, name: str, kind: SpanKind, attributes: dict[str, Any], start_time: int | None = None) -> "HotSpan":
+    def child(
+        self, name: str, kind: SpanKind, attributes: dict[str, Any], start_time: int | None = None
+    ) -> "HotSpan":
         """A span caused by this one, with its sampling decision (this span records: so does it)."""
-        ctx = SpanContext(self._context.trace_id, _span_id(), is_remote=False, trace_flags=self._context.trace_flags,
-                          trace_state=self._context.trace_state)
-        return HotSpan(self._tracer, name, ctx, self._context, kind, attributes, start_time or time.time_ns())
+        ctx = SpanContext(
+            self._context.trace_id,
+            _span_id(),
+            is_remote=False,
+            trace_flags=self._context.trace_flags,
+            trace_state=self._context.trace_state,
+        )
+        return HotSpan(
+            self._tracer, name, ctx, self._context, kind, attributes, start_time or time.time_ns()
+        )
 
     # --- the API ---------------------------------------------------------------------------------
 
@@ -109,9 +158,13 @@ class HotSpan(trace_api.Span):
         if not self._ended:
             self.attributes.update(attributes)
 
-    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
+    def add_event(
+        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
+    ) -> None:
         if not self._ended:
-            self._events.append(Event(name, MappingProxyType(dict(attributes or {})), timestamp or time.time_ns()))
+            self._events.append(
+                Event(name, MappingProxyType(dict(attributes or {})), timestamp or time.time_ns())
+            )
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         if not self._ended and context.is_valid:
@@ -131,19 +184,41 @@ class HotSpan(trace_api.Span):
             return
         self._status = status
 
-    def record_exception(self, exception: BaseException, attributes: Mapping[str, Any] | None = None,
-                         timestamp: int | None = None, escaped: bool = False) -> None:
-        self.add_event("exception", {"exception.type": type(exception).__name__,
-                                     "exception.message": str(exception)[:500], **(attributes or {})}, timestamp)
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self.add_event(
+            "exception",
+            {
+                "exception.type": type(exception).__name__,
+                "exception.message": str(exception)[:500],
+                **(attributes or {}),
+            },
+            timestamp,
+        )
 
     def end(self, end_time: int | None = None) -> None:
         if self._ended:
             return
         self._ended = True
         t = self._tracer
-        t.processor.on_end(ReadableSpan(
-            name=self._name, context=self._context, parent=self._parent, resource=t.resource,
-            attributes=MappingProxyType(self.attributes), events=tuple(self._events), links=self._links,
-            kind=self._kind, status=self._status, start_time=self._start, end_time=end_time or time.time_ns(),
-            instrumentation_scope=_SCOPE))
-
+        t.processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=t.resource,
+                attributes=MappingProxyType(self.attributes),
+                events=tuple(self._events),
+                links=self._links,
+                kind=self._kind,
+                status=self._status,
+                start_time=self._start,
+                end_time=end_time or time.time_ns(),
+                instrumentation_scope=_SCOPE,
+            )
+        )

@@ -3,6 +3,7 @@
 Redis is the fast path, the database's unique (consumer, event id) key is the truth: if
 Redis is down or was restarted empty, a duplicate still cannot change anything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,10 +35,14 @@ class Idempotency:
                 pipe.exists(self.key(consumer, event_id))
             return [bool(n) for n in pipe.execute()]
         except redis.RedisError as exc:
-            log.warning("redis unavailable for idempotency check; relying on the inbox table: %s", exc)
+            log.warning(
+                "redis unavailable for idempotency check; relying on the inbox table: %s", exc
+            )
             return [False] * len(event_ids)
 
-    def remember(self, consumer: str, event_ids: list[str], counts: dict[str, int] | None = None) -> None:
+    def remember(
+        self, consumer: str, event_ids: list[str], counts: dict[str, int] | None = None
+    ) -> None:
         """Record the keys, and bump the `counts` metrics of `consumer`, in one round trip."""
         counts = {name: n for name, n in (counts or {}).items() if n}
         if not event_ids and not counts:

@@ -2,6 +2,7 @@
 
 Losing them (a Redis restart) loses figures, never correctness: nothing decides on them.
 """
+
 from __future__ import annotations
 
 import logging

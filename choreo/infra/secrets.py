@@ -6,6 +6,7 @@ anywhere but that file.
 Two processes starting at once may both find no file: each writes its candidate to a private
 temporary file and links it into place; the link fails for the second, which reads the first's.
 """
+
 from __future__ import annotations
 
 import os

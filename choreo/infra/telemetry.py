@@ -7,6 +7,7 @@ Counted where the work happens (the adapter, the consumer, the relay); what is c
 when scraped (outbox backlog, breaker state, queue depth) is read at scrape time by a collector
 the process registers (`ScrapeTime`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,14 +22,29 @@ log = logging.getLogger("choreo.infra.telemetry")
 
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}  # pybreaker's state names
 
-REQUESTS = Counter("service_request", "Messages (or HTTP requests) handled, by service, message type and outcome.",
-                   ["service", "type", "outcome"])
-LATENCY = Histogram("service_latency_seconds", "Handling time of a message: received by the consumer to settled "
-                    "(its batch's wait, transaction and confirmed publishes included).", ["service", "type"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-BATCH = Histogram("choreo_batch_size", "Messages per batch (one transaction, one publish burst).", ["service"],
-                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-RELAYED = Counter("choreo_relay_published", "Outbox rows the relay published (a crash stranded them).", ["service"])
+REQUESTS = Counter(
+    "service_request",
+    "Messages (or HTTP requests) handled, by service, message type and outcome.",
+    ["service", "type", "outcome"],
+)
+LATENCY = Histogram(
+    "service_latency_seconds",
+    "Handling time of a message: received by the consumer to settled "
+    "(its batch's wait, transaction and confirmed publishes included).",
+    ["service", "type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+BATCH = Histogram(
+    "choreo_batch_size",
+    "Messages per batch (one transaction, one publish burst).",
+    ["service"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+RELAYED = Counter(
+    "choreo_relay_published",
+    "Outbox rows the relay published (a crash stranded them).",
+    ["service"],
+)
 
 
 def known_type(name: object, known: Iterable[str]) -> str:
@@ -94,59 +110,95 @@ def scrape_time(service: str) -> ScrapeTime:
     return found
 
 
-def breaker_families(service: str, breakers: Callable[[], list[dict]]) -> Callable[[], Iterable[GaugeMetricFamily]]:
+def breaker_families(
+    service: str, breakers: Callable[[], list[dict]]
+) -> Callable[[], Iterable[GaugeMetricFamily]]:
     """choreo_breaker_state (0 closed, 1 half-open, 2 open) and choreo_breaker_failures."""
+
     def source():
-        state = GaugeMetricFamily("choreo_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-                                  labels=["service", "breaker"])
-        fails = GaugeMetricFamily("choreo_breaker_failures", "Consecutive failures the breaker has counted.",
-                                  labels=["service", "breaker"])
+        state = GaugeMetricFamily(
+            "choreo_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["service", "breaker"],
+        )
+        fails = GaugeMetricFamily(
+            "choreo_breaker_failures",
+            "Consecutive failures the breaker has counted.",
+            labels=["service", "breaker"],
+        )
         for b in breakers():
             state.add_metric([service, b["name"]], BREAKER_STATES.get(str(b["state"]), 2))
             fails.add_metric([service, b["name"]], b["failures"])
         yield state
         yield fails
+
     return source
 
 
 def outbox_families(service: str, backlog: Callable[[], tuple[int, float | None]]):
     """choreo_outbox_unsent and choreo_outbox_oldest_unsent_seconds (0 when nothing waits)."""
+
     def source():
         unsent, oldest = backlog()
-        g = GaugeMetricFamily("choreo_outbox_unsent", "Outbox rows the broker has not confirmed yet.", labels=["service"])
+        g = GaugeMetricFamily(
+            "choreo_outbox_unsent",
+            "Outbox rows the broker has not confirmed yet.",
+            labels=["service"],
+        )
         g.add_metric([service], unsent)
         yield g
-        a = GaugeMetricFamily("choreo_outbox_oldest_unsent_seconds", "Age of the oldest unsent outbox row.",
-                              labels=["service"])
+        a = GaugeMetricFamily(
+            "choreo_outbox_oldest_unsent_seconds",
+            "Age of the oldest unsent outbox row.",
+            labels=["service"],
+        )
         a.add_metric([service], max(0.0, time.time() - oldest) if oldest else 0.0)
         yield a
+
     return source
 
 
 def queue_families(service: str, depths: Callable[[], list[tuple[str, int, int]]]):
     """choreo_queue_messages and choreo_queue_consumers of the worker's queue and its DLQ."""
+
     def source():
-        msgs = GaugeMetricFamily("choreo_queue_messages", "Messages ready in the queue (the broker's count).",
-                                 labels=["service", "queue"])
-        cons = GaugeMetricFamily("choreo_queue_consumers", "Consumers on the queue (the broker's count).",
-                                 labels=["service", "queue"])
+        msgs = GaugeMetricFamily(
+            "choreo_queue_messages",
+            "Messages ready in the queue (the broker's count).",
+            labels=["service", "queue"],
+        )
+        cons = GaugeMetricFamily(
+            "choreo_queue_consumers",
+            "Consumers on the queue (the broker's count).",
+            labels=["service", "queue"],
+        )
         for queue, messages, consumers in depths():
             msgs.add_metric([service, queue], messages)
             cons.add_metric([service, queue], consumers)
         yield msgs
         yield cons
+
     return source
 
 
 def consumer_families(service: str, in_hand: Callable[[], int], consuming: Callable[[], bool]):
     """choreo_prefetch_in_hand and choreo_consumer_ready, read from the consumer when scraped."""
+
     def source():
-        held = GaugeMetricFamily("choreo_prefetch_in_hand", "Deliveries the consumer holds unacked (its batch "
-                                 "being collected and the one being processed).", labels=["service"])
+        held = GaugeMetricFamily(
+            "choreo_prefetch_in_hand",
+            "Deliveries the consumer holds unacked (its batch "
+            "being collected and the one being processed).",
+            labels=["service"],
+        )
         held.add_metric([service], in_hand())
         yield held
-        ready = GaugeMetricFamily("choreo_consumer_ready", "1 while the consumer is connected and consuming.",
-                                  labels=["service"])
+        ready = GaugeMetricFamily(
+            "choreo_consumer_ready",
+            "1 while the consumer is connected and consuming.",
+            labels=["service"],
+        )
         ready.add_metric([service], 1 if consuming() else 0)
         yield ready
+
     return source

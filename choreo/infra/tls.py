@@ -12,6 +12,7 @@ kombu keeps the host name it verifies from its first connection (it fills `serve
 the one options dict the app shares): every node of a cluster should present a certificate that
 names every node's host (`choreo cluster up --tls` makes one naming localhost and 127.0.0.1).
 """
+
 from __future__ import annotations
 
 import socket
@@ -36,8 +37,10 @@ def broker_uses_tls(settings: Settings) -> bool:
     """Every node's URL is amqps:// (a mix is refused: one node in clear text leaks the password)."""
     schemes = {urlsplit(u).scheme for u in _broker_nodes(settings)}
     if "amqps" in schemes and schemes != {"amqps"}:
-        raise TLSRefused(f"broker_url mixes amqps:// and {', '.join(sorted(schemes - {'amqps'}))}:// nodes: "
-                         "every node must use TLS, or none")
+        raise TLSRefused(
+            f"broker_url mixes amqps:// and {', '.join(sorted(schemes - {'amqps'}))}:// nodes: "
+            "every node must use TLS, or none"
+        )
     return schemes == {"amqps"}
 
 
@@ -51,7 +54,9 @@ def client_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -
 
 
 def broker_context(settings: Settings) -> ssl.SSLContext:
-    return client_context(settings.broker_ca_file, settings.broker_cert_file, settings.broker_key_file)
+    return client_context(
+        settings.broker_ca_file, settings.broker_cert_file, settings.broker_key_file
+    )
 
 
 def kombu_ssl(settings: Settings) -> dict | bool:
@@ -59,8 +64,11 @@ def kombu_ssl(settings: Settings) -> dict | bool:
     dict each call: kombu writes the first node's host name into the one it is given."""
     if not broker_uses_tls(settings):
         return False
-    opts: dict = {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None,  # None: the URL's host (kombu)
-                  "tls_minimum_version": ssl.TLSVersion.TLSv1_2}
+    opts: dict = {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": None,  # None: the URL's host (kombu)
+        "tls_minimum_version": ssl.TLSVersion.TLSv1_2,
+    }
     if settings.broker_ca_file:
         opts["ca_certs"] = settings.broker_ca_file
     if settings.broker_cert_file:
@@ -80,15 +88,21 @@ def check_broker(settings: Settings, timeout: float = 5.0) -> None:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or AMQPS_PORT
         try:
-            with socket.create_connection((host, port), timeout=timeout) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=host):
+            with (
+                socket.create_connection((host, port), timeout=timeout) as raw,
+                ctx.wrap_socket(raw, server_hostname=host),
+            ):
                 pass
         except ssl.SSLCertVerificationError as exc:
-            raise TLSRefused(f"TLS: the broker at {host}:{port} presented a certificate that cannot be verified "
-                             f"against {settings.broker_ca_file or 'the system CAs'} "
-                             f"(CHOREO_BROKER_CA_FILE): {exc.verify_message}") from None
+            raise TLSRefused(
+                f"TLS: the broker at {host}:{port} presented a certificate that cannot be verified "
+                f"against {settings.broker_ca_file or 'the system CAs'} "
+                f"(CHOREO_BROKER_CA_FILE): {exc.verify_message}"
+            ) from None
         except ssl.SSLError as exc:
-            raise TLSRefused(f"TLS: handshake with the broker at {host}:{port} failed: {exc.reason or exc}") from None
+            raise TLSRefused(
+                f"TLS: handshake with the broker at {host}:{port} failed: {exc.reason or exc}"
+            ) from None
         except OSError:
             continue  # down or unreachable: not a TLS question
 
@@ -98,9 +112,15 @@ def redis_options(settings: Settings) -> dict:
     redis_ca_file (else the system CAs) and its host name checked."""
     if urlsplit(settings.redis_url).scheme != "rediss":
         return {}
-    opts = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_min_version": ssl.TLSVersion.TLSv1_2}
+    opts = {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+    }
     if settings.redis_ca_file:
         opts["ssl_ca_certs"] = settings.redis_ca_file
     if settings.redis_cert_file:
-        opts.update(ssl_certfile=settings.redis_cert_file, ssl_keyfile=settings.redis_key_file or None)
+        opts.update(
+            ssl_certfile=settings.redis_cert_file, ssl_keyfile=settings.redis_key_file or None
+        )
     return opts

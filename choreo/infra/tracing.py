@@ -14,6 +14,7 @@ set; otherwise a JSON-lines span file per process under `settings.trace_dir`, wh
 `choreo trace` reads, so traces work on a machine with no collector. A provider is built on
 first use in the process that uses it (after any fork) and flushed by `shutdown()` and at exit.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -29,15 +30,22 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    set_span_in_context,
+)
 
 from choreo.infra.hotspans import HotTracer
 
 log = logging.getLogger("choreo.infra.tracing")
 ROTATE_BYTES = 64 * 1024 * 1024  # a span file is rotated once (to .1) past this size
-_EXPORT_DELAY_MS = 1000          # spans reach the file (or collector) within about a second
-_MAX_QUEUE = 65536               # spans waiting for export, per process (about 100 MB at worst)
-_EXPORT_BATCH = 2048             # spans per export call (one write to the span file)
+_EXPORT_DELAY_MS = 1000  # spans reach the file (or collector) within about a second
+_MAX_QUEUE = 65536  # spans waiting for export, per process (about 100 MB at worst)
+_EXPORT_BATCH = 2048  # spans per export call (one write to the span file)
 
 
 class SpanFile(SpanExporter):
@@ -78,15 +86,32 @@ def span_record(span: ReadableSpan, service: str) -> dict:
     ctx, parent = span.context, span.parent
     events, links = span.events, span.links
     return {
-        "trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x"),
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
         "parent_span_id": format(parent.span_id, "016x") if parent is not None else None,
-        "name": span.name, "kind": _KIND_NAMES[span.kind], "service": service,
-        "start_ns": span.start_time, "end_ns": span.end_time, "status": span.status.status_code.name,
+        "name": span.name,
+        "kind": _KIND_NAMES[span.kind],
+        "service": service,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
         "attributes": dict(span.attributes),
-        "events": [{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
-                   for e in events] if events else [],
-        "links": [{"trace_id": format(lk.context.trace_id, "032x"), "span_id": format(lk.context.span_id, "016x"),
-                   "attributes": dict(lk.attributes or {})} for lk in links] if links else [],
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+            for e in events
+        ]
+        if events
+        else [],
+        "links": [
+            {
+                "trace_id": format(lk.context.trace_id, "032x"),
+                "span_id": format(lk.context.span_id, "016x"),
+                "attributes": dict(lk.attributes or {}),
+            }
+            for lk in links
+        ]
+        if links
+        else [],
     }
 
 
@@ -97,7 +122,10 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), default=str).encode
 class _Ids(RandomIdGenerator):
     """Random ids, except that a root span started under `root_trace` takes that trace id: a
     client publishing a saga's first message keeps the trace id its envelope already has."""
-    forced: contextvars.ContextVar[int | None] = contextvars.ContextVar("choreo_forced_trace_id", default=None)
+
+    forced: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+        "choreo_forced_trace_id", default=None
+    )
 
     def generate_trace_id(self) -> int:
         return self.forced.get() or super().generate_trace_id()
@@ -119,9 +147,14 @@ def tracer(settings, service: str) -> Tracer | None:
         return found
     with _lock:
         if key not in _tracers:
-            provider = TracerProvider(resource=Resource.create({"service.name": service}), id_generator=_Ids())
-            processor = BatchSpanProcessor(_exporter(settings, service), schedule_delay_millis=_EXPORT_DELAY_MS,
-                                           **_queue_sizes())
+            provider = TracerProvider(
+                resource=Resource.create({"service.name": service}), id_generator=_Ids()
+            )
+            processor = BatchSpanProcessor(
+                _exporter(settings, service),
+                schedule_delay_millis=_EXPORT_DELAY_MS,
+                **_queue_sizes(),
+            )
             provider.add_span_processor(processor)
             _providers[key] = provider
             _tracers[key] = provider.get_tracer("choreo")
@@ -141,14 +174,19 @@ def _queue_sizes() -> dict:
     """The span processor's queue: the SDK's default (2048 spans) overflowed in a burst of a few
     hundred sagas ("Queue full, dropping span"): a worker emits two spans per message. The
     standard OTEL_BSP_* variables win when either is set (then both are theirs, so they agree)."""
-    if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
+    if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or os.environ.get(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+    ):
         return {}
     return {"max_queue_size": _MAX_QUEUE, "max_export_batch_size": _EXPORT_BATCH}
 
 
 def _exporter(settings, service: str) -> SpanExporter:
-    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    ):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         return OTLPSpanExporter()  # reads the standard OTEL_EXPORTER_OTLP_* variables
     return SpanFile(Path(settings.trace_dir) / f"{service}-{os.getpid()}.jsonl", service)
 
@@ -175,12 +213,17 @@ def force_flush() -> None:
 
 # --- context <-> the envelope's traceparent ---------------------------------------------------
 
+
 def parent_context(traceparent: str | None) -> otel_context.Context | None:
     """A context whose current span is the (remote) span a W3C traceparent names."""
     try:
         _v, trace_id, span_id, flags = traceparent.split("-")
-        sc = SpanContext(trace_id=int(trace_id, 16), span_id=int(span_id, 16), is_remote=True,
-                         trace_flags=TraceFlags(int(flags, 16)))
+        sc = SpanContext(
+            trace_id=int(trace_id, 16),
+            span_id=int(span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(int(flags, 16)),
+        )
     except (AttributeError, ValueError):
         return None
     return set_span_in_context(NonRecordingSpan(sc)) if sc.is_valid else None

@@ -31,6 +31,7 @@ What each user is granted (N the namespace, D a domain):
   (the set-up)  the bootstrap user of broker_url (guest on a local broker): creates the users,
                 grants and the topology; no service ever connects as it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -101,11 +102,13 @@ def service_of(settings: Settings, user_id: str | None) -> str | None:
     prefix = _user_prefix(settings)
     if not user_id or not user_id.startswith(prefix):
         return None
-    service = user_id[len(prefix):]
+    service = user_id[len(prefix) :]
     return service if service in SERVICES else None
 
 
-def verified_sender(settings: Settings, own: str, user_id: str | None, headers: Mapping) -> tuple[str | None, str | None]:
+def verified_sender(
+    settings: Settings, own: str, user_id: str | None, headers: Mapping
+) -> tuple[str | None, str | None]:
     """(sender, claim) of a delivery. `sender`: the service the broker vouches for (its user_id),
     or None. On a copy this service published of a delivery (its own user_id and the copy's
     SENDER_HEADER: a retry rung, a dead letter moved back by a replay) the broker vouches only
@@ -119,7 +122,10 @@ def verified_sender(settings: Settings, own: str, user_id: str | None, headers: 
         if isinstance(claimed, bytes):
             claimed = claimed.decode(errors="replace")
         return None, (claimed if claimed in SERVICES else None)
-    return service, None  # its own fresh message (the order hears its own saga.dead_lettered) or another's
+    return (
+        service,
+        None,
+    )  # its own fresh message (the order hears its own saga.dead_lettered) or another's
 
 
 def sender_header(sender: str | None) -> dict:
@@ -203,25 +209,40 @@ def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, 
         sends = sorted(t for t in PAYLOADS if may_send(d, t))
         out[d] = Grant(
             configure=_one_of(["celery.pidbox", "reply.celery.pidbox", "celeryev"], [pidbox]),
-            write=_one_of([n.events, n.dlx, n.retry_exchange, "celeryev", "reply.celery.pidbox"], [pidbox]),
+            write=_one_of(
+                [n.events, n.dlx, n.retry_exchange, "celeryev", "reply.celery.pidbox"], [pidbox]
+            ),
             read=_one_of([n.queue(d), "celery.pidbox"], [pidbox]),
-            topics={n.events: (_one_of(sends), _one_of(hears.get(d, ()))),
-                    n.dlx: (_one_of([d]), NOTHING),
-                    n.retry_exchange: (rf"^{re.escape(d)}\.[0-9]+$", NOTHING),
-                    "celeryev": (r"^(task|worker)\..+$", NOTHING)})
+            topics={
+                n.events: (_one_of(sends), _one_of(hears.get(d, ()))),
+                n.dlx: (_one_of([d]), NOTHING),
+                n.retry_exchange: (rf"^{re.escape(d)}\.[0-9]+$", NOTHING),
+                "celeryev": (r"^(task|worker)\..+$", NOTHING),
+            },
+        )
     out["operator"] = Grant(
         configure=_one_of(["celeryev"]),
         write=_one_of([n.events, "celeryev"]),
         read=_one_of([n.unrouted, *(n.dlq(d) for d in EMITTERS)]),
-        topics={n.events: (_one_of(["place_order"]), NOTHING), n.dlx: (NOTHING, NOTHING),
-                n.retry_exchange: (NOTHING, NOTHING), "celeryev": (r"^task\.sent$", NOTHING)})
+        topics={
+            n.events: (_one_of(["place_order"]), NOTHING),
+            n.dlx: (NOTHING, NOTHING),
+            n.retry_exchange: (NOTHING, NOTHING),
+            "celeryev": (r"^task\.sent$", NOTHING),
+        },
+    )
     flower_own = [r"celeryev\..+", r".+\.reply\.celery\.pidbox"]
     out["flower"] = Grant(
         configure=_one_of(["celeryev", "celery.pidbox", "reply.celery.pidbox"], flower_own),
         write=_one_of(["celery.pidbox"], flower_own),
         read=_one_of(["celeryev", "reply.celery.pidbox"], flower_own),
-        topics={n.events: (NOTHING, NOTHING), n.dlx: (NOTHING, NOTHING), n.retry_exchange: (NOTHING, NOTHING),
-                "celeryev": (NOTHING, ".*")})
+        topics={
+            n.events: (NOTHING, NOTHING),
+            n.dlx: (NOTHING, NOTHING),
+            n.retry_exchange: (NOTHING, NOTHING),
+            "celeryev": (NOTHING, ".*"),
+        },
+    )
     return out
 
 
@@ -238,11 +259,27 @@ def definitions(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict:
     users, perms, topics = [], [], []
     for service, g in grants(settings, hears).items():
         user = user_name(settings, service)
-        users.append({"name": user, "password_hash": _password_hash(password(settings, service)),
-                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
-        perms.append({"user": user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read})
-        topics += [{"user": user, "vhost": vhost, "exchange": x, "write": w, "read": r}
-                   for x, (w, r) in g.topics.items()]
+        users.append(
+            {
+                "name": user,
+                "password_hash": _password_hash(password(settings, service)),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+        )
+        perms.append(
+            {
+                "user": user,
+                "vhost": vhost,
+                "configure": g.configure,
+                "write": g.write,
+                "read": g.read,
+            }
+        )
+        topics += [
+            {"user": user, "vhost": vhost, "exchange": x, "write": w, "read": r}
+            for x, (w, r) in g.topics.items()
+        ]
     return {"users": users, "permissions": perms, "topic_permissions": topics}
 
 
@@ -259,36 +296,58 @@ def apply(settings: Settings, hears: Mapping[str, Iterable[str]]) -> list[str]:
     broker_cluster_dir the one in that folder (`choreo cluster up` writes it: a node of that
     private cluster, with its cookie)."""
     doc = definitions(settings, hears)
-    if len(broker_urls(settings.broker_url)) > 1 and not (settings.broker_cluster_dir or settings.broker_admin_api):
+    if len(broker_urls(settings.broker_url)) > 1 and not (
+        settings.broker_cluster_dir or settings.broker_admin_api
+    ):
         # Else the local rabbitmqctl would set up this machine's own node, not the listed cluster.
-        raise SetupFailed("broker_url lists several nodes: set CHOREO_BROKER_CLUSTER_DIR (a `choreo cluster up` "
-                          "folder) or CHOREO_BROKER_ADMIN_API (one node's management API) to set them up")
-    if settings.broker_admin_api or not (settings.broker_cluster_dir or shutil.which("rabbitmqctl")):
+        raise SetupFailed(
+            "broker_url lists several nodes: set CHOREO_BROKER_CLUSTER_DIR (a `choreo cluster up` "
+            "folder) or CHOREO_BROKER_ADMIN_API (one node's management API) to set them up"
+        )
+    if settings.broker_admin_api or not (
+        settings.broker_cluster_dir or shutil.which("rabbitmqctl")
+    ):
         # A broker elsewhere (a container): its management API, by default on its host's 15672.
         host = urlsplit(broker_urls(settings.broker_url)[0]).hostname or "127.0.0.1"
         _post_definitions(settings, doc, settings.broker_admin_api or f"http://{host}:15672")
     else:
-        ctl = os.path.join(settings.broker_cluster_dir, "rabbitmqctl") if settings.broker_cluster_dir else "rabbitmqctl"
-        out = subprocess.run([ctl, "-q", "import_definitions", "--format", "json"],
-                             input=json.dumps(doc), capture_output=True, text=True, timeout=120)
+        ctl = (
+            os.path.join(settings.broker_cluster_dir, "rabbitmqctl")
+            if settings.broker_cluster_dir
+            else "rabbitmqctl"
+        )
+        out = subprocess.run(
+            [ctl, "-q", "import_definitions", "--format", "json"],
+            input=json.dumps(doc),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if out.returncode != 0:
-            raise SetupFailed(f"rabbitmqctl import_definitions failed ({out.returncode}): "
-                              f"{(out.stderr or out.stdout).strip()[:300]}")
+            raise SetupFailed(
+                f"rabbitmqctl import_definitions failed ({out.returncode}): "
+                f"{(out.stderr or out.stdout).strip()[:300]}"
+            )
     return [u["name"] for u in doc["users"]]
 
 
 def _post_definitions(settings: Settings, doc: dict, api: str) -> None:
     """POST the definitions to a management API (users are global: the whole-broker import)."""
     import httpx
+
     parts = urlsplit(broker_urls(settings.broker_url)[0])
     auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
     try:
         verify = tls.client_context(settings.broker_ca_file) if api.startswith("https") else True
-        resp = httpx.post(f"{api.rstrip('/')}/api/definitions", json=doc, auth=auth, timeout=30, verify=verify)
+        resp = httpx.post(
+            f"{api.rstrip('/')}/api/definitions", json=doc, auth=auth, timeout=30, verify=verify
+        )
     except httpx.HTTPError as exc:
         raise SetupFailed(f"POST {api}/api/definitions failed: {exc!r}") from None
     if resp.status_code >= 300:
-        raise SetupFailed(f"POST {api}/api/definitions answered {resp.status_code}: {resp.text[:300]}")
+        raise SetupFailed(
+            f"POST {api}/api/definitions answered {resp.status_code}: {resp.text[:300]}"
+        )
 
 
 def hears_of(topo) -> dict[str, set[str]]:

@@ -3,6 +3,7 @@
 pika's BlockingConnection suits one-off, synchronous operator commands; the hot path
 publishes through Celery/kombu instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ from config.settings import Settings
 UNROUTED = "unrouted"
 
 
-def connection_parameters(broker_url: str, context: ssl.SSLContext | None = None) -> list[pika.ConnectionParameters]:
+def connection_parameters(
+    broker_url: str, context: ssl.SSLContext | None = None
+) -> list[pika.ConnectionParameters]:
     """pika's parameters for each node of broker_url, shuffled (BlockingConnection tries them in
     turn: with a cluster, a node that is down costs one refused connect). amqps:// nodes need
     `context` (choreo.infra.tls.broker_context): each node's host name is checked against it."""
@@ -35,18 +38,31 @@ def connection_parameters(broker_url: str, context: ssl.SSLContext | None = None
         vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
         host, secure = u.hostname or "127.0.0.1", u.scheme == "amqps"
         if secure and context is None:
-            raise tls.TLSRefused(f"{host}: an amqps:// node needs a TLS context (choreo.infra.tls.broker_context)")
-        out.append(pika.ConnectionParameters(
-            host=host, port=u.port or (tls.AMQPS_PORT if secure else 5672), virtual_host=vhost or "/",
-            ssl_options=pika.SSLOptions(context, server_hostname=host) if secure else None,
-            credentials=pika.PlainCredentials(unquote(u.username or "guest"), unquote(u.password or "guest")),
-            connection_attempts=3 if len(urls) == 1 else 1, retry_delay=1,
-            blocked_connection_timeout=30, heartbeat=60))
+            raise tls.TLSRefused(
+                f"{host}: an amqps:// node needs a TLS context (choreo.infra.tls.broker_context)"
+            )
+        out.append(
+            pika.ConnectionParameters(
+                host=host,
+                port=u.port or (tls.AMQPS_PORT if secure else 5672),
+                virtual_host=vhost or "/",
+                ssl_options=pika.SSLOptions(context, server_hostname=host) if secure else None,
+                credentials=pika.PlainCredentials(
+                    unquote(u.username or "guest"), unquote(u.password or "guest")
+                ),
+                connection_attempts=3 if len(urls) == 1 else 1,
+                retry_delay=1,
+                blocked_connection_timeout=30,
+                heartbeat=60,
+            )
+        )
     random.shuffle(out)
     return out
 
 
-MAX_SCAN = 10_000  # dead letters one replay reads at most (the ones it keeps are held until it ends)
+MAX_SCAN = (
+    10_000  # dead letters one replay reads at most (the ones it keeps are held until it ends)
+)
 
 
 @dataclass
@@ -75,6 +91,7 @@ class DeadLetterView:
 @dataclass
 class Replayed:
     """One dead letter a replay moves back (`replayed`: recorded, then moved by the broker)."""
+
     view: DeadLetterView
     outcome: str
 
@@ -152,7 +169,13 @@ class BrokerAdmin:
             ch = self.conn.channel()
             try:
                 ok = ch.queue_declare(name, passive=True)
-                out.append({"name": name, "messages": ok.method.message_count, "consumers": ok.method.consumer_count})
+                out.append(
+                    {
+                        "name": name,
+                        "messages": ok.method.message_count,
+                        "consumers": ok.method.consumer_count,
+                    }
+                )
                 ch.close()
             except ChannelClosedByBroker:
                 out.append({"name": name, "messages": None, "consumers": None})
@@ -180,9 +203,16 @@ class BrokerAdmin:
             ch.close()
         return seen
 
-    def replay(self, domain: str, event_id: str | None = None, limit: int = 1000, *,
-               select: Callable[[DeadLetterView], bool] | None = None, batch: int = 100,
-               before_ack: Callable[[list[Replayed]], None] | None = None) -> list[DeadLetterView]:
+    def replay(
+        self,
+        domain: str,
+        event_id: str | None = None,
+        limit: int = 1000,
+        *,
+        select: Callable[[DeadLetterView], bool] | None = None,
+        batch: int = 100,
+        before_ack: Callable[[list[Replayed]], None] | None = None,
+    ) -> list[DeadLetterView]:
         """Move dead letters (all, one event id, or those `select` accepts; at most `limit`) back
         to the domain's queue; unrouted messages back to the events exchange with their routing
         key (once a subscriber is bound they reach it; until then they come back to `unrouted`).
@@ -199,7 +229,7 @@ class BrokerAdmin:
         second replay is absorbed by the consumer's inbox). Returns the dead letters moved.
         """
         if event_id is not None:
-            select = (lambda v, _id=event_id: v.event_id == _id)
+            select = lambda v, _id=event_id: v.event_id == _id
         queue = self.held_in(domain)
         ch = self.conn.channel()
         moved: list[DeadLetterView] = []
@@ -232,21 +262,40 @@ class BrokerAdmin:
                 ch.close()
         return moved
 
-    def publish_raw(self, routing_key: str, body: bytes, headers: dict | None = None, exchange: str | None = None,
-                    content_type: str | None = "application/json", content_encoding: str | None = "utf-8",
-                    message_id: str | None = None, user_id: str | None | bool = True) -> None:
+    def publish_raw(
+        self,
+        routing_key: str,
+        body: bytes,
+        headers: dict | None = None,
+        exchange: str | None = None,
+        content_type: str | None = "application/json",
+        content_encoding: str | None = "utf-8",
+        message_id: str | None = None,
+        user_id: str | None | bool = True,
+    ) -> None:
         """Publish bytes as any client would (tests and the chaos injector use it for poison).
         `user_id`: True stamps this connection's user (what choreo's publishers do), None sends
         none, a string claims that user (the broker refuses any but the connection's own)."""
         ch = self.conn.channel()
         ch.confirm_delivery()
-        ch.basic_publish(self.names.events if exchange is None else exchange, routing_key, body,
-                         pika.BasicProperties(content_type=content_type, content_encoding=content_encoding,
-                                              headers=headers or {}, delivery_mode=2, message_id=message_id,
-                                              user_id=self.user_id if user_id is True else user_id or None))
+        ch.basic_publish(
+            self.names.events if exchange is None else exchange,
+            routing_key,
+            body,
+            pika.BasicProperties(
+                content_type=content_type,
+                content_encoding=content_encoding,
+                headers=headers or {},
+                delivery_mode=2,
+                message_id=message_id,
+                user_id=self.user_id if user_id is True else user_id or None,
+            ),
+        )
         ch.close()
 
 
 def _check(domain: str, settings: Settings) -> None:
     if domain not in settings.domains and domain != UNROUTED:
-        raise ValueError(f"unknown domain {domain!r}; choose from {', '.join((*settings.domains, UNROUTED))}")
+        raise ValueError(
+            f"unknown domain {domain!r}; choose from {', '.join((*settings.domains, UNROUTED))}"
+        )

@@ -4,6 +4,7 @@ An event `payment.completed` is a task message named `payment.completed` sent to
 exchange with routing key `payment.completed`: every domain bound to that key gets a copy,
 and each runs its own task of that name. Flower shows the type and the domain's worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,28 +58,55 @@ class Publisher:
 
     def _span(self, envelope: Envelope, relay: bool):
         settings = getattr(self.app, "settings", None)
-        t = tracing.tracer(settings, getattr(self.app, "domain", None) or "client") if settings is not None else None
+        t = (
+            tracing.tracer(settings, getattr(self.app, "domain", None) or "client")
+            if settings is not None
+            else None
+        )
         if t is None:
             return None
-        attributes = {"messaging.system": "rabbitmq", "messaging.operation.type": "send",
-                      "messaging.operation.name": "publish", "messaging.destination.name": self.names.events,
-                      "messaging.rabbitmq.destination.routing_key": envelope.type,
-                      "messaging.message.id": envelope.event_id, "choreo.order_id": envelope.order_id,
-                      "choreo.event_type": envelope.type}
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+            "messaging.destination.name": self.names.events,
+            "messaging.rabbitmq.destination.routing_key": envelope.type,
+            "messaging.message.id": envelope.event_id,
+            "choreo.order_id": envelope.order_id,
+            "choreo.event_type": envelope.type,
+        }
         name = f"send {envelope.type}"
         if envelope.causation_id is None:
-            return tracing.start_root(t, name, envelope.trace_id, kind=SpanKind.PRODUCER, attributes=attributes)
+            return tracing.start_root(
+                t, name, envelope.trace_id, kind=SpanKind.PRODUCER, attributes=attributes
+            )
         parent = tracing.parent_context(envelope.traceparent)
         links = []
         if relay:
             attributes["choreo.relay"] = True
             if parent is not None:
-                links = [Link(get_current_span(parent).get_span_context(), {"choreo.link": "staged_by"})]
-        return t.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links)
+                links = [
+                    Link(get_current_span(parent).get_span_context(), {"choreo.link": "staged_by"})
+                ]
+        return t.start_span(
+            name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+        )
 
-    def send(self, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
-             routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,
-             expiration: float | None = None, argsrepr: str | None = None, message_id: str | None = None) -> None:
+    def send(
+        self,
+        name: str,
+        args: Any,
+        kwargs: Any,
+        *,
+        task_id: str,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        queue: str | None = None,
+        headers: dict | None = None,
+        expiration: float | None = None,
+        argsrepr: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
         """Send a task message to an exchange + routing key, or straight to a queue by name.
 
         `argsrepr` is what Flower shows as the arguments; Celery would otherwise build a
@@ -93,34 +121,65 @@ class Publisher:
         if message_id:
             options["message_id"] = message_id  # a client's own id for its message, kept on copies
         if getattr(self.app, "user_id", None):
-            options["user_id"] = self.app.user_id  # the broker refuses it unless it is the connection's user
+            options["user_id"] = (
+                self.app.user_id
+            )  # the broker refuses it unless it is the connection's user
         if queue is not None:
             # Through the default exchange; the queue is declared by the topology, not per message.
             options["queue"] = Queue(queue, no_declare=True)
         else:
             options.update(exchange=exchange, routing_key=routing_key)
         self.app.send_task(
-            name, args=args, kwargs=kwargs, task_id=task_id, headers=headers or {},
-            retry=True, retry_policy=RETRY_POLICY, delivery_mode=2,
+            name,
+            args=args,
+            kwargs=kwargs,
+            task_id=task_id,
+            headers=headers or {},
+            retry=True,
+            retry_policy=RETRY_POLICY,
+            delivery_mode=2,
             # Celery would otherwise route via the app's default queue and declare it on
             # every new connection: topology is declared once, by choreo.messaging.topology.
-            declare=[], **options,
+            declare=[],
+            **options,
         )
 
 
 def event_message(names: Names, envelope: Envelope, **link) -> dict:
     """`Publisher.send`'s arguments for an event: to the events exchange, its type as routing key.
     `link` (parent_id, root_id) ties it to the message that caused it (Flower's task tree)."""
-    return {"name": envelope.type, "args": [envelope.to_wire()], "kwargs": {}, "task_id": envelope.event_id,
-            "exchange": names.events, "routing_key": envelope.type,
-            "headers": {"choreo_order_id": envelope.order_id, "choreo_correlation_id": envelope.correlation_id},
-            **link}
+    return {
+        "name": envelope.type,
+        "args": [envelope.to_wire()],
+        "kwargs": {},
+        "task_id": envelope.event_id,
+        "exchange": names.events,
+        "routing_key": envelope.type,
+        "headers": {
+            "choreo_order_id": envelope.order_id,
+            "choreo_correlation_id": envelope.correlation_id,
+        },
+        **link,
+    }
 
 
-def task_message(app: Celery, name: str, args: Any, kwargs: Any, *, task_id: str, exchange: str | None = None,
-                 routing_key: str | None = None, queue: str | None = None, headers: dict | None = None,
-                 expiration: float | None = None, argsrepr: str | None = None, message_id: str | None = None,
-                 parent_id: str | None = None, root_id: str | None = None) -> tuple[bytes, dict, dict, str, str]:
+def task_message(
+    app: Celery,
+    name: str,
+    args: Any,
+    kwargs: Any,
+    *,
+    task_id: str,
+    exchange: str | None = None,
+    routing_key: str | None = None,
+    queue: str | None = None,
+    headers: dict | None = None,
+    expiration: float | None = None,
+    argsrepr: str | None = None,
+    message_id: str | None = None,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+) -> tuple[bytes, dict, dict, str, str]:
     """(body, headers, properties, exchange, routing key) of the message `Publisher.send` would
     publish, built once, without Celery's per-publish routing, signals and producer machinery.
 
@@ -129,11 +188,21 @@ def task_message(app: Celery, name: str, args: Any, kwargs: Any, *, task_id: str
     """
     argsrepr = argsrepr if argsrepr is not None else flower_argsrepr(args)
     _headers, properties, body, _sent = app.amqp.as_task_v2(
-        task_id, name, args, kwargs, reply_to=app.thread_oid, root_id=root_id or parent_id, parent_id=parent_id,
-        argsrepr=argsrepr, ignore_result=None)
+        task_id,
+        name,
+        args,
+        kwargs,
+        reply_to=app.thread_oid,
+        root_id=root_id or parent_id,
+        parent_id=parent_id,
+        argsrepr=argsrepr,
+        ignore_result=None,
+    )
     _headers.update(headers or {})
     content_type, content_encoding, payload = dumps(body, serializer="json")
-    properties.update(content_type=content_type, content_encoding=content_encoding, delivery_mode=2, priority=0)
+    properties.update(
+        content_type=content_type, content_encoding=content_encoding, delivery_mode=2, priority=0
+    )
     if expiration is not None:
         properties["expiration"] = str(int(expiration * 1000))
     if message_id:
@@ -165,12 +234,14 @@ class ConfirmedBurst:
         self.timeout = timeout
         self.conn = None
         self.channel = None
-        self.seq = 0                           # delivery tag of the channel's last publish
-        self.pending: dict[int, int] = {}      # delivery tag -> index of the message, until confirmed
-        self.nacked: set[int] = set()          # indices of messages the broker refused
+        self.seq = 0  # delivery tag of the channel's last publish
+        self.pending: dict[int, int] = {}  # delivery tag -> index of the message, until confirmed
+        self.nacked: set[int] = set()  # indices of messages the broker refused
 
     def _open(self) -> None:
-        conn = self.app.connection_for_write(heartbeat=0, transport_options={"confirm_publish": False})
+        conn = self.app.connection_for_write(
+            heartbeat=0, transport_options={"confirm_publish": False}
+        )
         conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
         channel = conn.channel()
         channel.confirm_select()
@@ -214,8 +285,13 @@ class ConfirmedBurst:
                 todo = []
                 break
             except Exception as exc:  # connection lost, channel closed, timeout
-                log.warning("publish burst attempt %d: %d of %d message(s) unconfirmed: %r",
-                            attempt, len(self.pending) + len(todo), len(messages), exc)
+                log.warning(
+                    "publish burst attempt %d: %d of %d message(s) unconfirmed: %r",
+                    attempt,
+                    len(self.pending) + len(todo),
+                    len(messages),
+                    exc,
+                )
                 self.close()
                 todo = sorted(set(self.pending.values()) | set(todo))
         failed = self.nacked | set(todo)
@@ -228,9 +304,14 @@ class ConfirmedBurst:
             i = todo[0]
             if before_each:
                 before_each(i, len(messages))
-            body, headers, properties, exchange, routing_key = task_message(self.app, **messages[i][1])
-            self.channel.basic_publish(Message(body, application_headers=headers, **properties),
-                                       exchange=exchange, routing_key=routing_key)
+            body, headers, properties, exchange, routing_key = task_message(
+                self.app, **messages[i][1]
+            )
+            self.channel.basic_publish(
+                Message(body, application_headers=headers, **properties),
+                exchange=exchange,
+                routing_key=routing_key,
+            )
             self.seq += 1
             self.pending[self.seq] = todo.pop(0)
 
@@ -239,10 +320,10 @@ class ConfirmedBurst:
         while self.pending:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BurstFailed(f"{len(self.pending)} publish confirm(s) not received within {self.timeout}s")
+                raise BurstFailed(
+                    f"{len(self.pending)} publish confirm(s) not received within {self.timeout}s"
+                )
             try:
                 self.conn.drain_events(timeout=left)
             except socket.timeout:
                 continue
-
-

@@ -18,6 +18,7 @@ Per domain D (namespace N, default "choreo"):
                  subscriber not yet deployed) is kept here instead of dropped by the broker;
                  a replay moves it back to N.events with its routing key
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,9 +78,15 @@ Hears = Mapping[str, Mapping[str, Iterable[str]]]
 def queue_names(settings: Settings) -> list[str]:
     """Every queue choreo declares, in declaration order (no bindings needed to name them)."""
     n = Names(settings.namespace)
-    return [q for d in settings.domains
-            for q in (n.queue(d), n.dlq(d), *(n.retry(d, k) for k in range(1, settings.retry_max_attempts + 1)))
-            ] + [n.unrouted]
+    return [
+        q
+        for d in settings.domains
+        for q in (
+            n.queue(d),
+            n.dlq(d),
+            *(n.retry(d, k) for k in range(1, settings.retry_max_attempts + 1)),
+        )
+    ] + [n.unrouted]
 
 
 class Topology:
@@ -89,10 +96,14 @@ class Topology:
         self.hears = hears
         keep_unroutable = {"alternate-exchange": self.names.unrouted}
         self.unrouted = Exchange(self.names.unrouted, type="fanout", durable=True)
-        self.events = Exchange(self.names.events, type="topic", durable=True, arguments=keep_unroutable)
+        self.events = Exchange(
+            self.names.events, type="topic", durable=True, arguments=keep_unroutable
+        )
         # Topic exchanges, so topic permissions decide which routing keys a service may use.
         self.dlx = Exchange(self.names.dlx, type="topic", durable=True, arguments=keep_unroutable)
-        self.retry = Exchange(self.names.retry_exchange, type="topic", durable=True, arguments=keep_unroutable)
+        self.retry = Exchange(
+            self.names.retry_exchange, type="topic", durable=True, arguments=keep_unroutable
+        )
 
     def routing_keys(self, domain: str, mode: str | None = None) -> list[str]:
         return sorted(self.hears[mode or self.settings.saga_mode].get(domain, ()))
@@ -118,26 +129,45 @@ class Topology:
         )
 
     def dead_letter_queue(self, domain: str) -> Queue:
-        return Queue(self.names.dlq(domain), exchange=self.dlx, routing_key=domain, durable=True,
-                     queue_arguments={"x-queue-type": "quorum", **_back_to(self.names.queue(domain))})
+        return Queue(
+            self.names.dlq(domain),
+            exchange=self.dlx,
+            routing_key=domain,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum", **_back_to(self.names.queue(domain))},
+        )
 
     def retry_queue(self, domain: str, attempt: int) -> Queue:
         delay_ms = int(self.settings.retry_delay(attempt) * 1000)
-        return Queue(self.names.retry(domain, attempt), exchange=self.retry,
-                     routing_key=self.names.retry_key(domain, attempt), durable=True,
-                     # Quorum, like every queue here: a classic rung lives on one node, and a copy
-                     # waiting on it while that node is down is lost (or, published meanwhile, dropped).
-                     # Back to N.D at-least-once: a copy leaves the rung only once N.D has it.
-                     queue_arguments={"x-queue-type": "quorum", "x-message-ttl": delay_ms,
-                                      **_back_to(self.names.queue(domain))})
+        return Queue(
+            self.names.retry(domain, attempt),
+            exchange=self.retry,
+            routing_key=self.names.retry_key(domain, attempt),
+            durable=True,
+            # Quorum, like every queue here: a classic rung lives on one node, and a copy
+            # waiting on it while that node is down is lost (or, published meanwhile, dropped).
+            # Back to N.D at-least-once: a copy leaves the rung only once N.D has it.
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": delay_ms,
+                **_back_to(self.names.queue(domain)),
+            },
+        )
 
     def unrouted_queue(self) -> Queue:
-        return Queue(self.names.unrouted, exchange=self.unrouted, durable=True,
-                     queue_arguments={"x-queue-type": "quorum", **_back_to(None, self.names.events)})
+        return Queue(
+            self.names.unrouted,
+            exchange=self.unrouted,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum", **_back_to(None, self.names.events)},
+        )
 
     def queues(self, domain: str) -> list[Queue]:
-        return [self.domain_queue(domain), self.dead_letter_queue(domain),
-                *(self.retry_queue(domain, k) for k in range(1, self.settings.retry_max_attempts + 1))]
+        return [
+            self.domain_queue(domain),
+            self.dead_letter_queue(domain),
+            *(self.retry_queue(domain, k) for k in range(1, self.settings.retry_max_attempts + 1)),
+        ]
 
     def all_queues(self) -> list[Queue]:
         return [q for d in self.settings.domains for q in self.queues(d)] + [self.unrouted_queue()]
@@ -179,8 +209,12 @@ class Topology:
         except conn.channel_errors as exc:
             if getattr(exc, "reply_code", None) != PRECONDITION_FAILED:
                 raise
-            log.warning("exchange %s was declared without alternate exchange %s: re-creating it (%s)",
-                        exchange.name, self.names.unrouted, exc)
+            log.warning(
+                "exchange %s was declared without alternate exchange %s: re-creating it (%s)",
+                exchange.name,
+                self.names.unrouted,
+                exc,
+            )
             channel = conn.channel()
             channel.exchange_delete(exchange.name)
             exchange(channel).declare()
@@ -197,7 +231,9 @@ class Topology:
             queue(channel).declare()
         except conn.channel_errors as exc:
             rung = ".retry." in queue.name
-            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not (rung or queue.name.endswith((".dlq", ".unrouted"))):
+            if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not (
+                rung or queue.name.endswith((".dlq", ".unrouted"))
+            ):
                 raise
             channel = conn.channel()
             _name, held, _consumers = channel.queue_declare(queue.name, passive=True)
@@ -205,12 +241,14 @@ class Topology:
                 raise RuntimeError(
                     f"{queue.name} holds {held} retry cop(ies) and was declared by an older choreo ({exc}); they go "
                     f"back to their queue within the rung's delay: stop the older workers, wait for it to empty "
-                    f"(rabbitmqctl list_queues), then run choreo broker setup again") from None
+                    f"(rabbitmqctl list_queues), then run choreo broker setup again"
+                ) from None
             if held:
                 raise RuntimeError(
                     f"{queue.name} holds {held} message(s) and was declared by an older choreo ({exc}); replay or "
                     f"move them (choreo dlq list), then delete it (rabbitmqctl delete_queue {queue.name}) and run "
-                    f"choreo broker setup again") from None
+                    f"choreo broker setup again"
+                ) from None
             log.warning("re-creating empty %s as this choreo declares it (%s)", queue.name, exc)
             # Not if_empty: quorum queues refuse that flag (540); the window since the passive look is
             # a round trip, and this runs at set-up, before this choreo's workers start.
@@ -241,8 +279,10 @@ class Topology:
         for d in self.settings.domains:
             out |= {(n.events, rk, n.queue(d)) for rk in self.routing_keys(d)}
             out.add((n.dlx, d, n.dlq(d)))
-            out |= {(n.retry_exchange, n.retry_key(d, k), n.retry(d, k))
-                    for k in range(1, self.settings.retry_max_attempts + 1)}
+            out |= {
+                (n.retry_exchange, n.retry_key(d, k), n.retry(d, k))
+                for k in range(1, self.settings.retry_max_attempts + 1)
+            }
         out.add((n.unrouted, "", n.unrouted))
         return out
 
@@ -251,12 +291,15 @@ def _back_to(queue: str | None, exchange: str = "") -> dict:
     """Dead-letter arguments that send a rejected (or, on a rung, expired) message back (to `queue` through the default
     exchange, or to `exchange` with its own routing key), at least once: the broker keeps it
     until the target confirms it (quorum queues; needs overflow reject-publish)."""
-    args = {"x-dead-letter-exchange": exchange, "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-            # A peek (basic.get, then nack to requeue) is a returned delivery, which a quorum queue
-            # counts; past its delivery limit (20 by default since RabbitMQ 4.0) it would
-            # dead-letter, that is replay, the message: only an operator's replay may.
-            "x-delivery-limit": PEEKS_UNLIMITED}
+    args = {
+        "x-dead-letter-exchange": exchange,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        # A peek (basic.get, then nack to requeue) is a returned delivery, which a quorum queue
+        # counts; past its delivery limit (20 by default since RabbitMQ 4.0) it would
+        # dead-letter, that is replay, the message: only an operator's replay may.
+        "x-delivery-limit": PEEKS_UNLIMITED,
+    }
     if queue is not None:
         args["x-dead-letter-routing-key"] = queue
     return args

@@ -4,6 +4,7 @@ A choreo message is a Celery task message whose one argument is the envelope
 (models.envelope). Any AMQP client can build one (`celery_message`); the worker's protocol
 guard (tasks.guard) checks every delivery against this shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,25 @@ from typing import Any
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def celery_message(task: str, args: list, task_id: str | None = None, origin: str = "client") -> tuple[bytes, dict]:
+def celery_message(
+    task: str, args: list, task_id: str | None = None, origin: str = "client"
+) -> tuple[bytes, dict]:
     """(body, headers) of a protocol-2 task message, as any AMQP client can build it."""
     task_id = task_id or str(uuid.uuid4())
-    headers = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-               "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "", "origin": origin}
+    headers = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "argsrepr": "",
+        "kwargsrepr": "",
+        "origin": origin,
+    }
     return json.dumps([args, {}, EMBED]).encode(), headers
 
 
@@ -27,14 +42,25 @@ def flower_argsrepr(args: Any) -> str | None:
     """What Flower shows as a message's arguments: its order and correlation ids (the whole
     envelope is one `choreo order` or `choreo dlq peek` away). None for anything that is not
     one envelope (poison being dead-lettered): Celery's own repr then."""
-    if isinstance(args, (list, tuple)) and len(args) == 1 and isinstance(args[0], dict) and "order_id" in args[0]:
+    if (
+        isinstance(args, (list, tuple))
+        and len(args) == 1
+        and isinstance(args[0], dict)
+        and "order_id" in args[0]
+    ):
         env = args[0]
         return f"order={env.get('order_id')} correlation={env.get('correlation_id')} event={env.get('event_id')}"
     return None
 
 
-def dead_letter_headers(reason: str, domain: str, attempts: int, compensation: bool, delivered: Any = 0,
-                        redelivered: bool = False) -> dict[str, Any]:
+def dead_letter_headers(
+    reason: str,
+    domain: str,
+    attempts: int,
+    compensation: bool,
+    delivered: Any = 0,
+    redelivered: bool = False,
+) -> dict[str, Any]:
     """What a dead letter says about itself (the adapter's and the worker's raw path alike).
 
     `delivered` is the quorum queue's x-delivery-count as the message arrived: 0 for a first
@@ -46,6 +72,8 @@ def dead_letter_headers(reason: str, domain: str, attempts: int, compensation: b
         "x-choreo-attempts": attempts,
         "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
         "x-choreo-compensation": compensation,
-        "x-choreo-delivery-count": delivered if isinstance(delivered, int) and not isinstance(delivered, bool) else 0,
+        "x-choreo-delivery-count": delivered
+        if isinstance(delivered, int) and not isinstance(delivered, bool)
+        else 0,
         "x-choreo-redelivered": bool(redelivered),
     }

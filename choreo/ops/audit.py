@@ -5,6 +5,7 @@ so a run over thousands of orders takes a second or two. Run it on a quiet syste
 stores are read one after another, so a saga that moves during the audit can look broken.
 Flower is never a source (flower#415).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -24,8 +25,19 @@ from choreo.domain import order as domain
 from choreo.domain.order import SETTLED
 from config.catalog import PRICES_CENTS
 from config.settings import Settings
-from models.tables import (Charge, DeadLetter, GatewayLedger, Notification, OrderEvent, OrderView, Outbox, Refund,
-                           Reservation, Shipment, Stock)
+from models.tables import (
+    Charge,
+    DeadLetter,
+    GatewayLedger,
+    Notification,
+    OrderEvent,
+    OrderView,
+    Outbox,
+    Refund,
+    Reservation,
+    Shipment,
+    Stock,
+)
 
 MAX_LISTED = 50
 NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}
@@ -34,6 +46,7 @@ NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}
 @dataclass
 class Check:
     """One guarantee's verdict: the offending ids (orders, or SKUs for stock) and why each offends."""
+
     name: str
     title: str
     problems: dict[str, str] = field(default_factory=dict)
@@ -59,9 +72,17 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         listed = self.offenders[:MAX_LISTED]
-        return {"name": self.name, "title": self.title, "passed": self.passed, "checked": self.checked,
-                "count": len(self.problems), "offending": listed,
-                "problems": {o: self.problems[o] for o in listed}, "detail": self.detail, "error": self.error}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "passed": self.passed,
+            "checked": self.checked,
+            "count": len(self.problems),
+            "offending": listed,
+            "problems": {o: self.problems[o] for o in listed},
+            "detail": self.detail,
+            "error": self.error,
+        }
 
     def offend(self, who: str, why: str) -> None:
         # One line per offender; a second problem of the same order is appended, not lost.
@@ -83,8 +104,17 @@ class Snapshot:
 
     @cached_property
     def views(self) -> dict[str, tuple]:
-        rows = self._rows("order", select(OrderView.order_id, OrderView.state, OrderView.reason, OrderView.version,
-                                          OrderView.amount_cents, OrderView.items))
+        rows = self._rows(
+            "order",
+            select(
+                OrderView.order_id,
+                OrderView.state,
+                OrderView.reason,
+                OrderView.version,
+                OrderView.amount_cents,
+                OrderView.items,
+            ),
+        )
         return {r[0]: tuple(r[1:]) for r in rows}
 
     def state(self, order_id: str) -> str | None:
@@ -94,42 +124,76 @@ class Snapshot:
     @cached_property
     def dead_letters(self) -> dict[str, list[tuple]]:
         """domain -> (event_id, order_id, type, reason) of every dead_letters row."""
-        return {d: self._rows(d, select(DeadLetter.event_id, DeadLetter.order_id, DeadLetter.type, DeadLetter.reason))
-                for d in self.domains}
+        return {
+            d: self._rows(
+                d,
+                select(
+                    DeadLetter.event_id, DeadLetter.order_id, DeadLetter.type, DeadLetter.reason
+                ),
+            )
+            for d in self.domains
+        }
 
     @cached_property
     def unsent(self) -> dict[str, list[tuple]]:
-        return {d: self._rows(d, select(Outbox.order_id, Outbox.type, Outbox.event_id).where(Outbox.sent_at.is_(None)))
-                for d in self.domains}
+        return {
+            d: self._rows(
+                d,
+                select(Outbox.order_id, Outbox.type, Outbox.event_id).where(
+                    Outbox.sent_at.is_(None)
+                ),
+            )
+            for d in self.domains
+        }
 
     @cached_property
     def charges(self) -> dict[str, tuple[int, str]]:
-        return {o: (a, ref) for o, a, ref in self._rows("payment", select(Charge.order_id, Charge.amount_cents,
-                                                                          Charge.charge_id))}
+        return {
+            o: (a, ref)
+            for o, a, ref in self._rows(
+                "payment", select(Charge.order_id, Charge.amount_cents, Charge.charge_id)
+            )
+        }
 
     @cached_property
     def refunds(self) -> dict[str, tuple[int, str | None]]:
-        return {o: (a, ref) for o, a, ref in self._rows("payment", select(Refund.order_id, Refund.amount_cents,
-                                                                          Refund.refund_id))}
+        return {
+            o: (a, ref)
+            for o, a, ref in self._rows(
+                "payment", select(Refund.order_id, Refund.amount_cents, Refund.refund_id)
+            )
+        }
 
     @cached_property
     def ledger(self) -> dict[str, dict[str, list[tuple[int, str]]]]:
         """order -> kind -> [(amount, reference)]: the money that actually moved at the gateway."""
         out: dict[str, dict[str, list]] = defaultdict(lambda: {"charge": [], "refund": []})
-        for o, kind, amount, ref in self._rows("gateway", select(GatewayLedger.order_id, GatewayLedger.kind,
-                                                                 GatewayLedger.amount_cents, GatewayLedger.reference)):
+        for o, kind, amount, ref in self._rows(
+            "gateway",
+            select(
+                GatewayLedger.order_id,
+                GatewayLedger.kind,
+                GatewayLedger.amount_cents,
+                GatewayLedger.reference,
+            ),
+        ):
             out[o].setdefault(kind, []).append((amount, ref))
         return dict(out)
 
     @cached_property
     def stock(self) -> list[tuple]:
-        return self._rows("inventory", select(Stock.sku, Stock.initial, Stock.available, Stock.reserved))
+        return self._rows(
+            "inventory", select(Stock.sku, Stock.initial, Stock.available, Stock.reserved)
+        )
 
     @cached_property
     def reservations(self) -> dict[str, tuple[str, list]]:
-        return {o: (st, items) for o, st, items in self._rows("inventory", select(Reservation.order_id,
-                                                                                  Reservation.status,
-                                                                                  Reservation.items))}
+        return {
+            o: (st, items)
+            for o, st, items in self._rows(
+                "inventory", select(Reservation.order_id, Reservation.status, Reservation.items)
+            )
+        }
 
     @cached_property
     def shipments(self) -> dict[str, str]:
@@ -144,6 +208,7 @@ class Snapshot:
 
 
 # --- the checks ----------------------------------------------------------------------
+
 
 def check_terminal(snap: Snapshot, c: Check) -> None:
     explained = {o for rows in snap.dead_letters.values() for _, o, _, _ in rows if o}
@@ -180,10 +245,13 @@ def check_money(snap: Snapshot, c: Check) -> None:
             c.offend(order_id, f"double charge: {len(l_charges)} charges in the gateway ledger")
         if len(l_refunds) > 1:
             c.offend(order_id, f"double refund: {len(l_refunds)} refunds in the gateway ledger")
-        if (charge is not None) != bool(l_charges) or (charge and l_charges and charge != l_charges[0]):
+        if (charge is not None) != bool(l_charges) or (
+            charge and l_charges and charge != l_charges[0]
+        ):
             c.offend(order_id, f"ledger disagrees: charges table {charge}, gateway {l_charges}")
-        if (refund_moved is not None) != bool(l_refunds) or (refund_moved and l_refunds
-                                                              and refund_moved != l_refunds[0]):
+        if (refund_moved is not None) != bool(l_refunds) or (
+            refund_moved and l_refunds and refund_moved != l_refunds[0]
+        ):
             c.offend(order_id, f"ledger disagrees: refunds table {refund}, gateway {l_refunds}")
         charged = sum(a for a, _ in l_charges)
         refunded = sum(a for a, _ in l_refunds)
@@ -200,18 +268,30 @@ def check_money(snap: Snapshot, c: Check) -> None:
             total = catalog_total(items)
             if charged != total:
                 c.offend(order_id, f"charged {charged}, catalog total {total}")
-        if state == "COMPLETED" and not (len(l_charges) == 1 and charge and not l_refunds and not refund_moved):
-            c.offend(order_id, f"COMPLETED must be charged once and never refunded: "
-                               f"{len(l_charges)} charge(s), {len(l_refunds)} refund(s)")
+        if state == "COMPLETED" and not (
+            len(l_charges) == 1 and charge and not l_refunds and not refund_moved
+        ):
+            c.offend(
+                order_id,
+                f"COMPLETED must be charged once and never refunded: "
+                f"{len(l_charges)} charge(s), {len(l_refunds)} refund(s)",
+            )
         if state == "CANCELLED":
-            never_charged = not l_charges and not l_refunds and charge is None and refund_moved is None
+            never_charged = (
+                not l_charges and not l_refunds and charge is None and refund_moved is None
+            )
             charged_and_refunded = len(l_charges) == 1 == len(l_refunds) and charged == refunded
             if not (never_charged or charged_and_refunded):
-                c.offend(order_id, f"CANCELLED must be uncharged or refunded in full: "
-                                   f"{len(l_charges)} charge(s) {charged}, {len(l_refunds)} refund(s) {refunded}")
+                c.offend(
+                    order_id,
+                    f"CANCELLED must be uncharged or refunded in full: "
+                    f"{len(l_charges)} charge(s) {charged}, {len(l_refunds)} refund(s) {refunded}",
+                )
 
 
-def _owned_by_a_live_order(snap: Snapshot, c: Check, order_id: str, what: str, active: bool, active_says: str) -> None:
+def _owned_by_a_live_order(
+    snap: Snapshot, c: Check, order_id: str, what: str, active: bool, active_says: str
+) -> None:
     """A side effect (reservation, shipment) must belong to a known order, and a cancelled
     order must not keep it active."""
     state = snap.state(order_id)
@@ -227,30 +307,42 @@ def check_stock(snap: Snapshot, c: Check) -> None:
         if status == "reserved":
             for item in items:
                 held[item["sku"]] += item["qty"]
-        _owned_by_a_live_order(snap, c, order_id, "reservation", status == "reserved", "still holds its reservation")
+        _owned_by_a_live_order(
+            snap, c, order_id, "reservation", status == "reserved", "still holds its reservation"
+        )
     for order_id, (state, *_rest) in snap.views.items():
         if state == "COMPLETED" and snap.reservations.get(order_id, ("none",))[0] != "reserved":
             c.offend(order_id, "COMPLETED without reserved stock")
     for sku, initial, available, reserved in snap.stock:
         if available + reserved != initial:
-            c.offend(sku, f"stock mismatch: available {available} + reserved {reserved} != initial {initial}")
+            c.offend(
+                sku,
+                f"stock mismatch: available {available} + reserved {reserved} != initial {initial}",
+            )
         if available < 0 or reserved < 0:
             c.offend(sku, f"negative stock: available {available}, reserved {reserved}")
         if reserved != held[sku]:
-            c.offend(sku, f"reserved mismatch: stock says {reserved}, reservations hold {held[sku]}")
+            c.offend(
+                sku, f"reserved mismatch: stock says {reserved}, reservations hold {held[sku]}"
+            )
     c.checked = len(snap.stock) + len(snap.reservations)
 
 
 def check_shipments_notifications(snap: Snapshot, c: Check) -> None:
     for order_id, status in snap.shipments.items():
-        _owned_by_a_live_order(snap, c, order_id, "shipment", status == "created", "has a created shipment")
+        _owned_by_a_live_order(
+            snap, c, order_id, "shipment", status == "created", "has a created shipment"
+        )
     for order_id, (state, *_rest) in snap.views.items():
         if state == "COMPLETED" and snap.shipments.get(order_id) != "created":
             c.offend(order_id, "COMPLETED without a created shipment")
         kinds = sorted(snap.notifications.get(order_id, []))
         wanted = [NOTIFICATION_KIND[state]] if state in NOTIFICATION_KIND else []
         if kinds != wanted:
-            c.offend(order_id, f"notifications {kinds or 'none'} for a {state} order (want {wanted or 'none'})")
+            c.offend(
+                order_id,
+                f"notifications {kinds or 'none'} for a {state} order (want {wanted or 'none'})",
+            )
     for order_id in set(snap.notifications) - set(snap.views):
         c.offend(order_id, "notification for an unknown order")
     c.checked = len(snap.views)
@@ -265,8 +357,9 @@ def check_outbox(snap: Snapshot, c: Check) -> None:
 
 def check_fold(snap: Snapshot, c: Check) -> None:
     """fold(order_events) == order_view, folded as the order service folds them, in one pass."""
-    query = (select(OrderEvent.order_id, OrderEvent.type, OrderEvent.schema_version, OrderEvent.data)
-             .order_by(OrderEvent.order_id, OrderEvent.version))
+    query = select(
+        OrderEvent.order_id, OrderEvent.type, OrderEvent.schema_version, OrderEvent.data
+    ).order_by(OrderEvent.order_id, OrderEvent.version)
     seen = set()
     with Session(engine_for(snap.settings, "order")) as s:
         rows = s.exec(query.execution_options(yield_per=2000))
@@ -298,15 +391,25 @@ def check_dead_letters(snap: Snapshot, c: Check) -> None:
             c.checked += len(letters)
             for letter in letters:
                 if not (letter.headers.get("x-choreo-reason") or letter.headers.get("x-death")):
-                    c.offend(letter.order_id or letter.event_id or f"{d}-dlq", f"DLQ message without reason: {d}")
+                    c.offend(
+                        letter.order_id or letter.event_id or f"{d}-dlq",
+                        f"DLQ message without reason: {d}",
+                    )
 
 
 CHECKS: list[tuple[str, str, Callable[[Snapshot, Check], None]]] = [
     ("terminal", "every order terminal (or NEEDS_ATTENTION with a dead letter)", check_terminal),
-    ("money", "charges equal the catalog total; refunds match outcomes and the gateway ledger", check_money),
+    (
+        "money",
+        "charges equal the catalog total; refunds match outcomes and the gateway ledger",
+        check_money,
+    ),
     ("stock", "available + reserved == initial; no cancelled order holds stock", check_stock),
-    ("shipments_notifications", "one shipment at most; one notification of the right kind",
-     check_shipments_notifications),
+    (
+        "shipments_notifications",
+        "one shipment at most; one notification of the right kind",
+        check_shipments_notifications,
+    ),
     ("outbox", "every outbox row sent", check_outbox),
     ("fold", "fold(order events) == order projection", check_fold),
     ("dead_letters", "every dead letter carries its reason", check_dead_letters),
@@ -341,4 +444,8 @@ def print_report(checks: list[Check], console) -> None:
         for who in c.offenders[:5]:
             console.print(f"  [red]{c.name}[/red] {who}: {c.problems[who]}")
     failed = [c.name for c in checks if not c.passed]
-    console.print("[green]all guarantees hold[/green]" if not failed else f"[red]violated: {', '.join(failed)}[/red]")
+    console.print(
+        "[green]all guarantees hold[/green]"
+        if not failed
+        else f"[red]violated: {', '.join(failed)}[/red]"
+    )

@@ -3,6 +3,7 @@ or amqps-only with HTTPS management), and with TLS the Erlang distribution flags
 that put node-to-node and rabbitmqctl traffic over TLS, verified both ways (RabbitMQ's "Securing
 Cluster (Inter-node) and CLI Tool Communication with TLS", strategy two).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,18 @@ cluster_name = {tag}
 vm_memory_high_watermark.absolute = 512MiB
 raft.wal_max_size_bytes = 64000000
 """
-CONF = """\
+CONF = (
+    """\
 listeners.tcp.1 = 127.0.0.1:{amqp}
 management.tcp.ip = 127.0.0.1
 management.tcp.port = {mgmt}
-""" + COMMON_CONF
+"""
+    + COMMON_CONF
+)
 # With TLS: no plain AMQP listener at all, amqps on the AMQP port; a client certificate is checked
 # when one is shown (verify_peer) but not required (passwords still authenticate); HTTPS management.
-TLS_CONF = """\
+TLS_CONF = (
+    """\
 listeners.tcp = none
 listeners.ssl.1 = 127.0.0.1:{amqp}
 ssl_options.cacertfile = {ca}
@@ -43,7 +48,9 @@ management.ssl.port = {mgmt}
 management.ssl.cacertfile = {ca}
 management.ssl.certfile = {cert}
 management.ssl.keyfile = {key}
-""" + COMMON_CONF
+"""
+    + COMMON_CONF
+)
 TLS_DIR = "tls"
 DIST_OPTFILE = "inter_node_tls.config"  # the nodes' and rabbitmqctl's -ssl_dist_optfile, in TLS_DIR
 
@@ -76,13 +83,23 @@ def write_dist_optfile(files: tlsca.TlsFiles, who: str) -> None:
     common = [("cacertfile", files.ca), ("certfile", files.node_cert), ("keyfile", files.node_key)]
 
     def opts(*extra: str) -> str:
-        return ",\n    ".join([*(f'{{{k}, "{_erl_string(str(v))}"}}' for k, v in common),
-                               "{verify, verify_peer}", "{secure_renegotiate, true}", *extra])
+        return ",\n    ".join(
+            [
+                *(f'{{{k}, "{_erl_string(str(v))}"}}' for k, v in common),
+                "{verify, verify_peer}",
+                "{secure_renegotiate, true}",
+                *extra,
+            ]
+        )
 
-    tlsca.write_private(files.folder / DIST_OPTFILE, (
-        f"%% Erlang distribution over TLS (-ssl_dist_optfile) for {who}\n"
-        f"[{{server, [\n    {opts('{fail_if_no_peer_cert, true}')}]}},\n"
-        f" {{client, [\n    {opts()}]}}].\n").encode())
+    tlsca.write_private(
+        files.folder / DIST_OPTFILE,
+        (
+            f"%% Erlang distribution over TLS (-ssl_dist_optfile) for {who}\n"
+            f"[{{server, [\n    {opts('{fail_if_no_peer_cert, true}')}]}},\n"
+            f" {{client, [\n    {opts()}]}}].\n"
+        ).encode(),
+    )
 
 
 def write_cookie(base_dir: Path) -> None:
@@ -90,7 +107,9 @@ def write_cookie(base_dir: Path) -> None:
     cookie = base_dir / ".erlang.cookie"
     if not cookie.exists():
         with os.fdopen(os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400), "w") as f:
-            f.write("".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(32)))
+            f.write(
+                "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(32))
+            )
 
 
 def write_node(folder: Path, conf: str) -> None:
@@ -100,13 +119,17 @@ def write_node(folder: Path, conf: str) -> None:
     (folder / "enabled_plugins").write_text("[rabbitmq_management].\n")
     # At-least-once dead letters (the retry rungs) left unconfirmed by a leader change are sent
     # again after 5 s, not RabbitMQ's 180.
-    (folder / "advanced.config").write_text("[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n")
+    (folder / "advanced.config").write_text(
+        "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].\n"
+    )
 
 
 def write_ctl_wrapper(path: Path, base_dir: Path) -> None:
     """The folder's `rabbitmqctl`: `choreo cluster ctl` on a running node of this cluster."""
-    path.write_text(f"#!/bin/sh\n# rabbitmqctl on a running node of this cluster\nexec {shlex.quote(sys.executable)} "
-                    f'-m choreo cluster ctl --dir {shlex.quote(str(base_dir))} "$@"\n')
+    path.write_text(
+        f"#!/bin/sh\n# rabbitmqctl on a running node of this cluster\nexec {shlex.quote(sys.executable)} "
+        f'-m choreo cluster ctl --dir {shlex.quote(str(base_dir))} "$@"\n'
+    )
     path.chmod(0o700)
 
 
@@ -114,12 +137,22 @@ def tls_status(files: tlsca.TlsFiles | None, amqps_ports: list[int]) -> dict:
     """What a client needs to know of a cluster's TLS ({"enabled": False} without)."""
     if files is None:
         return {"enabled": False}
-    return {"enabled": True, "ca_file": str(files.ca), "cert_file": str(files.client_cert),
-            "key_file": str(files.client_key), "amqps_ports": amqps_ports,
-            "management": "https", "inter_node": "inet_tls", "plain_amqp": False}
+    return {
+        "enabled": True,
+        "ca_file": str(files.ca),
+        "cert_file": str(files.client_cert),
+        "key_file": str(files.client_key),
+        "amqps_ports": amqps_ports,
+        "management": "https",
+        "inter_node": "inet_tls",
+        "plain_amqp": False,
+    }
 
 
 def client_tls_env(files: tlsca.TlsFiles) -> dict[str, str]:
     """The CHOREO_* settings that verify the cluster by its CA and show the client certificate."""
-    return {"CHOREO_BROKER_CA_FILE": str(files.ca), "CHOREO_BROKER_CERT_FILE": str(files.client_cert),
-            "CHOREO_BROKER_KEY_FILE": str(files.client_key)}
+    return {
+        "CHOREO_BROKER_CA_FILE": str(files.ca),
+        "CHOREO_BROKER_CERT_FILE": str(files.client_cert),
+        "CHOREO_BROKER_KEY_FILE": str(files.client_key),
+    }

@@ -1,5 +1,6 @@
 """Processes and ports as the kernel shows them: a process's command line or environment, whether
 it is alive (a zombie is not), whether a loopback port answers. Reading /proc, never signalling."""
+
 from __future__ import annotations
 
 import socket

@@ -1,4 +1,5 @@
 """Rich tables the CLI and the chaos harness both print."""
+
 from __future__ import annotations
 
 from rich.table import Table
@@ -10,7 +11,11 @@ def outcome_table(rows: list[dict]) -> Table:
     for col in ("scenario", "orders", "expected", "actual", "ok"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["scenario"], str(r["orders"]), r["expected"],
-                      ", ".join(f"{k}: {v}" for k, v in sorted(r["actual"].items())),
-                      "[green]yes[/green]" if r["ok"] else "[red]NO[/red]")
+        table.add_row(
+            r["scenario"],
+            str(r["orders"]),
+            r["expected"],
+            ", ".join(f"{k}: {v}" for k, v in sorted(r["actual"].items())),
+            "[green]yes[/green]" if r["ok"] else "[red]NO[/red]",
+        )
     return table

@@ -7,6 +7,7 @@ the broker before its dead letter is acked, and records each one in the operator
 (`dlq_replays`) with when, by whom and the outcome; `history` lists those records. The CLI
 (`choreo dlq replay|replays`) and the operator agent's replay proposal both go through here.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -30,19 +31,30 @@ MAX_LIMIT = 10_000
 @dataclass
 class Candidate:
     """A dead letter a replay would move, and what the consumer already knows of its event."""
+
     letter: DeadLetterView
-    already_processed: bool | None  # None: could not check (no inbox for `unrouted`, or the database is away)
+    already_processed: (
+        bool | None
+    )  # None: could not check (no inbox for `unrouted`, or the database is away)
     replayed_before: int = 0
 
     @property
     def effect(self) -> str:
         if self.already_processed is None:
             return "unknown: could not check the consumer's inbox"
-        return "absorbed: already processed, changes nothing" if self.already_processed else "runs again"
+        return (
+            "absorbed: already processed, changes nothing"
+            if self.already_processed
+            else "runs again"
+        )
 
     def as_dict(self) -> dict:
-        return {**self.letter.summary(), "already_processed": self.already_processed,
-                "replayed_before": self.replayed_before, "effect": self.effect}
+        return {
+            **self.letter.summary(),
+            "already_processed": self.already_processed,
+            "replayed_before": self.replayed_before,
+            "effect": self.effect,
+        }
 
 
 @dataclass
@@ -81,8 +93,15 @@ def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str
         return {}
     try:
         with engine_for(settings, domain).connect() as conn:
-            rows = conn.execute(select(Inbox.event_id).where(Inbox.consumer == domain,
-                                                             Inbox.event_id.in_(event_ids))).scalars().all()
+            rows = (
+                conn.execute(
+                    select(Inbox.event_id).where(
+                        Inbox.consumer == domain, Inbox.event_id.in_(event_ids)
+                    )
+                )
+                .scalars()
+                .all()
+            )
     except Exception as exc:  # the domain's database away: say so, never guess
         log.warning("could not read %s's inbox: %r", domain, exc)
         return None
@@ -93,9 +112,17 @@ def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str
 def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> dict[str, int]:
     try:
         with Session(engine_for(settings, "operator")) as s:  # no table yet: nothing replayed
-            rows = s.execute(select(ReplayRecord.event_id).where(
-                ReplayRecord.domain == domain, ReplayRecord.event_id.in_(event_ids),
-                ReplayRecord.outcome == "replayed")).scalars().all()
+            rows = (
+                s.execute(
+                    select(ReplayRecord.event_id).where(
+                        ReplayRecord.domain == domain,
+                        ReplayRecord.event_id.in_(event_ids),
+                        ReplayRecord.outcome == "replayed",
+                    )
+                )
+                .scalars()
+                .all()
+            )
     except Exception as exc:
         log.warning("could not read the replay records: %r", exc)
         return {}
@@ -105,7 +132,9 @@ def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> d
     return counts
 
 
-def plan(settings: Settings, domain: str, ids: list[str] | None = None, limit: int = 100) -> list[Candidate]:
+def plan(
+    settings: Settings, domain: str, ids: list[str] | None = None, limit: int = 100
+) -> list[Candidate]:
     """What `execute` with the same arguments would move now (nothing is consumed or moved)."""
     with BrokerAdmin(settings) as admin:
         letters = admin.peek(domain, MAX_LIMIT if ids else limit)
@@ -114,25 +143,48 @@ def plan(settings: Settings, domain: str, ids: list[str] | None = None, limit: i
     event_ids = [v.event_id for v in letters if v.event_id]
     known = processed(settings, domain, event_ids)
     before = _replayed_before(settings, domain, event_ids) if event_ids else {}
-    return [Candidate(v, None if known is None else known.get(v.event_id, False), before.get(v.event_id, 0))
-            for v in letters]
+    return [
+        Candidate(
+            v, None if known is None else known.get(v.event_id, False), before.get(v.event_id, 0)
+        )
+        for v in letters
+    ]
 
 
-def execute(settings: Settings, domain: str, ids: list[str] | None = None, limit: int = 100,
-            batch: int = 50, by: str | None = None) -> Run:
+def execute(
+    settings: Settings,
+    domain: str,
+    ids: list[str] | None = None,
+    limit: int = 100,
+    batch: int = 50,
+    by: str | None = None,
+) -> Run:
     """Replay: each copy confirmed, then the batch's records committed, then its dead letters acked."""
     run = Run(run_id=str(uuid.uuid4()), by=by or operator_name(), domain=domain)
-    engine = create_tables(settings, "operator")  # before anything moves: a record can always be written
+    engine = create_tables(
+        settings, "operator"
+    )  # before anything moves: a record can always be written
 
     def record(results: list[Replayed]) -> None:
         event_ids = [r.view.event_id for r in results if r.view.event_id]
         known = processed(settings, domain, event_ids) if event_ids else {}
         now = utcnow()
-        rows = [ReplayRecord(run_id=run.run_id, replayed_at=now, by=run.by, domain=domain,
-                             event_id=r.view.event_id[:64], message_id=(r.view.message_id or None),
-                             type=r.view.type[:64], order_id=(r.view.order_id or None), reason=r.view.reason,
-                             already_processed=None if known is None else known.get(r.view.event_id, False),
-                             outcome=r.outcome) for r in results]
+        rows = [
+            ReplayRecord(
+                run_id=run.run_id,
+                replayed_at=now,
+                by=run.by,
+                domain=domain,
+                event_id=r.view.event_id[:64],
+                message_id=(r.view.message_id or None),
+                type=r.view.type[:64],
+                order_id=(r.view.order_id or None),
+                reason=r.view.reason,
+                already_processed=None if known is None else known.get(r.view.event_id, False),
+                outcome=r.outcome,
+            )
+            for r in results
+        ]
         with Session(engine, expire_on_commit=False) as s:  # durable (fsync'd) before the acks
             s.add_all(rows)
             s.commit()
@@ -144,8 +196,9 @@ def execute(settings: Settings, domain: str, ids: list[str] | None = None, limit
     return run
 
 
-def history(settings: Settings, domain: str | None = None, limit: int = 50,
-            event_id: str | None = None) -> list[ReplayRecord]:
+def history(
+    settings: Settings, domain: str | None = None, limit: int = 50, event_id: str | None = None
+) -> list[ReplayRecord]:
     """The newest replay records first."""
     with Session(create_tables(settings, "operator")) as s:
         q = select(ReplayRecord)
@@ -159,7 +212,16 @@ def history(settings: Settings, domain: str | None = None, limit: int = 50,
 
 
 def record_dict(r: ReplayRecord) -> dict:
-    return {"run_id": r.run_id, "replayed_at": r.replayed_at.isoformat(), "by": r.by, "domain": r.domain,
-            "event_id": r.event_id, "message_id": r.message_id, "type": r.type, "order_id": r.order_id,
-            "reason": r.reason, "already_processed": r.already_processed, "outcome": r.outcome}
-
+    return {
+        "run_id": r.run_id,
+        "replayed_at": r.replayed_at.isoformat(),
+        "by": r.by,
+        "domain": r.domain,
+        "event_id": r.event_id,
+        "message_id": r.message_id,
+        "type": r.type,
+        "order_id": r.order_id,
+        "reason": r.reason,
+        "already_processed": r.already_processed,
+        "outcome": r.outcome,
+    }

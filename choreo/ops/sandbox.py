@@ -3,6 +3,7 @@ own), folders, ports and (on a database server) databases, and the Settings and 
 environment that point at them. The test suite, the chaos harness and the bench each run in
 one, so none touches `choreo up`'s stack or another run; `close` removes only what it made.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,12 @@ def private_cluster(tag: str, parent: Path | str | None = None, tls: bool = Fals
 
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix=f"choreo-{tag}-cluster-", dir=parent)), tag=tag,
-                      base_port=free_port_block(SPAN) + 1, tls=tls)
+    cluster = Cluster(
+        Path(tempfile.mkdtemp(prefix=f"choreo-{tag}-cluster-", dir=parent)),
+        tag=tag,
+        base_port=free_port_block(SPAN) + 1,
+        tls=tls,
+    )
     try:
         cluster.up()
     except BaseException:  # a Ctrl-C during the half minute it takes too: no nodes left behind
@@ -61,9 +66,19 @@ class Sandbox:
     (rediss://, no plain port), with the TLS cluster's CA and node certificate.
     `overrides` are further settings (strings or values)."""
 
-    def __init__(self, tag: str, *, own_redis: bool = False, workdir: Path | str | None = None,
-                 remove_workdir: bool | None = None, database_server: str = "", run_id: str | None = None,
-                 cluster_dir: str | Path | None = None, redis_tls: bool = False, **overrides: Any) -> None:
+    def __init__(
+        self,
+        tag: str,
+        *,
+        own_redis: bool = False,
+        workdir: Path | str | None = None,
+        remove_workdir: bool | None = None,
+        database_server: str = "",
+        run_id: str | None = None,
+        cluster_dir: str | Path | None = None,
+        redis_tls: bool = False,
+        **overrides: Any,
+    ) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.name = f"choreo-{tag}-{self.run_id}"
         # A folder it made is removed on close; a folder it was given, only when told so.
@@ -75,26 +90,49 @@ class Sandbox:
         cluster = Cluster.open(self.cluster_dir) if self.cluster_dir else None
         self.tls = cluster.tls_files if cluster is not None and cluster.tls else None
         if redis_tls and self.tls is None:
-            raise ValueError("redis_tls needs a TLS cluster (cluster_dir of `choreo cluster up --tls`): its certificates")
+            raise ValueError(
+                "redis_tls needs a TLS cluster (cluster_dir of `choreo cluster up --tls`): its certificates"
+            )
         self.redis_tls = redis_tls
-        tls_settings = {"broker_ca_file": str(self.tls.ca), "broker_cert_file": str(self.tls.client_cert),
-                        "broker_key_file": str(self.tls.client_key)} if self.tls else {}
+        tls_settings = (
+            {
+                "broker_ca_file": str(self.tls.ca),
+                "broker_cert_file": str(self.tls.client_cert),
+                "broker_key_file": str(self.tls.client_key),
+            }
+            if self.tls
+            else {}
+        )
         if redis_tls:
-            tls_settings.update(redis_ca_file=str(self.tls.ca), redis_cert_file=str(self.tls.client_cert),
-                                redis_key_file=str(self.tls.client_key))
+            tls_settings.update(
+                redis_ca_file=str(self.tls.ca),
+                redis_cert_file=str(self.tls.client_cert),
+                redis_key_file=str(self.tls.client_key),
+            )
         self.redis_port = free_port() if self.own_redis else None
         self.redis_proc: subprocess.Popen | None = None
         self.vhost_created = False
-        self.database_prefix = f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
+        self.database_prefix = (
+            f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
+        )
         self.overrides: dict[str, Any] = {
             # On a cluster, its nodes' guest (loopback only) is the bootstrap user, as on this machine's.
-            "broker_url": cluster.urls(vhost=self.vhost) if cluster else f"{AMQP_BASE}/{self.vhost}",
+            "broker_url": cluster.urls(vhost=self.vhost)
+            if cluster
+            else f"{AMQP_BASE}/{self.vhost}",
             # Always said: a cluster the calling shell exported must not catch a sandbox on this machine's node.
             "broker_cluster_dir": self.cluster_dir,
-            "redis_url": (f"{'rediss' if redis_tls else 'redis'}://127.0.0.1:{self.redis_port}/0" if self.own_redis
-                          else SHARED_REDIS),
+            "redis_url": (
+                f"{'rediss' if redis_tls else 'redis'}://127.0.0.1:{self.redis_port}/0"
+                if self.own_redis
+                else SHARED_REDIS
+            ),
             # Never inherit a shell's CA or certificates: the run's own, or none.
-            **{f"{peer}_{f}_file": "" for peer in ("broker", "redis") for f in ("ca", "cert", "key")},
+            **{
+                f"{peer}_{f}_file": ""
+                for peer in ("broker", "redis")
+                for f in ("ca", "cert", "key")
+            },
             "database_ca_file": "",
             **tls_settings,
             "redis_prefix": self.name,
@@ -149,7 +187,16 @@ class Sandbox:
         rabbitmqctl("add_vhost", self.vhost, cluster_dir=self.cluster_dir)
         self.vhost_created = True
         # The bootstrap user sets up (users, grants, topology); no process of the sandbox uses it.
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*", cluster_dir=self.cluster_dir)
+        rabbitmqctl(
+            "set_permissions",
+            "-p",
+            self.vhost,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+            cluster_dir=self.cluster_dir,
+        )
         access.setup(self.settings, topology(self.settings))
         if self.own_redis:
             self.start_redis()
@@ -159,13 +206,44 @@ class Sandbox:
         log = open(self.log_dir / "redis.log", "ab")
         # With TLS, no plain port at all (--port 0): the client certificate is optional, the password-less
         # loopback server is the sandbox's own.
-        listen = (["--port", "0", "--tls-port", str(self.redis_port), "--tls-cert-file", str(self.tls.node_cert),
-                   "--tls-key-file", str(self.tls.node_key), "--tls-ca-cert-file", str(self.tls.ca),
-                   "--tls-auth-clients", "optional"] if self.redis_tls else ["--port", str(self.redis_port)])
+        listen = (
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.redis_port),
+                "--tls-cert-file",
+                str(self.tls.node_cert),
+                "--tls-key-file",
+                str(self.tls.node_key),
+                "--tls-ca-cert-file",
+                str(self.tls.ca),
+                "--tls-auth-clients",
+                "optional",
+            ]
+            if self.redis_tls
+            else ["--port", str(self.redis_port)]
+        )
         self.redis_proc = subprocess.Popen(
-            ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "redis-server",
+                *listen,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         client = redis_client(self.settings)
         deadline = time.monotonic() + 15
@@ -175,8 +253,10 @@ class Sandbox:
                 break
             except redis.ConnectionError:
                 if self.redis_proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {self.redis_port} did not start; see "
-                                       f"{self.log_dir / 'redis.log'}") from None
+                    raise RuntimeError(
+                        f"redis-server on port {self.redis_port} did not start; see "
+                        f"{self.log_dir / 'redis.log'}"
+                    ) from None
                 time.sleep(0.05)
         client.close()
         return self.redis_proc.pid
@@ -230,7 +310,7 @@ class Sandbox:
             client = redis.Redis.from_url(self.overrides["redis_url"])
             keys = list(client.scan_iter(f"{self.name}:*", count=1000))
             for i in range(0, len(keys), 500):
-                client.delete(*keys[i:i + 500])
+                client.delete(*keys[i : i + 500])
             client.close()
         except redis.RedisError as exc:
             return [f"redis keys {self.name}:* not deleted: {exc!r}"]
@@ -239,12 +319,20 @@ class Sandbox:
     def _drop_databases(self) -> list[str]:
         server = str(self.overrides["database_server"]).rstrip("/")
         dispose_engines(self.database_prefix)
-        admin = create_engine(server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-                              isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            server.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+            isolation_level="AUTOCOMMIT",
+        )
         try:
             with admin.connect() as conn:
-                names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                                     {"p": self.database_prefix + "\\_%"}).scalars().all()
+                names = (
+                    conn.execute(
+                        text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                        {"p": self.database_prefix + "\\_%"},
+                    )
+                    .scalars()
+                    .all()
+                )
                 for name in names:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         except SQLAlchemyError as exc:  # reported; never hides the run's result

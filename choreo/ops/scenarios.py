@@ -3,6 +3,7 @@
 A script, a test, the bench or the chaos harness picks a scenario and knows the outcome in
 advance (`expected_outcome`), from the services' own rules applied to the catalog's data.
 """
+
 from __future__ import annotations
 
 import random
@@ -10,8 +11,19 @@ from dataclasses import dataclass
 
 from choreo.domain.inventory import missing_skus
 from choreo.domain.shipment import is_undeliverable
-from config.catalog import (ADDRESS_OK, ADDRESS_UNDELIVERABLE, CARD_DECLINED, CARD_FLAKY_PREFIX, CARD_OK,
-                            CARD_REFUND_FAILS, CUSTOMERS, INITIAL_STOCK, PRICES_CENTS, SKU_SOLD_OUT, SKUS_IN_STOCK)
+from config.catalog import (
+    ADDRESS_OK,
+    ADDRESS_UNDELIVERABLE,
+    CARD_DECLINED,
+    CARD_FLAKY_PREFIX,
+    CARD_OK,
+    CARD_REFUND_FAILS,
+    CUSTOMERS,
+    INITIAL_STOCK,
+    PRICES_CENTS,
+    SKU_SOLD_OUT,
+    SKUS_IN_STOCK,
+)
 from models.envelope import Envelope, PlaceOrder, make_envelope
 
 SCENARIOS = ("completed", "declined", "out_of_stock", "undeliverable", "flaky", "needs_attention")
@@ -35,9 +47,17 @@ class OrderSpec:
 
     def place_order(self, order_id: str, source: str) -> Envelope:
         """The place_order command for this order, as a client sends it."""
-        return make_envelope("place_order", order_id, PlaceOrder(customer_id=self.customer_id, items=self.items,
-                                                                 card_token=self.card_token, address=self.address),
-                             source=source)
+        return make_envelope(
+            "place_order",
+            order_id,
+            PlaceOrder(
+                customer_id=self.customer_id,
+                items=self.items,
+                card_token=self.card_token,
+                address=self.address,
+            ),
+            source=source,
+        )
 
 
 def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:
@@ -50,14 +70,18 @@ def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:
     if scenario == "declined":
         card = CARD_DECLINED
     elif scenario == "out_of_stock":
-        items.append({"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]})
+        items.append(
+            {"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]}
+        )
     elif scenario == "undeliverable":
         address = ADDRESS_UNDELIVERABLE
     elif scenario == "flaky":
         card = f"{CARD_FLAKY_PREFIX}2"
     elif scenario == "needs_attention":
         card = CARD_REFUND_FAILS
-        items.append({"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]})
+        items.append(
+            {"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]}
+        )
     return OrderSpec(scenario, rng.choice(CUSTOMERS), items, card, address)
 
 
@@ -65,7 +89,10 @@ def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[
     """(state, reason) an order with this data must end in."""
     if any(i["sku"] not in PRICES_CENTS for i in items):
         return "CANCELLED", "unknown_sku"
-    if any(i.get("unit_price_cents") is not None and i["unit_price_cents"] != PRICES_CENTS[i["sku"]] for i in items):
+    if any(
+        i.get("unit_price_cents") is not None and i["unit_price_cents"] != PRICES_CENTS[i["sku"]]
+        for i in items
+    ):
         return "CANCELLED", "price_mismatch"
     if card_token == CARD_DECLINED:
         return "CANCELLED", "payment_declined"
@@ -79,7 +106,11 @@ def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[
 
 def scenario_of(card_token: str, items: list[dict], address: str) -> str:
     """Which of SCENARIOS an order's data makes it (the inverse of make_order); `custom` otherwise."""
-    sold_out = bool(missing_skus(INITIAL_STOCK, items)) if all(i.get("sku") in PRICES_CENTS for i in items) else False
+    sold_out = (
+        bool(missing_skus(INITIAL_STOCK, items))
+        if all(i.get("sku") in PRICES_CENTS for i in items)
+        else False
+    )
     if card_token == CARD_DECLINED:
         return "declined"
     if card_token == CARD_REFUND_FAILS:
@@ -105,11 +136,15 @@ def parse_mix(text: str | None) -> dict[str, int]:
     for part in text.split(","):
         name, sep, weight = part.strip().partition("=")
         if name not in SCENARIOS:
-            raise ValueError(f"unknown scenario {name!r} in --mix; choose from {', '.join(SCENARIOS)}")
+            raise ValueError(
+                f"unknown scenario {name!r} in --mix; choose from {', '.join(SCENARIOS)}"
+            )
         try:
             mix[name] = int(weight) if sep else 1
         except ValueError:
-            raise ValueError(f"weight for {name!r} must be a whole number, got {weight!r}") from None
+            raise ValueError(
+                f"weight for {name!r} must be a whole number, got {weight!r}"
+            ) from None
         if mix[name] < 0:
             raise ValueError(f"weight for {name!r} must not be negative")
     if not sum(mix.values()):

@@ -1,4 +1,5 @@
 """Starting and stopping choreo's processes by pid file: one code path for the CLI, tests and chaos."""
+
 from __future__ import annotations
 
 import os
@@ -96,6 +97,7 @@ def free_port_block(size: int, tries: int = 200) -> int:
     Below the kernel's ephemeral range: an outgoing connection never takes such a port, so a
     process killed and started again (a broker node, Redis, a worker) finds its port free."""
     import random
+
     low, high = 10000, _ephemeral_low() - size - 1
     if high <= low:  # an unusual kernel range that starts low: above it instead
         low, high = 61000, 65535 - size
@@ -122,9 +124,13 @@ def rabbitmqctl(*args: str, check: bool = True, timeout: float = 120, cluster_di
     with `check`, fail loudly on an error."""
     if cluster_dir:
         return Cluster.open(cluster_dir).ctl(*args, check=check, timeout=timeout)
-    out = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=timeout
+    )
     if check and out.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[:300]}")
+        raise RuntimeError(
+            f"rabbitmqctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[:300]}"
+        )
     return out.stdout
 
 
@@ -174,8 +180,14 @@ class Stack:
             return existing
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.logfile(name), "ab")
-        proc = subprocess.Popen(argv_for(name), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=self.env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv_for(name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()
         self.pidfile(name).write_text(str(proc.pid))
         await_exec(proc, MARK)
@@ -223,8 +235,13 @@ class Stack:
         return {name: self.pid(name) for name in process_names(self.settings)}
 
 
-def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: float,
-                   start: Callable[[str], int] | None = None) -> None:
+def wait_consuming(
+    settings: Settings,
+    stack: Stack,
+    names: list[str],
+    timeout: float,
+    start: Callable[[str], int] | None = None,
+) -> None:
     """Until every worker among `names` has a consumer on its queue and every one of `names`
     runs; with `start`, (re)start by it what is not running meanwhile. RuntimeError on timeout."""
     deadline = time.monotonic() + timeout
@@ -246,18 +263,24 @@ def wait_consuming(settings: Settings, stack: Stack, names: list[str], timeout: 
         if not idle and not dead:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"stack not ready after {timeout:.0f}s: no consumer on {idle or '-'}, "
-                               f"not running: {dead or '-'} (logs in {stack.log_dir})")
+            raise RuntimeError(
+                f"stack not ready after {timeout:.0f}s: no consumer on {idle or '-'}, "
+                f"not running: {dead or '-'} (logs in {stack.log_dir})"
+            )
         for name in dead if start else ():
             start(name)
         time.sleep(0.5)
 
 
-def bring_up(settings: Settings, names: list[str], timeout: float = 90.0, env: dict[str, str] | None = None) -> Stack:
+def bring_up(
+    settings: Settings, names: list[str], timeout: float = 90.0, env: dict[str, str] | None = None
+) -> Stack:
     """Tables, broker users and topology first, then start `names` (those not already running) and wait
     until every worker consumes: `choreo up`, the e2e tests and the bench all start this way."""
     prepare(settings)
-    access.setup(settings, topology(settings))  # the users, their grants and the topology: as the bootstrap user
+    access.setup(
+        settings, topology(settings)
+    )  # the users, their grants and the topology: as the bootstrap user
     stack = Stack(settings, env)
     for name in names:
         stack.start(name)

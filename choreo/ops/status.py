@@ -4,6 +4,7 @@
 Every source that is away (database, broker, Redis) is reported in the result, never raised:
 a status is most wanted when something is down.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -28,17 +29,25 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     try:
         data: dict[str, Any] = system_summary(settings)
     except SQLAlchemyError as exc:  # nothing started yet, or a database server away
-        data = {"orders": {"total": 0, "by_state_reason": []},
-                "database_error": f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}"}
+        data = {
+            "orders": {"total": 0, "by_state_reason": []},
+            "database_error": f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}",
+        }
     try:
         with BrokerAdmin(settings) as admin:
             data["queues"] = admin.queue_stats()
     except Exception as exc:  # any broker failure (refused, auth, timeout) is a status line
         data["queues"] = []
         data["broker_error"] = repr(exc)
-    data["dlq"] = {q["name"].split(".")[-2]: q["messages"] for q in data["queues"] if q["name"].endswith(".dlq")}
-    data["unrouted"] = next((q["messages"] for q in data["queues"] if q["name"] == f"{settings.namespace}.unrouted"),
-                            None)
+    data["dlq"] = {
+        q["name"].split(".")[-2]: q["messages"]
+        for q in data["queues"]
+        if q["name"].endswith(".dlq")
+    }
+    data["unrouted"] = next(
+        (q["messages"] for q in data["queues"] if q["name"] == f"{settings.namespace}.unrouted"),
+        None,
+    )
     data["processes"] = Stack(settings).running()
     data["health"] = process_health(settings, data["processes"])
     pid = prometheus.running(settings)
@@ -65,15 +74,27 @@ def process_health(settings: Settings, pids: dict[str, int | None]) -> dict[str,
     """Per process: pid, health and metrics URLs, "health" (ok | down | not running) and "ready"
     (True/False, None when not asked). Running processes are asked in parallel, never the others."""
     urls = prometheus.endpoints(settings)
-    asks = [(name, kind) for name, pid in pids.items() if pid and name in urls for kind in ("health", "ready")]
-    with httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client, \
-            ThreadPoolExecutor(max_workers=max(1, len(asks))) as pool:
+    asks = [
+        (name, kind)
+        for name, pid in pids.items()
+        if pid and name in urls
+        for kind in ("health", "ready")
+    ]
+    with (
+        httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False) as client,
+        ThreadPoolExecutor(max_workers=max(1, len(asks))) as pool,
+    ):
         codes = dict(zip(asks, pool.map(lambda a: _get(client, urls[a[0]][a[1]]), asks)))
     out: dict[str, dict[str, Any]] = {}
     for name, pid in pids.items():
         url = urls.get(name, {})
-        record: dict[str, Any] = {"pid": pid, "health_url": url.get("health"), "metrics_url": url.get("metrics"),
-                                  "health": "not running", "ready": None}
+        record: dict[str, Any] = {
+            "pid": pid,
+            "health_url": url.get("health"),
+            "metrics_url": url.get("metrics"),
+            "health": "not running",
+            "ready": None,
+        }
         if pid:
             record["health"] = "ok" if codes.get((name, "health")) == 200 else "down"
             ready = codes.get((name, "ready"))

@@ -16,6 +16,7 @@ reason, not an exit code to parse. EC P-256 keys, SHA-256 signatures; the CA las
 leaf certificates 1 year, and `ensure` re-issues whatever is missing, damaged, no longer signed
 by the CA or within RENEW_BEFORE of its end.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,6 +50,7 @@ class TlsError(RuntimeError):
 @dataclass(frozen=True)
 class TlsFiles:
     """The PEM files of one CA folder."""
+
     folder: Path
 
     @property
@@ -76,8 +78,13 @@ class TlsFiles:
         return self.folder / "client.key"
 
     def as_dict(self) -> dict[str, str]:
-        return {"ca_file": str(self.ca), "node_cert_file": str(self.node_cert), "node_key_file": str(self.node_key),
-                "cert_file": str(self.client_cert), "key_file": str(self.client_key)}
+        return {
+            "ca_file": str(self.ca),
+            "node_cert_file": str(self.node_cert),
+            "node_key_file": str(self.node_key),
+            "cert_file": str(self.client_cert),
+            "key_file": str(self.client_key),
+        }
 
 
 def _now() -> dt.datetime:
@@ -113,63 +120,117 @@ def write_private(path: Path, data: bytes, mode: int = PRIVATE) -> None:
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     # PKCS#8 ("BEGIN PRIVATE KEY"): read by Erlang's ssl (public_key), Python's ssl, pika and py-amqp.
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pub(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "choreo"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "choreo"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
-def new_ca(common_name: str, days: int = CA_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def new_ca(
+    common_name: str, days: int = CA_DAYS
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A fresh CA: its key and self-signed certificate (may sign end-entity certificates only)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    cert = (x509.CertificateBuilder()
-            .subject_name(_name(common_name)).issuer_name(_name(common_name))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
-def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str, *,
-          server: bool, hostnames: tuple[str, ...] = HOSTNAMES, addresses: tuple[str, ...] = ADDRESSES,
-          days: int = LEAF_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    common_name: str,
+    *,
+    server: bool,
+    hostnames: tuple[str, ...] = HOSTNAMES,
+    addresses: tuple[str, ...] = ADDRESSES,
+    days: int = LEAF_DAYS,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A key and a certificate signed by the CA: `server` for serverAuth and clientAuth with the
     given SANs (a node), otherwise clientAuth only (a client)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server \
+    usages = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server
         else [ExtendedKeyUsageOID.CLIENT_AUTH]
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_agreement=True, key_cert_sign=False,
-                                            crl_sign=False, content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, encipher_only=False, decipher_only=False),
-                              critical=True)
-               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False))
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]),
-            critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(h) for h in hostnames]
+                + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+            ),
+            critical=False,
+        )
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
@@ -201,11 +262,17 @@ def _names(cert: x509.Certificate) -> tuple[set[str], set[str]]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return set(), set()
-    return set(san.get_values_for_type(x509.DNSName)), {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    return set(san.get_values_for_type(x509.DNSName)), {
+        str(a) for a in san.get_values_for_type(x509.IPAddress)
+    }
 
 
-def ensure(folder: Path | str, label: str = "choreo", hostnames: tuple[str, ...] = HOSTNAMES,
-           addresses: tuple[str, ...] = ADDRESSES) -> TlsFiles:
+def ensure(
+    folder: Path | str,
+    label: str = "choreo",
+    hostnames: tuple[str, ...] = HOSTNAMES,
+    addresses: tuple[str, ...] = ADDRESSES,
+) -> TlsFiles:
     """The CA folder `folder` (0700), made or completed: a CA named "<label> CA" unless a usable
     one is there, and the node and client certificates unless usable ones signed by it are there
     (the node's naming exactly `hostnames` and `addresses`). Idempotent: a second call changes
@@ -218,17 +285,38 @@ def ensure(folder: Path | str, label: str = "choreo", hostnames: tuple[str, ...]
         write_private(files.ca_key, _key_pem(ca[0]), CA_KEY_MODE)
         write_private(files.ca, ca[1].public_bytes(serialization.Encoding.PEM))
     ca_key, ca_cert = ca
-    for cert_path, key_path, cn, server in ((files.node_cert, files.node_key, "localhost", True),
-                                            (files.client_cert, files.client_key, f"{label} client", False)):
+    for cert_path, key_path, cn, server in (
+        (files.node_cert, files.node_key, "localhost", True),
+        (files.client_cert, files.client_key, f"{label} client", False),
+    ):
         have = _load(cert_path, key_path)
-        if have and _fresh(have[1]) and _signed_by(have[1], ca_cert) and \
-                (not server or _names(have[1]) == (set(hostnames), set(addresses))):
+        if (
+            have
+            and _fresh(have[1])
+            and _signed_by(have[1], ca_cert)
+            and (not server or _names(have[1]) == (set(hostnames), set(addresses)))
+        ):
             continue
-        key, cert = issue(ca_key, ca_cert, cn, server=server, hostnames=hostnames, addresses=addresses)
-        write_private(key_path, _key_pem(key))  # the key first: a crash in between leaves a pair that
-        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))  # does not match: re-issued
-    for path in (files.ca, files.ca_key, files.node_cert, files.client_cert, files.node_key, files.client_key):
-        if stat.S_IMODE(os.stat(path).st_mode) & 0o077:  # an older file, or one copied in: owner-only
+        key, cert = issue(
+            ca_key, ca_cert, cn, server=server, hostnames=hostnames, addresses=addresses
+        )
+        write_private(
+            key_path, _key_pem(key)
+        )  # the key first: a crash in between leaves a pair that
+        write_private(
+            cert_path, cert.public_bytes(serialization.Encoding.PEM)
+        )  # does not match: re-issued
+    for path in (
+        files.ca,
+        files.ca_key,
+        files.node_cert,
+        files.client_cert,
+        files.node_key,
+        files.client_key,
+    ):
+        if (
+            stat.S_IMODE(os.stat(path).st_mode) & 0o077
+        ):  # an older file, or one copied in: owner-only
             os.chmod(path, CA_KEY_MODE if path == files.ca_key else PRIVATE)
     return files
 
@@ -245,7 +333,11 @@ def server_copy(files: TlsFiles, folder: Path | str, owner: int) -> TlsFiles:
     PostgreSQL in their images run as uid 999). The CA's key and the client's stay where they are."""
     out = TlsFiles(Path(folder))
     out.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for src, dst in ((files.ca, out.ca), (files.node_cert, out.node_cert), (files.node_key, out.node_key)):
+    for src, dst in (
+        (files.ca, out.ca),
+        (files.node_cert, out.node_cert),
+        (files.node_key, out.node_key),
+    ):
         write_private(dst, src.read_bytes())
         os.chown(dst, owner, owner)
     os.chmod(out.folder, 0o700)

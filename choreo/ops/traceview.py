@@ -11,6 +11,7 @@ each span: span_id, parent_span_id, depth, service, kind, name, message_type, me
 destination, start_offset_ms, duration_ms, queue_wait_ms, attempt, outcome, retries, relay,
 events, status.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,39 @@ ATTEMPT = "choreo.attempt"
 RELAY = "choreo.relay"
 
 SPAN_FILE = re.compile(r".+\.jsonl(\.\d+)?$")  # payment-1234.jsonl, payment-1234.jsonl.1
-SPAN_KEYS = ("span_id", "parent_span_id", "depth", "service", "kind", "name", "message_type", "message_id",
-             "destination", "start_offset_ms", "duration_ms", "queue_wait_ms", "attempt", "outcome", "retries",
-             "relay", "events", "status")
-VIEW_KEYS = ("order_id", "trace_ids", "services", "span_count", "started_at", "duration_ms", "spans")
+SPAN_KEYS = (
+    "span_id",
+    "parent_span_id",
+    "depth",
+    "service",
+    "kind",
+    "name",
+    "message_type",
+    "message_id",
+    "destination",
+    "start_offset_ms",
+    "duration_ms",
+    "queue_wait_ms",
+    "attempt",
+    "outcome",
+    "retries",
+    "relay",
+    "events",
+    "status",
+)
+VIEW_KEYS = (
+    "order_id",
+    "trace_ids",
+    "services",
+    "span_count",
+    "started_at",
+    "duration_ms",
+    "spans",
+)
 
 
 # --- reading span files -----------------------------------------------------------------------
+
 
 def span_files(trace_dir: Path) -> list[Path]:
     """Every span file in the folder, current and rotated, in name order."""
@@ -43,9 +70,13 @@ def span_files(trace_dir: Path) -> list[Path]:
 
 
 def _valid(record: Any) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("trace_id"), str)
-            and isinstance(record.get("span_id"), str)
-            and isinstance(record.get("start_ns"), int) and isinstance(record.get("end_ns"), int))
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("trace_id"), str)
+        and isinstance(record.get("span_id"), str)
+        and isinstance(record.get("start_ns"), int)
+        and isinstance(record.get("end_ns"), int)
+    )
 
 
 def read_spans(paths: Iterable[Path], needles: Iterable[str] = ()) -> Iterator[dict]:
@@ -134,23 +165,43 @@ def from_jaeger(payload: dict) -> list[dict]:
             events = []
             for log in js.get("logs") or ():
                 fields = _tags(log.get("fields"))
-                events.append({"name": str(fields.pop("event", "log")), "time_ns": int(log.get("timestamp", 0)) * 1000,
-                               "attributes": fields})
-            out.append({
-                "trace_id": js.get("traceID") or trace.get("traceID"), "span_id": js.get("spanID"),
-                "parent_span_id": parent, "name": js.get("operationName", ""),
-                "kind": str(tags.pop("span.kind", "internal")).upper(),
-                "service": process.get("serviceName", "unknown"),
-                "start_ns": start_us * 1000, "end_ns": (start_us + duration_us) * 1000,
-                "status": status, "attributes": tags, "events": events,
-                "links": [{"trace_id": r.get("traceID"), "span_id": r.get("spanID"), "attributes": {}}
-                          for r in refs if r.get("refType") == "FOLLOWS_FROM"],
-            })
+                events.append(
+                    {
+                        "name": str(fields.pop("event", "log")),
+                        "time_ns": int(log.get("timestamp", 0)) * 1000,
+                        "attributes": fields,
+                    }
+                )
+            out.append(
+                {
+                    "trace_id": js.get("traceID") or trace.get("traceID"),
+                    "span_id": js.get("spanID"),
+                    "parent_span_id": parent,
+                    "name": js.get("operationName", ""),
+                    "kind": str(tags.pop("span.kind", "internal")).upper(),
+                    "service": process.get("serviceName", "unknown"),
+                    "start_ns": start_us * 1000,
+                    "end_ns": (start_us + duration_us) * 1000,
+                    "status": status,
+                    "attributes": tags,
+                    "events": events,
+                    "links": [
+                        {"trace_id": r.get("traceID"), "span_id": r.get("spanID"), "attributes": {}}
+                        for r in refs
+                        if r.get("refType") == "FOLLOWS_FROM"
+                    ],
+                }
+            )
     return [s for s in out if _valid(s)]
 
 
-def load_saga_jaeger(url: str, order_id: str, services: Iterable[str] = JAEGER_SERVICES,
-                     timeout: float = 10.0, transport: Any = None) -> list[dict]:
+def load_saga_jaeger(
+    url: str,
+    order_id: str,
+    services: Iterable[str] = JAEGER_SERVICES,
+    timeout: float = 10.0,
+    transport: Any = None,
+) -> list[dict]:
     """Every span of the saga's trace(s) from a Jaeger query service (one search per service:
     a trace is returned whole, so any service that saw the order finds it). `transport`: an
     httpx transport (tests)."""
@@ -160,7 +211,9 @@ def load_saga_jaeger(url: str, order_id: str, services: Iterable[str] = JAEGER_S
     tags = json.dumps({ORDER_ID: order_id})
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, transport=transport) as client:
         for service in services:
-            response = client.get("/api/traces", params={"service": service, "tags": tags, "limit": 20})
+            response = client.get(
+                "/api/traces", params={"service": service, "tags": tags, "limit": 20}
+            )
             if response.status_code == 404:
                 continue  # Jaeger has never seen this service
             response.raise_for_status()
@@ -170,6 +223,7 @@ def load_saga_jaeger(url: str, order_id: str, services: Iterable[str] = JAEGER_S
 
 
 # --- the view ---------------------------------------------------------------------------------
+
 
 def _ms(ns: int | float) -> float:
     return round(ns / 1_000_000, 3)
@@ -196,7 +250,9 @@ def tree_order(spans: list[dict]) -> list[tuple[dict, int]]:
     ordered: list[tuple[dict, int]] = []
     visited: set[str] = set()
     pending = sorted(roots, key=_order_key)
-    remaining = sorted(spans, key=_order_key)  # for parent cycles, which have no root: break them at the earliest
+    remaining = sorted(
+        spans, key=_order_key
+    )  # for parent cycles, which have no root: break them at the earliest
     while True:
         stack = [(s, 0) for s in reversed(pending)]
         while stack:
@@ -226,7 +282,9 @@ def queue_waits(spans: list[dict]) -> dict[str, int]:
         message_id = s["attributes"].get(MESSAGE_ID)
         if s.get("kind") != "CONSUMER" or message_id is None:
             continue
-        earlier = [start for start in producer_starts.get(str(message_id), ()) if start <= s["start_ns"]]
+        earlier = [
+            start for start in producer_starts.get(str(message_id), ()) if start <= s["start_ns"]
+        ]
         if earlier:
             waits[s["span_id"]] = s["start_ns"] - max(earlier)
     return waits
@@ -265,8 +323,9 @@ def _span_row(span: dict, depth: int, origin: int, wait_ns: int | None) -> dict:
 def iso_utc(ns: int) -> str:
     """Epoch nanoseconds as ISO-8601 UTC to the microsecond (integer arithmetic: no float rounding)."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return (datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=rest // 1000)).isoformat(
-        timespec="microseconds")
+    return (
+        datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=rest // 1000)
+    ).isoformat(timespec="microseconds")
 
 
 def build_view(order_id: str, spans: list[dict]) -> dict:
@@ -277,7 +336,9 @@ def build_view(order_id: str, spans: list[dict]) -> dict:
     end = max(s["end_ns"] for s in spans)
     first_start: dict[str, int] = {}
     for s in spans:
-        first_start[s["trace_id"]] = min(first_start.get(s["trace_id"], s["start_ns"]), s["start_ns"])
+        first_start[s["trace_id"]] = min(
+            first_start.get(s["trace_id"], s["start_ns"]), s["start_ns"]
+        )
     waits = queue_waits(spans)
     return {
         "order_id": order_id,
@@ -286,11 +347,14 @@ def build_view(order_id: str, spans: list[dict]) -> dict:
         "span_count": len(spans),
         "started_at": iso_utc(origin),
         "duration_ms": _ms(end - origin),
-        "spans": [_span_row(s, depth, origin, waits.get(s["span_id"])) for s, depth in tree_order(spans)],
+        "spans": [
+            _span_row(s, depth, origin, waits.get(s["span_id"])) for s, depth in tree_order(spans)
+        ],
     }
 
 
 # --- the waterfall ----------------------------------------------------------------------------
+
 
 def waterfall_bar(offset_ms: float, duration_ms: float, total_ms: float, width: int = 40) -> str:
     """A text bar of `width` characters: `─` before and after, `█` over the span's time

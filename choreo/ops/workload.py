@@ -1,5 +1,6 @@
 """Workload helpers the CLI, the tests, chaos and the bench share: place orders, wait until they
 are terminal, compare where they ended with where their data asked them to end."""
+
 from __future__ import annotations
 
 import random
@@ -19,8 +20,13 @@ from tasks.app import make_app
 States = dict[str, tuple[str, str | None]]  # order id -> (state, reason)
 
 
-def publish_orders(settings: Settings, scenarios: list[str], seed: int | None,
-                   on_sent: Callable[[], None] | None = None, source: str = "cli") -> list[tuple[str, str]]:
+def publish_orders(
+    settings: Settings,
+    scenarios: list[str],
+    seed: int | None,
+    on_sent: Callable[[], None] | None = None,
+    source: str = "cli",
+) -> list[tuple[str, str]]:
     """Place one order per scenario (confirmed by the broker); returns [(order id, scenario)].
     With a seed, order ids and order data repeat from run to run."""
     rng = random.Random(seed)
@@ -30,8 +36,11 @@ def publish_orders(settings: Settings, scenarios: list[str], seed: int | None,
     try:
         for scenario in scenarios:
             spec = make_order(scenario, rng)
-            order_id = (f"ord-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}" if seed is not None
-                        else f"ord-{uuid.uuid4().hex[:16]}")
+            order_id = (
+                f"ord-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
+                if seed is not None
+                else f"ord-{uuid.uuid4().hex[:16]}"
+            )
             publisher.publish(spec.place_order(order_id, source))
             sent.append((order_id, scenario))
             if on_sent:
@@ -73,8 +82,13 @@ def terminal_count(states: States) -> int:
     return sum(1 for state, _ in states.values() if state in TERMINAL)
 
 
-def wait_terminal(settings: Settings, order_ids: list[str], timeout: float, poll: float = 0.3,
-                  on_poll: Callable[[States], None] | None = None) -> States:
+def wait_terminal(
+    settings: Settings,
+    order_ids: list[str],
+    timeout: float,
+    poll: float = 0.3,
+    on_poll: Callable[[States], None] | None = None,
+) -> States:
     """Poll the read model until every order is terminal or `timeout` passes; returns the last
     states seen (a caller that needs all of them checks `terminal_count`)."""
     deadline = time.monotonic() + timeout
@@ -113,6 +127,14 @@ def outcomes(sent: list[tuple[str, str]], states: States) -> list[dict]:
             actual[key] = actual.get(key, 0) + 1
             wrong += (st, reason) != exp
         exp_text = f"{exp[0]} ({exp[1]})" if exp[1] else exp[0]
-        rows.append({"scenario": scenario, "orders": len(ids), "expected": exp_text, "actual": actual,
-                     "mismatches": wrong, "ok": actual == {exp_text: len(ids)}})
+        rows.append(
+            {
+                "scenario": scenario,
+                "orders": len(ids),
+                "expected": exp_text,
+                "actual": actual,
+                "mismatches": wrong,
+                "ok": actual == {exp_text: len(ids)},
+            }
+        )
     return rows

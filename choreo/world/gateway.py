@@ -3,6 +3,7 @@
 It commits on its own (like a remote API), so a worker killed after the charge but before
 its own commit charges nothing twice on redelivery: the same key returns the same charge.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,6 +22,7 @@ from models.tables import GatewayAttempt, GatewayLedger
 
 # --- the sandbox's rules: what the test cards make the provider answer ---------------------
 
+
 def flaky_failures(card_token: str) -> int:
     """How many times the sandbox gateway fails this card before it succeeds."""
     match = re.fullmatch(rf"{CARD_FLAKY_PREFIX}(\d+)", card_token)
@@ -32,19 +34,27 @@ def sandbox_charge_rule(card_token: str, attempts_before: int) -> None:
     if card_token == CARD_DECLINED:
         raise Declined("card_declined")
     if attempts_before < flaky_failures(card_token):
-        raise TransientError(f"gateway timeout (sandbox: {card_token} fails {flaky_failures(card_token)}x)")
+        raise TransientError(
+            f"gateway timeout (sandbox: {card_token} fails {flaky_failures(card_token)}x)"
+        )
 
 
 def sandbox_refund_rule(card_token: str) -> None:
     if card_token == CARD_REFUND_FAILS:
-        raise TransientError("gateway refused refund: processor unavailable (sandbox: refunds always fail)")
+        raise TransientError(
+            "gateway refused refund: processor unavailable (sandbox: refunds always fail)"
+        )
 
 
 # --- the provider's books -------------------------------------------------------------------
 
 LEDGER, ATTEMPTS = Rows(GatewayLedger), Rows(GatewayAttempt)
 _ATT = GatewayAttempt.__table__
-_BUMP = update(_ATT).where(_ATT.c.idempotency_key == bindparam("k")).values(attempts=_ATT.c.attempts + 1)
+_BUMP = (
+    update(_ATT)
+    .where(_ATT.c.idempotency_key == bindparam("k"))
+    .values(attempts=_ATT.c.attempts + 1)
+)
 
 
 def _count_attempt(conn, key: str) -> int:
@@ -74,7 +84,9 @@ class SandboxGateway:
         """One provider call in one transaction: a known key replays its result; otherwise the
         attempt is counted (kept even when the rule refuses, as the provider's logs would be),
         the rule decides, and the money moves."""
-        for _ in range(2):  # a concurrent call with the same key may win the insert: read its result
+        for _ in range(
+            2
+        ):  # a concurrent call with the same key may win the insert: read its result
             try:
                 with self.engine.begin() as conn:
                     done = LEDGER.get(conn, key)
@@ -83,8 +95,14 @@ class SandboxGateway:
                     refused = _refusal(rule, _count_attempt(conn, key))
                     if refused is None:
                         ref = f"{kind[:2]}_{uuid.uuid4().hex[:16]}"
-                        LEDGER.add(conn, idempotency_key=key, kind=kind, order_id=order_id, amount_cents=amount,
-                                   reference=ref)
+                        LEDGER.add(
+                            conn,
+                            idempotency_key=key,
+                            kind=kind,
+                            order_id=order_id,
+                            amount_cents=amount,
+                            reference=ref,
+                        )
             except IntegrityError:
                 continue
             if refused is not None:  # raised after the commit, so the attempt stays counted
@@ -93,20 +111,35 @@ class SandboxGateway:
         raise RuntimeError(f"gateway: key {key} kept conflicting")
 
     def charge(self, order_id: str, amount_cents: int, card_token: str) -> str:
-        return self._call(f"charge:{order_id}", "charge", order_id, amount_cents,
-                          lambda before: sandbox_charge_rule(card_token, before))
+        return self._call(
+            f"charge:{order_id}",
+            "charge",
+            order_id,
+            amount_cents,
+            lambda before: sandbox_charge_rule(card_token, before),
+        )
 
     def refund(self, order_id: str, amount_cents: int, card_token: str) -> str:
-        return self._call(f"refund:{order_id}", "refund", order_id, amount_cents,
-                          lambda before: sandbox_refund_rule(card_token))
+        return self._call(
+            f"refund:{order_id}",
+            "refund",
+            order_id,
+            amount_cents,
+            lambda before: sandbox_refund_rule(card_token),
+        )
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Money moved per order: {order_id: {"charge": cents, "refund": cents, "charges": n, "refunds": n}}."""
         out: dict[str, dict[str, int]] = {}
         with Session(self.engine) as s:
             for order_id, kind, n, total in s.exec(
-                    select(GatewayLedger.order_id, GatewayLedger.kind, func.count(), func.sum(GatewayLedger.amount_cents))
-                    .group_by(GatewayLedger.order_id, GatewayLedger.kind)):
+                select(
+                    GatewayLedger.order_id,
+                    GatewayLedger.kind,
+                    func.count(),
+                    func.sum(GatewayLedger.amount_cents),
+                ).group_by(GatewayLedger.order_id, GatewayLedger.kind)
+            ):
                 d = out.setdefault(order_id, {"charge": 0, "refund": 0, "charges": 0, "refunds": 0})
                 d[kind] = total
                 d[kind + "s"] = n

@@ -7,6 +7,7 @@ run_dir/secrets/users-token-<caller> (choreo.infra.secrets), generated once; the
 caller's token at start. The probe paths stay open (Prometheus scrapes them, on loopback). Every
 response carries X-Request-ID: the caller's when sane, else a new one; the log lines about the
 request carry it too."""
+
 from __future__ import annotations
 
 import hmac
@@ -87,20 +88,35 @@ class UsersClient:
     slow user service can hold at most `max_concurrent` of this process's threads. `token` is
     the bearer token of `caller` (users_token); without one the service answers 401."""
 
-    def __init__(self, base_url: str, redis_client: redis.Redis | None, namespace: str,
-                 timeout: float = 2.0, max_concurrent: int = 4, *, caller: str | None = None,
-                 token: str | None = None, run_dir: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        redis_client: redis.Redis | None,
+        namespace: str,
+        timeout: float = 2.0,
+        max_concurrent: int = 4,
+        *,
+        caller: str | None = None,
+        token: str | None = None,
+        run_dir: Path | str | None = None,
+    ) -> None:
         self.caller, self.run_dir, self.has_token = caller, run_dir, bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
         storage = None
         if redis_client is not None:
-            storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, redis_client,
-                                                    namespace=f"{namespace}:breaker:users")
+            storage = pybreaker.CircuitRedisStorage(
+                pybreaker.STATE_CLOSED, redis_client, namespace=f"{namespace}:breaker:users"
+            )
         # A 401 is an answer: the service is up, so it is no failure of the breaker's (it would
         # open it and hide the real problem behind "circuit open").
-        self.breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=10, state_storage=storage,
-                                                name="user-service", exclude=[UsersAuthError])
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=5,
+            reset_timeout=10,
+            state_storage=storage,
+            name="user-service",
+            exclude=[UsersAuthError],
+        )
         self.bulkhead = threading.BoundedSemaphore(max_concurrent)
 
     def _fetch(self, customer_id: str, request_id: str) -> dict | None:
@@ -120,13 +136,20 @@ class UsersClient:
         if self.caller is None:
             fix = "this client was built without a caller and token"
         else:
-            where = token_file(self.run_dir, self.caller) if self.run_dir is not None else \
-                f"<run_dir>/{SECRETS_DIR}/users-token-{self.caller}"
-            fix = (f"check {token_env(self.caller)} or the file {where}: caller and user service must "
-                   f"see the same token (the service reads them at start)")
+            where = (
+                token_file(self.run_dir, self.caller)
+                if self.run_dir is not None
+                else f"<run_dir>/{SECRETS_DIR}/users-token-{self.caller}"
+            )
+            fix = (
+                f"check {token_env(self.caller)} or the file {where}: caller and user service must "
+                f"see the same token (the service reads them at start)"
+            )
         token = "its token" if self.has_token else "no token"
-        return (f"user service refused {self.caller or 'this client'!s} with {token} "
-                f"(401 {said!r}, request id {request_id}): {fix}")
+        return (
+            f"user service refused {self.caller or 'this client'!s} with {token} "
+            f"(401 {said!r}, request id {request_id}): {fix}"
+        )
 
     def get(self, customer_id: str, request_id: str | None = None) -> dict | None:
         """The customer, or None when the service has none of that id. UserServiceUnavailable
@@ -139,13 +162,18 @@ class UsersClient:
         except pybreaker.CircuitBreakerError as exc:
             raise UserServiceUnavailable(f"circuit open: {exc}") from None
         except (httpx.HTTPError, redis.RedisError) as exc:
-            raise UserServiceUnavailable(f"user service: {exc!r} (request id {request_id})") from None
+            raise UserServiceUnavailable(
+                f"user service: {exc!r} (request id {request_id})"
+            ) from None
         finally:
             self.bulkhead.release()
 
     def breaker_state(self) -> dict:
-        return {"name": self.breaker.name, "state": self.breaker.current_state,
-                "failures": self.breaker.fail_counter}
+        return {
+            "name": self.breaker.name,
+            "state": self.breaker.current_state,
+            "failures": self.breaker.fail_counter,
+        }
 
 
 def seed_customers(engine: Engine) -> None:
@@ -184,7 +212,12 @@ class Tokens:
         seen: dict[str, str] = {}
         for caller, t in tokens.items():
             if t in seen:
-                log.warning("callers %s and %s have the same users token: it names %s", seen[t], caller, seen[t])
+                log.warning(
+                    "callers %s and %s have the same users token: it names %s",
+                    seen[t],
+                    caller,
+                    seen[t],
+                )
             seen.setdefault(t, caller)
 
     @classmethod
@@ -196,9 +229,14 @@ class Tokens:
         scheme, _, given = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return None
-        presented = given.strip().encode("latin-1", "replace")  # the header bytes (ASGI decodes latin-1)
+        presented = given.strip().encode(
+            "latin-1", "replace"
+        )  # the header bytes (ASGI decodes latin-1)
         found = None
-        for token, caller in self._by_token:  # every token compared: the time does not say which matched
+        for (
+            token,
+            caller,
+        ) in self._by_token:  # every token compared: the time does not say which matched
             if hmac.compare_digest(token, presented) and found is None:
                 found = caller
         return found
@@ -235,8 +273,14 @@ class RequestIds:
                 if "status" in sent:
                     raise
                 await JSONResponse({"error": "internal error"}, 500)(scope, receive, send_with_id)
-            log.debug("users http: %s %s %s %.1fms", scope["method"], scope["path"], sent.get("status"),
-                      (time.monotonic() - started) * 1000, extra={"caller": state.get("caller")})
+            log.debug(
+                "users http: %s %s %s %.1fms",
+                scope["method"],
+                scope["path"],
+                sent.get("status"),
+                (time.monotonic() - started) * 1000,
+                extra={"caller": state.get("caller")},
+            )
 
 
 def make_app(engine: Engine, tokens: Tokens, metrics: bool = True) -> Starlette:
@@ -247,10 +291,17 @@ def make_app(engine: Engine, tokens: Tokens, metrics: bool = True) -> Starlette:
     def unauthorized(request: Request) -> JSONResponse:
         given = "authorization" in request.headers
         recorder.handled("GET /users", "unauthorized")
-        log.warning("users http: refused %s %s: %s bearer token", request.method, request.url.path,
-                    "invalid" if given else "no")
-        return JSONResponse({"error": "invalid bearer token" if given else "bearer token required"}, 401,
-                            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"' if given else _REALM})
+        log.warning(
+            "users http: refused %s %s: %s bearer token",
+            request.method,
+            request.url.path,
+            "invalid" if given else "no",
+        )
+        return JSONResponse(
+            {"error": "invalid bearer token" if given else "bearer token required"},
+            401,
+            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_token"' if given else _REALM},
+        )
 
     def get_user(request: Request) -> Response:  # sync: Starlette runs it in its threadpool
         caller = tokens.caller(request.headers.get("authorization"))
@@ -268,7 +319,9 @@ def make_app(engine: Engine, tokens: Tokens, metrics: bool = True) -> Starlette:
         except Exception:
             recorder.handled("GET /users", "error", time.monotonic() - started)
             raise
-        recorder.handled("GET /users", "processed" if c else "not_found", time.monotonic() - started)
+        recorder.handled(
+            "GET /users", "processed" if c else "not_found", time.monotonic() - started
+        )
         if c is None:
             return JSONResponse({"error": f"no user {customer_id!r}"}, 404)
         return JSONResponse({"id": c.id, "name": c.name, "email": c.email})
@@ -278,11 +331,18 @@ def make_app(engine: Engine, tokens: Tokens, metrics: bool = True) -> Starlette:
         return Response(data, status, headers={"Content-Type": content_type})
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail).lower()}, exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {"error": str(exc.detail).lower()}, exc.status_code, headers=exc.headers
+        )
 
-    return Starlette(routes=[Route("/users/{customer_id}", get_user, methods=["GET"]),
-                             *(Route(path, probe, methods=["GET"]) for path in PATHS)],
-                     middleware=[Middleware(RequestIds)], exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=[
+            Route("/users/{customer_id}", get_user, methods=["GET"]),
+            *(Route(path, probe, methods=["GET"]) for path in PATHS),
+        ],
+        middleware=[Middleware(RequestIds)],
+        exception_handlers={HTTPException: http_error},
+    )
 
 
 class UserService:
@@ -294,9 +354,18 @@ class UserService:
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         self.app = app
         logging.getLogger("uvicorn.error").addFilter(_plain)
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-            server_header=False, timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
+        )
 
     def serve_forever(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -328,11 +397,16 @@ def _plain(record: logging.LogRecord) -> bool:
     return True
 
 
-def make_server(engine: Engine, host: str, port: int, metrics: bool = True, *,
-                run_dir: Path | str) -> UserService:
+def make_server(
+    engine: Engine, host: str, port: int, metrics: bool = True, *, run_dir: Path | str
+) -> UserService:
     """The user service of `choreo users`, its callers' tokens loaded (created when missing) from run_dir."""
     tokens = Tokens.load(run_dir)
     from_env = [c for c in CALLERS if os.environ.get(token_env(c))]
-    log.info("user service accepts the tokens of %s (from the environment: %s; else files in %s)",
-             ", ".join(CALLERS), ", ".join(from_env) or "none", Path(run_dir) / SECRETS_DIR)
+    log.info(
+        "user service accepts the tokens of %s (from the environment: %s; else files in %s)",
+        ", ".join(CALLERS),
+        ", ".join(from_env) or "none",
+        Path(run_dir) / SECRETS_DIR,
+    )
     return UserService(make_app(engine, tokens, metrics), host, port)

@@ -5,6 +5,7 @@ fixture from tests/conftest.py; it inherits that file's short retry ladder throu
 environment. Set CHOREO_CHAOS_SEED to replay a run's fault schedule, and CHOREO_CHAOS_REPORT
 to a path to keep the run's report as JSON (a CI artifact).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-CI_RUN = {"orders": 250, "duration": 60.0, "kill_every": 4.0, "broker_restart": "vhost", "settle_timeout": 90.0}
+CI_RUN = {
+    "orders": 250,
+    "duration": 60.0,
+    "kill_every": 4.0,
+    "broker_restart": "vhost",
+    "settle_timeout": 90.0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +40,11 @@ def chaos_report(ci_run):
         pytest.fail(f"chaos tests need {', '.join(missing)} on PATH (make setup installs them)")
     seed = int(os.environ["CHOREO_CHAOS_SEED"]) if os.environ.get("CHOREO_CHAOS_SEED") else None
     # Printed into the captured output: shown with any failure, with the seed to replay it.
-    report = run_chaos(ChaosConfig(seed=seed, **ci_run), console=Console(width=140, force_terminal=False))
+    report = run_chaos(
+        ChaosConfig(seed=seed, **ci_run), console=Console(width=140, force_terminal=False)
+    )
     if os.environ.get("CHOREO_CHAOS_REPORT"):
-        Path(os.environ["CHOREO_CHAOS_REPORT"]).write_text(json.dumps(report.as_dict(), indent=2, default=str))
+        Path(os.environ["CHOREO_CHAOS_REPORT"]).write_text(
+            json.dumps(report.as_dict(), indent=2, default=str)
+        )
     return report

@@ -1,5 +1,6 @@
 """Every guarantee holds while workers are killed, the broker and Redis restart, and duplicates,
 out-of-order events and poison are injected (one CI-sized run of `choreo chaos`)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,11 +12,16 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 def _why(report) -> str:
     """Enough to start investigating: the seed, the kept sandbox (logs, databases), first offenders."""
-    failed = {c["name"]: f"{c['count']} offenders, e.g. {dict(list(c['problems'].items())[:5])}"
-              for c in report.audit if not c["passed"]}
-    return (f"seed {report.seed}, sandbox kept in {report.workdir}: errors {report.errors}; failed checks "
-            f"{failed}; wrong outcomes {report.mismatches}; unsettled {len(report.unsettled)} "
-            f"{report.figures.get('stuck_by_state')}")
+    failed = {
+        c["name"]: f"{c['count']} offenders, e.g. {dict(list(c['problems'].items())[:5])}"
+        for c in report.audit
+        if not c["passed"]
+    }
+    return (
+        f"seed {report.seed}, sandbox kept in {report.workdir}: errors {report.errors}; failed checks "
+        f"{failed}; wrong outcomes {report.mismatches}; unsettled {len(report.unsettled)} "
+        f"{report.figures.get('stuck_by_state')}"
+    )
 
 
 def test_every_guarantee_holds_under_chaos(chaos_report):

@@ -9,6 +9,7 @@ and the audit is green; Flower's user still reaches every worker by broadcast (p
 
 The faults, the watch of where each worker reconnects and the worker views are the chaos
 harness's (choreo.ops.chaos.faults)."""
+
 from __future__ import annotations
 
 import json
@@ -26,15 +27,20 @@ from choreo.ops import cluster as rabbit_cluster
 
 # Bounded: about three minutes on two cores (a cluster's start is half a minute, each fault 10-25 s);
 # the timeout is the hard stop.
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420),
-              pytest.mark.skipif(not rabbit_cluster.available(), reason="rabbitmq-server and epmd are not installed")]
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.timeout(420),
+    pytest.mark.skipif(
+        not rabbit_cluster.available(), reason="rabbitmq-server and epmd are not installed"
+    ),
+]
 
 FAULTS = ("stop_app", "kill -9")
-MAX_FAULTS_PER_KIND = 3       # 5 workers on 3 nodes: the busiest node holds at least 2
-ORDERS_PER_FAULT = 24         # published over FEED_SECONDS from the moment of each fault
+MAX_FAULTS_PER_KIND = 3  # 5 workers on 3 nodes: the busiest node holds at least 2
+ORDERS_PER_FAULT = 24  # published over FEED_SECONDS from the moment of each fault
 FEED_SECONDS = 6.0
-NODE_DOWN_SECONDS = 3.0       # a killed node stays down this long (its workers are elsewhere by then)
-STOPPED_SECONDS = 1.0         # a stopped app stays down this long once its workers moved
+NODE_DOWN_SECONDS = 3.0  # a killed node stays down this long (its workers are elsewhere by then)
+STOPPED_SECONDS = 1.0  # a stopped app stays down this long once its workers moved
 DEATH = re.compile(r"Unrecoverable error.*")  # Celery's last words before a worker exits
 CLASH = "remote control not available"  # tasks.remote: a refused pidbox declare, absorbed
 
@@ -57,14 +63,18 @@ class Run:
         self.unexpected_exits = 0
         self.errors: list[str] = []
         self.log_lines: list[str] = []
-        self.clashes: list[dict] = []  # each refused pidbox declare: the worker, when, after which fault
+        self.clashes: list[
+            dict
+        ] = []  # each refused pidbox declare: the worker, when, after which fault
         self.workers: list[str] = []
         self.node_names: dict[str, str] = {}
 
     def why(self) -> str:
         faults = [{k: v for k, v in x.items() if k != "leaders_before"} for x in self.faults]
-        return (f"errors {self.errors}; worker log lines {self.log_lines[:6]}; faults {faults}; "
-                f"timings {self.timings}")
+        return (
+            f"errors {self.errors}; worker log lines {self.log_lines[:6]}; faults {faults}; "
+            f"timings {self.timings}"
+        )
 
     def read_logs(self, log_dir) -> None:
         """Deaths (Celery's unrecoverable errors) and absorbed pidbox clashes, from the workers' JSON logs."""
@@ -73,21 +83,42 @@ class Run:
                 for line in log:
                     if m := DEATH.search(line):
                         self.log_lines.append(f"{path.stem}: {m.group(0)[:240]}")
-                    elif CLASH in line:  # workers log JSON lines (log_json); a plain line is not attributed
+                    elif (
+                        CLASH in line
+                    ):  # workers log JSON lines (log_json); a plain line is not attributed
                         ts = json.loads(line).get("ts") if line.startswith("{") else None
                         at = datetime.fromisoformat(ts).timestamp() if ts else 0.0
-                        after = max((x for x in self.faults if x["wall"] <= at), key=lambda x: x["wall"],
-                                    default=None)
-                        self.clashes.append({"worker": path.stem,
-                                             "after": after and f"{after['fault']} node {after['node']}",
-                                             "seconds_after_fault": after and round(at - after["wall"], 2)})
+                        after = max(
+                            (x for x in self.faults if x["wall"] <= at),
+                            key=lambda x: x["wall"],
+                            default=None,
+                        )
+                        self.clashes.append(
+                            {
+                                "worker": path.stem,
+                                "after": after and f"{after['fault']} node {after['node']}",
+                                "seconds_after_fault": after and round(at - after["wall"], 2),
+                            }
+                        )
 
 
 def _all_members_online(cluster, vhost: str) -> bool:
     """Every quorum queue has a replica online on every node again (after a node came back)."""
     try:
-        rows = json.loads(cluster.ctl("list_queues", "-p", vhost, "name", "type", "online", "--formatter", "json",
-                                      timeout=15) or "[]")
+        rows = json.loads(
+            cluster.ctl(
+                "list_queues",
+                "-p",
+                vhost,
+                "name",
+                "type",
+                "online",
+                "--formatter",
+                "json",
+                timeout=15,
+            )
+            or "[]"
+        )
     except (rabbit_cluster.ClusterError, subprocess.SubprocessError, ValueError):
         return False
     return all(len(r["online"]) == cluster.size for r in rows if r["type"] == "quorum")
@@ -112,7 +143,9 @@ def _fault_the_busiest_node(faults, kind: str, hit: set[str], run: Run, everyone
         return False
     started, wall = time.monotonic(), time.time()
     if kind == "stop_app":
-        assert faults.bounce_app(STOPPED_SECONDS, node=node), "a node was not running before a stop_app"
+        assert faults.bounce_app(STOPPED_SECONDS, node=node), (
+            "a node was not running before a stop_app"
+        )
     else:
         faults.kill_node(node, NODE_DOWN_SECONDS)
     fault = faults.node_faults[-1]
@@ -120,17 +153,31 @@ def _fault_the_busiest_node(faults, kind: str, hit: set[str], run: Run, everyone
     hit |= set(fault["workers_on_node"])
     # Until its background jobs end (the watch of its workers, the stop/start); a worker that died
     # meanwhile is started again by tend (counted: the tests fail on it) so the run can go on.
-    _until(lambda: not faults.node_down and not faults.restarting and not any(t.is_alive() for t in faults.node_jobs),
-           120, f"{kind} of node {node} to end", tend=faults.tend)
+    _until(
+        lambda: (
+            not faults.node_down
+            and not faults.restarting
+            and not any(t.is_alive() for t in faults.node_jobs)
+        ),
+        120,
+        f"{kind} of node {node} to end",
+        tend=faults.tend,
+    )
     run.errors += faults.settle_nodes()
-    _until(lambda: _all_members_online(faults.cluster, faults.sb.vhost), 60, "every quorum replica online")
+    _until(
+        lambda: _all_members_online(faults.cluster, faults.sb.vhost),
+        60,
+        "every quorum replica online",
+    )
     back = time.monotonic()
     try:
         _until(everyone_answers, 20, "a ping answer from every worker")
         fault["all_answered_after_s"] = round(time.monotonic() - back, 1)
     except RuntimeError as exc:
         run.errors.append(f"{kind} node {node}: {exc}; answered {sorted(run.ping)}")
-    run.timings[f"{kind} node {node} (#{len(run.faults) + 1})"] = round(time.monotonic() - started, 1)
+    run.timings[f"{kind} node {node} (#{len(run.faults) + 1})"] = round(
+        time.monotonic() - started, 1
+    )
     run.faults.append(fault)
     return True
 
@@ -152,7 +199,11 @@ def failover(tmp_path_factory):
     from choreo.ops.workload import wait_terminal
     from tasks.app import make_app
 
-    seed = int(os.environ["CHOREO_CHAOS_SEED"]) if os.environ.get("CHOREO_CHAOS_SEED") else random.getrandbits(32)
+    seed = (
+        int(os.environ["CHOREO_CHAOS_SEED"])
+        if os.environ.get("CHOREO_CHAOS_SEED")
+        else random.getrandbits(32)
+    )
     rng = random.Random(seed)
     run, t0 = Run(), time.monotonic()
     journal = Journal(Console(width=140, force_terminal=False))
@@ -166,7 +217,12 @@ def failover(tmp_path_factory):
     flower = None
 
     def feed(count: int, seconds: float) -> None:
-        f = OrderFeed(sandbox.settings, draw_scenarios(count, dict(DEFAULT_MIX), rng.getrandbits(32)), seconds, rng)
+        f = OrderFeed(
+            sandbox.settings,
+            draw_scenarios(count, dict(DEFAULT_MIX), rng.getrandbits(32)),
+            seconds,
+            rng,
+        )
         f.start()
         feeds.append(f)
         run.ordered += count
@@ -193,8 +249,10 @@ def failover(tmp_path_factory):
         def everyone_answers() -> bool:
             try:
                 run.ping = flower.control.inspect(timeout=2.0).ping() or {}
-            except flower_errors:  # its pooled connection was on the faulted node: the next try connects anew
-                return False       # (Flower's inspector, likewise, logs a failed inspect and asks again)
+            except (
+                flower_errors
+            ):  # its pooled connection was on the faulted node: the next try connects anew
+                return False  # (Flower's inspector, likewise, logs a failed inspect and asks again)
             return set(host.values()) <= {n.split("@")[0] for n in run.ping}
 
         t = time.monotonic()
@@ -221,7 +279,9 @@ def failover(tmp_path_factory):
             _until(everyone_answers, 30, "a ping answer from every worker")
         except RuntimeError as exc:
             run.errors.append(str(exc))
-        run.node_names = {w: next((n for n in run.ping if n.split("@")[0] == host[w]), "") for w in faults.workers}
+        run.node_names = {
+            w: next((n for n in run.ping if n.split("@")[0] == host[w]), "") for w in faults.workers
+        }
 
         with BrokerAdmin(settings) as admin:
             run.consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
@@ -246,13 +306,20 @@ def failover(tmp_path_factory):
         keep = bool(run.errors or run.log_lines or run.unexpected_exits)
         run.errors += sandbox.close(keep=keep)
         cluster.down(purge=not keep)
-        moved = [f"{x['fault']} node {x['node']}: "
-                 + ", ".join(f"{w} -> {v.get('reconnected_to')} in {v.get('reconnected_after_s')}s"
-                             for w, v in x["workers_on_node"].items())
-                 + f"; all answered ping {x.get('all_answered_after_s')}s after the node was back" for x in run.faults]
-        print(f"\nworker failover: seed {seed}; timings (s) {run.timings}; pidbox clashes absorbed {run.clashes}; "
-              f"faults: {moved}"
-              + (f"; kept {sandbox.workdir} and {cluster.base_dir}" if keep else ""))
+        moved = [
+            f"{x['fault']} node {x['node']}: "
+            + ", ".join(
+                f"{w} -> {v.get('reconnected_to')} in {v.get('reconnected_after_s')}s"
+                for w, v in x["workers_on_node"].items()
+            )
+            + f"; all answered ping {x.get('all_answered_after_s')}s after the node was back"
+            for x in run.faults
+        ]
+        print(
+            f"\nworker failover: seed {seed}; timings (s) {run.timings}; pidbox clashes absorbed {run.clashes}; "
+            f"faults: {moved}"
+            + (f"; kept {sandbox.workdir} and {cluster.base_dir}" if keep else "")
+        )
     return run
 
 
@@ -273,14 +340,28 @@ def test_each_faulted_worker_consumed_again_from_another_node_and_worked(failove
     assert failover.faults, failover.why()
     for x in failover.faults:
         for name, w in x["workers_on_node"].items():
-            assert w.get("reconnected_to") and w["reconnected_to"] != w["broker_node"], (x["fault"], name, w,
-                                                                                        failover.why())
-            assert w["pid_on_reconnect"] == w["pid"], (name, w)  # the same process, not a restarted one
+            assert w.get("reconnected_to") and w["reconnected_to"] != w["broker_node"], (
+                x["fault"],
+                name,
+                w,
+                failover.why(),
+            )
+            assert w["pid_on_reconnect"] == w["pid"], (
+                name,
+                w,
+            )  # the same process, not a restarted one
             # It processed orders placed after its fault (the last batch comes after every fault).
-            assert failover.handled_after.get(name, 0) > w["handled_on_reconnect"], (name, w, failover.handled_after)
+            assert failover.handled_after.get(name, 0) > w["handled_on_reconnect"], (
+                name,
+                w,
+                failover.handled_after,
+            )
     # Every domain queue has its worker's consumer again.
-    domain_queues = {q: n for q, n in failover.consumers.items() if not q.endswith((".dlq", ".unrouted"))
-                     and q.count(".") == 1}
+    domain_queues = {
+        q: n
+        for q, n in failover.consumers.items()
+        if not q.endswith((".dlq", ".unrouted")) and q.count(".") == 1
+    }
     assert domain_queues and all(n == 1 for n in domain_queues.values()), failover.consumers
 
 
@@ -299,4 +380,3 @@ def test_flowers_user_reaches_every_worker_after_each_fault(failover):
     assert all("all_answered_after_s" in x for x in failover.faults), failover.why()
     assert all(failover.node_names.values()), (failover.node_names, failover.ping)
     assert all(reply == {"ok": "pong"} for reply in failover.ping.values()), failover.ping
-

@@ -1,4 +1,5 @@
 """A real stack for the run: the user service and five worker processes, started like `choreo up`."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,9 @@ import pytest
 def start_stack(settings, env=None, names=None):
     from choreo.ops.stack import bring_up, process_names
 
-    return bring_up(settings, names or [n for n in process_names(settings) if n != "flower"], 90, env)
+    return bring_up(
+        settings, names or [n for n in process_names(settings) if n != "flower"], 90, env
+    )
 
 
 @pytest.fixture(scope="session")

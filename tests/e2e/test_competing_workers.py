@@ -2,6 +2,7 @@
 pass of `make test`). Every order ends where its data asked, the audit finds nothing doubled
 (one charge, one reservation, one shipment, one notification of each kind per order), and both
 workers of every domain did some of the work."""
+
 from __future__ import annotations
 
 import os
@@ -10,14 +11,21 @@ import pytest
 
 from tests.helpers import scrape, settled
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
-    not os.environ.get("CHOREO_TEST_DATABASE_SERVER"),
-    reason="two workers per domain need PostgreSQL: the PostgreSQL pass of make test runs this")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not os.environ.get("CHOREO_TEST_DATABASE_SERVER"),
+        reason="two workers per domain need PostgreSQL: the PostgreSQL pass of make test runs this",
+    ),
+]
 
 
 def _processed(settings, domain: str, index: int) -> float:
-    return sum(v for (name, labels), v in scrape(settings, domain, index).items()
-               if name == "service_request_total" and ("outcome", "processed") in labels)
+    return sum(
+        v
+        for (name, labels), v in scrape(settings, domain, index).items()
+        if name == "service_request_total" and ("outcome", "processed") in labels
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,5 +62,9 @@ def test_two_workers_per_domain_share_the_work_and_never_double_an_effect(two_pe
     assert not [c.name for c in checks if c.error]
     doubled = {c.name: {o: why for o, why in c.problems.items() if o in ours} for c in checks}
     assert not {name: p for name, p in doubled.items() if p}, doubled
-    did = {(d, i): _processed(settings, d, i) - before[(d, i)] for d in settings.domains for i in (1, 2)}
+    did = {
+        (d, i): _processed(settings, d, i) - before[(d, i)]
+        for d in settings.domains
+        for i in (1, 2)
+    }
     assert all(n > 0 for n in did.values()), did

@@ -1,6 +1,7 @@
 """Dead-letter replay that cannot hurt, against the real stack: a dry run moves nothing, an
 execute moves exactly what it listed, a replayed event the consumer already processed is
 absorbed, and the record lists every replay."""
+
 from __future__ import annotations
 
 import uuid
@@ -13,6 +14,7 @@ from tests.helpers import celery_message, queues_idle, settled, wait_for
 
 def _letters(settings, domain="payment") -> dict:
     from choreo.messaging.admin import BrokerAdmin
+
     with BrokerAdmin(settings) as admin:
         return {v.event_id: v for v in admin.peek(domain, 1000)}
 
@@ -30,12 +32,19 @@ def _leave_in_dlq(settings, envelope: dict, reason: str) -> None:
 
     body, headers = celery_message(envelope["type"], [envelope], task_id=envelope["event_id"])
     copy = copies.copy_of(envelope["event_id"], "order", envelope["type"], [envelope], {})
-    copies.record_now(engine_for(settings, "payment"), [copies.Made(copy, "order", copies.DEAD_LETTER, 4)])
+    copies.record_now(
+        engine_for(settings, "payment"), [copies.Made(copy, "order", copies.DEAD_LETTER, 4)]
+    )
     # As the payment worker writes its dead letters: as itself, saying who sent the original.
     headers.update(dead_letter_headers(reason, "payment", 4, False), **sender_header("order"))
     with BrokerAdmin(settings, service="payment") as admin:
-        admin.publish_raw("payment", body, headers, exchange=Names(settings.namespace).dlx,
-                          message_id=envelope["event_id"])
+        admin.publish_raw(
+            "payment",
+            body,
+            headers,
+            exchange=Names(settings.namespace).dlx,
+            message_id=envelope["event_id"],
+        )
 
 
 def _order_placed(settings, order_id: str) -> dict:
@@ -44,38 +53,62 @@ def _order_placed(settings, order_id: str) -> dict:
     from models.tables import Outbox
 
     with Session(engine_for(settings, "order")) as s:
-        row = s.exec(select(Outbox).where(Outbox.order_id == order_id, Outbox.type == "order.placed")).one()
+        row = s.exec(
+            select(Outbox).where(Outbox.order_id == order_id, Outbox.type == "order.placed")
+        ).one()
     return Envelope.model_validate_json(row.body).to_wire()
 
 
 def _charges(settings, order_id: str) -> int:
     from choreo.infra.db import engine_for
     from models.tables import Charge
+
     with Session(engine_for(settings, "payment")) as s:
-        return s.exec(select(func.count()).select_from(Charge).where(Charge.order_id == order_id)).one()
+        return s.exec(
+            select(func.count()).select_from(Charge).where(Charge.order_id == order_id)
+        ).one()
 
 
 def test_a_dry_run_moves_nothing_and_execute_moves_exactly_what_it_listed(settings, stack):
     from choreo.ops import replay as rp
     from choreo.ops.workload import publish_orders
 
-    ids = [o for o, _ in publish_orders(settings, ["completed", "completed", "needs_attention"], seed=None)]
+    ids = [
+        o
+        for o, _ in publish_orders(
+            settings, ["completed", "completed", "needs_attention"], seed=None
+        )
+    ]
     done = settled(settings, ids)
     assert done[ids[2]] == ("NEEDS_ATTENTION", "compensation_failed")
-    failed = wait_for(lambda: [v for v in _letters(settings).values() if v.order_id == ids[2]], 30,
-                      what="the refund's dead letter")[0]
+    failed = wait_for(
+        lambda: [v for v in _letters(settings).values() if v.order_id == ids[2]],
+        30,
+        what="the refund's dead letter",
+    )[0]
     a, b = (_order_placed(settings, o) for o in ids[:2])
     _leave_in_dlq(settings, a, "test: a copy a crash left behind")
     _leave_in_dlq(settings, b, "test: a copy a crash left behind")
-    wait_for(lambda: {a["event_id"], b["event_id"]} <= set(_letters(settings)), 10, what="the copies in the DLQ")
+    wait_for(
+        lambda: {a["event_id"], b["event_id"]} <= set(_letters(settings)),
+        10,
+        what="the copies in the DLQ",
+    )
     queues_idle(settings)
     before_letters, before_world = set(_letters(settings)), world(settings)
     before_records = len(rp.history(settings, "payment", 10_000))
 
-    plan = {c.letter.event_id: c for c in rp.plan(settings, "payment", [a["event_id"], failed.event_id])}
+    plan = {
+        c.letter.event_id: c for c in rp.plan(settings, "payment", [a["event_id"], failed.event_id])
+    }
     assert set(plan) == {a["event_id"], failed.event_id}
-    assert plan[a["event_id"]].already_processed is True and plan[a["event_id"]].effect.startswith("absorbed")
-    assert plan[failed.event_id].already_processed is False and plan[failed.event_id].effect == "runs again"
+    assert plan[a["event_id"]].already_processed is True and plan[a["event_id"]].effect.startswith(
+        "absorbed"
+    )
+    assert (
+        plan[failed.event_id].already_processed is False
+        and plan[failed.event_id].effect == "runs again"
+    )
     # the dry run changed nothing: same dead letters, same world, no record
     assert set(_letters(settings)) == before_letters
     assert world(settings) == before_world
@@ -83,9 +116,12 @@ def test_a_dry_run_moves_nothing_and_execute_moves_exactly_what_it_listed(settin
 
     run = rp.execute(settings, "payment", [a["event_id"]], by="test-operator")
     assert [(r.event_id, r.outcome, r.already_processed, r.by) for r in run.records] == [
-        (a["event_id"], "replayed", True, "test-operator")]
+        (a["event_id"], "replayed", True, "test-operator")
+    ]
     left = set(_letters(settings))
-    assert a["event_id"] not in left and {b["event_id"], failed.event_id} <= left  # exactly the listed one moved
+    assert (
+        a["event_id"] not in left and {b["event_id"], failed.event_id} <= left
+    )  # exactly the listed one moved
     queues_idle(settings)
     assert world(settings) == before_world, "an already-processed event replayed changed something"
     assert _charges(settings, ids[0]) == 1
@@ -113,8 +149,10 @@ def test_replaying_the_same_message_twice_changes_nothing_and_both_are_recorded(
     queues_idle(settings)
     assert world(settings) == before and _charges(settings, order_id) == 1
     history = rp.history(settings, "payment", event_id=env["event_id"])
-    assert [(r.by, r.outcome, r.already_processed) for r in history] == [("second", "replayed", True),
-                                                                         ("first", "replayed", True)]
+    assert [(r.by, r.outcome, r.already_processed) for r in history] == [
+        ("second", "replayed", True),
+        ("first", "replayed", True),
+    ]
     assert history[0].run_id != history[1].run_id
 
 
@@ -135,15 +173,21 @@ def test_the_cli_dry_runs_by_default_and_records_with_execute(settings, stack):
     dry = runner.invoke(cli, ["dlq", "replay", "payment", "--id", env["event_id"], "--json"])
     assert dry.exit_code == 0, dry.output
     shown = json.loads(dry.output)
-    assert shown["dry_run"] is True and [c["event_id"] for c in shown["would_replay"]] == [env["event_id"]]
+    assert shown["dry_run"] is True and [c["event_id"] for c in shown["would_replay"]] == [
+        env["event_id"]
+    ]
     assert shown["would_replay"][0]["effect"].startswith("absorbed")
     assert env["event_id"] in _letters(settings)
-    done = runner.invoke(cli, ["dlq", "replay", "payment", "--id", env["event_id"], "--execute", "--json"])
+    done = runner.invoke(
+        cli, ["dlq", "replay", "payment", "--id", env["event_id"], "--execute", "--json"]
+    )
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["moved"] == 1 and env["event_id"] not in _letters(settings)
     listed = runner.invoke(cli, ["dlq", "replays", "payment", "--id", env["event_id"], "--json"])
     assert [r["event_id"] for r in json.loads(listed.output)] == [env["event_id"]]
-    nothing = runner.invoke(cli, ["dlq", "replay", "payment", "--id", f"evt-none-{uuid.uuid4().hex}", "--execute"])
+    nothing = runner.invoke(
+        cli, ["dlq", "replay", "payment", "--id", f"evt-none-{uuid.uuid4().hex}", "--execute"]
+    )
     assert nothing.exit_code != 0 and "not replayed" in nothing.output
 
 

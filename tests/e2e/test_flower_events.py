@@ -1,5 +1,6 @@
 """Flower still sees each message of a batch as its own task: received, started, then succeeded,
 retried or failed, from the worker that held it (Celery's own event receiver, as Flower reads them)."""
+
 from __future__ import annotations
 
 import threading
@@ -21,7 +22,9 @@ def test_each_message_is_its_own_task_in_the_event_stream(settings, stack):
     events: list[dict] = []
     conn = app.connection_for_read()
     receiver = app.events.Receiver(conn, handlers={"*": events.append})
-    listener = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True)
+    listener = threading.Thread(
+        target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+    )
     listener.start()
     try:
         time.sleep(1.5)  # its event queue declared and bound before anything happens
@@ -38,12 +41,25 @@ def test_each_message_is_its_own_task_in_the_event_stream(settings, stack):
     by_scenario = {scenario: _tasks(events)[order_id] for order_id, scenario in sent.items()}
     names, completed = by_scenario["completed"]
     assert sorted(names.values()) == sorted(
-        ["place_order", "order.placed", "payment.completed", "payment.completed", "inventory.reserved",
-         "inventory.reserved", "shipment.created", "order.completed"])
-    assert all(seq == ["task-received", "task-started", "task-succeeded"] for seq in completed.values()), completed
+        [
+            "place_order",
+            "order.placed",
+            "payment.completed",
+            "payment.completed",
+            "inventory.reserved",
+            "inventory.reserved",
+            "shipment.created",
+            "order.completed",
+        ]
+    )
+    assert all(
+        seq == ["task-received", "task-started", "task-succeeded"] for seq in completed.values()
+    ), completed
     _, flaky = by_scenario["flaky"]
-    assert any(seq[:3] == ["task-received", "task-started", "task-retried"] and seq[-1] == "task-succeeded"
-               for seq in flaky.values()), flaky
+    assert any(
+        seq[:3] == ["task-received", "task-started", "task-retried"] and seq[-1] == "task-succeeded"
+        for seq in flaky.values()
+    ), flaky
     _, failed = by_scenario["needs_attention"]
     assert any(seq[-1] == "task-failed" for seq in failed.values()), failed
 
@@ -58,7 +74,14 @@ def _tasks(events: list[dict]) -> dict[str, tuple[dict, dict]]:
         key = (e["uuid"], e["hostname"])
         kinds[key].append(e["type"])
         if e["type"] == "task-received":
-            order_of[key] = next((w[len("order="):] for w in (e.get("args") or "").split() if w.startswith("order=")), None)
+            order_of[key] = next(
+                (
+                    w[len("order=") :]
+                    for w in (e.get("args") or "").split()
+                    if w.startswith("order=")
+                ),
+                None,
+            )
             name_of[key] = e["name"]
     out: dict = defaultdict(lambda: ({}, {}))
     for key, order_id in order_of.items():

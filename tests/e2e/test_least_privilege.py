@@ -2,6 +2,7 @@
 only what it owns, read only its own queue and declare nothing of choreo's; a message claiming
 another user is refused; a forged fact is refused by the broker or dead-lettered, and changes
 no stock, shipment, charge or order; no secret shows in a log, in `choreo status` or the repo."""
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _refusal(settings, service, act) -> tuple[int, str]:
     """The broker's reply code and text when `service`'s user does `act(channel)`."""
     from choreo.messaging.admin import BrokerAdmin
+
     with BrokerAdmin(settings, service=service) as admin:
         ch = admin.conn.channel()
         ch.confirm_delivery()
@@ -34,65 +36,146 @@ def _refusal(settings, service, act) -> tuple[int, str]:
 def _forged(type_: str, order_id: str) -> tuple[bytes, dict]:
     from choreo.ops.scenarios import make_order
     from models.envelope import InventoryReserved, PaymentCompleted, make_envelope
+
     spec = make_order("completed")
-    order = {"customer_id": spec.customer_id, "items": spec.items, "address": spec.address, "amount_cents": 100}
-    payload = (PaymentCompleted(charge_id="ch-forged", amount_cents=100, order=order) if type_ == "payment.completed"
-               else InventoryReserved(reservation_id="r-forged", order=order))
+    order = {
+        "customer_id": spec.customer_id,
+        "items": spec.items,
+        "address": spec.address,
+        "amount_cents": 100,
+    }
+    payload = (
+        PaymentCompleted(charge_id="ch-forged", amount_cents=100, order=order)
+        if type_ == "payment.completed"
+        else InventoryReserved(reservation_id="r-forged", order=order)
+    )
     env = make_envelope(type_, order_id, payload, source=type_.split(".")[0])
     return celery_message(type_, [env.to_wire()], env.event_id)
 
 
-def _publish(ch, settings, routing_key: str, body: bytes, headers: dict, user_id: str | None = None,
-             exchange: str | None = None) -> None:
+def _publish(
+    ch,
+    settings,
+    routing_key: str,
+    body: bytes,
+    headers: dict,
+    user_id: str | None = None,
+    exchange: str | None = None,
+) -> None:
     import pika
-    ch.basic_publish(f"{settings.namespace}.events" if exchange is None else exchange, routing_key, body,
-                     pika.BasicProperties(content_type="application/json", content_encoding="utf-8", headers=headers,
-                                          delivery_mode=2, user_id=user_id))
+
+    ch.basic_publish(
+        f"{settings.namespace}.events" if exchange is None else exchange,
+        routing_key,
+        body,
+        pika.BasicProperties(
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=headers,
+            delivery_mode=2,
+            user_id=user_id,
+        ),
+    )
 
 
 @pytest.mark.parametrize("routing_key", ["order.completed", "inventory.reserved", "place_order"])
 def test_the_payment_user_may_not_say_what_another_service_owns(settings, stack, routing_key):
     from choreo.messaging.access import user_name
-    body, headers = _forged("payment.completed", f"ord-never-{uuid.uuid4().hex[:8]}")  # the broker reads no body
-    code, text = _refusal(settings, "payment", lambda ch: _publish(ch, settings, routing_key, body, headers,
-                                                                   user_name(settings, "payment")))
+
+    body, headers = _forged(
+        "payment.completed", f"ord-never-{uuid.uuid4().hex[:8]}"
+    )  # the broker reads no body
+    code, text = _refusal(
+        settings,
+        "payment",
+        lambda ch: _publish(
+            ch, settings, routing_key, body, headers, user_name(settings, "payment")
+        ),
+    )
     assert code == 403 and "topic" in text.lower() and routing_key in text
 
 
 @pytest.mark.parametrize("queue", ["inventory", "order.dlq", "payment.dlq", "unrouted"])
 def test_the_payment_user_may_not_read_another_queue(settings, stack, queue):
-    code, text = _refusal(settings, "payment", lambda ch: ch.basic_get(f"{settings.namespace}.{queue}"))
+    code, text = _refusal(
+        settings, "payment", lambda ch: ch.basic_get(f"{settings.namespace}.{queue}")
+    )
     assert code == 403 and f"{settings.namespace}.{queue}" in text
 
 
 def test_the_payment_user_may_not_declare_bind_or_write_past_its_grants(settings, stack):
     ns = settings.namespace
-    assert _refusal(settings, "payment", lambda ch: ch.queue_declare(f"payment-extra-{uuid.uuid4().hex[:6]}"))[0] == 403
-    assert _refusal(settings, "payment", lambda ch: ch.exchange_declare(f"payment-x-{uuid.uuid4().hex[:6]}"))[0] == 403
+    assert (
+        _refusal(
+            settings,
+            "payment",
+            lambda ch: ch.queue_declare(f"payment-extra-{uuid.uuid4().hex[:6]}"),
+        )[0]
+        == 403
+    )
+    assert (
+        _refusal(
+            settings, "payment", lambda ch: ch.exchange_declare(f"payment-x-{uuid.uuid4().hex[:6]}")
+        )[0]
+        == 403
+    )
     # Its own queue may not be made to hear more (a binding needs write on the queue).
-    assert _refusal(settings, "payment", lambda ch: ch.queue_bind(f"{ns}.payment", f"{ns}.events",
-                                                                  "payment.completed"))[0] == 403
+    assert (
+        _refusal(
+            settings,
+            "payment",
+            lambda ch: ch.queue_bind(f"{ns}.payment", f"{ns}.events", "payment.completed"),
+        )[0]
+        == 403
+    )
     # The default exchange reaches any queue by name: no service may write to it.
     body, headers = _forged("payment.completed", f"ord-never-{uuid.uuid4().hex[:8]}")
-    assert _refusal(settings, "payment", lambda ch: _publish(ch, settings, f"{ns}.inventory", body, headers,
-                                                             exchange=""))[0] == 403
+    assert (
+        _refusal(
+            settings,
+            "payment",
+            lambda ch: _publish(ch, settings, f"{ns}.inventory", body, headers, exchange=""),
+        )[0]
+        == 403
+    )
     # Nor to another domain's dead letters or retry rungs.
-    assert _refusal(settings, "payment", lambda ch: _publish(ch, settings, "inventory", body, headers,
-                                                             exchange=f"{ns}.dlx"))[0] == 403
-    assert _refusal(settings, "payment", lambda ch: _publish(ch, settings, "inventory.1", body, headers,
-                                                             exchange=f"{ns}.retry"))[0] == 403
+    assert (
+        _refusal(
+            settings,
+            "payment",
+            lambda ch: _publish(ch, settings, "inventory", body, headers, exchange=f"{ns}.dlx"),
+        )[0]
+        == 403
+    )
+    assert (
+        _refusal(
+            settings,
+            "payment",
+            lambda ch: _publish(ch, settings, "inventory.1", body, headers, exchange=f"{ns}.retry"),
+        )[0]
+        == 403
+    )
 
 
 def test_a_message_claiming_another_user_is_refused(settings, stack):
     from choreo.messaging.access import user_name
+
     body, headers = _forged("payment.completed", f"ord-never-{uuid.uuid4().hex[:8]}")
     for claimed in (user_name(settings, "inventory"), user_name(settings, "payment")):
-        code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "place_order", body, headers,
-                                                                        claimed))
+        code, text = _refusal(
+            settings,
+            "operator",
+            lambda ch: _publish(ch, settings, "place_order", body, headers, claimed),
+        )
         assert code == 406 and "user_id" in text
     # On a key that is not the user's to write, the topic permission refuses it first (README: Security).
-    code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "payment.completed", body, headers,
-                                                                    user_name(settings, "payment")))
+    code, text = _refusal(
+        settings,
+        "operator",
+        lambda ch: _publish(
+            ch, settings, "payment.completed", body, headers, user_name(settings, "payment")
+        ),
+    )
     assert code == 403 and "payment.completed" in text
 
 
@@ -100,7 +183,9 @@ def test_an_unbound_key_is_refused_for_the_operator_not_kept_in_unrouted(setting
     """The README's client user may say place_order and nothing else: a typo is a 403 that closes
     the channel, not a message in choreo.unrouted (that catches keys a user may write but nothing binds)."""
     body, headers = celery_message("place_ordr", [{}], str(uuid.uuid4()))
-    code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "place_ordr", body, headers))
+    code, text = _refusal(
+        settings, "operator", lambda ch: _publish(ch, settings, "place_ordr", body, headers)
+    )
     assert code == 403 and "place_ordr" in text
 
 
@@ -117,27 +202,42 @@ def test_a_place_order_without_user_id_is_taken_by_the_broker_and_dead_lettered(
 
     def letter():
         with BrokerAdmin(settings) as admin:
-            return next((v for v in admin.peek("order", 10_000) if v.event_id == env["event_id"]), None)
+            return next(
+                (v for v in admin.peek("order", 10_000) if v.event_id == env["event_id"]), None
+            )
+
     dead = wait_for(letter, 30, what="the order without user_id in the order DLQ")
-    assert dead.reason.startswith("poison: unauthorized: a message with no verified sender"), dead.reason
+    assert dead.reason.startswith("poison: unauthorized: a message with no verified sender"), (
+        dead.reason
+    )
     assert _effects(settings, env["order_id"])["OrderView"] == 0
 
 
 def _effects(settings, order_id: str) -> dict:
     from choreo.infra.db import engine_for
     from models.tables import Charge, Inbox, Notification, OrderView, Reservation, Shipment
+
     out = {}
-    for service, model in (("inventory", Reservation), ("shipment", Shipment), ("payment", Charge),
-                           ("order", OrderView), ("notification", Notification), ("inventory", Inbox),
-                           ("shipment", Inbox)):
+    for service, model in (
+        ("inventory", Reservation),
+        ("shipment", Shipment),
+        ("payment", Charge),
+        ("order", OrderView),
+        ("notification", Notification),
+        ("inventory", Inbox),
+        ("shipment", Inbox),
+    ):
         with Session(engine_for(settings, service)) as s:
-            out[model.__name__] = out.get(model.__name__, 0) + len(s.exec(select(model).where(model.order_id == order_id)).all())
+            out[model.__name__] = out.get(model.__name__, 0) + len(
+                s.exec(select(model).where(model.order_id == order_id)).all()
+            )
     return out
 
 
 def _stock(settings) -> dict:
     from choreo.infra.db import engine_for
     from models.tables import Stock
+
     with Session(engine_for(settings, "inventory")) as s:
         return {r.sku: (r.available, r.reserved) for r in s.exec(select(Stock))}
 
@@ -158,43 +258,77 @@ def test_a_forged_payment_completed_changes_nothing(settings, stack):
     body, headers = _forged("payment.completed", order_id)
     event_id = headers["id"]
 
-    code, text = _refusal(settings, "operator", lambda ch: _publish(ch, settings, "payment.completed", body,
-                                                                    headers, user_name(settings, "operator")))
+    code, text = _refusal(
+        settings,
+        "operator",
+        lambda ch: _publish(
+            ch, settings, "payment.completed", body, headers, user_name(settings, "operator")
+        ),
+    )
     assert code == 403 and "payment.completed" in text
 
     ns = settings.namespace
     reserved_body, reserved_headers = _forged("inventory.reserved", order_id)
     with BrokerAdmin(settings, service=None) as admin:
         admin.publish_raw(f"{ns}.inventory", body, headers, exchange="", user_id=None)
-        admin.publish_raw(f"{ns}.shipment", reserved_body, reserved_headers, exchange="", user_id=None)
+        admin.publish_raw(
+            f"{ns}.shipment", reserved_body, reserved_headers, exchange="", user_id=None
+        )
 
     def letter(domain, eid):
         with BrokerAdmin(settings) as admin:
             return next((v for v in admin.peek(domain, 10_000) if v.event_id == eid), None)
-    inv = wait_for(lambda: letter("inventory", event_id), 30, what="the forgery in the inventory DLQ")
-    shp = wait_for(lambda: letter("shipment", reserved_headers["id"]), 30, what="the forgery in the shipment DLQ")
+
+    inv = wait_for(
+        lambda: letter("inventory", event_id), 30, what="the forgery in the inventory DLQ"
+    )
+    shp = wait_for(
+        lambda: letter("shipment", reserved_headers["id"]),
+        30,
+        what="the forgery in the shipment DLQ",
+    )
     for dead in (inv, shp):
-        assert dead.reason.startswith("poison: unauthorized: a message with no verified sender"), dead.reason
+        assert dead.reason.startswith("poison: unauthorized: a message with no verified sender"), (
+            dead.reason
+        )
         assert dead.headers["x-choreo-sender"] == "-"
 
     # The operator replays it: the broker moves it back as it was, and it is still believed by nobody.
     run = rp.execute(settings, "inventory", [event_id], by="test")
     assert [r.outcome for r in run.records] == ["replayed"]
-    wait_for(lambda: (v := letter("inventory", event_id)) and v.attempts == 1 and v.reason.startswith("poison"), 30,
-             what="the replayed forgery dead-lettered again")
+    wait_for(
+        lambda: (
+            (v := letter("inventory", event_id))
+            and v.attempts == 1
+            and v.reason.startswith("poison")
+        ),
+        30,
+        what="the replayed forgery dead-lettered again",
+    )
     queues_idle(settings)
 
-    assert _effects(settings, order_id) == {"Reservation": 0, "Shipment": 0, "Charge": 0, "OrderView": 0,
-                                            "Notification": 0, "Inbox": 0}
+    assert _effects(settings, order_id) == {
+        "Reservation": 0,
+        "Shipment": 0,
+        "Charge": 0,
+        "OrderView": 0,
+        "Notification": 0,
+        "Inbox": 0,
+    }
     assert _stock(settings) == stock
     # The audit's unknown-order checks (a reservation or shipment for an order never placed) are clean of it.
     checks = run_audit(settings)
-    assert not [c.name for c in checks if order_id in c.offenders or any(order_id in p for p in c.problems.values())]
+    assert not [
+        c.name
+        for c in checks
+        if order_id in c.offenders or any(order_id in p for p in c.problems.values())
+    ]
 
 
 def test_every_process_connects_as_its_own_user(settings, stack):
     from choreo.messaging.access import user_name
     from choreo.ops.stack import process_names
+
     for name in process_names(settings):
         if not name.startswith("worker-"):
             continue
@@ -218,23 +352,40 @@ def test_no_secret_shows_in_logs_status_or_the_repo(settings, stack):
     from choreo.ops.cli import cli
 
     found = _secret_values(settings)
-    assert {f"broker-password-{s}" for s in ("order", "payment", "operator", "flower")} <= set(found)
+    assert {f"broker-password-{s}" for s in ("order", "payment", "operator", "flower")} <= set(
+        found
+    )
     assert any(name.startswith("users-token-") for name in found)
     runner = CliRunner()
-    outputs = {args: runner.invoke(cli, list(args)) for args in (("status", "--json"), ("status",),
-                                                               ("broker", "users"))}
+    outputs = {
+        args: runner.invoke(cli, list(args))
+        for args in (("status", "--json"), ("status",), ("broker", "users"))
+    }
     for args, result in outputs.items():
         assert result.exit_code == 0, (args, result.output)
     json.loads(outputs[("status", "--json")].output)
     texts = {f"choreo {' '.join(a)}": r.output for a, r in outputs.items()}
-    for folder in (settings.run_dir / "logs", settings.run_dir / "traces", settings.run_dir.parent / "logs"):
+    for folder in (
+        settings.run_dir / "logs",
+        settings.run_dir / "traces",
+        settings.run_dir.parent / "logs",
+    ):
         if folder.exists():
-            texts.update({str(p): p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file()})
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+            texts.update(
+                {str(p): p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file()}
+            )
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout
     for rel in filter(None, tracked.decode().split("\0")):
         path = REPO / rel
         if path.is_file() and path.stat().st_size < 5_000_000:
             texts[rel] = path.read_text(errors="replace")
     assert len(texts) > 50
-    leaks = [(name, where) for name, value in found.items() for where, text in texts.items() if value in text]
+    leaks = [
+        (name, where)
+        for name, value in found.items()
+        for where, text in texts.items()
+        if value in text
+    ]
     assert leaks == []

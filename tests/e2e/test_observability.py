@@ -1,5 +1,6 @@
 """Observability end to end: real workers' /metrics, /health, /ready and /breakers, and the
 spans they write, checked against what the services' own databases say happened."""
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,8 @@ from tests.helpers import Probe, queues_idle, scrape, settled, wait_for
 pytestmark = pytest.mark.e2e
 
 DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
+
+
 def requests(samples: dict, service: str) -> Counter:
     """service_request_total of one service: (type, outcome) -> count."""
     out = Counter()
@@ -28,8 +31,13 @@ def requests(samples: dict, service: str) -> Counter:
 
 
 def latency_counts(samples: dict, service: str) -> Counter:
-    return Counter({dict(labels)["type"]: v for (name, labels), v in samples.items()
-                    if name == "service_latency_seconds_count" and dict(labels)["service"] == service})
+    return Counter(
+        {
+            dict(labels)["type"]: v
+            for (name, labels), v in samples.items()
+            if name == "service_latency_seconds_count" and dict(labels)["service"] == service
+        }
+    )
 
 
 def scrape_all(settings) -> dict[str, dict]:
@@ -41,7 +49,9 @@ def _inbox(settings, domain: str, order_ids: set[str]) -> Counter:
     from models.tables import Inbox
 
     with engine_for(settings, domain).connect() as conn:
-        rows = conn.execute(select(Inbox.type, Inbox.order_id).where(Inbox.consumer == domain)).all()
+        rows = conn.execute(
+            select(Inbox.type, Inbox.order_id).where(Inbox.consumer == domain)
+        ).all()
     return Counter(t for t, o in rows if o in order_ids)
 
 
@@ -50,8 +60,9 @@ def _dead_letters(settings, domain: str, order_ids: set[str]) -> list:
     from models.tables import DeadLetter
 
     with engine_for(settings, domain).connect() as conn:
-        rows = conn.execute(select(DeadLetter.type, DeadLetter.order_id, DeadLetter.attempts,
-                                   DeadLetter.reason)).all()
+        rows = conn.execute(
+            select(DeadLetter.type, DeadLetter.order_id, DeadLetter.attempts, DeadLetter.reason)
+        ).all()
     return [r for r in rows if r.order_id in order_ids]
 
 
@@ -75,8 +86,11 @@ def known_set(settings, stack):
     completed = next(o for o, s in sent if s == "completed")
     # A duplicate: the completed order's payment.completed once more (order and inventory hear it).
     with engine_for(settings, "payment").connect() as conn:
-        body = conn.execute(select(Outbox.body).where(Outbox.order_id == completed,
-                                                      Outbox.type == "payment.completed")).scalar_one()
+        body = conn.execute(
+            select(Outbox.body).where(
+                Outbox.order_id == completed, Outbox.type == "payment.completed"
+            )
+        ).scalar_one()
     app = make_app("client", settings, service="payment")  # as its relay would re-publish it
     try:
         Publisher(app, Names(settings.namespace)).publish(Envelope.model_validate_json(body))
@@ -85,6 +99,7 @@ def known_set(settings, stack):
     # Poison: a name no domain has, and a place_order whose envelope breaks the schema.
     probe = Probe(settings, "order")
     from tests.helpers import celery_message, place_order
+
     bad_name = probe.send(*celery_message("no.such.type", [place_order()]))
     bad_body = probe.send(*celery_message("place_order", [{"event_id": "x"}]))
     probe.wait_letters([bad_name, bad_body])
@@ -96,8 +111,12 @@ def known_set(settings, stack):
 def _when_counted(settings, before):
     after = scrape_all(settings)
     key = ("payment.completed", "duplicate")
-    return after if requests(after["inventory"], "inventory")[key] > requests(before["inventory"], "inventory")[key] \
+    return (
+        after
+        if requests(after["inventory"], "inventory")[key]
+        > requests(before["inventory"], "inventory")[key]
         else None
+    )
 
 
 def test_counters_move_by_exactly_what_happened(settings, known_set):
@@ -109,14 +128,17 @@ def test_counters_move_by_exactly_what_happened(settings, known_set):
         # processed: one per message the service applied (its inbox says which)
         assert {t: n for (t, o), n in delta.items() if o == "processed"} == dict(inbox), domain
         # dead letters: one per row of the service's own dead-letter record, after its retries
-        assert Counter(t for (t, o), n in delta.items() if o == "dead_lettered" for _ in range(int(n))) == \
-            Counter(r.type for r in letters), domain
+        assert Counter(
+            t for (t, o), n in delta.items() if o == "dead_lettered" for _ in range(int(n))
+        ) == Counter(r.type for r in letters), domain
         retries = Counter()
         for r in letters:
             retries[r.type] += r.attempts - 1
         if domain == "payment":  # the flaky card fails twice, then charges (scenarios.make_order)
             retries["order.placed"] += 2 * sum(1 for _, s in sent if s == "flaky")
-        assert {t: n for (t, o), n in delta.items() if o == "retry"} == {t: n for t, n in retries.items() if n}, domain
+        assert {t: n for (t, o), n in delta.items() if o == "retry"} == {
+            t: n for t, n in retries.items() if n
+        }, domain
         # the duplicate reached the two services bound to payment.completed
         dup = {t: n for (t, o), n in delta.items() if o == "duplicate"}
         assert dup == ({"payment.completed": 1} if domain in ("order", "inventory") else {}), domain
@@ -128,7 +150,9 @@ def test_counters_move_by_exactly_what_happened(settings, known_set):
             by_type[t] += n
         lat = latency_counts(after[domain], domain) - latency_counts(before[domain], domain)
         assert +lat == +by_type, domain
-    assert any(r.attempts > 1 for r in _dead_letters(settings, "payment", ids)), "a refund that kept failing"
+    assert any(r.attempts > 1 for r in _dead_letters(settings, "payment", ids)), (
+        "a refund that kept failing"
+    )
 
 
 def test_no_id_is_a_label(settings, known_set):
@@ -141,8 +165,11 @@ def test_no_id_is_a_label(settings, known_set):
 def test_one_trace_per_saga_across_five_domains(settings, known_set):
     sent, _states, _ids, _before, _after = known_set
     order_id = next(o for o, s in sent if s == "completed")
-    view = wait_for(lambda: _view(order_id, "notification", "order.completed"), 20,
-                    what="the saga's spans in the span files")
+    view = wait_for(
+        lambda: _view(order_id, "notification", "order.completed"),
+        20,
+        what="the saga's spans in the span files",
+    )
     assert len(view["trace_ids"]) == 1
     assert set(DOMAINS) <= set(view["services"])
     spans = view["spans"]
@@ -155,11 +182,18 @@ def test_one_trace_per_saga_across_five_domains(settings, known_set):
         seen.add(span["span_id"])
     consumed = [s for s in spans if s["kind"] == "CONSUMER"]
     # the re-published payment.completed is in the saga's trace too, absorbed by both its consumers
-    assert sorted((s["service"], s["message_type"]) for s in consumed if s["outcome"] != "processed") == [
-        ("inventory", "payment.completed"), ("order", "payment.completed")]
+    assert sorted(
+        (s["service"], s["message_type"]) for s in consumed if s["outcome"] != "processed"
+    ) == [("inventory", "payment.completed"), ("order", "payment.completed")]
     assert {s["outcome"] for s in consumed} == {"processed", "duplicate"}
-    chain = ["place_order", "order.placed", "payment.completed", "inventory.reserved", "shipment.created",
-             "order.completed"]
+    chain = [
+        "place_order",
+        "order.placed",
+        "payment.completed",
+        "inventory.reserved",
+        "shipment.created",
+        "order.completed",
+    ]
     firsts = [min(s["start_offset_ms"] for s in consumed if s["message_type"] == t) for t in chain]
     assert firsts == sorted(firsts)
     for s in consumed:
@@ -168,16 +202,22 @@ def test_one_trace_per_saga_across_five_domains(settings, known_set):
     # Causality: each delivery's parent is the span that emitted the message: the client's
     # publish for place_order, else the CONSUMER span (of the emitting domain) of its cause.
     by_id = {s["span_id"]: s for s in spans}
-    emitted_by = {"place_order": ("client", "PRODUCER", "place_order"),
-                  "order.placed": ("order", "CONSUMER", "place_order"),
-                  "payment.completed": ("payment", "CONSUMER", "order.placed"),
-                  "inventory.reserved": ("inventory", "CONSUMER", "payment.completed"),
-                  "shipment.created": ("shipment", "CONSUMER", "inventory.reserved"),
-                  "order.completed": ("order", "CONSUMER", "shipment.created")}
+    emitted_by = {
+        "place_order": ("client", "PRODUCER", "place_order"),
+        "order.placed": ("order", "CONSUMER", "place_order"),
+        "payment.completed": ("payment", "CONSUMER", "order.placed"),
+        "inventory.reserved": ("inventory", "CONSUMER", "payment.completed"),
+        "shipment.created": ("shipment", "CONSUMER", "inventory.reserved"),
+        "order.completed": ("order", "CONSUMER", "shipment.created"),
+    }
     for s in consumed:
         parent = by_id.get(s["parent_span_id"])
-        assert parent is not None, f"{s['service']} {s['name']}: parent {s['parent_span_id']} not in the trace"
-        assert (parent["service"], parent["kind"], parent["message_type"]) == emitted_by[s["message_type"]], s["name"]
+        assert parent is not None, (
+            f"{s['service']} {s['name']}: parent {s['parent_span_id']} not in the trace"
+        )
+        assert (parent["service"], parent["kind"], parent["message_type"]) == emitted_by[
+            s["message_type"]
+        ], s["name"]
     # and each publish is a child of the delivery that staged it
     for s in spans:
         if s["kind"] == "PRODUCER" and s["service"] != "client":
@@ -187,12 +227,22 @@ def test_one_trace_per_saga_across_five_domains(settings, known_set):
 def test_a_retried_saga_shows_its_retries(settings, known_set):
     sent, *_ = known_set
     order_id = next(o for o, s in sent if s == "flaky")
-    view = wait_for(lambda: _view(order_id, "payment", "order.placed", "processed"), 20,
-                    what="the flaky saga's spans")
-    charges = [s for s in view["spans"] if s["kind"] == "CONSUMER" and s["message_type"] == "order.placed"
-               and s["service"] == "payment"]
-    assert [(s["attempt"], s["outcome"], s["retries"]) for s in sorted(charges, key=lambda s: s["attempt"])] == [
-        (0, "retry", 1), (1, "retry", 1), (2, "processed", 0)]
+    view = wait_for(
+        lambda: _view(order_id, "payment", "order.placed", "processed"),
+        20,
+        what="the flaky saga's spans",
+    )
+    charges = [
+        s
+        for s in view["spans"]
+        if s["kind"] == "CONSUMER"
+        and s["message_type"] == "order.placed"
+        and s["service"] == "payment"
+    ]
+    assert [
+        (s["attempt"], s["outcome"], s["retries"])
+        for s in sorted(charges, key=lambda s: s["attempt"])
+    ] == [(0, "retry", 1), (1, "retry", 1), (2, "processed", 0)]
 
 
 def _view(order_id: str, service: str, message_type: str, outcome: str = "processed"):
@@ -205,21 +255,28 @@ def _view(order_id: str, service: str, message_type: str, outcome: str = "proces
     if result.exit_code != 0:
         return None
     view = json.loads(result.output)
-    done = any(s["service"] == service and s["message_type"] == message_type and s["outcome"] == outcome
-               for s in view["spans"])
+    done = any(
+        s["service"] == service and s["message_type"] == message_type and s["outcome"] == outcome
+        for s in view["spans"]
+    )
     return view if done else None
 
 
 def test_logs_carry_trace_and_span_ids(settings, stack, known_set):
     sent, *_ = known_set
     order_id = next(o for o, s in sent if s == "completed")
-    lines = [json.loads(line) for line in stack.logfile("worker-payment").read_text().splitlines()
-             if order_id in line and line.startswith("{")]
+    lines = [
+        json.loads(line)
+        for line in stack.logfile("worker-payment").read_text().splitlines()
+        if order_id in line and line.startswith("{")
+    ]
     settled_lines = [x for x in lines if x.get("msg") == "processed"]
     assert settled_lines
     for x in settled_lines:
         assert x["service_name"] == "payment"
-        assert re.fullmatch(r"[0-9a-f]{32}", x["trace_id"]) and re.fullmatch(r"[0-9a-f]{16}", x["span_id"])
+        assert re.fullmatch(r"[0-9a-f]{32}", x["trace_id"]) and re.fullmatch(
+            r"[0-9a-f]{16}", x["span_id"]
+        )
         assert x["duration_ms"] > 0
 
 
@@ -228,19 +285,32 @@ def test_ready_turns_and_health_stays_while_the_broker_refuses(settings, stack, 
 
     url = settings.health_url("payment")
     ready = httpx.get(url + "/ready", timeout=5)
-    assert ready.status_code == 200 and ready.json()["broker_node"] == "127.0.0.1:5672"  # the node it consumes from
+    assert (
+        ready.status_code == 200 and ready.json()["broker_node"] == "127.0.0.1:5672"
+    )  # the node it consumes from
     rabbitmqctl("set_vhost_limits", "-p", sandbox.vhost, '{"max-connections": 0}')
     try:
-        rabbitmqctl("close_all_connections", "--vhost", sandbox.vhost, "choreo test: broker connections closed")
+        rabbitmqctl(
+            "close_all_connections",
+            "--vhost",
+            sandbox.vhost,
+            "choreo test: broker connections closed",
+        )
         body = wait_for(lambda: _not_ready(url), 20, what="/ready to say not ready")
-        assert body["checks"]["broker"] is False and body["checks"]["database"] is True and body["broker_node"] is None
+        assert (
+            body["checks"]["broker"] is False
+            and body["checks"]["database"] is True
+            and body["broker_node"] is None
+        )
         for _ in range(5):  # liveness holds while the worker only waits for its broker
             health = httpx.get(url + "/health", timeout=5)
             assert health.status_code == 200 and health.json()["state"] == "reconnecting"
             time.sleep(0.2)
     finally:
         rabbitmqctl("clear_vhost_limits", "-p", sandbox.vhost)
-    wait_for(lambda: httpx.get(url + "/ready", timeout=5).status_code == 200, 60, what="/ready again")
+    wait_for(
+        lambda: httpx.get(url + "/ready", timeout=5).status_code == 200, 60, what="/ready again"
+    )
     assert httpx.get(url + "/health", timeout=5).status_code == 200
     wait_consuming(settings, stack, [f"worker-{d}" for d in DOMAINS], 60)
 
@@ -256,40 +326,60 @@ def test_breaker_gauge_opens_when_the_user_service_stops(settings, stack):
 
     def state():
         samples = scrape(settings, "notification")
-        return samples.get(("choreo_breaker_state", frozenset({("service", "notification"),
-                                                               ("breaker", "user-service")})))
+        return samples.get(
+            (
+                "choreo_breaker_state",
+                frozenset({("service", "notification"), ("breaker", "user-service")}),
+            )
+        )
 
     assert state() == 0
     stack.stop("users")
     try:
         sent = publish_orders(settings, ["completed"] * 3, seed=None)
         wait_for(lambda: state() == 2, 60, what="the user-service breaker open (gauge 2)")
-        breakers = httpx.get(settings.health_url("notification") + "/breakers", timeout=5).json()["breakers"]
+        breakers = httpx.get(settings.health_url("notification") + "/breakers", timeout=5).json()[
+            "breakers"
+        ]
         assert breakers[0]["name"] == "user-service" and breakers[0]["state"] == "open"
     finally:
         stack.start("users")
         wait_consuming(settings, stack, ["users"], 60)
     settled(settings, [o for o, _ in sent])
     # Closed again: after its reset timeout the next lookup goes through (a later order's).
-    wait_for(lambda: (publish_orders(settings, ["completed"], seed=None) and state() == 0), 60, interval=2,
-             what="the breaker closed again (gauge 0)")
+    wait_for(
+        lambda: publish_orders(settings, ["completed"], seed=None) and state() == 0,
+        60,
+        interval=2,
+        what="the breaker closed again (gauge 0)",
+    )
 
 
 def test_poison_ids_are_not_labels(settings, stack):
     """A hostile task name becomes type="unknown", however many different ones arrive."""
     probe = Probe(settings, "shipment")
     from tests.helpers import celery_message, place_order
+
     before = requests(scrape(settings, "shipment"), "shipment")
-    ids = [probe.send(*celery_message(f"evil.{uuid.uuid4().hex}", [place_order()])) for _ in range(3)]
+    ids = [
+        probe.send(*celery_message(f"evil.{uuid.uuid4().hex}", [place_order()])) for _ in range(3)
+    ]
     probe.wait_letters(ids)
-    after = wait_for(lambda: (lambda a: a if a[("unknown", "poison")] - before[("unknown", "poison")] >= 3 else None)(
-        requests(scrape(settings, "shipment"), "shipment")), 20, what="three poison counted")
+    after = wait_for(
+        lambda: (
+            lambda a: a if a[("unknown", "poison")] - before[("unknown", "poison")] >= 3 else None
+        )(requests(scrape(settings, "shipment"), "shipment")),
+        20,
+        what="three poison counted",
+    )
     assert after[("unknown", "poison")] - before[("unknown", "poison")] == 3
     assert not any(t.startswith("evil.") for t, _ in after)
 
 
-@pytest.mark.skipif(__import__("shutil").which("prometheus") is None,
-                    reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)")
+@pytest.mark.skipif(
+    __import__("shutil").which("prometheus") is None,
+    reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)",
+)
 def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(settings, stack):
     """`choreo up`'s Prometheus (choreo.ops.prometheus), scraping the real workers and user service."""
     from choreo.ops import prometheus as prom
@@ -304,17 +394,32 @@ def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(setti
         expected = {"users", *(f"worker-{d}" for d in DOMAINS)}
 
         def up():  # each target's first scrape lands somewhere in the first 5 s interval
-            found = {r["metric"]["process"]: r["value"][1] for r in prom.query(settings, 'up{job="choreo"}')}
-            return found if set(found) == expected and all(v == "1" for v in found.values()) else None
+            found = {
+                r["metric"]["process"]: r["value"][1]
+                for r in prom.query(settings, 'up{job="choreo"}')
+            }
+            return (
+                found if set(found) == expected and all(v == "1" for v in found.values()) else None
+            )
+
         wait_for(up, 45, interval=1, what="every process scraped (up == 1)")
 
         def domains():
-            rows = prom.query(settings, 'sum by (service) (service_request_total{outcome="processed"})')
+            rows = prom.query(
+                settings, 'sum by (service) (service_request_total{outcome="processed"})'
+            )
             found = {r["metric"]["service"] for r in rows}
             return found if set(DOMAINS) <= found else None
-        wait_for(domains, 45, interval=1, what="service_request_total of all five domains in Prometheus")
-        breakers = wait_for(lambda: prom.query(settings, 'choreo_breaker_state{breaker="user-service"}'), 30,
-                            interval=1, what="the notification worker's breaker gauge in Prometheus")
+
+        wait_for(
+            domains, 45, interval=1, what="service_request_total of all five domains in Prometheus"
+        )
+        breakers = wait_for(
+            lambda: prom.query(settings, 'choreo_breaker_state{breaker="user-service"}'),
+            30,
+            interval=1,
+            what="the notification worker's breaker gauge in Prometheus",
+        )
         assert [r["metric"]["service"] for r in breakers] == ["notification"]
         rules = httpx.get(prom.url(settings) + "/api/v1/rules", timeout=5).json()["data"]["groups"]
         assert any(r["name"] for g in rules for r in g["rules"])

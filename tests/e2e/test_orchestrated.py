@@ -1,4 +1,5 @@
 """The orchestrated saga mode: same domains, same outcomes, commands instead of reactions."""
+
 from __future__ import annotations
 
 import uuid
@@ -18,11 +19,21 @@ def orchestrated(settings, tmp_path_factory):
     from tests.e2e.conftest import start_stack
 
     root = tmp_path_factory.mktemp("orchestrated")
-    update = {"namespace": f"orch-{uuid.uuid4().hex[:6]}", "saga_mode": "orchestrated", "run_dir": root / "run",
-              "data_dir": root / "data", "user_service_port": free_port()}
+    update = {
+        "namespace": f"orch-{uuid.uuid4().hex[:6]}",
+        "saga_mode": "orchestrated",
+        "run_dir": root / "run",
+        "data_dir": root / "data",
+        "user_service_port": free_port(),
+    }
     s = settings.model_copy(update=update)
-    env = {"CHOREO_NAMESPACE": s.namespace, "CHOREO_SAGA_MODE": "orchestrated", "CHOREO_RUN_DIR": str(s.run_dir),
-           "CHOREO_DATA_DIR": str(s.data_dir), "CHOREO_USER_SERVICE_PORT": str(s.user_service_port)}
+    env = {
+        "CHOREO_NAMESPACE": s.namespace,
+        "CHOREO_SAGA_MODE": "orchestrated",
+        "CHOREO_RUN_DIR": str(s.run_dir),
+        "CHOREO_DATA_DIR": str(s.data_dir),
+        "CHOREO_USER_SERVICE_PORT": str(s.user_service_port),
+    }
     stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
     yield s, stack, env
     for name in reversed(process_names(s)):
@@ -43,10 +54,17 @@ def test_every_path_ends_as_in_choreography(orchestrated):
     with Session(engine_for(s, "orchestrator")) as db:
         sagas = {r.order_id: r for r in db.exec(select(SagaState))}
     by = dict((sc, o) for o, sc in sent)
-    assert sagas[by["completed"]].status == "completed" and sagas[by["completed"]].done == ["charge", "reserve", "ship"]
+    assert sagas[by["completed"]].status == "completed" and sagas[by["completed"]].done == [
+        "charge",
+        "reserve",
+        "ship",
+    ]
     # Compensation undoes completed steps in reverse order: stock first, then the charge.
     assert sagas[by["undeliverable"]].undone == ["reserve", "charge"]
-    assert sagas[by["out_of_stock"]].undone == ["charge"] and sagas[by["out_of_stock"]].status == "cancelled"
+    assert (
+        sagas[by["out_of_stock"]].undone == ["charge"]
+        and sagas[by["out_of_stock"]].status == "cancelled"
+    )
     assert sagas[by["declined"]].status == "cancelled" and sagas[by["declined"]].undone == []
     assert sagas[by["needs_attention"]].status == "failed"
 
@@ -56,8 +74,19 @@ def test_topology_has_commands_instead_of_reactions(orchestrated):
     from consumers.registry import topology
 
     s, _, _ = orchestrated
-    rows = [l.split("\t") for l in rabbitmqctl("list_bindings", "-p", VHOST, "--no-table-headers", "source_name",
-                                                 "routing_key", "destination_name").splitlines() if l.strip()]
+    rows = [
+        l.split("\t")
+        for l in rabbitmqctl(
+            "list_bindings",
+            "-p",
+            VHOST,
+            "--no-table-headers",
+            "source_name",
+            "routing_key",
+            "destination_name",
+        ).splitlines()
+        if l.strip()
+    ]
     actual = {(a, b, c) for a, b, c in rows if a.startswith(s.namespace)}
     assert actual == topology(s).expected_bindings()
     assert (f"{s.namespace}.events", "charge_payment", f"{s.namespace}.payment") in actual

@@ -1,4 +1,5 @@
 """Every saga path end to end through real worker processes, RabbitMQ and Redis."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def _facts(settings, order_id):
     from choreo.infra.db import engine_for
-    from models.tables import (Charge, GatewayLedger, Notification, Refund, Reservation, Shipment)
+    from models.tables import Charge, GatewayLedger, Notification, Refund, Reservation, Shipment
 
     with Session(engine_for(settings, "payment")) as s:
         charge, refund = s.get(Charge, order_id), s.get(Refund, order_id)
@@ -43,7 +44,9 @@ def test_no_event_of_these_orders_went_unrouted(settings, one_of_each):
     sent, _ = one_of_each
     ids = {o for o, _ in sent}
     with BrokerAdmin(settings) as admin:
-        unrouted = [(d.type, d.order_id) for d in admin.peek("unrouted", 10_000) if d.order_id in ids]
+        unrouted = [
+            (d.type, d.order_id) for d in admin.peek("unrouted", 10_000) if d.order_id in ids
+        ]
     assert unrouted == []
 
 
@@ -132,7 +135,9 @@ def test_failing_compensation_dead_letters_and_needs_attention(settings, one_of_
     with BrokerAdmin(settings) as admin:
         letters = [d for d in admin.peek("payment", 100) if d.order_id in ids]
     assert sorted(d.order_id for d in letters) == sorted(ids)
-    assert all(d.reason.startswith("failed after") and d.headers["x-choreo-compensation"] for d in letters)
+    assert all(
+        d.reason.startswith("failed after") and d.headers["x-choreo-compensation"] for d in letters
+    )
 
 
 def test_order_timeline_spans_services(settings, one_of_each):
@@ -156,7 +161,11 @@ def test_projection_equals_the_fold_and_a_rebuild_gives_the_same_rows(settings, 
     with Session(engine) as s:
         for order_id, _ in sent:
             order, view = load(s, order_id), s.get(OrderView, order_id)
-            assert (order.state, order.reason, order.version) == (view.state, view.reason, view.version)
+            assert (order.state, order.reason, order.version) == (
+                view.state,
+                view.reason,
+                view.version,
+            )
         live = {v.order_id: projections.row_of(v) for v in s.exec(select(OrderView))}
     assert projections.drift(engine) == []
     assert projections.rebuild(engine) == len(live)

@@ -1,4 +1,5 @@
 """The README's plain-pika client, run exactly as written, places an order that completes at catalog prices."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def readme_client() -> str:
     text = README.read_text()
-    block = re.search(r"<!-- client-example:start -->\s*```python\n(.*?)```\s*<!-- client-example:end -->", text, re.S)
+    block = re.search(
+        r"<!-- client-example:start -->\s*```python\n(.*?)```\s*<!-- client-example:end -->",
+        text,
+        re.S,
+    )
     assert block, "README lost its client example"
     return block.group(1)
 
@@ -31,9 +36,16 @@ def test_the_readme_client_places_an_order_that_completes(settings, stack, tmp_p
     script.write_text(readme_client())
     # Only the broker's address comes from us; no choreo module is importable from there.
     from choreo.messaging.access import service_url
+
     env = {"PATH": os.environ["PATH"], "AMQP_URL": service_url(settings, "operator")}
-    out = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, timeout=60,
-                         env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-I", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     order_id = out.stdout.strip()
     assert settled(settings, [order_id])[order_id] == ("COMPLETED", None)

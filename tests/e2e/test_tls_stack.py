@@ -2,6 +2,7 @@
 only (`choreo cluster up --tls`: its own CA, plain AMQP off, the nodes and rabbitmqctl talking TLS
 to each other) and whose Redis is a private redis-server serving TLS only runs every path end to
 end; a client with the wrong CA is refused with one line; nothing answers in clear text."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,18 @@ import redis
 from choreo.ops import cluster as rabbit_cluster
 from tests.helpers import settled
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300),
-              pytest.mark.skipif(not rabbit_cluster.available(), reason="rabbitmq-server and epmd are not installed"),
-              # Its databases are SQLite whatever the pass: once is enough (PostgreSQL over TLS has
-              # tests/integration/test_postgres_tls.py).
-              pytest.mark.skipif(bool(os.environ.get("CHOREO_TEST_DATABASE_SERVER")),
-                                 reason="runs in the SQLite pass only")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        not rabbit_cluster.available(), reason="rabbitmq-server and epmd are not installed"
+    ),
+    # Its databases are SQLite whatever the pass: once is enough (PostgreSQL over TLS has
+    # tests/integration/test_postgres_tls.py).
+    pytest.mark.skipif(
+        bool(os.environ.get("CHOREO_TEST_DATABASE_SERVER")), reason="runs in the SQLite pass only"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +37,13 @@ def tls_stack(tmp_path_factory):
     from choreo.ops.sandbox import Sandbox
     from choreo.ops.stack import bring_up, free_port_block, process_names
 
-    node = Cluster(tmp_path_factory.mktemp("tls-cluster"), tag=f"tls{uuid.uuid4().hex[:6]}", size=3,
-                   base_port=free_port_block(SPAN) + 1, tls=True)
+    node = Cluster(
+        tmp_path_factory.mktemp("tls-cluster"),
+        tag=f"tls{uuid.uuid4().hex[:6]}",
+        size=3,
+        base_port=free_port_block(SPAN) + 1,
+        tls=True,
+    )
     sandbox = stack = None
     try:
         node.up()
@@ -74,16 +86,27 @@ def test_a_client_with_the_wrong_ca_is_refused_with_one_line(tls_stack, tmp_path
     node, sandbox, _stack = tls_stack
     wrong = tlsca.unrelated_ca(tmp_path / "wrong")
     env = {**os.environ, **sandbox.env, "CHOREO_BROKER_CA_FILE": str(wrong.ca)}
-    out = subprocess.run([sys.executable, "-m", "choreo", "dlq", "list", "payment"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "choreo", "dlq", "list", "payment"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     port = node.ports(1)["amqp"]
-    assert lines[0].startswith(f"error: TLS: the broker at 127.0.0.1:{port} presented a certificate that cannot be "
-                               f"verified against {wrong.ca}"), lines[0]
+    assert lines[0].startswith(
+        f"error: TLS: the broker at 127.0.0.1:{port} presented a certificate that cannot be "
+        f"verified against {wrong.ca}"
+    ), lines[0]
     # Redis with the wrong CA: the handshake fails, nothing is read or written.
-    client = redis.Redis.from_url(sandbox.settings.redis_url, ssl_ca_certs=str(wrong.ca), ssl_cert_reqs="required",
-                                  socket_connect_timeout=2)
+    client = redis.Redis.from_url(
+        sandbox.settings.redis_url,
+        ssl_ca_certs=str(wrong.ca),
+        ssl_cert_reqs="required",
+        socket_connect_timeout=2,
+    )
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         client.ping()
 
@@ -91,8 +114,13 @@ def test_a_client_with_the_wrong_ca_is_refused_with_one_line(tls_stack, tmp_path
 def test_nothing_answers_in_clear_text(tls_stack):
     node, sandbox, _stack = tls_stack
     for i in node.nodes:
-        plain = pika.ConnectionParameters(host="127.0.0.1", port=node.ports(i)["amqp"], connection_attempts=1,
-                                          socket_timeout=3, credentials=pika.PlainCredentials("guest", "guest"))
+        plain = pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=node.ports(i)["amqp"],
+            connection_attempts=1,
+            socket_timeout=3,
+            credentials=pika.PlainCredentials("guest", "guest"),
+        )
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             pika.BlockingConnection(plain)
     with pytest.raises(redis.ConnectionError):

@@ -3,6 +3,7 @@
 Each test gets its own data folder (a fresh set of SQLite files); the broker side (DLQs)
 is the run's vhost, whose dead letters all carry a reason.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -45,50 +46,110 @@ class World:
 
     def session(self, service: str) -> Session:
         from choreo.infra.db import engine_for
+
         return Session(engine_for(self.settings, service))
 
-    def order(self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2, price: int = PRICE) -> None:
+    def order(
+        self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2, price: int = PRICE
+    ) -> None:
         """Append the order's events and its projection, exactly as the order service folds them."""
         from choreo.app import projections
         from choreo.domain import order as domain
         from models.tables import OrderEvent, Outbox, utcnow
 
         item = {"sku": SKU, "qty": qty, "unit_price_cents": price}
-        placed = ("OrderPlaced", {"customer_id": "cust-1", "items": [item], "address": "1 Main Street",
-                                  "card_token": "tok_visa", "amount_cents": qty * price})
+        placed = (
+            "OrderPlaced",
+            {
+                "customer_id": "cust-1",
+                "items": [item],
+                "address": "1 Main Street",
+                "card_token": "tok_visa",
+                "amount_cents": qty * price,
+            },
+        )
         events = [domain.DomainEvent(t, d) for t, d in [placed, *facts]]
         with self.session("order") as s:
-            rows = [OrderEvent(order_id=order_id, version=v, type=ev.type, schema_version=ev.schema_version,
-                               data=ev.data) for v, ev in enumerate(events, 1)]
+            rows = [
+                OrderEvent(
+                    order_id=order_id,
+                    version=v,
+                    type=ev.type,
+                    schema_version=ev.schema_version,
+                    data=ev.data,
+                )
+                for v, ev in enumerate(events, 1)
+            ]
             s.add_all(rows)
             s.flush()  # positions assigned, as the live projector sees them
             projections.project(s, domain.fold(order_id, events), rows)
-            s.add(Outbox(event_id=str(uuid.uuid4()), type="order.placed", order_id=order_id, body="{}",
-                         sent_at=utcnow()))
+            s.add(
+                Outbox(
+                    event_id=str(uuid.uuid4()),
+                    type="order.placed",
+                    order_id=order_id,
+                    body="{}",
+                    sent_at=utcnow(),
+                )
+            )
             s.commit()
 
     def charge(self, order_id: str, refund: bool = False, amount: int = 2 * PRICE) -> None:
         from models.tables import Charge, GatewayLedger, Refund
 
         with self.session("gateway") as s:
-            s.add(GatewayLedger(idempotency_key=f"charge:{order_id}", kind="charge", order_id=order_id,
-                                amount_cents=amount, reference=f"ch_{order_id}"))
+            s.add(
+                GatewayLedger(
+                    idempotency_key=f"charge:{order_id}",
+                    kind="charge",
+                    order_id=order_id,
+                    amount_cents=amount,
+                    reference=f"ch_{order_id}",
+                )
+            )
             if refund:
-                s.add(GatewayLedger(idempotency_key=f"refund:{order_id}", kind="refund", order_id=order_id,
-                                    amount_cents=amount, reference=f"re_{order_id}"))
+                s.add(
+                    GatewayLedger(
+                        idempotency_key=f"refund:{order_id}",
+                        kind="refund",
+                        order_id=order_id,
+                        amount_cents=amount,
+                        reference=f"re_{order_id}",
+                    )
+                )
             s.commit()
         with self.session("payment") as s:
-            s.add(Charge(order_id=order_id, charge_id=f"ch_{order_id}", amount_cents=amount, card_token="tok_visa"))
+            s.add(
+                Charge(
+                    order_id=order_id,
+                    charge_id=f"ch_{order_id}",
+                    amount_cents=amount,
+                    card_token="tok_visa",
+                )
+            )
             if refund:
-                s.add(Refund(order_id=order_id, refund_id=f"re_{order_id}", amount_cents=amount, reason="out_of_stock"))
+                s.add(
+                    Refund(
+                        order_id=order_id,
+                        refund_id=f"re_{order_id}",
+                        amount_cents=amount,
+                        reason="out_of_stock",
+                    )
+                )
             s.commit()
 
     def reserve(self, order_id: str, released: bool = False, qty: int = 2) -> None:
         from models.tables import Reservation, Stock
 
         with self.session("inventory") as s:
-            s.add(Reservation(order_id=order_id, reservation_id=f"r-{order_id}", items=[{"sku": SKU, "qty": qty}],
-                              status="released" if released else "reserved"))
+            s.add(
+                Reservation(
+                    order_id=order_id,
+                    reservation_id=f"r-{order_id}",
+                    items=[{"sku": SKU, "qty": qty}],
+                    status="released" if released else "reserved",
+                )
+            )
             if not released:
                 stock = s.get(Stock, SKU)
                 stock.available, stock.reserved = stock.available - qty, stock.reserved + qty
@@ -99,8 +160,13 @@ class World:
         from models.tables import Shipment
 
         with self.session("shipment") as s:
-            s.add(Shipment(order_id=order_id, status="created" if created else "failed",
-                           shipment_id=f"s-{order_id}" if created else None))
+            s.add(
+                Shipment(
+                    order_id=order_id,
+                    status="created" if created else "failed",
+                    shipment_id=f"s-{order_id}" if created else None,
+                )
+            )
             s.commit()
 
     def notify(self, order_id: str, kind: str) -> None:
@@ -113,33 +179,54 @@ class World:
     # --- one order of each outcome ------------------------------------------------------
 
     def completed(self, order_id: str) -> None:
-        self.order(order_id, [("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
-                              ("StockReserved", {"reservation_id": "r"}), ("ShipmentDispatched", {"shipment_id": "s"}),
-                              ("OrderCompleted", {})])
+        self.order(
+            order_id,
+            [
+                ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+                ("StockReserved", {"reservation_id": "r"}),
+                ("ShipmentDispatched", {"shipment_id": "s"}),
+                ("OrderCompleted", {}),
+            ],
+        )
         self.charge(order_id)
         self.reserve(order_id)
         self.ship(order_id)
         self.notify(order_id, "completed")
 
     def declined(self, order_id: str) -> None:
-        self.order(order_id, [("PaymentDeclined", {"reason": "payment_declined", "code": "card_declined"}),
-                              ("OrderCancelled", {"reason": "payment_declined"})])
+        self.order(
+            order_id,
+            [
+                ("PaymentDeclined", {"reason": "payment_declined", "code": "card_declined"}),
+                ("OrderCancelled", {"reason": "payment_declined"}),
+            ],
+        )
         self.notify(order_id, "cancelled")
 
     def out_of_stock(self, order_id: str) -> None:
-        self.order(order_id, [("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
-                              ("StockUnavailable", {"reason": "out_of_stock", "skus": [SKU]}),
-                              ("PaymentRefunded", {"amount_cents": 2 * PRICE, "reason": "out_of_stock"}),
-                              ("OrderCancelled", {"reason": "out_of_stock"})])
+        self.order(
+            order_id,
+            [
+                ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+                ("StockUnavailable", {"reason": "out_of_stock", "skus": [SKU]}),
+                ("PaymentRefunded", {"amount_cents": 2 * PRICE, "reason": "out_of_stock"}),
+                ("OrderCancelled", {"reason": "out_of_stock"}),
+            ],
+        )
         self.charge(order_id, refund=True)
         self.notify(order_id, "cancelled")
 
     def undeliverable(self, order_id: str) -> None:
-        self.order(order_id, [("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
-                              ("StockReserved", {"reservation_id": "r"}),
-                              ("ShipmentFailed", {"reason": "address_undeliverable"}),
-                              ("PaymentRefunded", {"amount_cents": 2 * PRICE, "reason": "shipment_failed"}),
-                              ("OrderCancelled", {"reason": "shipment_failed"})])
+        self.order(
+            order_id,
+            [
+                ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+                ("StockReserved", {"reservation_id": "r"}),
+                ("ShipmentFailed", {"reason": "address_undeliverable"}),
+                ("PaymentRefunded", {"amount_cents": 2 * PRICE, "reason": "shipment_failed"}),
+                ("OrderCancelled", {"reason": "shipment_failed"}),
+            ],
+        )
         self.charge(order_id, refund=True)
         self.reserve(order_id, released=True)
         self.ship(order_id, created=False)
@@ -148,20 +235,40 @@ class World:
     def needs_attention(self, order_id: str) -> None:
         from models.tables import DeadLetter
 
-        self.order(order_id, [("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
-                              ("StockUnavailable", {"reason": "out_of_stock", "skus": [SKU]}),
-                              ("AttentionRequired", {"reason": "compensation_failed", "domain": "payment",
-                                                     "event_type": "inventory.failed", "detail": "refund refused"})])
+        self.order(
+            order_id,
+            [
+                ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+                ("StockUnavailable", {"reason": "out_of_stock", "skus": [SKU]}),
+                (
+                    "AttentionRequired",
+                    {
+                        "reason": "compensation_failed",
+                        "domain": "payment",
+                        "event_type": "inventory.failed",
+                        "detail": "refund refused",
+                    },
+                ),
+            ],
+        )
         self.charge(order_id)
         with self.session("payment") as s:
-            s.add(DeadLetter(event_id=str(uuid.uuid4()), type="inventory.failed", order_id=order_id,
-                             reason="failed after 4 attempts: TransientError('refund refused')", attempts=4,
-                             compensation=True))
+            s.add(
+                DeadLetter(
+                    event_id=str(uuid.uuid4()),
+                    type="inventory.failed",
+                    order_id=order_id,
+                    reason="failed after 4 attempts: TransientError('refund refused')",
+                    attempts=4,
+                    compensation=True,
+                )
+            )
             s.commit()
 
 
 def audit(settings) -> dict:
     from choreo.ops.audit import run_audit
+
     return {c.name: c for c in run_audit(settings)}
 
 
@@ -180,8 +287,15 @@ def test_a_double_charge_in_the_ledger_fails_money(world):
     from models.tables import GatewayLedger
 
     with world.session("gateway") as s:
-        s.add(GatewayLedger(idempotency_key="charge:ord-completed:again", kind="charge", order_id="ord-completed",
-                            amount_cents=2 * PRICE, reference="ch_again"))
+        s.add(
+            GatewayLedger(
+                idempotency_key="charge:ord-completed:again",
+                kind="charge",
+                order_id="ord-completed",
+                amount_cents=2 * PRICE,
+                reference="ch_again",
+            )
+        )
         s.commit()
     checks = audit(world.settings)
     assert failing(checks) == {"money": ["ord-completed"]}
@@ -190,9 +304,16 @@ def test_a_double_charge_in_the_ledger_fails_money(world):
 
 def test_a_charge_at_a_client_s_price_fails_money_naming_the_catalog_total(world):
     """What a client setting its own price looked like: the charge matched the order, not the catalog."""
-    world.order("ord-cheap", [("PaymentCaptured", {"charge_id": "c", "amount_cents": 2}),
-                              ("StockReserved", {"reservation_id": "r"}), ("ShipmentDispatched", {"shipment_id": "s"}),
-                              ("OrderCompleted", {})], price=1)
+    world.order(
+        "ord-cheap",
+        [
+            ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2}),
+            ("StockReserved", {"reservation_id": "r"}),
+            ("ShipmentDispatched", {"shipment_id": "s"}),
+            ("OrderCompleted", {}),
+        ],
+        price=1,
+    )
     world.charge("ord-cheap", amount=2)
     world.reserve("ord-cheap")
     world.ship("ord-cheap")
@@ -250,7 +371,14 @@ def test_an_unsent_outbox_row_fails_outbox(world):
     from models.tables import Outbox
 
     with world.session("payment") as s:
-        s.add(Outbox(event_id=str(uuid.uuid4()), type="payment.completed", order_id="ord-completed", body="{}"))
+        s.add(
+            Outbox(
+                event_id=str(uuid.uuid4()),
+                type="payment.completed",
+                order_id="ord-completed",
+                body="{}",
+            )
+        )
         s.commit()
     checks = audit(world.settings)
     assert failing(checks) == {"outbox": ["ord-completed"]}
@@ -288,7 +416,11 @@ def test_a_dead_letter_without_reason_fails_dead_letters(world):
     from models.tables import DeadLetter
 
     with world.session("shipment") as s:
-        s.add(DeadLetter(event_id="ev-1", type="inventory.reserved", order_id="ord-completed", reason=" "))
+        s.add(
+            DeadLetter(
+                event_id="ev-1", type="inventory.reserved", order_id="ord-completed", reason=" "
+            )
+        )
         s.commit()
     assert failing(audit(world.settings)) == {"dead_letters": ["ord-completed"]}
 
@@ -299,8 +431,12 @@ def test_a_dlq_message_without_reason_fails_dead_letters(world):
     from tests.helpers import own_namespace
 
     with own_namespace(world.settings, "audit") as s, BrokerAdmin(s, service="payment") as admin:
-        admin.publish_raw("payment", b'[[{"order_id": "ord-declined"}], {}, {}]', {"task": "x"},
-                          exchange=f"{s.namespace}.dlx")
+        admin.publish_raw(
+            "payment",
+            b'[[{"order_id": "ord-declined"}], {}, {}]',
+            {"task": "x"},
+            exchange=f"{s.namespace}.dlx",
+        )
         checks = audit(s)
         assert failing(checks) == {"dead_letters": ["ord-declined"]}
 

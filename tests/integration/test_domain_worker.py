@@ -3,6 +3,7 @@
 Like nameko's entrypoint testing: the shipment domain alone, in its own namespace of the
 run's vhost, hears inventory.reserved and says shipment.created exactly once.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,10 @@ def ns_settings(settings):
     # Its own health listener ports: this in-process worker lives for the whole session, beside
     # the e2e stack's shipment worker, whose port it must not take.
     from tests.helpers import own_namespace
-    with own_namespace(settings, "inproc", health_port_base=free_port_block(len(HEALTH_PORT_OFFSETS))) as s:
+
+    with own_namespace(
+        settings, "inproc", health_port_base=free_port_block(len(HEALTH_PORT_OFFSETS))
+    ) as s:
         prepare(s, ["shipment"])
         yield s
 
@@ -34,6 +38,7 @@ def ns_settings(settings):
 @pytest.fixture(scope="session")
 def celery_session_app(ns_settings):  # pytest-celery's worker fixture runs the real shipment app
     from tasks.app import make_app
+
     return make_app("shipment", ns_settings)
 
 
@@ -45,9 +50,14 @@ def celery_worker_pool():
 @pytest.fixture(scope="session")
 def celery_worker_parameters(ns_settings):
     from choreo.messaging.access import node_name
+
     # Its node name is the one its broker user may declare a remote-control queue for.
-    return {"queues": (f"{ns_settings.namespace}.shipment",), "perform_ping_check": False, "shutdown_timeout": 10,
-            "hostname": f"{node_name(ns_settings, 'shipment')}@localhost"}
+    return {
+        "queues": (f"{ns_settings.namespace}.shipment",),
+        "perform_ping_check": False,
+        "shutdown_timeout": 10,
+        "hostname": f"{node_name(ns_settings, 'shipment')}@localhost",
+    }
 
 
 @pytest.fixture
@@ -56,8 +66,13 @@ def capture(ns_settings):
     from consumers.registry import topology
 
     topo = topology(ns_settings)
-    q = Queue(f"{ns_settings.namespace}.capture", exchange=topo.events, routing_key="shipment.*", durable=False,
-              auto_delete=False)
+    q = Queue(
+        f"{ns_settings.namespace}.capture",
+        exchange=topo.events,
+        routing_key="shipment.*",
+        durable=False,
+        auto_delete=False,
+    )
     with Connection(ns_settings.broker_url) as conn:
         q(conn.default_channel).declare()
         yield conn, q
@@ -88,11 +103,24 @@ def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_work
 
     conn, q = capture
     order_id = f"ord-inproc-{uuid.uuid4().hex[:8]}"
-    cause = make_envelope("inventory.reserved", order_id, InventoryReserved(
-        reservation_id="r-1", order={"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 5}],
-                                     "address": "1 Main Street", "amount_cents": 5}), source="test")
+    cause = make_envelope(
+        "inventory.reserved",
+        order_id,
+        InventoryReserved(
+            reservation_id="r-1",
+            order={
+                "customer_id": "cust-1",
+                "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 5}],
+                "address": "1 Main Street",
+                "amount_cents": 5,
+            },
+        ),
+        source="test",
+    )
     # As the inventory service, the owner of inventory.reserved (the shipment worker believes no one else).
-    publisher = Publisher(make_app("client", ns_settings, service="inventory"), Names(ns_settings.namespace))
+    publisher = Publisher(
+        make_app("client", ns_settings, service="inventory"), Names(ns_settings.namespace)
+    )
     publisher.publish(cause)
 
     said = wait_for(lambda: _drain(conn, q), 30, what="shipment.created")
@@ -107,5 +135,9 @@ def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_work
     metrics = Metrics(redis_client(ns_settings), ns_settings.redis_prefix)
     before = metrics.snapshot()["duplicates"].get("shipment", 0)
     publisher.publish(cause)  # the same event again
-    wait_for(lambda: metrics.snapshot()["duplicates"].get("shipment", 0) > before, 30, what="duplicate absorbed")
+    wait_for(
+        lambda: metrics.snapshot()["duplicates"].get("shipment", 0) > before,
+        30,
+        what="duplicate absorbed",
+    )
     assert _drain(conn, q) == []  # nothing said twice

@@ -1,4 +1,5 @@
 """The order event store: optimistic concurrency on (order_id, version), upcasting on read."""
+
 from __future__ import annotations
 
 import threading
@@ -16,8 +17,12 @@ def settings(settings, tmp_path_factory):
     """Own databases: these tests write the event store by hand, so no view would match it."""
     from choreo.app.bootstrap import prepare
 
-    s = settings.model_copy(update={"data_dir": tmp_path_factory.mktemp("event-store"),
-                                    "database_prefix": f"{settings.database_prefix}_es"})
+    s = settings.model_copy(
+        update={
+            "data_dir": tmp_path_factory.mktemp("event-store"),
+            "database_prefix": f"{settings.database_prefix}_es",
+        }
+    )
     prepare(s, ["order"])
     return s
 
@@ -30,10 +35,18 @@ def _place(settings, order_id):
 
     with Batch(engine_for(settings, "order"), source="test") as batch:
         with batch.message(None) as uow:
-            append(uow, load(uow.session, order_id),
-                   domain.place(load(uow.session, order_id), "cust-1",
-                                [{"sku": "SKU-RED", "qty": 1}], "1 Main Street", "tok_visa",
-                                {"SKU-RED": 100}))
+            append(
+                uow,
+                load(uow.session, order_id),
+                domain.place(
+                    load(uow.session, order_id),
+                    "cust-1",
+                    [{"sku": "SKU-RED", "qty": 1}],
+                    "1 Main Street",
+                    "tok_visa",
+                    {"SKU-RED": 100},
+                ),
+            )
         batch.commit()
 
 
@@ -65,7 +78,9 @@ def test_two_writers_cannot_both_append_the_same_version(settings):
         t.join(30)
     assert sorted(results.values()) == ["conflict", "won"]
     with Session(engine) as s:
-        assert [e.version for e in s.exec(select(OrderEvent).where(OrderEvent.order_id == order_id))] == [1, 2]
+        assert [
+            e.version for e in s.exec(select(OrderEvent).where(OrderEvent.order_id == order_id))
+        ] == [1, 2]
 
 
 def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
@@ -82,12 +97,26 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
 
     order_id = f"ord-occ-{uuid.uuid4().hex[:8]}"
     _place(settings, order_id)
-    snap = {"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
-            "address": "1 Main Street", "amount_cents": 100}
-    facts = [make_envelope("payment.completed", order_id, PaymentCompleted(charge_id="c1", amount_cents=100, order=snap),
-                           source="test"),
-             make_envelope("inventory.reserved", order_id, InventoryReserved(reservation_id="r1", order=snap),
-                           source="test")]
+    snap = {
+        "customer_id": "cust-1",
+        "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
+        "address": "1 Main Street",
+        "amount_cents": 100,
+    }
+    facts = [
+        make_envelope(
+            "payment.completed",
+            order_id,
+            PaymentCompleted(charge_id="c1", amount_cents=100, order=snap),
+            source="test",
+        ),
+        make_envelope(
+            "inventory.reserved",
+            order_id,
+            InventoryReserved(reservation_id="r1", order=snap),
+            source="test",
+        ),
+    ]
     app = make_app("order", settings)
     rt = runtime(app)
     outcomes, errors = [], []
@@ -97,8 +126,20 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
         mine = dataclasses.replace(rt, burst=ConfirmedBurst(app, 10))  # a worker each
         try:
             barrier.wait()
-            outcomes.extend(process_batch(mine, [Delivery(env.type, [env.to_wire()], {}, env.event_id,
-                                                                  sender=env.type.split(".")[0])]))
+            outcomes.extend(
+                process_batch(
+                    mine,
+                    [
+                        Delivery(
+                            env.type,
+                            [env.to_wire()],
+                            {},
+                            env.event_id,
+                            sender=env.type.split(".")[0],
+                        )
+                    ],
+                )
+            )
         except Exception as exc:  # surfaced below, with the thread's failure
             errors.append(exc)
         finally:
@@ -123,9 +164,23 @@ def test_an_old_event_version_is_upcast_on_read(settings):
     order_id = f"ord-v1-{uuid.uuid4().hex[:8]}"
     engine = engine_for(settings, "order")
     with Session(engine) as s:
-        s.add(OrderEvent(order_id=order_id, version=1, type="OrderPlaced", schema_version=1,
-                         data={"customer_id": "cust-1", "sku": "SKU-RED", "qty": 2, "unit_price_cents": 150,
-                               "address": "1 Main Street", "card_token": "tok_visa", "amount_cents": 300}))
+        s.add(
+            OrderEvent(
+                order_id=order_id,
+                version=1,
+                type="OrderPlaced",
+                schema_version=1,
+                data={
+                    "customer_id": "cust-1",
+                    "sku": "SKU-RED",
+                    "qty": 2,
+                    "unit_price_cents": 150,
+                    "address": "1 Main Street",
+                    "card_token": "tok_visa",
+                    "amount_cents": 300,
+                },
+            )
+        )
         s.commit()
         order = load(s, order_id)
     assert order.items == ((("qty", 2), ("sku", "SKU-RED"), ("unit_price_cents", 150)),)

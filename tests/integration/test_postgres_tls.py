@@ -3,6 +3,7 @@ database URL asks sslmode=verify-full, against a private PostgreSQL server of th
 (its own data folder and port, TLS only in pg_hba, a certificate from choreo's CA). Then a
 service's tables are created and written over it; the wrong CA is refused; and a client that
 does not ask for TLS is turned away by the server. The machine's own PostgreSQL is not touched."""
+
 from __future__ import annotations
 
 import glob
@@ -17,10 +18,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120),
-              # Its own server whatever the pass: once is enough.
-              pytest.mark.skipif(bool(os.environ.get("CHOREO_TEST_DATABASE_SERVER")),
-                                 reason="runs in the SQLite pass only")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+    # Its own server whatever the pass: once is enough.
+    pytest.mark.skipif(
+        bool(os.environ.get("CHOREO_TEST_DATABASE_SERVER")), reason="runs in the SQLite pass only"
+    ),
+]
 BINDIR = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), "")
 RUN_AS = "postgres"  # the server refuses to run as root
 
@@ -43,7 +48,9 @@ def _start(root: Path, files) -> str:
     if os.geteuid() == 0:
         shutil.chown(root, RUN_AS)
         shutil.chown(data, RUN_AS)
-    out = _as_server_user([f"{BINDIR}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+    out = _as_server_user(
+        [f"{BINDIR}/initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+    )
     assert out.returncode == 0, out.stderr
     for src, name in ((files.node_cert, "server.crt"), (files.node_key, "server.key")):
         shutil.copy(src, data / name)
@@ -55,14 +62,38 @@ def _start(root: Path, files) -> str:
     port = free_port()
     with open(root / "postgres.log", "wb") as log:
         _SERVERS[str(root)] = server = subprocess.Popen(
-            ["runuser", "-u", RUN_AS, "--"] * (os.geteuid() == 0) +
-            [f"{BINDIR}/postgres", "-D", str(data), "-p", str(port), "-k", str(data), "-c",
-             "listen_addresses=127.0.0.1", "-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c",
-             "ssl_key_file=server.key", "-c", "fsync=off"],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            ["runuser", "-u", RUN_AS, "--"] * (os.geteuid() == 0)
+            + [
+                f"{BINDIR}/postgres",
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(data),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+                "-c",
+                "fsync=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 30
-    while _as_server_user([f"{BINDIR}/pg_isready", "-h", "127.0.0.1", "-p", str(port)]).returncode != 0:
-        assert server.poll() is None and time.monotonic() < deadline, (root / "postgres.log").read_text()
+    while (
+        _as_server_user([f"{BINDIR}/pg_isready", "-h", "127.0.0.1", "-p", str(port)]).returncode
+        != 0
+    ):
+        assert server.poll() is None and time.monotonic() < deadline, (
+            root / "postgres.log"
+        ).read_text()
         time.sleep(0.2)
     return f"postgresql://postgres@127.0.0.1:{port}"
 
@@ -71,7 +102,9 @@ def _start(root: Path, files) -> str:
 def tls_postgres():
     from choreo.ops import tlsca
 
-    if not os.path.exists(os.path.join(BINDIR, "initdb")) or (os.geteuid() == 0 and not shutil.which("runuser")):
+    if not os.path.exists(os.path.join(BINDIR, "initdb")) or (
+        os.geteuid() == 0 and not shutil.which("runuser")
+    ):
         pytest.skip("PostgreSQL's server binaries (initdb, postgres) are not installed")
     # Not under pytest's folder: the server's user must reach it (pytest's is owner-only).
     root = Path(tempfile.mkdtemp(prefix="choreo-pg-tls-"))
@@ -91,13 +124,20 @@ def test_every_database_url_verifies_the_server_and_a_service_runs_over_it(tls_p
     from config.settings import Settings
 
     server, files = tls_postgres
-    settings = Settings(database_server=server, database_ca_file=str(files.ca), data_dir=tmp_path,
-                        database_prefix="tls")
+    settings = Settings(
+        database_server=server,
+        database_ca_file=str(files.ca),
+        data_dir=tmp_path,
+        database_prefix="tls",
+    )
     url = settings.database_url("payment")
     assert "sslmode=verify-full" in url and f"sslrootcert={files.ca}".replace("/", "%2F") in url
     prepare(settings, ["payment"])
     with engine_for(settings, "payment").connect() as conn:
-        assert conn.execute(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar() is True
+        assert (
+            conn.execute(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
+            is True
+        )
         assert conn.execute(text("SELECT count(*) FROM copies")).scalar() == 0
     dispose_engines(url)
 
@@ -108,8 +148,10 @@ def test_the_wrong_ca_and_a_clear_text_client_are_both_refused(tls_postgres, tmp
 
     server, _files = tls_postgres
     wrong = tlsca.unrelated_ca(tmp_path / "wrong")
-    for url, why in ((verified_database_url(f"{server}/postgres", str(wrong.ca)), "certificate verify failed"),
-                     (f"{server}/postgres?sslmode=disable", "no pg_hba.conf entry")):
+    for url, why in (
+        (verified_database_url(f"{server}/postgres", str(wrong.ca)), "certificate verify failed"),
+        (f"{server}/postgres?sslmode=disable", "no pg_hba.conf entry"),
+    ):
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
         with pytest.raises(OperationalError, match=why):
             engine.connect()

@@ -1,5 +1,6 @@
 """A private Prometheus started by `choreo up`'s code path (choreo.ops.prometheus) scrapes a
 process of the stack, sees one that does not answer, and stops by its pid."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,8 +23,10 @@ def wait_until(what: str, check: Callable[[], object], timeout: float = 45.0):
         time.sleep(0.5)
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None,
-                    reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)")
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)",
+)
 def test_a_private_prometheus_scrapes_a_worker_sees_a_missing_process_and_stops():
     from prometheus_client import CollectorRegistry, Counter, start_http_server
 
@@ -33,7 +36,9 @@ def test_a_private_prometheus_scrapes_a_worker_sees_a_missing_process_and_stops(
 
     # One "worker": a metrics server on a free loopback port, as the order worker's listener.
     registry = CollectorRegistry()
-    requests = Counter("service_request", "Messages handled.", ["service", "type", "outcome"], registry=registry)
+    requests = Counter(
+        "service_request", "Messages handled.", ["service", "type", "outcome"], registry=registry
+    )
     requests.labels("order", "order.placed", "processed").inc(3)
     port = free_port()
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
@@ -48,14 +53,23 @@ def test_a_private_prometheus_scrapes_a_worker_sees_a_missing_process_and_stops(
         prom.wait_ready(s, 30)
         assert prom.running(s) == pid
 
-        found = wait_until("service_request_total of the order worker", lambda: prom.query(
-            s, 'service_request_total{job="choreo",process="worker-order",service="order"}'))
+        found = wait_until(
+            "service_request_total of the order worker",
+            lambda: prom.query(
+                s, 'service_request_total{job="choreo",process="worker-order",service="order"}'
+            ),
+        )
         assert [r["value"][1] for r in found] == ["3"]
 
         def up() -> dict[str, str]:
-            return {r["metric"]["process"]: r["value"][1] for r in prom.query(s, 'up{job="choreo"}')}
-        seen = wait_until("up of the order worker and the user service",
-                          lambda: (lambda u: u if {"worker-order", "users"} <= set(u) else None)(up()))
+            return {
+                r["metric"]["process"]: r["value"][1] for r in prom.query(s, 'up{job="choreo"}')
+            }
+
+        seen = wait_until(
+            "up of the order worker and the user service",
+            lambda: (lambda u: u if {"worker-order", "users"} <= set(u) else None)(up()),
+        )
         assert seen["worker-order"] == "1"
         assert seen["users"] == "0"  # nothing listens on the sandbox's user-service port
         with pytest.raises(RuntimeError, match="query"):

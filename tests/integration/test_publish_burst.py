@@ -1,4 +1,5 @@
 """ConfirmedBurst against the real broker: confirms awaited together, nacks and dead connections reported per key."""
+
 from __future__ import annotations
 
 import socket
@@ -44,7 +45,13 @@ def _queue(channel, **arguments) -> str:
 
 
 def _message(queue: str, n: int) -> dict:
-    return {"name": "burst.test", "args": [{"n": n}], "kwargs": {}, "task_id": f"t-{n}", "queue": queue}
+    return {
+        "name": "burst.test",
+        "args": [{"n": n}],
+        "kwargs": {},
+        "task_id": f"t-{n}",
+        "queue": queue,
+    }
 
 
 def test_every_message_is_written_and_confirmed(burst, channel):
@@ -82,14 +89,18 @@ def test_a_confirm_that_never_comes_fails_the_burst_after_its_timeout(burst, cha
     try:
         burst.timeout = 0.3
         burst.run([(0, _message(queue, 0))])  # open the connection
-        monkeypatch.setattr(burst, "_on_ack", lambda tag, multiple: None)  # acks arrive, nobody hears them
+        monkeypatch.setattr(
+            burst, "_on_ack", lambda tag, multiple: None
+        )  # acks arrive, nobody hears them
         burst.channel.events["basic_ack"] = {burst._on_ack}
         assert burst.run([("late", _message(queue, 1))]) == {"late"}
     finally:
         channel.queue_delete(queue)
 
 
-def test_a_burst_publishes_byte_for_byte_what_celery_s_send_task_publishes(burst, channel, settings):
+def test_a_burst_publishes_byte_for_byte_what_celery_s_send_task_publishes(
+    burst, channel, settings
+):
     """The wire format does not change with the batched path: same body, headers and properties."""
     from choreo.messaging.publisher import Publisher, event_message
     from choreo.messaging.topology import Names
@@ -97,13 +108,23 @@ def test_a_burst_publishes_byte_for_byte_what_celery_s_send_task_publishes(burst
 
     queue = _queue(channel)
     try:
-        env = make_envelope("order.completed", "ord-1", {"customer_id": "cust-1", "amount_cents": 5}, source="test")
+        env = make_envelope(
+            "order.completed", "ord-1", {"customer_id": "cust-1", "amount_cents": 5}, source="test"
+        )
         publisher = Publisher(burst.app, Names(settings.namespace))
-        kwargs = dict(event_message(publisher.names, env), exchange=None, routing_key=None, queue=queue,
-                      expiration=30, message_id="client-id-1")
+        kwargs = dict(
+            event_message(publisher.names, env),
+            exchange=None,
+            routing_key=None,
+            queue=queue,
+            expiration=30,
+            message_id="client-id-1",
+        )
         publisher.send(**kwargs)  # Celery's send_task, one confirm
         assert burst.run([(0, kwargs)]) == set()
-        (_m1, props1, body1), (_m2, props2, body2) = [channel.basic_get(queue, auto_ack=True) for _ in range(2)]
+        (_m1, props1, body1), (_m2, props2, body2) = [
+            channel.basic_get(queue, auto_ack=True) for _ in range(2)
+        ]
         assert body1 == body2
         assert vars(props1) == vars(props2)
         assert props1.headers["task"] == "order.completed" and props1.headers["id"] == env.event_id

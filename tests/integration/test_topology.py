@@ -1,4 +1,5 @@
 """The topology on the broker is exactly what the subscription tables say, and declaring is idempotent."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,25 +18,50 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
     from config.settings import DOMAINS
 
     topology(settings).declare()  # second declaration (the fixture did one): must not fail
-    rows = {r[0]: r for r in _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers",
-                                               "name", "type", "durable", "arguments"))}
+    rows = {
+        r[0]: r
+        for r in _rows(
+            rabbitmqctl(
+                "list_queues",
+                "-p",
+                VHOST,
+                "--no-table-headers",
+                "name",
+                "type",
+                "durable",
+                "arguments",
+            )
+        )
+    }
     ns = settings.namespace
     for d in DOMAINS:
         name, type_, durable, args = rows[f"{ns}.{d}"]
         assert (type_, durable) == ("quorum", "true")
-        assert f'"x-dead-letter-exchange","{ns}.dlx"' in args and f'"x-dead-letter-routing-key","{d}"' in args
+        assert (
+            f'"x-dead-letter-exchange","{ns}.dlx"' in args
+            and f'"x-dead-letter-routing-key","{d}"' in args
+        )
         _, type_, _, args = rows[f"{ns}.{d}.dlq"]
         assert type_ == "quorum"
         # A replay rejects a dead letter and the broker moves it back, at least once, as it was;
         # peeks never count toward a delivery limit that would move it by itself.
-        assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args and '"x-dead-letter-exchange",[]' in args  # "": rabbitmqctl shows []
-        assert '"x-dead-letter-strategy","at-least-once"' in args and '"x-delivery-limit",2147483647' in args
+        assert (
+            f'"x-dead-letter-routing-key","{ns}.{d}"' in args
+            and '"x-dead-letter-exchange",[]' in args
+        )  # "": rabbitmqctl shows []
+        assert (
+            '"x-dead-letter-strategy","at-least-once"' in args
+            and '"x-delivery-limit",2147483647' in args
+        )
         for k in range(1, settings.retry_max_attempts + 1):
             _, type_, durable, args = rows[f"{ns}.{d}.retry.{k}"]
             # Replicated like the rest (a classic rung lives and dies with one node), and back at least once.
             assert (type_, durable) == ("quorum", "true")
             assert f'"x-message-ttl",{int(settings.retry_delay(k) * 1000)}' in args
-            assert f'"x-dead-letter-routing-key","{ns}.{d}"' in args and '"x-dead-letter-strategy","at-least-once"' in args
+            assert (
+                f'"x-dead-letter-routing-key","{ns}.{d}"' in args
+                and '"x-dead-letter-strategy","at-least-once"' in args
+            )
     # Nothing else: no celery_delayed_* ladder, no stray queues from per-message declares.
     ours = {n for n in rows if n.startswith(f"{ns}.")}
     assert len(ours) == len(DOMAINS) * (2 + settings.retry_max_attempts) + 1  # + N.unrouted
@@ -46,8 +72,17 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
 def test_bindings_match_the_subscription_tables(settings):
     from consumers.registry import topology
 
-    rows = _rows(rabbitmqctl("list_bindings", "-p", VHOST, "--no-table-headers",
-                             "source_name", "routing_key", "destination_name"))
+    rows = _rows(
+        rabbitmqctl(
+            "list_bindings",
+            "-p",
+            VHOST,
+            "--no-table-headers",
+            "source_name",
+            "routing_key",
+            "destination_name",
+        )
+    )
     actual = {(src, key, dst) for src, key, dst in rows if src.startswith(settings.namespace)}
     assert actual == topology(settings).expected_bindings()
 
@@ -64,7 +99,9 @@ def test_routing_follows_the_published_contract(settings):
     assert topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"
 
 
-def _older_choreo_declared(settings, tag: str, empty: tuple[str, dict], held: tuple[str, dict], refusal: str) -> dict:
+def _older_choreo_declared(
+    settings, tag: str, empty: tuple[str, dict], held: tuple[str, dict], refusal: str
+) -> dict:
     """Declare two queues as an older choreo did (`held` with one message in it), run the set-up:
     it must refuse with `refusal`, keep the held message, and re-create the empty queue. Returns
     the namespace's queues (name -> (type, arguments), its namespace written N) as the set-up left
@@ -86,9 +123,16 @@ def _older_choreo_declared(settings, tag: str, empty: tuple[str, dict], held: tu
             with namespace:
                 pass
         assert ch.queue_declare(f"{ns}.{held[0]}", passive=True).method.message_count == 1
-        rows = _rows(rabbitmqctl("list_queues", "-p", VHOST, "--no-table-headers", "name", "type", "arguments"))
-        return {r[0].removeprefix(f"{ns}."): (r[1], r[2].replace(f'"{ns}.', '"N.')) for r in rows
-                if r[0].startswith(f"{ns}.")}
+        rows = _rows(
+            rabbitmqctl(
+                "list_queues", "-p", VHOST, "--no-table-headers", "name", "type", "arguments"
+            )
+        )
+        return {
+            r[0].removeprefix(f"{ns}."): (r[1], r[2].replace(f'"{ns}.', '"N.'))
+            for r in rows
+            if r[0].startswith(f"{ns}.")
+        }
     finally:
         ch.queue_delete(f"{ns}.{held[0]}")
         conn.close()
@@ -100,8 +144,13 @@ def test_an_old_empty_dlq_gets_its_replay_route_and_one_holding_dead_letters_is_
     """A DLQ declared before replays moved messages back had no dead-letter target: the set-up
     re-creates it when empty, and refuses, deleting nothing, when it holds dead letters."""
     old = {"x-queue-type": "quorum"}
-    queues = _older_choreo_declared(settings, "olddlq", ("order.dlq", old), ("payment.dlq", old),
-                                    r"payment\.dlq holds 1 message")
+    queues = _older_choreo_declared(
+        settings,
+        "olddlq",
+        ("order.dlq", old),
+        ("payment.dlq", old),
+        r"payment\.dlq holds 1 message",
+    )
     assert '"x-dead-letter-routing-key","N.order"' in queues["order.dlq"][1]
 
 
@@ -110,7 +159,11 @@ def test_an_old_classic_retry_rung_is_re_created_empty_and_kept_while_it_holds_c
     as a quorum queue, and refuses, deleting nothing, while one still holds retry copies."""
     rung = {"x-queue-type": "classic", "x-message-ttl": 1000, "x-dead-letter-exchange": ""}
     # The held rung has no TTL, so its copy stays for the test to see.
-    queues = _older_choreo_declared(settings, "oldrung", ("order.retry.1", rung),
-                                    ("payment.retry.1", {"x-queue-type": "classic"}),
-                                    r"payment\.retry\.1 holds 1 retry cop")
+    queues = _older_choreo_declared(
+        settings,
+        "oldrung",
+        ("order.retry.1", rung),
+        ("payment.retry.1", {"x-queue-type": "classic"}),
+        r"payment\.retry\.1 holds 1 retry cop",
+    )
     assert queues["order.retry.1"][0] == "quorum"

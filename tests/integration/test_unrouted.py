@@ -1,5 +1,6 @@
 """Unroutable messages are kept (alternate exchange), replayable once a subscriber binds, and an
 exchange declared before the alternate exchange existed is upgraded in place."""
+
 from __future__ import annotations
 
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.integration
 def own_namespace(settings):
     """A namespace of its own in the run's vhost, so the unrouted queue holds only this test's messages."""
     from tests.helpers import own_namespace
+
     with own_namespace(settings, "unr") as s:
         yield s
 
@@ -38,16 +40,26 @@ def test_a_message_nobody_hears_waits_in_unrouted_and_replays_to_a_late_subscrib
     with BrokerAdmin(s) as admin:
         (kept,) = admin.peek("unrouted", 10)
         assert (kept.message_id, kept.routing_key) == ("m-1", "late.subscriber.heard")
-        assert kept.reason == f"unrouted: nothing is bound to routing key 'late.subscriber.heard' on {s.namespace}.events"
+        assert (
+            kept.reason
+            == f"unrouted: nothing is bound to routing key 'late.subscriber.heard' on {s.namespace}.events"
+        )
     # A subscriber deploys: a new binding. Replay (the operator's) sends the kept message to it.
     with BrokerAdmin(s, service=None) as deployer, BrokerAdmin(s) as admin:
         ch = deployer.conn.channel()
         ch.queue_declare("late-subscriber-" + s.namespace, exclusive=True)
-        ch.queue_bind("late-subscriber-" + s.namespace, f"{s.namespace}.events", "late.subscriber.heard")
+        ch.queue_bind(
+            "late-subscriber-" + s.namespace, f"{s.namespace}.events", "late.subscriber.heard"
+        )
         assert [v.message_id for v in admin.replay("unrouted")] == ["m-1"]
         # The broker moves it (at least once, with its properties, user_id included).
-        _method, props, _ = wait_for(lambda: (got := ch.basic_get("late-subscriber-" + s.namespace, auto_ack=True))[0]
-                                     and got, 10, what="the replayed message at the late subscriber")
+        _method, props, _ = wait_for(
+            lambda: (
+                (got := ch.basic_get("late-subscriber-" + s.namespace, auto_ack=True))[0] and got
+            ),
+            10,
+            what="the replayed message at the late subscriber",
+        )
         assert props.message_id == "m-1"
         assert admin.peek("unrouted", 10) == []
 
@@ -57,10 +69,13 @@ def test_an_events_exchange_declared_without_the_alternate_exchange_is_upgraded(
     from consumers.registry import topology
 
     from tests.helpers import own_namespace
+
     namespace = own_namespace(settings, "old")
     s = namespace.settings
     conn = pika.BlockingConnection(connection_parameters(s.broker_url))
-    conn.channel().exchange_declare(f"{s.namespace}.events", "topic", durable=True)  # as before this change
+    conn.channel().exchange_declare(
+        f"{s.namespace}.events", "topic", durable=True
+    )  # as before this change
     conn.close()
     with namespace:  # the set-up declares the topology
         topology(s).declare()  # and idempotent afterwards
@@ -69,5 +84,6 @@ def test_an_events_exchange_declared_without_the_alternate_exchange_is_upgraded(
         assert f'"alternate-exchange","{s.namespace}.unrouted"' in line
         _publish(s, "nobody.hears.this", "m-2")
         from choreo.messaging.admin import BrokerAdmin
+
         with BrokerAdmin(s) as admin:
             assert [v.message_id for v in admin.peek("unrouted", 10)] == ["m-2"]

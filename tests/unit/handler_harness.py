@@ -5,6 +5,7 @@ runs `tasks.adapter.process_batch` exactly as a worker does with the deliveries 
 (decode, idempotency, lookup, one transaction with a savepoint each, publish burst, mark sent), but the broker, Redis, the payment
 gateway and the user service are in-memory fakes. No processes, no network: milliseconds.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -35,8 +36,8 @@ class RecordingBurst:
 
     def __init__(self, events_exchange: str) -> None:
         self.events_exchange = events_exchange
-        self.published: list[Envelope] = []   # events
-        self.sent: list[dict] = []            # retry and dead-letter copies
+        self.published: list[Envelope] = []  # events
+        self.sent: list[dict] = []  # retry and dead-letter copies
         self.refuse: set[int] = set()
 
     def run(self, messages: list[tuple[Any, dict]], before_each=None) -> set:
@@ -68,7 +69,9 @@ class FakeIdempotency:
     def seen(self, consumer: str, event_ids: list[str]) -> list[bool]:
         return [(consumer, e) in self.keys for e in event_ids]
 
-    def remember(self, consumer: str, event_ids: list[str], counts: dict[str, int] | None = None) -> None:
+    def remember(
+        self, consumer: str, event_ids: list[str], counts: dict[str, int] | None = None
+    ) -> None:
         self.keys.update((consumer, e) for e in event_ids)
         for name, n in (counts or {}).items():
             if n:
@@ -79,13 +82,20 @@ class FakeGateway:
     """The payment provider: records every call; honours idempotency keys as the sandbox does
     (choreo.world.gateway), so a re-run of the same charge returns the same reference."""
 
-    def __init__(self, declined_cards: set[str] | frozenset[str] = frozenset({CARD_DECLINED}),
-                 refunds_fail: bool = False) -> None:
+    def __init__(
+        self,
+        declined_cards: set[str] | frozenset[str] = frozenset({CARD_DECLINED}),
+        refunds_fail: bool = False,
+    ) -> None:
         self.declined_cards = set(declined_cards)
         self.refunds_fail = refunds_fail
-        self.charges: list[tuple[str, int, str]] = []  # (order_id, amount_cents, card_token), every call
+        self.charges: list[
+            tuple[str, int, str]
+        ] = []  # (order_id, amount_cents, card_token), every call
         self.refunds: list[tuple[str, int, str]] = []
-        self.ledger: dict[str, tuple[str, int]] = {}  # idempotency key -> (reference, cents): money that moved
+        self.ledger: dict[
+            str, tuple[str, int]
+        ] = {}  # idempotency key -> (reference, cents): money that moved
 
     def _move(self, key: str, amount_cents: int, prefix: str) -> str:
         return self.ledger.setdefault(key, (f"{prefix}_{uuid.uuid4().hex[:16]}", amount_cents))[0]
@@ -104,7 +114,9 @@ class FakeGateway:
 
     def moved(self, order_id: str) -> dict[str, int]:
         """Cents that actually moved for an order, per kind (a call that raised moved nothing)."""
-        return {kind: self.ledger.get(f"{kind}:{order_id}", ("", 0))[1] for kind in ("charge", "refund")}
+        return {
+            kind: self.ledger.get(f"{kind}:{order_id}", ("", 0))[1] for kind in ("charge", "refund")
+        }
 
 
 class FakeUsers:
@@ -112,8 +124,11 @@ class FakeUsers:
     its result is recorded, so a test can observe what was true at the moment of the call."""
 
     def __init__(self, customers: dict[str, dict] | None = None, probe=None) -> None:
-        self.customers = customers if customers is not None else {
-            "cust-1": {"id": "cust-1", "name": "Ada Lovelace", "email": "ada@example.com"}}
+        self.customers = (
+            customers
+            if customers is not None
+            else {"cust-1": {"id": "cust-1", "name": "Ada Lovelace", "email": "ada@example.com"}}
+        )
         self.probe = probe
         self.calls: list[tuple[str, Any]] = []
         self.request_ids: list[str | None] = []
@@ -125,7 +140,9 @@ class FakeUsers:
 
 
 class FakeDeps:
-    def __init__(self, gateway: FakeGateway | None = None, users: FakeUsers | None = None, catalog=None) -> None:
+    def __init__(
+        self, gateway: FakeGateway | None = None, users: FakeUsers | None = None, catalog=None
+    ) -> None:
         self.gateway = gateway or FakeGateway()
         self.users = users or FakeUsers()
         self.catalog = catalog if catalog is not None else PRICES_CENTS
@@ -133,6 +150,7 @@ class FakeDeps:
 
 class Published(list):
     """What one delivery published, in order; `outcome` is the adapter's own answer."""
+
     outcome: Outcome
 
     @property
@@ -148,13 +166,20 @@ class Published(list):
 class Harness:
     """One domain's worker minus the broker: real settings, tables, engine, adapter and handlers."""
 
-    def __init__(self, domain: str, tmp_path: Path, mode: str = "choreography", deps: FakeDeps | None = None) -> None:
+    def __init__(
+        self, domain: str, tmp_path: Path, mode: str = "choreography", deps: FakeDeps | None = None
+    ) -> None:
         self.domain = domain
         self.tmp_path = Path(tmp_path).resolve()
         # Every database URL pinned to the temporary folder, whatever CHOREO_* the environment sets
         # (tests/conftest.py may point the suite at a PostgreSQL server).
-        self.settings = Settings(data_dir=self.tmp_path, run_dir=self.tmp_path, database_server="", saga_mode=mode,
-                                 **{f"{s}_database_url": "" for s in SERVICES})
+        self.settings = Settings(
+            data_dir=self.tmp_path,
+            run_dir=self.tmp_path,
+            database_server="",
+            saga_mode=mode,
+            **{f"{s}_database_url": "" for s in SERVICES},
+        )
         self.subscriptions = subscriptions(mode)[domain]
         prepare(self.settings, [domain])
         names = Names(self.settings.namespace)
@@ -163,8 +188,15 @@ class Harness:
         self.idempotency = FakeIdempotency(self.metrics)
         self.deps = deps or FakeDeps()
         self.engine = engine_for(self.settings, domain)
-        self.rt = Runtime(settings=self.settings, domain=domain, engine=self.engine,
-                          names=names, burst=self.burst, idempotency=self.idempotency, deps=self.deps)
+        self.rt = Runtime(
+            settings=self.settings,
+            domain=domain,
+            engine=self.engine,
+            names=names,
+            burst=self.burst,
+            idempotency=self.idempotency,
+            deps=self.deps,
+        )
 
     @property
     def gateway(self) -> FakeGateway:
@@ -174,13 +206,17 @@ class Harness:
     def users(self) -> FakeUsers:
         return self.deps.users
 
-    def envelope(self, type_: str, order_id: str, payload: dict, event_id: str | None = None) -> Envelope:
+    def envelope(
+        self, type_: str, order_id: str, payload: dict, event_id: str | None = None
+    ) -> Envelope:
         env = make_envelope(type_, order_id, payload, source="test", event_id=event_id)
         # Through the wire and back, as tasks.adapter does: the handler sees the schema's
         # rendering of the payload, not the dict the test wrote.
         return decode(env.to_wire())
 
-    def deliver(self, type_: str, order_id: str, payload: dict, event_id: str | None = None) -> Published:
+    def deliver(
+        self, type_: str, order_id: str, payload: dict, event_id: str | None = None
+    ) -> Published:
         """Run this domain's subscription for `type_` on one message; returns what it published."""
         return self.deliver_envelope(self.envelope(type_, order_id, payload, event_id))
 
@@ -188,12 +224,19 @@ class Harness:
         """One delivery, a batch of one, as a worker holding a single message runs it."""
         return self.deliver_batch([envelope], attempt)[0]
 
-    def deliver_batch(self, envelopes: list[Envelope | Delivery], attempt: int = 0) -> list[Published]:
+    def deliver_batch(
+        self, envelopes: list[Envelope | Delivery], attempt: int = 0
+    ) -> list[Published]:
         """One batch, as a worker holding these deliveries runs it; what each one published."""
         # Sent by the type's owner, as the broker would vouch for a real delivery (tasks.worker).
-        deliveries = [e if isinstance(e, Delivery) else Delivery(e.type, [e.to_wire()], {}, e.event_id, attempt=attempt,
-                                                                 sender=min(owners(e.type)))
-                      for e in envelopes]
+        deliveries = [
+            e
+            if isinstance(e, Delivery)
+            else Delivery(
+                e.type, [e.to_wire()], {}, e.event_id, attempt=attempt, sender=min(owners(e.type))
+            )
+            for e in envelopes
+        ]
         before = len(self.burst.published)
         outcomes = process_batch(self.rt, deliveries)
         published = self.burst.published[before:]
@@ -209,9 +252,15 @@ class Harness:
         """A retry or dead-letter copy this domain published, coming back to it as the worker
         reads it (tasks.worker._delivery): its own user_id, so no sender, only the claim it names."""
         claim = copy["headers"]["x-choreo-sender"]
-        return Delivery(copy["name"], copy["args"], copy["kwargs"], copy["task_id"],
-                        attempt=0 if replayed else copy["headers"].get("choreo_attempt", 0), sender=None,
-                        claim=None if claim == "-" else claim)
+        return Delivery(
+            copy["name"],
+            copy["args"],
+            copy["kwargs"],
+            copy["task_id"],
+            attempt=0 if replayed else copy["headers"].get("choreo_attempt", 0),
+            sender=None,
+            claim=None if claim == "-" else claim,
+        )
 
     def rows(self, model) -> list:
         with Session(self.engine) as s:
@@ -224,8 +273,11 @@ class Harness:
     def write_lock_free(self) -> bool:
         """Whether another writer could start now, i.e. no unit of work holds the database's write
         lock (the adapter's transactions begin IMMEDIATE). Own connection, no waiting."""
-        conn = sqlite3.connect(make_url(self.settings.database_url(self.domain)).database, timeout=0,
-                               isolation_level=None)
+        conn = sqlite3.connect(
+            make_url(self.settings.database_url(self.domain)).database,
+            timeout=0,
+            isolation_level=None,
+        )
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")

@@ -1,5 +1,6 @@
 """Who owns which message type, who a broker user is, what each grant lets through, and the
 secrets behind them (choreo.messaging.access, choreo.infra.secrets): no broker here."""
+
 from __future__ import annotations
 
 import base64
@@ -23,30 +24,42 @@ def settings(tmp_path, monkeypatch):
     for name in list(os.environ):
         if name.startswith(("CHOREO_BROKER_PASSWORD_", "CHOREO_USERS_TOKEN_")):
             monkeypatch.delenv(name)
-    return Settings(run_dir=tmp_path / "run", broker_url="amqp://boot:strap@10.0.0.5:5673/shop",
-                    broker_user_prefix="t-")
+    return Settings(
+        run_dir=tmp_path / "run",
+        broker_url="amqp://boot:strap@10.0.0.5:5673/shop",
+        broker_user_prefix="t-",
+    )
 
 
-HEARS = {"order": {"place_order", "payment.completed", "saga.dead_lettered"}, "payment": {"order.placed"},
-         "inventory": {"payment.completed"}, "shipment": {"inventory.reserved"},
-         "notification": {"order.completed"}, "orchestrator": {"order.placed"}}
+HEARS = {
+    "order": {"place_order", "payment.completed", "saga.dead_lettered"},
+    "payment": {"order.placed"},
+    "inventory": {"payment.completed"},
+    "shipment": {"inventory.reserved"},
+    "notification": {"order.completed"},
+    "orchestrator": {"order.placed"},
+}
 
 
 def test_every_type_has_exactly_the_owners_the_contract_gives_it():
     table = {t: access.owners(t) for t in PAYLOADS}
-    assert all(table.values()), [t for t, o in table.items() if not o]  # nobody may send an ownerless type
+    assert all(table.values()), [
+        t for t, o in table.items() if not o
+    ]  # nobody may send an ownerless type
     assert table["place_order"] == {"operator"}
     assert table["payment.completed"] == {"payment"} and table["order.placed"] == {"order"}
     assert table["reserve_stock"] == {"orchestrator"}
     assert table["saga.dead_lettered"] == {*DOMAINS, "orchestrator"}
     assert access.owners("paymnet.completed") == set() and access.owners("payment") == set()
-    assert not access.may_send(None, "payment.completed") and not access.may_send("operator", "payment.completed")
+    assert not access.may_send(None, "payment.completed") and not access.may_send(
+        "operator", "payment.completed"
+    )
 
 
 def test_a_broker_user_is_a_service_only_under_the_prefix(settings):
     assert access.service_of(settings, "t-payment") == "payment"
-    assert access.service_of(settings, "payment") is None        # not ours
-    assert access.service_of(settings, "t-root") is None          # ours by name, not a service
+    assert access.service_of(settings, "payment") is None  # not ours
+    assert access.service_of(settings, "t-root") is None  # ours by name, not a service
     assert access.service_of(settings, None) is None
 
 
@@ -55,15 +68,32 @@ def test_a_copy_of_its_own_names_a_sender_it_must_still_prove(settings):
     assert access.verified_sender(settings, "inventory", "t-payment", {}) == ("payment", None)
     # A retry rung or a dead letter moved back: published by the domain itself (or by anyone with its
     # password), naming who sent the original: a claim, no sender until the copy's record proves it.
-    assert access.verified_sender(settings, "inventory", own, access.sender_header("payment")) == (None, "payment")
-    assert access.verified_sender(settings, "inventory", own, access.sender_header(None)) == (None, None)
-    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": b"payment"}) == (None, "payment")
-    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": "root"}) == (None, None)
+    assert access.verified_sender(settings, "inventory", own, access.sender_header("payment")) == (
+        None,
+        "payment",
+    )
+    assert access.verified_sender(settings, "inventory", own, access.sender_header(None)) == (
+        None,
+        None,
+    )
+    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": b"payment"}) == (
+        None,
+        "payment",
+    )
+    assert access.verified_sender(settings, "inventory", own, {"x-choreo-sender": "root"}) == (
+        None,
+        None,
+    )
     # Its own fresh message (the order hears its own saga.dead_lettered).
     assert access.verified_sender(settings, "inventory", own, {}) == ("inventory", None)
     # Another service's header is never even a claim: only the broker-checked user_id counts.
-    assert access.verified_sender(settings, "inventory", "t-operator", access.sender_header("payment")) == ("operator", None)
-    assert access.verified_sender(settings, "inventory", None, access.sender_header("payment")) == (None, None)
+    assert access.verified_sender(
+        settings, "inventory", "t-operator", access.sender_header("payment")
+    ) == ("operator", None)
+    assert access.verified_sender(settings, "inventory", None, access.sender_header("payment")) == (
+        None,
+        None,
+    )
 
 
 def _allows(pattern: str, name: str) -> bool:
@@ -74,7 +104,13 @@ def test_each_domain_may_say_its_own_types_and_hear_only_its_bindings(settings):
     g = access.grants(settings, HEARS)
     write, read = g["payment"].topics["choreo.events"]
     assert _allows(write, "payment.completed") and _allows(write, "saga.dead_lettered")
-    for foreign in ("order.completed", "inventory.reserved", "place_order", "charge_payment", "payment.completedX"):
+    for foreign in (
+        "order.completed",
+        "inventory.reserved",
+        "place_order",
+        "charge_payment",
+        "payment.completedX",
+    ):
         assert not _allows(write, foreign), foreign
     assert _allows(read, "order.placed") and not _allows(read, "payment.completed")
     assert _allows(g["payment"].topics["choreo.dlx"][0], "payment")
@@ -88,7 +124,9 @@ def test_each_domain_may_say_its_own_types_and_hear_only_its_bindings(settings):
     assert _allows(g["payment"].configure, "payment@host.example.celery.pidbox")
     for name in ("choreo.payment", "choreo.events", "order@host.celery.pidbox", "my-queue"):
         assert not _allows(g["payment"].configure, name), name
-    assert not _allows(g["payment"].write, "amq.default")  # the default exchange reaches every queue by name
+    assert not _allows(
+        g["payment"].write, "amq.default"
+    )  # the default exchange reaches every queue by name
 
 
 def test_the_operator_places_orders_and_reads_dead_letters_only(settings):
@@ -104,9 +142,16 @@ def test_the_operator_places_orders_and_reads_dead_letters_only(settings):
 def test_a_namespace_changes_every_name(settings):
     s = settings.model_copy(update={"namespace": "shop"})
     assert access.user_name(s, "payment") == "t-shop-payment"  # its own users: grants never collide
-    assert access.service_of(s, "t-shop-payment") == "payment" and access.service_of(s, "t-payment") is None
+    assert (
+        access.service_of(s, "t-shop-payment") == "payment"
+        and access.service_of(s, "t-payment") is None
+    )
     g = access.grants(s, HEARS)["payment"]
-    assert "shop.events" in g.topics and _allows(g.read, "shop.payment") and not _allows(g.read, "choreo.payment")
+    assert (
+        "shop.events" in g.topics
+        and _allows(g.read, "shop.payment")
+        and not _allows(g.read, "choreo.payment")
+    )
     assert _allows(g.configure, "payment.shop@h.celery.pidbox")
 
 
@@ -138,15 +183,23 @@ def test_a_cluster_url_list_keeps_every_node_and_swaps_the_user_on_each(settings
     nodes = "amqp://boot:strap@127.0.0.1:5701/shop;amqp://boot:strap@127.0.0.1:5702/shop; amqp://boot:strap@[::1]:5703/shop"
     cluster = settings.model_copy(update={"broker_url": nodes})
     urls = access.service_url(cluster, "payment").split(";")
-    assert [u.rsplit("@", 1)[1] for u in urls] == ["127.0.0.1:5701/shop", "127.0.0.1:5702/shop", "[::1]:5703/shop"]
+    assert [u.rsplit("@", 1)[1] for u in urls] == [
+        "127.0.0.1:5701/shop",
+        "127.0.0.1:5702/shop",
+        "[::1]:5703/shop",
+    ]
     assert all(u.startswith("amqp://t-payment:") and "strap" not in u for u in urls)
     assert access.vhost_of(nodes) == "shop"
     params = connection_parameters(access.service_url(cluster, "payment"))
     assert sorted(p.port for p in params) == [5701, 5702, 5703]
-    assert {p.credentials.username for p in params} == {"t-payment"} and {p.virtual_host for p in params} == {"shop"}
+    assert {p.credentials.username for p in params} == {"t-payment"} and {
+        p.virtual_host for p in params
+    } == {"shop"}
     app = make_app("payment", cluster)
     alternates = app.connection_for_write().alt
-    assert sorted(a.rsplit("@", 1)[1] for a in alternates) == sorted(u.rsplit("@", 1)[1] for u in urls)
+    assert sorted(a.rsplit("@", 1)[1] for a in alternates) == sorted(
+        u.rsplit("@", 1)[1] for u in urls
+    )
     assert app.conf.broker_failover_strategy == "round-robin"
     # Each process starts on a node of its own drawing: the workers spread over the cluster.
     firsts = {make_app("payment", cluster).connection_for_write().host for _ in range(30)}
@@ -186,4 +239,6 @@ def test_processes_starting_together_agree_on_one_secret(tmp_path):
         p.join(10)
     values = {out.get(timeout=5) for _ in procs}
     assert len(values) == 1
-    assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["race-x"]  # no temporary file left
+    assert [p.name for p in (tmp_path / "secrets").iterdir()] == [
+        "race-x"
+    ]  # no temporary file left

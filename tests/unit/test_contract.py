@@ -1,4 +1,5 @@
 """The JSON Schema files under schemas/ are the models' own, and they judge messages as decode() does."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,12 @@ from models import contract
 from models.envelope import PAYLOADS, PoisonMessage, decode, make_envelope
 from tests.helpers import celery_message
 
-PLACE = {"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 2}], "card_token": "tok_visa",
-         "address": "1 Main Street, Springfield"}
+PLACE = {
+    "customer_id": "cust-1",
+    "items": [{"sku": "SKU-RED", "qty": 2}],
+    "card_token": "tok_visa",
+    "address": "1 Main Street, Springfield",
+}
 
 
 def test_the_checked_in_schema_files_match_the_models():
@@ -21,7 +26,9 @@ def test_the_checked_in_schema_files_match_the_models():
 
 def _validator(name: str) -> Draft202012Validator:
     docs = {p: json.loads((contract.SCHEMA_DIR / p).read_text()) for p in contract.documents()}
-    registry = Registry().with_resources((d["$id"], Resource.from_contents(d)) for d in docs.values())
+    registry = Registry().with_resources(
+        (d["$id"], Resource.from_contents(d)) for d in docs.values()
+    )
     return Draft202012Validator(docs[name], registry=registry, format_checker=FormatChecker())
 
 
@@ -31,13 +38,24 @@ def _wire(**payload) -> dict:
     return env
 
 
-@pytest.mark.parametrize("change", [
-    {}, {"items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 1299}]},
-    {"address": "x" * 500}, {"address": "x" * 501}, {"address": ""}, {"items": []},
-    {"items": [{"sku": "SKU-RED", "qty": 1}] * 100}, {"items": [{"sku": "SKU-RED", "qty": 1}] * 101},
-    {"items": [{"sku": "SKU-RED", "qty": 0}]}, {"items": [{"sku": "SKU-RED", "qty": 1001}]},
-    {"items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": -1}]}, {"coupon": "FREE"}, {"card_token": None},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 1299}]},
+        {"address": "x" * 500},
+        {"address": "x" * 501},
+        {"address": ""},
+        {"items": []},
+        {"items": [{"sku": "SKU-RED", "qty": 1}] * 100},
+        {"items": [{"sku": "SKU-RED", "qty": 1}] * 101},
+        {"items": [{"sku": "SKU-RED", "qty": 0}]},
+        {"items": [{"sku": "SKU-RED", "qty": 1001}]},
+        {"items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": -1}]},
+        {"coupon": "FREE"},
+        {"card_token": None},
+    ],
+)
 def test_the_envelope_schema_agrees_with_decode(change):
     raw = _wire(**change)
     try:
@@ -48,8 +66,16 @@ def test_the_envelope_schema_agrees_with_decode(change):
     assert _validator("envelope.json").is_valid(raw) == accepted
 
 
-@pytest.mark.parametrize("change", [{"type": "payment.exploded"}, {"schema_version": 2}, {"order_id": "o" * 65},
-                                    {"traceparent": "00-xyz"}, {"priority": 9}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"type": "payment.exploded"},
+        {"schema_version": 2},
+        {"order_id": "o" * 65},
+        {"traceparent": "00-xyz"},
+        {"priority": 9},
+    ],
+)
 def test_the_envelope_schema_refuses_what_decode_refuses(change):
     raw = {**_wire(), **change}
     with pytest.raises(PoisonMessage):
@@ -78,7 +104,9 @@ def test_the_body_and_headers_schemas_accept_a_real_message_and_refuse_a_crasher
 
 def test_the_contract_command_checks_and_writes(tmp_path, capsys):
     assert contract.main(["contract", "--check"]) == 0
-    assert contract.stale(tmp_path) == sorted(contract.documents())  # nothing there yet: all missing
+    assert contract.stale(tmp_path) == sorted(
+        contract.documents()
+    )  # nothing there yet: all missing
     contract.write(tmp_path)
     assert contract.stale(tmp_path) == []
     (tmp_path / "payloads" / "gone.json").write_text("{}")

@@ -1,5 +1,6 @@
 """A domain's own copies (retry rungs, dead letters) are believed only where its record proves
 them (choreo.app.copies): through the real adapter and a real SQLite database, the broker faked."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,12 @@ def test_a_retry_copy_is_recorded_and_believed_when_it_comes_back(h):
     refund, copy = _charged_then_refund_fails(h)
     assert copy["headers"]["x-choreo-sender"] == "shipment"
     [record] = h.rows(CopyRecord)
-    assert (record.event_id, record.sender, record.kind, record.attempt) == (refund.event_id, "shipment", "retry", 1)
+    assert (record.event_id, record.sender, record.kind, record.attempt) == (
+        refund.event_id,
+        "shipment",
+        "retry",
+        1,
+    )
 
     [again] = h.deliver_batch([h.returned(copy)])  # still failing: the next rung, the same proof
     assert again.outcome.kind == "retry" and h.burst.sent[-1]["headers"]["choreo_attempt"] == 2
@@ -51,12 +57,24 @@ def test_a_retry_copy_is_recorded_and_believed_when_it_comes_back(h):
 def test_a_copy_no_record_proves_is_refused_whatever_it_claims(h, replayed):
     """The issue's attack: an order.placed on a rung (or the dead-letter key, then replayed),
     naming the order service, published by whoever holds the payment user's password."""
-    env = h.envelope("order.placed", "ord-forged", {"order": snapshot(("SKU-BLUE", 3)), "card_token": CARD_OK})
-    forged = Delivery(env.type, [env.to_wire()], {}, env.event_id, attempt=0 if replayed else 1, sender=None,
-                      claim="order")
+    env = h.envelope(
+        "order.placed", "ord-forged", {"order": snapshot(("SKU-BLUE", 3)), "card_token": CARD_OK}
+    )
+    forged = Delivery(
+        env.type,
+        [env.to_wire()],
+        {},
+        env.event_id,
+        attempt=0 if replayed else 1,
+        sender=None,
+        claim="order",
+    )
     [out] = h.deliver_batch([forged])
     assert out.outcome.kind == "poison" and out.types == []
-    assert "unauthorized: a copy naming sender 'order' that this service has no record of making" in out.outcome.detail
+    assert (
+        "unauthorized: a copy naming sender 'order' that this service has no record of making"
+        in out.outcome.detail
+    )
     assert h.rows(Charge) == [] and h.gateway.moved("ord-forged")["charge"] == 0
     [letter] = h.burst.sent
     assert letter["headers"]["x-choreo-sender"] == "-"  # its dead letter claims nobody
@@ -66,7 +84,9 @@ def test_a_copy_no_record_proves_is_refused_whatever_it_claims(h, replayed):
 def test_a_recorded_copy_with_another_body_or_another_sender_is_refused(h):
     refund, copy = _charged_then_refund_fails(h)
     h.gateway.refunds_fail = False
-    body = dataclasses.replace(h.returned(copy), args=[{**copy["args"][0], "order_id": "ord-other"}])
+    body = dataclasses.replace(
+        h.returned(copy), args=[{**copy["args"][0], "order_id": "ord-other"}]
+    )
     sender = dataclasses.replace(h.returned(copy), claim="inventory")
     outs = h.deliver_batch([body, sender])
     assert [o.outcome.kind for o in outs] == ["poison", "poison"]
@@ -90,7 +110,11 @@ def test_a_dead_letter_replayed_is_believed_by_its_record(h):
 
 def test_a_failed_transaction_still_records_its_copies_before_they_go_out(h, monkeypatch):
     h.deliver("order.placed", "ord-1", {"order": snapshot(("SKU-RED", 1)), "card_token": CARD_OK})
-    monkeypatch.setattr(choreo.app.uow.Batch, "commit", lambda self: (_ for _ in ()).throw(OSError("disk I/O error")))
+    monkeypatch.setattr(
+        choreo.app.uow.Batch,
+        "commit",
+        lambda self: (_ for _ in ()).throw(OSError("disk I/O error")),
+    )
     refund = h.envelope("shipment.failed", "ord-1", {"reason": "address_undeliverable"})
     [out] = h.deliver_batch([refund])
     assert out.outcome.kind == "retry" and "disk I/O error" in out.outcome.detail
@@ -105,12 +129,19 @@ def test_with_the_database_down_no_copy_goes_out_and_the_delivery_goes_back(h, m
     sent = len(h.burst.sent)
     down = OSError("database is down")
     monkeypatch.setattr(choreo.app.uow.Batch, "commit", lambda self: (_ for _ in ()).throw(down))
-    monkeypatch.setattr(choreo.app.copies, "record_now", lambda engine, made: (_ for _ in ()).throw(down))
+    monkeypatch.setattr(
+        choreo.app.copies, "record_now", lambda engine, made: (_ for _ in ()).throw(down)
+    )
     fresh = h.envelope("shipment.failed", "ord-1", {"reason": "address_undeliverable"})
     [out] = h.deliver_batch([fresh])
     assert out.outcome.kind == "requeue" and "database is down" in out.outcome.detail
     # A copy coming back cannot be proven without the database either: it goes back, undecided.
-    monkeypatch.setattr(choreo.app.copies, "proven", lambda engine, wanted: (_ for _ in ()).throw(down))
+    monkeypatch.setattr(
+        choreo.app.copies, "proven", lambda engine, wanted: (_ for _ in ()).throw(down)
+    )
     [back] = h.deliver_batch([h.returned(copy)])
-    assert back.outcome.kind == "requeue" and "could not check the copy's record" in back.outcome.detail
+    assert (
+        back.outcome.kind == "requeue"
+        and "could not check the copy's record" in back.outcome.detail
+    )
     assert len(h.burst.sent) == sent  # nothing published for either

@@ -1,4 +1,5 @@
 """The domains' own rules (payment, inventory, shipment, notification): pure functions, no I/O."""
+
 from __future__ import annotations
 
 import re
@@ -22,12 +23,16 @@ STOCK = {"SKU-RED": 5, "SKU-BLUE": 1, "SKU-SOLDOUT": 0}
 
 
 def test_nothing_is_missing_when_stock_covers_every_item():
-    assert inventory.missing_skus(STOCK, [{"sku": "SKU-RED", "qty": 5}, {"sku": "SKU-BLUE", "qty": 1}]) == []
+    assert (
+        inventory.missing_skus(STOCK, [{"sku": "SKU-RED", "qty": 5}, {"sku": "SKU-BLUE", "qty": 1}])
+        == []
+    )
 
 
 def test_a_sold_out_sku_is_missing():
-    assert inventory.missing_skus(STOCK, [{"sku": "SKU-RED", "qty": 1}, {"sku": "SKU-SOLDOUT", "qty": 1}]) == [
-        "SKU-SOLDOUT"]
+    assert inventory.missing_skus(
+        STOCK, [{"sku": "SKU-RED", "qty": 1}, {"sku": "SKU-SOLDOUT", "qty": 1}]
+    ) == ["SKU-SOLDOUT"]
 
 
 def test_an_unknown_sku_is_missing():
@@ -41,13 +46,20 @@ def test_quantities_of_the_same_sku_add_up_when_checking_stock():
 
 
 def test_missing_skus_are_sorted_and_listed_once():
-    items = [{"sku": "SKU-SOLDOUT", "qty": 1}, {"sku": "SKU-BLUE", "qty": 2}, {"sku": "SKU-SOLDOUT", "qty": 1}]
+    items = [
+        {"sku": "SKU-SOLDOUT", "qty": 1},
+        {"sku": "SKU-BLUE", "qty": 2},
+        {"sku": "SKU-SOLDOUT", "qty": 1},
+    ]
     assert inventory.missing_skus(STOCK, items) == ["SKU-BLUE", "SKU-SOLDOUT"]
 
 
 def test_merged_adds_up_quantities_of_the_same_sku():
-    items = [{"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1}, {"sku": "SKU-BLUE", "qty": 1},
-             {"sku": "SKU-RED", "qty": 3}]
+    items = [
+        {"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1},
+        {"sku": "SKU-BLUE", "qty": 1},
+        {"sku": "SKU-RED", "qty": 3},
+    ]
     assert inventory.merged(items) == {"SKU-RED": 5, "SKU-BLUE": 1}
 
 
@@ -92,4 +104,6 @@ def test_cancelled_notification_gives_the_reason():
 
 
 def test_notification_without_a_name_says_customer():
-    assert notification.compose("completed", "o", None, {"amount_cents": 100}).startswith("Hello customer,")
+    assert notification.compose("completed", "o", None, {"amount_cents": 100}).startswith(
+        "Hello customer,"
+    )

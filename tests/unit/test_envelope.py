@@ -1,4 +1,5 @@
 """The wire envelope: decode() accepts exactly the valid messages and poisons the rest."""
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,27 @@ from models.envelope import (
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-PLACE = {"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1299}],
-         "card_token": "tok_visa", "address": "1 Main Street, Springfield"}
-SNAPSHOT = {"customer_id": "cust-1", "items": PLACE["items"], "address": PLACE["address"], "amount_cents": 2598}
+PLACE = {
+    "customer_id": "cust-1",
+    "items": [{"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1299}],
+    "card_token": "tok_visa",
+    "address": "1 Main Street, Springfield",
+}
+SNAPSHOT = {
+    "customer_id": "cust-1",
+    "items": PLACE["items"],
+    "address": PLACE["address"],
+    "amount_cents": 2598,
+}
 
 
 def wire(**changes) -> dict:
     """A valid envelope as it travels (JSON), with `changes` applied."""
-    raw = json.loads(json.dumps(make_envelope("place_order", "ord-1", PLACE, source="gateway", now=NOW).to_wire()))
+    raw = json.loads(
+        json.dumps(
+            make_envelope("place_order", "ord-1", PLACE, source="gateway", now=NOW).to_wire()
+        )
+    )
     raw.update(changes)
     return raw
 
@@ -76,8 +90,13 @@ def test_make_envelope_validates_the_payload_before_publishing():
 
 def test_make_envelope_with_a_cause_continues_its_correlation_and_trace():
     cause = make_envelope("place_order", "ord-1", PLACE, source="gateway")
-    effect = make_envelope("order.placed", "ord-1", {"order": SNAPSHOT, "card_token": "tok_visa"},
-                           source="order", cause=cause)
+    effect = make_envelope(
+        "order.placed",
+        "ord-1",
+        {"order": SNAPSHOT, "card_token": "tok_visa"},
+        source="order",
+        cause=cause,
+    )
     assert effect.correlation_id == cause.correlation_id
     assert effect.causation_id == cause.event_id
     assert effect.trace_id == cause.trace_id
@@ -87,10 +106,20 @@ def test_make_envelope_with_a_cause_continues_its_correlation_and_trace():
 
 def test_correlation_id_survives_a_chain_of_causes():
     first = decode(wire(correlation_id="corr-9"))
-    second = make_envelope("order.completed", "ord-1", {"customer_id": "c", "amount_cents": 1}, source="order",
-                           cause=first)
-    third = make_envelope("order.cancelled", "ord-1", {"customer_id": "c", "reason": "r", "amount_cents": 1},
-                          source="order", cause=second)
+    second = make_envelope(
+        "order.completed",
+        "ord-1",
+        {"customer_id": "c", "amount_cents": 1},
+        source="order",
+        cause=first,
+    )
+    third = make_envelope(
+        "order.cancelled",
+        "ord-1",
+        {"customer_id": "c", "reason": "r", "amount_cents": 1},
+        source="order",
+        cause=second,
+    )
     assert third.correlation_id == "corr-9"
     assert third.causation_id == second.event_id
     assert third.trace_id == first.trace_id
@@ -115,7 +144,13 @@ def test_derived_id_differs_for_different_parts():
 
 
 def test_every_message_type_has_a_payload_schema():
-    assert {"place_order", "order.placed", "order.completed", "order.cancelled", "saga.dead_lettered"} <= set(PAYLOADS)
+    assert {
+        "place_order",
+        "order.placed",
+        "order.completed",
+        "order.cancelled",
+        "saga.dead_lettered",
+    } <= set(PAYLOADS)
 
 
 # --- poison messages ---------------------------------------------------------------------------
@@ -136,8 +171,19 @@ def test_an_unknown_message_type_is_poison():
         decode(wire(type="order.teleported"))
 
 
-@pytest.mark.parametrize("field", ["event_id", "type", "order_id", "occurred_at", "source", "correlation_id",
-                                   "traceparent", "payload"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "event_id",
+        "type",
+        "order_id",
+        "occurred_at",
+        "source",
+        "correlation_id",
+        "traceparent",
+        "payload",
+    ],
+)
 def test_a_missing_envelope_field_is_poison(field):
     raw = wire()
     del raw[field]
@@ -145,9 +191,16 @@ def test_a_missing_envelope_field_is_poison(field):
         decode(raw)
 
 
-@pytest.mark.parametrize("traceparent", ["", "garbage", "00-abc-def-01",
-                                         "01-" + "a" * 32 + "-" + "b" * 16 + "-01",
-                                         "00-" + "A" * 32 + "-" + "b" * 16 + "-01"])
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "",
+        "garbage",
+        "00-abc-def-01",
+        "01-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "00-" + "A" * 32 + "-" + "b" * 16 + "-01",
+    ],
+)
 def test_a_bad_traceparent_is_poison(traceparent):
     with pytest.raises(PoisonMessage, match="traceparent"):
         decode(wire(traceparent=traceparent))
@@ -170,7 +223,9 @@ def test_a_zero_quantity_is_poison():
 
 
 def test_an_extra_payload_field_is_poison():
-    with pytest.raises(PoisonMessage, match=r"schema: payload\.coupon: Extra inputs are not permitted"):
+    with pytest.raises(
+        PoisonMessage, match=r"schema: payload\.coupon: Extra inputs are not permitted"
+    ):
         decode(with_payload(coupon="FREE"))
 
 
@@ -202,7 +257,6 @@ def test_envelope_trace_id_is_the_second_traceparent_field():
     assert envelope.trace_id == "1" * 32
 
 
-
 # --- limits ----------------------------------------------------------------------------------
 
 
@@ -211,30 +265,52 @@ def test_the_largest_valid_message_fits_the_message_size_limit_with_room():
     from config.settings import Settings
     from models.envelope import MAX_CENTS, MAX_ITEMS, MAX_QTY
 
-    items = [{"sku": "S" * 64, "qty": MAX_QTY, "unit_price_cents": MAX_CENTS} for _ in range(MAX_ITEMS)]
-    snapshot = {"customer_id": "c" * 64, "items": items, "address": "a" * 500, "amount_cents": MAX_CENTS}
-    env = make_envelope("payment.completed", "o" * 64, {"charge_id": "x" * 64, "amount_cents": MAX_CENTS,
-                                                        "order": snapshot},
-                        source="s" * 64, event_id="e" * 64)
-    body = json.dumps([[env.to_wire()], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    items = [
+        {"sku": "S" * 64, "qty": MAX_QTY, "unit_price_cents": MAX_CENTS} for _ in range(MAX_ITEMS)
+    ]
+    snapshot = {
+        "customer_id": "c" * 64,
+        "items": items,
+        "address": "a" * 500,
+        "amount_cents": MAX_CENTS,
+    }
+    env = make_envelope(
+        "payment.completed",
+        "o" * 64,
+        {"charge_id": "x" * 64, "amount_cents": MAX_CENTS, "order": snapshot},
+        source="s" * 64,
+        event_id="e" * 64,
+    )
+    body = json.dumps(
+        [[env.to_wire()], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
     assert len(body.encode()) * 4 < Settings().max_message_bytes
 
 
-@pytest.mark.parametrize("change, where, limit", [
-    ({"address": "x" * 501}, "payload.address", "at most 500 characters"),
-    ({"customer_id": "c" * 65}, "payload.customer_id", "at most 64 characters"),
-    ({"card_token": "t" * 65}, "payload.card_token", "at most 64 characters"),
-    ({"items": [{"sku": "SKU-RED", "qty": 1}] * 101}, "payload.items", "at most 100 items"),
-    ({"items": [{"sku": "SKU-RED", "qty": 1001}]}, "payload.items.0.qty", "less than or equal to 1000"),
-    ({"items": [{"sku": "S" * 65, "qty": 1}]}, "payload.items.0.sku", "at most 64 characters"),
-])
+@pytest.mark.parametrize(
+    "change, where, limit",
+    [
+        ({"address": "x" * 501}, "payload.address", "at most 500 characters"),
+        ({"customer_id": "c" * 65}, "payload.customer_id", "at most 64 characters"),
+        ({"card_token": "t" * 65}, "payload.card_token", "at most 64 characters"),
+        ({"items": [{"sku": "SKU-RED", "qty": 1}] * 101}, "payload.items", "at most 100 items"),
+        (
+            {"items": [{"sku": "SKU-RED", "qty": 1001}]},
+            "payload.items.0.qty",
+            "less than or equal to 1000",
+        ),
+        ({"items": [{"sku": "S" * 65, "qty": 1}]}, "payload.items.0.sku", "at most 64 characters"),
+    ],
+)
 def test_a_limit_exceeded_is_poison_naming_the_field_and_the_limit(change, where, limit):
     with pytest.raises(PoisonMessage, match=rf"schema: {re.escape(where)}: .*{limit}"):
         decode(with_payload(**change))
 
 
 def test_a_schema_version_newer_than_this_service_reads_is_poison():
-    with pytest.raises(PoisonMessage, match="schema: schema_version: Input should be less than or equal to 1"):
+    with pytest.raises(
+        PoisonMessage, match="schema: schema_version: Input should be less than or equal to 1"
+    ):
         decode(wire(schema_version=2))
 
 
@@ -244,7 +320,15 @@ def test_a_client_may_leave_the_price_to_the_seller():
 
 
 def test_what_the_schema_merely_tolerated_reaches_handlers_in_its_own_form():
-    raw = make_envelope("payment.refunded", "ord-1", {"refund_id": None, "amount_cents": 5, "reason": "x"},
-                        source="payment", now=NOW).to_wire()
+    raw = make_envelope(
+        "payment.refunded",
+        "ord-1",
+        {"refund_id": None, "amount_cents": 5, "reason": "x"},
+        source="payment",
+        now=NOW,
+    ).to_wire()
     raw["payload"]["amount_cents"] = 5.0  # a JSON number another language may write
-    assert decode(raw).payload["amount_cents"] == 5 and type(decode(raw).payload["amount_cents"]) is int
+    assert (
+        decode(raw).payload["amount_cents"] == 5
+        and type(decode(raw).payload["amount_cents"]) is int
+    )

@@ -1,4 +1,5 @@
 """The sandbox gateway's rules: what each test card makes the provider answer (no I/O)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from choreo.domain.payment import Declined, TransientError
 from choreo.world import gateway
 from choreo.world.gateway import flaky_failures
+
 
 def test_a_good_card_charges_on_the_first_attempt():
     assert gateway.sandbox_charge_rule("tok_visa", 0) is None
@@ -49,6 +51,9 @@ def test_other_cards_refund_fine(card):
     assert gateway.sandbox_refund_rule(card) is None
 
 
-@pytest.mark.parametrize(("card", "failures"), [("tok_flaky_2", 2), ("tok_flaky_7", 7), ("tok_visa", 0), ("tok_flaky_x", 0)])
+@pytest.mark.parametrize(
+    ("card", "failures"),
+    [("tok_flaky_2", 2), ("tok_flaky_7", 7), ("tok_visa", 0), ("tok_flaky_x", 0)],
+)
 def test_a_flaky_card_names_how_often_it_fails(card, failures):
     assert flaky_failures(card) == failures

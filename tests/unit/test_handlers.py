@@ -1,12 +1,23 @@
 """Each domain's handlers through the real adapter and a real SQLite unit of work, with fakes for everything remote."""
+
 from __future__ import annotations
 
 import pytest
 
 from choreo.app.outbox import count_unsent
 from config.catalog import ADDRESS_OK, CARD_DECLINED, CARD_OK, PRICES_CENTS, SKU_SOLD_OUT
-from models.tables import (Charge, Notification, OrderEvent, OrderView, PaymentDecision, Refund, Reservation,
-                           SagaState, Stock, StockDecision)
+from models.tables import (
+    Charge,
+    Notification,
+    OrderEvent,
+    OrderView,
+    PaymentDecision,
+    Refund,
+    Reservation,
+    SagaState,
+    Stock,
+    StockDecision,
+)
 from tests.unit.handler_harness import Harness
 
 
@@ -27,8 +38,12 @@ def make(tmp_path):
 def snapshot(*lines: tuple[str, int], customer_id: str = "cust-1") -> dict:
     """An order as the order service announces it: priced from the seller's catalog."""
     items = [{"sku": sku, "qty": qty, "unit_price_cents": PRICES_CENTS[sku]} for sku, qty in lines]
-    return {"customer_id": customer_id, "items": items, "address": ADDRESS_OK,
-            "amount_cents": sum(i["qty"] * i["unit_price_cents"] for i in items)}
+    return {
+        "customer_id": customer_id,
+        "items": items,
+        "address": ADDRESS_OK,
+        "amount_cents": sum(i["qty"] * i["unit_price_cents"] for i in items),
+    }
 
 
 def paid(order: dict, charge_id: str = "ch_test") -> dict:
@@ -41,7 +56,10 @@ def stock(h: Harness) -> dict[str, tuple[int, int]]:
 
 # --- inventory ----------------------------------------------------------------------------
 
-def test_a_release_that_overtakes_its_reservation_releases_nothing_and_blocks_the_late_reservation(make):
+
+def test_a_release_that_overtakes_its_reservation_releases_nothing_and_blocks_the_late_reservation(
+    make,
+):
     h = make("inventory")
     before = stock(h)
 
@@ -61,7 +79,9 @@ def test_a_release_that_overtakes_its_reservation_releases_nothing_and_blocks_th
 def test_a_reservation_moves_stock_and_a_sold_out_sku_moves_none(make):
     h = make("inventory")
     before = stock(h)
-    order = snapshot(("SKU-RED", 2), ("SKU-BLUE", 1), ("SKU-RED", 1))  # same SKU twice: quantities add up
+    order = snapshot(
+        ("SKU-RED", 2), ("SKU-BLUE", 1), ("SKU-RED", 1)
+    )  # same SKU twice: quantities add up
 
     ok = h.deliver("payment.completed", "ord-ok", paid(order))
     reserved = ok.one("inventory.reserved")
@@ -75,7 +95,9 @@ def test_a_reservation_moves_stock_and_a_sold_out_sku_moves_none(make):
     assert count_unsent(h.engine) == 0  # published after commit, then marked sent
 
     # The in-stock line comes first (SKUs are reserved in sorted order): the savepoint must undo it.
-    failed = h.deliver("payment.completed", "ord-no", paid(snapshot(("SKU-RED", 1), (SKU_SOLD_OUT, 1))))
+    failed = h.deliver(
+        "payment.completed", "ord-no", paid(snapshot(("SKU-RED", 1), (SKU_SOLD_OUT, 1)))
+    )
     assert failed.types == ["inventory.failed"]
     assert failed[0].payload == {"reason": "out_of_stock", "skus": [SKU_SOLD_OUT]}
     assert stock(h) == after
@@ -84,6 +106,7 @@ def test_a_reservation_moves_stock_and_a_sold_out_sku_moves_none(make):
 
 
 # --- payment ------------------------------------------------------------------------------
+
 
 def test_a_refund_for_an_order_never_charged_refunds_zero_without_calling_the_gateway(make):
     h = make("payment")
@@ -122,7 +145,11 @@ def test_a_compensation_refunds_exactly_what_was_charged_once(make):
     charged = h.deliver("order.placed", "ord-1", {"order": order, "card_token": CARD_OK})
     completed = charged.one("payment.completed")
     charge = h.row(Charge, "ord-1")
-    assert completed.payload == {"charge_id": charge.charge_id, "amount_cents": order["amount_cents"], "order": order}
+    assert completed.payload == {
+        "charge_id": charge.charge_id,
+        "amount_cents": order["amount_cents"],
+        "order": order,
+    }
     assert h.gateway.moved("ord-1") == {"charge": order["amount_cents"], "refund": 0}
 
     refunded = h.deliver("shipment.failed", "ord-1", {"reason": "address_undeliverable"})
@@ -136,7 +163,10 @@ def test_a_compensation_refunds_exactly_what_was_charged_once(make):
     second = h.deliver("inventory.failed", "ord-1", {"reason": "out_of_stock", "skus": ["SKU-RED"]})
     assert second == [] and second.outcome.kind == "processed"
     assert len(h.gateway.refunds) == 1 and len(h.rows(Refund)) == 1
-    assert h.gateway.moved("ord-1") == {"charge": charge.amount_cents, "refund": charge.amount_cents}
+    assert h.gateway.moved("ord-1") == {
+        "charge": charge.amount_cents,
+        "refund": charge.amount_cents,
+    }
 
 
 def test_a_refund_the_gateway_refuses_commits_nothing_so_the_retry_refunds_once(make):
@@ -153,7 +183,9 @@ def test_a_refund_the_gateway_refuses_commits_nothing_so_the_retry_refunds_once(
     [copy] = h.burst.sent  # to the first rung of the retry ladder, the error with it
     assert (copy["exchange"], copy["routing_key"]) == (h.rt.names.retry_exchange, "payment.1")
     assert copy["headers"]["choreo_attempt"] == 1
-    assert copy["headers"]["x-choreo-sender"] == "shipment"  # who sent the original: a claim its record proves on the way back
+    assert (
+        copy["headers"]["x-choreo-sender"] == "shipment"
+    )  # who sent the original: a claim its record proves on the way back
     assert "processor unavailable" in copy["headers"]["choreo_last_error"]
 
     # The retry ladder redelivers the same event: the inbox must not have marked it processed.
@@ -166,18 +198,25 @@ def test_a_refund_the_gateway_refuses_commits_nothing_so_the_retry_refunds_once(
 
 # --- notification -------------------------------------------------------------------------
 
+
 def test_one_notification_per_kind_with_the_customer_looked_up_outside_the_transaction(make):
     h = make("notification")
     h.users.probe = h.write_lock_free
     completed = {"customer_id": "cust-1", "amount_cents": 2598}
 
     assert h.deliver("order.completed", "ord-1", completed) == []
-    assert h.deliver("order.completed", "ord-1", completed).outcome.kind == "processed"  # new event id
+    assert (
+        h.deliver("order.completed", "ord-1", completed).outcome.kind == "processed"
+    )  # new event id
     [only] = h.rows(Notification)
     assert (only.kind, only.email) == ("completed", "ada@example.com")
     assert "Ada Lovelace" in only.body and "25.98" in only.body
 
-    h.deliver("order.cancelled", "ord-1", {"customer_id": "cust-1", "reason": "out_of_stock", "amount_cents": 2598})
+    h.deliver(
+        "order.cancelled",
+        "ord-1",
+        {"customer_id": "cust-1", "reason": "out_of_stock", "amount_cents": 2598},
+    )
     assert sorted(n.kind for n in h.rows(Notification)) == ["cancelled", "completed"]
     assert "out_of_stock" in h.row(Notification, "ord-1", "cancelled").body
 
@@ -189,6 +228,7 @@ def test_one_notification_per_kind_with_the_customer_looked_up_outside_the_trans
 
 # --- the adapter --------------------------------------------------------------------------
 
+
 def test_the_same_event_id_twice_is_absorbed_by_redis_and_without_redis_by_the_inbox(make):
     h = make("payment")
     body = {"order": snapshot(("SKU-RED", 1)), "card_token": CARD_OK}
@@ -198,11 +238,17 @@ def test_the_same_event_id_twice_is_absorbed_by_redis_and_without_redis_by_the_i
     assert h.idempotency.seen("payment", ["ev-1"]) == [True]
 
     second = h.deliver("order.placed", "ord-1", body, event_id="ev-1")
-    assert second == [] and (second.outcome.kind, second.outcome.detail) == ("duplicate", "duplicate absorbed (redis)")
+    assert second == [] and (second.outcome.kind, second.outcome.detail) == (
+        "duplicate",
+        "duplicate absorbed (redis)",
+    )
 
     h.idempotency.keys.clear()  # Redis restarted empty: the inbox table is the truth
     third = h.deliver("order.placed", "ord-1", body, event_id="ev-1")
-    assert third == [] and (third.outcome.kind, third.outcome.detail) == ("duplicate", "duplicate absorbed (inbox)")
+    assert third == [] and (third.outcome.kind, third.outcome.detail) == (
+        "duplicate",
+        "duplicate absorbed (inbox)",
+    )
     assert h.idempotency.seen("payment", ["ev-1"]) == [True]  # and the fast path knows it again
     assert len(h.gateway.charges) == 1  # the handler never ran again
     assert h.metrics.counts[("duplicates", "payment")] == 2
@@ -210,6 +256,7 @@ def test_the_same_event_id_twice_is_absorbed_by_redis_and_without_redis_by_the_i
 
 
 # --- orchestrator -------------------------------------------------------------------------
+
 
 def test_the_orchestrator_keeps_the_saga_between_messages_and_compensates_from_it(make):
     h = make("orchestrator", mode="orchestrated")
@@ -226,13 +273,18 @@ def test_the_orchestrator_keeps_the_saga_between_messages_and_compensates_from_i
     assert charged.types == ["reserve_stock"] and charged[0].payload == {"order": order}
     assert h.row(SagaState, "ord-1").done == ["charge"]
 
-    failed = h.deliver("inventory.failed", "ord-1", {"reason": "out_of_stock", "skus": ["SKU-BLUE"]})
+    failed = h.deliver(
+        "inventory.failed", "ord-1", {"reason": "out_of_stock", "skus": ["SKU-BLUE"]}
+    )
     assert failed.types == ["refund_payment"] and failed[0].payload == {"reason": "out_of_stock"}
     saga = h.row(SagaState, "ord-1")
     assert (saga.status, saga.failure, saga.undone) == ("compensating", "out_of_stock", [])
 
-    refunded = h.deliver("payment.refunded", "ord-1",
-                         {"refund_id": "re_1", "amount_cents": order["amount_cents"], "reason": "out_of_stock"})
+    refunded = h.deliver(
+        "payment.refunded",
+        "ord-1",
+        {"refund_id": "re_1", "amount_cents": order["amount_cents"], "reason": "out_of_stock"},
+    )
     assert refunded == []
     saga = h.row(SagaState, "ord-1")
     assert (saga.status, saga.undone) == ("cancelled", ["charge"])
@@ -240,12 +292,19 @@ def test_the_orchestrator_keeps_the_saga_between_messages_and_compensates_from_i
 
 # --- order --------------------------------------------------------------------------------
 
+
 def test_the_happy_path_facts_complete_the_order_and_its_read_model(make):
     h = make("order")
-    lines = [{"sku": "SKU-RED", "qty": 2}, {"sku": "SKU-BLUE", "qty": 1}]  # the seller sets the prices
+    lines = [
+        {"sku": "SKU-RED", "qty": 2},
+        {"sku": "SKU-BLUE", "qty": 1},
+    ]  # the seller sets the prices
 
-    placed = h.deliver("place_order", "ord-1", {"customer_id": "cust-1", "items": lines,
-                                                "card_token": CARD_OK, "address": ADDRESS_OK})
+    placed = h.deliver(
+        "place_order",
+        "ord-1",
+        {"customer_id": "cust-1", "items": lines, "card_token": CARD_OK, "address": ADDRESS_OK},
+    )
     announced = placed.one("order.placed")
     order = announced.payload["order"]
     assert order == snapshot(("SKU-RED", 2), ("SKU-BLUE", 1))
@@ -255,13 +314,26 @@ def test_the_happy_path_facts_complete_the_order_and_its_read_model(make):
     # Each fact is built from what the order service itself announced, as the other services would.
     assert h.deliver("payment.completed", "ord-1", paid(order, "ch_1")) == []
     assert h.row(OrderView, "ord-1").state == "PAID"
-    assert h.deliver("inventory.reserved", "ord-1", {"reservation_id": "res-1", "order": order}) == []
+    assert (
+        h.deliver("inventory.reserved", "ord-1", {"reservation_id": "res-1", "order": order}) == []
+    )
     assert h.row(OrderView, "ord-1").state == "RESERVED"
-    shipped = h.deliver("shipment.created", "ord-1", {"shipment_id": "shp-1", "tracking_code": "TRK-1"})
+    shipped = h.deliver(
+        "shipment.created", "ord-1", {"shipment_id": "shp-1", "tracking_code": "TRK-1"}
+    )
 
     assert shipped.types == ["order.completed"]
     assert shipped[0].payload == {"customer_id": "cust-1", "amount_cents": order["amount_cents"]}
     view = h.row(OrderView, "ord-1")
-    assert (view.state, view.charged_cents, view.refunded_cents) == ("COMPLETED", order["amount_cents"], 0)
+    assert (view.state, view.charged_cents, view.refunded_cents) == (
+        "COMPLETED",
+        order["amount_cents"],
+        0,
+    )
     assert [e.type for e in sorted(h.rows(OrderEvent), key=lambda e: e.version)] == [
-        "OrderPlaced", "PaymentCaptured", "StockReserved", "ShipmentDispatched", "OrderCompleted"]
+        "OrderPlaced",
+        "PaymentCaptured",
+        "StockReserved",
+        "ShipmentDispatched",
+        "OrderCompleted",
+    ]

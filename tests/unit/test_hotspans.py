@@ -1,5 +1,6 @@
 """The hot path's spans (choreo.infra.hotspans) reach the SDK's processor as the SDK's own spans
 would: ids, parent, kind, attributes, events, status, sampling, and they end once."""
+
 from __future__ import annotations
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -29,9 +30,16 @@ def _ctx(flags="01"):
 
 def test_a_consumer_span_and_its_producer_child_are_exported_as_sdk_spans():
     hot, exporter, provider = _tracer()
-    consumer = hot.start("process order.placed", _ctx(), SpanKind.CONSUMER, {"choreo.order_id": "ord-1"},
-                         start_time=1_000)
-    producer = consumer.child("send payment.completed", SpanKind.PRODUCER, {"messaging.message.id": "ev-2"})
+    consumer = hot.start(
+        "process order.placed",
+        _ctx(),
+        SpanKind.CONSUMER,
+        {"choreo.order_id": "ord-1"},
+        start_time=1_000,
+    )
+    producer = consumer.child(
+        "send payment.completed", SpanKind.PRODUCER, {"messaging.message.id": "ev-2"}
+    )
     producer.set_status(Status(StatusCode.ERROR, "not confirmed"))
     producer.end(end_time=5_000)
     consumer.set_attribute("choreo.outcome", "processed")
@@ -40,7 +48,11 @@ def test_a_consumer_span_and_its_producer_child_are_exported_as_sdk_spans():
     done = {s.name: s for s in exporter.get_finished_spans()}
     c, p = done["process order.placed"], done["send payment.completed"]
     assert all(isinstance(s, ReadableSpan) for s in (c, p))
-    assert f"{c.context.trace_id:032x}" == TRACE and f"{c.parent.span_id:016x}" == PARENT and c.parent.is_remote
+    assert (
+        f"{c.context.trace_id:032x}" == TRACE
+        and f"{c.parent.span_id:016x}" == PARENT
+        and c.parent.is_remote
+    )
     assert p.parent == c.context and p.context.trace_id == c.context.trace_id
     assert p.context.span_id not in (c.context.span_id, int(PARENT, 16))
     assert (c.kind, p.kind) == (SpanKind.CONSUMER, SpanKind.PRODUCER)
@@ -84,7 +96,9 @@ def test_an_unsampled_parent_gives_a_non_recording_span_that_still_propagates():
 
 def test_the_providers_sampler_decides():
     hot, exporter, _ = _tracer(ParentBased(ALWAYS_OFF))
-    hot.start("process root", None, SpanKind.CONSUMER, {}).end()  # no parent: the root sampler says no
+    hot.start(
+        "process root", None, SpanKind.CONSUMER, {}
+    ).end()  # no parent: the root sampler says no
     hot.start("process child", _ctx(), SpanKind.CONSUMER, {}).end()  # sampled parent: followed
     assert [s.name for s in exporter.get_finished_spans()] == ["process child"]
     hot, exporter, _ = _tracer(TraceIdRatioBased(0.0))
@@ -99,18 +113,31 @@ def test_the_runtime_tracer_shares_the_providers_span_file(tmp_path):
 
     settings = Settings(run_dir=tmp_path / "run", data_dir=tmp_path / "data")
     hot = tracing.hot_tracer(settings, "payment")
-    span = hot.start("process order.placed", _ctx(), SpanKind.CONSUMER, {"choreo.order_id": "ord-1"})
+    span = hot.start(
+        "process order.placed", _ctx(), SpanKind.CONSUMER, {"choreo.order_id": "ord-1"}
+    )
     span.add_event("dead_letter", {"choreo.reason": "poison"})
     span.end()
     tracing.force_flush()
-    (line,) = [ln for f in settings.trace_dir.glob("payment-*.jsonl") for ln in f.read_text().splitlines()]
+    (line,) = [
+        ln for f in settings.trace_dir.glob("payment-*.jsonl") for ln in f.read_text().splitlines()
+    ]
     record = json.loads(line)
-    assert record["service"] == "payment" and record["kind"] == "CONSUMER" and record["parent_span_id"] == PARENT
+    assert (
+        record["service"] == "payment"
+        and record["kind"] == "CONSUMER"
+        and record["parent_span_id"] == PARENT
+    )
     assert record["attributes"] == {"choreo.order_id": "ord-1"}
     assert record["events"][0]["name"] == "dead_letter" and record["events"][0]["attributes"] == {
-        "choreo.reason": "poison"}
-    assert tracing.hot_tracer(Settings(run_dir=tmp_path / "r2", data_dir=tmp_path / "d2", tracing=False),
-                              "payment") is None
+        "choreo.reason": "poison"
+    }
+    assert (
+        tracing.hot_tracer(
+            Settings(run_dir=tmp_path / "r2", data_dir=tmp_path / "d2", tracing=False), "payment"
+        )
+        is None
+    )
     tracing.shutdown()
 
 
@@ -123,10 +150,14 @@ def test_a_burst_of_spans_is_not_dropped(tmp_path, monkeypatch):
     settings = Settings(run_dir=tmp_path / "run", data_dir=tmp_path / "data")
     hot = tracing.hot_tracer(settings, "inventory")
     for _ in range(6000):  # two spans per message, 3000 messages: faster than any export
-        span = hot.start("process payment.completed", _ctx(), SpanKind.CONSUMER, {"choreo.order_id": "ord-1"})
+        span = hot.start(
+            "process payment.completed", _ctx(), SpanKind.CONSUMER, {"choreo.order_id": "ord-1"}
+        )
         span.child("send inventory.reserved", SpanKind.PRODUCER, {}).end()
         span.end()
     tracing.force_flush()
-    lines = sum(len(f.read_text().splitlines()) for f in settings.trace_dir.glob("inventory-*.jsonl"))
+    lines = sum(
+        len(f.read_text().splitlines()) for f in settings.trace_dir.glob("inventory-*.jsonl")
+    )
     tracing.shutdown()
     assert lines == 12000

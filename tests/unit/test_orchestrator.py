@@ -1,16 +1,23 @@
 """The orchestrated saga's decisions: next command, compensation in reverse order, idempotence."""
+
 from __future__ import annotations
 
 from choreo.domain.orchestrator import Saga, react
 
-ORDER = {"customer_id": "cust-1", "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
-         "address": "1 Main Street", "amount_cents": 100}
+ORDER = {
+    "customer_id": "cust-1",
+    "items": [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
+    "address": "1 Main Street",
+    "amount_cents": 100,
+}
 
 
 def run(*events):
     saga, sent = Saga("ord-1"), []
     for ev in events:
-        saga, commands = react(saga, ev, {"order": ORDER, "card_token": "tok_visa"} if ev == "order.placed" else {})
+        saga, commands = react(
+            saga, ev, {"order": ORDER, "card_token": "tok_visa"} if ev == "order.placed" else {}
+        )
         sent += [c for c, _ in commands]
     return saga, sent
 
@@ -52,13 +59,22 @@ def test_compensation_commands_carry_the_failure_reason():
 
 
 def test_repeated_events_send_nothing_twice():
-    saga, sent = run("order.placed", "order.placed", "payment.completed", "payment.completed",
-                     "inventory.reserved", "shipment.created", "shipment.created")
+    saga, sent = run(
+        "order.placed",
+        "order.placed",
+        "payment.completed",
+        "payment.completed",
+        "inventory.reserved",
+        "shipment.created",
+        "shipment.created",
+    )
     assert sent == ["charge_payment", "reserve_stock", "create_shipment"]
 
 
 def test_a_dead_lettered_step_fails_the_saga_and_stops_it():
-    saga, sent = run("order.placed", "payment.completed", "saga.dead_lettered", "inventory.reserved")
+    saga, sent = run(
+        "order.placed", "payment.completed", "saga.dead_lettered", "inventory.reserved"
+    )
     assert saga.status == "failed" and sent == ["charge_payment", "reserve_stock"]
 
 

@@ -1,4 +1,5 @@
 """The order aggregate: a pure fold of events plus decisions (no broker, no database)."""
+
 from __future__ import annotations
 
 from itertools import permutations
@@ -28,12 +29,19 @@ UNAVAILABLE = ev("StockUnavailable", reason="out_of_stock", skus=["SKU-SOLDOUT"]
 DISPATCHED = ev("ShipmentDispatched", shipment_id="shp-1")
 SHIP_FAILED = ev("ShipmentFailed", reason="address_undeliverable")
 REFUNDED = ev("PaymentRefunded", amount_cents=AMOUNT, reason="out_of_stock")
-ATTENTION = ev("AttentionRequired", reason="compensation_failed", domain="payment",
-               event_type="inventory.failed", detail="refund kept failing")
+ATTENTION = ev(
+    "AttentionRequired",
+    reason="compensation_failed",
+    domain="payment",
+    event_type="inventory.failed",
+    detail="refund kept failing",
+)
 
 
 def placed_event() -> o.DomainEvent:
-    (event,) = o.place(o.Order(ORDER_ID), "cust-1", ITEMS, "1 Main Street, Springfield", "tok_visa", PRICES)
+    (event,) = o.place(
+        o.Order(ORDER_ID), "cust-1", ITEMS, "1 Main Street, Springfield", "tok_visa", PRICES
+    )
     return event
 
 
@@ -57,6 +65,7 @@ def closing(events) -> list[o.DomainEvent]:
 
 
 # --- DomainEvent, fold and apply -------------------------------------------------------
+
 
 def test_domain_event_defaults_to_current_schema_version():
     assert ev("OrderPlaced", x=1).schema_version == o.EVENT_VERSIONS["OrderPlaced"] == 2
@@ -104,11 +113,17 @@ def test_apply_returns_a_new_order_and_leaves_the_old_one_alone():
 
 # --- place -----------------------------------------------------------------------------
 
+
 def test_place_emits_order_placed_with_the_summed_amount():
     event = placed_event()
     assert event.type == "OrderPlaced"
-    assert event.data == {"customer_id": "cust-1", "items": ITEMS, "address": "1 Main Street, Springfield",
-                          "card_token": "tok_visa", "amount_cents": AMOUNT}
+    assert event.data == {
+        "customer_id": "cust-1",
+        "items": ITEMS,
+        "address": "1 Main Street, Springfield",
+        "card_token": "tok_visa",
+        "amount_cents": AMOUNT,
+    }
 
 
 def test_placing_an_existing_order_again_returns_no_events():
@@ -116,6 +131,7 @@ def test_placing_an_existing_order_again_returns_no_events():
 
 
 # --- record: each fact type -------------------------------------------------------------
+
 
 def test_record_before_the_order_exists_is_ignored():
     assert o.record(o.Order(ORDER_ID), CAPTURED) == []
@@ -128,12 +144,39 @@ def test_record_before_the_order_exists_is_ignored():
         ([CAPTURED], RESERVED, ["StockReserved"], "RESERVED", None),
         ([], DECLINED, ["PaymentDeclined", "OrderCancelled"], "CANCELLED", "payment_declined"),
         ([CAPTURED], UNAVAILABLE, ["StockUnavailable"], "CANCELLING", "out_of_stock"),
-        ([CAPTURED, RESERVED], DISPATCHED, ["ShipmentDispatched", "OrderCompleted"], "COMPLETED", None),
+        (
+            [CAPTURED, RESERVED],
+            DISPATCHED,
+            ["ShipmentDispatched", "OrderCompleted"],
+            "COMPLETED",
+            None,
+        ),
         ([CAPTURED, RESERVED], SHIP_FAILED, ["ShipmentFailed"], "CANCELLING", "shipment_failed"),
-        ([CAPTURED, UNAVAILABLE], REFUNDED, ["PaymentRefunded", "OrderCancelled"], "CANCELLED", "out_of_stock"),
-        ([CAPTURED, UNAVAILABLE], ATTENTION, ["AttentionRequired"], "NEEDS_ATTENTION", "compensation_failed"),
+        (
+            [CAPTURED, UNAVAILABLE],
+            REFUNDED,
+            ["PaymentRefunded", "OrderCancelled"],
+            "CANCELLED",
+            "out_of_stock",
+        ),
+        (
+            [CAPTURED, UNAVAILABLE],
+            ATTENTION,
+            ["AttentionRequired"],
+            "NEEDS_ATTENTION",
+            "compensation_failed",
+        ),
     ],
-    ids=["captured", "reserved", "declined", "unavailable", "dispatched", "ship_failed", "refunded", "attention"],
+    ids=[
+        "captured",
+        "reserved",
+        "declined",
+        "unavailable",
+        "dispatched",
+        "ship_failed",
+        "refunded",
+        "attention",
+    ],
 )
 def test_record_appends_the_fact_and_any_decision_it_enables(before, fact, emitted, state, reason):
     order, _ = run(placed(), before)
@@ -151,13 +194,19 @@ def test_record_of_a_refund_alone_decides_nothing():
 
 # --- decide: the four paths ---------------------------------------------------------------
 
+
 def test_decide_on_a_freshly_placed_order_decides_nothing():
     assert o.decide(placed()) == []
 
 
 def test_happy_path_completes_the_order_once_shipped():
     order, emitted = run(placed(), [CAPTURED, RESERVED, DISPATCHED])
-    assert [e.type for e in emitted] == ["PaymentCaptured", "StockReserved", "ShipmentDispatched", "OrderCompleted"]
+    assert [e.type for e in emitted] == [
+        "PaymentCaptured",
+        "StockReserved",
+        "ShipmentDispatched",
+        "OrderCompleted",
+    ]
     assert emitted[-1].data == {}
     assert (order.state, order.reason) == ("COMPLETED", None)
 
@@ -192,7 +241,10 @@ def test_the_stock_release_is_kept_in_history_once_and_decides_nothing():
     order, _ = run(placed(), [CAPTURED, RESERVED, SHIP_FAILED])
     order, emitted = run(order, [released])
     assert emitted == [released] and order.released
-    assert (order.state, order.reason) == ("CANCELLING", "shipment_failed")  # the refund closes it, not this
+    assert (order.state, order.reason) == (
+        "CANCELLING",
+        "shipment_failed",
+    )  # the refund closes it, not this
     order, _ = run(order, [REFUNDED])
     assert o.record(order, released) == []  # a redelivered release appends nothing
     assert (order.state, order.reason) == ("CANCELLED", "shipment_failed")
@@ -210,7 +262,11 @@ PATHS = {
     "completed": ([CAPTURED, RESERVED, DISPATCHED], "COMPLETED", None),
     "out_of_stock": ([CAPTURED, UNAVAILABLE, REFUNDED], "CANCELLED", "out_of_stock"),
     "undeliverable": ([CAPTURED, RESERVED, SHIP_FAILED, REFUNDED], "CANCELLED", "shipment_failed"),
-    "attention_then_refund": ([CAPTURED, UNAVAILABLE, ATTENTION, REFUNDED], "CANCELLED", "out_of_stock"),
+    "attention_then_refund": (
+        [CAPTURED, UNAVAILABLE, ATTENTION, REFUNDED],
+        "CANCELLED",
+        "out_of_stock",
+    ),
 }
 
 
@@ -228,6 +284,7 @@ def test_facts_in_any_order_reach_the_same_final_state(path):
 
 
 # --- duplicates ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("before", "fact"),
@@ -265,12 +322,18 @@ def test_a_refund_arriving_again_after_cancellation_is_ignored():
 
 def test_attention_with_a_different_reason_is_a_new_fact():
     order, _ = run(placed(), [CAPTURED, ATTENTION])
-    other = ev("AttentionRequired", reason="dead_lettered:inventory", domain="inventory",
-               event_type="payment.completed", detail="boom")
+    other = ev(
+        "AttentionRequired",
+        reason="dead_lettered:inventory",
+        domain="inventory",
+        event_type="payment.completed",
+        detail="boom",
+    )
     assert o.record(order, other) == [other]
 
 
 # --- needs attention ------------------------------------------------------------------------
+
 
 def test_attention_required_puts_the_order_in_needs_attention():
     order, emitted = run(placed(), [CAPTURED, UNAVAILABLE, ATTENTION])
@@ -287,8 +350,13 @@ def test_a_later_refund_still_closes_an_order_that_needed_attention():
 
 
 def test_a_later_shipment_still_completes_an_order_that_needed_attention():
-    stuck = ev("AttentionRequired", reason="dead_lettered:shipment", domain="shipment",
-               event_type="inventory.reserved", detail="timeout")
+    stuck = ev(
+        "AttentionRequired",
+        reason="dead_lettered:shipment",
+        domain="shipment",
+        event_type="inventory.reserved",
+        detail="timeout",
+    )
     order, _ = run(placed(), [CAPTURED, RESERVED, stuck])
     assert (order.state, order.reason) == ("NEEDS_ATTENTION", "dead_lettered:shipment")
     order, emitted = run(order, [DISPATCHED])
@@ -298,17 +366,38 @@ def test_a_later_shipment_still_completes_an_order_that_needed_attention():
 
 # --- integration events in and out ---------------------------------------------------------
 
+
 def test_dead_lettered_compensation_becomes_attention_compensation_failed():
-    fact = o.fact_from_message("saga.dead_lettered", {"domain": "payment", "event_type": "inventory.failed",
-                                                      "event_id": "e1", "reason": "refund failed",
-                                                      "compensation": True})
-    assert fact == ev("AttentionRequired", reason="compensation_failed", domain="payment",
-                      event_type="inventory.failed", detail="refund failed")
+    fact = o.fact_from_message(
+        "saga.dead_lettered",
+        {
+            "domain": "payment",
+            "event_type": "inventory.failed",
+            "event_id": "e1",
+            "reason": "refund failed",
+            "compensation": True,
+        },
+    )
+    assert fact == ev(
+        "AttentionRequired",
+        reason="compensation_failed",
+        domain="payment",
+        event_type="inventory.failed",
+        detail="refund failed",
+    )
 
 
 def test_dead_lettered_forward_step_names_the_domain():
-    fact = o.fact_from_message("saga.dead_lettered", {"domain": "shipment", "event_type": "inventory.reserved",
-                                                      "event_id": "e1", "reason": "x", "compensation": False})
+    fact = o.fact_from_message(
+        "saga.dead_lettered",
+        {
+            "domain": "shipment",
+            "event_type": "inventory.reserved",
+            "event_id": "e1",
+            "reason": "x",
+            "compensation": False,
+        },
+    )
     assert fact.data["reason"] == "dead_lettered:shipment"
 
 
@@ -316,7 +405,11 @@ def test_dead_lettered_forward_step_names_the_domain():
     ("msg_type", "payload", "fact_type"),
     [
         ("payment.completed", {"charge_id": "c", "amount_cents": 5}, "PaymentCaptured"),
-        ("payment.failed", {"reason": "payment_declined", "code": "card_declined"}, "PaymentDeclined"),
+        (
+            "payment.failed",
+            {"reason": "payment_declined", "code": "card_declined"},
+            "PaymentDeclined",
+        ),
         ("payment.refunded", {"amount_cents": 5, "reason": "out_of_stock"}, "PaymentRefunded"),
         ("inventory.reserved", {"reservation_id": "r"}, "StockReserved"),
         ("inventory.failed", {"reason": "out_of_stock", "skus": ["S"]}, "StockUnavailable"),
@@ -347,7 +440,10 @@ def test_announcement_of_order_completed_is_a_valid_payload():
     order, emitted = run(placed(), [CAPTURED, RESERVED, DISPATCHED])
     kind, payload = o.announcement(order, emitted[-1])
     assert kind == "order.completed"
-    assert PAYLOADS[kind].model_validate(payload).model_dump() == {"customer_id": "cust-1", "amount_cents": AMOUNT}
+    assert PAYLOADS[kind].model_validate(payload).model_dump() == {
+        "customer_id": "cust-1",
+        "amount_cents": AMOUNT,
+    }
 
 
 def test_announcement_of_order_cancelled_is_a_valid_payload():
@@ -355,19 +451,32 @@ def test_announcement_of_order_cancelled_is_a_valid_payload():
     kind, payload = o.announcement(order, emitted[-1])
     assert kind == "order.cancelled"
     assert PAYLOADS[kind].model_validate(payload).model_dump() == {
-        "customer_id": "cust-1", "reason": "out_of_stock", "amount_cents": AMOUNT}
+        "customer_id": "cust-1",
+        "reason": "out_of_stock",
+        "amount_cents": AMOUNT,
+    }
 
 
-@pytest.mark.parametrize("fact", [CAPTURED, DECLINED, RESERVED, UNAVAILABLE, DISPATCHED, SHIP_FAILED, REFUNDED,
-                                  ATTENTION], ids=lambda f: f.type)
+@pytest.mark.parametrize(
+    "fact",
+    [CAPTURED, DECLINED, RESERVED, UNAVAILABLE, DISPATCHED, SHIP_FAILED, REFUNDED, ATTENTION],
+    ids=lambda f: f.type,
+)
 def test_facts_from_other_services_are_not_announced(fact):
     assert o.announcement(placed(), fact) is None
 
 
 # --- upcasting ------------------------------------------------------------------------------
 
-V1_PLACED = {"customer_id": "cust-1", "sku": "SKU-RED", "qty": 2, "unit_price_cents": 1299,
-             "address": "1 Main Street, Springfield", "card_token": "tok_visa", "amount_cents": 2598}
+V1_PLACED = {
+    "customer_id": "cust-1",
+    "sku": "SKU-RED",
+    "qty": 2,
+    "unit_price_cents": 1299,
+    "address": "1 Main Street, Springfield",
+    "card_token": "tok_visa",
+    "amount_cents": 2598,
+}
 
 
 def test_upcast_order_placed_v1_gives_v2_with_an_items_list():
@@ -386,7 +495,9 @@ def test_upcast_does_not_mutate_the_stored_data():
 
 def test_a_v1_order_placed_folds_like_a_v2_one():
     order = o.fold(ORDER_ID, [o.upcast("OrderPlaced", 1, dict(V1_PLACED))])
-    assert [dict(i) for i in order.items] == [{"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1299}]
+    assert [dict(i) for i in order.items] == [
+        {"sku": "SKU-RED", "qty": 2, "unit_price_cents": 1299}
+    ]
     assert order.amount_cents == 2598
 
 
@@ -399,9 +510,13 @@ def test_upcast_of_a_current_event_leaves_it_as_is():
 
 # --- known defect (see report): a zero-amount capture is not recognised as known ------------
 
+
 def test_a_duplicate_zero_amount_capture_produces_no_new_events():
     free = [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}]
-    order = o.fold(ORDER_ID, o.place(o.Order(ORDER_ID), "cust-1", free, "1 Main Street", "tok_visa", {"SKU-RED": 0}))
+    order = o.fold(
+        ORDER_ID,
+        o.place(o.Order(ORDER_ID), "cust-1", free, "1 Main Street", "tok_visa", {"SKU-RED": 0}),
+    )
     capture = ev("PaymentCaptured", charge_id="ch-0", amount_cents=0)
     order, _ = run(order, [capture])
     assert order.state == "PAID"
@@ -409,6 +524,7 @@ def test_a_duplicate_zero_amount_capture_produces_no_new_events():
 
 
 # --- the seller sets the price -------------------------------------------------------------
+
 
 def test_lines_without_a_price_are_priced_from_the_catalog():
     lines = [{"sku": "SKU-RED", "qty": 2}, {"sku": "SKU-BLUE", "qty": 1, "unit_price_cents": None}]
@@ -418,7 +534,9 @@ def test_lines_without_a_price_are_priced_from_the_catalog():
 
 
 @pytest.mark.parametrize("price", [0, 1, 1298, 1300, 10**9])
-def test_a_client_price_other_than_the_catalog_s_is_refused_and_nothing_is_announced_for_payment(price):
+def test_a_client_price_other_than_the_catalog_s_is_refused_and_nothing_is_announced_for_payment(
+    price,
+):
     lines = [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": price}]
     (event,) = o.place(o.Order(ORDER_ID), "cust-1", lines, "1 Main Street", "tok_visa", PRICES)
     assert event.type == "OrderRejected" and event.data["reason"] == "price_mismatch"
@@ -426,7 +544,10 @@ def test_a_client_price_other_than_the_catalog_s_is_refused_and_nothing_is_annou
     order = o.fold(ORDER_ID, [event])
     assert (order.state, order.reason, order.amount_cents) == ("CANCELLED", "price_mismatch", 0)
     said = o.announcement(order, event)
-    assert said == ("order.cancelled", {"customer_id": "cust-1", "reason": "price_mismatch", "amount_cents": 0})
+    assert said == (
+        "order.cancelled",
+        {"customer_id": "cust-1", "reason": "price_mismatch", "amount_cents": 0},
+    )
     PAYLOADS[said[0]].model_validate(said[1])
 
 
@@ -438,8 +559,14 @@ def test_a_sku_the_catalog_does_not_sell_is_refused():
 
 
 def test_a_refused_order_is_terminal_and_a_second_placement_is_a_no_op():
-    (event,) = o.place(o.Order(ORDER_ID), "cust-1", [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}],
-                       "1 Main Street", "tok_visa", PRICES)
+    (event,) = o.place(
+        o.Order(ORDER_ID),
+        "cust-1",
+        [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}],
+        "1 Main Street",
+        "tok_visa",
+        PRICES,
+    )
     order = o.fold(ORDER_ID, [event])
     assert order.state in o.SETTLED
     assert o.place(order, "cust-1", ITEMS, "1 Main Street", "tok_visa", PRICES) == []

@@ -1,6 +1,7 @@
 """The Prometheus configuration and alert rules choreo generates (choreo.ops.prometheus): every
 process of the stack is a target in both saga modes, promtool accepts the files, and the alerts
 fire when they should and not before (`promtool test rules`)."""
+
 from __future__ import annotations
 
 import re
@@ -16,13 +17,21 @@ from config.settings import SAGA_MODES, Settings
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (scripts/ensure-services.sh installs Debian's prometheus "
-                             "package, which has it)")
+    PROMTOOL is None,
+    reason="promtool is not installed (scripts/ensure-services.sh installs Debian's prometheus "
+    "package, which has it)",
+)
 
 
 def settings_for(mode: str, tmp_path: Path) -> Settings:
-    return Settings(saga_mode=mode, namespace="choreo", run_dir=tmp_path / "run", health_port_base=9100,
-                    user_service_port=8001, flower_port=5555)
+    return Settings(
+        saga_mode=mode,
+        namespace="choreo",
+        run_dir=tmp_path / "run",
+        health_port_base=9100,
+        user_service_port=8001,
+        flower_port=5555,
+    )
 
 
 def promtool(*args: str | Path) -> str:
@@ -54,9 +63,11 @@ def test_every_process_of_the_stack_is_a_target_with_its_process_label(mode, tmp
 def test_the_status_urls_are_the_scraped_ones(tmp_path):
     s = settings_for("orchestrated", tmp_path)
     urls = prom.endpoints(s)
-    assert urls["worker-payment"] == {"health": f"{s.health_url('payment')}/health",
-                                      "ready": f"{s.health_url('payment')}/ready",
-                                      "metrics": f"{s.health_url('payment')}/metrics"}
+    assert urls["worker-payment"] == {
+        "health": f"{s.health_url('payment')}/health",
+        "ready": f"{s.health_url('payment')}/ready",
+        "metrics": f"{s.health_url('payment')}/metrics",
+    }
     assert urls["flower"]["ready"] is None
 
 
@@ -74,15 +85,21 @@ def test_promtool_accepts_the_config_and_the_rules(mode, rabbitmq, tmp_path):
     text = rules.read_text()
     for domain in s.domains:
         assert f'absent(choreo_consumer_ready{{service="{domain}"}})' in text
-    for alert in ("ChoreoProcessDown", "ChoreoQueueWithoutConsumer", "ChoreoDeadLetterQueueGrowing",
-                  "ChoreoBreakerOpen", "ChoreoOutboxBehind"):
+    for alert in (
+        "ChoreoProcessDown",
+        "ChoreoQueueWithoutConsumer",
+        "ChoreoDeadLetterQueueGrowing",
+        "ChoreoBreakerOpen",
+        "ChoreoOutboxBehind",
+    ):
         assert f"- alert: {alert}\n" in text
 
 
 def test_the_compose_copies_are_what_the_code_generates():
     for name, text in prom.compose_files().items():
-        assert (prom.COMPOSE_DIR / name).read_text() == text, \
+        assert (prom.COMPOSE_DIR / name).read_text() == text, (
             f"config/prometheus/{name} is stale: run `python -m choreo.ops.prometheus compose`"
+        )
     assert '["order:9101"]' in prom.compose_files()["prometheus.yml"]
 
 
@@ -95,6 +112,7 @@ def test_promtool_accepts_the_compose_copies():
 
 # --- the alerts fire when they should --------------------------------------------------------
 
+
 def annotations(rules_text: str, alert: str, labels: dict[str, str], value: str) -> dict[str, str]:
     """An alert's summary and description as Prometheus renders them (the templates these rules use)."""
     block = rules_text.split(f"- alert: {alert}\n", 1)[1].split("- alert:", 1)[0]
@@ -102,7 +120,9 @@ def annotations(rules_text: str, alert: str, labels: dict[str, str], value: str)
     for key in ("summary", "description"):
         raw = re.search(rf"^ +{key}: '(.*)'$", block, re.M).group(1).replace("''", "'")
         raw = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), raw)
-        out[key] = raw.replace("{{ $value | humanizeDuration }}", value).replace("{{ $value }}", value)
+        out[key] = raw.replace("{{ $value | humanizeDuration }}", value).replace(
+            "{{ $value }}", value
+        )
     return out
 
 
@@ -115,8 +135,10 @@ def test_annotation_renderer_leaves_no_template(tmp_path):
 def alert(rules_text: str, name: str, series: dict[str, str], value: str, severity: str) -> dict:
     labels = {**series, "severity": severity}
     lines = [f"              {k}: '{v}'" for k, v in labels.items()]
-    ann = [f"              {k}: '{v.replace(chr(39), chr(39) * 2)}'" for k, v in
-           annotations(rules_text, name, series, value).items()]
+    ann = [
+        f"              {k}: '{v.replace(chr(39), chr(39) * 2)}'"
+        for k, v in annotations(rules_text, name, series, value).items()
+    ]
     return {"labels": "\n".join(lines), "annotations": "\n".join(ann)}
 
 
@@ -124,8 +146,10 @@ def alert_case(eval_time: str, name: str, fired: list[dict] | None) -> str:
     head = f"      - eval_time: {eval_time}\n        alertname: {name}\n"
     if not fired:
         return head + "        exp_alerts: []\n"
-    body = "".join(f"          - exp_labels:\n{a['labels']}\n            exp_annotations:\n{a['annotations']}\n"
-                   for a in fired)
+    body = "".join(
+        f"          - exp_labels:\n{a['labels']}\n            exp_annotations:\n{a['annotations']}\n"
+        for a in fired
+    )
     return head + "        exp_alerts:\n" + body
 
 
@@ -136,7 +160,12 @@ def test_the_breaker_outbox_and_process_alerts_fire_after_their_for_and_not_befo
     (tmp_path / "rules.yml").write_text(text)
     target = {"job": "choreo", "instance": "127.0.0.1:9101", "process": "worker-order"}
     breaker = {**target, "service": "order", "breaker": "users"}
-    half_open = {**breaker, "service": "payment", "instance": "127.0.0.1:9102", "process": "worker-payment"}
+    half_open = {
+        **breaker,
+        "service": "payment",
+        "instance": "127.0.0.1:9102",
+        "process": "worker-payment",
+    }
     outbox = {**target, "service": "order"}
 
     def series(name: str, labels: dict[str, str], values: str) -> str:
@@ -146,14 +175,28 @@ def test_the_breaker_outbox_and_process_alerts_fire_after_their_for_and_not_befo
     # 5 s steps. The breaker opens at 10 s (for: 30s -> fires from 40 s); the payment breaker stays
     # half-open (never an alert). The outbox's oldest row is 40 s old from 15 s (for: 1m -> 75 s).
     # The order worker stops answering at 10 s (for: 30s).
-    cases = "".join([
-        alert_case("35s", "ChoreoBreakerOpen", None),
-        alert_case("45s", "ChoreoBreakerOpen", [alert(text, "ChoreoBreakerOpen", breaker, "2", "warning")]),
-        alert_case("60s", "ChoreoOutboxBehind", None),
-        alert_case("80s", "ChoreoOutboxBehind", [alert(text, "ChoreoOutboxBehind", outbox, "40s", "warning")]),
-        alert_case("30s", "ChoreoProcessDown", None),
-        alert_case("45s", "ChoreoProcessDown", [alert(text, "ChoreoProcessDown", target, "0", "critical")]),
-    ])
+    cases = "".join(
+        [
+            alert_case("35s", "ChoreoBreakerOpen", None),
+            alert_case(
+                "45s",
+                "ChoreoBreakerOpen",
+                [alert(text, "ChoreoBreakerOpen", breaker, "2", "warning")],
+            ),
+            alert_case("60s", "ChoreoOutboxBehind", None),
+            alert_case(
+                "80s",
+                "ChoreoOutboxBehind",
+                [alert(text, "ChoreoOutboxBehind", outbox, "40s", "warning")],
+            ),
+            alert_case("30s", "ChoreoProcessDown", None),
+            alert_case(
+                "45s",
+                "ChoreoProcessDown",
+                [alert(text, "ChoreoProcessDown", target, "0", "critical")],
+            ),
+        ]
+    )
     (tmp_path / "alerts_test.yml").write_text(
         "rule_files: [rules.yml]\n"
         "evaluation_interval: 5s\n"
@@ -164,5 +207,7 @@ def test_the_breaker_outbox_and_process_alerts_fire_after_their_for_and_not_befo
         + series("choreo_breaker_state", half_open, "1x32")
         + series("choreo_outbox_oldest_unsent_seconds", outbox, "0 0 0 40x30")
         + series("up", target, "1 1 0x30")
-        + "    alert_rule_test:\n" + cases)
+        + "    alert_rule_test:\n"
+        + cases
+    )
     promtool("test", "rules", tmp_path / "alerts_test.yml")

@@ -1,4 +1,5 @@
 """What every published message carries for Flower, and which of a worker's publishes wait for confirms."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,8 +10,12 @@ from choreo.messaging.topology import Names
 from config.settings import Settings
 from models.envelope import PlaceOrder, make_envelope
 
-ORDER = PlaceOrder(customer_id="cust-1", items=[{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
-                   card_token="tok_visa", address="1 Main Street")
+ORDER = PlaceOrder(
+    customer_id="cust-1",
+    items=[{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 100}],
+    card_token="tok_visa",
+    address="1 Main Street",
+)
 
 
 class FakeApp:
@@ -24,7 +29,12 @@ class FakeApp:
 
 
 def test_flower_sees_an_envelope_as_its_ids_and_anything_else_as_celery_would():
-    env = {"order_id": "ord-1", "correlation_id": "ord-1", "event_id": "ev-1", "payload": {"big": "x" * 5000}}
+    env = {
+        "order_id": "ord-1",
+        "correlation_id": "ord-1",
+        "event_id": "ev-1",
+        "payload": {"big": "x" * 5000},
+    }
     assert flower_argsrepr([env]) == "order=ord-1 correlation=ord-1 event=ev-1"
     assert flower_argsrepr(["not an envelope"]) is None  # poison: Celery's saferepr
     assert flower_argsrepr([env, env]) is None
@@ -36,8 +46,12 @@ def test_every_send_of_an_envelope_carries_its_ids_as_argsrepr_events_retries_an
     publisher = Publisher(app, Names("t"))
     env = make_envelope("place_order", "ord-9", ORDER, source="test")
     publisher.publish(env)  # an event
-    publisher.send("place_order", [env.to_wire()], {}, task_id=env.event_id, queue="t.order.retry.1")  # a retry
-    publisher.send("place_order", ["garbage"], {}, task_id="x", exchange="t.dlx", routing_key="order")  # poison
+    publisher.send(
+        "place_order", [env.to_wire()], {}, task_id=env.event_id, queue="t.order.retry.1"
+    )  # a retry
+    publisher.send(
+        "place_order", ["garbage"], {}, task_id="x", exchange="t.dlx", routing_key="order"
+    )  # poison
     want = f"order=ord-9 correlation={env.correlation_id} event={env.event_id}"
     assert [m.get("argsrepr") for m in app.sent] == [want, want, None]
 
@@ -57,7 +71,9 @@ def test_the_event_dispatchers_connection_skips_confirms_and_the_apps_other_conn
     from tasks.worker import ChoreoConsumer
 
     app = make_app("order", Settings(broker_url="amqp://guest:guest@127.0.0.1:1//"))
-    consumer = SimpleNamespace(app=app, ensure_connected=lambda conn: conn)  # no broker: nothing connects
+    consumer = SimpleNamespace(
+        app=app, ensure_connected=lambda conn: conn
+    )  # no broker: nothing connects
     events = ChoreoConsumer.connection_for_write(consumer)
     assert events.transport_options["confirm_publish"] is False
     assert app.connection_for_write().transport_options["confirm_publish"] is True

@@ -1,4 +1,5 @@
 """Scenario test data: every scenario's order data leads to its intended outcome."""
+
 from __future__ import annotations
 
 import random
@@ -7,7 +8,14 @@ from collections import Counter
 import pytest
 
 from config import catalog
-from choreo.ops.scenarios import DEFAULT_MIX, SCENARIOS, draw_scenarios, expected_outcome, make_order, parse_mix
+from choreo.ops.scenarios import (
+    DEFAULT_MIX,
+    SCENARIOS,
+    draw_scenarios,
+    expected_outcome,
+    make_order,
+    parse_mix,
+)
 from choreo.world.gateway import flaky_failures
 
 INTENDED = {
@@ -29,7 +37,9 @@ def test_make_order_data_leads_to_the_intended_outcome(scenario):
     for seed in range(25):
         spec = make_order(scenario, random.Random(seed))
         assert spec.scenario == scenario
-        assert expected_outcome(spec.card_token, spec.items, spec.address) == INTENDED[scenario], seed
+        assert expected_outcome(spec.card_token, spec.items, spec.address) == INTENDED[scenario], (
+            seed
+        )
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -65,13 +75,17 @@ def test_flaky_card_fails_twice_then_succeeds():
 def test_undeliverable_address_with_refund_failing_card_needs_attention():
     items = [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 1299}]
     assert expected_outcome(catalog.CARD_REFUND_FAILS, items, catalog.ADDRESS_UNDELIVERABLE) == (
-        "NEEDS_ATTENTION", "compensation_failed")
+        "NEEDS_ATTENTION",
+        "compensation_failed",
+    )
 
 
 def test_declined_card_wins_over_stock_and_address_problems():
     items = [{"sku": catalog.SKU_SOLD_OUT, "qty": 1, "unit_price_cents": 4999}]
     assert expected_outcome(catalog.CARD_DECLINED, items, catalog.ADDRESS_UNDELIVERABLE) == (
-        "CANCELLED", "payment_declined")
+        "CANCELLED",
+        "payment_declined",
+    )
 
 
 # --- parse_mix -------------------------------------------------------------------------------
@@ -96,13 +110,17 @@ def test_parse_mix_scenario_without_weight_counts_once():
 
 
 def test_parse_mix_rejects_an_unknown_scenario():
-    with pytest.raises(ValueError, match=r"unknown scenario 'teleported' in --mix; choose from completed, "):
+    with pytest.raises(
+        ValueError, match=r"unknown scenario 'teleported' in --mix; choose from completed, "
+    ):
         parse_mix("completed=1,teleported=2")
 
 
 @pytest.mark.parametrize("weight", ["x", "1.5", ""])
 def test_parse_mix_rejects_a_non_integer_weight(weight):
-    with pytest.raises(ValueError, match=rf"weight for 'declined' must be a whole number, got '{weight}'"):
+    with pytest.raises(
+        ValueError, match=rf"weight for 'declined' must be a whole number, got '{weight}'"
+    ):
         parse_mix(f"declined={weight}")
 
 
@@ -133,7 +151,13 @@ def test_draw_scenarios_gives_the_leftovers_to_the_largest_remainders():
     # 7 * weights / 100: completed 3.5, declined 1.05, out_of_stock 0.98, undeliverable 0.7,
     # flaky 0.63, needs_attention 0.14 -> floors sum to 4; the 3 largest remainders get one more.
     counts = Counter(draw_scenarios(7, DEFAULT_MIX, seed=0))
-    assert counts == {"completed": 3, "declined": 1, "out_of_stock": 1, "undeliverable": 1, "flaky": 1}
+    assert counts == {
+        "completed": 3,
+        "declined": 1,
+        "out_of_stock": 1,
+        "undeliverable": 1,
+        "flaky": 1,
+    }
 
 
 def test_draw_scenarios_never_draws_a_zero_weight_scenario():
@@ -153,11 +177,15 @@ def test_draw_scenarios_shuffles_differently_for_another_seed():
 
 
 def test_the_seller_s_catalog_decides_before_any_test_card():
-    assert expected_outcome(catalog.CARD_DECLINED, [{"sku": "SKU-NOPE", "qty": 1}], catalog.ADDRESS_OK) == (
-        "CANCELLED", "unknown_sku")
-    assert expected_outcome(catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}],
-                            catalog.ADDRESS_OK) == ("CANCELLED", "price_mismatch")
-    assert expected_outcome(catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1}], catalog.ADDRESS_OK) == ("COMPLETED", None)
+    assert expected_outcome(
+        catalog.CARD_DECLINED, [{"sku": "SKU-NOPE", "qty": 1}], catalog.ADDRESS_OK
+    ) == ("CANCELLED", "unknown_sku")
+    assert expected_outcome(
+        catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1, "unit_price_cents": 0}], catalog.ADDRESS_OK
+    ) == ("CANCELLED", "price_mismatch")
+    assert expected_outcome(
+        catalog.CARD_OK, [{"sku": "SKU-RED", "qty": 1}], catalog.ADDRESS_OK
+    ) == ("COMPLETED", None)
 
 
 def test_scenario_of_reads_back_every_scenario_from_the_orders_data():

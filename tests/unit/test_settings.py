@@ -1,4 +1,5 @@
 """Settings: database URLs per service, the retry ladder, and validation."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,11 @@ def test_every_service_gets_its_own_default_database(tmp_path):
 
 
 def test_a_per_service_database_url_overrides_the_default(tmp_path):
-    settings = Settings(data_dir=tmp_path, payment_database_url="postgresql://db/pay",
-                        database_server="postgresql://server")
+    settings = Settings(
+        data_dir=tmp_path,
+        payment_database_url="postgresql://db/pay",
+        database_server="postgresql://server",
+    )
     assert settings.database_url("payment") == "postgresql://db/pay"
     assert settings.database_url("order") == "postgresql://server/choreo_order"
 
@@ -48,11 +52,16 @@ def test_a_per_service_database_url_can_come_from_the_environment(monkeypatch, t
     assert Settings(data_dir=tmp_path).database_url("gateway") == "sqlite:///elsewhere.db"
 
 
-@pytest.mark.parametrize("server", ["postgresql+psycopg://u:p@db:5432", "postgresql+psycopg://u:p@db:5432/"])
+@pytest.mark.parametrize(
+    "server", ["postgresql+psycopg://u:p@db:5432", "postgresql+psycopg://u:p@db:5432/"]
+)
 def test_database_server_gives_one_database_per_service(server):
     settings = Settings(database_server=server)
     assert settings.database_url("inventory") == "postgresql+psycopg://u:p@db:5432/choreo_inventory"
-    assert settings.database_url("notification") == "postgresql+psycopg://u:p@db:5432/choreo_notification"
+    assert (
+        settings.database_url("notification")
+        == "postgresql+psycopg://u:p@db:5432/choreo_notification"
+    )
 
 
 def test_database_url_rejects_an_unknown_service():
@@ -78,15 +87,26 @@ def test_retry_delay_scales_with_the_initial_delay():
     assert Settings(retry_initial_delay=0.5).retry_delay(3) == 2.0
 
 
-@pytest.mark.parametrize(("field", "value"), [("retry_max_attempts", 21), ("retry_max_attempts", -1),
-                                              ("retry_initial_delay", 0), ("retry_jitter", 1.0),
-                                              ("prefetch_multiplier", 0), ("delivery_limit", 0),
-                                              ("publish_confirm_timeout", 0), ("fault_crash_point", "sometime")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("retry_max_attempts", 21),
+        ("retry_max_attempts", -1),
+        ("retry_initial_delay", 0),
+        ("retry_jitter", 1.0),
+        ("prefetch_multiplier", 0),
+        ("delivery_limit", 0),
+        ("publish_confirm_timeout", 0),
+        ("fault_crash_point", "sometime"),
+    ],
+)
 def test_out_of_range_numbers_are_rejected(field, value):
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})
 
 
 def test_users_url_defaults_to_host_and_port_unless_given():
-    assert Settings(user_service_host="users", user_service_port=9000).users_url == "http://users:9000"
+    assert (
+        Settings(user_service_host="users", user_service_port=9000).users_url == "http://users:9000"
+    )
     assert Settings(user_service_url="https://u.example").users_url == "https://u.example"

@@ -1,5 +1,6 @@
 """`choreo status`'s per-process health: running processes are asked /health and /ready (in
 parallel, with a short timeout), the others are not asked at all."""
+
 from __future__ import annotations
 
 import json
@@ -44,18 +45,32 @@ def test_health_and_readiness_of_running_processes_only():
     slow = serve({"/health": 200, "/ready": 200}, delay=2.0)  # past the probe's timeout: "down"
     try:
         # users answers ready, the order worker (base + 1) not ready; nothing listens for Flower.
-        s = Settings(saga_mode="choreography", user_service_port=ready.server_address[1],
-                     health_port_base=not_ready.server_address[1] - 1, flower_port=free_port())
+        s = Settings(
+            saga_mode="choreography",
+            user_service_port=ready.server_address[1],
+            health_port_base=not_ready.server_address[1] - 1,
+            flower_port=free_port(),
+        )
         pids = {"users": 11, "worker-order": 12, "worker-payment": None, "flower": 13}
         started = time.monotonic()
         health = process_health(s, pids)
         assert time.monotonic() - started < 1.5
-        assert health["users"] == {"pid": 11, "health_url": f"http://127.0.0.1:{ready.server_address[1]}/health",
-                                   "metrics_url": f"http://127.0.0.1:{ready.server_address[1]}/metrics",
-                                   "health": "ok", "ready": True}
+        assert health["users"] == {
+            "pid": 11,
+            "health_url": f"http://127.0.0.1:{ready.server_address[1]}/health",
+            "metrics_url": f"http://127.0.0.1:{ready.server_address[1]}/metrics",
+            "health": "ok",
+            "ready": True,
+        }
         assert (health["worker-order"]["health"], health["worker-order"]["ready"]) == ("ok", False)
-        assert (health["worker-payment"]["health"], health["worker-payment"]["ready"]) == ("not running", None)
-        assert (health["flower"]["health"], health["flower"]["ready"]) == ("down", None)  # nothing listens
+        assert (health["worker-payment"]["health"], health["worker-payment"]["ready"]) == (
+            "not running",
+            None,
+        )
+        assert (health["flower"]["health"], health["flower"]["ready"]) == (
+            "down",
+            None,
+        )  # nothing listens
 
         slow_settings = s.model_copy(update={"user_service_port": slow.server_address[1]})
         started = time.monotonic()

@@ -1,5 +1,6 @@
 """`choreo tls init` (docker-compose.tls.yml's tls-setup): certificates naming the deployment's
 hosts, made once, the servers' copy owned by their user; asking for other hosts re-issues."""
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,20 @@ def _init(folder, *args) -> dict:
 
 
 def _sans(path) -> set[str]:
-    san = x509.load_pem_x509_certificate(open(path, "rb").read()).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
-    return set(san.get_values_for_type(x509.DNSName)) | {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    san = (
+        x509.load_pem_x509_certificate(open(path, "rb").read())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    return set(san.get_values_for_type(x509.DNSName)) | {
+        str(a) for a in san.get_values_for_type(x509.IPAddress)
+    }
 
 
 def test_the_servers_certificate_names_the_hosts_and_their_copy_is_theirs(tmp_path):
-    made = _init(tmp_path, "--host", "rabbitmq", "--host", "redis", "--server-owner", str(os.getuid()))
+    made = _init(
+        tmp_path, "--host", "rabbitmq", "--host", "redis", "--server-owner", str(os.getuid())
+    )
     assert _sans(made["node_cert_file"]) == {"rabbitmq", "redis", "localhost", "127.0.0.1"}
     for key in ("server_ca_file", "server_cert_file", "server_key_file"):
         st = os.stat(made[key])
@@ -41,5 +49,10 @@ def test_made_once_and_re_issued_for_other_hosts(tmp_path):
     _init(tmp_path, "--host", "rabbitmq")
     assert open(first["node_cert_file"], "rb").read() == cert  # nothing changed
     _init(tmp_path, "--host", "rabbitmq", "--host", "broker.example")
-    assert _sans(first["node_cert_file"]) == {"rabbitmq", "broker.example", "localhost", "127.0.0.1"}
+    assert _sans(first["node_cert_file"]) == {
+        "rabbitmq",
+        "broker.example",
+        "localhost",
+        "127.0.0.1",
+    }
     assert open(first["ca_file"], "rb").read() == ca  # the same CA signs it

@@ -1,6 +1,7 @@
 """TLS from settings (choreo.infra.tls, config.settings): what each client is given, and what is
 refused before any connection is made. The handshakes themselves are in
 tests/integration/test_tls_stack.py against a private TLS RabbitMQ node."""
+
 from __future__ import annotations
 
 import ssl
@@ -26,10 +27,16 @@ def test_plain_urls_ask_for_no_tls():
 
 
 def test_amqps_gets_a_verifying_kombu_config_each_time_a_fresh_one(ca):
-    s = Settings(broker_url="amqps://u:p@10.0.0.1:5671/v;amqps://u:p@10.0.0.2:5671/v", broker_ca_file=ca)
+    s = Settings(
+        broker_url="amqps://u:p@10.0.0.1:5671/v;amqps://u:p@10.0.0.2:5671/v", broker_ca_file=ca
+    )
     first, second = tls.kombu_ssl(s), tls.kombu_ssl(s)
-    assert first == {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None, "ca_certs": ca,
-                     "tls_minimum_version": ssl.TLSVersion.TLSv1_2}
+    assert first == {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": None,
+        "ca_certs": ca,
+        "tls_minimum_version": ssl.TLSVersion.TLSv1_2,
+    }
     first["server_hostname"] = "10.0.0.1"  # what kombu does to the dict it is given
     assert second["server_hostname"] is None
 
@@ -45,7 +52,9 @@ def test_pika_checks_each_nodes_own_host_name(ca):
     params = connection_parameters("amqps://u:p@a.example:5671/v;amqps://u:p@b.example/v", ctx)
     by_host = {p.host: p for p in params}
     assert {h: (p.port, p.ssl_options.server_hostname) for h, p in by_host.items()} == {
-        "a.example": (5671, "a.example"), "b.example": (5671, "b.example")}
+        "a.example": (5671, "a.example"),
+        "b.example": (5671, "b.example"),
+    }
     assert all(p.ssl_options.context is ctx for p in params)
     with pytest.raises(tls.TLSRefused, match="needs a TLS context"):
         connection_parameters("amqps://u:p@a.example/v")
@@ -55,11 +64,17 @@ def test_pika_checks_each_nodes_own_host_name(ca):
 
 def test_rediss_verifies_the_server_and_its_host_name(ca):
     opts = tls.redis_options(Settings(redis_url="rediss://r.example:6380/0", redis_ca_file=ca))
-    assert opts["ssl_cert_reqs"] == "required" and opts["ssl_check_hostname"] and opts["ssl_ca_certs"] == ca
+    assert (
+        opts["ssl_cert_reqs"] == "required"
+        and opts["ssl_check_hostname"]
+        and opts["ssl_ca_certs"] == ca
+    )
 
 
 def test_a_database_ca_makes_every_postgresql_url_verify_full(ca):
-    s = Settings(database_server="postgresql://u:p@db.example:5432?connect_timeout=5", database_ca_file=ca)
+    s = Settings(
+        database_server="postgresql://u:p@db.example:5432?connect_timeout=5", database_ca_file=ca
+    )
     url = s.database_url("payment")
     assert url.startswith("postgresql://u:p@db.example:5432/choreo_payment?")
     assert "sslmode=verify-full" in url and "connect_timeout=5" in url and "sslrootcert=" in url

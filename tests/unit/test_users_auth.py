@@ -1,4 +1,5 @@
 """The user service's bearer tokens and request ids, without a server."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,15 @@ def no_token_env(monkeypatch):
 
 
 def test_callers_are_the_domains_the_orchestrator_and_the_operator():
-    assert CALLERS == ("order", "payment", "inventory", "shipment", "notification", "orchestrator", "operator")
+    assert CALLERS == (
+        "order",
+        "payment",
+        "inventory",
+        "shipment",
+        "notification",
+        "orchestrator",
+        "operator",
+    )
     assert token_env("notification") == "CHOREO_USERS_TOKEN_NOTIFICATION"
 
 
@@ -21,7 +30,9 @@ def test_each_caller_has_its_own_file_and_the_variable_wins(tmp_path, monkeypatc
     tokens = {caller: users_token(tmp_path, caller) for caller in CALLERS}
     assert len(set(tokens.values())) == len(CALLERS)
     for caller, token in tokens.items():
-        assert token_file(tmp_path, caller).read_text().strip() == token  # the path token_file names
+        assert (
+            token_file(tmp_path, caller).read_text().strip() == token
+        )  # the path token_file names
         assert users_token(tmp_path, caller) == token  # generated once
     monkeypatch.setenv("CHOREO_USERS_TOKEN_ORDER", "from-env")
     assert users_token(tmp_path, "order") == "from-env"
@@ -33,8 +44,18 @@ def test_tokens_name_their_caller_and_nothing_else_passes():
     assert t.caller("Bearer tok-order") == "order"
     assert t.caller("bearer tok-payment") == "payment"
     assert t.caller("  Bearer   tok-order  ") == "order"
-    for refused in (None, "", "Bearer", "Bearer ", "tok-order", "Basic tok-order", "Bearer tok-orde",
-                    "Bearer tok-order2", "Bearer TOK-ORDER", "Bearer tök-order"):
+    for refused in (
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "tok-order",
+        "Basic tok-order",
+        "Bearer tok-orde",
+        "Bearer tok-order2",
+        "Bearer TOK-ORDER",
+        "Bearer tök-order",
+    ):
         assert t.caller(refused) is None, refused
 
 
@@ -57,9 +78,15 @@ def test_a_failing_lookup_is_a_json_500_with_its_request_id(tmp_path):
 
     from choreo.world.users import make_app
 
-    engine = create_engine(f"sqlite:///{tmp_path / 'no-tables.db'}")  # no customer table: the lookup fails
-    with TestClient(make_app(engine, Tokens({"order": "t"}), metrics=False), raise_server_exceptions=False) as c:
-        resp = c.get("/users/cust-1", headers={"Authorization": "Bearer t", "X-Request-ID": "r-500"})
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'no-tables.db'}"
+    )  # no customer table: the lookup fails
+    with TestClient(
+        make_app(engine, Tokens({"order": "t"}), metrics=False), raise_server_exceptions=False
+    ) as c:
+        resp = c.get(
+            "/users/cust-1", headers={"Authorization": "Bearer t", "X-Request-ID": "r-500"}
+        )
         assert resp.status_code == 500 and resp.json() == {"error": "internal error"}
         assert resp.headers["x-request-id"] == "r-500"
         assert c.get("/health").json()["service"] == "users"

@@ -1,6 +1,7 @@
 """Several workers per domain: names, command lines, ports, node names, grants, the SQLite guard
 and the stack's recorded shape (pure parts; the running competing workers are in
 tests/e2e/test_competing_workers.py and the cluster chaos run)."""
+
 from __future__ import annotations
 
 import re
@@ -23,10 +24,20 @@ def _settings(tmp_path, **kw) -> Settings:
 def test_names_and_command_lines_of_further_workers(tmp_path):
     s = _settings(tmp_path, workers_per_domain=3, database_server=PG)
     names = process_names(s)
-    assert names[:4] == ["users", "worker-order", "worker-order-2", "worker-order-3"] and names[-1] == "flower"
+    assert (
+        names[:4] == ["users", "worker-order", "worker-order-2", "worker-order-3"]
+        and names[-1] == "flower"
+    )
     assert len([n for n in names if worker_of(n)]) == 15
-    assert [worker_of(n) for n in ("worker-payment", "worker-payment-3", "users")] == [("payment", 1), ("payment", 3), None]
-    assert worker_name("payment", 1) == "worker-payment" and worker_name("payment", 2) == "worker-payment-2"
+    assert [worker_of(n) for n in ("worker-payment", "worker-payment-3", "users")] == [
+        ("payment", 1),
+        ("payment", 3),
+        None,
+    ]
+    assert (
+        worker_name("payment", 1) == "worker-payment"
+        and worker_name("payment", 2) == "worker-payment-2"
+    )
     assert argv_for("worker-payment")[-2:] == ["worker", "payment"]
     assert argv_for("worker-payment-2")[-4:] == ["worker", "payment", "--index", "2"]
 
@@ -43,7 +54,10 @@ def test_each_worker_has_its_own_health_port_and_prometheus_target(tmp_path):
 
 def test_a_further_workers_node_name_is_its_own_and_within_its_grant(tmp_path):
     s = _settings(tmp_path)
-    assert access.node_name(s, "payment") == "payment" and access.node_name(s, "payment", 2) == "payment-2"
+    assert (
+        access.node_name(s, "payment") == "payment"
+        and access.node_name(s, "payment", 2) == "payment-2"
+    )
     configure = access.grants(s, {"payment": {"order.placed"}})["payment"].configure
     assert re.fullmatch(configure, "payment-2@host.celery.pidbox")
     assert not re.fullmatch(configure, "inventory-2@host.celery.pidbox")

@@ -7,6 +7,7 @@ an error result ("could not check: ...") and the loop goes on. The SDK retries o
 rate-limited and network failures itself (`max_retries`); what still fails is an AgentError
 with one line for the operator. Each conversation is saved as JSON under the run folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ class AgentError(Exception):
 class Answer:
     text: str
     rounds: int
-    stopped: str                      # "answered" | "round_limit" | "max_tokens"
+    stopped: str  # "answered" | "round_limit" | "max_tokens"
     tool_calls: list[dict] = field(default_factory=list)
     proposals: list[dict] = field(default_factory=list)
     usage: dict = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
@@ -55,8 +56,11 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
     key = os.environ.get(KEY_VARIABLE, "").strip()
     if not key:
         raise AgentError(f"set {KEY_VARIABLE} to an Anthropic API key to use `choreo ask`")
-    kwargs: dict[str, Any] = {"api_key": key, "max_retries": settings.agent_max_retries,
-                              "timeout": settings.agent_timeout}
+    kwargs: dict[str, Any] = {
+        "api_key": key,
+        "max_retries": settings.agent_max_retries,
+        "timeout": settings.agent_timeout,
+    }
     if settings.agent_base_url:
         kwargs["base_url"] = settings.agent_base_url
     return anthropic.Anthropic(**kwargs)
@@ -72,7 +76,9 @@ def _block(b: Any) -> dict:
 
 
 class Agent:
-    def __init__(self, settings: Settings, client: anthropic.Anthropic, tools: list[Tool] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, client: anthropic.Anthropic, tools: list[Tool] | None = None
+    ) -> None:
         self.settings = settings
         self.client = client
         self.tools = {t.name: t for t in (tools if tools is not None else catalog())}
@@ -96,14 +102,21 @@ class Agent:
     def _create(self):
         try:
             return self.client.messages.create(
-                model=self.settings.agent_model, max_tokens=self.settings.agent_max_tokens, system=SYSTEM,
-                tools=[t.spec() for t in self.tools.values()], messages=self.messages)
+                model=self.settings.agent_model,
+                max_tokens=self.settings.agent_max_tokens,
+                system=SYSTEM,
+                tools=[t.spec() for t in self.tools.values()],
+                messages=self.messages,
+            )
         except anthropic.APIStatusError as exc:
-            raise AgentError(f"the Anthropic API refused the request ({exc.status_code}): "
-                             f"{_message(exc)}") from exc
+            raise AgentError(
+                f"the Anthropic API refused the request ({exc.status_code}): {_message(exc)}"
+            ) from exc
         except anthropic.APIConnectionError as exc:
-            raise AgentError(f"could not reach the Anthropic API after {self.settings.agent_max_retries} "
-                             f"retries: {exc}") from exc
+            raise AgentError(
+                f"could not reach the Anthropic API after {self.settings.agent_max_retries} "
+                f"retries: {exc}"
+            ) from exc
 
     def ask(self, question: str) -> Answer:
         self.messages.append({"role": "user", "content": question})
@@ -118,31 +131,58 @@ class Agent:
                 uses = [b for b in content if b["type"] == "tool_use"]
                 text = "\n".join(b["text"] for b in content if b["type"] == "text").strip()
                 if response.stop_reason == "max_tokens" and not uses:
-                    answer.text, answer.stopped = text + "\n[answer cut at the token limit]", "max_tokens"
+                    answer.text, answer.stopped = (
+                        text + "\n[answer cut at the token limit]",
+                        "max_tokens",
+                    )
                     break
                 if not uses:
                     answer.text = text
                     break
                 if answer.rounds >= self.settings.agent_max_rounds:
                     # Answer the pending tool calls (the API requires it), and stop here.
-                    self.messages.append({"role": "user", "content": [
-                        {"type": "tool_result", "tool_use_id": u["id"], "is_error": True,
-                         "content": "not run: the tool-round limit was reached"} for u in uses]})
+                    self.messages.append(
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "tool_result",
+                                    "tool_use_id": u["id"],
+                                    "is_error": True,
+                                    "content": "not run: the tool-round limit was reached",
+                                }
+                                for u in uses
+                            ],
+                        }
+                    )
                     answer.text = (text + "\n" if text else "") + (
                         f"[stopped after {answer.rounds} rounds of tool use, the limit; "
-                        f"what is above is all that was checked]")
+                        f"what is above is all that was checked]"
+                    )
                     answer.stopped = "round_limit"
                     break
                 answer.rounds += 1
                 results = []
                 for u in uses:
                     out, is_error = self.run_tool(u["name"], u["input"])
-                    answer.tool_calls.append({"name": u["name"], "input": u["input"], "is_error": is_error,
-                                              "result_chars": len(out)})
+                    answer.tool_calls.append(
+                        {
+                            "name": u["name"],
+                            "input": u["input"],
+                            "is_error": is_error,
+                            "result_chars": len(out),
+                        }
+                    )
                     if u["name"].startswith("propose_") and not is_error:
                         answer.proposals.append(json.loads(out))
-                    results.append({"type": "tool_result", "tool_use_id": u["id"], "content": out,
-                                    **({"is_error": True} if is_error else {})})
+                    results.append(
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": u["id"],
+                            "content": out,
+                            **({"is_error": True} if is_error else {}),
+                        }
+                    )
                 self.messages.append({"role": "user", "content": results})
         finally:
             self.answers.append(answer)
@@ -155,9 +195,18 @@ class Agent:
     def save(self) -> Path:
         path = self.transcript_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"conversation_id": self.conversation_id, "model": self.settings.agent_model,
-                                    "messages": self.messages,
-                                    "answers": [a.__dict__ for a in self.answers]}, indent=1, default=str))
+        path.write_text(
+            json.dumps(
+                {
+                    "conversation_id": self.conversation_id,
+                    "model": self.settings.agent_model,
+                    "messages": self.messages,
+                    "answers": [a.__dict__ for a in self.answers],
+                },
+                indent=1,
+                default=str,
+            )
+        )
         return path
 
 

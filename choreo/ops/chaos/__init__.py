@@ -6,6 +6,7 @@ run and log folders, ports), so a run never touches `choreo up`'s stack or a tes
 and every process it signals is one it started. Faults follow a schedule drawn from a
 seeded random.Random: a run is repeatable up to the machine's timing.
 """
+
 from __future__ import annotations
 
 from choreo.ops.chaos.report import ChaosConfig, ChaosReport

@@ -3,6 +3,7 @@ and forgeries.
 
 Duplicates, late and reversed events are re-published as the service that owns each (a
 service's relay re-publishing, as after a crash): consumers believe no other sender."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ from models.tables import Outbox
 class Injector:
     """Re-publishes real envelopes from the services' outboxes (same event ids), and poison."""
 
-    def __init__(self, settings: Settings, rng: random.Random, journal: Journal, per_burst: int) -> None:
+    def __init__(
+        self, settings: Settings, rng: random.Random, journal: Journal, per_burst: int
+    ) -> None:
         self.settings = settings
         self.rng = rng
         self.journal = journal
@@ -49,7 +52,12 @@ class Injector:
         rows = []
         for d in DOMAINS:
             with Session(engine_for(self.settings, d)) as s:
-                rows += [(d, *r) for r in s.exec(select(Outbox.id, Outbox.order_id, Outbox.type, Outbox.created_at))]
+                rows += [
+                    (d, *r)
+                    for r in s.exec(
+                        select(Outbox.id, Outbox.order_id, Outbox.type, Outbox.created_at)
+                    )
+                ]
         return rows
 
     def _bodies(self, picked: list[tuple]) -> list:
@@ -58,8 +66,12 @@ class Injector:
             ids = [r[1] for r in picked if r[0] == d]
             if ids:
                 with Session(engine_for(self.settings, d)) as s:
-                    bodies = dict(s.exec(select(Outbox.id, Outbox.body).where(Outbox.id.in_(ids))).all())
-                out += [(r, Envelope.model_validate_json(bodies[r[1]])) for r in picked if r[0] == d]
+                    bodies = dict(
+                        s.exec(select(Outbox.id, Outbox.body).where(Outbox.id.in_(ids))).all()
+                    )
+                out += [
+                    (r, Envelope.model_validate_json(bodies[r[1]])) for r in picked if r[0] == d
+                ]
         # Keep the order the caller chose (reversed timelines depend on it).
         rank = {r: i for i, r in enumerate(picked)}
         return [env for r, env in sorted(out, key=lambda p: rank[p[0]])]
@@ -93,57 +105,106 @@ class Injector:
         for o in rev_orders:
             rev += sorted(by_order[o], key=lambda r: r[4], reverse=True)
         self._publish("reversed", self._bodies(rev))
-        self.journal.note("inject", f"{len(dups)} duplicates; {len(late)} late events of {len(late_orders)} ended "
-                                    f"orders; {len(rev)} events of {len(rev_orders)} in-flight orders, newest first",
-                          style="cyan",
-                          duplicates=len(dups), late=len(late), reversed=len(rev))
+        self.journal.note(
+            "inject",
+            f"{len(dups)} duplicates; {len(late)} late events of {len(late_orders)} ended "
+            f"orders; {len(rev)} events of {len(rev_orders)} in-flight orders, newest first",
+            style="cyan",
+            duplicates=len(dups),
+            late=len(late),
+            reversed=len(rev),
+        )
 
     def poison(self) -> None:
         """One of each kind; none names an audited order, so none can make an order NEEDS_ATTENTION."""
         ns = self.settings.namespace
-        good = make_envelope("order.placed", f"chaos-poison-{uuid.uuid4().hex[:8]}",
-                             OrderPlaced(order=_order_snapshot(self.rng), card_token="tok_visa"),
-                             source="chaos").to_wire()
+        good = make_envelope(
+            "order.placed",
+            f"chaos-poison-{uuid.uuid4().hex[:8]}",
+            OrderPlaced(order=_order_snapshot(self.rng), card_token="tok_visa"),
+            source="chaos",
+        ).to_wire()
         good["payload"]["order"]["items"][0]["qty"] = 0
         cases = {
             # (routing key, exchange or None for the events exchange, body, headers)
-            "not_json": ("inventory.reserved", None, b"{chaos: not json",
-                         celery_message("inventory.reserved", [], str(uuid.uuid4()))[1]),
-            "unknown_type": (f"{ns}.inventory", "", *celery_message("inventory.exploded", [good], str(uuid.uuid4()))),
-            "schema_invalid": ("order.placed", None, *celery_message("order.placed", [good], str(uuid.uuid4()))),
+            "not_json": (
+                "inventory.reserved",
+                None,
+                b"{chaos: not json",
+                celery_message("inventory.reserved", [], str(uuid.uuid4()))[1],
+            ),
+            "unknown_type": (
+                f"{ns}.inventory",
+                "",
+                *celery_message("inventory.exploded", [good], str(uuid.uuid4())),
+            ),
+            "schema_invalid": (
+                "order.placed",
+                None,
+                *celery_message("order.placed", [good], str(uuid.uuid4())),
+            ),
             # Shapes that crashed Celery's own request handling before the protocol guard.
-            "wrong_shape": ("order.placed", None, json.dumps([[good], {}]).encode(),
-                            celery_message("order.placed", [], str(uuid.uuid4()))[1]),
-            "no_id_header": ("order.placed", None, celery_message("order.placed", [good], str(uuid.uuid4()))[0],
-                             {"task": "order.placed", "lang": "py"}),
-            "oversized": ("order.placed", None, b"[" + b" " * (self.settings.max_message_bytes + 1) + b"]",
-                          celery_message("order.placed", [], str(uuid.uuid4()))[1]),
+            "wrong_shape": (
+                "order.placed",
+                None,
+                json.dumps([[good], {}]).encode(),
+                celery_message("order.placed", [], str(uuid.uuid4()))[1],
+            ),
+            "no_id_header": (
+                "order.placed",
+                None,
+                celery_message("order.placed", [good], str(uuid.uuid4()))[0],
+                {"task": "order.placed", "lang": "py"},
+            ),
+            "oversized": (
+                "order.placed",
+                None,
+                b"[" + b" " * (self.settings.max_message_bytes + 1) + b"]",
+                celery_message("order.placed", [], str(uuid.uuid4()))[1],
+            ),
         }
         # Each as the service that owns its routing key (a buggy service: the broker lets it say
         # its own types); straight to a queue as the bootstrap user (no service may do that).
         for kind, (rk, exchange, body, headers) in cases.items():
-            with BrokerAdmin(self.settings, service=None if exchange == "" else min(owners(rk))) as admin:
+            with BrokerAdmin(
+                self.settings, service=None if exchange == "" else min(owners(rk))
+            ) as admin:
                 admin.publish_raw(rk, body, headers, exchange=exchange)
             self.counts[f"poison:{kind}"] += 1
         self.forge()
-        self.journal.note("inject", f"poison: {', '.join(cases)}; forged payment.completed twice, an order.placed retry copy", style="cyan")
+        self.journal.note(
+            "inject",
+            f"poison: {', '.join(cases)}; forged payment.completed twice, an order.placed retry copy",
+            style="cyan",
+        )
 
     def forge(self) -> None:
         """A payment.completed for an order never placed: with the operator's credentials (the
         broker refuses it), and with no verified sender straight into the inventory queue (it
         is dead-lettered). Neither may reserve stock or ship: the audit's unknown-order checks."""
-        env = make_envelope("payment.completed", f"chaos-forged-{uuid.uuid4().hex[:8]}",
-                            PaymentCompleted(charge_id=f"ch-forged-{uuid.uuid4().hex[:6]}", amount_cents=100,
-                                             order=_order_snapshot(self.rng)), source="payment")
+        env = make_envelope(
+            "payment.completed",
+            f"chaos-forged-{uuid.uuid4().hex[:8]}",
+            PaymentCompleted(
+                charge_id=f"ch-forged-{uuid.uuid4().hex[:6]}",
+                amount_cents=100,
+                order=_order_snapshot(self.rng),
+            ),
+            source="payment",
+        )
         body, headers = celery_message("payment.completed", [env.to_wire()], env.event_id)
         try:
             with BrokerAdmin(self.settings) as admin:
                 admin.publish_raw("payment.completed", body, headers)
             self.counts["forged:accepted_by_broker"] += 1  # the audit will say what it did
         except ChannelClosedByBroker as exc:
-            self.counts["forged:refused_by_broker" if exc.reply_code == 403 else "forged:failed"] += 1
+            self.counts[
+                "forged:refused_by_broker" if exc.reply_code == 403 else "forged:failed"
+            ] += 1
         with BrokerAdmin(self.settings, service=None) as admin:
-            admin.publish_raw(f"{self.settings.namespace}.inventory", body, headers, exchange="", user_id=None)
+            admin.publish_raw(
+                f"{self.settings.namespace}.inventory", body, headers, exchange="", user_id=None
+            )
         self.counts["forged:unverified"] += 1
         self.forge_copy()
 
@@ -151,20 +212,28 @@ class Injector:
         """An order.placed for an order never placed, with the payment user's password, on the
         payment service's own first retry rung, naming the order service as its sender: a copy
         the payment service never made (no record of it), so it must charge nothing."""
-        placed = make_envelope("order.placed", f"chaos-forged-{uuid.uuid4().hex[:8]}",
-                               OrderPlaced(order=_order_snapshot(self.rng), card_token="tok_visa"), source="order")
+        placed = make_envelope(
+            "order.placed",
+            f"chaos-forged-{uuid.uuid4().hex[:8]}",
+            OrderPlaced(order=_order_snapshot(self.rng), card_token="tok_visa"),
+            source="order",
+        )
         body, headers = celery_message("order.placed", [placed.to_wire()], placed.event_id)
         headers.update({"choreo_attempt": 1, **sender_header("order")})
         names = Names(self.settings.namespace)
         with BrokerAdmin(self.settings, service="payment") as admin:
-            admin.publish_raw(names.retry_key("payment", 1), body, headers, exchange=names.retry_exchange)
+            admin.publish_raw(
+                names.retry_key("payment", 1), body, headers, exchange=names.retry_exchange
+            )
         self.counts["forged:copy"] += 1
 
 
 class OrderFeed(threading.Thread):
     """Publishes the orders at a steady pace over `window` seconds, in chunks (partial results survive)."""
 
-    def __init__(self, settings: Settings, scenarios: list[str], window: float, rng: random.Random) -> None:
+    def __init__(
+        self, settings: Settings, scenarios: list[str], window: float, rng: random.Random
+    ) -> None:
         super().__init__(name="chaos-orders", daemon=True)
         self.settings = settings
         self.scenarios = scenarios
@@ -192,8 +261,13 @@ class OrderFeed(threading.Thread):
                 if self.stop_event.is_set():
                     break
                 # A fresh seed per chunk: publish_orders derives order ids from its seed.
-                self.sent += publish_orders(self.settings, self.scenarios[i:i + chunk], self.seeds[i], on_sent=paced,
-                                            source="chaos")
+                self.sent += publish_orders(
+                    self.settings,
+                    self.scenarios[i : i + chunk],
+                    self.seeds[i],
+                    on_sent=paced,
+                    source="chaos",
+                )
         except Exception as exc:  # reported as a run error with the count published so far
             self.error = f"publishing failed after {self.published} of {n} orders: {exc!r}"
 
@@ -201,4 +275,9 @@ class OrderFeed(threading.Thread):
 def _order_snapshot(rng: random.Random) -> dict:
     """An order as a fact carries it (items, address, amount) for an order no audit counts."""
     spec = make_order("completed", rng)
-    return {"customer_id": spec.customer_id, "items": spec.items, "address": spec.address, "amount_cents": 100}
+    return {
+        "customer_id": spec.customer_id,
+        "items": spec.items,
+        "address": spec.address,
+        "amount_cents": 100,
+    }

@@ -1,4 +1,5 @@
 """One chaos run: the sandbox, the stack, the fault phase, settling, the audit and the report."""
+
 from __future__ import annotations
 
 import random
@@ -30,8 +31,14 @@ from config.settings import Settings
 from consumers.registry import topology
 
 # The machine's services failing under the harness: a failed run with the error, not a traceback.
-ENVIRONMENT_FAILURES = (RuntimeError, OSError, subprocess.SubprocessError, redis.RedisError,
-                        pika.exceptions.AMQPError, SQLAlchemyError)
+ENVIRONMENT_FAILURES = (
+    RuntimeError,
+    OSError,
+    subprocess.SubprocessError,
+    redis.RedisError,
+    pika.exceptions.AMQPError,
+    SQLAlchemyError,
+)
 
 
 def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
@@ -40,29 +47,50 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     journal = Journal(console)
     cluster = private_cluster("chaos", cfg.workdir, tls=cfg.tls) if cfg.cluster else None
     if cluster:
-        console.print(f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {cluster.base_dir}")
+        console.print(
+            f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {cluster.base_dir}"
+        )
     try:
-        sandbox = Sandbox("chaos", own_redis=True, workdir=cfg.workdir, database_server=cfg.database_server,
-                          workers_per_domain=cfg.workers_per_domain,
-                          cluster_dir=cluster.base_dir if cluster else None, redis_tls=bool(cluster and cfg.tls))
+        sandbox = Sandbox(
+            "chaos",
+            own_redis=True,
+            workdir=cfg.workdir,
+            database_server=cfg.database_server,
+            workers_per_domain=cfg.workers_per_domain,
+            cluster_dir=cluster.base_dir if cluster else None,
+            redis_tls=bool(cluster and cfg.tls),
+        )
     except BaseException:
         if cluster:
             cluster.down(purge=True)
         raise
-    report = ChaosReport(config={k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
-                         seed=seed, workdir=str(sandbox.workdir))
+    report = ChaosReport(
+        config={k: str(v) if isinstance(v, Path) else v for k, v in cfg.__dict__.items()},
+        seed=seed,
+        workdir=str(sandbox.workdir),
+    )
     if cfg.broker_restart == "node" and not cluster:
-        console.print("[bold red]warning:[/bold red] --broker-restart node stops and starts the whole RabbitMQ "
-                      "node: every vhost and every client on this machine is disconnected")
-    console.print(f"chaos run {sandbox.run_id}: {cfg.orders} orders, {cfg.duration:.0f}s of faults, a kill every "
-                  f"{cfg.kill_every}s, seed {seed}; vhost {sandbox.vhost}, redis :{sandbox.redis_port}, "
-                  f"folder {sandbox.workdir}")
+        console.print(
+            "[bold red]warning:[/bold red] --broker-restart node stops and starts the whole RabbitMQ "
+            "node: every vhost and every client on this machine is disconnected"
+        )
+    console.print(
+        f"chaos run {sandbox.run_id}: {cfg.orders} orders, {cfg.duration:.0f}s of faults, a kill every "
+        f"{cfg.kill_every}s, seed {seed}; vhost {sandbox.vhost}, redis :{sandbox.redis_port}, "
+        f"folder {sandbox.workdir}"
+    )
     stack = Stack(sandbox.settings, env=sandbox.env)
     faults = None
     try:
         sandbox.open()
-        faults = Faults(sandbox, stack, random.Random(seed), journal, "none" if cluster else cfg.broker_restart,
-                        cluster)
+        faults = Faults(
+            sandbox,
+            stack,
+            random.Random(seed),
+            journal,
+            "none" if cluster else cfg.broker_restart,
+            cluster,
+        )
         _run(cfg, seed, sandbox, stack, faults, journal, report)
     except ENVIRONMENT_FAILURES as exc:
         report.errors.append(f"harness: {exc!r}")
@@ -80,8 +108,15 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     return report
 
 
-def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journal: Journal,
-         report: ChaosReport) -> None:
+def _run(
+    cfg: ChaosConfig,
+    seed: int,
+    sb: Sandbox,
+    stack,
+    faults: Faults,
+    journal: Journal,
+    report: ChaosReport,
+) -> None:
     settings = sb.settings
     prepare(settings)
     topology(settings).declare()
@@ -94,15 +129,19 @@ def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journa
     rng = random.Random(seed ^ 0x5EED)
     feed, injector, t0 = _inject(cfg, seed, settings, faults, journal, rng)
     injection_end = time.monotonic()
-    journal.note("faults off", f"after {injection_end - t0:.0f}s; {feed.published} orders published")
+    journal.note(
+        "faults off", f"after {injection_end - t0:.0f}s; {feed.published} orders published"
+    )
     if feed.error:
         report.errors.append(feed.error)
     if len(feed.sent) < cfg.orders:
         report.errors.append(f"only {len(feed.sent)} of {cfg.orders} orders were published")
     report.injected = dict(injector.counts)
     if injector.counts["forged:accepted_by_broker"] or injector.counts["forged:failed"]:
-        report.errors.append("a forged payment.completed sent with the operator's credentials was not refused "
-                             "by the broker's topic permissions")
+        report.errors.append(
+            "a forged payment.completed sent with the operator's credentials was not refused "
+            "by the broker's topic permissions"
+        )
 
     # Settle: every node and worker back, then wait for terminal orders, drained outboxes, idle queues.
     if faults.cluster:
@@ -115,18 +154,28 @@ def _run(cfg: ChaosConfig, seed: int, sb: Sandbox, stack, faults: Faults, journa
     states = settle(settings, sb.vhost, ids, time.monotonic() + cfg.settle_timeout, journal)
     settled_at = time.monotonic()
     report.unsettled = [o for o in ids if states.get(o, ("MISSING",))[0] not in TERMINAL]
-    journal.note("settled" if not report.unsettled else "NOT settled",
-                 f"{len(ids) - len(report.unsettled)}/{len(ids)} terminal after {settled_at - injection_end:.1f}s",
-                 style="green" if not report.unsettled else "red")
+    journal.note(
+        "settled" if not report.unsettled else "NOT settled",
+        f"{len(ids) - len(report.unsettled)}/{len(ids)} terminal after {settled_at - injection_end:.1f}s",
+        style="green" if not report.unsettled else "red",
+    )
     _conclude(settings, feed.sent, states, faults, stack, report)
-    report.figures.update(injection_seconds=round(injection_end - t0, 1),
-                          settle_seconds=round(settled_at - injection_end, 1))
+    report.figures.update(
+        injection_seconds=round(injection_end - t0, 1),
+        settle_seconds=round(settled_at - injection_end, 1),
+    )
     if faults.cluster:
         report.figures.update(_cluster_figures(settings, faults, feed.progress))
 
 
-def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, journal: Journal,
-            rng: random.Random) -> tuple[OrderFeed, Injector, float]:
+def _inject(
+    cfg: ChaosConfig,
+    seed: int,
+    settings: Settings,
+    faults: Faults,
+    journal: Journal,
+    rng: random.Random,
+) -> tuple[OrderFeed, Injector, float]:
     """The fault phase: orders flow over the first half of `duration` while faults land on a schedule.
 
     Ends at `duration`, or earlier once every order is published and terminal and every
@@ -154,9 +203,16 @@ def _inject(cfg: ChaosConfig, seed: int, settings: Settings, faults: Faults, jou
     try:
         while time.monotonic() - t0 < cfg.duration:
             now = time.monotonic()
-            if not feed.is_alive() and not any(one_offs.values()) and not bursts and now >= next_look:
+            if (
+                not feed.is_alive()
+                and not any(one_offs.values())
+                and not bursts
+                and now >= next_look
+            ):
                 next_look = now + 1.0
-                if terminal_count(order_states(settings, [o for o, _ in feed.sent])) == len(feed.sent):
+                if terminal_count(order_states(settings, [o for o, _ in feed.sent])) == len(
+                    feed.sent
+                ):
                     break
             if now >= next_kill:
                 next_kill += cfg.kill_every
@@ -196,7 +252,9 @@ class Progress(threading.Thread):
     """Sagas finishing over time: (journal seconds, terminal orders, orders sent) every `every` s,
     to tell how long sagas stopped finishing after a fault."""
 
-    def __init__(self, settings: Settings, journal: Journal, feed: OrderFeed, every: float = 0.25) -> None:
+    def __init__(
+        self, settings: Settings, journal: Journal, feed: OrderFeed, every: float = 0.25
+    ) -> None:
         super().__init__(name="chaos-progress", daemon=True)
         self.settings, self.journal, self.feed, self.every = settings, journal, feed, every
         self.samples: list[tuple[float, int, int]] = []
@@ -246,43 +304,76 @@ def _cluster_figures(settings: Settings, faults: Faults, progress: Progress) -> 
     now = worker_view(settings, faults.stack, faults.workers)
     node_faults = []
     for x in faults.node_faults:
-        moved = {q: f"{a}->{x['leaders_after'].get(q)}" for q, a in x["leaders_before"].items()
-                 if a != x["leaders_after"].get(q)}
+        moved = {
+            q: f"{a}->{x['leaders_after'].get(q)}"
+            for q, a in x["leaders_before"].items()
+            if a != x["leaders_after"].get(q)
+        }
         # A worker that was on the killed node, not killed itself since (same pid): where it consumes
         # now and what it processed after the kill.
-        failed_over = {name: {"was_on": v["broker_node"], "reconnected_to": v.get("reconnected_to"),
-                              "reconnected_after_s": v.get("reconnected_after_s"),
-                              "processed_after": now[name]["handled"] - v["handled"]}
-                       for name, v in x.get("workers_on_node", {}).items()
-                       if name in now and now[name]["pid"] == v["pid"]}
-        node_faults.append({**{k: v for k, v in x.items() if k != "workers_on_node"}, "leaders_moved": moved,
-                            "pause_seconds": progress.pause_after(x["t"]), "workers_failed_over": failed_over})
+        failed_over = {
+            name: {
+                "was_on": v["broker_node"],
+                "reconnected_to": v.get("reconnected_to"),
+                "reconnected_after_s": v.get("reconnected_after_s"),
+                "processed_after": now[name]["handled"] - v["handled"],
+            }
+            for name, v in x.get("workers_on_node", {}).items()
+            if name in now and now[name]["pid"] == v["pid"]
+        }
+        node_faults.append(
+            {
+                **{k: v for k, v in x.items() if k != "workers_on_node"},
+                "leaders_moved": moved,
+                "pause_seconds": progress.pause_after(x["t"]),
+                "workers_failed_over": failed_over,
+            }
+        )
     samples = progress.samples
-    return {"node_faults": node_faults, "node_kills": faults.counts["node_kill"],
-            # What pause_seconds is read from: (first, last) sample (journal s, terminal, sent) and how many.
-            "progress_samples": {"count": len(samples), "first": samples[0] if samples else None,
-                                 "last": samples[-1] if samples else None},
-            "node_stop_apps": faults.counts["node_stop_app"],
-            # over the run: before each kill of it (a kill resets its counters) and since its last start
-            "handled_by_worker": {name: faults.handled_before_kills[name] + now.get(name, {}).get("handled", 0)
-                                  for name in faults.workers},
-            "longest_stall_seconds": progress.longest_stall()}
+    return {
+        "node_faults": node_faults,
+        "node_kills": faults.counts["node_kill"],
+        # What pause_seconds is read from: (first, last) sample (journal s, terminal, sent) and how many.
+        "progress_samples": {
+            "count": len(samples),
+            "first": samples[0] if samples else None,
+            "last": samples[-1] if samples else None,
+        },
+        "node_stop_apps": faults.counts["node_stop_app"],
+        # over the run: before each kill of it (a kill resets its counters) and since its last start
+        "handled_by_worker": {
+            name: faults.handled_before_kills[name] + now.get(name, {}).get("handled", 0)
+            for name in faults.workers
+        },
+        "longest_stall_seconds": progress.longest_stall(),
+    }
 
 
-def _conclude(settings: Settings, sent: list[tuple[str, str]], states: dict, faults: Faults, stack,
-              report: ChaosReport) -> None:
+def _conclude(
+    settings: Settings,
+    sent: list[tuple[str, str]],
+    states: dict,
+    faults: Faults,
+    stack,
+    report: ChaosReport,
+) -> None:
     """Audit, expected outcomes, and the run's figures."""
     report.checks = run_audit(settings)
     report.audit = [c.as_dict() for c in report.checks]
     expected = expected_by_scenario()
     report.missing = [o for o, _ in sent if o not in states]
-    report.mismatches = sum(1 for o, scenario in sent
-                            if states.get(o, ("MISSING",))[0] in TERMINAL and states[o] != expected[scenario])
+    report.mismatches = sum(
+        1
+        for o, scenario in sent
+        if states.get(o, ("MISSING",))[0] in TERMINAL and states[o] != expected[scenario]
+    )
     faults.journal.console.print(outcome_table(outcomes(sent, states)))
     metrics, before = metrics_snapshot(settings), faults.metrics_before_redis_restart
     report.figures = {
         "orders_placed": len(sent),
-        "terminal": dict(Counter(f"{st} ({r})" if r else st for st, r in states.values() if st in TERMINAL)),
+        "terminal": dict(
+            Counter(f"{st} ({r})" if r else st for st, r in states.values() if st in TERMINAL)
+        ),
         "unsettled": len(report.unsettled),
         "stuck_by_state": dict(Counter(states.get(o, ("MISSING",))[0] for o in report.unsettled)),
         "mismatches": report.mismatches,

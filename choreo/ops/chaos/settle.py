@@ -1,4 +1,5 @@
 """Settling after the faults stop, and the figures a run reports (counters, logs, dead letters)."""
+
 from __future__ import annotations
 
 import re
@@ -22,17 +23,31 @@ from models.tables import DeadLetter
 
 def _busy_queues(settings: Settings, vhost: str) -> dict[str, int]:
     """Queues (not DLQs) holding messages, ready or unacknowledged (a passive declare sees only ready)."""
-    out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages", "--no-table-headers",
-                      cluster_dir=settings.broker_cluster_dir)
+    out = rabbitmqctl(
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "messages",
+        "--no-table-headers",
+        cluster_dir=settings.broker_cluster_dir,
+    )
     busy = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 2 and not parts[0].endswith((".dlq", ".unrouted")) and parts[1].isdigit() and int(parts[1]):
+        if (
+            len(parts) == 2
+            and not parts[0].endswith((".dlq", ".unrouted"))
+            and parts[1].isdigit()
+            and int(parts[1])
+        ):
             busy[parts[0]] = int(parts[1])
     return busy
 
 
-def settle(settings: Settings, vhost: str, order_ids: list[str], deadline: float, journal: Journal) -> dict:
+def settle(
+    settings: Settings, vhost: str, order_ids: list[str], deadline: float, journal: Journal
+) -> dict:
     """Wait until every order is terminal, every outbox drained and every queue idle, twice in a row."""
     states: dict = {}
     calm = 0
@@ -50,8 +65,11 @@ def settle(settings: Settings, vhost: str, order_ids: list[str], deadline: float
             calm = 0
             if time.monotonic() - last_report > 10:
                 last_report = time.monotonic()
-                journal.note("settling", f"{len(open_orders)} open orders, unsent {unsent}, busy queues {busy}",
-                             style="dim")
+                journal.note(
+                    "settling",
+                    f"{len(open_orders)} open orders, unsent {unsent}, busy queues {busy}",
+                    style="dim",
+                )
         time.sleep(1.0)
     return states
 
@@ -77,13 +95,15 @@ def log_count(log_dir: Path, needle: str) -> int:
     return n
 
 
-_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|ord-[0-9a-f]+|chaos-poison-[0-9a-f]+")
+_IDS = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|ord-[0-9a-f]+|chaos-poison-[0-9a-f]+"
+)
 
 
 def _reason(text: str, width: int = 120) -> str:
     """A reason with its ids blanked out, so equal causes group together."""
     text = _IDS.sub("…", text)
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def dead_letter_figures(settings: Settings) -> dict:
@@ -99,5 +119,9 @@ def dead_letter_figures(settings: Settings) -> dict:
         with Session(engine_for(settings, d)) as s:
             for type_, reason in s.exec(select(DeadLetter.type, DeadLetter.reason)):
                 recorded[f"{d} {type_}: {_reason(reason)}"] += 1
-    return {"dlq_messages": sum(queued.values()), "dlq_by_reason": dict(queued.most_common()),
-            "dead_letter_rows": sum(recorded.values()), "dead_letter_rows_by_reason": dict(recorded.most_common())}
+    return {
+        "dlq_messages": sum(queued.values()),
+        "dlq_by_reason": dict(queued.most_common()),
+        "dead_letter_rows": sum(recorded.values()),
+        "dead_letter_rows_by_reason": dict(recorded.most_common()),
+    }

@@ -3,6 +3,7 @@
 `base` holds the group, which loads each command's module when that command runs; `main` is
 the entry point.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,6 +24,10 @@ def main() -> None:
         sys.exit(2)
     try:
         cli()
-    except TLSRefused as exc:  # a peer's certificate that cannot be verified: one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)  # not rich: it would wrap the line at the terminal's width
+    except (
+        TLSRefused
+    ) as exc:  # a peer's certificate that cannot be verified: one line, not a traceback
+        print(
+            f"error: {exc}", file=sys.stderr
+        )  # not rich: it would wrap the line at the terminal's width
         sys.exit(2)

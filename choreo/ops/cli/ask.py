@@ -4,6 +4,7 @@ The agent only reads. When it proposes a replay, this command shows the dry run 
 only an explicit "y" runs it, through choreo.ops.replay exactly like `choreo dlq replay
 --execute`. A proposed start of a stopped process runs, on "y", as `choreo up` starts it.
 """
+
 from __future__ import annotations
 
 import click
@@ -42,9 +43,13 @@ def answer_and_confirm(agent: Agent, question: str) -> Answer:
     answer = agent.ask(question)
     console.print(answer.text or "[no answer]")
     if answer.tool_calls:
-        used = ", ".join(f"{c['name']}{' (failed)' if c['is_error'] else ''}" for c in answer.tool_calls)
-        console.print(f"[dim]checked: {used}; {answer.rounds} round(s), "
-                      f"{answer.usage['input_tokens']}+{answer.usage['output_tokens']} tokens[/dim]")
+        used = ", ".join(
+            f"{c['name']}{' (failed)' if c['is_error'] else ''}" for c in answer.tool_calls
+        )
+        console.print(
+            f"[dim]checked: {used}; {answer.rounds} round(s), "
+            f"{answer.usage['input_tokens']}+{answer.usage['output_tokens']} tokens[/dim]"
+        )
     for proposal in answer.proposals:
         action = (proposal.get("proposal") or {}).get("action")
         if action == "replay_dead_letters":
@@ -62,7 +67,10 @@ def confirm_start(agent: Agent, proposal: dict) -> bool:
     if name not in process_names(settings):
         console.print(f"the agent proposed starting an unknown process {name!r}: ignored")
         return False
-    console.print(f"The agent proposes: start {name}" + (f" ({proposal.get('why')})" if proposal.get("why") else ""))
+    console.print(
+        f"The agent proposes: start {name}"
+        + (f" ({proposal.get('why')})" if proposal.get("why") else "")
+    )
     pid = Stack(settings).pid(name)
     if pid is not None:
         console.print(f"{name} is running (pid {pid}): nothing to do.")
@@ -89,8 +97,10 @@ def confirm_replay(agent: Agent, proposal: dict) -> bool:
         console.print(f"the agent proposed a replay of an unknown domain {domain!r}: ignored")
         return False
     ids = [str(i) for i in proposal.get("event_ids") or []]
-    console.print(f"The agent proposes: replay dead letters of {domain}"
-                  + (f" ({proposal.get('why')})" if proposal.get("why") else ""))
+    console.print(
+        f"The agent proposes: replay dead letters of {domain}"
+        + (f" ({proposal.get('why')})" if proposal.get("why") else "")
+    )
     plan = rp.plan(settings, domain, ids or None)
     show_plan(plan, domain, False, ids)
     if not plan:
@@ -101,6 +111,8 @@ def confirm_replay(agent: Agent, proposal: dict) -> bool:
         _tell(agent, "(operator: the proposed replay was NOT run)")
         return False
     run = rp.execute(settings, domain, ids)
-    show_records(run.records, f"replay run {run.run_id} by {run.by}: {len(run.moved)} moved to {domain}")
+    show_records(
+        run.records, f"replay run {run.run_id} by {run.by}: {len(run.moved)} moved to {domain}"
+    )
     _tell(agent, f"(operator: replay run {run.run_id} executed, {len(run.moved)} moved)")
     return True

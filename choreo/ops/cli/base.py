@@ -1,4 +1,5 @@
 """What every `choreo` command shares: the click group, the consoles, one-line failures, the settings."""
+
 from __future__ import annotations
 
 import importlib
@@ -28,15 +29,21 @@ def current_settings() -> Settings:
     CHOREO_WORKERS_PER_DOMAIN still win)."""
     settings = get_settings()
     shape = {}
-    for field, marker, env, kind in (("saga_mode", SAGA_MARKER, "CHOREO_SAGA_MODE", str),
-                                     ("workers_per_domain", WORKERS_MARKER, "CHOREO_WORKERS_PER_DOMAIN", int)):
+    for field, marker, env, kind in (
+        ("saga_mode", SAGA_MARKER, "CHOREO_SAGA_MODE", str),
+        ("workers_per_domain", WORKERS_MARKER, "CHOREO_WORKERS_PER_DOMAIN", int),
+    ):
         path = settings.run_dir / marker
         if env not in os.environ and path.exists():
             shape[field] = kind(path.read_text().strip())
     try:
         return Settings(**shape) if shape else settings
-    except ValidationError:  # this shell lacks what the stack was started with (its database server):
-        return settings.model_copy(update=shape)  # still the stack's shape, so status and down find it
+    except (
+        ValidationError
+    ):  # this shell lacks what the stack was started with (its database server):
+        return settings.model_copy(
+            update=shape
+        )  # still the stack's shape, so status and down find it
 
 
 class LazyGroup(click.Group):
@@ -58,9 +65,15 @@ class LazyGroup(click.Group):
 
 
 COMMANDS = {
-    **{name: f"choreo.ops.cli.processes:{name}" for name in ("worker", "users", "flower", "up", "down")},
+    **{
+        name: f"choreo.ops.cli.processes:{name}"
+        for name in ("worker", "users", "flower", "up", "down")
+    },
     **{name: f"choreo.ops.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
-    **{name: f"choreo.ops.cli.inspect:{name}" for name in ("status", "topology", "breakers", "projections", "audit")},
+    **{
+        name: f"choreo.ops.cli.inspect:{name}"
+        for name in ("status", "topology", "breakers", "projections", "audit")
+    },
     "dlq": "choreo.ops.cli.dlq:dlq",
     "broker": "choreo.ops.cli.broker:broker",
     "cluster": "choreo.ops.cli.cluster:cluster",

@@ -1,4 +1,5 @@
 """`choreo broker setup|users|rotate`: the broker's users, their grants and the topology."""
+
 from __future__ import annotations
 
 import click
@@ -26,8 +27,10 @@ def setup() -> None:
         users = access.setup(settings, topology(settings))
     except (access.SetupFailed, OSError) as exc:
         fail(f"broker setup: {exc}")
-    console.print(f"{len(users)} broker users set up on vhost {access.vhost_of(settings.broker_url)}: "
-                  f"{', '.join(users)}")
+    console.print(
+        f"{len(users)} broker users set up on vhost {access.vhost_of(settings.broker_url)}: "
+        f"{', '.join(users)}"
+    )
 
 
 @broker.command()
@@ -35,9 +38,15 @@ def users() -> None:
     """Who may do what: each user's configure / write / read patterns and topic permissions (no secrets)."""
     settings = current_settings()
     for service, g in access.grants(settings, access.hears_of(topology(settings))).items():
-        console.print(f"[bold]{access.user_name(settings, service)}[/bold]  (password: ${env_name(access.PASSWORD, service)}"
-                      f" or {access.password_file(settings, service)})", soft_wrap=True)
-        console.print(f"  configure {g.configure}\n  write     {g.write}\n  read      {g.read}", soft_wrap=True)
+        console.print(
+            f"[bold]{access.user_name(settings, service)}[/bold]  (password: ${env_name(access.PASSWORD, service)}"
+            f" or {access.password_file(settings, service)})",
+            soft_wrap=True,
+        )
+        console.print(
+            f"  configure {g.configure}\n  write     {g.write}\n  read      {g.read}",
+            soft_wrap=True,
+        )
         for exchange, (w, r) in g.topics.items():
             console.print(f"  topic {exchange}: write {w}  read {r}", soft_wrap=True)
 
@@ -50,10 +59,15 @@ def rotate_password(service: str) -> None:
     settings = current_settings()
     var = env_name(access.PASSWORD, service)
     if os.environ.get(var):
-        fail(f"{var} is set: its password comes from there; change it there and run choreo broker setup")
+        fail(
+            f"{var} is set: its password comes from there; change it there and run choreo broker setup"
+        )
     rotate(settings.run_dir, access.PASSWORD, service)
     try:
         access.setup(settings, topology(settings))
     except (access.SetupFailed, OSError) as exc:
         fail(f"broker setup: {exc}")
-    console.print(f"new password for {access.user_name(settings, service)} set; restart it (choreo down && choreo up)", soft_wrap=True)
+    console.print(
+        f"new password for {access.user_name(settings, service)} set; restart it (choreo down && choreo up)",
+        soft_wrap=True,
+    )

@@ -1,5 +1,6 @@
 """`choreo cluster up|down|status`: a private RabbitMQ cluster on this machine (choreo.ops.cluster)
 to run choreo on, beside (never instead of) this machine's own node."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,22 @@ import click
 from rich.table import Table
 
 from choreo.ops.cli.base import console, current_settings, fail
-from choreo.ops.cluster import DEFAULT_BASE_PORT, MAX_SIZE, STATE, Cluster, ClusterError, rabbitmq_bin
+from choreo.ops.cluster import (
+    DEFAULT_BASE_PORT,
+    MAX_SIZE,
+    STATE,
+    Cluster,
+    ClusterError,
+    rabbitmq_bin,
+)
 
-folder_option = click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
-                             help="The cluster's folder (default: <run_dir>/cluster).")
+folder_option = click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The cluster's folder (default: <run_dir>/cluster).",
+)
 
 
 def _folder(folder: str | None) -> Path:
@@ -24,13 +37,32 @@ def _folder(folder: str | None) -> Path:
 def node_table(status: dict) -> Table:
     tls = status.get("tls", {}).get("enabled", False)
     t = Table(title=f"cluster {status['tag']} ({status['dir']})" + (", TLS" if tls else ""))
-    for col in ("node", "amqps" if tls else "amqp", "https" if tls else "management", "pid", "app", "members seen"):
+    for col in (
+        "node",
+        "amqps" if tls else "amqp",
+        "https" if tls else "management",
+        "pid",
+        "app",
+        "members seen",
+    ):
         t.add_column(col, no_wrap=col != "members seen")
     for n in status["nodes"]:
-        app = ("[green]running[/green]" if n["app_running"] else
-               "[yellow]app stopped[/yellow]" if n["running"] else "[red]down[/red]")
-        t.add_row(n["name"], str(n["amqp"]), str(n["mgmt"]), str(n["pid"] or "-"), app,
-                  " ".join(m.split("@")[0].removeprefix(f"{status['tag']}-") for m in n["members"]) or "-")
+        app = (
+            "[green]running[/green]"
+            if n["app_running"]
+            else "[yellow]app stopped[/yellow]"
+            if n["running"]
+            else "[red]down[/red]"
+        )
+        t.add_row(
+            n["name"],
+            str(n["amqp"]),
+            str(n["mgmt"]),
+            str(n["pid"] or "-"),
+            app,
+            " ".join(m.split("@")[0].removeprefix(f"{status['tag']}-") for m in n["members"])
+            or "-",
+        )
     return t
 
 
@@ -38,11 +70,15 @@ def tls_lines(status: dict) -> list[str]:
     """The cluster's TLS, in words: what a client verifies the nodes by and may show them."""
     tls = status.get("tls") or {}
     if not tls.get("enabled"):
-        return ["TLS: off (plain AMQP and HTTP on loopback; choreo cluster down, then up --tls, to turn it on)"]
-    return [f"TLS: on; AMQP over TLS only (no plain listener) on {', '.join(map(str, tls['amqps_ports']))};"
-            f" management over {tls['management']}; inter-node and rabbitmqctl over TLS",
-            f"  CA (verify the nodes by it): {tls['ca_file']}",
-            f"  client certificate (optional for AMQP): {tls['cert_file']}  key: {tls['key_file']}"]
+        return [
+            "TLS: off (plain AMQP and HTTP on loopback; choreo cluster down, then up --tls, to turn it on)"
+        ]
+    return [
+        f"TLS: on; AMQP over TLS only (no plain listener) on {', '.join(map(str, tls['amqps_ports']))};"
+        f" management over {tls['management']}; inter-node and rabbitmqctl over TLS",
+        f"  CA (verify the nodes by it): {tls['ca_file']}",
+        f"  client certificate (optional for AMQP): {tls['cert_file']}  key: {tls['key_file']}",
+    ]
 
 
 @click.group()
@@ -51,27 +87,45 @@ def cluster() -> None:
 
 
 @cluster.command()
-@click.option("--size", type=click.IntRange(1, MAX_SIZE), default=None,
-              help="How many nodes (default 3, or as many as the folder's cluster has).")
-@click.option("--base-port", type=click.IntRange(1024, 65535), default=None,
-              help=f"epmd's port; the nodes' follow it (default {DEFAULT_BASE_PORT}, or the folder's).")
-@click.option("--tls/--no-tls", default=None,
-              help="AMQP (amqps only), management (https) and inter-node traffic over TLS, with a CA made in "
-                   "the folder (default: as the folder's cluster has it; off for a new one). Changing it "
-                   "needs the cluster stopped (choreo cluster down).")
+@click.option(
+    "--size",
+    type=click.IntRange(1, MAX_SIZE),
+    default=None,
+    help="How many nodes (default 3, or as many as the folder's cluster has).",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65535),
+    default=None,
+    help=f"epmd's port; the nodes' follow it (default {DEFAULT_BASE_PORT}, or the folder's).",
+)
+@click.option(
+    "--tls/--no-tls",
+    default=None,
+    help="AMQP (amqps only), management (https) and inter-node traffic over TLS, with a CA made in "
+    "the folder (default: as the folder's cluster has it; off for a new one). Changing it "
+    "needs the cluster stopped (choreo cluster down).",
+)
 @folder_option
 def up(size: int, base_port: int | None, tls: bool | None, folder: str | None) -> None:
     """Start the cluster (or what of it is not running) and print how to run choreo on it."""
     path = _folder(folder)
     try:
         saved = Cluster.open(path) if (path / STATE).exists() else None
-        c = Cluster(path, tag=saved.tag if saved else "choreo", size=size or (saved.size if saved else 3),
-                    base_port=base_port, tls=tls)
+        c = Cluster(
+            path,
+            tag=saved.tag if saved else "choreo",
+            size=size or (saved.size if saved else 3),
+            base_port=base_port,
+            tls=tls,
+        )
         status = c.up()
     except ClusterError as exc:
         fail(str(exc))
     console.print(node_table(status))
-    console.print(f"rabbitmqctl on it: {status['ctl']}   management: {c.admin_api()}", soft_wrap=True)
+    console.print(
+        f"rabbitmqctl on it: {status['ctl']}   management: {c.admin_api()}", soft_wrap=True
+    )
     for line in tls_lines(status):
         console.print(line, soft_wrap=True, markup=False)
     console.print("To run choreo on it (the guest user works on loopback):")
@@ -89,10 +143,15 @@ def down(purge: bool, folder: str | None) -> None:
     except ClusterError as exc:
         fail(str(exc))
     stopped = c.down(purge=purge)
-    console.print(f"stopped {len(stopped)} process(es) of {c.base_dir}" + (", folder removed" if purge else ""))
+    console.print(
+        f"stopped {len(stopped)} process(es) of {c.base_dir}"
+        + (", folder removed" if purge else "")
+    )
 
 
-@cluster.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cluster.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
 @folder_option
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def ctl(folder: str | None, args: tuple[str, ...]) -> None:
@@ -104,7 +163,9 @@ def ctl(folder: str | None, args: tuple[str, ...]) -> None:
     except ClusterError as exc:
         fail(str(exc))
     binary = str(rabbitmq_bin() / "rabbitmqctl")
-    os.execve(binary, [binary, "-n", c.name(i), *args], c.ctl_env(i))  # its stdin, output and exit code
+    os.execve(
+        binary, [binary, "-n", c.name(i), *args], c.ctl_env(i)
+    )  # its stdin, output and exit code
 
 
 @cluster.command()

@@ -3,6 +3,7 @@
 Replay is a dry run unless `--execute` is given: it shows what would move and, for each
 message, whether the consumer already processed its event (then the copy is absorbed).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,14 +61,33 @@ def dlq_peek(domain: str, limit: int) -> None:
 
 @dlq.command("replay")
 @click.argument("domain")
-@click.option("--id", "ids", multiple=True, help="Only these event ids (repeatable; default: the first --limit).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, rp.MAX_LIMIT),
-              help="Replay at most this many.")
-@click.option("--batch", default=50, show_default=True, type=click.IntRange(1, 1000),
-              help="Copies confirmed, recorded and acked together.")
-@click.option("--execute", is_flag=True, help="Replay for real (without it: a dry run that moves nothing).")
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    help="Only these event ids (repeatable; default: the first --limit).",
+)
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, rp.MAX_LIMIT),
+    help="Replay at most this many.",
+)
+@click.option(
+    "--batch",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Copies confirmed, recorded and acked together.",
+)
+@click.option(
+    "--execute", is_flag=True, help="Replay for real (without it: a dry run that moves nothing)."
+)
 @click.option("--json", "as_json", is_flag=True)
-def dlq_replay(domain: str, ids: tuple[str, ...], limit: int, batch: int, execute: bool, as_json: bool) -> None:
+def dlq_replay(
+    domain: str, ids: tuple[str, ...], limit: int, batch: int, execute: bool, as_json: bool
+) -> None:
     """Move dead letters of DOMAIN back to its queue for another try (attempts start again).
 
     Without --execute, shows what would move and what each replay would do: run again, or be
@@ -80,27 +100,58 @@ def dlq_replay(domain: str, ids: tuple[str, ...], limit: int, batch: int, execut
         return
     run = rp.execute(settings, domain, list(ids) or None, limit, batch)
     if as_json:
-        print(json.dumps({"run_id": run.run_id, "by": run.by, "domain": domain, "moved": len(run.moved),
-                          "records": [rp.record_dict(r) for r in run.records]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "run_id": run.run_id,
+                    "by": run.by,
+                    "domain": domain,
+                    "moved": len(run.moved),
+                    "records": [rp.record_dict(r) for r in run.records],
+                },
+                indent=2,
+            )
+        )
     else:
-        show_records(run.records, f"replay run {run.run_id} by {run.by}: {len(run.moved)} moved to {domain}")
+        show_records(
+            run.records, f"replay run {run.run_id} by {run.by}: {len(run.moved)} moved to {domain}"
+        )
     missing = sorted(set(ids) - {r.event_id for r in run.moved})
     if missing:
-        fail(f"not replayed (no such dead letter in {domain}, or the broker refused the copy): {', '.join(missing)}")
+        fail(
+            f"not replayed (no such dead letter in {domain}, or the broker refused the copy): {', '.join(missing)}"
+        )
 
 
 def show_plan(candidates: list[rp.Candidate], domain: str, as_json: bool, ids: list[str]) -> None:
     missing = sorted(set(ids) - {c.letter.event_id for c in candidates})
     if as_json:
-        print(json.dumps({"dry_run": True, "domain": domain, "would_replay": [c.as_dict() for c in candidates],
-                          "not_found": missing}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "dry_run": True,
+                    "domain": domain,
+                    "would_replay": [c.as_dict() for c in candidates],
+                    "not_found": missing,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     t = Table(title=f"dry run: {len(candidates)} dead letter(s) of {domain} would be replayed")
     for col in ("event id", "type", "order", "reason", "replayed before", "effect"):
         t.add_column(col, overflow="fold")
     for c in candidates:
         v = c.letter
-        t.add_row(v.event_id, v.type, v.order_id or "", v.reason[:120], str(c.replayed_before or ""), c.effect)
+        t.add_row(
+            v.event_id,
+            v.type,
+            v.order_id or "",
+            v.reason[:120],
+            str(c.replayed_before or ""),
+            c.effect,
+        )
     console.print(t)
     if missing:
         console.print(f"not in {domain}'s dead letters: {', '.join(missing)}")
@@ -110,12 +161,29 @@ def show_plan(candidates: list[rp.Candidate], domain: str, as_json: bool, ids: l
 
 def show_records(records, title: str) -> None:
     t = Table(title=title)
-    for col in ("when", "by", "domain", "event id", "type", "order", "already processed", "outcome"):
+    for col in (
+        "when",
+        "by",
+        "domain",
+        "event id",
+        "type",
+        "order",
+        "already processed",
+        "outcome",
+    ):
         t.add_column(col, overflow="fold")
     for r in records:
         known = {None: "could not check", True: "yes (absorbed)", False: "no"}[r.already_processed]
-        t.add_row(r.replayed_at.isoformat(timespec="seconds"), r.by, r.domain, r.event_id, r.type,
-                  r.order_id or "", known, r.outcome)
+        t.add_row(
+            r.replayed_at.isoformat(timespec="seconds"),
+            r.by,
+            r.domain,
+            r.event_id,
+            r.type,
+            r.order_id or "",
+            known,
+            r.outcome,
+        )
     console.print(t)
 
 

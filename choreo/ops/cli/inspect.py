@@ -1,4 +1,5 @@
 """`choreo status|topology|breakers|projections|audit`: look inside a running system."""
+
 from __future__ import annotations
 
 import json
@@ -40,17 +41,30 @@ def print_status(settings, as_json: bool) -> dict:
     if data.get("broker_error"):
         err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
     if data.get("database_error"):
-        err.print(f"[red]order database unreachable:[/red] {data['database_error']} (started yet? `choreo up`)")
+        err.print(
+            f"[red]order database unreachable:[/red] {data['database_error']} (started yet? `choreo up`)"
+        )
     if data.get("unrouted"):
-        console.print(f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their routing key; "
-                      f"see `choreo dlq list unrouted`")
+        console.print(
+            f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their routing key; "
+            f"see `choreo dlq list unrouted`"
+        )
     if data["metrics"]:
-        console.print("counters: " + "; ".join(f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
-                                               for name, per in data["metrics"].items() if per))
+        console.print(
+            "counters: "
+            + "; ".join(
+                f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
+                for name, per in data["metrics"].items()
+                if per
+            )
+        )
     console.print(process_table(data))
     prom = data["prometheus"]
-    console.print(f"prometheus: {prom['url']} (pid {prom['pid']})" if prom["running"]
-                  else "prometheus: not running (`choreo up` starts it)")
+    console.print(
+        f"prometheus: {prom['url']} (pid {prom['pid']})"
+        if prom["running"]
+        else "prometheus: not running (`choreo up` starts it)"
+    )
     return data
 
 
@@ -65,8 +79,13 @@ def process_table(data: dict) -> Table:
     for name, pid in data["processes"].items():
         h = data["health"].get(name, {})
         state = h.get("health", "not running" if not pid else "?")
-        t.add_row(name, str(pid or "-"), f"[{HEALTH_STYLE.get(state, 'white')}]{state}[/]",
-                  READY[h.get("ready")], urlsplit(h.get("health_url") or "").netloc)
+        t.add_row(
+            name,
+            str(pid or "-"),
+            f"[{HEALTH_STYLE.get(state, 'white')}]{state}[/]",
+            READY[h.get("ready")],
+            urlsplit(h.get("health_url") or "").netloc,
+        )
     return t
 
 
@@ -80,6 +99,7 @@ def status(as_json: bool) -> None:
 
 # --- the rest -------------------------------------------------------------------------
 
+
 @click.command()
 def topology() -> None:
     """Declare exchanges, queues and bindings (idempotent) and list them."""
@@ -92,7 +112,9 @@ def topology() -> None:
 def breakers(as_json: bool) -> None:
     """Circuit breakers and their shared state (in Redis)."""
     settings = current_settings()
-    state = UsersClient(settings.users_url, redis_client(settings), settings.redis_prefix).breaker_state()
+    state = UsersClient(
+        settings.users_url, redis_client(settings), settings.redis_prefix
+    ).breaker_state()
     if as_json:
         print(json.dumps([state]))
     else:
@@ -116,7 +138,10 @@ def projections_rebuild() -> None:
 def projections_check() -> None:
     """Compare the read model with a replay of the event store; exit 1 on drift."""
     drifted = proj.drift(engine_for(current_settings(), "order"))
-    console.print(f"{len(drifted)} order view(s) drift from their events" + (f": {drifted[:20]}" if drifted else ""))
+    console.print(
+        f"{len(drifted)} order view(s) drift from their events"
+        + (f": {drifted[:20]}" if drifted else "")
+    )
     sys.exit(1 if drifted else 0)
 
 
@@ -126,7 +151,12 @@ def audit(as_json: bool) -> None:
     """Check every guarantee over the services' own databases; exit 1 on any violation."""
     checks = run_audit(current_settings())
     if as_json:
-        print(json.dumps({"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+        print(
+            json.dumps(
+                {"passed": all(c.passed for c in checks), "checks": [c.as_dict() for c in checks]},
+                indent=2,
+            )
+        )
     else:
         print_report(checks, console)
     sys.exit(0 if all(c.passed for c in checks) else 1)

@@ -1,4 +1,5 @@
 """`choreo enqueue|demo|order`: place orders with a scenario mix, watch them settle, inspect one."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,19 @@ from config.settings import SAGA_MODES
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
-def enqueue_orders(count: int, mix: str | None, seed: int | None, wait: bool, timeout: float,
-                   as_json: bool = False) -> int:
+def enqueue_orders(
+    count: int, mix: str | None, seed: int | None, wait: bool, timeout: float, as_json: bool = False
+) -> int:
     """Place `count` orders; with `wait`, show where they ended. Returns the exit code."""
     if count < 1:
         fail("--count must be at least 1")
@@ -41,14 +49,31 @@ def enqueue_orders(count: int, mix: str | None, seed: int | None, wait: bool, ti
             console.print(f"enqueued {count} orders")
             return 0
         t_set = progress.add_task("settling  ", total=count)
-        states = wait_terminal(settings, [o for o, _ in sent], timeout,
-                               on_poll=lambda st: progress.update(t_set, completed=terminal_count(st)))
+        states = wait_terminal(
+            settings,
+            [o for o, _ in sent],
+            timeout,
+            on_poll=lambda st: progress.update(t_set, completed=terminal_count(st)),
+        )
     rows = outcomes(sent, states)
     mismatches = sum(r["mismatches"] for r in rows)
     if as_json:
-        print(json.dumps({"orders": [{"order_id": o, "scenario": s, "state": states.get(o, (None, None))[0],
-                                      "reason": states.get(o, (None, None))[1]} for o, s in sent],
-                          "mismatches": mismatches}))
+        print(
+            json.dumps(
+                {
+                    "orders": [
+                        {
+                            "order_id": o,
+                            "scenario": s,
+                            "state": states.get(o, (None, None))[0],
+                            "reason": states.get(o, (None, None))[1],
+                        }
+                        for o, s in sent
+                    ],
+                    "mismatches": mismatches,
+                }
+            )
+        )
     else:
         console.print(outcome_table(rows))
     unsettled = len(sent) - terminal_count(states)
@@ -61,12 +86,22 @@ def enqueue_orders(count: int, mix: str | None, seed: int | None, wait: bool, ti
 
 @click.command()
 @click.option("--count", "-n", default=10, show_default=True, help="How many orders.")
-@click.option("--mix", default=None, help="Scenario weights, e.g. completed=60,declined=20,out_of_stock=20 or 'all'.")
-@click.option("--seed", type=int, default=None, help="Make the scenario draw and order ids repeatable.")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every order settles.")
+@click.option(
+    "--mix",
+    default=None,
+    help="Scenario weights, e.g. completed=60,declined=20,out_of_stock=20 or 'all'.",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Make the scenario draw and order ids repeatable."
+)
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Wait until every order settles."
+)
 @click.option("--timeout", default=180.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def enqueue(count: int, mix: str | None, seed: int | None, wait: bool, timeout: float, as_json: bool) -> None:
+def enqueue(
+    count: int, mix: str | None, seed: int | None, wait: bool, timeout: float, as_json: bool
+) -> None:
     """Place orders with a scenario mix; show progress until they settle."""
     sys.exit(enqueue_orders(count, mix, seed, wait, timeout, as_json))
 
@@ -81,11 +116,13 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
     code = enqueue_orders(count, None, None, True, timeout)
     settings = current_settings()
     print_status(settings, as_json=False)
-    console.print(f"\nWatch it in Flower: http://127.0.0.1:{settings.flower_port}   "
-                  f"Prometheus: http://127.0.0.1:{settings.prometheus_port}   "
-                  f"Health: curl {settings.health_url('payment')}/health (and /ready /metrics /breakers)\n"
-                  f"Inspect one: choreo order <ORDER_ID>   Its trace: choreo trace <ORDER_ID>   "
-                  f"Dead letters: choreo dlq list payment   Stop: choreo down")
+    console.print(
+        f"\nWatch it in Flower: http://127.0.0.1:{settings.flower_port}   "
+        f"Prometheus: http://127.0.0.1:{settings.prometheus_port}   "
+        f"Health: curl {settings.health_url('payment')}/health (and /ready /metrics /breakers)\n"
+        f"Inspect one: choreo order <ORDER_ID>   Its trace: choreo trace <ORDER_ID>   "
+        f"Dead letters: choreo dlq list payment   Stop: choreo down"
+    )
     sys.exit(code)
 
 
@@ -100,9 +137,13 @@ def order(order_id: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(d, indent=2))
         return
-    console.print(f"[bold]{d['order_id']}[/bold]  {d['state']}" + (f" ({d['reason']})" if d["reason"] else ""))
-    console.print(f"customer {d['customer_id']}  amount {d['amount_cents'] / 100:.2f}  card {d['card_token']}  "
-                  f"address {d['address']}")
+    console.print(
+        f"[bold]{d['order_id']}[/bold]  {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
+    )
+    console.print(
+        f"customer {d['customer_id']}  amount {d['amount_cents'] / 100:.2f}  card {d['card_token']}  "
+        f"address {d['address']}"
+    )
     items = ", ".join(f"{i['qty']}x {i['sku']}" for i in d["items"])
     console.print(f"items: {items}")
     pay = d["payment"]

@@ -1,4 +1,5 @@
 """`choreo worker|users|flower|up|down`: the processes of a stack, started by one code path."""
+
 from __future__ import annotations
 
 import os
@@ -21,12 +22,21 @@ from tasks.app import make_app
 
 @click.command()
 @click.argument("domain", type=click.Choice([*DOMAINS, "orchestrator"]))
-@click.option("--index", type=click.IntRange(1, 8), default=1, show_default=True,
-              help="Which of the domain's workers (competing consumers on its queue) this is.")
+@click.option(
+    "--index",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="Which of the domain's workers (competing consumers on its queue) this is.",
+)
 def worker(domain: str, index: int) -> None:
     """Run one domain's Celery worker (what `choreo up` starts, workers_per_domain times per domain)."""
     settings = current_settings()
-    logs.configure(f"worker:{domain}" + (f"-{index}" if index > 1 else ""), settings.log_level, settings.log_json)
+    logs.configure(
+        f"worker:{domain}" + (f"-{index}" if index > 1 else ""),
+        settings.log_level,
+        settings.log_json,
+    )
     prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
     # The topology is the set-up's (choreo broker setup, run by choreo up): a worker's user may
     # not declare it, and needs nothing of it but its own queue.
@@ -37,12 +47,25 @@ def worker(domain: str, index: int) -> None:
     # broker no longer refuses a duplicate: each connection's pidbox queue has a name of its own,
     # tasks.remote); its broker user may declare only its own (choreo.messaging.access.node_name).
     node = node_name(settings, domain, index)
-    app.worker_main([
-        "worker", "-Q", topo.names.queue(domain), "-n", f"{node}@%h",
-        # solo: the worker runs its batches in the consuming process (tasks.worker.ChoreoConsumer).
-        "-c", "1", "-P", "solo", "-l", settings.log_level,
-        "--without-gossip", "--without-mingle", "-E",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            topo.names.queue(domain),
+            "-n",
+            f"{node}@%h",
+            # solo: the worker runs its batches in the consuming process (tasks.worker.ChoreoConsumer).
+            "-c",
+            "1",
+            "-P",
+            "solo",
+            "-l",
+            settings.log_level,
+            "--without-gossip",
+            "--without-mingle",
+            "-E",
+        ]
+    )
 
 
 @click.command()
@@ -51,8 +74,13 @@ def users() -> None:
     settings = current_settings()
     logs.configure("users", settings.log_level, settings.log_json)
     prepare(settings, ["user"])
-    server = make_server(engine_for(settings, "user"), settings.user_service_host, settings.user_service_port,
-                         settings.metrics, run_dir=settings.run_dir)
+    server = make_server(
+        engine_for(settings, "user"),
+        settings.user_service_host,
+        settings.user_service_port,
+        settings.metrics,
+        run_dir=settings.run_dir,
+    )
     console.print(f"user service on {settings.users_url}")
     try:
         server.serve_forever()
@@ -68,24 +96,45 @@ def flower() -> None:
     # readers) needs this flag to answer without a login.
     os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app("flower", settings)
-    app.start(["flower", f"--port={settings.flower_port}", "--address=127.0.0.1", "--purge_offline_workers=60"])
+    app.start(
+        [
+            "flower",
+            f"--port={settings.flower_port}",
+            "--address=127.0.0.1",
+            "--purge_offline_workers=60",
+        ]
+    )
 
 
-def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = None,
-             with_prometheus: bool = True, workers: int | None = None) -> None:
+def up_stack(
+    with_flower: bool = True,
+    wait: float = 90.0,
+    saga: str | None = None,
+    with_prometheus: bool = True,
+    workers: int | None = None,
+) -> None:
     """`choreo up`: start what is not running and wait until every worker consumes, then
     Prometheus (a stack runs without it: a failure to start it is a warning)."""
     settings = current_settings()
     running = [n for n, pid in Stack(settings).running().items() if pid]
     if saga and saga != settings.saga_mode and running:
-        fail(f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}")
+        fail(
+            f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}"
+        )
     if workers and workers < settings.workers_per_domain and running:
-        fail(f"the stack runs {settings.workers_per_domain} workers per domain; run `choreo down` before "
-             f"starting it with {workers}")
+        fail(
+            f"the stack runs {settings.workers_per_domain} workers per domain; run `choreo down` before "
+            f"starting it with {workers}"
+        )
     if saga or workers:
         try:
-            settings = Settings(**{**settings.model_dump(), **({"saga_mode": saga} if saga else {}),
-                                   **({"workers_per_domain": workers} if workers else {})})
+            settings = Settings(
+                **{
+                    **settings.model_dump(),
+                    **({"saga_mode": saga} if saga else {}),
+                    **({"workers_per_domain": workers} if workers else {}),
+                }
+            )
         except ValidationError as exc:
             fail(exc.errors()[0]["msg"].removeprefix("Value error, "))
     settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +145,9 @@ def up_stack(with_flower: bool = True, wait: float = 90.0, saga: str | None = No
         stack = bring_up(settings, names, wait)
     except RuntimeError as exc:
         fail(str(exc))
-    console.print(f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} (logs in {stack.log_dir})")
+    console.print(
+        f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} (logs in {stack.log_dir})"
+    )
     if with_flower:
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")
     if with_prometheus:
@@ -117,15 +168,25 @@ def start_prometheus(settings) -> None:
 @click.command()
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus.")
-@click.option("--saga", type=click.Choice(SAGA_MODES), default=None,
-              help="Saga style (default: the running one, else choreography).")
-@click.option("--workers", type=click.IntRange(1, 8), default=None,
-              help="Workers per domain, competing on its queue (default: the running count, else 1; "
-                   "more than 1 needs a database server).")
+@click.option(
+    "--saga",
+    type=click.Choice(SAGA_MODES),
+    default=None,
+    help="Saga style (default: the running one, else choreography).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Workers per domain, competing on its queue (default: the running count, else 1; "
+    "more than 1 needs a database server).",
+)
 def up(no_flower: bool, no_prometheus: bool, saga: str | None, workers: int | None) -> None:
     """Start the user service, the domain workers (and the orchestrator), Flower and
     Prometheus (idempotent)."""
-    up_stack(with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus, workers=workers)
+    up_stack(
+        with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus, workers=workers
+    )
 
 
 @click.command()

@@ -1,4 +1,5 @@
 """`choreo trace ORDER_ID [--json] [--jaeger URL]`: one saga's spans across every service, as a waterfall."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,20 @@ from choreo.ops.cli.base import console, current_settings, fail
 
 BAR_WIDTH = 40
 PLAIN_WIDTH = 200  # when stdout is not a terminal (a pipe, a file): wide enough that no row wraps
-OUTCOME_STYLE = {"processed": "green", "duplicate": "yellow", "retry": "yellow", "requeue": "yellow",
-                 "dead_lettered": "red", "poison": "red"}
-EVENT_STYLE = {"retry": "yellow", "dead_letter": "red", "compensation": "magenta", "duplicate": "yellow"}
+OUTCOME_STYLE = {
+    "processed": "green",
+    "duplicate": "yellow",
+    "retry": "yellow",
+    "requeue": "yellow",
+    "dead_lettered": "red",
+    "poison": "red",
+}
+EVENT_STYLE = {
+    "retry": "yellow",
+    "dead_letter": "red",
+    "compensation": "magenta",
+    "duplicate": "yellow",
+}
 
 
 def _ms(value: float | None) -> str:
@@ -64,9 +76,17 @@ def waterfall_table(view: dict) -> Table:
     table.add_column("outcome / events", overflow="fold")
     table.add_column(f"waterfall (0 → {total:,.1f} ms)", no_wrap=True, min_width=BAR_WIDTH)
     for span in view["spans"]:
-        bar_style = "red" if span["status"] == "ERROR" or span["outcome"] in ("dead_lettered", "poison") else (
-            "yellow" if span["retries"] or span["outcome"] == "retry" else "green" if span["kind"] == "CONSUMER"
-            else "blue")
+        bar_style = (
+            "red"
+            if span["status"] == "ERROR" or span["outcome"] in ("dead_lettered", "poison")
+            else (
+                "yellow"
+                if span["retries"] or span["outcome"] == "retry"
+                else "green"
+                if span["kind"] == "CONSUMER"
+                else "blue"
+            )
+        )
         table.add_row(
             "  " * span["depth"] + span["service"],
             _message_cell(span),
@@ -76,28 +96,38 @@ def waterfall_table(view: dict) -> Table:
             _ms(span["queue_wait_ms"]),
             _attempt_cell(span),
             _outcome_cell(span),
-            Text(traceview.waterfall_bar(span["start_offset_ms"], span["duration_ms"], total, BAR_WIDTH),
-                 style=bar_style),
+            Text(
+                traceview.waterfall_bar(
+                    span["start_offset_ms"], span["duration_ms"], total, BAR_WIDTH
+                ),
+                style=bar_style,
+            ),
         )
     return table
 
 
 def header_line(view: dict) -> str:
     traces = ", ".join(view["trace_ids"])
-    return (f"order {view['order_id']}  trace {traces}  services {', '.join(view['services'])}  "
-            f"{view['span_count']} spans  {view['duration_ms']:,.3f} ms from {view['started_at']}")
+    return (
+        f"order {view['order_id']}  trace {traces}  services {', '.join(view['services'])}  "
+        f"{view['span_count']} spans  {view['duration_ms']:,.3f} ms from {view['started_at']}"
+    )
 
 
 def _spans_from_files(settings, order_id: str) -> list[dict]:
     trace_dir = settings.trace_dir
     if not trace_dir.is_dir():
-        fail(f"no span folder at {trace_dir}: tracing may be off (CHOREO_TRACING) or spans go to an OTLP "
-             f"collector (try --jaeger URL), or nothing has run here yet (CHOREO_RUN_DIR={settings.run_dir})")
+        fail(
+            f"no span folder at {trace_dir}: tracing may be off (CHOREO_TRACING) or spans go to an OTLP "
+            f"collector (try --jaeger URL), or nothing has run here yet (CHOREO_RUN_DIR={settings.run_dir})"
+        )
     spans = traceview.load_saga(trace_dir, order_id)
     if not spans:
         files = len(traceview.span_files(trace_dir))
-        fail(f"no spans for order {order_id} in {trace_dir} ({files} span file(s)): tracing may be off, "
-             f"or the spans are not flushed yet (spans are flushed every second; try again)")
+        fail(
+            f"no spans for order {order_id} in {trace_dir} ({files} span file(s)): tracing may be off, "
+            f"or the spans are not flushed yet (spans are flushed every second; try again)"
+        )
     return spans
 
 
@@ -108,23 +138,35 @@ def _spans_from_jaeger(settings, url: str, order_id: str) -> list[dict]:
     try:
         spans = traceview.load_saga_jaeger(url, order_id, services)
     except (httpx.HTTPError, ValueError) as exc:
-        fail(f"Jaeger query at {url} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        fail(
+            f"Jaeger query at {url} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
     if not spans:
-        fail(f"no spans for order {order_id} in Jaeger at {url} (services {', '.join(services)}): tracing may be "
-             f"off, or the spans are not exported yet (the exporter batches them; try again)")
+        fail(
+            f"no spans for order {order_id} in Jaeger at {url} (services {', '.join(services)}): tracing may be "
+            f"off, or the spans are not exported yet (the exporter batches them; try again)"
+        )
     return spans
 
 
 @click.command()
 @click.argument("order_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the view as JSON (a stable contract).")
-@click.option("--jaeger", "jaeger_url", default=None, metavar="URL",
-              help="Read the spans from a Jaeger query service (e.g. http://127.0.0.1:16686) instead of span files.")
+@click.option(
+    "--jaeger",
+    "jaeger_url",
+    default=None,
+    metavar="URL",
+    help="Read the spans from a Jaeger query service (e.g. http://127.0.0.1:16686) instead of span files.",
+)
 def trace(order_id: str, as_json: bool, jaeger_url: str | None) -> None:
     """One saga's spans across every service, as a waterfall: causal order, queue waits, retries."""
     settings = current_settings()
-    spans = (_spans_from_jaeger(settings, jaeger_url, order_id) if jaeger_url
-             else _spans_from_files(settings, order_id))
+    spans = (
+        _spans_from_jaeger(settings, jaeger_url, order_id)
+        if jaeger_url
+        else _spans_from_files(settings, order_id)
+    )
     view = traceview.build_view(order_id, spans)
     if as_json:
         print(json.dumps(view, indent=2))
