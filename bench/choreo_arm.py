@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench.common import (
     Pacer,
@@ -33,7 +33,7 @@ POSTGRES = "postgresql://postgres:postgres@127.0.0.1:5432"
 def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def choreo_env(sb, prefetch: int, extra: dict | None = None) -> dict[str, str]:

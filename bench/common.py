@@ -14,7 +14,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from choreo.ops.sandbox import SHARED_REDIS as REDIS_URL, Sandbox
+from choreo.ops.sandbox import SHARED_REDIS as REDIS_URL
+from choreo.ops.sandbox import Sandbox
 from choreo.ops.stack import children, free_port, rabbitmqctl  # noqa: F401 (free_port: for the arms)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ class ProcSampler:
             "foreign_cores": round(max(0.0, machine - ours) / wall, 2),
         }
 
-    def start(self) -> "ProcSampler":
+    def start(self) -> ProcSampler:
         def loop():
             while not self._stop.wait(self.interval):
                 self.sample()

@@ -166,7 +166,7 @@ class Harness:
         self.log_level = log_level
         self.batch = batch
 
-    def __enter__(self) -> "Harness":
+    def __enter__(self) -> Harness:
         import contextlib
         import logging
 

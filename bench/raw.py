@@ -56,8 +56,9 @@ def deliveries_per_saga() -> int:
 
 def _bodies() -> dict[str, tuple[bytes, dict]]:
     """A realistic body + headers per type: choreo's envelope inside Celery's protocol-2 body."""
-    from choreo.ops.scenarios import make_order
     import random
+
+    from choreo.ops.scenarios import make_order
     from models.envelope import make_envelope
 
     spec = make_order("completed", random.Random(1))

@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _competing_workers_need_a_server(self) -> "Settings":
+    def _competing_workers_need_a_server(self) -> Settings:
         if self.workers_per_domain > 1:
             local = [d for d in self.domains if self.database_url(d).startswith("sqlite")]
             if local:

@@ -6,12 +6,11 @@ import uuid
 
 from sqlalchemy import bindparam, update
 
-from choreo.infra.db import Rows
 from choreo.domain.inventory import merged
+from choreo.infra.db import Rows
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Reservation, Stock, StockDecision, utcnow
-
 
 RESERVATIONS, DECISIONS = Rows(Reservation), Rows(StockDecision)
 _STOCK = Stock.__table__

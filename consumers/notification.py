@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from choreo.infra.db import Rows
 from choreo.domain.notification import KINDS, compose
+from choreo.infra.db import Rows
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Notification

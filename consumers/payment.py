@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from choreo.infra.db import Rows
 from choreo.domain.payment import Declined, refund_amount
+from choreo.infra.db import Rows
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Charge, PaymentDecision, Refund
-
 
 DECISIONS, CHARGES = Rows(PaymentDecision), Rows(Charge)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from choreo.messaging.topology import Topology
 from config.settings import Settings
-from consumers import inventory, notification, order, orchestrator, payment, shipment
+from consumers import inventory, notification, orchestrator, order, payment, shipment
 from consumers.base import Subscription
 
 CHOREOGRAPHY: dict[str, dict[str, Subscription]] = {

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from choreo.infra.db import Rows
 from choreo.domain.shipment import ship
+from choreo.infra.db import Rows
 from consumers.base import Subscription
 from models.envelope import Envelope
 from models.tables import Shipment
-
 
 SHIPMENTS = Rows(Shipment)
 

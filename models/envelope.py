@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -254,7 +254,7 @@ def make_envelope(
         event_id=event_id or str(uuid.uuid4()),
         type=type,
         order_id=order_id,
-        occurred_at=now or datetime.now(timezone.utc),
+        occurred_at=now or datetime.now(UTC),
         source=source,
         correlation_id=cause.correlation_id if cause else order_id,
         causation_id=cause.event_id if cause else None,

@@ -11,8 +11,9 @@ choreo understand, so no header can steer Celery into scheduling (`eta`), droppi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any, Callable, Container
+from typing import Any
 
 from models.envelope import EMBED_KEYS
 

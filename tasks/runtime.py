@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from choreo.app.bootstrap import LiveDeps
+from choreo.infra import tracing
 from choreo.infra.db import engine_for
 from choreo.infra.hotspans import HotTracer
 from choreo.infra.idempotency import Idempotency
-from choreo.infra import tracing
 from choreo.infra.redis_client import redis_client
 from choreo.infra.telemetry import Recorder
 from choreo.messaging.publisher import ConfirmedBurst

@@ -8,9 +8,9 @@ import time
 
 from celery import Celery
 from celery.signals import setup_logging
+from celery.worker import state
 from celery.worker.consumer.consumer import Consumer
 from kombu import compression
-from celery.worker import state
 from vine import promise
 
 from choreo.infra.metrics import Metrics

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from choreo.messaging.wire import EMBED, celery_message  # noqa: F401 (the tests' raw-message builders)
 

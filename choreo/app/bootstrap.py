@@ -6,8 +6,8 @@ the user service client, the seller's catalog). Unit tests hand handlers fakes i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
-from typing import Mapping
 
 import redis
 from sqlmodel import Session

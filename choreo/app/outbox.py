@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
@@ -67,5 +67,5 @@ def backlog(engine: Engine) -> tuple[int, float | None]:
     if isinstance(oldest, str):  # SQLite may hand the column back as text
         oldest = datetime.fromisoformat(oldest)
     if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=timezone.utc)
+        oldest = oldest.replace(tzinfo=UTC)
     return n, oldest.timestamp()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from sqlalchemy import bindparam, delete, select as core_select
+from sqlalchemy import bindparam, delete
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
-from choreo.infra.db import connection_of
 from choreo.domain import order as domain
+from choreo.infra.db import connection_of
 from models.tables import OrderEvent, OrderView
 
 STAMPS = {

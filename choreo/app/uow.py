@@ -8,12 +8,12 @@ publishes once the batch's commit is durable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from choreo.app import copies
@@ -43,7 +43,7 @@ class Batch:
         self.session: Session | None = None
         self.committed = False
 
-    def __enter__(self) -> "Batch":
+    def __enter__(self) -> Batch:
         self.session = Session(self.engine, expire_on_commit=False)
         return self
 
@@ -67,7 +67,7 @@ class Batch:
     @contextmanager
     def message(
         self, cause: Envelope | None, consumer: str | None = None, traceparent: str | None = None
-    ) -> Iterator["UnitOfWork"]:
+    ) -> Iterator[UnitOfWork]:
         """A savepoint for one message. On a clean exit its inbox mark (when `consumer` is
         given) and its outbox rows join the batch; on an exception it rolls back alone.
         `traceparent`: the span handling the message, which the events it emits carry."""

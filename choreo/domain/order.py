@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 # Settled: the saga closed the order. Terminal: nothing more moves it without an operator
 # (settled, or NEEDS_ATTENTION: a step or a compensation failed for good). One vocabulary for

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -129,7 +130,7 @@ class HotSpan(trace_api.Span):
 
     def child(
         self, name: str, kind: SpanKind, attributes: dict[str, Any], start_time: int | None = None
-    ) -> "HotSpan":
+    ) -> HotSpan:
         """A span caused by this one, with its sampling decision (this span records: so does it)."""
         ctx = SpanContext(
             self._context.trace_id,

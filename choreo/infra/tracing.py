@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pika
@@ -156,7 +157,7 @@ class BrokerAdmin:
         if self.conn.is_open:
             self.conn.close()
 
-    def __enter__(self) -> "BrokerAdmin":
+    def __enter__(self) -> BrokerAdmin:
         return self
 
     def __exit__(self, *exc) -> None:

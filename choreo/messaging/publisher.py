@@ -8,15 +8,13 @@ and each runs its own task of that name. Flower shows the type and the domain's 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import Any
 
-from celery import Celery
 from amqp import Message
+from celery import Celery
 from kombu import Queue
 from kombu.serialization import dumps
-
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, get_current_span
 
 from choreo.infra import tracing
@@ -325,5 +323,5 @@ class ConfirmedBurst:
                 )
             try:
                 self.conn.drain_events(timeout=left)
-            except socket.timeout:
+            except TimeoutError:
                 continue

@@ -22,8 +22,8 @@ Per domain D (namespace N, default "choreo"):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from kombu import Connection, Exchange, Queue, binding
 

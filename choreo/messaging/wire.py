@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # The embed (third element of the body) every choreo message carries: no canvas, no callbacks.
@@ -70,7 +70,7 @@ def dead_letter_headers(
         "x-choreo-reason": reason[:2000],
         "x-choreo-domain": domain,
         "x-choreo-attempts": attempts,
-        "x-choreo-dead-lettered-at": datetime.now(timezone.utc).isoformat(),
+        "x-choreo-dead-lettered-at": datetime.now(UTC).isoformat(),
         "x-choreo-compensation": compensation,
         "x-choreo-delivery-count": delivered
         if isinstance(delivered, int) and not isinstance(delivered, bool)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import pika.exceptions
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
-from choreo.infra.db import engine_for
-from choreo.messaging.admin import BrokerAdmin
 from choreo.domain import order as domain
 from choreo.domain.order import SETTLED
+from choreo.infra.db import engine_for
+from choreo.messaging.admin import BrokerAdmin
 from config.catalog import PRICES_CENTS
 from config.settings import Settings
 from models.tables import (

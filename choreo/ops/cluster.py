@@ -27,13 +27,15 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
-from choreo.ops import cluster_files as nodefiles, procfs, tlsca
+from choreo.ops import cluster_files as nodefiles
+from choreo.ops import procfs, tlsca
 
 HOST = "localhost"  # shortnames: /etc/hosts maps it to 127.0.0.1 (the machine's node is rabbit@localhost too)
 DEFAULT_BASE_PORT = 5700
@@ -133,7 +135,7 @@ class Cluster:
         self.state["tls"] = self.tls
 
     @classmethod
-    def open(cls, base_dir: Path | str) -> "Cluster":
+    def open(cls, base_dir: Path | str) -> Cluster:
         """The cluster a folder holds, as it was made (tag, size, ports)."""
         if not (saved := _saved(Path(base_dir).resolve())):
             raise ClusterError(

@@ -180,7 +180,7 @@ class Sandbox:
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
-    def open(self) -> "Sandbox":
+    def open(self) -> Sandbox:
         if self.vhost_created:
             return self
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ class TlsFiles:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _private_folder(folder: Path) -> None:

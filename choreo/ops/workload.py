@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from choreo.app.queries import order_states
 from choreo.domain.order import TERMINAL

@@ -19,7 +19,6 @@ from choreo.infra.db import Rows
 from config.catalog import CARD_DECLINED, CARD_FLAKY_PREFIX, CARD_REFUND_FAILS
 from models.tables import GatewayAttempt, GatewayLedger
 
-
 # --- the sandbox's rules: what the test cards make the provider answer ---------------------
 
 

@@ -17,8 +17,8 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import httpx
 import pybreaker
@@ -221,7 +221,7 @@ class Tokens:
             seen.setdefault(t, caller)
 
     @classmethod
-    def load(cls, run_dir: Path | str, callers=CALLERS) -> "Tokens":
+    def load(cls, run_dir: Path | str, callers=CALLERS) -> Tokens:
         """Every caller's token (files created for those that have neither variable nor file)."""
         return cls({caller: users_token(run_dir, caller) for caller in callers})
 

@@ -231,9 +231,9 @@ def test_poison_goes_straight_to_the_dlq_with_its_reason(settings, stack, case):
 
 def test_replay_moves_a_dead_letter_back_and_it_runs_again(settings, stack):
     """A dead letter replayed after its cause is fixed completes the saga."""
-    from choreo.ops.workload import publish_orders
     from choreo.infra.db import engine_for
     from choreo.messaging.admin import BrokerAdmin
+    from choreo.ops.workload import publish_orders
     from models.tables import Refund
 
     ids = [o for o, _ in publish_orders(settings, ["needs_attention"], seed=None)]

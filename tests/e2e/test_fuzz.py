@@ -14,7 +14,9 @@ import uuid
 from datetime import datetime
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlmodel import Session, select
 
 from tests.helpers import EMBED, Probe, celery_message, place_order, settled, wait_for, workers

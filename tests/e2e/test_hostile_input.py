@@ -192,8 +192,8 @@ def test_a_message_that_crashed_celery_is_dead_lettered_and_the_worker_serves_on
 
 
 def poison_count(settings) -> int:
-    from choreo.infra.redis_client import redis_client
     from choreo.infra.metrics import Metrics
+    from choreo.infra.redis_client import redis_client
 
     return (
         Metrics(redis_client(settings), settings.redis_prefix).snapshot()["poison"].get("order", 0)
@@ -280,8 +280,8 @@ def test_the_seller_sets_the_price(settings, stack):
 
 
 def test_an_unroutable_event_is_kept_in_unrouted_and_counted(settings, stack):
-    from choreo.ops.status import gather_status
     from choreo.messaging.admin import BrokerAdmin
+    from choreo.ops.status import gather_status
 
     env = place_order()
     body, headers = celery_message(

@@ -41,9 +41,9 @@ def orchestrated(settings, tmp_path_factory):
 
 
 def test_every_path_ends_as_in_choreography(orchestrated):
-    from choreo.ops.workload import expected_by_scenario, publish_orders
     from choreo.infra.db import engine_for
     from choreo.ops.scenarios import SCENARIOS
+    from choreo.ops.workload import expected_by_scenario, publish_orders
     from models.tables import SagaState
 
     s, _, _ = orchestrated
@@ -70,8 +70,8 @@ def test_every_path_ends_as_in_choreography(orchestrated):
 
 
 def test_topology_has_commands_instead_of_reactions(orchestrated):
-    from tests.conftest import VHOST, rabbitmqctl
     from consumers.registry import topology
+    from tests.conftest import VHOST, rabbitmqctl
 
     s, _, _ = orchestrated
     rows = [

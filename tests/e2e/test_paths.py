@@ -29,8 +29,8 @@ def _facts(settings, order_id):
 
 @pytest.fixture(scope="module")
 def one_of_each(settings, stack):
-    from choreo.ops.workload import publish_orders
     from choreo.ops.scenarios import SCENARIOS
+    from choreo.ops.workload import publish_orders
 
     sent = publish_orders(settings, list(SCENARIOS) * 2, seed=None)
     states = settled(settings, [o for o, _ in sent])
@@ -152,8 +152,8 @@ def test_order_timeline_spans_services(settings, one_of_each):
 
 def test_projection_equals_the_fold_and_a_rebuild_gives_the_same_rows(settings, one_of_each):
     from choreo.app import projections
-    from choreo.infra.db import engine_for
     from choreo.app.eventstore import load
+    from choreo.infra.db import engine_for
     from models.tables import OrderView
 
     sent, _ = one_of_each

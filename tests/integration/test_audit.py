@@ -19,8 +19,8 @@ SKU, PRICE = "SKU-RED", 1299
 @pytest.fixture
 def world(settings, tmp_path):
     """Settings on a fresh data folder, with one clean order of every outcome in it."""
-    from choreo.infra import db
     from choreo.app.bootstrap import prepare
+    from choreo.infra import db
 
     # A fresh folder (SQLite) and a fresh database prefix (PostgreSQL, dropped with the run's).
     prefix = f"{settings.database_prefix}_au{uuid.uuid4().hex[:6]}"

@@ -20,7 +20,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def ns_settings(settings):
     from choreo.app.bootstrap import prepare
-
     from choreo.ops.stack import free_port_block
     from config.settings import HEALTH_PORT_OFFSETS
 
@@ -91,14 +90,15 @@ def _drain(conn, q) -> list[dict]:
 
 
 def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_worker, capture):
+    from sqlmodel import Session
+
     from choreo.infra.db import engine_for
-    from choreo.messaging.publisher import Publisher
-    from choreo.messaging.topology import Names
     from choreo.infra.metrics import Metrics
     from choreo.infra.redis_client import redis_client
+    from choreo.messaging.publisher import Publisher
+    from choreo.messaging.topology import Names
     from models.envelope import InventoryReserved, make_envelope
     from models.tables import Shipment
-    from sqlmodel import Session
     from tasks.app import make_app
 
     conn, q = capture

@@ -28,10 +28,10 @@ def settings(settings, tmp_path_factory):
 
 
 def _place(settings, order_id):
-    from choreo.app.uow import Batch
-    from choreo.infra.db import engine_for
     from choreo.app.eventstore import append, load
+    from choreo.app.uow import Batch
     from choreo.domain import order as domain
+    from choreo.infra.db import engine_for
 
     with Batch(engine_for(settings, "order"), source="test") as batch:
         with batch.message(None) as uow:
@@ -90,7 +90,7 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
 
     from choreo.app.eventstore import load
     from choreo.messaging.publisher import ConfirmedBurst
-    from models.envelope import PaymentCompleted, InventoryReserved, make_envelope
+    from models.envelope import InventoryReserved, PaymentCompleted, make_envelope
     from tasks.adapter import Delivery, process_batch
     from tasks.app import make_app
     from tasks.runtime import runtime
@@ -157,8 +157,8 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
 
 
 def test_an_old_event_version_is_upcast_on_read(settings):
-    from choreo.infra.db import engine_for
     from choreo.app.eventstore import load
+    from choreo.infra.db import engine_for
     from models.tables import OrderEvent
 
     order_id = f"ord-v1-{uuid.uuid4().hex[:8]}"

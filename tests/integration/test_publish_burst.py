@@ -13,10 +13,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def burst(settings):
+    from urllib.parse import unquote, urlsplit
+
     from choreo.messaging.publisher import ConfirmedBurst
     from tasks.app import make_app
-
-    from urllib.parse import unquote, urlsplit
 
     # As the bootstrap user: these bursts go to test queues through the default exchange, which
     # no service may write to (the mechanism is the same for every user).

@@ -14,8 +14,8 @@ def _rows(text: str) -> list[list[str]]:
 
 
 def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
-    from consumers.registry import topology
     from config.settings import DOMAINS
+    from consumers.registry import topology
 
     topology(settings).declare()  # second declaration (the fixture did one): must not fail
     rows = {
@@ -107,6 +107,7 @@ def _older_choreo_declared(
     the namespace's queues (name -> (type, arguments), its namespace written N) as the set-up left
     them; cleans up after."""
     import pika
+
     from choreo.messaging.admin import connection_parameters
     from tests.helpers import own_namespace
 
@@ -119,9 +120,8 @@ def _older_choreo_declared(
     ch.confirm_delivery()
     ch.basic_publish("", f"{ns}.{held[0]}", b"kept", pika.BasicProperties(delivery_mode=2))
     try:
-        with pytest.raises(RuntimeError, match=refusal):
-            with namespace:
-                pass
+        with pytest.raises(RuntimeError, match=refusal), namespace:
+            pass
         assert ch.queue_declare(f"{ns}.{held[0]}", passive=True).method.message_count == 1
         rows = _rows(
             rabbitmqctl(

@@ -3,7 +3,6 @@ exchange declared before the alternate exchange existed is upgraded in place."""
 
 from __future__ import annotations
 
-
 import pika
 import pytest
 
@@ -67,7 +66,6 @@ def test_a_message_nobody_hears_waits_in_unrouted_and_replays_to_a_late_subscrib
 def test_an_events_exchange_declared_without_the_alternate_exchange_is_upgraded(settings):
     from choreo.messaging.admin import connection_parameters
     from consumers.registry import topology
-
     from tests.helpers import own_namespace
 
     namespace = own_namespace(settings, "old")

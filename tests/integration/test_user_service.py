@@ -303,7 +303,7 @@ def test_users_client_with_its_token_gets_the_customer(service, isolated_redis):
 def test_users_client_with_a_wrong_token_fails_clearly_and_leaves_the_breaker_closed(
     service, isolated_redis
 ):
-    from choreo.world.users import UserServiceUnavailable, UsersAuthError, UsersClient, token_file
+    from choreo.world.users import UsersAuthError, UsersClient, UserServiceUnavailable, token_file
 
     ns = f"{os.environ['CHOREO_REDIS_PREFIX']}:users-test-{uuid.uuid4().hex[:8]}"
     wrong = f"wrong-{uuid.uuid4().hex}"
@@ -332,7 +332,7 @@ def test_users_client_with_a_wrong_token_fails_clearly_and_leaves_the_breaker_cl
 
 def test_a_service_that_is_down_still_trips_the_breaker(isolated_redis):
     from choreo.ops.stack import free_port
-    from choreo.world.users import UserServiceUnavailable, UsersClient
+    from choreo.world.users import UsersClient, UserServiceUnavailable
 
     ns = f"{os.environ['CHOREO_REDIS_PREFIX']}:users-test-{uuid.uuid4().hex[:8]}"
     client = UsersClient(
@@ -356,8 +356,8 @@ def test_live_deps_send_the_token_of_their_caller(service, isolated_redis):
     users = LiveDeps(s, isolated_redis, caller="notification").users
     assert users.caller == "notification" and users.get("cust-2")["id"] == "cust-2"
     # A worker's runtime builds its deps with its domain (tasks.runtime).
-    from tasks.runtime import runtime
     from tasks.app import make_app
+    from tasks.runtime import runtime
 
     app = make_app("shipment", s)
     try:

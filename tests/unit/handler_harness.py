@@ -20,12 +20,12 @@ from sqlmodel import Session, select
 from choreo.app.bootstrap import prepare
 from choreo.domain.payment import Declined, TransientError
 from choreo.infra.db import dispose_engines, engine_for
+from choreo.messaging.access import owners
 from choreo.messaging.topology import Names
 from config.catalog import CARD_DECLINED, PRICES_CENTS
 from config.settings import SERVICES, Settings
 from consumers.registry import subscriptions
 from models.envelope import Envelope, decode, make_envelope
-from choreo.messaging.access import owners
 from tasks.adapter import Delivery, Outcome, process_batch
 from tasks.runtime import Runtime
 
@@ -290,7 +290,7 @@ class Harness:
     def close(self) -> None:
         dispose_engines(str(self.tmp_path))
 
-    def __enter__(self) -> "Harness":
+    def __enter__(self) -> Harness:
         return self
 
     def __exit__(self, *exc) -> None:

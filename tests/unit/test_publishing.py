@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from choreo.messaging.publisher import Publisher
-from choreo.messaging.wire import flower_argsrepr
 from choreo.messaging.topology import Names
+from choreo.messaging.wire import flower_argsrepr
 from config.settings import Settings
 from models.envelope import PlaceOrder, make_envelope
 

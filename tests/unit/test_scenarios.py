@@ -7,7 +7,6 @@ from collections import Counter
 
 import pytest
 
-from config import catalog
 from choreo.ops.scenarios import (
     DEFAULT_MIX,
     SCENARIOS,
@@ -17,6 +16,7 @@ from choreo.ops.scenarios import (
     parse_mix,
 )
 from choreo.world.gateway import flaky_failures
+from config import catalog
 
 INTENDED = {
     "completed": ("COMPLETED", None),

@@ -10,9 +10,10 @@ decides to run it, through the same code as `choreo dlq replay --execute` and `c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlmodel import Session
@@ -103,8 +104,7 @@ def find_orders(
         q = q.where(OrderView.reason == reason)
     if older_than_minutes is not None:
         q = q.where(
-            OrderView.placed_at
-            < datetime.now(timezone.utc) - timedelta(minutes=float(older_than_minutes))
+            OrderView.placed_at < datetime.now(UTC) - timedelta(minutes=float(older_than_minutes))
         )
     n = _limit(limit)
     scan = SCENARIO_SCAN if scenario else n + 1  # the scenario is in the order's data, not a column
@@ -229,7 +229,7 @@ METRICS_SAMPLE = 1000  # newest finished orders an order is compared with
 def _utc(at: datetime | str) -> datetime:
     """A stored time as naive UTC (SQLite hands back naive UTC, PostgreSQL aware)."""
     at = datetime.fromisoformat(at) if isinstance(at, str) else at
-    return at.astimezone(timezone.utc).replace(tzinfo=None) if at.tzinfo else at
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
 
 
 def _seconds(start, end) -> float | None:
@@ -299,7 +299,7 @@ def order_metrics(settings: Settings, order_id: str) -> dict:
         "order_id": order_id,
         "state": view.state,
         "reason": view.reason,
-        "elapsed_seconds": _seconds(view.placed_at, view.ended_at or datetime.now(timezone.utc)),
+        "elapsed_seconds": _seconds(view.placed_at, view.ended_at or datetime.now(UTC)),
         "finished": view.ended_at is not None,
         "steps": steps,
         "hops": sorted(hops, key=lambda h: -h["seconds"])[:MAX_ITEMS],

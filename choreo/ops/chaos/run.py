@@ -22,10 +22,10 @@ from choreo.ops.chaos.faults import Faults, kill_pid, worker_view
 from choreo.ops.chaos.inject import Injector, OrderFeed
 from choreo.ops.chaos.report import ChaosConfig, ChaosReport, Journal, print_summary
 from choreo.ops.chaos.settle import dead_letter_figures, log_count, metrics_snapshot, settle, total
+from choreo.ops.render import outcome_table
 from choreo.ops.sandbox import Sandbox, private_cluster
 from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
 from choreo.ops.stack import Stack, is_ours, process_names, wait_consuming
-from choreo.ops.render import outcome_table
 from choreo.ops.workload import expected_by_scenario, outcomes, terminal_count
 from config.settings import Settings
 from consumers.registry import topology

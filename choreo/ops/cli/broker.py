@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import click
-
 import os
+
+import click
 
 from choreo.infra.secrets import env_name, rotate
 from choreo.messaging import access

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from choreo.app.bootstrap import prepare
 from choreo.infra import logs
-from choreo.messaging.access import node_name
 from choreo.infra.db import engine_for
+from choreo.messaging.access import node_name
 from choreo.ops import prometheus
 from choreo.ops.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settings, err, fail
 from choreo.ops.stack import Stack, bring_up, process_names
