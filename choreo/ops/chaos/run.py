@@ -219,17 +219,7 @@ def _inject(
                 faults.kill_random_worker()
             for what, when in one_offs.items():
                 if when is not None and now >= when:
-                    one_offs[what] = None
-                    if what == "poison":
-                        injector.poison()
-                    elif what == "broker":
-                        faults.restart_broker()
-                    elif what == "node_kill":
-                        faults.kill_leader_node(cfg.node_down_seconds)
-                    elif what == "stop_app" and not faults.bounce_app(rng.uniform(1.0, 3.0)):
-                        one_offs[what] = now + 1.0  # only once every node runs again
-                    else:
-                        faults.restart_redis(lambda: metrics_snapshot(settings))
+                    one_offs[what] = fire_one_off(what, now, cfg, settings, faults, injector, rng)
             if bursts and now >= bursts[0]:
                 bursts.pop(0)
                 injector.burst()
@@ -246,6 +236,32 @@ def _inject(
             feed.progress.stop()
         injector.close()
     return feed, injector, t0
+
+
+def fire_one_off(
+    what: str,
+    now: float,
+    cfg: ChaosConfig,
+    settings: Settings,
+    faults: Faults,
+    injector: Injector,
+    rng: random.Random,
+) -> float | None:
+    """Inject the one-off fault `what`; returns when to try it again, or None once it happened."""
+    if what == "poison":
+        injector.poison()
+    elif what == "broker":
+        faults.restart_broker()
+    elif what == "node_kill":
+        faults.kill_leader_node(cfg.node_down_seconds)
+    elif what == "stop_app":
+        if not faults.bounce_app(rng.uniform(1.0, 3.0)):
+            return now + 1.0  # only once every node runs again
+    elif what == "redis":
+        faults.restart_redis(lambda: metrics_snapshot(settings))
+    else:
+        raise ValueError(f"unknown one-off fault {what!r}")
+    return None
 
 
 class Progress(threading.Thread):
