@@ -9,9 +9,11 @@ and CPU time per hop; optional cProfile. `--batch 1` gives the unbatched per-mes
 Candidate changes are applied as monkeypatches here, never to the core. Sandbox as
 everywhere: own vhost, redis prefix, temp folder, all removed after.
 
-    .venv/bin/python -m bench.handler_profile [--sagas 160] [--batch 16] [--cprofile [--profile-clock cpu]]
+    .venv/bin/python -m bench.handler_profile [--sagas 160] [--batch 16]
+                                              [--cprofile [--profile-clock cpu]]
                                               [--variant NAME ...]
-    .venv/bin/python -m bench.handler_profile --ab base,log_warning [--rounds 6] [--sagas 64] [--batch 16]
+    .venv/bin/python -m bench.handler_profile --ab base,log_warning [--rounds 6] [--sagas 64]
+                                              [--batch 16]
 
 CPU and wall figures cover the `process_batch` calls only: building the deliveries (the
 envelope's wire form, what kombu would have decoded) and reading back what was published are
@@ -21,6 +23,7 @@ the harness's own work, kept out of the figures and out of the profile.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import pstats
@@ -167,7 +170,6 @@ class Harness:
         self.batch = batch
 
     def __enter__(self) -> Harness:
-        import contextlib
         import logging
 
         import httpx
@@ -264,10 +266,8 @@ class Harness:
         for rt in getattr(self, "rts", {}).values():
             rt.burst.close()
         for app in self.apps.values():
-            try:
+            with contextlib.suppress(Exception):
                 app.close()
-            except Exception:
-                pass
         dispose_all()
         get_settings.cache_clear()
 
@@ -302,9 +302,8 @@ class Harness:
             self.hop_n[hop] += len(deliveries)
             kinds = Counter(o.kind for o in outcomes)
             if kinds != {"processed": len(deliveries)}:
-                raise RuntimeError(
-                    f"{hop}: {dict(kinds)}: {[o.detail for o in outcomes if o.kind != 'processed'][:3]}"
-                )
+                failed = [o.detail for o in outcomes if o.kind != "processed"]
+                raise RuntimeError(f"{hop}: {dict(kinds)}: {failed[:3]}")
             for e in self._published():
                 inboxes[e.order_id][e.type] = e
         missing = [oid for oid, inbox in inboxes.items() if "order.completed" not in inbox]
@@ -357,9 +356,8 @@ def own_time_by_package(stats: pstats.Stats, top: int = 20) -> str:
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
     own: Counter = Counter()
     for (file, _line, fn), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():
-        if (
-            file == "~"
-        ):  # a builtin, by its type's or module's name: <method 'execute' of 'sqlite3.Cursor' objects>
+        # a builtin, by its type's or module's name: <method 'execute' of 'sqlite3.Cursor' objects>
+        if file == "~":
             m = re.search(r" of '([\w.]+)'", fn) or re.search(r"built-in method ([\w.]+)\.", fn)
             own[f"builtin:{m.group(1).split('.')[0]}" if m else "builtin"] += tt
             continue
@@ -422,56 +420,51 @@ def run(
 # --- A/B: toggles switched between interleaved blocks in one process (noise hits all alike) -------
 
 
-def ab(
-    variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", batch: int = 16
-) -> dict:
-    """Variants: base, log_warning, dark (metrics and tracing off), notrace, nometrics; 'a+b' combines. Reports median
-    CPU ms/msg per variant (this process's CPU: the span exporter's thread included)."""
+# which runtime observers each A/B toggle switches off (as CHOREO_TRACING / CHOREO_METRICS=false)
+_OBSERVERS = {
+    "dark": ("tracer", "recorder"),
+    "notrace": ("tracer",),
+    "nometrics": ("recorder",),
+}
+
+
+def _switch_observers(h: Harness, part: str, on: bool) -> None:
+    """Switch one observer toggle on (observers saved, then set to None) or off (restored)."""
+    fields = _OBSERVERS[part]
+    for rt in h.rts.values():
+        if on:
+            rt.saved_observers = tuple(getattr(rt, f) for f in fields)
+            for f in fields:
+                setattr(rt, f, None)
+        else:
+            # strict=False as it always was. NB: a variant combining two observer toggles
+            # ('notrace+nometrics') overwrites saved_observers with the second one's, so what
+            # the first restores is wrong (a shorter tuple stops this zip early).
+            for f, saved in zip(fields, rt.saved_observers, strict=False):
+                setattr(rt, f, saved)
+
+
+def _switch(h: Harness, variant: str, on: bool, log_level: str) -> None:
+    """Switch every part of an A/B variant ('a+b' combines) on, or back off."""
     import logging
+
+    for part in variant.split("+"):
+        if part == "base":
+            continue
+        if part == "log_warning":
+            logging.getLogger().setLevel("WARNING" if on else log_level)
+        elif part in _OBSERVERS:
+            _switch_observers(h, part, on)
+        else:
+            raise ValueError(part)
+
+
+def _ab_summary(results: dict[str, list[dict]], variants: list[str]) -> dict:
+    """Per variant: CPU and wall ms/msg medians, and the CPU cost relative to the first variant."""
     import statistics
 
-    results: dict[str, list[dict]] = {v: [] for v in variants}
-    with Harness(log_level, batch) as h:
-
-        def apply(variant: str, on: bool) -> None:
-            for part in variant.split("+"):
-                if part == "base":
-                    continue
-                if part == "log_warning":
-                    logging.getLogger().setLevel("WARNING" if on else log_level)
-                elif part in (
-                    "dark",
-                    "notrace",
-                    "nometrics",
-                ):  # as CHOREO_TRACING / CHOREO_METRICS=false
-                    fields = {
-                        "dark": ("tracer", "recorder"),
-                        "notrace": ("tracer",),
-                        "nometrics": ("recorder",),
-                    }[part]
-                    for rt in h.rts.values():
-                        if on:
-                            rt.saved_observers = tuple(getattr(rt, f) for f in fields)
-                            for f in fields:
-                                setattr(rt, f, None)
-                        else:
-                            for f, saved in zip(fields, rt.saved_observers):
-                                setattr(rt, f, saved)
-                else:
-                    raise ValueError(part)
-
-        h.block(max(10, batch))
-        for r in range(rounds):
-            order = variants if r % 2 == 0 else list(reversed(variants))
-            for v in order:
-                apply(v, True)
-                try:
-                    h.block(batch)  # settle after switching
-                    results[v].append(h.block(sagas))
-                finally:
-                    apply(v, False)
-            log(f"A/B round {r + 1}/{rounds} done")
-    base = statistics.median(x["cpu_ms_per_msg"] for x in results[variants[0]])
+    first = results[variants[0]]
+    base = statistics.median(x["cpu_ms_per_msg"] for x in first)
     summary = {}
     for v, xs in results.items():
         cpu = [x["cpu_ms_per_msg"] for x in xs]
@@ -485,12 +478,35 @@ def ab(
             # each round's ratio to the first variant's block of the same round (adjacent in
             # time, so a slow minute on a shared machine hits both): the steadier estimate
             "paired_vs_first": statistics.median(
-                x["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for x, b in zip(xs, results[variants[0]])
+                x["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for x, b in zip(xs, first, strict=True)
             )
             - 1,
             "cpu_per_round": [round(c, 3) for c in cpu],
             "counts": xs[-1]["per_msg_counts"],
         }
+    return summary
+
+
+def ab(
+    variants: list[str], rounds: int, sagas: int, log_level: str = "INFO", batch: int = 16
+) -> dict:
+    """Variants: base, log_warning, dark (metrics and tracing off), notrace, nometrics; 'a+b'
+    combines. Reports median CPU ms/msg per variant (this process's CPU: the span exporter's
+    thread included)."""
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    with Harness(log_level, batch) as h:
+        h.block(max(10, batch))
+        for r in range(rounds):
+            order = variants if r % 2 == 0 else list(reversed(variants))
+            for v in order:
+                _switch(h, v, True, log_level)
+                try:
+                    h.block(batch)  # settle after switching
+                    results[v].append(h.block(sagas))
+                finally:
+                    _switch(h, v, False, log_level)
+            log(f"A/B round {r + 1}/{rounds} done")
+    summary = _ab_summary(results, variants)
     return {"rounds": rounds, "sagas_per_block": sagas, "batch": batch, "summary": summary}
 
 
@@ -531,7 +547,8 @@ def main() -> None:
         r = ab(a.ab.split(","), a.rounds, a.sagas, a.log_level, a.batch)
         print(json.dumps(r, indent=1))
         print(
-            "\nvariant                                   CPU ms/msg median (min-max)   vs first   paired   wall ms/msg"
+            "\nvariant                                   CPU ms/msg median (min-max)   "
+            "vs first   paired   wall ms/msg"
         )
         for v, x in r["summary"].items():
             print(

@@ -128,6 +128,39 @@ def _connection(url: str, confirm: bool):
 # --- roles (subprocesses) ----------------------------------------------------------------------
 
 
+def _track_confirms(channel, pending: set[int], nacked: list[int]) -> None:
+    """Put the channel in confirm mode; each ack or nack removes its delivery tag(s) from
+    pending as it is read, and a nack also counts in nacked[0]."""
+    channel.confirm_select()
+
+    def on_ack(tag, multiple):
+        if multiple:
+            pending.difference_update([t for t in pending if t <= tag])
+        else:
+            pending.discard(tag)
+
+    def on_nack(tag, multiple):
+        nacked[0] += 1
+        on_ack(tag, multiple)
+
+    channel.events["basic_ack"].add(on_ack)
+    channel.events["basic_nack"].add(on_nack)
+
+
+def _publish(producer, body, routing_key: str, headers: dict) -> None:
+    """Publish one persistent JSON message: no declare, no retry."""
+    producer.publish(
+        body,
+        routing_key=routing_key,
+        delivery_mode=2,
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers=headers,
+        declare=[],
+        retry=False,
+    )
+
+
 def role_publish(
     url: str,
     exchange: str,
@@ -138,7 +171,8 @@ def role_publish(
     window: int = 1,
 ) -> None:
     """window 1: wait for each confirm (kombu confirm_publish, what choreo's Publisher does).
-    window W > 1: keep up to W unconfirmed messages in flight (confirm mode, acks read as they come)."""
+    window W > 1: keep up to W unconfirmed messages in flight (confirm mode, acks read as they
+    come)."""
     from kombu import Exchange, Producer
 
     from bench.common import Pacer
@@ -150,39 +184,17 @@ def role_publish(
     pending: set[int] = set()
     nacked = [0]
     if window > 1:
-        channel.confirm_select()
+        _track_confirms(channel, pending, nacked)
         seq = [0]
-
-        def on_ack(tag, multiple):
-            if multiple:
-                pending.difference_update([t for t in pending if t <= tag])
-            else:
-                pending.discard(tag)
-
-        def on_nack(tag, multiple):
-            nacked[0] += 1
-            on_ack(tag, multiple)
-
-        channel.events["basic_ack"].add(on_ack)
-        channel.events["basic_nack"].add(on_nack)
     producer = Producer(channel, exchange=Exchange(exchange, type="topic", no_declare=True))
     pacer = Pacer(rate) if rate else None
     t_first = time.time()
-    for i in range(sagas):
+    for _ in range(sagas):
         if pacer:
             pacer.wait()
         for t in types:
             body, headers = bodies[t]
-            producer.publish(
-                body,
-                routing_key=t,
-                delivery_mode=2,
-                content_type="application/json",
-                content_encoding="utf-8",
-                headers={**headers, "bench_t0": time.time()},
-                declare=[],
-                retry=False,
-            )
+            _publish(producer, body, t, {**headers, "bench_t0": time.time()})
             if window > 1:
                 seq[0] += 1
                 pending.add(seq[0])
@@ -202,6 +214,26 @@ def role_publish(
             },
             f,
         )
+
+
+def _relay_next(producer, bodies: dict, domain: str, message) -> None:
+    """Publish the type that follows the received one on the happy path (if any), carrying
+    the saga's bench_t0 so the last hop measures the whole saga."""
+    nxt = NEXT.get((domain, message.headers.get("task")))
+    if nxt:
+        b, h = bodies[nxt]
+        _publish(producer, b, nxt, {**h, "bench_t0": message.headers["bench_t0"]})
+
+
+def _drain_for_a_second(conn) -> None:
+    """Dispatch what arrives within a second; a quiet second is not an error."""
+    try:
+        conn.drain_events(timeout=1)
+    except TimeoutError:
+        pass
+    except OSError as exc:  # socket.timeout is an OSError subclass
+        if "timed out" not in str(exc):
+            raise
 
 
 def role_consume(
@@ -234,20 +266,7 @@ def role_consume(
         if state["t_first"] is None:
             state["t_first"] = now
         if relay:
-            t = message.headers.get("task")
-            nxt = NEXT.get((domain, t))
-            if nxt:
-                b, h = bodies[nxt]
-                producer.publish(
-                    b,
-                    routing_key=nxt,
-                    delivery_mode=2,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    headers={**h, "bench_t0": message.headers["bench_t0"]},
-                    declare=[],
-                    retry=False,
-                )
+            _relay_next(producer, bodies, domain, message)
             if domain == "notification":
                 latencies.append((now - message.headers["bench_t0"]) * 1000)
         message.ack()
@@ -260,13 +279,7 @@ def role_consume(
     with conn.Consumer(q, callbacks=[on_message], accept=None, channel=channel, no_ack=False):
         deadline = time.monotonic() + timeout
         while state["n"] < expect and time.monotonic() < deadline:
-            try:
-                conn.drain_events(timeout=1)
-            except TimeoutError:
-                pass
-            except OSError as exc:  # socket.timeout is an OSError subclass
-                if "timed out" not in str(exc):
-                    raise
+            _drain_for_a_second(conn)
     with open(out, "w") as f:
         json.dump({**state, "latencies_ms": latencies}, f)
     conn.release()
@@ -291,22 +304,26 @@ def _consumers_ready(settings, want: int = 1, timeout: float = 60) -> None:
     raise RuntimeError("raw consumers did not attach")
 
 
+def _load_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def _spawn(args: list[str], workdir, name: str) -> subprocess.Popen:
     from bench.common import ROOT
 
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    log_f = open(workdir / f"{name}.log", "ab")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "bench.raw", *args],
-        cwd=str(ROOT),
-        env=env,
-        stdout=log_f,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    log_f.close()
-    return p
+    # the child holds its own copy of the log's descriptor: ours can close once it is spawned
+    with open(workdir / f"{name}.log", "ab") as log_f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench.raw", *args],
+            cwd=str(ROOT),
+            env=env,
+            stdout=log_f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _run_once(
@@ -403,8 +420,8 @@ def _run_once(
                 c1 = now
                 sampler.sample()
         sampler.stop()
-        res = {d: json.load(open(outs[d])) for d in DOMAINS}
-        pres = [json.load(open(o)) for o in pub_outs]
+        res = {d: _load_json(outs[d]) for d in DOMAINS}
+        pres = [_load_json(o) for o in pub_outs]
     finally:
         for p in consumers.values():
             if p.poll() is None:
@@ -476,14 +493,16 @@ def run_raw(
         )
         log(
             f"raw bulk: {thr['msgs_per_s']:.0f} msgs/s = {thr['sagas_per_s']:.0f} sagas/s "
-            f"({thr['deliveries']}/{thr['expected']} delivered, {publishers} publishers, window {window})"
+            f"({thr['deliveries']}/{thr['expected']} delivered, {publishers} publishers, "
+            f"window {window})"
         )
         if sync_publishers:
             result["sync_confirm"] = sc = _run_once(
                 sb, settings, n, "bulk", sync_publishers, None, ProcSampler, max(180, n / 5), 1
             )
             log(
-                f"raw bulk, one confirm at a time x {sync_publishers} publishers: {sc['msgs_per_s']:.0f} msgs/s"
+                f"raw bulk, one confirm at a time x {sync_publishers} publishers: "
+                f"{sc['msgs_per_s']:.0f} msgs/s"
             )
         if latency:
             result["relay_throughput"] = rt = _run_once(
@@ -504,8 +523,8 @@ def run_raw(
             )
             p = lt["latency_ms"]
             log(
-                f"raw relay latency at {rate:.0f} sagas/s x {count}: p50 {p['p50']:.1f} p95 {p['p95']:.1f} "
-                f"p99 {p['p99']:.1f} ms"
+                f"raw relay latency at {rate:.0f} sagas/s x {count}: "
+                f"p50 {p['p50']:.1f} p95 {p['p95']:.1f} p99 {p['p99']:.1f} ms"
             )
     return result
 

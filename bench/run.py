@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py [--orders N] [--repeats 3] [--quick]
     .venv/bin/python bench/run.py --sweep            # prefetch (the batch's size) variants
-    .venv/bin/python bench/run.py --profile PY_SPY   # py-spy on every choreo worker during a throughput run
+    .venv/bin/python bench/run.py --profile PY_SPY   # py-spy on every choreo worker during a
+                                                     # throughput run
 
 Each measurement runs in its own RabbitMQ vhost, Redis key prefix and temp folder, removed
 afterwards; every process it starts is stopped by pid. Arms are interleaved per repeat
@@ -110,7 +111,8 @@ def measure_valid(
     for i in range(attempts):
         gate = wait_quiet(*quiet)
         log(
-            f"{arm} attempt {i + 1}/{attempts} (others used {gate['busy_cores']:.2f} cores before start)"
+            f"{arm} attempt {i + 1}/{attempts} "
+            f"(others used {gate['busy_cores']:.2f} cores before start)"
         )
         try:
             r = measure(arm, n, quick, **kw)
@@ -124,7 +126,8 @@ def measure_valid(
             break
         if "error" not in r:
             log(
-                f"{arm}: other jobs used {r['foreign_cores']:.2f} cores during the run (> {max_foreign}); measuring again"
+                f"{arm}: other jobs used {r['foreign_cores']:.2f} cores during the run "
+                f"(> {max_foreign}); measuring again"
             )
     ok = [t for t in tries if "error" not in t]
     best = min(ok, key=lambda t: t["foreign_cores"]) if ok else tries[-1]
@@ -197,25 +200,28 @@ def build_summary(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -> str:
-    labels = {
-        "choreo": "choreo (all guarantees), SQLite",
-        "choreo-pg": "choreo (all guarantees), PostgreSQL",
-        "cluster-1w": "choreo, 3-node cluster, PostgreSQL, 1 worker/domain",
-        "cluster-2w": "choreo, 3-node cluster, PostgreSQL, 2 workers/domain",
-        "choreo-dark": "choreo, metrics + tracing off, SQLite",
-        "naive": "naive Celery chain",
-        "raw": "raw broker ceiling",
-    }
-    cols = [
-        "",
-        "sagas/s",
-        "delivered msgs/s",
-        "share of raw ceiling",
-        "latency p50 / p95 / p99 ms @ half load",
-        "peak RSS/worker proc MB",
-        "CPU s/saga",
-    ]
+_LABELS = {
+    "choreo": "choreo (all guarantees), SQLite",
+    "choreo-pg": "choreo (all guarantees), PostgreSQL",
+    "cluster-1w": "choreo, 3-node cluster, PostgreSQL, 1 worker/domain",
+    "cluster-2w": "choreo, 3-node cluster, PostgreSQL, 2 workers/domain",
+    "choreo-dark": "choreo, metrics + tracing off, SQLite",
+    "naive": "naive Celery chain",
+    "raw": "raw broker ceiling",
+}
+_COLUMNS = [
+    "",
+    "sagas/s",
+    "delivered msgs/s",
+    "share of raw ceiling",
+    "latency p50 / p95 / p99 ms @ half load",
+    "peak RSS/worker proc MB",
+    "CPU s/saga",
+]
+
+
+def _grid(summ: dict) -> list[str]:
+    """The table proper: one row per arm that has figures, in a fixed order."""
     rows = []
     for arm in ("choreo", "choreo-dark", "choreo-pg", *CLUSTER_ARMS, "naive", "raw"):
         s = summ.get(arm)
@@ -225,7 +231,7 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
         lat = " / ".join(_fmt(s[p], 0) for p in ("p50", "p95", "p99"))
         rows.append(
             [
-                labels[arm],
+                _LABELS[arm],
                 _fmt(s["sagas_per_s"], 1),
                 _fmt(s["msgs_per_s"], 0),
                 _fmt(share, 1, 100) + " %" if share["median"] is not None else "-",
@@ -234,24 +240,33 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
                 _fmt(s["cpu_s_per_saga"], 4),
             ]
         )
+    cols = _COLUMNS
     widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-    text = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", line]
-    text += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    text = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)) + " |"]
     text.append(line)
-    text.append(
-        f"median (min-max) of {repeats} repeat(s); N = {n} orders per throughput run; 'completed' scenario only."
-    )
+    text += [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+        for r in rows
+    ]
+    text.append(line)
+    return text
+
+
+def _comparisons(summ: dict) -> list[str]:
+    """choreo against the naive chain, the raw ceiling, itself without observability, and the
+    cluster arms against the single node."""
 
     def ratio(a: str, b: str, k: str) -> str:
         x, y = summ.get(a, {}).get(k, {}).get("median"), summ.get(b, {}).get(k, {}).get("median")
         return f"{x / y:.3f}x" if x and y else "-"
 
-    text.append("")
+    text = [""]
     text.append(
         f"choreo / naive : sagas/s {ratio('choreo', 'naive', 'sagas_per_s')}, "
         f"msgs/s {ratio('choreo', 'naive', 'msgs_per_s')}, p99 {ratio('choreo', 'naive', 'p99')}, "
-        f"CPU/saga {ratio('choreo', 'naive', 'cpu_s_per_saga')}, peak RSS {ratio('choreo', 'naive', 'rss_mb')}"
+        f"CPU/saga {ratio('choreo', 'naive', 'cpu_s_per_saga')}, "
+        f"peak RSS {ratio('choreo', 'naive', 'rss_mb')}"
     )
     text.append(
         f"choreo / ceiling: sagas/s {ratio('choreo', 'raw', 'sagas_per_s')}, "
@@ -273,75 +288,106 @@ def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -
     for arm in CLUSTER_ARMS:
         if summ.get(arm):
             text.append(
-                f"{arm} / choreo-pg (one node, 1 worker/domain): sagas/s {ratio(arm, 'choreo-pg', 'sagas_per_s')}, "
-                f"p99 {ratio(arm, 'choreo-pg', 'p99')}, CPU/saga {ratio(arm, 'choreo-pg', 'cpu_s_per_saga')}"
+                f"{arm} / choreo-pg (one node, 1 worker/domain): "
+                f"sagas/s {ratio(arm, 'choreo-pg', 'sagas_per_s')}, "
+                f"p99 {ratio(arm, 'choreo-pg', 'p99')}, "
+                f"CPU/saga {ratio(arm, 'choreo-pg', 'cpu_s_per_saga')}"
             )
-    # targets
+    return text
+
+
+def _met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def _targets(summ: dict) -> list[str]:
+    """choreo's medians against TARGETS."""
     c, nv = summ.get("choreo", {}), summ.get("naive", {})
-    text.append("")
-    text.append("targets (medians):")
+    text = ["", "targets (medians):"]
     if c and nv:
         v = c["sagas_per_s"]["median"] / nv["sagas_per_s"]["median"]
         text.append(
             f"  choreo >= {TARGETS['vs_naive']:.1f}x naive sagas/s : {v:.3f}x  "
-            f"{'MET' if v >= TARGETS['vs_naive'] else 'NOT MET'}"
+            f"{_met(v >= TARGETS['vs_naive'])}"
         )
     if c and c.get("share_of_ceiling", {}).get("median") is not None:
         v = c["share_of_ceiling"]["median"]
         text.append(
             f"  delivered msgs/s >= 25% of raw ceiling : {100 * v:.1f} %  "
-            f"{'MET' if v >= TARGETS['share_of_ceiling'] else 'NOT MET'}"
+            f"{_met(v >= TARGETS['share_of_ceiling'])}"
         )
     if c and c["p99"]["median"] is not None:
         v = c["p99"]["median"]
         text.append(
-            f"  p99 saga latency < 250 ms at half load  : {v:.0f} ms  {'MET' if v < TARGETS['p99_ms'] else 'NOT MET'}"
+            f"  p99 saga latency < 250 ms at half load  : {v:.0f} ms  {_met(v < TARGETS['p99_ms'])}"
         )
     if c and c["rss_mb"]["median"] is not None:
         v = c["rss_mb"]["max"]
         text.append(
             f"  < 150 MB RSS per worker process        : {v:.0f} MB (max over repeats)  "
-            f"{'MET' if v < TARGETS['rss_mb'] else 'NOT MET'}"
+            f"{_met(v < TARGETS['rss_mb'])}"
         )
-    # definitions and context
+    return text
+
+
+def _definitions(summ: dict, runs: dict[str, list[dict]]) -> list[str]:
+    """What each column means and how it was measured, and the noise seen during the runs."""
+    text: list[str] = []
     text.append("")
     text.append("definitions:")
     text.append(
-        "  sagas/s: N / (first place_order publish .. last order_view.ended_at) for choreo; naive: N / (first "
-        "publish .. last 'complete' commit); raw: N / (first publish .. last ack)."
+        "  sagas/s: N / (first place_order publish .. last order_view.ended_at) for choreo; "
+        "naive: N / (first publish .. last 'complete' commit); "
+        "raw: N / (first publish .. last ack)."
     )
     text.append(
-        "  delivered msgs/s: sagas/s x deliveries per saga (choreo 8 = counted in every domain's inbox and "
-        "derived from consumers.registry.CHOREOGRAPHY; naive 4; raw 8, same topology and routing keys)."
+        "  delivered msgs/s: sagas/s x deliveries per saga (choreo 8 = counted in every domain's "
+        "inbox and derived from consumers.registry.CHOREOGRAPHY; naive 4; raw 8, same topology "
+        "and routing keys)."
     )
     text.append(
-        "  latency: choreo = order_view.ended_at - place_order envelope occurred_at (DB timestamps); naive = "
-        "'complete' commit time - publish time; raw = relay of the 6 hops with no work (see JSON), each at "
-        "half of its own arm's throughput."
+        "  latency: choreo = order_view.ended_at - place_order envelope occurred_at "
+        "(DB timestamps); naive = 'complete' commit time - publish time; raw = relay of the "
+        "6 hops with no work (see JSON), each at half of its own arm's throughput."
     )
     text.append(
         "  durability: choreo acks and publishes only after a durable commit: SQLite WAL with "
-        "synchronous=FULL (the WAL fsynced per commit), PostgreSQL with synchronous_commit=on (WAL flushed "
-        "per commit). The naive chain commits with SQLite synchronous=NORMAL and early acks (no claim)."
+        "synchronous=FULL (the WAL fsynced per commit), PostgreSQL with synchronous_commit=on "
+        "(WAL flushed per commit). The naive chain commits with SQLite synchronous=NORMAL and "
+        "early acks (no claim)."
     )
     text.append(
-        "  peak RSS: max VmHWM over the worker processes (parents and pool children); CPU s/saga: utime+stime "
-        "delta of all worker processes / N during the throughput run (users service, broker, redis excluded)."
+        "  peak RSS: max VmHWM over the worker processes (parents and pool children); "
+        "CPU s/saga: utime+stime delta of all worker processes / N during the throughput run "
+        "(users service, broker, redis excluded)."
     )
     raw = runs.get("raw") or []
     if raw:
         rl = [r.get("relay_throughput", {}).get("sagas_per_s") for r in raw]
         sync = [r.get("sync_confirm", {}).get("msgs_per_s") for r in raw]
         text.append(
-            f"  raw ceiling: 2 publishers, confirms with up to 256 in flight, 5 consumers (prefetch 100, ack "
-            f"each). Context: one-confirm-at-a-time from 5 publishers {_fmt(summary(sync), 0)} msgs/s; "
-            f"zero-work relay (6 hops) {_fmt(summary(rl), 1)} sagas/s."
+            "  raw ceiling: 2 publishers, confirms with up to 256 in flight, 5 consumers "
+            "(prefetch 100, ack each). Context: one-confirm-at-a-time from 5 publishers "
+            f"{_fmt(summary(sync), 0)} msgs/s; zero-work relay (6 hops) "
+            f"{_fmt(summary(rl), 1)} sagas/s."
         )
     fc = {arm: _fmt(s["foreign_cores"], 2) for arm, s in summ.items() if s}
     text.append(
         "  noise: CPU used by other jobs on the box during throughput runs (cores): "
         + ", ".join(f"{a} {v}" for a, v in fc.items())
     )
+    return text
+
+
+def print_table(summ: dict, runs: dict[str, list[dict]], n: int, repeats: int) -> str:
+    text = _grid(summ)
+    text.append(
+        f"median (min-max) of {repeats} repeat(s); N = {n} orders per throughput run; "
+        "'completed' scenario only."
+    )
+    text += _comparisons(summ)
+    text += _targets(summ)
+    text += _definitions(summ, runs)
     out = "\n".join(text)
     print(out)
     return out
@@ -380,12 +426,15 @@ def run_sweep(
                 for k in ("sagas_per_s", "p99", "cpu_s_per_saga", "pss_total_mb", "rss_mb")
             }
             print(
-                f"  prefetch={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  p99 ms {_fmt(sm['p99'], 0)}  "
-                f"CPU ms/saga {_fmt(sm['cpu_s_per_saga'], 1, 1000)}  total PSS MB {_fmt(sm['pss_total_mb'], 0)}  "
+                f"  prefetch={p:<3} sagas/s {_fmt(sm['sagas_per_s'])}  "
+                f"p99 ms {_fmt(sm['p99'], 0)}  "
+                f"CPU ms/saga {_fmt(sm['cpu_s_per_saga'], 1, 1000)}  "
+                f"total PSS MB {_fmt(sm['pss_total_mb'], 0)}  "
                 f"max RSS MB {_fmt(sm['rss_mb'], 0)}"
             )
     print(
-        "\nprefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  CPU ms/saga  foreign cores"
+        "\nprefetch  sagas/s  p50/p95/p99 ms @half  max RSS MB  procs  total PSS MB  "
+        "CPU ms/saga  foreign cores"
     )
     for o in out:
         if "error" in o:
@@ -393,8 +442,10 @@ def run_sweep(
             continue
         print(
             f"{o['prefetch']:>8}  {o['sagas_per_s']:7.1f}  "
-            f"{o['p50']:5.0f}/{o['p95']:5.0f}/{o['p99']:5.0f}        {o['rss_mb']:6.0f}  {o['processes']:>5}  "
-            f"{o['pss_total_mb'] or 0:11.0f}  {o['cpu_s_per_saga'] * 1000:11.1f}  {o['foreign_cores']:.2f}"
+            f"{o['p50']:5.0f}/{o['p95']:5.0f}/{o['p99']:5.0f}        "
+            f"{o['rss_mb']:6.0f}  {o['processes']:>5}  "
+            f"{o['pss_total_mb'] or 0:11.0f}  {o['cpu_s_per_saga'] * 1000:11.1f}  "
+            f"{o['foreign_cores']:.2f}"
         )
     return out
 
@@ -424,7 +475,7 @@ def environment() -> dict:
     }
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -487,6 +538,89 @@ def main() -> int:
     ap.add_argument(
         "--attempts", type=int, default=3, help="at most this many tries per measurement"
     )
+    return ap
+
+
+def _profile(a: argparse.Namespace, doc: dict, stamp: str, n: int, quiet) -> int:
+    """One choreo throughput run with py-spy on every worker; prints where the time goes."""
+    from bench.choreo_arm import run_choreo
+    from bench.profile import print_summary, spy_hook, summarise
+
+    out_dir = RESULTS / f"profile-{stamp}"
+    out_dir.mkdir(parents=True)
+    wait_quiet(*quiet)
+    r = run_choreo(
+        n,
+        latency=False,
+        during_throughput=spy_hook(
+            a.profile,
+            out_dir,
+            ["order", "payment", "inventory", "shipment", "notification"],
+            idle=a.profile_idle,
+        ),
+    )
+    doc["profile"] = {
+        "result": r,
+        "dir": str(out_dir),
+        "summaries": [summarise(p) for p in sorted(out_dir.glob("pyspy-*.txt"))],
+    }
+    for s in doc["profile"]["summaries"]:
+        print_summary(s, top=30)
+    path = RESULTS / f"profile-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    log(f"profile stacks in {out_dir}, summary {path}")
+    return 0
+
+
+def _sweep(a: argparse.Namespace, doc: dict, stamp: str, quiet) -> int:
+    """choreo at each prefetch (batch size) in --sweep-configs."""
+    configs = SWEEP
+    if a.sweep_configs:
+        configs = [int(x) for x in a.sweep_configs.split(",")]
+    doc["sweep"] = run_sweep(
+        a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1, configs
+    )
+    path = RESULTS / f"sweep-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    log(f"results in {path}")
+    return 0
+
+
+def _chosen_arms(ap: argparse.ArgumentParser, a: argparse.Namespace) -> list[str]:
+    """--arms, or the cluster arms beside choreo-pg for --cluster; exits on an unknown arm."""
+    arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    if a.cluster and a.arms == ap.get_default("arms"):
+        arms = ["choreo-pg", *CLUSTER_ARMS]
+    unknown = [arm for arm in arms if arm not in (*ARMS, *CLUSTER_ARMS)]
+    if unknown:
+        ap.error(
+            f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, *CLUSTER_ARMS))}"
+        )
+    return arms
+
+
+def _measure_arms(
+    a: argparse.Namespace, arms: list[str], n: int, repeats: int, quiet, doc: dict, path: Path
+) -> dict[str, list[dict]]:
+    """Every arm once per repeat, interleaved; the JSON is rewritten after each measurement."""
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    try:
+        for rep in range(repeats):
+            for arm in arms:
+                log(f"repeat {rep + 1}/{repeats}: {arm} (N={n})")
+                r = measure_valid(arm, n, a.quick, quiet, a.max_foreign, a.attempts)
+                r["repeat"] = rep + 1
+                runs[arm].append(r)
+                doc["runs"] = runs
+                path.write_text(json.dumps(doc, indent=1, default=str))
+    finally:
+        if "cluster" in CLUSTER:
+            CLUSTER.pop("cluster").down(purge=True)
+    return runs
+
+
+def main() -> int:
+    ap = _parser()
     a = ap.parse_args()
     n = a.orders or (200 if a.quick else 1000)
     repeats = a.repeats or (1 if a.quick else 3)
@@ -503,68 +637,13 @@ def main() -> int:
     }
 
     if a.profile:
-        from bench.choreo_arm import run_choreo
-        from bench.profile import print_summary, spy_hook, summarise
-
-        out_dir = RESULTS / f"profile-{stamp}"
-        out_dir.mkdir(parents=True)
-        wait_quiet(*quiet)
-        r = run_choreo(
-            n,
-            latency=False,
-            during_throughput=spy_hook(
-                a.profile,
-                out_dir,
-                ["order", "payment", "inventory", "shipment", "notification"],
-                idle=a.profile_idle,
-            ),
-        )
-        doc["profile"] = {
-            "result": r,
-            "dir": str(out_dir),
-            "summaries": [summarise(p) for p in sorted(out_dir.glob("pyspy-*.txt"))],
-        }
-        for s in doc["profile"]["summaries"]:
-            print_summary(s, top=30)
-        path = RESULTS / f"profile-{stamp}.json"
-        path.write_text(json.dumps(doc, indent=1, default=str))
-        log(f"profile stacks in {out_dir}, summary {path}")
-        return 0
-
+        return _profile(a, doc, stamp, n, quiet)
     if a.sweep:
-        configs = SWEEP
-        if a.sweep_configs:
-            configs = [int(x) for x in a.sweep_configs.split(",")]
-        doc["sweep"] = run_sweep(
-            a.sweep_orders, quiet, a.max_foreign, a.attempts, a.repeats or 1, configs
-        )
-        path = RESULTS / f"sweep-{stamp}.json"
-        path.write_text(json.dumps(doc, indent=1, default=str))
-        log(f"results in {path}")
-        return 0
+        return _sweep(a, doc, stamp, quiet)
 
-    arms = [x.strip() for x in a.arms.split(",") if x.strip()]
-    if a.cluster and a.arms == ap.get_default("arms"):
-        arms = ["choreo-pg", *CLUSTER_ARMS]
-    unknown = [arm for arm in arms if arm not in (*ARMS, *CLUSTER_ARMS)]
-    if unknown:
-        ap.error(
-            f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, *CLUSTER_ARMS))}"
-        )
-    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    arms = _chosen_arms(ap, a)
     path = RESULTS / f"bench-{stamp}.json"
-    try:
-        for rep in range(repeats):
-            for arm in arms:
-                log(f"repeat {rep + 1}/{repeats}: {arm} (N={n})")
-                r = measure_valid(arm, n, a.quick, quiet, a.max_foreign, a.attempts)
-                r["repeat"] = rep + 1
-                runs[arm].append(r)
-                doc["runs"] = runs
-                path.write_text(json.dumps(doc, indent=1, default=str))
-    finally:
-        if "cluster" in CLUSTER:
-            CLUSTER.pop("cluster").down(purge=True)
+    runs = _measure_arms(a, arms, n, repeats, quiet, doc, path)
     summ = build_summary(runs)
     doc["summary"] = summ
     print()
