@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models.envelope import Envelope
+from models.envelope import Envelope, Message
 
 
 class HandlerDeps(Protocol):
@@ -33,3 +33,7 @@ class Subscription:
     # payment gateway's charge and refund stay inside: what to charge is decided on the rows
     # read in that transaction, and the gateway's idempotency key makes a retried call safe.
     lookup: Lookup | None = None
+
+
+# A domain's table: the message classes it hears -> what to do with each.
+Subscriptions = Mapping[type[Message], Subscription]

@@ -6,14 +6,24 @@ import uuid
 
 from sqlalchemy import bindparam, update
 
+from choreo.app.uow import UnitOfWork
 from choreo.domain.inventory import merged
 from choreo.infra.db import Rows
-from consumers.base import Subscription
-from models.envelope import Envelope
-from models.tables import Reservation, Stock, StockDecision, utcnow
+from consumers.base import HandlerDeps, Subscription, Subscriptions
+from models.envelope import (
+    Envelope,
+    InventoryFailed,
+    InventoryReleased,
+    InventoryReserved,
+    Item,
+    PaymentCompleted,
+    ReserveStock,
+    ShipmentFailed,
+)
+from models.tables import Reservation, Stock, StockDecision, table_of, utcnow
 
 RESERVATIONS, DECISIONS = Rows(Reservation), Rows(StockDecision)
-_STOCK = Stock.__table__
+_STOCK = table_of(Stock)
 # Conditional update: the database, not a read-then-write, keeps stock >= 0.
 _RESERVE = (
     update(_STOCK)
@@ -24,11 +34,12 @@ _RESERVE = (
 )
 
 
-def on_payment_completed(msg: Envelope, uow, deps) -> None:
+def on_payment_completed(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
+    """Reserve the order's stock (payment.completed; reserve_stock when orchestrated)."""
     db = uow.conn
     if RESERVATIONS.exists(db, msg.order_id) or DECISIONS.exists(db, msg.order_id):
         return
-    p = msg.parsed()
+    p = msg.parsed((PaymentCompleted, ReserveStock))
     wanted = merged([i.model_dump() for i in p.order.items])
     missing: list[str] = []
     nested = db.begin_nested()
@@ -38,7 +49,7 @@ def on_payment_completed(msg: Envelope, uow, deps) -> None:
     if missing:
         nested.rollback()
         DECISIONS.add(db, order_id=msg.order_id, outcome="out_of_stock")
-        uow.emit("inventory.failed", {"reason": "out_of_stock", "skus": missing})
+        uow.emit(InventoryFailed(reason="out_of_stock", skus=missing))
         return
     nested.commit()
     reservation_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"reservation:{msg.order_id}"))
@@ -50,12 +61,10 @@ def on_payment_completed(msg: Envelope, uow, deps) -> None:
         status="reserved",
     )
     DECISIONS.add(db, order_id=msg.order_id, outcome="reserved")
-    uow.emit(
-        "inventory.reserved", {"reservation_id": reservation_id, "order": p.order.model_dump()}
-    )
+    uow.emit(InventoryReserved(reservation_id=reservation_id, order=p.order))
 
 
-def on_shipment_failed(msg: Envelope, uow, deps) -> None:
+def on_shipment_failed(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
     """Compensation: put reserved stock back, once."""
     s = uow.session
     r = s.get(Reservation, msg.order_id)
@@ -73,16 +82,11 @@ def on_shipment_failed(msg: Envelope, uow, deps) -> None:
         )
     r.status, r.released_at = "released", utcnow()
     s.add(r)
-    uow.emit(
-        "inventory.released",
-        {
-            "reservation_id": r.reservation_id,
-            "items": [{"sku": i["sku"], "qty": i["qty"], "unit_price_cents": 0} for i in r.items],
-        },
-    )
+    items = [Item(sku=i["sku"], qty=i["qty"], unit_price_cents=0) for i in r.items]
+    uow.emit(InventoryReleased(reservation_id=r.reservation_id, items=items))
 
 
-SUBSCRIPTIONS = {
-    "payment.completed": Subscription(on_payment_completed),
-    "shipment.failed": Subscription(on_shipment_failed, compensation=True),
+SUBSCRIPTIONS: Subscriptions = {
+    PaymentCompleted: Subscription(on_payment_completed),
+    ShipmentFailed: Subscription(on_shipment_failed, compensation=True),
 }

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from choreo.app.uow import UnitOfWork
 from choreo.domain.notification import KINDS, compose
 from choreo.infra.db import Rows
-from consumers.base import Subscription
-from models.envelope import Envelope
+from consumers.base import HandlerDeps, Subscription, Subscriptions
+from models.envelope import Envelope, OrderCancelled, OrderCompleted
 from models.tables import Notification
 
 log = logging.getLogger("choreo.notification")
@@ -16,13 +17,15 @@ log = logging.getLogger("choreo.notification")
 NOTIFICATIONS = Rows(Notification)
 
 
-def customer_of(msg: Envelope, deps) -> dict:
+def customer_of(msg: Envelope, deps: HandlerDeps) -> dict:
     """The customer, over HTTP behind a circuit breaker: looked up before the unit of work opens.
     The event id is the request's X-Request-ID: the user service's log line names the message."""
     return {"customer": deps.users.get(msg.payload["customer_id"], request_id=msg.event_id)}
 
 
-def on_order_ended(msg: Envelope, uow, deps, customer: dict | None) -> None:
+def on_order_ended(
+    msg: Envelope, uow: UnitOfWork, deps: HandlerDeps, customer: dict | None
+) -> None:
     db = uow.conn
     kind = KINDS[msg.type]
     if NOTIFICATIONS.exists(db, msg.order_id, kind):
@@ -42,7 +45,7 @@ def on_order_ended(msg: Envelope, uow, deps, customer: dict | None) -> None:
     )
 
 
-SUBSCRIPTIONS = {
-    "order.completed": Subscription(on_order_ended, lookup=customer_of),
-    "order.cancelled": Subscription(on_order_ended, lookup=customer_of),
+SUBSCRIPTIONS: Subscriptions = {
+    OrderCompleted: Subscription(on_order_ended, lookup=customer_of),
+    OrderCancelled: Subscription(on_order_ended, lookup=customer_of),
 }

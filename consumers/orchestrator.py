@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from choreo.app.uow import UnitOfWork
 from choreo.domain.orchestrator import Saga, react
-from consumers.base import Subscription
-from models.envelope import Envelope
+from consumers.base import HandlerDeps, Subscription, Subscriptions
+from models.envelope import (
+    PAYLOADS,
+    Envelope,
+    InventoryFailed,
+    InventoryReleased,
+    InventoryReserved,
+    OrderPlaced,
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    SagaDeadLettered,
+    ShipmentCreated,
+    ShipmentFailed,
+)
 from models.tables import SagaState, utcnow
 
 
-def on_reply(msg: Envelope, uow, deps) -> None:
+def on_reply(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
     s = uow.session
     row = s.get(SagaState, msg.order_id)
     saga = (
@@ -37,21 +51,21 @@ def on_reply(msg: Envelope, uow, deps) -> None:
     )
     s.add(row)
     for command, payload in commands:
-        uow.emit(command, payload)
+        uow.emit(PAYLOADS[command].model_validate(payload))
 
 
-SUBSCRIPTIONS = {
-    t: Subscription(on_reply)
-    for t in (
-        "order.placed",
-        "payment.completed",
-        "payment.failed",
-        "payment.refunded",
-        "inventory.reserved",
-        "inventory.failed",
-        "inventory.released",
-        "shipment.created",
-        "shipment.failed",
-        "saga.dead_lettered",
+SUBSCRIPTIONS: Subscriptions = {
+    kind: Subscription(on_reply)
+    for kind in (
+        OrderPlaced,
+        PaymentCompleted,
+        PaymentFailed,
+        PaymentRefunded,
+        InventoryReserved,
+        InventoryFailed,
+        InventoryReleased,
+        ShipmentCreated,
+        ShipmentFailed,
+        SagaDeadLettered,
     )
 }

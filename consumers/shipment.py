@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import uuid
 
+from choreo.app.uow import UnitOfWork
 from choreo.domain.shipment import ship
 from choreo.infra.db import Rows
-from consumers.base import Subscription
-from models.envelope import Envelope
+from consumers.base import HandlerDeps, Subscription, Subscriptions
+from models.envelope import (
+    CreateShipment,
+    Envelope,
+    InventoryReserved,
+    ShipmentCreated,
+    ShipmentFailed,
+)
 from models.tables import Shipment
 
 SHIPMENTS = Rows(Shipment)
 
 
-def on_inventory_reserved(msg: Envelope, uow, deps) -> None:
+def on_inventory_reserved(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
+    """Ship the reserved order (inventory.reserved; create_shipment when orchestrated)."""
     db = uow.conn
     if SHIPMENTS.exists(db, msg.order_id):
         return  # at most one shipment per order
-    p = msg.parsed()
+    p = msg.parsed((InventoryReserved, CreateShipment))
     created, detail = ship(msg.order_id, p.order.address)
     if not created:
         SHIPMENTS.add(db, order_id=msg.order_id, status="failed", reason=detail)
-        uow.emit("shipment.failed", {"reason": detail})
+        uow.emit(ShipmentFailed(reason=detail))
         return
     shipment_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"shipment:{msg.order_id}"))
     SHIPMENTS.add(
         db, order_id=msg.order_id, shipment_id=shipment_id, tracking_code=detail, status="created"
     )
-    uow.emit("shipment.created", {"shipment_id": shipment_id, "tracking_code": detail})
+    uow.emit(ShipmentCreated(shipment_id=shipment_id, tracking_code=detail))
 
 
-SUBSCRIPTIONS = {
-    "inventory.reserved": Subscription(on_inventory_reserved),
+SUBSCRIPTIONS: Subscriptions = {
+    InventoryReserved: Subscription(on_inventory_reserved),
 }

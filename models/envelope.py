@@ -6,12 +6,15 @@ language can take part: see README "Wire format".
 
 from __future__ import annotations
 
+import builtins
 import os
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from config.settings import DOMAINS
 
 SCHEMA_VERSION = 1
 # The embedded options of Celery's protocol-2 body ([args, kwargs, options]). choreo sends them
@@ -37,6 +40,54 @@ Address = Annotated[str, Field(min_length=1, max_length=500)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Who may say what: every domain says its own facts; the operator places orders; the
+# orchestrator sends the commands of the orchestrated mode; any of them may report its own
+# dead letters (choreo.messaging.access derives the broker's topic permissions from this).
+OPERATOR, ORCHESTRATOR = "operator", "orchestrator"
+EMITTERS = (*DOMAINS, ORCHESTRATOR)
+
+
+class Message(Strict):
+    """A message type: its payload schema and, declared once in its class statement, its routing
+    key, the services that may send it and its schema version:
+
+        class PaymentCompleted(Message, key="payment.completed", owner="payment"): ...
+
+    Everything else is derived from these declarations: the registry of payload schemas
+    (`PAYLOADS`), the JSON Schemas (`choreo schemas`), the broker's topic permissions and, from
+    the subscription tables keyed by class, each queue's bindings."""
+
+    routing_key: ClassVar[str]
+    owners: ClassVar[frozenset[str]]
+    version: ClassVar[int]
+
+    def __init_subclass__(
+        cls,
+        *,
+        key: str | None = None,
+        owner: str | tuple[str, ...] = (),
+        version: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if key is None:
+            return  # a shared base, not a message type of its own
+        if key in PAYLOADS:
+            raise TypeError(f"message type {key!r} declared twice ({PAYLOADS[key].__name__})")
+        if not owner:
+            raise TypeError(f"message type {key!r} names no owner")
+        cls.routing_key = key
+        cls.owners = frozenset((owner,) if isinstance(owner, str) else owner)
+        cls.version = version
+        PAYLOADS[key] = cls
+
+
+# Every message type by routing key, filled by the class statements below.
+PAYLOADS: dict[str, type[Message]] = {}
+M = TypeVar("M", bound=Message)
+N = TypeVar("N", bound=Message)
 
 
 class Item(Strict):
@@ -66,71 +117,71 @@ class OrderSnapshot(Strict):
     amount_cents: Cents
 
 
-class PlaceOrder(Strict):
+class PlaceOrder(Message, key="place_order", owner=OPERATOR):
     customer_id: CustomerId
     items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
     card_token: CardToken
     address: Address
 
 
-class OrderPlaced(Strict):
+class OrderPlaced(Message, key="order.placed", owner="order"):
     order: OrderSnapshot
     card_token: CardToken
 
 
-class OrderCompleted(Strict):
+class OrderCompleted(Message, key="order.completed", owner="order"):
     customer_id: CustomerId
     amount_cents: Cents
 
 
-class OrderCancelled(Strict):
+class OrderCancelled(Message, key="order.cancelled", owner="order"):
     customer_id: CustomerId
     reason: Reason
     amount_cents: Cents
 
 
-class PaymentCompleted(Strict):
+class PaymentCompleted(Message, key="payment.completed", owner="payment"):
     charge_id: Id
     amount_cents: Cents
     order: OrderSnapshot
 
 
-class PaymentFailed(Strict):
+class PaymentFailed(Message, key="payment.failed", owner="payment"):
     reason: Reason
     code: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class PaymentRefunded(Strict):
+class PaymentRefunded(Message, key="payment.refunded", owner="payment"):
     refund_id: Id | None
     amount_cents: Cents
     reason: Reason
 
 
-class InventoryReserved(Strict):
+class InventoryReserved(Message, key="inventory.reserved", owner="inventory"):
     reservation_id: Id
     order: OrderSnapshot
 
 
-class InventoryFailed(Strict):
+class InventoryFailed(Message, key="inventory.failed", owner="inventory"):
     reason: Reason
     skus: list[Sku] = Field(max_length=MAX_ITEMS)
 
 
-class InventoryReleased(Strict):
+class InventoryReleased(Message, key="inventory.released", owner="inventory"):
     reservation_id: Id | None
     items: list[Item] = Field(max_length=MAX_ITEMS)
 
 
-class ShipmentCreated(Strict):
+class ShipmentCreated(Message, key="shipment.created", owner="shipment"):
     shipment_id: Id
     tracking_code: Id
 
 
-class ShipmentFailed(Strict):
+class ShipmentFailed(Message, key="shipment.failed", owner="shipment"):
     reason: Reason
 
 
-class SagaDeadLettered(Strict):
+class SagaDeadLettered(Message, key="saga.dead_lettered", owner=EMITTERS):
     """A domain gave up on a message of this order: the order needs an operator."""
 
     domain: Annotated[str, Field(min_length=1, max_length=64)]
@@ -138,23 +189,6 @@ class SagaDeadLettered(Strict):
     event_id: Id
     reason: Reason
     compensation: bool
-
-
-PAYLOADS: dict[str, type[Strict]] = {
-    "place_order": PlaceOrder,
-    "order.placed": OrderPlaced,
-    "order.completed": OrderCompleted,
-    "order.cancelled": OrderCancelled,
-    "payment.completed": PaymentCompleted,
-    "payment.failed": PaymentFailed,
-    "payment.refunded": PaymentRefunded,
-    "inventory.reserved": InventoryReserved,
-    "inventory.failed": InventoryFailed,
-    "inventory.released": InventoryReleased,
-    "shipment.created": ShipmentCreated,
-    "shipment.failed": ShipmentFailed,
-    "saga.dead_lettered": SagaDeadLettered,
-}
 
 
 class Envelope(Strict):
@@ -184,9 +218,23 @@ class Envelope(Strict):
             raise ValueError("occurred_at must carry a timezone")
         return value
 
-    def parsed(self) -> Strict:
-        """The payload as its typed schema (validated again: cheap, and a frozen copy)."""
-        return PAYLOADS[self.type].model_validate(self.payload)
+    @overload
+    def parsed(self) -> Message: ...
+    @overload
+    def parsed(self, kind: builtins.type[M]) -> M: ...
+    @overload
+    def parsed(self, kind: tuple[builtins.type[M], builtins.type[N]]) -> M | N: ...
+
+    def parsed(self, kind: Any = Message) -> Any:
+        """The payload as its typed message (validated again: cheap, and a frozen copy).
+
+        `kind`: the class, or the two classes, the caller handles (one handler may hear an event
+        in one saga mode and a command carrying the same facts in the other); a payload of
+        another type is a programming error, not a bad message."""
+        message = PAYLOADS[self.type].model_validate(self.payload)
+        if not isinstance(message, kind):
+            raise TypeError(f"a {self.type} message is not what this handler handles ({kind})")
+        return message
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -248,8 +296,11 @@ def make_envelope(
 ) -> Envelope:
     """A new envelope. Its traceparent: `traceparent` when given (the span that emits it, so the
     consumer's span is that span's child), else a new span id in the cause's trace, else a new trace."""
-    body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
-    PAYLOADS[type].model_validate(body)  # validate on publish, not only on consume
+    if isinstance(payload, PAYLOADS[type]):
+        body = payload.model_dump(mode="json")  # validated when it was made
+    else:
+        body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+        PAYLOADS[type].model_validate(body)  # validate on publish, not only on consume
     return Envelope(
         event_id=event_id or str(uuid.uuid4()),
         type=type,
@@ -267,33 +318,22 @@ def make_envelope(
 # that trigger the same handlers in choreography mode) ---------------------------------
 
 
-class ChargePayment(Strict):
+class ChargePayment(Message, key="charge_payment", owner=ORCHESTRATOR):
     order: OrderSnapshot
     card_token: CardToken
 
 
-class RefundPayment(Strict):
+class RefundPayment(Message, key="refund_payment", owner=ORCHESTRATOR):
     reason: Reason
 
 
-class ReserveStock(Strict):
+class ReserveStock(Message, key="reserve_stock", owner=ORCHESTRATOR):
     order: OrderSnapshot
 
 
-class ReleaseStock(Strict):
+class ReleaseStock(Message, key="release_stock", owner=ORCHESTRATOR):
     reason: Reason
 
 
-class CreateShipment(Strict):
+class CreateShipment(Message, key="create_shipment", owner=ORCHESTRATOR):
     order: OrderSnapshot
-
-
-PAYLOADS.update(
-    {
-        "charge_payment": ChargePayment,
-        "refund_payment": RefundPayment,
-        "reserve_stock": ReserveStock,
-        "release_stock": ReleaseStock,
-        "create_shipment": CreateShipment,
-    }
-)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -272,7 +272,7 @@ class Customer(SQLModel, table=True):
     email: str = Field(max_length=128)
 
 
-COMMON = [Outbox, Inbox, DeadLetter, CopyRecord]
+COMMON: list[type[SQLModel]] = [Outbox, Inbox, DeadLetter, CopyRecord]
 TABLES: dict[str, list[type[SQLModel]]] = {
     "order": [*COMMON, OrderEvent, OrderView],
     "payment": [*COMMON, Charge, Refund, PaymentDecision],
@@ -284,3 +284,11 @@ TABLES: dict[str, list[type[SQLModel]]] = {
     "orchestrator": [*COMMON, SagaState],
     "operator": [ReplayRecord],
 }
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table class's Core table, for prebuilt statements (SQLModel sets it on the class but
+    does not declare it to type checkers)."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table

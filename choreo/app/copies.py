@@ -24,12 +24,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from choreo.infra.db import Rows
-from models.tables import CopyRecord
+from models.tables import CopyRecord, table_of
 
 RETRY = "retry"
 DEAD_LETTER = "dead_letter"
 COPIES = Rows(CopyRecord)
-_T = CopyRecord.__table__
+_T = table_of(CopyRecord)
 _AMONG = select(_T.c.event_id, _T.c.digest).where(
     _T.c.event_id.in_(bindparam("ids", expanding=True))
 )

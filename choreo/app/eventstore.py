@@ -10,7 +10,8 @@ from sqlalchemy import bindparam, select
 from choreo.app import projections
 from choreo.domain import order as domain
 from choreo.infra.db import connection_of
-from models.tables import OrderEvent, utcnow
+from models.envelope import PAYLOADS
+from models.tables import OrderEvent, table_of, utcnow
 
 
 class Appended(NamedTuple):
@@ -21,7 +22,7 @@ class Appended(NamedTuple):
     recorded_at: datetime
 
 
-_EVENTS = OrderEvent.__table__
+_EVENTS = table_of(OrderEvent)
 # Built once (the hot path): the fold's read, and the append.
 _LOAD = (
     select(_EVENTS.c.type, _EVENTS.c.schema_version, _EVENTS.c.data)
@@ -64,7 +65,7 @@ def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain
         order = domain.apply(order, ev)
         said = domain.announcement(order, ev)
         if said:
-            uow.emit(said[0], said[1], order_id=order.order_id)
+            uow.emit(PAYLOADS[said[0]].model_validate(said[1]), order_id=order.order_id)
     if rows:
         projections.project(conn, order, rows)
     return order

@@ -9,9 +9,9 @@ from sqlalchemy.engine import Engine
 
 from choreo.infra.db import non_durable
 from models.envelope import Envelope
-from models.tables import Outbox, utcnow
+from models.tables import Outbox, table_of, utcnow
 
-_OUTBOX = Outbox.__table__
+_OUTBOX = table_of(Outbox)
 # Built once: on every message's path.
 OUTBOX_ADD = _OUTBOX.insert()
 _OUTBOX_SENT = (

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from choreo.domain import order as domain
 from choreo.infra.db import connection_of
-from models.tables import OrderEvent, OrderView
+from models.tables import OrderEvent, OrderView, table_of
 
 STAMPS = {
     "OrderPlaced": "placed_at",
@@ -93,7 +93,7 @@ def advance(view: OrderView | None, order: domain.Order, rows: list[OrderEvent])
     return OrderView(order_id=order.order_id, **values(prev, order, rows))
 
 
-_VIEW = OrderView.__table__
+_VIEW = table_of(OrderView)
 # Built once: this runs for every order message, and building a statement costs more than running it.
 _VIEW_GET = core_select(*(_VIEW.c[c] for c in COLUMNS)).where(_VIEW.c.order_id == bindparam("oid"))
 _VIEW_INSERT = _VIEW.insert()

@@ -19,10 +19,10 @@ from sqlmodel import Session
 from choreo.app import copies
 from choreo.app.outbox import OUTBOX_ADD
 from choreo.infra.db import Rows, connection_of
-from models.envelope import Envelope, derived_id, make_envelope
-from models.tables import DeadLetter, Inbox, utcnow
+from models.envelope import Envelope, Message, derived_id, make_envelope
+from models.tables import DeadLetter, Inbox, table_of, utcnow
 
-_INBOX = Inbox.__table__
+_INBOX = table_of(Inbox)
 # Built once: on every batch's path (building a statement costs more than running it).
 _INBOX_AMONG = select(_INBOX.c.event_id).where(
     _INBOX.c.consumer == bindparam("c"), _INBOX.c.event_id.in_(bindparam("ids", expanding=True))
@@ -146,15 +146,20 @@ class UnitOfWork:
         """The transaction's connection, for Core statements (`Rows`) beside the ORM session."""
         return connection_of(self.session)
 
-    def emit(self, type: str, payload, order_id: str | None = None) -> Envelope:
-        """Stage an event for publication; its id is derived from the cause, so a re-run repeats it."""
-        order_id = order_id or self.cause.order_id
+    def emit(self, message: Message, order_id: str | None = None) -> Envelope:
+        """Stage a message for publication, under its declared routing key; its id is derived
+        from the cause, so a re-run repeats it. `order_id`: the cause's order unless given."""
+        if order_id is None:
+            if self.cause is None:
+                raise ValueError("a message with no cause must name its order")
+            order_id = self.cause.order_id
+        type_ = message.routing_key
         seq = str(len(self.pending))
-        event_id = derived_id(self.source, self.cause.event_id, type, seq) if self.cause else None
+        event_id = derived_id(self.source, self.cause.event_id, type_, seq) if self.cause else None
         envelope = make_envelope(
-            type,
+            type_,
             order_id,
-            payload,
+            message,
             source=self.source,
             cause=self.cause,
             event_id=event_id,

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from config.settings import Settings
-from models.tables import TABLES
+from models.tables import TABLES, table_of
 
 _engines: dict[tuple[int, str], Engine] = {}  # (pid, database url) -> engine
 _lock = threading.Lock()
@@ -121,7 +121,7 @@ def engine_for(settings: Settings, service: str) -> Engine:
 def create_tables(settings: Settings, service: str) -> Engine:
     ensure_database(settings.database_url(service))
     engine = engine_for(settings, service)
-    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in TABLES[service]])
+    SQLModel.metadata.create_all(engine, tables=[table_of(t) for t in TABLES[service]])
     return engine
 
 
@@ -167,7 +167,7 @@ class Rows:
     """
 
     def __init__(self, model) -> None:
-        t = model.__table__
+        t = table_of(model)
         self.pk = [c.name for c in t.primary_key.columns]
         self._get = select(t).where(*(t.c[n] == bindparam(f"pk_{n}") for n in self.pk))
         self._has = select(t.c[self.pk[0]]).where(

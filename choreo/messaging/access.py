@@ -49,7 +49,7 @@ from choreo.infra import tls
 from choreo.infra.secrets import secret, secret_path
 from choreo.messaging.topology import Names
 from config.settings import DOMAINS, Settings
-from models.envelope import PAYLOADS
+from models.envelope import EMITTERS, PAYLOADS, SagaDeadLettered
 
 # Every broker user choreo makes. "operator" is the CLI (choreo enqueue, status, dlq, ask).
 SERVICES = (*DOMAINS, "orchestrator", "operator", "flower")
@@ -58,21 +58,13 @@ PASSWORD = "broker_password"
 # (a claim its record proves: choreo.app.copies).
 SENDER_HEADER = "x-choreo-sender"
 UNVERIFIED = "-"
-COMMANDS = {"charge_payment", "refund_payment", "reserve_stock", "release_stock", "create_shipment"}
-DEAD_LETTER_NOTICE = "saga.dead_lettered"
-EMITTERS = (*DOMAINS, "orchestrator")  # who may tell the order that a message of its saga died
+DEAD_LETTER_NOTICE = SagaDeadLettered.routing_key
 
 
 def owners(type_: str) -> frozenset[str]:
-    """The services that may send a message of this type."""
-    if type_ == "place_order":
-        return frozenset({"operator"})
-    if type_ == DEAD_LETTER_NOTICE:
-        return frozenset(EMITTERS)
-    if type_ in COMMANDS:
-        return frozenset({"orchestrator"})
-    prefix = type_.split(".", 1)[0]
-    return frozenset({prefix}) if prefix in DOMAINS and "." in type_ else frozenset()
+    """The services that may send a message of this type: its declaration says (models.envelope)."""
+    kind = PAYLOADS.get(type_)
+    return kind.owners if kind is not None else frozenset()
 
 
 def may_send(service: str | None, type_: str) -> bool:

@@ -17,7 +17,7 @@ from sqlmodel import Session, func, select
 from choreo.domain.payment import Declined, TransientError
 from choreo.infra.db import Rows
 from config.catalog import CARD_DECLINED, CARD_FLAKY_PREFIX, CARD_REFUND_FAILS
-from models.tables import GatewayAttempt, GatewayLedger
+from models.tables import GatewayAttempt, GatewayLedger, table_of
 
 # --- the sandbox's rules: what the test cards make the provider answer ---------------------
 
@@ -48,7 +48,7 @@ def sandbox_refund_rule(card_token: str) -> None:
 # --- the provider's books -------------------------------------------------------------------
 
 LEDGER, ATTEMPTS = Rows(GatewayLedger), Rows(GatewayAttempt)
-_ATT = GatewayAttempt.__table__
+_ATT = table_of(GatewayAttempt)
 _BUMP = (
     update(_ATT)
     .where(_ATT.c.idempotency_key == bindparam("k"))

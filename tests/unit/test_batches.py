@@ -111,20 +111,19 @@ def test_what_a_failing_handler_wrote_before_it_raised_is_rolled_back_and_the_ba
     import tasks.adapter
     from consumers.base import Subscription
     from consumers.registry import subscriptions
+    from models.envelope import PaymentRefunded, ShipmentFailed
 
     def writes_then_raises(msg, uow, deps):
         uow.session.add(
             Refund(order_id=msg.order_id, refund_id="re_half", amount_cents=1, reason="half done")
         )
         uow.session.flush()  # on disk in the transaction: only the savepoint can take it back
-        uow.emit(
-            "payment.refunded", {"refund_id": "re_half", "amount_cents": 1, "reason": "half done"}
-        )
+        uow.emit(PaymentRefunded(refund_id="re_half", amount_cents=1, reason="half done"))
         raise RuntimeError("the handler failed after writing")
 
     table = dict(
         subscriptions("choreography")["payment"],
-        **{"shipment.failed": Subscription(writes_then_raises)},
+        **{ShipmentFailed.routing_key: Subscription(writes_then_raises)},
     )
     monkeypatch.setattr(tasks.adapter, "subscriptions", lambda mode: {"payment": table})
     failing = h.envelope("shipment.failed", "ord-2", {"reason": "address_undeliverable"})
