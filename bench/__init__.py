@@ -1,1 +1,4 @@
-"""choreo benchmarks: the real saga vs a naive Celery chain vs the raw broker ceiling (see run.py)."""
+"""choreo benchmarks: the real saga vs a naive Celery chain vs the raw broker ceiling.
+
+See run.py.
+"""

@@ -1,4 +1,5 @@
-"""Arm 1: choreo with every guarantee on, the real stack (users + 5 workers via choreo.ops.stack.Stack).
+"""Arm 1: choreo with every guarantee on, the real stack (users + 5 workers via
+choreo.ops.stack.Stack).
 
 Scenario 'completed' only, so every saga is place_order -> order.placed -> payment.completed ->
 inventory.reserved -> shipment.created -> order.completed -> notification.
@@ -6,6 +7,7 @@ inventory.reserved -> shipment.created -> order.completed -> notification.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -41,7 +43,8 @@ def choreo_env(sb, prefetch: int, extra: dict | None = None) -> dict[str, str]:
 
 
 class OrderPublisher:
-    """Publishes place_order commands exactly like `choreo enqueue` (choreo's Publisher, confirms on)."""
+    """Publishes place_order commands exactly like `choreo enqueue` (choreo's Publisher,
+    confirms on)."""
 
     def __init__(self, settings) -> None:
         from choreo.messaging.publisher import Publisher
@@ -63,10 +66,8 @@ class OrderPublisher:
         return order_id
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.app.close()
-        except Exception:
-            pass
 
 
 def _read_outcomes(settings, order_ids: list[str]) -> dict:
@@ -124,7 +125,8 @@ def wait_done(
     settings, order_ids: list[str], timeout: float, poll: float = 0.5
 ) -> tuple[float, dict]:
     """Until every order is terminal (choreo.ops.workload), then until every completion
-    notification is recorded. Returns (time.time() when the last order was seen terminal, states)."""
+    notification is recorded. Returns (time.time() when the last order was seen terminal,
+    states)."""
     from choreo.ops.workload import terminal_count, wait_terminal
 
     deadline = time.monotonic() + timeout
@@ -231,7 +233,8 @@ def latency_phase(
         "publisher_max_lag_ms": pacer.max_lag * 1000,
         "latency_ms": percentiles(lat),
         "latency_ms_mean": sum(lat) / len(lat) if lat else None,
-        "definition": "order_view.ended_at (order worker commit of OrderCompleted) - place_order envelope occurred_at (set by the bench just before publish)",
+        "definition": "order_view.ended_at (order worker commit of OrderCompleted) - "
+        "place_order envelope occurred_at (set by the bench just before publish)",
         "latency_from_placed_at_ms": percentiles(lat_placed),
         "latency_to_notification_ms": percentiles(lat_note),
         "cpu": cpu,
@@ -316,8 +319,9 @@ def run_choreo(
                     if hook:
                         hook()
                 log(
-                    f"choreo[{database} prefetch={prefetch}] throughput {thr['sagas_per_s']:.1f} sagas/s "
-                    f"({thr['completed']}/{n} completed, {thr['deliveries_per_saga']:.2f} deliveries/saga, "
+                    f"choreo[{database} prefetch={prefetch}] throughput "
+                    f"{thr['sagas_per_s']:.1f} sagas/s ({thr['completed']}/{n} completed, "
+                    f"{thr['deliveries_per_saga']:.2f} deliveries/saga, "
                     f"cpu {thr['cpu_s_per_saga'] * 1000:.1f} ms/saga)"
                 )
                 if latency:
@@ -329,8 +333,8 @@ def run_choreo(
                     )
                     p = lat["latency_ms"]
                     log(
-                        f"choreo latency at {rate:.1f}/s x {lat['orders']}: p50 {p['p50']:.0f} p95 {p['p95']:.0f} "
-                        f"p99 {p['p99']:.0f} ms"
+                        f"choreo latency at {rate:.1f}/s x {lat['orders']}: "
+                        f"p50 {p['p50']:.0f} p95 {p['p95']:.0f} p99 {p['p99']:.0f} ms"
                     )
                 sampler.stop()
                 result["memory"] = sampler.memory()

@@ -11,7 +11,7 @@ import signal
 import statistics
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from choreo.ops.sandbox import SHARED_REDIS as REDIS_URL
@@ -91,7 +91,8 @@ def busy_cores(window: float = 2.0) -> float:
 
 
 def wait_quiet(threshold: float, max_wait: float, window: float = 2.0) -> dict:
-    """Wait until the machine's busy cores (others' work: nothing of ours runs now) drop below threshold."""
+    """Wait until the machine's busy cores (others' work: nothing of ours runs now) drop below
+    threshold."""
     t0 = time.monotonic()
     seen = []
     while True:
@@ -101,7 +102,8 @@ def wait_quiet(threshold: float, max_wait: float, window: float = 2.0) -> dict:
             return {"quiet": True, "busy_cores": b, "waited_s": round(time.monotonic() - t0, 1)}
         if time.monotonic() - t0 > max_wait:
             log(
-                f"machine still busy ({b:.2f} cores used by others) after {max_wait:.0f}s; measuring anyway"
+                f"machine still busy ({b:.2f} cores used by others) after {max_wait:.0f}s; "
+                "measuring anyway"
             )
             return {
                 "quiet": False,
@@ -284,14 +286,10 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
                 break
         time.sleep(0.1)
     for p in [pid, *kids]:
-        try:
+        with suppress(OSError):
             os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 # --- stats ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ children, the same process count as choreo's five domain workers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -28,11 +29,16 @@ app = Celery(
 DATA = os.environ.get("NAIVE_DATA_DIR", "/tmp/naive-data")
 
 SCHEMA = {
-    "payment": "CREATE TABLE IF NOT EXISTS charges (order_id TEXT PRIMARY KEY, amount_cents INT, at REAL)",
-    "inventory": "CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT, qty INT, at REAL)",
-    "shipment": "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, address TEXT, at REAL)",
-    "order": "CREATE TABLE IF NOT EXISTS orders (order_id TEXT PRIMARY KEY, placed_at REAL, ended_at REAL, state TEXT)",
-    "notification": "CREATE TABLE IF NOT EXISTS notifications (order_id TEXT PRIMARY KEY, email TEXT, at REAL)",
+    "payment": "CREATE TABLE IF NOT EXISTS charges "
+    "(order_id TEXT PRIMARY KEY, amount_cents INT, at REAL)",
+    "inventory": "CREATE TABLE IF NOT EXISTS reservations "
+    "(order_id TEXT PRIMARY KEY, sku TEXT, qty INT, at REAL)",
+    "shipment": "CREATE TABLE IF NOT EXISTS shipments "
+    "(order_id TEXT PRIMARY KEY, address TEXT, at REAL)",
+    "order": "CREATE TABLE IF NOT EXISTS orders "
+    "(order_id TEXT PRIMARY KEY, placed_at REAL, ended_at REAL, state TEXT)",
+    "notification": "CREATE TABLE IF NOT EXISTS notifications "
+    "(order_id TEXT PRIMARY KEY, email TEXT, at REAL)",
 }
 _conns: dict[tuple[int, str], sqlite3.Connection] = {}
 
@@ -109,7 +115,8 @@ def _ended(data_dir: str, ids: list[str]) -> dict[str, tuple[float, float]]:
     try:
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            q = f"SELECT order_id, placed_at, ended_at FROM orders WHERE order_id IN ({','.join('?' * len(chunk))})"
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT order_id, placed_at, ended_at FROM orders WHERE order_id IN ({marks})"
             out.update({o: (p, e) for o, p, e in conn.execute(q, chunk)})
     finally:
         conn.close()
@@ -168,36 +175,35 @@ def run_naive(
         create_all()
         client = Celery("naive-client", broker=sb.broker_url, set_as_current=False)
         pids: dict[str, int] = {}
-        logs = []
         sampler = None
         try:
             for i in range(workers):
-                log_f = open(sb.workdir / f"naive-{i}.log", "ab")
-                logs.append(log_f)
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "bench.naive:app",
-                        "worker",
-                        "-P",
-                        "prefork",
-                        "-c",
-                        str(concurrency),
-                        "-n",
-                        f"naive{i}@%h",
-                        "--without-gossip",
-                        "--without-mingle",
-                    ],
-                    cwd=str(ROOT),
-                    env=env,
-                    stdout=log_f,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                # the worker holds its own copy of the log's descriptor: ours can close now
+                with open(sb.workdir / f"naive-{i}.log", "ab") as log_f:
+                    proc = subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "bench.naive:app",
+                            "worker",
+                            "-P",
+                            "prefork",
+                            "-c",
+                            str(concurrency),
+                            "-n",
+                            f"naive{i}@%h",
+                            "--without-gossip",
+                            "--without-mingle",
+                        ],
+                        cwd=str(ROOT),
+                        env=env,
+                        stdout=log_f,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 pids[f"naive-{i}"] = proc.pid
             rng = random.Random(7)
 
@@ -251,7 +257,8 @@ def run_naive(
             }
             result["throughput"] = thr
             log(
-                f"naive throughput {thr['sagas_per_s']:.1f} chains/s (cpu {thr['cpu_s_per_saga'] * 1000:.2f} ms/chain)"
+                f"naive throughput {thr['sagas_per_s']:.1f} chains/s "
+                f"(cpu {thr['cpu_s_per_saga'] * 1000:.2f} ms/chain)"
             )
             if latency:
                 rate = 0.5 * thr["sagas_per_s"]
@@ -277,12 +284,14 @@ def run_naive(
                     "publisher_max_lag_ms": pacer.max_lag * 1000,
                     "latency_ms": percentiles(lat),
                     "latency_ms_mean": sum(lat) / len(lat),
-                    "definition": "orders.ended_at (complete step's commit) - placed_at (time.time() just before .delay of charge)",
+                    "definition": "orders.ended_at (complete step's commit) - "
+                    "placed_at (time.time() just before .delay of charge)",
                     "cpu": lcpu,
                 }
                 p = result["latency"]["latency_ms"]
                 log(
-                    f"naive latency at {rate:.1f}/s x {count}: p50 {p['p50']:.0f} p95 {p['p95']:.0f} p99 {p['p99']:.0f} ms"
+                    f"naive latency at {rate:.1f}/s x {count}: "
+                    f"p50 {p['p50']:.0f} p95 {p['p95']:.0f} p99 {p['p99']:.0f} ms"
                 )
             sampler.stop()
             result["memory"] = sampler.memory()
@@ -291,12 +300,8 @@ def run_naive(
                 sampler.stop()
             for pid in pids.values():
                 stop_pid(pid)
-            for f in logs:
-                f.close()
-            try:
+            with contextlib.suppress(Exception):
                 client.close()
-            except Exception:
-                pass
             for conn in list(_conns.values()):
                 conn.close()
             _conns.clear()

@@ -20,7 +20,8 @@ FRAME_RE = re.compile(r"^(?P<fn>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 def spy_hook(py_spy: str, out_dir: Path, domains: list[str], rate: int = 100, idle: bool = False):
-    """A during_throughput hook for run_choreo: py-spy record on each domain's worker (and pool children)."""
+    """A during_throughput hook for run_choreo: py-spy record on each domain's worker (and pool
+    children)."""
 
     def start(stack):
         procs = []
@@ -54,7 +55,7 @@ def spy_hook(py_spy: str, out_dir: Path, domains: list[str], rate: int = 100, id
         def stop():
             for p, _ in procs:
                 p.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            for p, out in procs:
+            for p, _ in procs:
                 try:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
@@ -136,13 +137,13 @@ def _package(key: str) -> str:
 def print_summary(s: dict, top: int = 40) -> None:
     print(f"\n== {s['file']}  ({s['samples']} samples)")
     print("  where the time is spent (self samples by package):")
-    for k, n, pct in s["by_package"][:12]:
+    for k, _n, pct in s["by_package"][:12]:
         print(f"   {pct:5.1f}%  {k}")
     print("  choreo's own functions (inclusive):")
-    for k, n, pct in s["own_inclusive"][: top // 2]:
+    for k, _n, pct in s["own_inclusive"][: top // 2]:
         print(f"   {pct:5.1f}%  {k}")
     print("  self:")
-    for k, n, pct in s["self"][: top // 2]:
+    for k, _n, pct in s["self"][: top // 2]:
         print(f"   {pct:5.1f}%  {k}")
 
 
@@ -154,7 +155,8 @@ if __name__ == "__main__":
 
 
 def tree(path: Path, root: str, depth: int = 3, min_pct: float = 1.0) -> None:
-    """Print the call tree below the first frame whose key contains `root` (percent of all samples)."""
+    """Print the call tree below the first frame whose key contains `root` (percent of all
+    samples)."""
     stacks = parse(path)
     total = sum(n for _, n in stacks)
     node: dict = {}
