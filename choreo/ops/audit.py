@@ -17,8 +17,9 @@ from typing import Any
 
 import pika.exceptions
 from rich.table import Table
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from choreo.domain import order as domain
 from choreo.domain.order import SETTLED
@@ -105,15 +106,17 @@ class Snapshot:
 
     @cached_property
     def views(self) -> dict[str, tuple]:
+        # SQLAlchemy's own select: sqlmodel's is typed for at most four columns (and builds
+        # the same statement).
         rows = self._rows(
             "order",
-            select(
-                OrderView.order_id,
-                OrderView.state,
-                OrderView.reason,
-                OrderView.version,
-                OrderView.amount_cents,
-                OrderView.items,
+            sa_select(
+                col(OrderView.order_id),
+                col(OrderView.state),
+                col(OrderView.reason),
+                col(OrderView.version),
+                col(OrderView.amount_cents),
+                col(OrderView.items),
             ),
         )
         return {r[0]: tuple(r[1:]) for r in rows}
@@ -141,7 +144,7 @@ class Snapshot:
             d: self._rows(
                 d,
                 select(Outbox.order_id, Outbox.type, Outbox.event_id).where(
-                    Outbox.sent_at.is_(None)
+                    col(Outbox.sent_at).is_(None)
                 ),
             )
             for d in self.domains
@@ -359,8 +362,11 @@ def check_outbox(snap: Snapshot, c: Check) -> None:
 def check_fold(snap: Snapshot, c: Check) -> None:
     """fold(order_events) == order_view, folded as the order service folds them, in one pass."""
     query = select(
-        OrderEvent.order_id, OrderEvent.type, OrderEvent.schema_version, OrderEvent.data
-    ).order_by(OrderEvent.order_id, OrderEvent.version)
+        col(OrderEvent.order_id),
+        col(OrderEvent.type),
+        col(OrderEvent.schema_version),
+        col(OrderEvent.data),
+    ).order_by(col(OrderEvent.order_id), col(OrderEvent.version))
     seen = set()
     with Session(engine_for(snap.settings, "order")) as s:
         rows = s.exec(query.execution_options(yield_per=2000))
@@ -435,8 +441,8 @@ def run_audit(settings: Settings) -> list[Check]:
 
 def print_report(checks: list[Check], console) -> None:
     table = Table(title="audit")
-    for col in ("check", "result", "count", "first offending", "detail"):
-        table.add_column(col, overflow="fold")
+    for heading in ("check", "result", "count", "first offending", "detail"):
+        table.add_column(heading, overflow="fold")
     for c in checks:
         result = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
         table.add_row(c.name, result, str(len(c.problems)), ", ".join(c.offenders[:5]), c.detail)

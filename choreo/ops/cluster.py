@@ -212,9 +212,10 @@ class Cluster:
 
     def _ours(self, pid: int | None, mark: str) -> bool:
         """Alive, `mark` in its command line and this cluster's id in its environment."""
+        if not pid:
+            return False
         return (
-            bool(pid)
-            and procfs.alive(pid)
+            procfs.alive(pid)
             and mark in " ".join(procfs.cmdline_or_environ(pid, "cmdline")) + " "
             and f"CHOREO_CLUSTER_ID={self.state['id']}" in procfs.cmdline_or_environ(pid, "environ")
         )
@@ -470,7 +471,8 @@ class Cluster:
 
     def status(self) -> dict:
         def node(i: int) -> dict:
-            pid, members = self.pid(i), []
+            pid = self.pid(i)
+            members: list[str] = []
             with suppress(
                 ClusterError, subprocess.TimeoutExpired, ValueError
             ):  # booting or stopping: sees no one
@@ -549,6 +551,8 @@ class Cluster:
     def kill(self, i: int) -> int:
         """SIGKILL node i's VM (a crash: no goodbye to its peers); returns its pid."""
         pid = self.pid(self.target(i))  # ClusterError when it does not run
+        if pid is None:  # it stopped between the two looks
+            raise ClusterError(f"{self.name(i)} is not running")
         if not self._gone([pid], 10, signal.SIGKILL):
             raise ClusterError(f"{self.name(i)} (pid {pid}) is still alive 10 s after SIGKILL")
         return pid

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -82,7 +83,12 @@ def endpoints(settings: Settings) -> dict[str, dict[str, str | None]]:
 
 def scrape_targets(settings: Settings) -> dict[str, str]:
     """Process name -> host:port of its /metrics, for every process the stack runs."""
-    return {name: urlsplit(urls["metrics"]).netloc for name, urls in endpoints(settings).items()}
+    targets: dict[str, str] = {}
+    for name, urls in endpoints(settings).items():
+        metrics = urls["metrics"]
+        if metrics is not None:  # every process serves /metrics: only "ready" may be missing
+            targets[name] = urlsplit(metrics).netloc
+    return targets
 
 
 def vhost(settings: Settings) -> str:
@@ -406,16 +412,13 @@ def stop(settings: Settings, timeout: float = 10.0) -> bool:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if alive(pid):
-        try:
+        with suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
         while alive(pid) and time.monotonic() < deadline + 5:
             time.sleep(0.05)
-    try:  # reap it when this process started it (a test, `choreo up` in the same process)
+    # Reap it when this process started it (a test, `choreo up` in the same process).
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     return True
 
 

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from choreo.infra.db import create_tables, engine_for
 from choreo.messaging.admin import UNROUTED, BrokerAdmin, DeadLetterView, Replayed
@@ -95,8 +95,8 @@ def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str
         with engine_for(settings, domain).connect() as conn:
             rows = (
                 conn.execute(
-                    select(Inbox.event_id).where(
-                        Inbox.consumer == domain, Inbox.event_id.in_(event_ids)
+                    select(col(Inbox.event_id)).where(
+                        col(Inbox.consumer) == domain, col(Inbox.event_id).in_(event_ids)
                     )
                 )
                 .scalars()
@@ -114,10 +114,10 @@ def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> d
         with Session(engine_for(settings, "operator")) as s:  # no table yet: nothing replayed
             rows = (
                 s.execute(
-                    select(ReplayRecord.event_id).where(
-                        ReplayRecord.domain == domain,
-                        ReplayRecord.event_id.in_(event_ids),
-                        ReplayRecord.outcome == "replayed",
+                    select(col(ReplayRecord.event_id)).where(
+                        col(ReplayRecord.domain) == domain,
+                        col(ReplayRecord.event_id).in_(event_ids),
+                        col(ReplayRecord.outcome) == "replayed",
                     )
                 )
                 .scalars()
@@ -203,10 +203,10 @@ def history(
     with Session(create_tables(settings, "operator")) as s:
         q = select(ReplayRecord)
         if domain:
-            q = q.where(ReplayRecord.domain == domain)
+            q = q.where(col(ReplayRecord.domain) == domain)
         if event_id:
-            q = q.where(ReplayRecord.event_id == event_id)
-        rows = list(s.execute(q.order_by(ReplayRecord.id.desc()).limit(limit)).scalars().all())
+            q = q.where(col(ReplayRecord.event_id) == event_id)
+        rows = list(s.execute(q.order_by(col(ReplayRecord.id).desc()).limit(limit)).scalars().all())
         s.expunge_all()
         return rows
 

@@ -94,21 +94,19 @@ class Sandbox:
                 "redis_tls needs a TLS cluster (cluster_dir of `choreo cluster up --tls`): its certificates"
             )
         self.redis_tls = redis_tls
-        tls_settings = (
-            {
-                "broker_ca_file": str(self.tls.ca),
-                "broker_cert_file": str(self.tls.client_cert),
-                "broker_key_file": str(self.tls.client_key),
-            }
-            if self.tls
-            else {}
-        )
-        if redis_tls:
+        tls_settings: dict[str, str] = {}
+        if self.tls is not None:
             tls_settings.update(
-                redis_ca_file=str(self.tls.ca),
-                redis_cert_file=str(self.tls.client_cert),
-                redis_key_file=str(self.tls.client_key),
+                broker_ca_file=str(self.tls.ca),
+                broker_cert_file=str(self.tls.client_cert),
+                broker_key_file=str(self.tls.client_key),
             )
+            if redis_tls:  # never without self.tls: refused above
+                tls_settings.update(
+                    redis_ca_file=str(self.tls.ca),
+                    redis_cert_file=str(self.tls.client_cert),
+                    redis_key_file=str(self.tls.client_key),
+                )
         self.redis_port = free_port() if self.own_redis else None
         self.redis_proc: subprocess.Popen | None = None
         self.vhost_created = False
@@ -202,49 +200,52 @@ class Sandbox:
             self.start_redis()
         return self
 
+    def _redis_listen_args(self) -> list[str]:
+        if not self.redis_tls:
+            return ["--port", str(self.redis_port)]
+        if self.tls is None:  # __init__ refuses redis_tls without a TLS cluster
+            raise ValueError("redis_tls needs a TLS cluster")
+        # With TLS, no plain port at all (--port 0): the client certificate is optional, the
+        # password-less loopback server is the sandbox's own.
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.redis_port),
+            "--tls-cert-file",
+            str(self.tls.node_cert),
+            "--tls-key-file",
+            str(self.tls.node_key),
+            "--tls-ca-cert-file",
+            str(self.tls.ca),
+            "--tls-auth-clients",
+            "optional",
+        ]
+
     def start_redis(self) -> int:
-        log = open(self.log_dir / "redis.log", "ab")
-        # With TLS, no plain port at all (--port 0): the client certificate is optional, the password-less
-        # loopback server is the sandbox's own.
-        listen = (
-            [
-                "--port",
-                "0",
-                "--tls-port",
-                str(self.redis_port),
-                "--tls-cert-file",
-                str(self.tls.node_cert),
-                "--tls-key-file",
-                str(self.tls.node_key),
-                "--tls-ca-cert-file",
-                str(self.tls.ca),
-                "--tls-auth-clients",
-                "optional",
-            ]
-            if self.redis_tls
-            else ["--port", str(self.redis_port)]
-        )
-        self.redis_proc = subprocess.Popen(
-            [
-                "redis-server",
-                *listen,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        listen = self._redis_listen_args()
+        # The server keeps its own copy of the log's descriptor: ours closes once it started.
+        with open(self.log_dir / "redis.log", "ab") as log:
+            self.redis_proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    *listen,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         client = redis_client(self.settings)
         deadline = time.monotonic() + 15
         while True:

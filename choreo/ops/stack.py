@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from choreo.app.bootstrap import prepare
@@ -179,16 +180,16 @@ class Stack:
         if existing:
             return existing
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.logfile(name), "ab")
-        proc = subprocess.Popen(
-            argv_for(name),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-            start_new_session=True,
-        )
-        log.close()
+        # The process keeps its own copy of the log's descriptor: ours closes once it started.
+        with open(self.logfile(name), "ab") as log:
+            proc = subprocess.Popen(
+                argv_for(name),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         self.pidfile(name).write_text(str(proc.pid))
         await_exec(proc, MARK)
         return proc.pid
@@ -206,10 +207,8 @@ class Stack:
         # Still alive after the grace period: the worker and the pool children it had.
         for p in [pid, *kids]:
             if alive(p):
-                try:
+                with suppress(OSError):
                     os.kill(p, signal.SIGKILL)
-                except OSError:
-                    pass
         self.pidfile(name).unlink(missing_ok=True)
         return True
 
@@ -220,10 +219,8 @@ class Stack:
             return []
         victims = [pid, *(children(pid) if children_too else [])]
         for p in victims:
-            try:
+            with suppress(OSError):
                 os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
         # SIGKILL is delivered asynchronously: wait until they are gone, so a restart right
         # after does not mistake a dying process for a running one.
         deadline = time.monotonic() + 10
@@ -248,7 +245,7 @@ def wait_consuming(
     # queue -> consumers it must have: one per worker of its domain that is in `names` or runs
     # (a second worker started beside a running first one is waited for too)
     wanted: dict[str, int] = {}
-    domains = {worker_of(n)[0] for n in names if worker_of(n)}
+    domains = {worker[0] for worker in map(worker_of, names) if worker}
     for name in set(names) | {n for n in process_names(settings) if stack.pid(n)}:
         worker = worker_of(name)
         if worker and worker[0] in domains:
@@ -267,8 +264,9 @@ def wait_consuming(
                 f"stack not ready after {timeout:.0f}s: no consumer on {idle or '-'}, "
                 f"not running: {dead or '-'} (logs in {stack.log_dir})"
             )
-        for name in dead if start else ():
-            start(name)
+        if start is not None:
+            for name in dead:
+                start(name)
         time.sleep(0.5)
 
 

@@ -131,7 +131,8 @@ JAEGER_SERVICES = ("order", "payment", "inventory", "shipment", "notification")
 
 
 def _tag_value(tag: dict) -> Any:
-    value, kind = tag.get("value"), str(tag.get("type", "")).lower()
+    value: Any = tag.get("value")  # JSON: anything, or absent
+    kind = str(tag.get("type", "")).lower()
     try:
         if kind == "int64":
             return int(value)
@@ -250,9 +251,8 @@ def tree_order(spans: list[dict]) -> list[tuple[dict, int]]:
     ordered: list[tuple[dict, int]] = []
     visited: set[str] = set()
     pending = sorted(roots, key=_order_key)
-    remaining = sorted(
-        spans, key=_order_key
-    )  # for parent cycles, which have no root: break them at the earliest
+    # For parent cycles, which have no root: break them at the earliest.
+    remaining = sorted(spans, key=_order_key)
     while True:
         stack = [(s, 0) for s in reversed(pending)]
         while stack:
@@ -262,9 +262,10 @@ def tree_order(spans: list[dict]) -> list[tuple[dict, int]]:
             visited.add(span["span_id"])
             ordered.append((span, depth))
             stack.extend((c, depth + 1) for c in reversed(children.get(span["span_id"], ())))
-        pending = [next((s for s in remaining if s["span_id"] not in visited), None)]
-        if pending[0] is None:
+        unvisited = next((s for s in remaining if s["span_id"] not in visited), None)
+        if unvisited is None:
             return ordered
+        pending = [unvisited]
 
 
 def queue_waits(spans: list[dict]) -> dict[str, int]:

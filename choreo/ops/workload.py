@@ -15,7 +15,7 @@ from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from choreo.ops.scenarios import SCENARIOS, expected_outcome, make_order
 from config.settings import Settings
-from tasks.app import make_app
+from tasks.app import ChoreoApp, make_app
 
 States = dict[str, tuple[str, str | None]]  # order id -> (state, reason)
 
@@ -59,7 +59,7 @@ class AsOwners:
     def __init__(self, settings: Settings, name: str = "client") -> None:
         self.settings = settings
         self.name = name
-        self.apps: dict[str, object] = {}
+        self.apps: dict[str, ChoreoApp] = {}
         self.publishers: dict[str, Publisher] = {}
 
     def publisher(self, env) -> Publisher:

@@ -17,9 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anthropic
+from anthropic.types import ContentBlockParam, MessageParam, ToolResultBlockParam
 
 from choreo.ops.agent.tools import Tool, capped, catalog
 from config.settings import Settings
@@ -82,7 +83,7 @@ class Agent:
         self.settings = settings
         self.client = client
         self.tools = {t.name: t for t in (tools if tools is not None else catalog())}
-        self.messages: list[dict] = []
+        self.messages: list[MessageParam] = []
         self.conversation_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.answers: list[Answer] = []
 
@@ -127,7 +128,9 @@ class Agent:
                 for k in answer.usage:
                     answer.usage[k] += getattr(response.usage, k, 0) or 0
                 content = [_block(b) for b in response.content]
-                self.messages.append({"role": "assistant", "content": content})
+                # _block copies each block into the plain dict shape the API takes back.
+                sent_back = cast("list[ContentBlockParam]", content)
+                self.messages.append({"role": "assistant", "content": sent_back})
                 uses = [b for b in content if b["type"] == "tool_use"]
                 text = "\n".join(b["text"] for b in content if b["type"] == "text").strip()
                 if response.stop_reason == "max_tokens" and not uses:
@@ -162,7 +165,7 @@ class Agent:
                     answer.stopped = "round_limit"
                     break
                 answer.rounds += 1
-                results = []
+                results: list[ToolResultBlockParam] = []
                 for u in uses:
                     out, is_error = self.run_tool(u["name"], u["input"])
                     answer.tool_calls.append(
@@ -175,14 +178,14 @@ class Agent:
                     )
                     if u["name"].startswith("propose_") and not is_error:
                         answer.proposals.append(json.loads(out))
-                    results.append(
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": u["id"],
-                            "content": out,
-                            **({"is_error": True} if is_error else {}),
-                        }
-                    )
+                    result: ToolResultBlockParam = {
+                        "type": "tool_result",
+                        "tool_use_id": u["id"],
+                        "content": out,
+                    }
+                    if is_error:
+                        result["is_error"] = True
+                    results.append(result)
                 self.messages.append({"role": "user", "content": results})
         finally:
             self.answers.append(answer)
@@ -212,5 +215,6 @@ class Agent:
 
 def _message(exc: anthropic.APIStatusError) -> str:
     body = exc.body if isinstance(exc.body, dict) else {}
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    err = error if isinstance(error, dict) else {}
     return str(err.get("message") or exc.message)[:300]

@@ -13,12 +13,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from anthropic.types import ToolParam
 
 MAX_RESULT_CHARS = 12_000  # what one tool result may put into the model's context
 MAX_ITEMS = 50  # rows a listing tool returns at most
@@ -32,7 +35,7 @@ class Tool:
     schema: dict
     run: Callable[..., Any]
 
-    def spec(self) -> dict:
+    def spec(self) -> ToolParam:
         return {"name": self.name, "description": self.description, "input_schema": self.schema}
 
 
@@ -51,7 +54,7 @@ def capped(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
     text = json.dumps(value, default=str, separators=(",", ":"))
     if len(text) <= limit:
         return text
-    note = {"truncated": True, "total_chars": len(text), "preview": text[:limit]}
+    note: dict[str, Any] = {"truncated": True, "total_chars": len(text), "preview": text[:limit]}
     out = json.dumps(note)
     while len(out) > limit:  # escaping makes the preview longer than its text: cut by the excess
         note["preview"] = note["preview"][: max(0, len(note["preview"]) - (len(out) - limit) - 1)]
@@ -99,17 +102,18 @@ def find_orders(
         )
     q = select(OrderView)
     if state:
-        q = q.where(OrderView.state == state.upper())
+        q = q.where(col(OrderView.state) == state.upper())
     if reason:
-        q = q.where(OrderView.reason == reason)
+        q = q.where(col(OrderView.reason) == reason)
     if older_than_minutes is not None:
         q = q.where(
-            OrderView.placed_at < datetime.now(UTC) - timedelta(minutes=float(older_than_minutes))
+            col(OrderView.placed_at)
+            < datetime.now(UTC) - timedelta(minutes=float(older_than_minutes))
         )
     n = _limit(limit)
     scan = SCENARIO_SCAN if scenario else n + 1  # the scenario is in the order's data, not a column
     with Session(engine_for(settings, "order")) as s:
-        views = s.execute(q.order_by(OrderView.placed_at.desc()).limit(scan)).scalars().all()
+        views = s.execute(q.order_by(col(OrderView.placed_at).desc()).limit(scan)).scalars().all()
     rows = []
     for v in views:
         kind = scenario_of(v.card_token, v.items or [], v.address)
@@ -259,11 +263,13 @@ def order_metrics(settings: Settings, order_id: str) -> dict:
         return {"order_id": order_id, "found": False}
     with Session(engine_for(settings, "order")) as s:
         view = s.get(OrderView, order_id)
+        if view is None:  # its projection went away since order_details read it
+            return {"order_id": order_id, "found": False}
         recent = (
             s.execute(
                 select(OrderView)
-                .where(OrderView.ended_at.is_not(None))
-                .order_by(OrderView.ended_at.desc())
+                .where(col(OrderView.ended_at).is_not(None))
+                .order_by(col(OrderView.ended_at).desc())
                 .limit(METRICS_SAMPLE)
             )
             .scalars()

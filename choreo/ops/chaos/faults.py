@@ -27,7 +27,10 @@ def worker_view(settings, stack: Stack, names: list[str]) -> dict[str, dict]:
     it has processed since it started (its /metrics)."""
     out = {}
     for name in names:
-        domain, index = worker_of(name)
+        worker = worker_of(name)
+        if worker is None:
+            raise ValueError(f"{name} is not a worker")
+        domain, index = worker
         base = settings.health_url(domain, index)
         try:  # a worker being killed or restarted: not in the view (the parser is lazy: inside)
             ready = httpx.get(base + "/ready", timeout=5, trust_env=False).json()
@@ -115,7 +118,7 @@ class Faults:
 
         name = self.rng.choice(candidates)
         parent = self.stack.pid(name)
-        kids = children(parent)
+        kids = children(parent) if parent is not None else []
         if kids and self.rng.random() < 0.5:
             # Only the pool process: Celery's parent notices, rejects the task for redelivery
             # (task_reject_on_worker_lost) and forks a new child: nothing for us to restart.
@@ -130,9 +133,8 @@ class Faults:
                 pids=kids,
             )
             return
-        if (
-            self.cluster
-        ):  # what it processed dies with it: count it first (who did the work, over the run)
+        if self.cluster:
+            # What it processed dies with it: count it first (who did the work, over the run).
             view = worker_view(self.sb.settings, self.stack, [name]).get(name)
             self.handled_before_kills[name] += view["handled"] if view else 0
         pids = self.stack.kill(name)

@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 
 from pika.exceptions import ChannelClosedByBroker
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from choreo.app.queries import order_states
 from choreo.domain.order import TERMINAL
@@ -67,7 +67,7 @@ class Injector:
             if ids:
                 with Session(engine_for(self.settings, d)) as s:
                     bodies = dict(
-                        s.exec(select(Outbox.id, Outbox.body).where(Outbox.id.in_(ids))).all()
+                        s.exec(select(Outbox.id, Outbox.body).where(col(Outbox.id).in_(ids))).all()
                     )
                 out += [
                     (r, Envelope.model_validate_json(bodies[r[1]])) for r in picked if r[0] == d

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ SAGA_MARKER = "saga-mode"  # under run_dir: the saga mode `choreo up` started th
 WORKERS_MARKER = "workers-per-domain"  # under run_dir: how many workers per domain it started
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -28,7 +29,7 @@ def current_settings() -> Settings:
     records both so that later commands agree with it (CHOREO_SAGA_MODE and
     CHOREO_WORKERS_PER_DOMAIN still win)."""
     settings = get_settings()
-    shape = {}
+    shape: dict[str, Any] = {}
     for field, marker, env, kind in (
         ("saga_mode", SAGA_MARKER, "CHOREO_SAGA_MODE", str),
         ("workers_per_domain", WORKERS_MARKER, "CHOREO_WORKERS_PER_DOMAIN", int),
@@ -38,12 +39,10 @@ def current_settings() -> Settings:
             shape[field] = kind(path.read_text().strip())
     try:
         return Settings(**shape) if shape else settings
-    except (
-        ValidationError
-    ):  # this shell lacks what the stack was started with (its database server):
-        return settings.model_copy(
-            update=shape
-        )  # still the stack's shape, so status and down find it
+    except ValidationError:
+        # This shell lacks what the stack was started with (its database server): still the
+        # stack's shape, so status and down find it.
+        return settings.model_copy(update=shape)
 
 
 class LazyGroup(click.Group):

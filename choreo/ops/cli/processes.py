@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 
 import click
 from pydantic import ValidationError
@@ -82,10 +83,8 @@ def users() -> None:
         run_dir=settings.run_dir,
     )
     console.print(f"user service on {settings.users_url}")
-    try:
+    with suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 @click.command()
