@@ -234,63 +234,103 @@ def catalog_total(items: list[dict]) -> int | None:
     return sum(i["qty"] * PRICES_CENTS[i["sku"]] for i in items)
 
 
+@dataclass(frozen=True)
+class Money:
+    """One order's money: the payment service's rows beside what moved at the gateway."""
+
+    charge: tuple[int, str] | None  # charges row: (amount, charge id)
+    refund: tuple[int, str | None] | None  # refunds row: (amount, refund id)
+    l_charges: list[tuple[int, str]]  # the gateway ledger's charges: [(amount, reference)]
+    l_refunds: list[tuple[int, str]]  # and its refunds
+
+    @property
+    def refund_moved(self) -> tuple[int, str | None] | None:
+        # A refund row of 0 cents records "nothing to give back": no money moved.
+        return self.refund if self.refund and self.refund[0] else None
+
+    @property
+    def charged(self) -> int:
+        return sum(a for a, _ in self.l_charges)
+
+    @property
+    def refunded(self) -> int:
+        return sum(a for a, _ in self.l_refunds)
+
+
 def check_money(snap: Snapshot, c: Check) -> None:
     ids = set(snap.views) | set(snap.charges) | set(snap.refunds) | set(snap.ledger)
     c.checked = len(ids)
     for order_id in ids:
         moved = snap.ledger.get(order_id, {"charge": [], "refund": []})
-        l_charges, l_refunds = moved.get("charge", []), moved.get("refund", [])
         for kind in set(moved) - {"charge", "refund"}:
             c.offend(order_id, f"unknown ledger entry: {kind}")
-        charge, refund = snap.charges.get(order_id), snap.refunds.get(order_id)
-        # A refund row of 0 cents records "nothing to give back": no money moved.
-        refund_moved = refund if refund and refund[0] else None
-        if len(l_charges) > 1:
-            c.offend(order_id, f"double charge: {len(l_charges)} charges in the gateway ledger")
-        if len(l_refunds) > 1:
-            c.offend(order_id, f"double refund: {len(l_refunds)} refunds in the gateway ledger")
-        if (charge is not None) != bool(l_charges) or (
-            charge and l_charges and charge != l_charges[0]
-        ):
-            c.offend(order_id, f"ledger disagrees: charges table {charge}, gateway {l_charges}")
-        if (refund_moved is not None) != bool(l_refunds) or (
-            refund_moved and l_refunds and refund_moved != l_refunds[0]
-        ):
-            c.offend(order_id, f"ledger disagrees: refunds table {refund}, gateway {l_refunds}")
-        charged = sum(a for a, _ in l_charges)
-        refunded = sum(a for a, _ in l_refunds)
-        if refunded and refunded != charged:
-            c.offend(order_id, f"refund {refunded} != charge {charged}")
+        money = Money(
+            charge=snap.charges.get(order_id),
+            refund=snap.refunds.get(order_id),
+            l_charges=moved.get("charge", []),
+            l_refunds=moved.get("refund", []),
+        )
+        _check_ledger(c, order_id, money)
         view = snap.views.get(order_id)
         if view is None:
             c.offend(order_id, "money moved for an unknown order")
             continue
         state, amount, items = view[0], view[3], view[4]
-        if charged and charged != amount and len(l_charges) == 1:
-            c.offend(order_id, f"charged {charged}, order amount {amount}")
-        if charged and len(l_charges) == 1:
-            total = catalog_total(items)
-            if charged != total:
-                c.offend(order_id, f"charged {charged}, catalog total {total}")
-        if state == "COMPLETED" and not (
-            len(l_charges) == 1 and charge and not l_refunds and not refund_moved
-        ):
+        _check_amount(c, order_id, money, amount, items)
+        _check_outcome(c, order_id, money, state)
+
+
+def _check_ledger(c: Check, order_id: str, m: Money) -> None:
+    """The gateway moved money at most once each way, as the payment service's rows say."""
+    charge, refund, refund_moved = m.charge, m.refund, m.refund_moved
+    l_charges, l_refunds = m.l_charges, m.l_refunds
+    if len(l_charges) > 1:
+        c.offend(order_id, f"double charge: {len(l_charges)} charges in the gateway ledger")
+    if len(l_refunds) > 1:
+        c.offend(order_id, f"double refund: {len(l_refunds)} refunds in the gateway ledger")
+    if (charge is not None) != bool(l_charges) or (charge and l_charges and charge != l_charges[0]):
+        c.offend(order_id, f"ledger disagrees: charges table {charge}, gateway {l_charges}")
+    if (refund_moved is not None) != bool(l_refunds) or (
+        refund_moved and l_refunds and refund_moved != l_refunds[0]
+    ):
+        c.offend(order_id, f"ledger disagrees: refunds table {refund}, gateway {l_refunds}")
+    if m.refunded and m.refunded != m.charged:
+        c.offend(order_id, f"refund {m.refunded} != charge {m.charged}")
+
+
+def _check_amount(c: Check, order_id: str, m: Money, amount: int, items: list[dict]) -> None:
+    """A single charge is the order's amount and what the catalog says its lines cost."""
+    charged = m.charged
+    if charged and charged != amount and len(m.l_charges) == 1:
+        c.offend(order_id, f"charged {charged}, order amount {amount}")
+    if charged and len(m.l_charges) == 1:
+        total = catalog_total(items)
+        if charged != total:
+            c.offend(order_id, f"charged {charged}, catalog total {total}")
+
+
+def _check_outcome(c: Check, order_id: str, m: Money, state: str) -> None:
+    """COMPLETED: charged once, never refunded. CANCELLED: never charged, or refunded in full."""
+    l_charges, l_refunds = m.l_charges, m.l_refunds
+    if state == "COMPLETED" and not (
+        len(l_charges) == 1 and m.charge and not l_refunds and not m.refund_moved
+    ):
+        c.offend(
+            order_id,
+            f"COMPLETED must be charged once and never refunded: "
+            f"{len(l_charges)} charge(s), {len(l_refunds)} refund(s)",
+        )
+    if state == "CANCELLED":
+        never_charged = (
+            not l_charges and not l_refunds and m.charge is None and m.refund_moved is None
+        )
+        charged_and_refunded = len(l_charges) == 1 == len(l_refunds) and m.charged == m.refunded
+        if not (never_charged or charged_and_refunded):
             c.offend(
                 order_id,
-                f"COMPLETED must be charged once and never refunded: "
-                f"{len(l_charges)} charge(s), {len(l_refunds)} refund(s)",
+                f"CANCELLED must be uncharged or refunded in full: "
+                f"{len(l_charges)} charge(s) {m.charged}, {len(l_refunds)} refund(s) {m.refunded}",
             )
-        if state == "CANCELLED":
-            never_charged = (
-                not l_charges and not l_refunds and charge is None and refund_moved is None
-            )
-            charged_and_refunded = len(l_charges) == 1 == len(l_refunds) and charged == refunded
-            if not (never_charged or charged_and_refunded):
-                c.offend(
-                    order_id,
-                    f"CANCELLED must be uncharged or refunded in full: "
-                    f"{len(l_charges)} charge(s) {charged}, {len(l_refunds)} refund(s) {refunded}",
-                )
 
 
 def _owned_by_a_live_order(

@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pika.exceptions
@@ -127,7 +128,7 @@ def _run(
     journal.note("stack", f"users + {len(faults.workers)} workers consuming", style="green")
 
     rng = random.Random(seed ^ 0x5EED)
-    feed, injector, t0 = _inject(cfg, seed, settings, faults, journal, rng)
+    feed, injector, progress, t0 = _inject(cfg, seed, settings, faults, journal, rng)
     injection_end = time.monotonic()
     journal.note(
         "faults off", f"after {injection_end - t0:.0f}s; {feed.published} orders published"
@@ -165,7 +166,38 @@ def _run(
         settle_seconds=round(settled_at - injection_end, 1),
     )
     if faults.cluster:
-        report.figures.update(_cluster_figures(settings, faults, feed.progress))
+        report.figures.update(_cluster_figures(settings, faults, progress))
+
+
+@dataclass
+class _Schedule:
+    """When the fault phase's faults land (time.monotonic() instants)."""
+
+    one_offs: dict[str, float | None]  # None once it happened
+    bursts: list[float]
+    next_kill: float
+    next_look: float = 0.0  # when to look again whether every order is terminal
+
+    @classmethod
+    def draw(
+        cls, cfg: ChaosConfig, faults: Faults, rng: random.Random, t0: float, window: float
+    ) -> _Schedule:
+        one_offs = {
+            "poison": t0 + rng.uniform(0.15, 0.3) * window,
+            "broker": (
+                t0 + rng.uniform(0.3, 0.45) * window if faults.broker_mode != "none" else None
+            ),
+            "redis": t0 + rng.uniform(0.55, 0.75) * window if cfg.redis_restart else None,
+            # A cluster: the busiest queue's leader node dies while orders flow; later another
+            # node's app stops.
+            "node_kill": t0 + rng.uniform(0.3, 0.45) * window if faults.cluster else None,
+            "stop_app": t0 + rng.uniform(0.75, 0.9) * window if faults.cluster else None,
+        }
+        bursts = [t0 + window * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
+        return cls(one_offs, bursts, next_kill=t0 + cfg.kill_every)
+
+    def all_fired(self) -> bool:
+        return not any(self.one_offs.values()) and not self.bursts
 
 
 def _inject(
@@ -175,8 +207,9 @@ def _inject(
     faults: Faults,
     journal: Journal,
     rng: random.Random,
-) -> tuple[OrderFeed, Injector, float]:
-    """The fault phase: orders flow over the first half of `duration` while faults land on a schedule.
+) -> tuple[OrderFeed, Injector, Progress, float]:
+    """The fault phase: orders flow over the first half of `duration` while faults land on a
+    schedule.
 
     Ends at `duration`, or earlier once every order is published and terminal and every
     scheduled one-off fault has happened.
@@ -185,57 +218,61 @@ def _inject(
     feed = OrderFeed(settings, draw_scenarios(cfg.orders, dict(DEFAULT_MIX), seed), window, rng)
     injector = Injector(settings, rng, journal, per_burst=max(5, cfg.orders // 20))
     t0 = time.monotonic()
-    one_offs = {
-        "poison": t0 + rng.uniform(0.15, 0.3) * window,
-        "broker": t0 + rng.uniform(0.3, 0.45) * window if faults.broker_mode != "none" else None,
-        "redis": t0 + rng.uniform(0.55, 0.75) * window if cfg.redis_restart else None,
-        # A cluster: the busiest queue's leader node dies while orders flow; later another node's app stops.
-        "node_kill": t0 + rng.uniform(0.3, 0.45) * window if faults.cluster else None,
-        "stop_app": t0 + rng.uniform(0.75, 0.9) * window if faults.cluster else None,
-    }
-    bursts = [t0 + window * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
-    next_kill, next_look = t0 + cfg.kill_every, 0.0
+    schedule = _Schedule.draw(cfg, faults, rng, t0, window)
     feed.start()
-    feed.progress = Progress(settings, journal, feed)
+    progress = Progress(settings, journal, feed)
     if faults.cluster:  # how long sagas stop finishing after a node fault
-        feed.progress.start()
+        progress.start()
     journal.note("orders", f"publishing {cfg.orders} orders over {window:.0f}s (mix {DEFAULT_MIX})")
     try:
         while time.monotonic() - t0 < cfg.duration:
             now = time.monotonic()
-            if (
-                not feed.is_alive()
-                and not any(one_offs.values())
-                and not bursts
-                and now >= next_look
-            ):
-                next_look = now + 1.0
-                if terminal_count(order_states(settings, [o for o, _ in feed.sent])) == len(
-                    feed.sent
-                ):
-                    break
-            if now >= next_kill:
-                next_kill += cfg.kill_every
-                faults.kill_random_worker()
-            for what, when in one_offs.items():
-                if when is not None and now >= when:
-                    one_offs[what] = fire_one_off(what, now, cfg, settings, faults, injector, rng)
-            if bursts and now >= bursts[0]:
-                bursts.pop(0)
-                injector.burst()
-            faults.tend()
-            if faults.cluster:
-                faults.note_leaders_after()
+            if _finished_early(now, settings, feed, schedule):
+                break
+            _fire_due(now, cfg, settings, faults, injector, rng, schedule)
             time.sleep(0.1)
         # Publishing is paced to end by half-time; a slow broker may stretch it: let it finish.
         feed.join(timeout=cfg.settle_timeout)
     finally:
         feed.stop_event.set()
         feed.join(timeout=30)
-        if feed.progress.is_alive():
-            feed.progress.stop()
+        if progress.is_alive():
+            progress.stop()
         injector.close()
-    return feed, injector, t0
+    return feed, injector, progress, t0
+
+
+def _finished_early(now: float, settings: Settings, feed: OrderFeed, schedule: _Schedule) -> bool:
+    """Every order published and terminal, every scheduled fault fired (looked at once a second)."""
+    if feed.is_alive() or not schedule.all_fired() or now < schedule.next_look:
+        return False
+    schedule.next_look = now + 1.0
+    return terminal_count(order_states(settings, [o for o, _ in feed.sent])) == len(feed.sent)
+
+
+def _fire_due(
+    now: float,
+    cfg: ChaosConfig,
+    settings: Settings,
+    faults: Faults,
+    injector: Injector,
+    rng: random.Random,
+    schedule: _Schedule,
+) -> None:
+    """What the schedule has due at `now` (a worker kill, one-off faults, a burst of bad
+    messages), then the faults' upkeep."""
+    if now >= schedule.next_kill:
+        schedule.next_kill += cfg.kill_every
+        faults.kill_random_worker()
+    for what, when in schedule.one_offs.items():
+        if when is not None and now >= when:
+            schedule.one_offs[what] = fire_one_off(what, now, cfg, settings, faults, injector, rng)
+    if schedule.bursts and now >= schedule.bursts[0]:
+        schedule.bursts.pop(0)
+        injector.burst()
+    faults.tend()
+    if faults.cluster:
+        faults.note_leaders_after()
 
 
 def fire_one_off(
@@ -277,12 +314,16 @@ class Progress(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
-        from sqlmodel import Session, func, select
+        from sqlmodel import Session, col, func, select
 
         from choreo.infra.db import engine_for
         from models.tables import OrderView
 
-        q = select(func.count()).select_from(OrderView).where(OrderView.state.in_(list(TERMINAL)))
+        q = (
+            select(func.count())
+            .select_from(OrderView)
+            .where(col(OrderView.state).in_(list(TERMINAL)))
+        )
         while not self.halt.wait(self.every):
             sent = len(self.feed.sent)
             try:
@@ -297,7 +338,7 @@ class Progress(threading.Thread):
 
     def longest_stall(self) -> float:
         """The longest time no saga finished while some were open."""
-        longest, since = 0.0, None
+        longest = since = 0.0  # since: set by the first sample (its done > -1)
         previous = -1
         for when, done, sent in self.samples:
             if done > previous or done >= sent:

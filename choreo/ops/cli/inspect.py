@@ -24,31 +24,9 @@ def print_status(settings, as_json: bool) -> dict:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return data
-    t = Table(title=f"orders ({data['orders']['total']})")
-    for col in ("state", "reason", "count"):
-        t.add_column(col)
-    for row in data["orders"]["by_state_reason"]:
-        t.add_row(row["state"], row["reason"] or "", str(row["count"]))
-    console.print(t)
-    q = Table(title="queues")
-    for col in ("name", "messages", "consumers"):
-        q.add_column(col)
-    for row in data["queues"]:
-        if row["name"].split(".")[-2] == "retry" and not row["messages"]:
-            continue  # empty retry rungs are noise
-        q.add_row(row["name"], str(row["messages"]), str(row["consumers"]))
-    console.print(q)
-    if data.get("broker_error"):
-        err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
-    if data.get("database_error"):
-        err.print(
-            f"[red]order database unreachable:[/red] {data['database_error']} (started yet? `choreo up`)"
-        )
-    if data.get("unrouted"):
-        console.print(
-            f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their routing key; "
-            f"see `choreo dlq list unrouted`"
-        )
+    console.print(orders_table(data))
+    console.print(queues_table(data))
+    print_warnings(data)
     if data["metrics"]:
         console.print(
             "counters: "
@@ -66,6 +44,42 @@ def print_status(settings, as_json: bool) -> dict:
         else "prometheus: not running (`choreo up` starts it)"
     )
     return data
+
+
+def orders_table(data: dict) -> Table:
+    t = Table(title=f"orders ({data['orders']['total']})")
+    for col in ("state", "reason", "count"):
+        t.add_column(col)
+    for row in data["orders"]["by_state_reason"]:
+        t.add_row(row["state"], row["reason"] or "", str(row["count"]))
+    return t
+
+
+def queues_table(data: dict) -> Table:
+    q = Table(title="queues")
+    for col in ("name", "messages", "consumers"):
+        q.add_column(col)
+    for row in data["queues"]:
+        if row["name"].split(".")[-2] == "retry" and not row["messages"]:
+            continue  # empty retry rungs are noise
+        q.add_row(row["name"], str(row["messages"]), str(row["consumers"]))
+    return q
+
+
+def print_warnings(data: dict) -> None:
+    """What is away or unrouted, in colour: the broker, the order database, unrouted messages."""
+    if data.get("broker_error"):
+        err.print(f"[red]broker unreachable:[/red] {data['broker_error']}")
+    if data.get("database_error"):
+        err.print(
+            f"[red]order database unreachable:[/red] {data['database_error']} "
+            "(started yet? `choreo up`)"
+        )
+    if data.get("unrouted"):
+        console.print(
+            f"[yellow]{data['unrouted']} unrouted message(s)[/yellow]: no binding matched their "
+            "routing key; see `choreo dlq list unrouted`"
+        )
 
 
 HEALTH_STYLE = {"ok": "green", "down": "red", "not running": "yellow"}
