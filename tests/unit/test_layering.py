@@ -189,51 +189,70 @@ def edges(where=lambda module, target: True) -> list[tuple[str, str]]:
     return sorted((m, t) for m, targets in import_graph().items() for t in targets if where(m, t))
 
 
+class _Tarjan:
+    """Tarjan's algorithm, iterative (no recursion limit to worry about): `work` is the depth-first
+    path, each node with the iterator over the children it has yet to follow."""
+
+    def __init__(self, graph: dict[str, frozenset[str]]) -> None:
+        self.graph = graph
+        self.index: dict[str, int] = {}
+        self.lowlink: dict[str, int] = {}
+        self.on_stack: set[str] = set()
+        self.stack: list[str] = []
+        self.work: list[tuple[str, Iterator[str]]] = []
+        self.components: list[list[str]] = []
+
+    def search(self, start: str) -> None:
+        self._enter(start)
+        while self.work:
+            node, children = self.work[-1]
+            if not self._descend(node, children):
+                self._leave(node)
+
+    def _enter(self, node: str) -> None:
+        self.index[node] = self.lowlink[node] = len(self.index)
+        self.stack.append(node)
+        self.on_stack.add(node)
+        self.work.append((node, iter(sorted(self.graph[node]))))
+
+    def _descend(self, node: str, children: Iterator[str]) -> bool:
+        """Enter node's next unvisited child and say True; lower node's lowlink by each child
+        already on the stack on the way. False once node has no children left to follow."""
+        for child in children:
+            if child not in self.graph:
+                continue
+            if child not in self.index:
+                self._enter(child)
+                return True
+            if child in self.on_stack:
+                self.lowlink[node] = min(self.lowlink[node], self.index[child])
+        return False
+
+    def _leave(self, node: str) -> None:
+        self.work.pop()
+        if self.work:
+            parent = self.work[-1][0]
+            self.lowlink[parent] = min(self.lowlink[parent], self.lowlink[node])
+        if self.lowlink[node] == self.index[node]:
+            self.components.append(self._pop_component(node))
+
+    def _pop_component(self, root: str) -> list[str]:
+        component = []
+        while True:
+            member = self.stack.pop()
+            self.on_stack.discard(member)
+            component.append(member)
+            if member == root:
+                return sorted(component)
+
+
 def strongly_connected_components(graph: dict[str, frozenset[str]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative (no recursion limit to worry about)."""
-    index: dict[str, int] = {}
-    lowlink: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    components: list[list[str]] = []
-    counter = 0
+    """Tarjan's algorithm; components in the order Tarjan completes them, each sorted."""
+    tarjan = _Tarjan(graph)
     for start in sorted(graph):
-        if start in index:
-            continue
-        work: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(graph[start])))]
-        index[start] = lowlink[start] = counter
-        counter += 1
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            for child in children:
-                if child not in graph:
-                    continue
-                if child not in index:
-                    index[child] = lowlink[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                    break
-                if child in on_stack:
-                    lowlink[node] = min(lowlink[node], index[child])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    lowlink[parent] = min(lowlink[parent], lowlink[node])
-                if lowlink[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    components.append(sorted(component))
-    return components
+        if start not in tarjan.index:
+            tarjan.search(start)
+    return tarjan.components
 
 
 # --- the rules --------------------------------------------------------------------------------
