@@ -25,8 +25,8 @@ import pytest
 
 from choreo.ops import cluster as rabbit_cluster
 
-# Bounded: about three minutes on two cores (a cluster's start is half a minute, each fault 10-25 s);
-# the timeout is the hard stop.
+# Bounded: about three minutes on two cores (a cluster's start is half a minute, each fault
+# 10-25 s); the timeout is the hard stop.
 pytestmark = [
     pytest.mark.chaos,
     pytest.mark.timeout(420),
@@ -63,9 +63,8 @@ class Run:
         self.unexpected_exits = 0
         self.errors: list[str] = []
         self.log_lines: list[str] = []
-        self.clashes: list[
-            dict
-        ] = []  # each refused pidbox declare: the worker, when, after which fault
+        # each refused pidbox declare: the worker, when, after which fault
+        self.clashes: list[dict] = []
         self.workers: list[str] = []
         self.node_names: dict[str, str] = {}
 
@@ -77,15 +76,15 @@ class Run:
         )
 
     def read_logs(self, log_dir) -> None:
-        """Deaths (Celery's unrecoverable errors) and absorbed pidbox clashes, from the workers' JSON logs."""
+        """Deaths (Celery's unrecoverable errors) and absorbed pidbox clashes, from the workers'
+        JSON logs."""
         for path in sorted(log_dir.glob("worker-*.log")):
             with open(path, errors="replace") as log:
                 for line in log:
                     if m := DEATH.search(line):
                         self.log_lines.append(f"{path.stem}: {m.group(0)[:240]}")
-                    elif (
-                        CLASH in line
-                    ):  # workers log JSON lines (log_json); a plain line is not attributed
+                    elif CLASH in line:
+                        # workers log JSON lines (log_json); a plain line is not attributed
                         ts = json.loads(line).get("ts") if line.startswith("{") else None
                         at = datetime.fromisoformat(ts).timestamp() if ts else 0.0
                         after = max(
@@ -136,7 +135,8 @@ def _until(predicate, timeout: float, what: str, tend=None) -> None:
 
 def _fault_the_busiest_node(faults, kind: str, hit: set[str], run: Run, everyone_answers) -> bool:
     """Fault the node holding the most workers not hit by `kind` yet; wait until it runs again,
-    every replica is back and every worker answers Flower's ping. False when every worker was hit."""
+    every replica is back and every worker answers Flower's ping. False when every worker was
+    hit."""
     by_node = faults.workers_by_node()
     node = max(by_node, key=lambda i: (len(set(by_node[i]) - hit), -i))
     if not set(by_node[node]) - hit:
@@ -182,28 +182,135 @@ def _fault_the_busiest_node(faults, kind: str, hit: set[str], run: Run, everyone
     return True
 
 
+class _Feeds:
+    """Orders placed in the background while the faults happen, counted in the run."""
+
+    def __init__(self, sandbox, rng: random.Random, run: Run) -> None:
+        self.sandbox, self.rng, self.run = sandbox, rng, run
+        self.feeds: list = []
+
+    def start(self, count: int, seconds: float) -> None:
+        from choreo.ops.chaos.inject import OrderFeed
+        from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
+
+        f = OrderFeed(
+            self.sandbox.settings,
+            draw_scenarios(count, dict(DEFAULT_MIX), self.rng.getrandbits(32)),
+            seconds,
+            self.rng,
+        )
+        f.start()
+        self.feeds.append(f)
+        self.run.ordered += count
+
+    def join(self) -> None:
+        """Wait for every feed; what each sent and any error it met go into the run."""
+        for f in self.feeds:
+            f.join(timeout=60)
+            self.run.sent += f.sent
+            if f.error:
+                self.run.errors.append(f.error)
+
+    def stop(self) -> None:
+        for f in self.feeds:
+            f.stop_event.set()
+
+
+def _seed() -> int:
+    """CHOREO_CHAOS_SEED replays a run; without it, a fresh seed (printed with the results)."""
+    if os.environ.get("CHOREO_CHAOS_SEED"):
+        return int(os.environ["CHOREO_CHAOS_SEED"])
+    return random.getrandbits(32)
+
+
+def _ping_all(flower, host: dict[str, str], run: Run):
+    """A predicate: every worker answered Flower's ping (the answers are kept in run.ping)."""
+    probe = flower.connection_for_write()  # not connected: its transport's error classes
+    flower_errors = probe.connection_errors + probe.channel_errors
+
+    def everyone_answers() -> bool:
+        try:
+            run.ping = flower.control.inspect(timeout=2.0).ping() or {}
+        except flower_errors:
+            # its pooled connection was on the faulted node: the next try connects anew
+            # (Flower's inspector, likewise, logs a failed inspect and asks again)
+            return False
+        return set(host.values()) <= {n.split("@")[0] for n in run.ping}
+
+    return everyone_answers
+
+
+def _fault_each_kind(faults, run: Run, feeds: _Feeds, everyone_answers) -> None:
+    """Each kind of fault, node by node, until every worker was on a faulted node (bounded)."""
+    t = time.monotonic()
+    for kind in FAULTS:
+        hit: set[str] = set()
+        for _ in range(MAX_FAULTS_PER_KIND):
+            feeds.start(ORDERS_PER_FAULT, FEED_SECONDS)  # orders flow through the fault
+            if not _fault_the_busiest_node(faults, kind, hit, run, everyone_answers):
+                break
+    run.timings["faults"] = round(time.monotonic() - t, 1)
+
+
+def _observe_the_end(settings, stack, faults, run: Run, host, everyone_answers) -> None:
+    """Once the orders settled: the audit, the ping, the queues' consumers, the workers' views."""
+    from choreo.messaging.admin import BrokerAdmin
+    from choreo.ops.audit import run_audit
+    from choreo.ops.chaos.faults import worker_view
+
+    run.checks = run_audit(settings)
+
+    try:
+        _until(everyone_answers, 30, "a ping answer from every worker")
+    except RuntimeError as exc:
+        run.errors.append(str(exc))
+    run.node_names = {
+        w: next((n for n in run.ping if n.split("@")[0] == host[w]), "") for w in faults.workers
+    }
+
+    with BrokerAdmin(settings) as admin:
+        run.consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
+    now = worker_view(settings, stack, faults.workers)
+    run.handled_after = {w: v["handled"] for w, v in now.items()}
+    run.pids_after = {w: stack.pid(w) for w in faults.workers}
+    run.unexpected_exits = faults.counts["unexpected_exit"]
+
+
+def _stop_all(stack, names: list[str]) -> None:
+    stoppers = [threading.Thread(target=stack.stop, args=(n,)) for n in names]
+    for s in stoppers:
+        s.start()
+    for s in stoppers:
+        s.join(timeout=30)
+
+
+def _moves(run: Run) -> list[str]:
+    """Per fault: where each of its node's workers reconnected, and when all answered again."""
+    return [
+        f"{x['fault']} node {x['node']}: "
+        + ", ".join(
+            f"{w} -> {v.get('reconnected_to')} in {v.get('reconnected_after_s')}s"
+            for w, v in x["workers_on_node"].items()
+        )
+        + f"; all answered ping {x.get('all_answered_after_s')}s after the node was back"
+        for x in run.faults
+    ]
+
+
 @pytest.fixture(scope="module")
 def failover(tmp_path_factory):
     from rich.console import Console
 
     from choreo.app.bootstrap import prepare
     from choreo.messaging.access import node_name
-    from choreo.messaging.admin import BrokerAdmin
-    from choreo.ops.audit import run_audit
-    from choreo.ops.chaos.faults import Faults, worker_view
-    from choreo.ops.chaos.inject import OrderFeed
+    from choreo.ops.chaos.faults import Faults
     from choreo.ops.chaos.report import Journal
     from choreo.ops.sandbox import Sandbox, private_cluster
-    from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
     from choreo.ops.stack import Stack, wait_consuming, worker_of
     from choreo.ops.workload import wait_terminal
     from tasks.app import make_app
 
-    seed = (
-        int(os.environ["CHOREO_CHAOS_SEED"])
-        if os.environ.get("CHOREO_CHAOS_SEED")
-        else random.getrandbits(32)
-    )
+    seed = _seed()
     rng = random.Random(seed)
     run, t0 = Run(), time.monotonic()
     journal = Journal(Console(width=140, force_terminal=False))
@@ -212,20 +319,9 @@ def failover(tmp_path_factory):
     run.timings["cluster up"] = round(time.monotonic() - t0, 1)
     sandbox = Sandbox("failover", own_redis=True, cluster_dir=cluster.base_dir)
     stack = Stack(sandbox.settings, env=sandbox.env)
-    feeds: list[OrderFeed] = []
+    feeds = _Feeds(sandbox, rng, run)
     names: list[str] = []
     flower = None
-
-    def feed(count: int, seconds: float) -> None:
-        f = OrderFeed(
-            sandbox.settings,
-            draw_scenarios(count, dict(DEFAULT_MIX), rng.getrandbits(32)),
-            seconds,
-            rng,
-        )
-        f.start()
-        feeds.append(f)
-        run.ordered += count
 
     try:
         sandbox.open()
@@ -242,82 +338,31 @@ def failover(tmp_path_factory):
 
         host = {w: node_name(settings, *worker_of(w)) for w in faults.workers}
         flower = make_app("flower", settings)  # Flower's own broker user: broadcast, replies
+        everyone_answers = _ping_all(flower, host, run)
 
-        probe = flower.connection_for_write()  # not connected: its transport's error classes
-        flower_errors = probe.connection_errors + probe.channel_errors
+        _fault_each_kind(faults, run, feeds, everyone_answers)
 
-        def everyone_answers() -> bool:
-            try:
-                run.ping = flower.control.inspect(timeout=2.0).ping() or {}
-            except (
-                flower_errors
-            ):  # its pooled connection was on the faulted node: the next try connects anew
-                return False  # (Flower's inspector, likewise, logs a failed inspect and asks again)
-            return set(host.values()) <= {n.split("@")[0] for n in run.ping}
-
-        t = time.monotonic()
-        for kind in FAULTS:
-            hit: set[str] = set()
-            for _ in range(MAX_FAULTS_PER_KIND):
-                feed(ORDERS_PER_FAULT, FEED_SECONDS)  # orders flow through the fault
-                if not _fault_the_busiest_node(faults, kind, hit, run, everyone_answers):
-                    break
-        run.timings["faults"] = round(time.monotonic() - t, 1)
-
-        feed(ORDERS_PER_FAULT, FEED_SECONDS / 2)  # orders placed after the last fault
-        for f in feeds:
-            f.join(timeout=60)
-            run.sent += f.sent
-            if f.error:
-                run.errors.append(f.error)
+        feeds.start(ORDERS_PER_FAULT, FEED_SECONDS / 2)  # orders placed after the last fault
+        feeds.join()
         t = time.monotonic()
         run.states = wait_terminal(settings, [o for o, _ in run.sent], timeout=90)
         run.timings["settle"] = round(time.monotonic() - t, 1)
-        run.checks = run_audit(settings)
-
-        try:
-            _until(everyone_answers, 30, "a ping answer from every worker")
-        except RuntimeError as exc:
-            run.errors.append(str(exc))
-        run.node_names = {
-            w: next((n for n in run.ping if n.split("@")[0] == host[w]), "") for w in faults.workers
-        }
-
-        with BrokerAdmin(settings) as admin:
-            run.consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
-        now = worker_view(settings, stack, faults.workers)
-        run.handled_after = {w: v["handled"] for w, v in now.items()}
-        run.pids_after = {w: stack.pid(w) for w in faults.workers}
-        run.unexpected_exits = faults.counts["unexpected_exit"]
+        _observe_the_end(settings, stack, faults, run, host, everyone_answers)
         run.timings["total"] = round(time.monotonic() - t0, 1)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         run.errors.append(f"harness: {exc!r}")
     finally:
         if flower is not None:
             flower.close()
-        for f in feeds:
-            f.stop_event.set()
-        stoppers = [threading.Thread(target=stack.stop, args=(n,)) for n in names]
-        for s in stoppers:
-            s.start()
-        for s in stoppers:
-            s.join(timeout=30)
+        feeds.stop()
+        _stop_all(stack, names)
         run.read_logs(stack.log_dir)
         keep = bool(run.errors or run.log_lines or run.unexpected_exits)
         run.errors += sandbox.close(keep=keep)
         cluster.down(purge=not keep)
-        moved = [
-            f"{x['fault']} node {x['node']}: "
-            + ", ".join(
-                f"{w} -> {v.get('reconnected_to')} in {v.get('reconnected_after_s')}s"
-                for w, v in x["workers_on_node"].items()
-            )
-            + f"; all answered ping {x.get('all_answered_after_s')}s after the node was back"
-            for x in run.faults
-        ]
         print(
-            f"\nworker failover: seed {seed}; timings (s) {run.timings}; pidbox clashes absorbed {run.clashes}; "
-            f"faults: {moved}"
+            f"\nworker failover: seed {seed}; timings (s) {run.timings}; "
+            f"pidbox clashes absorbed {run.clashes}; faults: {_moves(run)}"
             + (f"; kept {sandbox.workdir} and {cluster.base_dir}" if keep else "")
         )
     return run
