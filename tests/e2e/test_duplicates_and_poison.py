@@ -121,7 +121,7 @@ def test_redelivering_every_event_changes_nothing(settings, stack, isolated_redi
         for env in envelopes:
             publisher.publish(env)
         wait_for(
-            lambda: duplicates_total(isolated_redis, settings) - start >= expected,
+            lambda start=start: duplicates_total(isolated_redis, settings) - start >= expected,
             60,
             what=f"{expected} duplicates absorbed in round {round_}",
         )

@@ -165,7 +165,9 @@ def test_a_message_claiming_another_user_is_refused(settings, stack):
         code, text = _refusal(
             settings,
             "operator",
-            lambda ch: _publish(ch, settings, "place_order", body, headers, claimed),
+            lambda ch, claimed=claimed: _publish(
+                ch, settings, "place_order", body, headers, claimed
+            ),
         )
         assert code == 406 and "user_id" in text
     # On a key that is not the user's to write, the topic permission refuses it first (README: Security).

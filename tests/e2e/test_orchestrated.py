@@ -75,8 +75,8 @@ def test_topology_has_commands_instead_of_reactions(orchestrated):
 
     s, _, _ = orchestrated
     rows = [
-        l.split("\t")
-        for l in rabbitmqctl(
+        line.split("\t")
+        for line in rabbitmqctl(
             "list_bindings",
             "-p",
             VHOST,
@@ -85,7 +85,7 @@ def test_topology_has_commands_instead_of_reactions(orchestrated):
             "routing_key",
             "destination_name",
         ).splitlines()
-        if l.strip()
+        if line.strip()
     ]
     actual = {(a, b, c) for a, b, c in rows if a.startswith(s.namespace)}
     assert actual == topology(s).expected_bindings()

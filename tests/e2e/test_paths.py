@@ -67,7 +67,7 @@ def test_completed_path_charges_once_reserves_ships_and_notifies(settings, one_o
     for order_id in _ids(sent, "completed") + _ids(sent, "flaky"):
         charge, refund, ledger, reservation, shipment, notes = _facts(settings, order_id)
         assert charge is not None and refund is None
-        assert [(l.kind, l.amount_cents) for l in ledger] == [("charge", charge.amount_cents)]
+        assert [(row.kind, row.amount_cents) for row in ledger] == [("charge", charge.amount_cents)]
         assert reservation.status == "reserved"
         assert shipment.status == "created" and shipment.tracking_code.startswith("TRK-")
         assert [n.kind for n in notes] == ["completed"]
@@ -88,7 +88,7 @@ def test_out_of_stock_refunds_the_charge_by_compensation(settings, one_of_each):
     for order_id in _ids(sent, "out_of_stock"):
         charge, refund, ledger, reservation, shipment, notes = _facts(settings, order_id)
         assert charge is not None and refund.amount_cents == charge.amount_cents
-        assert sorted(l.kind for l in ledger) == ["charge", "refund"]
+        assert sorted(row.kind for row in ledger) == ["charge", "refund"]
         assert reservation is None and shipment is None
         assert [n.kind for n in notes] == ["cancelled"]
 

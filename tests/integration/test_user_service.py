@@ -4,6 +4,7 @@ SIGTERM and an immediate restart on the same port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -107,10 +108,8 @@ def _bearer(token: str) -> dict[str, str]:
 def _log_lines(service) -> list[dict]:
     out = []
     for line in service["log"].read_text().splitlines():
-        try:
+        with contextlib.suppress(ValueError):
             out.append(json.loads(line))
-        except ValueError:
-            pass
     return out
 
 
@@ -224,18 +223,18 @@ def test_the_request_id_is_echoed_or_made_and_in_the_log_lines(service):
 
     def access_line():
         return [
-            l
-            for l in _log_lines(service)
-            if l.get("request_id") == rid and l["msg"].startswith("users http: GET")
+            entry
+            for entry in _log_lines(service)
+            if entry.get("request_id") == rid and entry["msg"].startswith("users http: GET")
         ]
 
     line = wait_for(access_line, 5, what="the access line of the request")[0]
     assert line["level"] == "DEBUG" and line["caller"] == "order" and " 200 " in line["msg"]
     assert wait_for(
         lambda: [
-            l
-            for l in _log_lines(service)
-            if l.get("request_id") == rid + "-401" and l["level"] == "WARNING"
+            entry
+            for entry in _log_lines(service)
+            if entry.get("request_id") == rid + "-401" and entry["level"] == "WARNING"
         ],
         5,
         what="the refusal's log line",
@@ -290,9 +289,9 @@ def test_users_client_with_its_token_gets_the_customer(service, isolated_redis):
     assert client.get("cust-1", request_id=rid)["id"] == "cust-1"
     assert wait_for(
         lambda: [
-            l
-            for l in _log_lines(service)
-            if l.get("request_id") == rid and l.get("caller") == "notification"
+            entry
+            for entry in _log_lines(service)
+            if entry.get("request_id") == rid and entry.get("caller") == "notification"
         ],
         5,
         what="the client's request id in the log",

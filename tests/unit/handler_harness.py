@@ -241,7 +241,7 @@ class Harness:
         outcomes = process_batch(self.rt, deliveries)
         published = self.burst.published[before:]
         out = []
-        for d, outcome in zip(deliveries, outcomes):
+        for d, outcome in zip(deliveries, outcomes, strict=True):  # one outcome per delivery
             mine = Published(e for e in published if e.causation_id == d.task_id)
             mine.outcome = outcome
             out.append(mine)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 from click.testing import CliRunner
 from cryptography import x509
@@ -21,7 +22,7 @@ def _init(folder, *args) -> dict:
 
 def _sans(path) -> set[str]:
     san = (
-        x509.load_pem_x509_certificate(open(path, "rb").read())
+        x509.load_pem_x509_certificate(Path(path).read_bytes())
         .extensions.get_extension_for_class(x509.SubjectAlternativeName)
         .value
     )
@@ -39,15 +40,15 @@ def test_the_servers_certificate_names_the_hosts_and_their_copy_is_theirs(tmp_pa
         st = os.stat(made[key])
         assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o600, key
     assert stat.S_IMODE(os.stat(tmp_path / "private").st_mode) == 0o700
-    assert open(made["server_key_file"], "rb").read() == open(made["node_key_file"], "rb").read()
+    assert Path(made["server_key_file"]).read_bytes() == Path(made["node_key_file"]).read_bytes()
 
 
 def test_made_once_and_re_issued_for_other_hosts(tmp_path):
     first = _init(tmp_path, "--host", "rabbitmq")
-    cert = open(first["node_cert_file"], "rb").read()
-    ca = open(first["ca_file"], "rb").read()
+    cert = Path(first["node_cert_file"]).read_bytes()
+    ca = Path(first["ca_file"]).read_bytes()
     _init(tmp_path, "--host", "rabbitmq")
-    assert open(first["node_cert_file"], "rb").read() == cert  # nothing changed
+    assert Path(first["node_cert_file"]).read_bytes() == cert  # nothing changed
     _init(tmp_path, "--host", "rabbitmq", "--host", "broker.example")
     assert _sans(first["node_cert_file"]) == {
         "rabbitmq",
@@ -55,4 +56,4 @@ def test_made_once_and_re_issued_for_other_hosts(tmp_path):
         "localhost",
         "127.0.0.1",
     }
-    assert open(first["ca_file"], "rb").read() == ca  # the same CA signs it
+    assert Path(first["ca_file"]).read_bytes() == ca  # the same CA signs it
