@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from choreo.app.eventstore import append, load
 from choreo.app.uow import UnitOfWork
 from choreo.domain import order as domain
@@ -11,6 +14,7 @@ from models.envelope import (
     InventoryFailed,
     InventoryReleased,
     InventoryReserved,
+    Message,
     PaymentCompleted,
     PaymentFailed,
     PaymentRefunded,
@@ -31,23 +35,32 @@ def on_place_order(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
 
 
 def on_fact(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
-    fact = domain.fact_from_message(msg.type, msg.payload)
-    if fact is None:
-        raise ValueError(f"the order service hears no {msg.type}")
+    message = msg.parsed()
+    fact = FACTS[type(message)](message)
     order = load(uow.session, msg.order_id)
     append(uow, order, domain.record(order, fact))
 
 
+def _attention(m: SagaDeadLettered) -> domain.Event:
+    reason = "compensation_failed" if m.compensation else f"dead_lettered:{m.domain}"
+    return domain.AttentionRequired(reason, m.domain, m.event_type, m.reason)
+
+
+# What another service said -> the order's own fact: one line per message the order records.
+FACTS: dict[type[Message], Callable[[Any], domain.Event]] = {
+    PaymentCompleted: lambda m: domain.PaymentCaptured(m.charge_id, m.amount_cents),
+    PaymentFailed: lambda m: domain.PaymentDeclined(m.reason, m.code),
+    PaymentRefunded: lambda m: domain.PaymentRefunded(m.amount_cents, m.reason),
+    InventoryReserved: lambda m: domain.StockReserved(m.reservation_id),
+    InventoryFailed: lambda m: domain.StockUnavailable(m.reason, list(m.skus)),
+    # The compensation's outcome, kept in the order's history (and not unrouted in choreography).
+    InventoryReleased: lambda m: domain.StockReleased(m.reservation_id),
+    ShipmentCreated: lambda m: domain.ShipmentDispatched(m.shipment_id),
+    ShipmentFailed: lambda m: domain.ShipmentFailed(m.reason),
+    SagaDeadLettered: _attention,
+}
+
 SUBSCRIPTIONS: Subscriptions = {
     PlaceOrder: Subscription(on_place_order),
-    PaymentCompleted: Subscription(on_fact),
-    PaymentFailed: Subscription(on_fact),
-    PaymentRefunded: Subscription(on_fact),
-    InventoryReserved: Subscription(on_fact),
-    InventoryFailed: Subscription(on_fact),
-    # The compensation's outcome, kept in the order's history (and not unrouted in choreography).
-    InventoryReleased: Subscription(on_fact),
-    ShipmentCreated: Subscription(on_fact),
-    ShipmentFailed: Subscription(on_fact),
-    SagaDeadLettered: Subscription(on_fact),
+    **{kind: Subscription(on_fact) for kind in FACTS},
 }

@@ -37,7 +37,7 @@ def load(db, order_id: str) -> domain.Order:
     return domain.fold_stored(order_id, connection_of(db).execute(_LOAD, {"oid": order_id}))
 
 
-def append(uow, order: domain.Order, events: list[domain.DomainEvent]) -> domain.Order:
+def append(uow, order: domain.Order, events: list[domain.Event]) -> domain.Order:
     """Append events at the next versions, project them, and stage their announcements.
 
     A concurrent writer that took the same version makes the insert (or the commit) fail on

@@ -18,15 +18,6 @@ from choreo.domain import order as domain
 from choreo.infra.db import connection_of
 from models.tables import OrderEvent, OrderView, table_of
 
-STAMPS = {
-    "OrderPlaced": "placed_at",
-    "PaymentCaptured": "paid_at",
-    "StockReserved": "reserved_at",
-    "ShipmentDispatched": "shipped_at",
-    "OrderCompleted": "ended_at",
-    "OrderCancelled": "ended_at",
-    "OrderRejected": "ended_at",
-}
 COLUMNS = (
     "state",
     "reason",
@@ -67,8 +58,9 @@ def values(prev: dict | None, order: domain.Order, rows) -> dict:
         }
     )
     for row in rows:
-        if row.type in STAMPS:
-            v[STAMPS[row.type]] = row.recorded_at
+        milestone = domain.EVENTS[row.type].milestone
+        if milestone is not None:
+            v[f"{milestone}_at"] = row.recorded_at
     v.update(
         state=order.state,
         reason=order.reason,

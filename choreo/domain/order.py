@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
 
 # Settled: the saga closed the order. Terminal: nothing more moves it without an operator
 # (settled, or NEEDS_ATTENTION: a step or a compensation failed for good). One vocabulary for
@@ -13,35 +13,273 @@ SETTLED = ("COMPLETED", "CANCELLED")
 TERMINAL = (*SETTLED, "NEEDS_ATTENTION")
 STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", *TERMINAL)
 
-# Current schema version of each stored order event type; older versions are upcast on read.
-EVENT_VERSIONS = {
-    "OrderPlaced": 2,
-    "PaymentCaptured": 1,
-    "PaymentDeclined": 1,
-    "StockReserved": 1,
-    "StockUnavailable": 1,
-    "StockReleased": 1,
-    "ShipmentDispatched": 1,
-    "ShipmentFailed": 1,
-    "PaymentRefunded": 1,
-    "AttentionRequired": 1,
-    "OrderCompleted": 1,
-    "OrderCancelled": 1,
-    "OrderRejected": 1,
-}
+# --- the order's own events ------------------------------------------------------------
+# One class per event: its fields are what is stored, its class attributes say its schema
+# version and the milestone it marks, and `changes` is the one small step that applies it.
 
 
 @dataclass(frozen=True)
-class DomainEvent:
-    type: str
-    data: dict[str, Any]
-    schema_version: int = 0
+class Event:
+    """An event of the order's own history (stored in the order service's event store)."""
 
-    def __post_init__(self) -> None:
-        if self.type not in EVENT_VERSIONS:
-            raise ValueError(f"unknown order event {self.type!r}")
-        if not self.schema_version:
-            object.__setattr__(self, "schema_version", EVENT_VERSIONS[self.type])
+    version: ClassVar[int] = 1
+    # The read model stamps <milestone>_at with the time of the event that marks it.
+    milestone: ClassVar[str | None] = None
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    @property
+    def schema_version(self) -> int:
+        return self.version
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """What is stored: the fields, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        """The order's fields this event sets (the version is bumped by `apply`)."""
+        raise NotImplementedError
+
+    def known_to(self, order: Order) -> bool:
+        """Whether `order` already holds this fact (a redelivery): recording it adds nothing."""
+        return False
+
+    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+        """What other services hear of this event (routing key, payload), if anything."""
+        return None
+
+
+def _lines(items: list[dict[str, Any]]) -> tuple:
+    return tuple(tuple(sorted(i.items())) for i in items)
+
+
+@dataclass(frozen=True)
+class OrderPlaced(Event):
+    version: ClassVar[int] = 2  # v1 stored a single sku/qty/price (upcast on read)
+    milestone: ClassVar[str | None] = "placed"
+    customer_id: str
+    items: list[dict[str, Any]]
+    address: str
+    card_token: str
+    amount_cents: int
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "items": _lines(self.items),
+            "address": self.address,
+            "card_token": self.card_token,
+            "amount_cents": self.amount_cents,
+        }
+
+    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+        facts = {
+            "customer_id": self.customer_id,
+            "items": self.items,
+            "address": self.address,
+            "amount_cents": self.amount_cents,
+        }
+        return "order.placed", {"order": facts, "card_token": self.card_token}
+
+
+@dataclass(frozen=True)
+class OrderRejected(Event):
+    """Refused at placement (unknown SKU, a price not the catalog's): cancelled, nothing charged."""
+
+    milestone: ClassVar[str | None] = "ended"
+    customer_id: str
+    items: list[dict[str, Any]]
+    reason: str
+    detail: str | None
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "items": _lines(self.items),
+            "closed": "CANCELLED",
+            "close_reason": self.reason,
+        }
+
+    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+        return "order.cancelled", {
+            "customer_id": order.customer_id,
+            "reason": self.reason,
+            "amount_cents": 0,
+        }
+
+
+@dataclass(frozen=True)
+class PaymentCaptured(Event):
+    milestone: ClassVar[str | None] = "paid"
+    charge_id: str
+    amount_cents: int
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"charged_cents": self.amount_cents}
+
+    def known_to(self, order: Order) -> bool:
+        return order.charged_cents is not None
+
+
+@dataclass(frozen=True)
+class PaymentDeclined(Event):
+    reason: str
+    code: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"declined": self.reason}
+
+    def known_to(self, order: Order) -> bool:
+        return order.declined is not None
+
+
+@dataclass(frozen=True)
+class StockReserved(Event):
+    milestone: ClassVar[str | None] = "reserved"
+    reservation_id: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"reserved": True}
+
+    def known_to(self, order: Order) -> bool:
+        return order.reserved
+
+
+@dataclass(frozen=True)
+class StockUnavailable(Event):
+    reason: str
+    skus: list[str]
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"stock_failed": "out_of_stock"}
+
+    def known_to(self, order: Order) -> bool:
+        return order.stock_failed is not None
+
+
+@dataclass(frozen=True)
+class StockReleased(Event):
+    reservation_id: str | None
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"released": True}  # history only: the refund, not the release, closes the order
+
+    def known_to(self, order: Order) -> bool:
+        return order.released
+
+
+@dataclass(frozen=True)
+class ShipmentDispatched(Event):
+    milestone: ClassVar[str | None] = "shipped"
+    shipment_id: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"shipped": True}
+
+    def known_to(self, order: Order) -> bool:
+        return order.shipped
+
+
+@dataclass(frozen=True)
+class ShipmentFailed(Event):
+    reason: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"ship_failed": "shipment_failed"}
+
+    def known_to(self, order: Order) -> bool:
+        return order.ship_failed is not None
+
+
+@dataclass(frozen=True)
+class PaymentRefunded(Event):
+    amount_cents: int
+    reason: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"refunded_cents": self.amount_cents}
+
+    def known_to(self, order: Order) -> bool:
+        return order.refunded_cents is not None
+
+
+@dataclass(frozen=True)
+class AttentionRequired(Event):
+    """A step or a compensation failed for good: an operator must look."""
+
+    reason: str
+    domain: str
+    event_type: str
+    detail: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"attention": self.reason}
+
+    def known_to(self, order: Order) -> bool:
+        return order.attention == self.reason
+
+
+@dataclass(frozen=True)
+class OrderCompleted(Event):
+    milestone: ClassVar[str | None] = "ended"
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"closed": "COMPLETED", "close_reason": None}
+
+    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+        return "order.completed", {
+            "customer_id": order.customer_id,
+            "amount_cents": order.amount_cents,
+        }
+
+
+@dataclass(frozen=True)
+class OrderCancelled(Event):
+    milestone: ClassVar[str | None] = "ended"
+    reason: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"closed": "CANCELLED", "close_reason": self.reason}
+
+    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+        return "order.cancelled", {
+            "customer_id": order.customer_id,
+            "reason": self.reason,
+            "amount_cents": order.amount_cents,
+        }
+
+
+EVENTS: dict[str, type[Event]] = {
+    kind.__name__: kind
+    for kind in (
+        OrderPlaced,
+        OrderRejected,
+        PaymentCaptured,
+        PaymentDeclined,
+        StockReserved,
+        StockUnavailable,
+        StockReleased,
+        ShipmentDispatched,
+        ShipmentFailed,
+        PaymentRefunded,
+        AttentionRequired,
+        OrderCompleted,
+        OrderCancelled,
+    )
+}
+# Current schema version of each stored order event type; older versions are upcast on read.
+EVENT_VERSIONS = {name: kind.version for name, kind in EVENTS.items()}
+
+
+def event_of(type_: str, data: dict[str, Any]) -> Event:
+    """The event a stored (type, data) row holds, at the current schema version."""
+    kind = EVENTS.get(type_)
+    if kind is None:
+        raise ValueError(f"unknown order event {type_!r}")
+    return kind(**data)
 
 
 def _upcast_order_placed_v1(data: dict) -> dict:
@@ -63,12 +301,12 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict], dict]] = {
 }
 
 
-def upcast(type_: str, version: int, data: dict) -> DomainEvent:
+def upcast(type_: str, version: int, data: dict) -> Event:
     current = EVENT_VERSIONS[type_]
     while version < current:
         data = UPCASTERS[(type_, version)](data)
         version += 1
-    return DomainEvent(type_, data, current)
+    return event_of(type_, data)
 
 
 @dataclass(frozen=True)
@@ -119,52 +357,12 @@ class Order:
         return self.stock_failed or self.ship_failed
 
 
-def apply(order: Order, event: DomainEvent) -> Order:
+def apply(order: Order, event: Event) -> Order:
     """One small pure step: the order after `event`."""
-    d = event.data
-    t = event.type
-    changes: dict[str, Any] = {"version": order.version + 1}
-    if t == "OrderPlaced":
-        changes.update(
-            customer_id=d["customer_id"],
-            items=tuple(tuple(sorted(i.items())) for i in d["items"]),
-            address=d["address"],
-            card_token=d["card_token"],
-            amount_cents=d["amount_cents"],
-        )
-    elif t == "PaymentCaptured":
-        changes.update(charged_cents=d["amount_cents"])
-    elif t == "PaymentDeclined":
-        changes.update(declined=d["reason"])
-    elif t == "StockReserved":
-        changes.update(reserved=True)
-    elif t == "StockUnavailable":
-        changes.update(stock_failed="out_of_stock")
-    elif t == "StockReleased":
-        changes.update(released=True)  # history only: the refund, not the release, closes the order
-    elif t == "ShipmentDispatched":
-        changes.update(shipped=True)
-    elif t == "ShipmentFailed":
-        changes.update(ship_failed="shipment_failed")
-    elif t == "PaymentRefunded":
-        changes.update(refunded_cents=d["amount_cents"])
-    elif t == "AttentionRequired":
-        changes.update(attention=d["reason"])
-    elif t == "OrderCompleted":
-        changes.update(closed="COMPLETED", close_reason=None)
-    elif t == "OrderCancelled":
-        changes.update(closed="CANCELLED", close_reason=d["reason"])
-    elif t == "OrderRejected":
-        changes.update(
-            customer_id=d["customer_id"],
-            items=tuple(tuple(sorted(i.items())) for i in d["items"]),
-            closed="CANCELLED",
-            close_reason=d["reason"],
-        )
-    return replace(order, **changes)
+    return replace(order, version=order.version + 1, **event.changes(order))
 
 
-def fold(order_id: str, events: Iterable[DomainEvent]) -> Order:
+def fold(order_id: str, events: Iterable[Event]) -> Order:
     order = Order(order_id)
     for event in events:
         order = apply(order, event)
@@ -175,52 +373,6 @@ def fold_stored(order_id: str, rows: Iterable[tuple[str, int, dict]]) -> Order:
     """The one mapper from stored (type, schema_version, data) rows, oldest first, to the order
     (upcast on read): the handler's load, the projection rebuild and the audit all use it."""
     return fold(order_id, (upcast(type_, version, data) for type_, version, data in rows))
-
-
-# Integration event (what another service said) -> the order's own fact.
-def fact_from_message(msg_type: str, payload: dict) -> DomainEvent | None:
-    if msg_type == "payment.completed":
-        return DomainEvent(
-            "PaymentCaptured",
-            {"charge_id": payload["charge_id"], "amount_cents": payload["amount_cents"]},
-        )
-    if msg_type == "payment.failed":
-        return DomainEvent(
-            "PaymentDeclined", {"reason": payload["reason"], "code": payload["code"]}
-        )
-    if msg_type == "payment.refunded":
-        return DomainEvent(
-            "PaymentRefunded",
-            {"amount_cents": payload["amount_cents"], "reason": payload["reason"]},
-        )
-    if msg_type == "inventory.reserved":
-        return DomainEvent("StockReserved", {"reservation_id": payload["reservation_id"]})
-    if msg_type == "inventory.failed":
-        return DomainEvent(
-            "StockUnavailable", {"reason": payload["reason"], "skus": payload["skus"]}
-        )
-    if msg_type == "inventory.released":
-        return DomainEvent("StockReleased", {"reservation_id": payload["reservation_id"]})
-    if msg_type == "shipment.created":
-        return DomainEvent("ShipmentDispatched", {"shipment_id": payload["shipment_id"]})
-    if msg_type == "shipment.failed":
-        return DomainEvent("ShipmentFailed", {"reason": payload["reason"]})
-    if msg_type == "saga.dead_lettered":
-        reason = (
-            "compensation_failed"
-            if payload["compensation"]
-            else f"dead_lettered:{payload['domain']}"
-        )
-        return DomainEvent(
-            "AttentionRequired",
-            {
-                "reason": reason,
-                "domain": payload["domain"],
-                "event_type": payload["event_type"],
-                "detail": payload["reason"],
-            },
-        )
-    return None
 
 
 def priced(
@@ -262,103 +414,43 @@ def place(
     address: str,
     card_token: str,
     prices: Mapping[str, int],
-) -> list[DomainEvent]:
-    """Place the order at the catalog's prices, or refuse it (CANCELLED at once, nothing charged)."""
+) -> list[Event]:
+    """Place the order at the catalog's prices, or refuse it (CANCELLED at once, no charge)."""
     if order.exists:
         return []  # placing the same order id twice is a no-op, not a second order
     items, refused, detail = priced(lines, prices)
     if refused:
-        return [
-            DomainEvent(
-                "OrderRejected",
-                {"customer_id": customer_id, "items": lines, "reason": refused, "detail": detail},
-            )
-        ]
+        return [OrderRejected(customer_id, lines, refused, detail)]
     amount = sum(i["qty"] * i["unit_price_cents"] for i in items)
-    return [
-        DomainEvent(
-            "OrderPlaced",
-            {
-                "customer_id": customer_id,
-                "items": items,
-                "address": address,
-                "card_token": card_token,
-                "amount_cents": amount,
-            },
-        )
-    ]
+    return [OrderPlaced(customer_id, items, address, card_token, amount)]
 
 
-def record(order: Order, fact: DomainEvent) -> list[DomainEvent]:
+def record(order: Order, fact: Event) -> list[Event]:
     """The events to append when `fact` arrives: the fact itself plus any decision it enables.
 
     Facts may arrive in any order (redelivery, retries): the decision looks only at the
     set of facts known, never at the order they came in.
     """
-    if not order.exists:
-        return []
-    if _already_known(order, fact):
+    if not order.exists or fact.known_to(order):
         return []
     after = apply(order, fact)
     return [fact, *decide(after)]
 
 
-def _already_known(order: Order, fact: DomainEvent) -> bool:
-    t = fact.type
-    return (
-        (t == "PaymentCaptured" and order.charged_cents is not None)
-        or (t == "PaymentDeclined" and order.declined is not None)
-        or (t == "StockReserved" and order.reserved)
-        or (t == "StockUnavailable" and order.stock_failed is not None)
-        or (t == "StockReleased" and order.released)
-        or (t == "ShipmentDispatched" and order.shipped)
-        or (t == "ShipmentFailed" and order.ship_failed is not None)
-        or (t == "PaymentRefunded" and order.refunded_cents is not None)
-        or (t == "AttentionRequired" and order.attention == fact.data["reason"])
-    )
-
-
-def decide(order: Order) -> list[DomainEvent]:
+def decide(order: Order) -> list[Event]:
     if order.closed:
         return []
     if order.declined:
-        return [DomainEvent("OrderCancelled", {"reason": "payment_declined"})]
+        return [OrderCancelled("payment_declined")]
     failure = order.stock_failed or order.ship_failed
     if failure and order.refunded_cents is not None:
-        return [DomainEvent("OrderCancelled", {"reason": failure})]
+        return [OrderCancelled(failure)]
     if order.shipped and not failure:
-        return [DomainEvent("OrderCompleted", {})]
+        return [OrderCompleted()]
     return []
 
 
-def announcement(order: Order, event: DomainEvent) -> tuple[str, dict] | None:
-    """The integration event (type, payload) other services hear for one of our events."""
-    if event.type == "OrderPlaced":
-        d = event.data
-        return "order.placed", {
-            "order": {
-                "customer_id": d["customer_id"],
-                "items": d["items"],
-                "address": d["address"],
-                "amount_cents": d["amount_cents"],
-            },
-            "card_token": d["card_token"],
-        }
-    if event.type == "OrderCompleted":
-        return "order.completed", {
-            "customer_id": order.customer_id,
-            "amount_cents": order.amount_cents,
-        }
-    if event.type == "OrderCancelled":
-        return "order.cancelled", {
-            "customer_id": order.customer_id,
-            "reason": event.data["reason"],
-            "amount_cents": order.amount_cents,
-        }
-    if event.type == "OrderRejected":
-        return "order.cancelled", {
-            "customer_id": order.customer_id,
-            "reason": event.data["reason"],
-            "amount_cents": 0,
-        }
-    return None
+def announcement(order: Order, event: Event) -> tuple[str, dict] | None:
+    """The integration event (routing key, payload) other services hear for one of ours;
+    `order` is the order after `event`."""
+    return event.announce(order)

@@ -68,7 +68,7 @@ class World:
                 "amount_cents": qty * price,
             },
         )
-        events = [domain.DomainEvent(t, d) for t, d in [placed, *facts]]
+        events = [domain.event_of(t, d) for t, d in [placed, *facts]]
         with self.session("order") as s:
             rows = [
                 OrderEvent(

@@ -7,6 +7,7 @@ from itertools import permutations
 import pytest
 
 from choreo.domain import order as o
+from consumers.order import FACTS
 from models.envelope import PAYLOADS
 
 ORDER_ID = "ord-1"
@@ -16,10 +17,17 @@ ITEMS = [
 ]
 AMOUNT = 2 * 1299 + 2450  # 5048
 PRICES = {"SKU-RED": 1299, "SKU-BLUE": 2450}
+SNAPSHOT = {"customer_id": "c", "items": ITEMS, "address": "1 Main Street", "amount_cents": AMOUNT}
 
 
-def ev(type_: str, **data) -> o.DomainEvent:
-    return o.DomainEvent(type_, data)
+def fact_of(msg_type: str, payload: dict) -> o.Event:
+    """The order's fact for a message, as the order service's handler makes it."""
+    kind = PAYLOADS[msg_type]
+    return FACTS[kind](kind.model_validate(payload))
+
+
+def ev(type_: str, **data) -> o.Event:
+    return o.event_of(type_, data)
 
 
 CAPTURED = ev("PaymentCaptured", charge_id="ch-1", amount_cents=AMOUNT)
@@ -38,7 +46,7 @@ ATTENTION = ev(
 )
 
 
-def placed_event() -> o.DomainEvent:
+def placed_event() -> o.Event:
     (event,) = o.place(
         o.Order(ORDER_ID), "cust-1", ITEMS, "1 Main Street, Springfield", "tok_visa", PRICES
     )
@@ -49,9 +57,9 @@ def placed() -> o.Order:
     return o.fold(ORDER_ID, [placed_event()])
 
 
-def run(order: o.Order, facts) -> tuple[o.Order, list[o.DomainEvent]]:
+def run(order: o.Order, facts) -> tuple[o.Order, list[o.Event]]:
     """Record each fact as the order service does: append what record() returns."""
-    emitted: list[o.DomainEvent] = []
+    emitted: list[o.Event] = []
     for fact in facts:
         new = o.record(order, fact)
         emitted.extend(new)
@@ -60,21 +68,21 @@ def run(order: o.Order, facts) -> tuple[o.Order, list[o.DomainEvent]]:
     return order, emitted
 
 
-def closing(events) -> list[o.DomainEvent]:
+def closing(events) -> list[o.Event]:
     return [e for e in events if e.type in ("OrderCompleted", "OrderCancelled")]
 
 
-# --- DomainEvent, fold and apply -------------------------------------------------------
+# --- events, fold and apply -------------------------------------------------------
 
 
 def test_domain_event_defaults_to_current_schema_version():
-    assert ev("OrderPlaced", x=1).schema_version == o.EVENT_VERSIONS["OrderPlaced"] == 2
+    assert placed_event().schema_version == o.EVENT_VERSIONS["OrderPlaced"] == 2
     assert CAPTURED.schema_version == 1
 
 
 def test_domain_event_rejects_unknown_type():
     with pytest.raises(ValueError, match="unknown order event"):
-        o.DomainEvent("OrderTeleported", {})
+        o.event_of("OrderTeleported", {})
 
 
 def test_fold_of_no_events_is_an_order_that_does_not_exist():
@@ -298,7 +306,7 @@ def test_facts_in_any_order_reach_the_same_final_state(path):
         ([CAPTURED, UNAVAILABLE], REFUNDED),
         ([CAPTURED, UNAVAILABLE], ATTENTION),
     ],
-    ids=lambda v: v.type if isinstance(v, o.DomainEvent) else None,
+    ids=lambda v: v.type if isinstance(v, o.Event) else None,
 )
 def test_a_duplicate_fact_produces_no_new_events(before, fact):
     order, _ = run(placed(), [*before, fact])
@@ -368,7 +376,7 @@ def test_a_later_shipment_still_completes_an_order_that_needed_attention():
 
 
 def test_dead_lettered_compensation_becomes_attention_compensation_failed():
-    fact = o.fact_from_message(
+    fact = fact_of(
         "saga.dead_lettered",
         {
             "domain": "payment",
@@ -388,7 +396,7 @@ def test_dead_lettered_compensation_becomes_attention_compensation_failed():
 
 
 def test_dead_lettered_forward_step_names_the_domain():
-    fact = o.fact_from_message(
+    fact = fact_of(
         "saga.dead_lettered",
         {
             "domain": "shipment",
@@ -404,26 +412,36 @@ def test_dead_lettered_forward_step_names_the_domain():
 @pytest.mark.parametrize(
     ("msg_type", "payload", "fact_type"),
     [
-        ("payment.completed", {"charge_id": "c", "amount_cents": 5}, "PaymentCaptured"),
+        (
+            "payment.completed",
+            {"charge_id": "c", "amount_cents": 5, "order": SNAPSHOT},
+            "PaymentCaptured",
+        ),
         (
             "payment.failed",
             {"reason": "payment_declined", "code": "card_declined"},
             "PaymentDeclined",
         ),
-        ("payment.refunded", {"amount_cents": 5, "reason": "out_of_stock"}, "PaymentRefunded"),
-        ("inventory.reserved", {"reservation_id": "r"}, "StockReserved"),
+        (
+            "payment.refunded",
+            {"refund_id": "re", "amount_cents": 5, "reason": "out_of_stock"},
+            "PaymentRefunded",
+        ),
+        ("inventory.reserved", {"reservation_id": "r", "order": SNAPSHOT}, "StockReserved"),
         ("inventory.failed", {"reason": "out_of_stock", "skus": ["S"]}, "StockUnavailable"),
         ("inventory.released", {"reservation_id": "r", "items": []}, "StockReleased"),
-        ("shipment.created", {"shipment_id": "s"}, "ShipmentDispatched"),
+        ("shipment.created", {"shipment_id": "s", "tracking_code": "t"}, "ShipmentDispatched"),
         ("shipment.failed", {"reason": "address_undeliverable"}, "ShipmentFailed"),
     ],
 )
-def test_fact_from_message_maps_each_integration_event(msg_type, payload, fact_type):
-    assert o.fact_from_message(msg_type, payload).type == fact_type
+def test_each_integration_event_becomes_its_fact(msg_type, payload, fact_type):
+    assert fact_of(msg_type, payload).type == fact_type
 
 
-def test_fact_from_message_ignores_other_types():
-    assert o.fact_from_message("order.placed", {}) is None
+def test_the_order_service_records_no_fact_of_its_own_announcements():
+    assert not {"order.placed", "order.completed", "order.cancelled"} & {
+        kind.routing_key for kind in FACTS
+    }
 
 
 def test_announcement_of_order_placed_is_a_valid_order_placed_payload():
@@ -504,7 +522,7 @@ def test_a_v1_order_placed_folds_like_a_v2_one():
 def test_upcast_of_a_current_event_leaves_it_as_is():
     data = placed_event().data
     event = o.upcast("OrderPlaced", 2, data)
-    assert event == o.DomainEvent("OrderPlaced", data, 2)
+    assert event == o.event_of("OrderPlaced", data) == placed_event()
     assert o.upcast("PaymentCaptured", 1, CAPTURED.data) == CAPTURED
 
 
