@@ -47,7 +47,8 @@ NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}
 
 @dataclass
 class Check:
-    """One guarantee's verdict: the offending ids (orders, or SKUs for stock) and why each offends."""
+    """One guarantee's verdict: the offending ids (orders, or SKUs for stock) and why each
+    offends."""
 
     name: str
     title: str

@@ -37,7 +37,8 @@ from urllib.parse import quote
 from choreo.ops import cluster_files as nodefiles
 from choreo.ops import procfs, tlsca
 
-HOST = "localhost"  # shortnames: /etc/hosts maps it to 127.0.0.1 (the machine's node is rabbit@localhost too)
+# Shortnames: /etc/hosts maps it to 127.0.0.1 (the machine's node is rabbit@localhost too).
+HOST = "localhost"
 DEFAULT_BASE_PORT = 5700
 SPAN = 40  # ports a cluster takes from base_port (the layout above)
 MAX_SIZE = 9
@@ -50,7 +51,8 @@ class ClusterError(RuntimeError):
 
 
 def rabbitmq_bin() -> Path:
-    """The real rabbitmq-server's and rabbitmqctl's folder (Debian's /usr/sbin links to a wrapper in it)."""
+    """The real rabbitmq-server's and rabbitmqctl's folder (Debian's /usr/sbin links to a wrapper in
+    it)."""
     found = shutil.which("rabbitmq-server") or "/usr/lib/rabbitmq/bin/rabbitmq-server"
     return Path(os.path.realpath(found)).parent
 
@@ -93,8 +95,8 @@ class Cluster:
         saved = _saved(self.base_dir)
         if saved and (saved["tag"], saved["size"]) != (tag, size):
             raise ClusterError(
-                f"{self.base_dir} holds a cluster of {saved['size']} nodes tagged {saved['tag']!r}; "
-                "remove it first (choreo cluster down --purge)"
+                f"{self.base_dir} holds a cluster of {saved['size']} nodes "
+                f"tagged {saved['tag']!r}; remove it first (choreo cluster down --purge)"
             )
         if saved and saved["nodes"] and base_port not in (None, saved["base_port"]):
             raise ClusterError(
@@ -170,11 +172,13 @@ class Cluster:
         return nodefiles.dist_args(self.tls_files.folder if self.tls else None)
 
     def logs(self, i: int) -> str:
-        return f"{self.folder(i) / 'log' / self.name(i)}.log and {self.folder(i) / 'log' / 'console.log'}"
+        log = self.folder(i) / "log"
+        return f"{log / self.name(i)}.log and {log / 'console.log'}"
 
     def ctl_env(self, i: int = 1) -> dict[str, str]:
-        """rabbitmqctl's environment for node i (the epmd's too): the cluster's cookie and epmd, and
-        none of the caller's RABBITMQ_* or ERL_* (a cookie, a node name, flags for the machine's node)."""
+        """rabbitmqctl's environment for node i (the epmd's too): the cluster's cookie and
+        epmd, and none of the caller's RABBITMQ_* or ERL_* (a cookie, a node name, flags
+        for the machine's node)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
         return dict(
             env,
@@ -221,7 +225,8 @@ class Cluster:
         )
 
     def pid(self, i: int) -> int | None:
-        """Node i's beam.smp while it runs (never a recycled pid: the command line names the node)."""
+        """Node i's beam.smp while it runs (never a recycled pid: the command line names the
+        node)."""
         return (
             pid
             if self._ours(pid := self.state["nodes"].get(str(i)), f"-choreo_node {self.name(i)} ")
@@ -238,7 +243,8 @@ class Cluster:
         )
 
     def strays(self) -> list[int]:
-        """Every process with this cluster's id in its environment (an epmd a node started, a node's helper)."""
+        """Every process with this cluster's id in its environment (an epmd a node
+        started, a node's helper)."""
         mark = f"CHOREO_CLUSTER_ID={self.state['id']}"
         return [
             int(p)
@@ -296,7 +302,8 @@ class Cluster:
         self._save()
 
     def _tls_layout(self) -> None:
-        """The CA and certificates (made once, see choreo.ops.tlsca) and the distribution optfile."""
+        """The CA and certificates (made once, see choreo.ops.tlsca) and the distribution
+        optfile."""
         files = tlsca.ensure(
             self.tls_files.folder, label=f"choreo cluster {self.tag} {self.state['id'][:8]}"
         )
@@ -326,8 +333,10 @@ class Cluster:
             time.sleep(0.05)
 
     def _launch(self, i: int) -> None:
-        """Start node i's VM, not waiting for its boot (a node with data rejoins its cluster by itself)."""
-        # Only a listener is in the way: a killed node's connections in TIME_WAIT are not (reuseaddr).
+        """Start node i's VM, not waiting for its boot (a node with data rejoins its cluster by
+        itself)."""
+        # Only a listener is in the way: a killed node's connections in TIME_WAIT are not
+        # (reuseaddr).
         if busy := [f"{k} {p}" for k, p in self.ports(i).items() if procfs.listening(p)]:
             raise ClusterError(
                 f"{self.name(i)}: port {', '.join(busy)} is taken by another process"
@@ -338,7 +347,8 @@ class Cluster:
             self.folder(i),
             self.folder(i) / "log" / "console.log",
         )
-        # The script stays, as the parent of the VM: a subshell that execs erl, which execs beam.smp.
+        # The script stays, as the parent of the VM: a subshell that execs erl, which execs
+        # beam.smp.
         mark, deadline, beam = f"-choreo_node {self.name(i)} ", time.monotonic() + 15, None
         while not beam and proc.poll() is None and time.monotonic() < deadline:
             with suppress(OSError):  # the script may exit meanwhile
@@ -361,7 +371,8 @@ class Cluster:
         self._save()
 
     def wait_running(self, i: int, timeout: float = 120) -> None:
-        """Until node i has booted (its AMQP listener answers, then `await_startup`), or ClusterError."""
+        """Until node i has booted (its AMQP listener answers, then `await_startup`), or
+        ClusterError."""
         deadline = time.monotonic() + timeout
         while not self.app_running(i):
             if self.pid(i) is None:
@@ -507,8 +518,9 @@ class Cluster:
     def client_env(
         self, user: str = "guest", password: str = "guest", vhost: str = "/"
     ) -> dict[str, str]:
-        """The CHOREO_* settings a choreo stack needs to run on this cluster: its URLs, its folder
-        (rabbitmqctl through it) and, with TLS, the CA to verify it by and the client certificate."""
+        """The CHOREO_* settings a choreo stack needs to run on this cluster: its URLs,
+        its folder (rabbitmqctl through it) and, with TLS, the CA to verify it by and
+        the client certificate."""
         return {
             "CHOREO_BROKER_URL": self.urls(user, password, vhost),
             "CHOREO_BROKER_CLUSTER_DIR": str(self.base_dir),
@@ -516,7 +528,8 @@ class Cluster:
         }
 
     def urls(self, user: str = "guest", password: str = "guest", vhost: str = "/") -> str:
-        """Every node's AMQP URL (amqps:// with TLS), joined by ";": kombu's failover form (broker_url)."""
+        """Every node's AMQP URL (amqps:// with TLS), joined by ";": kombu's failover form
+        (broker_url)."""
         auth, path = f"{quote(user, safe='')}:{quote(password, safe='')}", quote(vhost, safe="")
         scheme = "amqps" if self.tls else "amqp"
         return ";".join(

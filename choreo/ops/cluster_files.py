@@ -16,7 +16,8 @@ from pathlib import Path
 from choreo.ops import tlsca
 
 LOOPBACK = "{127,0,0,1}"
-# Modest nodes: publishers blocked above 512 MiB; the Raft log (in memory too) rolls at 64 MB, not 512.
+# Modest nodes: publishers blocked above 512 MiB; the Raft log (in memory too) rolls at 64 MB, not
+# 512.
 COMMON_CONF = """\
 cluster_name = {tag}
 vm_memory_high_watermark.absolute = 512MiB
@@ -56,7 +57,8 @@ DIST_OPTFILE = "inter_node_tls.config"  # the nodes' and rabbitmqctl's -ssl_dist
 
 
 def node_conf(tag: str, ports: dict[str, int], tls: tlsca.TlsFiles | None) -> str:
-    """A node's rabbitmq.conf; `ports`: its amqp and mgmt ports; `tls`: the cluster's files, or None."""
+    """A node's rabbitmq.conf; `ports`: its amqp and mgmt ports; `tls`: the cluster's files, or
+    None."""
     if tls is None:
         return CONF.format(tag=tag, **ports)
     return TLS_CONF.format(tag=tag, ca=tls.ca, cert=tls.node_cert, key=tls.node_key, **ports)
@@ -127,7 +129,8 @@ def write_node(folder: Path, conf: str) -> None:
 def write_ctl_wrapper(path: Path, base_dir: Path) -> None:
     """The folder's `rabbitmqctl`: `choreo cluster ctl` on a running node of this cluster."""
     path.write_text(
-        f"#!/bin/sh\n# rabbitmqctl on a running node of this cluster\nexec {shlex.quote(sys.executable)} "
+        "#!/bin/sh\n# rabbitmqctl on a running node of this cluster\n"
+        f"exec {shlex.quote(sys.executable)} "
         f'-m choreo cluster ctl --dir {shlex.quote(str(base_dir))} "$@"\n'
     )
     path.chmod(0o700)

@@ -59,7 +59,8 @@ def sq(text: str) -> str:
 
 
 def endpoints(settings: Settings) -> dict[str, dict[str, str | None]]:
-    """Process name -> its health, ready and metrics URLs (Flower has /healthcheck and no /ready)."""
+    """Process name -> its health, ready and metrics URLs (Flower has /healthcheck and no
+    /ready)."""
     out: dict[str, dict[str, str | None]] = {}
     for name in process_names(settings):
         if name == "flower":
@@ -126,7 +127,8 @@ def config_text(
     rule_file: str | None = None,
     targets: dict[str, str] | None = None,
 ) -> str:
-    """prometheus.yml. `targets` (process -> host:port) and `rule_file` default to this machine's."""
+    """prometheus.yml. `targets` (process -> host:port) and `rule_file` default to this
+    machine's."""
     targets = scrape_targets(settings) if targets is None else targets
     lines = [
         HEADER,
@@ -200,9 +202,9 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "30s",
             "critical",
             "choreo process {{ $labels.process }} does not answer /metrics",
-            "Prometheus has not scraped {{ $labels.process }} ({{ $labels.instance }}) for 30s: it is not "
-            "running or is stuck. Run `choreo status` (each process's health), `choreo up` (starts what "
-            f"is not running); log: {hint}",
+            "Prometheus has not scraped {{ $labels.process }} ({{ $labels.instance }}) for 30s: "
+            "it is not running or is stuck. Run `choreo status` (each process's health), "
+            f"`choreo up` (starts what is not running); log: {hint}",
         ),
         *_rule(
             "ChoreoFlowerDown",
@@ -221,9 +223,9 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "1m",
             "critical",
             f"no metrics from the {domain} worker",
-            f"No choreo_consumer_ready series for service={domain} for 1m: the worker is not running or "
-            f"its listener ({settings.health_url(domain)}) is off; messages for {domain} wait in their "
-            f"queue. Run `choreo status`, then `choreo up`; log: {log}",
+            f"No choreo_consumer_ready series for service={domain} for 1m: the worker is not "
+            f"running or its listener ({settings.health_url(domain)}) is off; messages for "
+            f"{domain} wait in their queue. Run `choreo status`, then `choreo up`; log: {log}",
             {"service": domain},
         )
     rules += [
@@ -233,8 +235,8 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "1m",
             "warning",
             "the {{ $labels.service }} worker runs but does not consume",
-            "Its consumer is not connected (broker away, or reconnecting). `choreo status` shows the "
-            "broker and the worker's /ready detail.",
+            "Its consumer is not connected (broker away, or reconnecting). `choreo status` shows "
+            "the broker and the worker's /ready detail.",
         ),
         *_rule(
             "ChoreoQueueWithoutConsumer",
@@ -242,8 +244,8 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "1m",
             "critical",
             "queue {{ $labels.queue }} has no consumer",
-            "Messages for {{ $labels.service }} wait and nothing takes them. `choreo status` (queues, "
-            "processes), `choreo up` starts a missing worker.",
+            "Messages for {{ $labels.service }} wait and nothing takes them. "
+            "`choreo status` (queues, processes), `choreo up` starts a missing worker.",
         ),
         *_rule(
             "ChoreoRabbitQueueWithoutConsumer",
@@ -251,8 +253,8 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "1m",
             "critical",
             "queue {{ $labels.queue }} has no consumer (RabbitMQ's count)",
-            "RabbitMQ counts no consumer on {{ $labels.queue }}: its worker is down. `choreo status`, "
-            "`choreo up`.",
+            "RabbitMQ counts no consumer on {{ $labels.queue }}: its worker is down. "
+            "`choreo status`, `choreo up`.",
         ),
         *_rule(
             "ChoreoDeadLetterQueueGrowing",
@@ -266,13 +268,14 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
         ),
         *_rule(
             "ChoreoMessagesDeadLettered",
-            'sum by (service, type, outcome) (increase(service_request_total{outcome=~"dead_lettered|poison"}[5m])) > 0',
+            "sum by (service, type, outcome) "
+            '(increase(service_request_total{outcome=~"dead_lettered|poison"}[5m])) > 0',
             None,
             "warning",
             "{{ $labels.service }} gave up on {{ $labels.type }} messages ({{ $labels.outcome }})",
-            "{{ $value }} {{ $labels.type }} message(s) {{ $labels.outcome }} in 5m. `choreo dlq list "
-            "{{ $labels.service }}` shows each with its reason; `choreo audit` names orders left "
-            "NEEDS_ATTENTION.",
+            "{{ $value }} {{ $labels.type }} message(s) {{ $labels.outcome }} in 5m. "
+            "`choreo dlq list {{ $labels.service }}` shows each with its reason; "
+            "`choreo audit` names orders left NEEDS_ATTENTION.",
         ),
         *_rule(
             "ChoreoBreakerOpen",
@@ -280,8 +283,9 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "30s",
             "warning",
             "circuit breaker {{ $labels.breaker }} of {{ $labels.service }} is open",
-            "Calls through {{ $labels.breaker }} fail fast: the service behind it (the user service) "
-            "fails or is down. `choreo breakers` shows its state, `choreo status` the user service's health.",
+            "Calls through {{ $labels.breaker }} fail fast: the service behind it "
+            "(the user service) fails or is down. `choreo breakers` shows its state, "
+            "`choreo status` the user service's health.",
         ),
         *_rule(
             "ChoreoOutboxBehind",
@@ -289,9 +293,9 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "1m",
             "warning",
             "the {{ $labels.service }} outbox is falling behind",
-            "Its oldest unsent event is {{ $value | humanizeDuration }} old: the broker does not confirm "
-            "publishes (down, or blocked on a resource alarm). `choreo status` (broker, queues); events "
-            "go out by themselves once it recovers (the outbox relay).",
+            "Its oldest unsent event is {{ $value | humanizeDuration }} old: the broker does not "
+            "confirm publishes (down, or blocked on a resource alarm). `choreo status` "
+            "(broker, queues); events go out by themselves once it recovers (the outbox relay).",
         ),
     ]
     return "\n".join([HEADER, "groups:", "  - name: choreo", "    rules:", *rules]) + "\n"
@@ -454,7 +458,8 @@ def wait_ready(settings: Settings, timeout: float = 30.0) -> None:
 
 
 def query(settings: Settings, promql: str, timeout: float = 5.0) -> list[dict]:
-    """An instant query through the HTTP API: the result vector (each {"metric": {...}, "value": [t, "v"]})."""
+    """An instant query through the HTTP API: the result vector
+    (each {"metric": {...}, "value": [t, "v"]})."""
     try:
         r = httpx.get(
             f"{url(settings)}/api/v1/query",

@@ -159,7 +159,8 @@ def execute(
     batch: int = 50,
     by: str | None = None,
 ) -> Run:
-    """Replay: each copy confirmed, then the batch's records committed, then its dead letters acked."""
+    """Replay: each copy confirmed, then the batch's records committed, then its dead letters
+    acked."""
     run = Run(run_id=str(uuid.uuid4()), by=by or operator_name(), domain=domain)
     engine = create_tables(
         settings, "operator"

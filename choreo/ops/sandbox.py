@@ -91,7 +91,8 @@ class Sandbox:
         self.tls = cluster.tls_files if cluster is not None and cluster.tls else None
         if redis_tls and self.tls is None:
             raise ValueError(
-                "redis_tls needs a TLS cluster (cluster_dir of `choreo cluster up --tls`): its certificates"
+                "redis_tls needs a TLS cluster (cluster_dir of `choreo cluster up --tls`): "
+                "its certificates"
             )
         self.redis_tls = redis_tls
         tls_settings: dict[str, str] = {}
@@ -114,11 +115,13 @@ class Sandbox:
             f"choreo_{tag}_{self.run_id}".replace("-", "_") if database_server else "choreo"
         )
         self.overrides: dict[str, Any] = {
-            # On a cluster, its nodes' guest (loopback only) is the bootstrap user, as on this machine's.
+            # On a cluster, its nodes' guest (loopback only) is the bootstrap user, as on this
+            # machine's.
             "broker_url": cluster.urls(vhost=self.vhost)
             if cluster
             else f"{AMQP_BASE}/{self.vhost}",
-            # Always said: a cluster the calling shell exported must not catch a sandbox on this machine's node.
+            # Always said: a cluster the calling shell exported must not catch a sandbox
+            # on this machine's node.
             "broker_cluster_dir": self.cluster_dir,
             "redis_url": (
                 f"{'rediss' if redis_tls else 'redis'}://127.0.0.1:{self.redis_port}/0"
@@ -141,7 +144,8 @@ class Sandbox:
             "run_dir": self.workdir / "run",
             "user_service_port": free_port(),
             "flower_port": free_port(),
-            # Room for 8 workers per domain (each further worker a block higher: Settings.health_port).
+            # Room for 8 workers per domain (each further worker a block higher:
+            # Settings.health_port).
             "health_port_base": free_port_block(8 * len(HEALTH_PORT_OFFSETS)),
             "prometheus_port": free_port(),
             "database_server": database_server,
@@ -271,7 +275,8 @@ class Sandbox:
         return proc.pid
 
     def close(self, keep: bool = False) -> list[str]:
-        """Remove what the sandbox made (its folder only unless `keep`); returns what could not be cleaned."""
+        """Remove what the sandbox made (its folder only unless `keep`); returns what could not be
+        cleaned."""
         problems = []
         if self.own_redis:
             self.kill_redis()
@@ -291,7 +296,8 @@ class Sandbox:
         return problems
 
     def _delete_users(self) -> list[str]:
-        """Its broker users, of every namespace it ran (named by its prefix: never another run's)."""
+        """Its broker users, of every namespace it ran (named by its prefix: never another
+        run's)."""
         prefix = self.overrides["broker_user_prefix"]
         try:
             listing = rabbitmqctl("list_users", "--no-table-headers", cluster_dir=self.cluster_dir)

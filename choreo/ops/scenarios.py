@@ -105,7 +105,8 @@ def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[
 
 
 def scenario_of(card_token: str, items: list[dict], address: str) -> str:
-    """Which of SCENARIOS an order's data makes it (the inverse of make_order); `custom` otherwise."""
+    """Which of SCENARIOS an order's data makes it (the inverse of make_order); `custom`
+    otherwise."""
     sold_out = (
         bool(missing_skus(INITIAL_STOCK, items))
         if all(i.get("sku") in PRICES_CENTS for i in items)

@@ -1,4 +1,5 @@
-"""Starting and stopping choreo's processes by pid file: one code path for the CLI, tests and chaos."""
+"""Starting and stopping choreo's processes by pid file: one code path for the CLI, tests and
+chaos."""
 
 from __future__ import annotations
 
@@ -273,8 +274,9 @@ def wait_consuming(
 def bring_up(
     settings: Settings, names: list[str], timeout: float = 90.0, env: dict[str, str] | None = None
 ) -> Stack:
-    """Tables, broker users and topology first, then start `names` (those not already running) and wait
-    until every worker consumes: `choreo up`, the e2e tests and the bench all start this way."""
+    """Tables, broker users and topology first, then start `names` (those not already
+    running) and wait until every worker consumes: `choreo up`, the e2e tests and the
+    bench all start this way."""
     prepare(settings)
     access.setup(
         settings, topology(settings)

@@ -102,8 +102,9 @@ def _private_folder(folder: Path) -> None:
 
 
 def write_private(path: Path, data: bytes, mode: int = PRIVATE) -> None:
-    """`data` into `path`, atomically, owner-only from the start: a fresh file (O_EXCL, no symlink
-    followed) with `mode` given to open(2) (the umask can only take bits away), renamed into place."""
+    """`data` into `path`, atomically, owner-only from the start: a fresh file (O_EXCL,
+    no symlink followed) with `mode` given to open(2) (the umask can only take bits
+    away), renamed into place."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
@@ -119,7 +120,8 @@ def write_private(path: Path, data: bytes, mode: int = PRIVATE) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    # PKCS#8 ("BEGIN PRIVATE KEY"): read by Erlang's ssl (public_key), Python's ssl, pika and py-amqp.
+    # PKCS#8 ("BEGIN PRIVATE KEY"): read by Erlang's ssl (public_key), Python's ssl, pika and
+    # py-amqp.
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -328,9 +330,10 @@ def unrelated_ca(folder: Path | str, label: str = "unrelated") -> TlsFiles:
 
 
 def server_copy(files: TlsFiles, folder: Path | str, owner: int) -> TlsFiles:
-    """The CA certificate and the node's certificate and key, copied into `folder` (0700) and owned
-    by `owner` (a uid): what a server that runs as another user reads (RabbitMQ, Redis and
-    PostgreSQL in their images run as uid 999). The CA's key and the client's stay where they are."""
+    """The CA certificate and the node's certificate and key, copied into `folder` (0700)
+    and owned by `owner` (a uid): what a server that runs as another user reads
+    (RabbitMQ, Redis and PostgreSQL in their images run as uid 999). The CA's key and the
+    client's stay where they are."""
     out = TlsFiles(Path(folder))
     out.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for src, dst in (

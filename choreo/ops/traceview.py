@@ -150,7 +150,8 @@ def _tags(items: Iterable[dict] | None) -> dict[str, Any]:
 
 
 def from_jaeger(payload: dict) -> list[dict]:
-    """Jaeger query JSON (`GET /api/traces`: {"data": [trace, ...]}) as span dicts of the span-file format."""
+    """Jaeger query JSON (`GET /api/traces`: {"data": [trace, ...]}) as span dicts of the span-file
+    format."""
     out: list[dict] = []
     for trace in payload.get("data") or ():
         processes = trace.get("processes") or {}
@@ -322,7 +323,8 @@ def _span_row(span: dict, depth: int, origin: int, wait_ns: int | None) -> dict:
 
 
 def iso_utc(ns: int) -> str:
-    """Epoch nanoseconds as ISO-8601 UTC to the microsecond (integer arithmetic: no float rounding)."""
+    """Epoch nanoseconds as ISO-8601 UTC to the microsecond (integer arithmetic: no float
+    rounding)."""
     seconds, rest = divmod(ns, 1_000_000_000)
     return (
         datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=rest // 1000)
@@ -330,7 +332,8 @@ def iso_utc(ns: int) -> str:
 
 
 def build_view(order_id: str, spans: list[dict]) -> dict:
-    """The saga as `choreo trace --json` prints it (spans in tree order). `spans` must not be empty."""
+    """The saga as `choreo trace --json` prints it (spans in tree order). `spans` must not be
+    empty."""
     if not spans:
         raise ValueError("no spans")
     origin = min(s["start_ns"] for s in spans)

@@ -318,8 +318,10 @@ def order_metrics(settings: Settings, order_id: str) -> dict:
 
 METRICS_QUERIES = {  # name -> PromQL over the window (`{w}`); each a vector, labelled by service
     "handled_per_second": "sum by (service, outcome) (rate(service_request_total[{w}]))",
-    "latency_p50_seconds": "histogram_quantile(0.5, sum by (service, le) (rate(service_latency_seconds_bucket[{w}])))",
-    "latency_p99_seconds": "histogram_quantile(0.99, sum by (service, le) (rate(service_latency_seconds_bucket[{w}])))",
+    "latency_p50_seconds": "histogram_quantile(0.5, "
+    "sum by (service, le) (rate(service_latency_seconds_bucket[{w}])))",
+    "latency_p99_seconds": "histogram_quantile(0.99, "
+    "sum by (service, le) (rate(service_latency_seconds_bucket[{w}])))",
     "batch_size_mean": "sum by (service) (rate(choreo_batch_size_sum[{w}])) / "
     "sum by (service) (rate(choreo_batch_size_count[{w}]))",
     "relayed_per_second": "sum by (service) (rate(choreo_relay_published_total[{w}]))",
@@ -381,7 +383,8 @@ def propose_replay(
 
 
 def propose_start(settings: Settings, process: str, why: str = "") -> dict:
-    """A proposal, never an action: what starting a stopped process (as `choreo up` does) would do."""
+    """A proposal, never an action: what starting a stopped process (as `choreo up` does) would
+    do."""
     from choreo.ops.stack import Stack, process_names
 
     names = process_names(settings)
@@ -420,8 +423,9 @@ def catalog() -> list[Tool]:
         Tool(
             "find_orders",
             "Orders by state (PENDING, COMPLETED, CANCELLED, NEEDS_ATTENTION...), reason, age, or "
-            "scenario (completed, declined, out_of_stock, undeliverable, flaky, needs_attention, custom); newest "
-            "first, at most 50. Each row has the outcome its data must end in ('expected').",
+            "scenario (completed, declined, out_of_stock, undeliverable, flaky, needs_attention, "
+            "custom); newest first, at most 50. Each row has the outcome its data must end in "
+            "('expected').",
             _obj(
                 {
                     "state": {"type": "string"},
@@ -478,16 +482,16 @@ def catalog() -> list[Tool]:
         Tool(
             "metrics",
             "Prometheus over a window (minutes, default 5): messages handled per second by service "
-            "and outcome, handling latency p50/p99, batch sizes, relay, outbox lag, consumers, scrape health, "
-            "alerts firing now.",
+            "and outcome, handling latency p50/p99, batch sizes, relay, outbox lag, consumers, "
+            "scrape health, alerts firing now.",
             _obj({"window_minutes": {"type": "number"}}),
             metrics,
         ),
         Tool(
             "propose_replay",
             "Propose replaying dead letters of one domain. This does NOT replay: it returns "
-            "the dry run (what would move, whether each event was already processed) for the operator to "
-            "confirm or refuse.",
+            "the dry run (what would move, whether each event was already processed) for the "
+            "operator to confirm or refuse.",
             _obj(
                 {
                     "domain": DOMAIN,
@@ -500,8 +504,8 @@ def catalog() -> list[Tool]:
         ),
         Tool(
             "propose_start",
-            "Propose starting a stopped process (worker-<domain>, worker-<domain>-<i> for a domain's further "
-            "workers, users, flower). This does "
+            "Propose starting a stopped process (worker-<domain>, worker-<domain>-<i> for a "
+            "domain's further workers, users, flower). This does "
             "NOT start it: it says what starting would do, for the operator to confirm or refuse.",
             _obj({"process": {"type": "string"}, "why": {"type": "string"}}, ("process",)),
             propose_start,

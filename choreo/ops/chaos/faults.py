@@ -54,7 +54,8 @@ def worker_view(settings, stack: Stack, names: list[str]) -> dict[str, dict]:
 
 
 def kill_pid(pid: int) -> bool:
-    """SIGKILL one pid of ours; False if it was already gone (it may exit between listing and kill)."""
+    """SIGKILL one pid of ours; False if it was already gone (it may exit between listing and
+    kill)."""
     try:
         os.kill(pid, signal.SIGKILL)
         return True
@@ -151,7 +152,8 @@ class Faults:
         )
 
     def tend(self) -> None:
-        """Restart killed workers when due; restart any process that died on its own (and say so)."""
+        """Restart killed workers when due; restart any process that died on its own (and say
+        so)."""
         now = time.monotonic()
         for name, due in list(self.restart_due.items()):
             if now >= due:
@@ -232,7 +234,8 @@ class Faults:
     # --- a cluster's nodes ----------------------------------------------------------------
 
     def leaders(self) -> dict[str, int | None]:
-        """Domain queue -> the index of the node leading it now (None: no leader, or could not ask)."""
+        """Domain queue -> the index of the node leading it now (None: no leader, or could not
+        ask)."""
         names = [self.cluster.name(i) for i in self.cluster.nodes]
         queues = [f"{self.sb.settings.namespace}.{d}" for d in self.sb.settings.domains]
         try:  # one short look: a node just killed or restarting may not answer
@@ -304,9 +307,10 @@ class Faults:
         }
 
     def _watch(self, fault: dict, since: float, address: str, queue: str | None = None) -> None:
-        """In the background: how long `queue` had no leader off the faulted node, and where each
-        worker that was on it went (the first look that names another node); bounded by 60 s.
-        A leader look is a rabbitmqctl run (a second or two here): paced, the workers' /ready cheap."""
+        """In the background: how long `queue` had no leader off the faulted node, and
+        where each worker that was on it went (the first look that names another node);
+        bounded by 60 s. A leader look is a rabbitmqctl run (a second or two here): paced,
+        the workers' /ready cheap."""
         waiting, node = set(fault["workers_on_node"]), fault["node"]
         next_look = 0.0
         while time.monotonic() < since + 60 and (
@@ -328,8 +332,9 @@ class Faults:
             time.sleep(0.2)
 
     def kill_leader_node(self, down_for: float) -> None:
-        """kill -9 the node that leads the busiest domain queue; start it again after `down_for` s.
-        The workers consuming from it are watched (and never killed): each must reconnect elsewhere."""
+        """kill -9 the node that leads the busiest domain queue; start it again after
+        `down_for` s. The workers consuming from it are watched (and never killed): each
+        must reconnect elsewhere."""
         queue = self.busiest_queue()
         before = self.leaders()
         # Not known: the first node (where the set-up declared the queues).
@@ -433,7 +438,8 @@ class Faults:
         )
 
     def _in_background(self, job, *args) -> None:
-        """A node fault's slow part (a node start, a stop_app) off the fault loop; its error is the run's."""
+        """A node fault's slow part (a node start, a stop_app) off the fault loop;
+        its error is the run's."""
 
         def run() -> None:
             try:
@@ -446,8 +452,9 @@ class Faults:
         thread.start()
 
     def note_leaders_after(self, force: bool = False) -> None:
-        """A node kill's queue leaders a few seconds after it (once elections are done); a stop_app's
-        are taken by its own job while the app is down (`force`: whatever is still missing)."""
+        """A node kill's queue leaders a few seconds after it (once elections are
+        done); a stop_app's are taken by its own job while the app is down (`force`:
+        whatever is still missing)."""
         for x in self.node_faults:
             if "leaders_after" not in x and (
                 force or (x["fault"] == "kill -9" and self.journal.now() - x["t"] >= 5)

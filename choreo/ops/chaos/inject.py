@@ -116,7 +116,8 @@ class Injector:
         )
 
     def poison(self) -> None:
-        """One of each kind; none names an audited order, so none can make an order NEEDS_ATTENTION."""
+        """One of each kind; none names an audited order, so none can make an order
+        NEEDS_ATTENTION."""
         ns = self.settings.namespace
         good = make_envelope(
             "order.placed",
@@ -174,7 +175,8 @@ class Injector:
         self.forge()
         self.journal.note(
             "inject",
-            f"poison: {', '.join(cases)}; forged payment.completed twice, an order.placed retry copy",
+            f"poison: {', '.join(cases)}; forged payment.completed twice, "
+            "an order.placed retry copy",
             style="cyan",
         )
 
@@ -229,7 +231,8 @@ class Injector:
 
 
 class OrderFeed(threading.Thread):
-    """Publishes the orders at a steady pace over `window` seconds, in chunks (partial results survive)."""
+    """Publishes the orders at a steady pace over `window` seconds, in chunks
+    (partial results survive)."""
 
     def __init__(
         self, settings: Settings, scenarios: list[str], window: float, rng: random.Random

@@ -1,4 +1,5 @@
-"""What a chaos run is asked to do (ChaosConfig), what it did and found (ChaosReport), its journal and its printout."""
+"""What a chaos run is asked to do (ChaosConfig), what it did and found (ChaosReport), its
+journal and its printout."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ class ChaosReport:
 
     @property
     def violations(self) -> int:
-        """Broken guarantees (a stuck order is one, in the audit's terminal check), wrong outcomes and
-        lost orders; an unanswerable check counts once."""
+        """Broken guarantees (a stuck order is one, in the audit's terminal check), wrong outcomes
+        and lost orders; an unanswerable check counts once."""
         failed = sum(c["count"] or (0 if c["passed"] else 1) for c in self.audit)
         return failed + self.mismatches + len(self.missing)
 
@@ -87,7 +88,8 @@ class ChaosReport:
 
 
 class Journal:
-    """What the harness did, when (seconds since start): printed as it happens, kept for the report."""
+    """What the harness did, when (seconds since start): printed as it happens, kept for the
+    report."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -139,9 +141,11 @@ def print_summary(console: Console, report: ChaosReport, kept: bool, workdir: Pa
                             if "new_leader_after_s" in x
                             else ""
                         )
-                        + f"; leaders moved {x.get('leaders_moved')}; next saga finished after {x.get('pause_seconds')}s"
+                        + f"; leaders moved {x.get('leaders_moved')}; "
+                        f"next saga finished after {x.get('pause_seconds')}s"
                         + "".join(
-                            f"; {w} {v['was_on']} -> {v['reconnected_to']} after {v['reconnected_after_s']}s, "
+                            f"; {w} {v['was_on']} -> {v['reconnected_to']} "
+                            f"after {v['reconnected_after_s']}s, "
                             f"{v['processed_after']} processed after"
                             for w, v in x.get("workers_failed_over", {}).items()
                         )
@@ -193,7 +197,8 @@ def print_summary(console: Console, report: ChaosReport, kept: bool, workdir: Pa
         console.print(f"[red]error:[/red] {e}")
     if report.unsettled:
         console.print(
-            f"[red]{len(report.unsettled)} order(s) never settled[/red], e.g. {report.unsettled[:5]}"
+            f"[red]{len(report.unsettled)} order(s) never settled[/red], "
+            f"e.g. {report.unsettled[:5]}"
         )
     verdict = "[green]PASSED[/green]" if report.passed else "[red]FAILED[/red]"
     where = f"; sandbox kept in {workdir}" if kept else ""

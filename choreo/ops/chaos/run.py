@@ -72,13 +72,13 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     )
     if cfg.broker_restart == "node" and not cluster:
         console.print(
-            "[bold red]warning:[/bold red] --broker-restart node stops and starts the whole RabbitMQ "
-            "node: every vhost and every client on this machine is disconnected"
+            "[bold red]warning:[/bold red] --broker-restart node stops and starts the whole "
+            "RabbitMQ node: every vhost and every client on this machine is disconnected"
         )
     console.print(
-        f"chaos run {sandbox.run_id}: {cfg.orders} orders, {cfg.duration:.0f}s of faults, a kill every "
-        f"{cfg.kill_every}s, seed {seed}; vhost {sandbox.vhost}, redis :{sandbox.redis_port}, "
-        f"folder {sandbox.workdir}"
+        f"chaos run {sandbox.run_id}: {cfg.orders} orders, {cfg.duration:.0f}s of faults, "
+        f"a kill every {cfg.kill_every}s, seed {seed}; vhost {sandbox.vhost}, "
+        f"redis :{sandbox.redis_port}, folder {sandbox.workdir}"
     )
     stack = Stack(sandbox.settings, env=sandbox.env)
     faults = None
@@ -144,7 +144,8 @@ def _run(
             "by the broker's topic permissions"
         )
 
-    # Settle: every node and worker back, then wait for terminal orders, drained outboxes, idle queues.
+    # Settle: every node and worker back, then wait for terminal orders, drained outboxes, idle
+    # queues.
     if faults.cluster:
         report.errors += faults.settle_nodes()
     for name in list(faults.restart_due):
@@ -157,7 +158,8 @@ def _run(
     report.unsettled = [o for o in ids if states.get(o, ("MISSING",))[0] not in TERMINAL]
     journal.note(
         "settled" if not report.unsettled else "NOT settled",
-        f"{len(ids) - len(report.unsettled)}/{len(ids)} terminal after {settled_at - injection_end:.1f}s",
+        f"{len(ids) - len(report.unsettled)}/{len(ids)} terminal "
+        f"after {settled_at - injection_end:.1f}s",
         style="green" if not report.unsettled else "red",
     )
     _conclude(settings, feed.sent, states, faults, stack, report)
@@ -366,8 +368,8 @@ def _cluster_figures(settings: Settings, faults: Faults, progress: Progress) -> 
             for q, a in x["leaders_before"].items()
             if a != x["leaders_after"].get(q)
         }
-        # A worker that was on the killed node, not killed itself since (same pid): where it consumes
-        # now and what it processed after the kill.
+        # A worker that was on the killed node, not killed itself since (same pid): where it
+        # consumes now and what it processed after the kill.
         failed_over = {
             name: {
                 "was_on": v["broker_node"],
@@ -390,7 +392,8 @@ def _cluster_figures(settings: Settings, faults: Faults, progress: Progress) -> 
     return {
         "node_faults": node_faults,
         "node_kills": faults.counts["node_kill"],
-        # What pause_seconds is read from: (first, last) sample (journal s, terminal, sent) and how many.
+        # What pause_seconds is read from: (first, last) sample (journal s, terminal, sent) and how
+        # many.
         "progress_samples": {
             "count": len(samples),
             "first": samples[0] if samples else None,
@@ -450,7 +453,8 @@ def _conclude(
 
 
 def _stop_all(stack, faults: Faults | None, journal: Journal) -> None:
-    """Stop every process of the run (in parallel: each may take a few seconds to shut down warm)."""
+    """Stop every process of the run (in parallel: each may take a few seconds to shut down
+    warm)."""
     names = [n for n in process_names(stack.settings) if n != "flower"]
     threads = [threading.Thread(target=stack.stop, args=(n,)) for n in names]
     for t in threads:

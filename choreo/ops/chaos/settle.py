@@ -22,7 +22,8 @@ from models.tables import DeadLetter
 
 
 def _busy_queues(settings: Settings, vhost: str) -> dict[str, int]:
-    """Queues (not DLQs) holding messages, ready or unacknowledged (a passive declare sees only ready)."""
+    """Queues (not DLQs) holding messages, ready or unacknowledged (a passive declare sees only
+    ready)."""
     out = rabbitmqctl(
         "list_queues",
         "-p",
@@ -48,7 +49,8 @@ def _busy_queues(settings: Settings, vhost: str) -> dict[str, int]:
 def settle(
     settings: Settings, vhost: str, order_ids: list[str], deadline: float, journal: Journal
 ) -> dict:
-    """Wait until every order is terminal, every outbox drained and every queue idle, twice in a row."""
+    """Wait until every order is terminal, every outbox drained and every queue idle, twice in a
+    row."""
     states: dict = {}
     calm = 0
     last_report = 0.0
@@ -87,7 +89,8 @@ def total(*snapshots: dict, name: str) -> int:
 
 
 def log_count(log_dir: Path, needle: str) -> int:
-    """Lines saying `needle` in the workers' logs: survives the Redis restart that resets counters."""
+    """Lines saying `needle` in the workers' logs: survives the Redis restart that resets
+    counters."""
     n = 0
     for path in log_dir.glob("worker-*.log"):
         with open(path, errors="replace") as f:

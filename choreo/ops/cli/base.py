@@ -1,4 +1,5 @@
-"""What every `choreo` command shares: the click group, the consoles, one-line failures, the settings."""
+"""What every `choreo` command shares: the click group, the consoles, one-line
+failures, the settings."""
 
 from __future__ import annotations
 

@@ -35,11 +35,13 @@ def setup() -> None:
 
 @broker.command()
 def users() -> None:
-    """Who may do what: each user's configure / write / read patterns and topic permissions (no secrets)."""
+    """Who may do what: each user's configure / write / read patterns and topic
+    permissions (no secrets)."""
     settings = current_settings()
     for service, g in access.grants(settings, access.hears_of(topology(settings))).items():
         console.print(
-            f"[bold]{access.user_name(settings, service)}[/bold]  (password: ${env_name(access.PASSWORD, service)}"
+            f"[bold]{access.user_name(settings, service)}[/bold]  "
+            f"(password: ${env_name(access.PASSWORD, service)}"
             f" or {access.password_file(settings, service)})",
             soft_wrap=True,
         )
@@ -60,7 +62,8 @@ def rotate_password(service: str) -> None:
     var = env_name(access.PASSWORD, service)
     if os.environ.get(var):
         fail(
-            f"{var} is set: its password comes from there; change it there and run choreo broker setup"
+            f"{var} is set: its password comes from there; "
+            "change it there and run choreo broker setup"
         )
     rotate(settings.run_dir, access.PASSWORD, service)
     try:
@@ -68,6 +71,7 @@ def rotate_password(service: str) -> None:
     except (access.SetupFailed, OSError) as exc:
         fail(f"broker setup: {exc}")
     console.print(
-        f"new password for {access.user_name(settings, service)} set; restart it (choreo down && choreo up)",
+        f"new password for {access.user_name(settings, service)} set; "
+        "restart it (choreo down && choreo up)",
         soft_wrap=True,
     )

@@ -51,8 +51,8 @@ DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
 @click.option(
     "--cluster",
     is_flag=True,
-    help="On a private three-node RabbitMQ cluster of its own, two workers per domain on PostgreSQL: "
-    "kill -9 of the node leading the busiest queue, stop_app/start_app of another.",
+    help="On a private three-node RabbitMQ cluster of its own, two workers per domain on "
+    "PostgreSQL: kill -9 of the node leading the busiest queue, stop_app/start_app of another.",
 )
 @click.option(
     "--tls",
@@ -94,14 +94,16 @@ def chaos(
         fail("--orders, --duration and --kill-every must be positive")
     if tls and not cluster:
         fail(
-            "--tls needs --cluster (the private nodes it starts serve TLS; the machine's own node is not touched)"
+            "--tls needs --cluster (the private nodes it starts serve TLS; "
+            "the machine's own node is not touched)"
         )
     workers = workers or (2 if cluster else 1)
     if database_server is None:
         database_server = DEFAULT_DATABASE_SERVER if cluster else ""
     if workers > 1 and not database_server:
         fail(
-            f"--workers {workers} needs --database-server (PostgreSQL): SQLite serves one process per file"
+            f"--workers {workers} needs --database-server (PostgreSQL): "
+            "SQLite serves one process per file"
         )
     report = run_chaos(
         ChaosConfig(

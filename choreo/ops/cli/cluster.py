@@ -71,10 +71,12 @@ def tls_lines(status: dict) -> list[str]:
     tls = status.get("tls") or {}
     if not tls.get("enabled"):
         return [
-            "TLS: off (plain AMQP and HTTP on loopback; choreo cluster down, then up --tls, to turn it on)"
+            "TLS: off (plain AMQP and HTTP on loopback; "
+            "choreo cluster down, then up --tls, to turn it on)"
         ]
     return [
-        f"TLS: on; AMQP over TLS only (no plain listener) on {', '.join(map(str, tls['amqps_ports']))};"
+        "TLS: on; AMQP over TLS only (no plain listener) "
+        f"on {', '.join(map(str, tls['amqps_ports']))};"
         f" management over {tls['management']}; inter-node and rabbitmqctl over TLS",
         f"  CA (verify the nodes by it): {tls['ca_file']}",
         f"  client certificate (optional for AMQP): {tls['cert_file']}  key: {tls['key_file']}",

@@ -119,7 +119,8 @@ def dlq_replay(
     missing = sorted(set(ids) - {r.event_id for r in run.moved})
     if missing:
         fail(
-            f"not replayed (no such dead letter in {domain}, or the broker refused the copy): {', '.join(missing)}"
+            f"not replayed (no such dead letter in {domain}, or the broker refused the copy): "
+            f"{', '.join(missing)}"
         )
 
 

@@ -130,7 +130,8 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
 @click.argument("order_id")
 @click.option("--json", "as_json", is_flag=True)
 def order(order_id: str, as_json: bool) -> None:
-    """Show an order: state, reason, payment/stock/shipment facts and its timeline across services."""
+    """Show an order: state, reason, payment/stock/shipment facts and its timeline across
+    services."""
     d = order_details(current_settings(), order_id)
     if d is None:
         fail(f"no order {order_id!r}")
@@ -141,8 +142,8 @@ def order(order_id: str, as_json: bool) -> None:
         f"[bold]{d['order_id']}[/bold]  {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
     )
     console.print(
-        f"customer {d['customer_id']}  amount {d['amount_cents'] / 100:.2f}  card {d['card_token']}  "
-        f"address {d['address']}"
+        f"customer {d['customer_id']}  amount {d['amount_cents'] / 100:.2f}  "
+        f"card {d['card_token']}  address {d['address']}"
     )
     items = ", ".join(f"{i['qty']}x {i['sku']}" for i in d["items"])
     console.print(f"items: {items}")

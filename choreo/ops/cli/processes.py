@@ -31,7 +31,8 @@ from tasks.app import make_app
     help="Which of the domain's workers (competing consumers on its queue) this is.",
 )
 def worker(domain: str, index: int) -> None:
-    """Run one domain's Celery worker (what `choreo up` starts, workers_per_domain times per domain)."""
+    """Run one domain's Celery worker (what `choreo up` starts, workers_per_domain times per
+    domain)."""
     settings = current_settings()
     logs.configure(
         f"worker:{domain}" + (f"-{index}" if index > 1 else ""),
@@ -55,7 +56,8 @@ def worker(domain: str, index: int) -> None:
             topo.names.queue(domain),
             "-n",
             f"{node}@%h",
-            # solo: the worker runs its batches in the consuming process (tasks.worker.ChoreoConsumer).
+            # solo: the worker runs its batches in the consuming process
+            # (tasks.worker.ChoreoConsumer).
             "-c",
             "1",
             "-P",
@@ -118,12 +120,13 @@ def up_stack(
     running = [n for n, pid in Stack(settings).running().items() if pid]
     if saga and saga != settings.saga_mode and running:
         fail(
-            f"the stack runs in {settings.saga_mode} mode; run `choreo down` before switching to {saga}"
+            f"the stack runs in {settings.saga_mode} mode; "
+            f"run `choreo down` before switching to {saga}"
         )
     if workers and workers < settings.workers_per_domain and running:
         fail(
-            f"the stack runs {settings.workers_per_domain} workers per domain; run `choreo down` before "
-            f"starting it with {workers}"
+            f"the stack runs {settings.workers_per_domain} workers per domain; "
+            f"run `choreo down` before starting it with {workers}"
         )
     if saga or workers:
         try:
@@ -145,7 +148,8 @@ def up_stack(
     except RuntimeError as exc:
         fail(str(exc))
     console.print(
-        f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} (logs in {stack.log_dir})"
+        f"[green]stack up[/green] ({settings.saga_mode}): {', '.join(names)} "
+        f"(logs in {stack.log_dir})"
     )
     if with_flower:
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")

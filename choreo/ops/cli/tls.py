@@ -1,4 +1,5 @@
-"""`choreo tls init`: a CA and certificates for a deployment's own hosts (docker-compose.tls.yml)."""
+"""`choreo tls init`: a CA and certificates for a deployment's own hosts
+(docker-compose.tls.yml)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def tls() -> None:
     "folder",
     required=True,
     type=click.Path(file_okay=False),
-    help="Where to write them: DIR/private (CA, node and client; owner-only) and, with --server-owner, DIR/server.",
+    help="Where to write them: DIR/private (CA, node and client; owner-only) and, "
+    "with --server-owner, DIR/server.",
 )
 @click.option(
     "--host",
@@ -40,8 +42,8 @@ def tls() -> None:
     "--server-owner",
     type=int,
     default=None,
-    help="uid of the servers' user (999 in the RabbitMQ, Redis and PostgreSQL images): a copy of the CA "
-    "certificate and the node's certificate and key in DIR/server, owned by it.",
+    help="uid of the servers' user (999 in the RabbitMQ, Redis and PostgreSQL images): "
+    "a copy of the CA certificate and the node's certificate and key in DIR/server, owned by it.",
 )
 @click.option("--label", default="choreo", show_default=True, help='Names the CA ("<label> CA").')
 def init(
@@ -51,8 +53,9 @@ def init(
     server_owner: int | None,
     label: str,
 ) -> None:
-    """Make (once; again only what is missing, expiring or names other hosts) a CA, a certificate for
-    the servers naming HOSTs and ADDRESSes, and a client certificate. Prints the files as JSON."""
+    """Make (once; again only what is missing, expiring or names other hosts) a CA, a
+    certificate for the servers naming HOSTs and ADDRESSes, and a client certificate.
+    Prints the files as JSON."""
     names = tuple(dict.fromkeys([*hosts, *tlsca.HOSTNAMES]))
     ips = tuple(dict.fromkeys([*addresses, *tlsca.ADDRESSES]))
     try:

@@ -1,4 +1,5 @@
-"""`choreo trace ORDER_ID [--json] [--jaeger URL]`: one saga's spans across every service, as a waterfall."""
+"""`choreo trace ORDER_ID [--json] [--jaeger URL]`: one saga's spans across every
+service, as a waterfall."""
 
 from __future__ import annotations
 
@@ -118,15 +119,17 @@ def _spans_from_files(settings, order_id: str) -> list[dict]:
     trace_dir = settings.trace_dir
     if not trace_dir.is_dir():
         fail(
-            f"no span folder at {trace_dir}: tracing may be off (CHOREO_TRACING) or spans go to an OTLP "
-            f"collector (try --jaeger URL), or nothing has run here yet (CHOREO_RUN_DIR={settings.run_dir})"
+            f"no span folder at {trace_dir}: tracing may be off (CHOREO_TRACING) or spans go to "
+            f"an OTLP collector (try --jaeger URL), or nothing has run here yet "
+            f"(CHOREO_RUN_DIR={settings.run_dir})"
         )
     spans = traceview.load_saga(trace_dir, order_id)
     if not spans:
         files = len(traceview.span_files(trace_dir))
         fail(
-            f"no spans for order {order_id} in {trace_dir} ({files} span file(s)): tracing may be off, "
-            f"or the spans are not flushed yet (spans are flushed every second; try again)"
+            f"no spans for order {order_id} in {trace_dir} ({files} span file(s)): "
+            "tracing may be off, or the spans are not flushed yet "
+            "(spans are flushed every second; try again)"
         )
     return spans
 
@@ -139,12 +142,14 @@ def _spans_from_jaeger(settings, url: str, order_id: str) -> list[dict]:
         spans = traceview.load_saga_jaeger(url, order_id, services)
     except (httpx.HTTPError, ValueError) as exc:
         fail(
-            f"Jaeger query at {url} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"Jaeger query at {url} failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
         )
     if not spans:
         fail(
-            f"no spans for order {order_id} in Jaeger at {url} (services {', '.join(services)}): tracing may be "
-            f"off, or the spans are not exported yet (the exporter batches them; try again)"
+            f"no spans for order {order_id} in Jaeger at {url} (services {', '.join(services)}): "
+            "tracing may be off, or the spans are not exported yet "
+            "(the exporter batches them; try again)"
         )
     return spans
 
@@ -157,7 +162,8 @@ def _spans_from_jaeger(settings, url: str, order_id: str) -> list[dict]:
     "jaeger_url",
     default=None,
     metavar="URL",
-    help="Read the spans from a Jaeger query service (e.g. http://127.0.0.1:16686) instead of span files.",
+    help="Read the spans from a Jaeger query service (e.g. http://127.0.0.1:16686) "
+    "instead of span files.",
 )
 def trace(order_id: str, as_json: bool, jaeger_url: str | None) -> None:
     """One saga's spans across every service, as a waterfall: causal order, queue waits, retries."""
