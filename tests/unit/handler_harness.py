@@ -1,8 +1,10 @@
-"""Handler test harness: one domain's handlers through the real adapter path, on a real SQLite unit of work, with fakes.
+"""Handler test harness: one domain's handlers through the real adapter path, on a real SQLite
+unit of work, with fakes.
 
-In the spirit of nameko's worker_factory: `Harness("payment", tmp_path).deliver("order.placed", ...)`
-runs `tasks.adapter.process_batch` exactly as a worker does with the deliveries it holds
-(decode, idempotency, lookup, one transaction with a savepoint each, publish burst, mark sent), but the broker, Redis, the payment
+In the spirit of nameko's worker_factory:
+`Harness("payment", tmp_path).deliver("order.placed", ...)` runs `tasks.adapter.process_batch`
+exactly as a worker does with the deliveries it holds (decode, idempotency, lookup, one
+transaction with a savepoint each, publish burst, mark sent), but the broker, Redis, the payment
 gateway and the user service are in-memory fakes. No processes, no network: milliseconds.
 """
 
@@ -250,7 +252,8 @@ class Harness:
     @staticmethod
     def returned(copy: dict, replayed: bool = False) -> Delivery:
         """A retry or dead-letter copy this domain published, coming back to it as the worker
-        reads it (tasks.worker._delivery): its own user_id, so no sender, only the claim it names."""
+        reads it (tasks.worker._delivery): its own user_id, so no sender, only the claim it
+        names."""
         claim = copy["headers"]["x-choreo-sender"]
         return Delivery(
             copy["name"],

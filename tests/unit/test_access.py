@@ -66,8 +66,9 @@ def test_a_broker_user_is_a_service_only_under_the_prefix(settings):
 def test_a_copy_of_its_own_names_a_sender_it_must_still_prove(settings):
     own = "t-inventory"
     assert access.verified_sender(settings, "inventory", "t-payment", {}) == ("payment", None)
-    # A retry rung or a dead letter moved back: published by the domain itself (or by anyone with its
-    # password), naming who sent the original: a claim, no sender until the copy's record proves it.
+    # A retry rung or a dead letter moved back: published by the domain itself (or by anyone with
+    # its password), naming who sent the original: a claim, no sender until the copy's record
+    # proves it.
     assert access.verified_sender(settings, "inventory", own, access.sender_header("payment")) == (
         None,
         "payment",

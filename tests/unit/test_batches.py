@@ -1,4 +1,5 @@
-"""A batch through the real adapter and a real SQLite transaction: each message's outcome is its own."""
+"""A batch through the real adapter and a real SQLite transaction: each message's outcome is its
+own."""
 
 from __future__ import annotations
 

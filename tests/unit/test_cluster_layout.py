@@ -86,11 +86,12 @@ def test_the_folder_has_a_private_cookie_loopback_configs_and_remembers_its_shap
         Cluster.open(tmp_path / "nothing")
 
 
-# ---- TLS (choreo cluster up --tls): the folder's CA, the configs, what clients are told ----------------
+# ---- TLS (choreo cluster up --tls): the folder's CA, the configs, what clients are told ---------
 
 
 def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname: str) -> dict:
-    """A TLS handshake between two in-process sockets; the certificate the server saw from the client."""
+    """A TLS handshake between two in-process sockets; the certificate the server saw from the
+    client."""
     a, b = socket.socketpair()
     seen: dict = {}
 
@@ -154,7 +155,8 @@ def test_the_ca_folder_is_owner_only_made_once_and_mended(tmp_path):
     before = {p.name: p.read_bytes() for p in files.folder.iterdir()}
     tlsca.ensure(files.folder)
     assert {p.name: p.read_bytes() for p in files.folder.iterdir()} == before  # reused, not re-made
-    files.client_key.unlink()  # a leaf lost (or its pair broken): re-issued by the same CA, nothing else
+    # a leaf lost (or its pair broken): re-issued by the same CA, nothing else
+    files.client_key.unlink()
     tlsca.ensure(files.folder)
     after = {p.name: p.read_bytes() for p in files.folder.iterdir()}
     assert {n for n in before if after[n] != before[n]} == {"client.pem", "client.key"}

@@ -1,4 +1,5 @@
-"""The JSON Schema files under schemas/ are the models' own, and they judge messages as decode() does."""
+"""The JSON Schema files under schemas/ are the models' own, and they judge messages as decode()
+does."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Each domain's handlers through the real adapter and a real SQLite unit of work, with fakes for everything remote."""
+"""Each domain's handlers through the real adapter and a real SQLite unit of work, with fakes for
+everything remote."""
 
 from __future__ import annotations
 

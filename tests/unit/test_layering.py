@@ -9,8 +9,10 @@ Layers, from the inside out:
     domain     choreo.domain                  pure business rules; imports only itself
     kernel     config, models                 settings, catalog, contracts, tables
     infra      choreo.infra                   database, redis, logs, metrics
-    world      choreo.world                   the simulated outside world (sandbox gateway, user service)
-    app        choreo.app                     use cases; only choreo.app.bootstrap may reach the world
+    world      choreo.world                   the simulated outside world (sandbox gateway,
+                                              user service)
+    app        choreo.app                     use cases; only choreo.app.bootstrap may reach
+                                              the world
     messaging  choreo.messaging               the RabbitMQ edge; knows no handler and no adapter
     handlers   consumers                      one handler per service
     adapters   tasks                          Celery wiring around the handlers
@@ -30,7 +32,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Folders whose modules make up the import graph. bench/ is read too: it is ops code and must be placed.
+# Folders whose modules make up the import graph. bench/ is read too: it is ops code and must be
+# placed.
 SCANNED = ("choreo", "tasks", "consumers", "models", "config", "bench")
 
 # (prefix, layer, exact): first matching rule wins, so the most specific prefixes come first.
@@ -91,7 +94,8 @@ EXTRA_ALLOWED: dict[str, frozenset[str]] = {
 
 
 def module_name(path: Path) -> str:
-    """choreo/ops/cli/base.py -> choreo.ops.cli.base; choreo/ops/cli/__init__.py -> choreo.ops.cli."""
+    """choreo/ops/cli/base.py -> choreo.ops.cli.base;
+    choreo/ops/cli/__init__.py -> choreo.ops.cli."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -122,7 +126,8 @@ def resolve(dotted: str, known: frozenset[str] | set[str]) -> str | None:
 def imports_in(
     source: str, module: str, is_package: bool, known: frozenset[str] | set[str]
 ) -> set[str]:
-    """Project modules imported anywhere in `source` (the whole tree is walked, so lazy imports count).
+    """Project modules imported anywhere in `source` (the whole tree is walked, so lazy imports
+    count).
 
     Only what the code names is counted: `import a.b.c` yields a.b.c, not the parents a and a.b
     that Python loads implicitly.

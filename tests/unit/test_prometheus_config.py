@@ -114,7 +114,8 @@ def test_promtool_accepts_the_compose_copies():
 
 
 def annotations(rules_text: str, alert: str, labels: dict[str, str], value: str) -> dict[str, str]:
-    """An alert's summary and description as Prometheus renders them (the templates these rules use)."""
+    """An alert's summary and description as Prometheus renders them (the templates these rules
+    use)."""
     block = rules_text.split(f"- alert: {alert}\n", 1)[1].split("- alert:", 1)[0]
     out = {}
     for key in ("summary", "description"):
@@ -147,7 +148,8 @@ def alert_case(eval_time: str, name: str, fired: list[dict] | None) -> str:
     if not fired:
         return head + "        exp_alerts: []\n"
     body = "".join(
-        f"          - exp_labels:\n{a['labels']}\n            exp_annotations:\n{a['annotations']}\n"
+        f"          - exp_labels:\n{a['labels']}\n"
+        f"            exp_annotations:\n{a['annotations']}\n"
         for a in fired
     )
     return head + "        exp_alerts:\n" + body

@@ -1,4 +1,5 @@
-"""What every published message carries for Flower, and which of a worker's publishes wait for confirms."""
+"""What every published message carries for Flower, and which of a worker's publishes wait for
+confirms."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_flower_sees_an_envelope_as_its_ids_and_anything_else_as_celery_would():
     assert flower_argsrepr([]) is None
 
 
-def test_every_send_of_an_envelope_carries_its_ids_as_argsrepr_events_retries_and_dead_letters_alike():
+def test_each_envelope_sent_carries_its_ids_as_argsrepr_events_retries_and_dead_letters_alike():
     app = FakeApp()
     publisher = Publisher(app, Names("t"))
     env = make_envelope("place_order", "ord-9", ORDER, source="test")

@@ -21,7 +21,8 @@ from tasks.remote import ConnectionMailbox, RemoteControl
 
 @pytest.fixture
 def worker():
-    """What the step reads of Celery's consumer: its app, node name, connection, errors and timer."""
+    """What the step reads of Celery's consumer: its app, node name, connection, errors and
+    timer."""
     app = Celery("t", broker="memory://", set_as_current=False)
     conn = Connection("memory://")
     c = SimpleNamespace(

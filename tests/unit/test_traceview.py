@@ -93,7 +93,8 @@ def sid(n: int) -> str:
 C1, O1, OP1, P1, PR1, P2, PP1, O2, I1, OP1B, P3, X1 = (sid(n) for n in range(1, 13))
 
 SAGA = {
-    "web-client-99.jsonl": [  # read last (files in name order): the root order must come from start times
+    # read last (files in name order): the root order must come from start times
+    "web-client-99.jsonl": [
         span(
             C1,
             None,
