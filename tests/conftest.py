@@ -49,7 +49,8 @@ TEST_ENV = {k: v for k, v in os.environ.items() if k.startswith("CHOREO_")}
 
 @pytest.fixture(scope="session", autouse=True)
 def sandbox():
-    """Removes what the run made at the end (the folder stays with CHOREO_TEST_KEEP=1, for a post-mortem)."""
+    """Removes what the run made at the end (the folder stays with CHOREO_TEST_KEEP=1, for a
+    post-mortem)."""
     yield SANDBOX
     keep = bool(os.environ.get("CHOREO_TEST_KEEP"))
     for problem in SANDBOX.close(keep=keep):

@@ -28,7 +28,8 @@ def tool_use(name: str, arguments: dict, id_: str | None = None) -> dict:
 
 
 def _key(headers) -> str | None:
-    """The API key the SDK sent (x-api-key, or a bearer token: this SDK version sends the latter)."""
+    """The API key the SDK sent (x-api-key, or a bearer token: this SDK version sends the
+    latter)."""
     auth = headers.get("authorization") or ""
     return headers.get("x-api-key") or (
         auth[len("Bearer ") :] if auth.startswith("Bearer ") else None

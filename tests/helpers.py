@@ -19,7 +19,8 @@ def wait_for(
     interval: float = 0.2,
     what: str = "condition",
 ) -> T:
-    """Poll until predicate() is truthy; fail with `what` after the deadline (never a fixed sleep)."""
+    """Poll until predicate() is truthy; fail with `what` after the deadline (never a fixed
+    sleep)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -121,7 +122,8 @@ class Probe:
         return message_id
 
     def place(self, body: bytes, headers: dict, message_id: str | None = None) -> str:
-        """A place_order as a client may send one: the operator's user, through the events exchange."""
+        """A place_order as a client may send one: the operator's user, through the events
+        exchange."""
         from choreo.messaging.admin import BrokerAdmin
 
         message_id = message_id or f"probe-{uuid.uuid4().hex}"

@@ -11,16 +11,17 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 
 def _why(report) -> str:
-    """Enough to start investigating: the seed, the kept sandbox (logs, databases), first offenders."""
+    """Enough to start investigating: the seed, the kept sandbox (logs, databases), first
+    offenders."""
     failed = {
         c["name"]: f"{c['count']} offenders, e.g. {dict(list(c['problems'].items())[:5])}"
         for c in report.audit
         if not c["passed"]
     }
     return (
-        f"seed {report.seed}, sandbox kept in {report.workdir}: errors {report.errors}; failed checks "
-        f"{failed}; wrong outcomes {report.mismatches}; unsettled {len(report.unsettled)} "
-        f"{report.figures.get('stuck_by_state')}"
+        f"seed {report.seed}, sandbox kept in {report.workdir}: errors {report.errors}; "
+        f"failed checks {failed}; wrong outcomes {report.mismatches}; "
+        f"unsettled {len(report.unsettled)} {report.figures.get('stuck_by_state')}"
     )
 
 

@@ -51,9 +51,11 @@ def _why(report) -> str:
         c["name"]: dict(list(c["problems"].items())[:5]) for c in report.audit if not c["passed"]
     }
     return (
-        f"seed {report.seed}, kept in {report.workdir}: errors {report.errors}; failed checks {failed}; "
+        f"seed {report.seed}, kept in {report.workdir}: errors {report.errors}; "
+        f"failed checks {failed}; "
         f"wrong outcomes {report.mismatches}; unsettled {len(report.unsettled)}; "
-        f"node faults {report.figures.get('node_faults')}; progress {report.figures.get('progress_samples')}"
+        f"node faults {report.figures.get('node_faults')}; "
+        f"progress {report.figures.get('progress_samples')}"
     )
 
 

@@ -1,4 +1,5 @@
-"""A real stack for the run: the user service and five worker processes, started like `choreo up`."""
+"""A real stack for the run: the user service and five worker processes, started like
+`choreo up`."""
 
 from __future__ import annotations
 

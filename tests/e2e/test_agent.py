@@ -139,7 +139,8 @@ def test_the_metrics_tool_reads_the_stacks_prometheus(settings, known):
     try:
         prom.wait_ready(settings, 30)
 
-        def five_domains():  # a rate needs orders between two scrapes (5 s apart): keep some flowing
+        # a rate needs orders between two scrapes (5 s apart): keep some flowing
+        def five_domains():
             settled(settings, [o for o, _ in publish_orders(settings, ["completed"], seed=None)])
             got = t.metrics(settings, window_minutes=2)
             served = {r["service"] for r in got["handled_per_second"] if float(r["value"]) > 0}

@@ -56,7 +56,8 @@ def test_two_workers_per_domain_share_the_work_and_never_double_an_effect(two_pe
     states = settled(settings, [o for o, _ in sent], timeout=180)
     expected = expected_by_scenario()
     assert {o: states[o] for o, _ in sent} == {o: expected[s] for o, s in sent}
-    # The audit over the run's databases, about these orders (other tests leave their own debris there).
+    # The audit over the run's databases, about these orders (other tests leave their own debris
+    # there).
     ours = {o for o, _ in sent}
     checks = run_audit(settings)
     assert not [c.name for c in checks if c.error]

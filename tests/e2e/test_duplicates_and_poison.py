@@ -1,4 +1,5 @@
-"""Duplicate delivery changes nothing; poison input is dead-lettered at once and the worker keeps serving."""
+"""Duplicate delivery changes nothing; poison input is dead-lettered at once and the worker
+keeps serving."""
 
 from __future__ import annotations
 

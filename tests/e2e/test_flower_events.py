@@ -1,5 +1,6 @@
 """Flower still sees each message of a batch as its own task: received, started, then succeeded,
-retried or failed, from the worker that held it (Celery's own event receiver, as Flower reads them)."""
+retried or failed, from the worker that held it (Celery's own event receiver, as Flower reads
+them)."""
 
 from __future__ import annotations
 

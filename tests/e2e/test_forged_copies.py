@@ -166,7 +166,8 @@ def test_a_forged_copy_on_any_rung_or_dead_letter_key_changes_nothing_even_repla
 
     ids = {f.event_id: f for f in forgeries}
     orders = {f.order_id for f in forgeries}
-    # Each ends in its domain's DLQ, refused: what took a rung reached the queue and was dead-lettered.
+    # Each ends in its domain's DLQ, refused: what took a rung reached the queue and was
+    # dead-lettered.
     try:
         wait_for(
             lambda: ids.keys() <= _dead_letters(settings).keys(), 30, what="every forgery in a DLQ"
@@ -185,7 +186,8 @@ def test_a_forged_copy_on_any_rung_or_dead_letter_key_changes_nothing_even_repla
     ]
     assert taken_in == []
 
-    # The operator replays every one of them: the broker moves each back to its queue, still refused.
+    # The operator replays every one of them: the broker moves each back to its queue, still
+    # refused.
     for domain in settings.domains:
         mine = [e for e, f in ids.items() if f.domain == domain]
         run = rp.execute(settings, domain, mine, by="test")

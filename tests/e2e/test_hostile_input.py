@@ -242,7 +242,8 @@ def _charges(settings, order_ids) -> dict:
 
 
 def test_the_seller_sets_the_price(settings, stack):
-    """A client price of zero or of anything but the catalog's is refused; no price is the catalog's."""
+    """A client price of zero or of anything but the catalog's is refused; no price is the
+    catalog's."""
     from choreo.ops.audit import Check, Snapshot, check_money
     from config.catalog import PRICES_CENTS
 

@@ -170,7 +170,8 @@ def test_a_message_claiming_another_user_is_refused(settings, stack):
             ),
         )
         assert code == 406 and "user_id" in text
-    # On a key that is not the user's to write, the topic permission refuses it first (README: Security).
+    # On a key that is not the user's to write, the topic permission refuses it first
+    # (README: Security).
     code, text = _refusal(
         settings,
         "operator",
@@ -183,7 +184,8 @@ def test_a_message_claiming_another_user_is_refused(settings, stack):
 
 def test_an_unbound_key_is_refused_for_the_operator_not_kept_in_unrouted(settings, stack):
     """The README's client user may say place_order and nothing else: a typo is a 403 that closes
-    the channel, not a message in choreo.unrouted (that catches keys a user may write but nothing binds)."""
+    the channel, not a message in choreo.unrouted (that catches keys a user may write but nothing
+    binds)."""
     body, headers = celery_message("place_ordr", [{}], str(uuid.uuid4()))
     code, text = _refusal(
         settings, "operator", lambda ch: _publish(ch, settings, "place_ordr", body, headers)
@@ -193,7 +195,8 @@ def test_an_unbound_key_is_refused_for_the_operator_not_kept_in_unrouted(setting
 
 def test_a_place_order_without_user_id_is_taken_by_the_broker_and_dead_lettered(settings, stack):
     """user_id is optional in AMQP: the broker checks it only when present. Any user that may write
-    place_order can send one without it; the order service believes no sender, so it dead-letters it."""
+    place_order can send one without it; the order service believes no sender, so it
+    dead-letters it."""
     from choreo.messaging.admin import BrokerAdmin
     from tests.helpers import place_order
 
@@ -295,7 +298,8 @@ def test_a_forged_payment_completed_changes_nothing(settings, stack):
         )
         assert dead.headers["x-choreo-sender"] == "-"
 
-    # The operator replays it: the broker moves it back as it was, and it is still believed by nobody.
+    # The operator replays it: the broker moves it back as it was, and it is still believed by
+    # nobody.
     run = rp.execute(settings, "inventory", [event_id], by="test")
     assert [r.outcome for r in run.records] == ["replayed"]
     wait_for(
@@ -318,7 +322,8 @@ def test_a_forged_payment_completed_changes_nothing(settings, stack):
         "Inbox": 0,
     }
     assert _stock(settings) == stock
-    # The audit's unknown-order checks (a reservation or shipment for an order never placed) are clean of it.
+    # The audit's unknown-order checks (a reservation or shipment for an order never placed) are
+    # clean of it.
     checks = run_audit(settings)
     assert not [
         c.name

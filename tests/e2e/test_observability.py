@@ -68,7 +68,8 @@ def _dead_letters(settings, domain: str, order_ids: set[str]) -> list:
 
 @pytest.fixture(scope="module")
 def known_set(settings, stack):
-    """Every scenario once, then a duplicate and two poison messages: the metrics before and after."""
+    """Every scenario once, then a duplicate and two poison messages: the metrics before and
+    after."""
     from choreo.infra.db import engine_for
     from choreo.messaging.publisher import Publisher
     from choreo.messaging.topology import Names
@@ -246,7 +247,8 @@ def test_a_retried_saga_shows_its_retries(settings, known_set):
 
 
 def _view(order_id: str, service: str, message_type: str, outcome: str = "processed"):
-    """`choreo trace ORDER_ID --json`, once the span files hold `service`'s handling of `message_type`."""
+    """`choreo trace ORDER_ID --json`, once the span files hold `service`'s handling of
+    `message_type`."""
     from click.testing import CliRunner
 
     from choreo.ops.cli.trace import trace
@@ -381,7 +383,8 @@ def test_poison_ids_are_not_labels(settings, stack):
     reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)",
 )
 def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(settings, stack):
-    """`choreo up`'s Prometheus (choreo.ops.prometheus), scraping the real workers and user service."""
+    """`choreo up`'s Prometheus (choreo.ops.prometheus), scraping the real workers and user
+    service."""
     from choreo.ops import prometheus as prom
     from choreo.ops.workload import publish_orders
 

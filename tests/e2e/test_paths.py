@@ -38,7 +38,8 @@ def one_of_each(settings, stack):
 
 
 def test_no_event_of_these_orders_went_unrouted(settings, one_of_each):
-    """Every event a saga publishes has a subscriber in choreography (inventory.released: the order)."""
+    """Every event a saga publishes has a subscriber in choreography (inventory.released: the
+    order)."""
     from choreo.messaging.admin import BrokerAdmin
 
     sent, _ = one_of_each

@@ -1,4 +1,5 @@
-"""`choreo audit` on a world built directly in the services' databases: clean, then one violation at a time.
+"""`choreo audit` on a world built directly in the services' databases: clean, then one
+violation at a time.
 
 Each test gets its own data folder (a fresh set of SQLite files); the broker side (DLQs)
 is the run's vhost, whose dead letters all carry a reason.
@@ -303,7 +304,8 @@ def test_a_double_charge_in_the_ledger_fails_money(world):
 
 
 def test_a_charge_at_a_client_s_price_fails_money_naming_the_catalog_total(world):
-    """What a client setting its own price looked like: the charge matched the order, not the catalog."""
+    """What a client setting its own price looked like: the charge matched the order, not the
+    catalog."""
     world.order(
         "ord-cheap",
         [

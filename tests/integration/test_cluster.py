@@ -131,7 +131,9 @@ def test_choreo_on_the_cluster_survives_a_leader_crash(cluster):
     assert sandbox.settings.broker_cluster_dir == str(cluster.base_dir)
     try:
         with timed("sandbox open"):
-            sandbox.open()  # vhost, users and grants (import_definitions through the folder's rabbitmqctl), topology
+            # vhost, users and grants (import_definitions through the folder's rabbitmqctl),
+            # topology
+            sandbox.open()
         vhost, names = sandbox.vhost, sorted(cluster.name(i) for i in cluster.nodes)
         users = cluster.ctl("list_users", "--no-table-headers")
         assert f"{sandbox.overrides['broker_user_prefix']}payment" in users
@@ -194,7 +196,8 @@ def test_choreo_on_the_cluster_survives_a_leader_crash(cluster):
             )
         assert sorted(cluster.cluster_status(leader)["running_nodes"]) == names
 
-        # An app stop on another node: its replicas go offline, the VM stays; start_app brings them back.
+        # An app stop on another node: its replicas go offline, the VM stays; start_app brings
+        # them back.
         third = next(i for i in cluster.nodes if i != leader and cluster.name(i) != info["leader"])
         with timed("stop_app/start_app"):
             cluster.stop_app(third)

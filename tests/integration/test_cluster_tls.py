@@ -3,8 +3,9 @@ the AMQP port speaks only TLS, verified against the CA the folder made (no plain
 so a password never crosses loopback in clear text); a client trusting another CA refuses the
 node, and the node refuses a client certificate another CA signed; Erlang distribution speaks
 TLS too (a rabbitmqctl without TLS is shut out; three nodes forming over it and running every
-path is tests/e2e/test_tls_stack.py's); pika and kombu publish with confirms to a quorum queue over amqps; the
-CA's files are owner-only and reused; `choreo cluster status --json` tells a client what it needs.
+path is tests/e2e/test_tls_stack.py's); pika and kombu publish with confirms to a quorum queue
+over amqps; the CA's files are owner-only and reused; `choreo cluster status --json` tells a
+client what it needs.
 
 Fresh ports (a free block) and fresh folders, taken down and removed at the end; the machine's
 own node is never touched."""
@@ -96,7 +97,8 @@ def one(tmp_path_factory, machine_node_before):
 
 
 def client_context(ca, cert=None, key=None) -> ssl.SSLContext:
-    """A client that verifies the peer by `ca` and its name (check_hostname), optionally showing a certificate."""
+    """A client that verifies the peer by `ca` and its name (check_hostname), optionally showing
+    a certificate."""
     ctx = ssl.create_default_context(cafile=str(ca))
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     if cert:
@@ -125,7 +127,8 @@ def handshake(
 
 
 def listeners(c: Cluster, i: int = 1) -> dict[str, int]:
-    """protocol -> port of every listener node i has open now (rabbit_networking:active_listeners/0)."""
+    """protocol -> port of every listener node i has open now
+    (rabbit_networking:active_listeners/0)."""
     out = c.ctl(
         "eval",
         "[{element(3, L), element(6, L)} || L <- rabbit_networking:active_listeners(),"
@@ -152,7 +155,7 @@ def bound(port: int) -> set[str]:
     return found
 
 
-# ---- one node ------------------------------------------------------------------------------------------
+# ---- one node -----------------------------------------------------------------------------
 
 
 def test_amqp_port_speaks_only_tls_verified_by_the_clusters_ca(one):
@@ -175,7 +178,8 @@ def test_amqp_port_speaks_only_tls_verified_by_the_clusters_ca(one):
         "clustering": ports["dist"],
         "https": ports["mgmt"],
     }
-    # All on loopback (the https listener's record says {0,0,0,0,0,0,0,0}, but it binds management.ssl.ip).
+    # All on loopback (the https listener's record says {0,0,0,0,0,0,0,0}, but it binds
+    # management.ssl.ip).
     assert all(bound(p) == {"127.0.0.1"} for p in ports.values()), {
         p: bound(p) for p in ports.values()
     }
@@ -221,7 +225,8 @@ def test_distribution_speaks_tls_and_requires_a_certificate_of_the_ca(one, tmp_p
             dist, client_context(files.ca, other.client_cert, other.client_key), then_read=True
         )
     assert one.ctl("eval", "init:get_argument(proto_dist).").strip() == '{ok,[["inet_tls"]]}'
-    # rabbitmqctl with the cluster's TLS flags reaches the node (every ctl call here does); without them, not.
+    # rabbitmqctl with the cluster's TLS flags reaches the node (every ctl call here does);
+    # without them, not.
     env = one.ctl_env(1)
     assert "-proto_dist inet_tls" in env["RABBITMQ_CTL_ERL_ARGS"]
     plain = subprocess.run(

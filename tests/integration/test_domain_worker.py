@@ -117,7 +117,8 @@ def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_work
         ),
         source="test",
     )
-    # As the inventory service, the owner of inventory.reserved (the shipment worker believes no one else).
+    # As the inventory service, the owner of inventory.reserved (the shipment worker believes no
+    # one else).
     publisher = Publisher(
         make_app("client", ns_settings, service="inventory"), Names(ns_settings.namespace)
     )

@@ -1,4 +1,5 @@
-"""ConfirmedBurst against the real broker: confirms awaited together, nacks and dead connections reported per key."""
+"""ConfirmedBurst against the real broker: confirms awaited together, nacks and dead connections
+reported per key."""
 
 from __future__ import annotations
 

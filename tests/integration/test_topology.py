@@ -1,4 +1,5 @@
-"""The topology on the broker is exactly what the subscription tables say, and declaring is idempotent."""
+"""The topology on the broker is exactly what the subscription tables say, and declaring is
+idempotent."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_queues_are_quorum_with_dlx_and_retry_rungs_dead_letter_back(settings):
         )
         for k in range(1, settings.retry_max_attempts + 1):
             _, type_, durable, args = rows[f"{ns}.{d}.retry.{k}"]
-            # Replicated like the rest (a classic rung lives and dies with one node), and back at least once.
+            # Replicated like the rest (a classic rung lives and dies with one node), and back at
+            # least once.
             assert (type_, durable) == ("quorum", "true")
             assert f'"x-message-ttl",{int(settings.retry_delay(k) * 1000)}' in args
             assert (

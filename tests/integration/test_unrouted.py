@@ -14,7 +14,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def own_namespace(settings):
-    """A namespace of its own in the run's vhost, so the unrouted queue holds only this test's messages."""
+    """A namespace of its own in the run's vhost, so the unrouted queue holds only this test's
+    messages."""
     from tests.helpers import own_namespace
 
     with own_namespace(settings, "unr") as s:
@@ -22,7 +23,8 @@ def own_namespace(settings):
 
 
 def _publish(settings, routing_key: str, message_id: str) -> None:
-    """As a publisher no service is (the bootstrap user: a type nobody owns is refused to every service)."""
+    """As a publisher no service is (the bootstrap user: a type nobody owns is refused to every
+    service)."""
     from choreo.messaging.admin import BrokerAdmin
     from tests.helpers import celery_message
 
@@ -39,10 +41,8 @@ def test_a_message_nobody_hears_waits_in_unrouted_and_replays_to_a_late_subscrib
     with BrokerAdmin(s) as admin:
         (kept,) = admin.peek("unrouted", 10)
         assert (kept.message_id, kept.routing_key) == ("m-1", "late.subscriber.heard")
-        assert (
-            kept.reason
-            == f"unrouted: nothing is bound to routing key 'late.subscriber.heard' on {s.namespace}.events"
-        )
+        unbound = f"nothing is bound to routing key 'late.subscriber.heard' on {s.namespace}.events"
+        assert kept.reason == f"unrouted: {unbound}"
     # A subscriber deploys: a new binding. Replay (the operator's) sends the kept message to it.
     with BrokerAdmin(s, service=None) as deployer, BrokerAdmin(s) as admin:
         ch = deployer.conn.channel()
