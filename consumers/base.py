@@ -12,9 +12,14 @@ from models.envelope import Envelope, Message
 class HandlerDeps(Protocol):
     """The dependencies a handler may use (choreo.app.bootstrap.LiveDeps; fakes in unit tests)."""
 
-    gateway: Any
-    users: Any
-    catalog: Mapping[str, int]  # the seller's price list: SKU -> unit price in cents
+    @property
+    def gateway(self) -> Any: ...  # the payment gateway: charge(), refund()
+
+    @property
+    def users(self) -> Any: ...  # the user service client: get(customer_id)
+
+    @property
+    def catalog(self) -> Mapping[str, int]: ...  # the seller's price list: SKU -> cents
 
 
 # handler(message, unit of work, deps, **what its lookup returned) -> None

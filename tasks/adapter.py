@@ -45,6 +45,7 @@ from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, decode
 from tasks import failures, spans
+from tasks.outcome import Kind, Outcome
 from tasks.runtime import Runtime, runtime
 
 log = logging.getLogger("choreo.adapter")
@@ -74,13 +75,6 @@ class Delivery:
 
 
 @dataclass
-class Outcome:
-    kind: str  # processed | duplicate | retry | dead_lettered | poison | requeue
-    detail: str = ""  # what Flower shows: the result, or the exception
-    emitted: list[str] = field(default_factory=list)
-
-
-@dataclass
 class _Item:
     delivery: Delivery
     sub: Subscription | None
@@ -93,6 +87,22 @@ class _Item:
     duplicate_of_inbox: bool = False
     retry: tuple[int, float, str] | None = None  # (rung, delay, queue) of its retry copy
     span: Any = None  # its CONSUMER span (None: tracing off)
+
+    # An item still open (`_open`) was decoded and believed: it has an envelope and a handler.
+    @property
+    def env(self) -> Envelope:
+        assert self.envelope is not None, "an open item has its envelope"
+        return self.envelope
+
+    @property
+    def handling(self) -> Subscription:
+        assert self.sub is not None, "an open item has its handler"
+        return self.sub
+
+    @property
+    def final(self) -> Outcome:
+        assert self.outcome is not None, "every item is settled by now"
+        return self.outcome
 
 
 def register_domain(app: Celery) -> None:
@@ -140,7 +150,7 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     for item in items:
         if unchecked and item.delivery.claim:  # no proof either way, so no decision
             item.outcome = Outcome(
-                "requeue", f"could not check the copy's record: {unchecked}"[:1000]
+                Kind.REQUEUE, f"could not check the copy's record: {unchecked}"[:1000]
             )
         if item.outcome is None:
             _decode(item)
@@ -149,9 +159,10 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
         rt.recorder.batch(len(items))
     _absorb_seen(rt, items)
     for item in _open(items):
-        if item.sub.lookup:
+        lookup = item.handling.lookup
+        if lookup is not None:
             try:
-                item.looked_up = item.sub.lookup(item.envelope, rt.deps)
+                item.looked_up = lookup(item.env, rt.deps)
             except Exception as exc:
                 item.error = exc
     _transaction(rt, items)
@@ -160,7 +171,7 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     for item in items:
         _settle(rt, item)
     _remember(rt, items)
-    return [item.outcome for item in items]
+    return [item.final for item in items]
 
 
 def _open(items: list[_Item]) -> list[_Item]:
@@ -208,11 +219,10 @@ def _decode(item: _Item) -> None:
 
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
     todo = _open(items)
-    for item, seen in zip(
-        todo, rt.idempotency.seen(rt.domain, [i.envelope.event_id for i in todo])
-    ):
-        if seen:
-            item.outcome = Outcome("duplicate", "duplicate absorbed (redis)")
+    seen = rt.idempotency.seen(rt.domain, [i.env.event_id for i in todo])
+    for item, was_seen in zip(todo, seen, strict=True):
+        if was_seen:
+            item.outcome = Outcome(Kind.DUPLICATE, "duplicate absorbed (redis)")
 
 
 def _transaction(rt: Runtime, items: list[_Item]) -> None:
@@ -221,11 +231,11 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
     try:
         with Batch(rt.engine, domain) as batch:
             todo = _open(items)
-            done = batch.processed_among(domain, [i.envelope.event_id for i in todo])
+            done = batch.processed_among(domain, [i.env.event_id for i in todo])
             for item in todo:
-                if item.envelope.event_id in done:
+                if item.env.event_id in done:
                     item.outcome, item.duplicate_of_inbox = (
-                        Outcome("duplicate", "duplicate absorbed (inbox)"),
+                        Outcome(Kind.DUPLICATE, "duplicate absorbed (inbox)"),
                         True,
                     )
                     continue
@@ -241,15 +251,17 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
     except Exception as exc:  # the database (or the commit itself) failed: nothing of it happened
         log.error("batch transaction of %d failed, nothing committed: %r", len(items), exc)
         for item in items:
-            if item.reason is None and (item.outcome is None or item.outcome.kind == "processed"):
+            if item.reason is None and (
+                item.outcome is None or item.outcome.kind == Kind.PROCESSED
+            ):
                 item.outcome, item.emitted, item.error = None, [], item.error or exc
                 failures.decide(rt, item)
         for n, why in failures.record_alone(rt, items).items():
-            items[n].outcome = Outcome("requeue", f"the database failed: {why}"[:1000])
+            items[n].outcome = Outcome(Kind.REQUEUE, f"the database failed: {why}"[:1000])
 
 
 def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
-    env = item.envelope
+    env, handler = item.env, item.handling.handler
     for _ in range(OPTIMISTIC_RETRIES):
         try:
             with (
@@ -258,16 +270,16 @@ def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
                     env, consumer=rt.domain, traceparent=tracing.traceparent_of(item.span)
                 ) as uow,
             ):
-                item.sub.handler(env, uow, rt.deps, **item.looked_up)
+                handler(env, uow, rt.deps, **item.looked_up)
             item.emitted = uow.pending
-            item.outcome = Outcome("processed", emitted=[e.type for e in uow.pending])
+            item.outcome = Outcome(Kind.PROCESSED, emitted=[e.type for e in uow.pending])
             return
         except IntegrityError as exc:
             # A concurrent delivery of the same event, or a concurrent append at our version:
             # the savepoint is gone; look again (the inbox tells which it was) and decide again.
             if batch.processed_among(rt.domain, [env.event_id]):
                 item.outcome, item.duplicate_of_inbox = (
-                    Outcome("duplicate", "duplicate absorbed (inbox)"),
+                    Outcome(Kind.DUPLICATE, "duplicate absorbed (inbox)"),
                     True,
                 )
                 return
@@ -287,7 +299,7 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
     for n, item in enumerate(items):
         d = item.delivery
         link = {"parent_id": d.task_id, "root_id": d.root_id or d.task_id}
-        if item.outcome is not None and item.outcome.kind == "requeue":
+        if item.outcome is not None and item.outcome.kind == Kind.REQUEUE:
             continue  # back to the broker as it is: nothing of it is published
         if item.reason is not None:
             messages += [(n, m) for m in failures.dead_letter_messages(rt, item)]
@@ -300,7 +312,9 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
     failed = rt.burst.run(messages, before_each=hook)
     spans.end_producers(producing, [n in failed for n, _kw in messages])
     for n in failed:
-        items[n].outcome = Outcome("requeue", "the broker did not confirm its publishes; requeued")
+        items[n].outcome = Outcome(
+            Kind.REQUEUE, "the broker did not confirm its publishes; requeued"
+        )
     _fault(rt, "after_publish")
     sent = [e.event_id for n, item in enumerate(items) if n not in failed for e in item.emitted]
     try:
@@ -314,7 +328,7 @@ def _settle(rt: Runtime, item: _Item) -> None:
     received = item.delivery.received_ns
     done = {"duration_ms": round((time.time_ns() - received) / 1e6, 3)} if received else {}
     with logs.bound(**_context(item), **done):
-        if item.outcome is not None and item.outcome.kind == "requeue":
+        if item.outcome is not None and item.outcome.kind == Kind.REQUEUE:
             log.error("requeueing: %s", item.outcome.detail)
         elif item.reason is not None:
             where = rt.names.dlq(rt.domain)
@@ -326,11 +340,12 @@ def _settle(rt: Runtime, item: _Item) -> None:
                 item.reason,
                 extra={"alert": "compensation_failed" if comp else "dead_letter"},
             )
-            kind = "poison" if item.reason.startswith("poison") else "dead_lettered"
+            kind = Kind.POISON if item.reason.startswith("poison") else Kind.DEAD_LETTERED
             item.outcome = Outcome(
                 kind, f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000]
             )
         elif item.error is not None:
+            assert item.retry is not None, "a failed item's retry copy was sent"
             n, delay, queue = item.retry
             log.warning(
                 "transient failure, retry %d/%d in %.2fs via %s: %r",
@@ -341,44 +356,45 @@ def _settle(rt: Runtime, item: _Item) -> None:
                 item.error,
             )
             item.outcome = Outcome(
-                "retry",
+                Kind.RETRY,
                 f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via "
                 f"{queue}: {item.error!r}"[:1000],
             )
-        elif item.outcome.kind == "duplicate":
-            log.info(item.outcome.detail)
+        elif item.final.kind == Kind.DUPLICATE:
+            log.info(item.final.detail)
         else:
-            log.info("processed", extra={"emitted": ",".join(item.outcome.emitted)})
-    kind = item.outcome.kind
+            log.info("processed", extra={"emitted": ",".join(item.final.emitted)})
+    kind = item.final.kind
     spans.finish(
         item.span,
         kind,
-        retry=item.retry if kind == "retry" else None,
+        retry=item.retry if kind == Kind.RETRY else None,
         error=item.error,
-        reason=item.reason if kind in ("poison", "dead_lettered") else None,
-        compensation=failures.compensation(item) and kind == "processed",
+        reason=item.reason if kind in (Kind.POISON, Kind.DEAD_LETTERED) else None,
+        compensation=failures.compensation(item) and kind == Kind.PROCESSED,
         duplicate_of=("inbox" if item.duplicate_of_inbox else "redis")
-        if kind == "duplicate"
+        if kind == Kind.DUPLICATE
         else None,
     )
 
 
 def _remember(rt: Runtime, items: list[_Item]) -> None:
     """Step 7: the idempotency keys of what this service has applied, and the counters."""
-    kinds = [i.outcome.kind for i in items]
+    kinds = [i.final.kind for i in items]
     keys = [
-        i.envelope.event_id
+        i.env.event_id
         for i in items
-        if i.outcome.kind == "processed" or (i.outcome.kind == "duplicate" and i.duplicate_of_inbox)
+        if i.final.kind == Kind.PROCESSED
+        or (i.final.kind == Kind.DUPLICATE and i.duplicate_of_inbox)
     ]
     rt.idempotency.remember(
         rt.domain,
         keys,
         {
-            "processed": kinds.count("processed"),
-            "duplicates": kinds.count("duplicate"),
-            "retries": kinds.count("retry"),
-            "dead_lettered": kinds.count("dead_lettered") + kinds.count("poison"),
+            "processed": kinds.count(Kind.PROCESSED),
+            "duplicates": kinds.count(Kind.DUPLICATE),
+            "retries": kinds.count(Kind.RETRY),
+            "dead_lettered": kinds.count(Kind.DEAD_LETTERED) + kinds.count(Kind.POISON),
         },
     )
 

@@ -19,6 +19,7 @@ from choreo.messaging.access import sender_header
 from choreo.messaging.publisher import event_message
 from choreo.messaging.wire import dead_letter_headers
 from models.envelope import SagaDeadLettered, derived_id, make_envelope
+from tasks.outcome import Kind
 from tasks.runtime import Runtime
 
 log = logging.getLogger("choreo.adapter")
@@ -85,7 +86,7 @@ def record_alone(rt: Runtime, items: list) -> dict[int, str]:
     todo = {
         n: m
         for n, item in enumerate(items)
-        if (item.outcome is None or item.outcome.kind != "requeue")
+        if (item.outcome is None or item.outcome.kind != Kind.REQUEUE)
         and (m := made(item)) is not None
     }
     if not todo:

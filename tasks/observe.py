@@ -145,10 +145,11 @@ class QueueDepths:
     def __call__(self) -> list[tuple[str, int, int]]:
         with self._lock:
             try:
-                if self._conn is None:
-                    self._conn = self.app.connection_for_read(heartbeat=0)
-                    self._conn.ensure_connection(max_retries=1)
-                channel = self._conn.default_channel
+                conn = self._conn
+                if conn is None:
+                    conn = self._conn = self.app.connection_for_read(heartbeat=0)
+                    conn.ensure_connection(max_retries=1)
+                channel = conn.default_channel
                 out = []
                 for queue in self.queues:
                     _name, messages, consumers = channel.queue_declare(queue, passive=True)

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from choreo.infra import tracing
 from models.envelope import TRACEPARENT_RE
+from tasks.outcome import Kind
 
 _TRACEPARENT = re.compile(TRACEPARENT_RE)
 
@@ -73,7 +74,7 @@ def producer_spans(rt, sends: list[tuple[Any, dict]]) -> list:
     """A PRODUCER span per send-kwargs dict, each a child of the CONSUMER span that staged it."""
     if rt.tracer is None:
         return []
-    out = []
+    out: list = []
     start = time.time_ns()
     for span, kw in sends:
         if span is None or not span.is_recording():  # no span, or not sampled
@@ -148,6 +149,6 @@ def finish(
         span.set_status(Status(StatusCode.ERROR, reason[:200]))
     if duplicate_of is not None:
         span.add_event("duplicate", {"choreo.absorbed_by": duplicate_of})
-    if outcome == "requeue":
+    if outcome == Kind.REQUEUE:
         span.set_status(Status(StatusCode.ERROR, "publish not confirmed; requeued"))
     span.end()

@@ -19,9 +19,10 @@ from choreo.infra.telemetry import Recorder, known_type
 from choreo.messaging.access import sender_header, verified_sender
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import dead_letter_headers
-from tasks.adapter import Delivery, Outcome, process_batch
+from tasks.adapter import Delivery, process_batch
 from tasks.guard import Limits, Malformed, check
 from tasks.observe import Observability
+from tasks.outcome import Kind, Outcome
 from tasks.relay import OutboxRelay
 from tasks.runtime import runtime
 
@@ -170,14 +171,14 @@ class ChoreoConsumer(Consumer):
             log.critical(
                 "batch of %d failed unexpectedly; requeueing: %r", len(batch), exc, exc_info=True
             )
-            outcomes = [Outcome("requeue", f"{exc!r:.300}")] * len(batch)
+            outcomes = [Outcome(Kind.REQUEUE, f"{exc!r:.300}")] * len(batch)
         now = time.monotonic()
         try:
             for (message, delivery, received), outcome in zip(batch, outcomes):
                 self._settle_message(message, delivery, outcome, now - received)
         finally:
             self.in_flight, self.batch_started = 0, None
-        if any(o.kind == "requeue" for o in outcomes):
+        if any(o.kind == Kind.REQUEUE for o in outcomes):
             # The database or the broker failed this batch and, redelivered at once, would fail it
             # again: a short pause (the quorum queue's delivery limit bounds the round trips).
             time.sleep(min(1.0, self._settings.retry_initial_delay))
@@ -185,21 +186,21 @@ class ChoreoConsumer(Consumer):
     def _settle_message(self, message, delivery, outcome, runtime_s: float) -> None:
         """Ack (or requeue) one delivery, count it, and tell Flower how it ended, as Celery's Request would."""
         self._recorder.handled(delivery.name, outcome.kind, runtime_s)
-        if outcome.kind == "requeue":
+        if outcome.kind == Kind.REQUEUE:
             message.reject(requeue=True)
             self._event("task-rejected", delivery.task_id, requeue=True)
             return
         message.ack()
         state.total_count[delivery.name] += 1
         state.all_total_count[0] += 1
-        if outcome.kind in ("processed", "duplicate"):
+        if outcome.kind in (Kind.PROCESSED, Kind.DUPLICATE):
             self._event(
                 "task-succeeded",
                 delivery.task_id,
                 result=repr({"outcome": outcome.kind, "emitted": outcome.emitted}),
                 runtime=runtime_s,
             )
-        elif outcome.kind == "retry":
+        elif outcome.kind == Kind.RETRY:
             self._event("task-retried", delivery.task_id, exception=outcome.detail, traceback="")
         else:
             self._event("task-failed", delivery.task_id, exception=outcome.detail, traceback="")
