@@ -1,4 +1,5 @@
-"""The README's plain-pika client, run exactly as written, places an order that completes at catalog prices."""
+"""The manual's plain-pika client (docs/client.md, once the README's), run exactly as written,
+places an order that completes at catalog prices."""
 
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ from sqlmodel import Session
 from tests.helpers import settled
 
 pytestmark = pytest.mark.e2e
-README = Path(__file__).resolve().parents[2] / "README.md"
+CLIENT_DOC = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 
 
 def readme_client() -> str:
-    text = README.read_text()
+    text = CLIENT_DOC.read_text()
     block = re.search(
         r"<!-- client-example:start -->\s*```python\n(.*?)```\s*<!-- client-example:end -->",
         text,
         re.S,
     )
-    assert block, "README lost its client example"
+    assert block, "docs/client.md lost its client example"
     return block.group(1)
 
 
