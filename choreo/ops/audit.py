@@ -1,4 +1,4 @@
-"""`choreo audit`: check choreo's guarantees (README, Guarantees) over the services' own databases.
+"""`choreo audit`: check choreo's guarantees (docs/guarantees.md) over the services' own databases.
 
 Every check reads each service's store in bulk (one query per table, never one per order),
 so a run over thousands of orders takes a second or two. Run it on a quiet system: the

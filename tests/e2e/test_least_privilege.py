@@ -171,7 +171,7 @@ def test_a_message_claiming_another_user_is_refused(settings, stack):
         )
         assert code == 406 and "user_id" in text
     # On a key that is not the user's to write, the topic permission refuses it first
-    # (README: Security).
+    # (docs/security.md).
     code, text = _refusal(
         settings,
         "operator",
@@ -183,9 +183,9 @@ def test_a_message_claiming_another_user_is_refused(settings, stack):
 
 
 def test_an_unbound_key_is_refused_for_the_operator_not_kept_in_unrouted(settings, stack):
-    """The README's client user may say place_order and nothing else: a typo is a 403 that closes
-    the channel, not a message in choreo.unrouted (that catches keys a user may write but nothing
-    binds)."""
+    """The client user of docs/client.md may say place_order and nothing else: a typo is a 403
+    that closes the channel, not a message in choreo.unrouted (that catches keys a user may
+    write but nothing binds)."""
     body, headers = celery_message("place_ordr", [{}], str(uuid.uuid4()))
     code, text = _refusal(
         settings, "operator", lambda ch: _publish(ch, settings, "place_ordr", body, headers)

@@ -14,7 +14,7 @@ from choreo.ops.cli.base import console, fail
 
 @click.group()
 def tls() -> None:
-    """Certificates for TLS between choreo's hosts (README, Deployment)."""
+    """Certificates for TLS between choreo's hosts (docs/deployment.md)."""
 
 
 @tls.command()
