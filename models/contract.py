@@ -25,7 +25,8 @@ def urn(name: str) -> str:
 
 
 def envelope_schema() -> dict[str, Any]:
-    """The envelope, with `payload` checked against the schema of its `type`; one self-contained file."""
+    """The envelope, with `payload` checked against the schema of its `type`; one self-contained
+    file."""
     models = [Envelope, *dict.fromkeys(PAYLOADS.values())]
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/$defs/{model}"
@@ -48,8 +49,8 @@ def envelope_schema() -> dict[str, Any]:
         "$schema": DRAFT,
         "$id": urn("envelope"),
         **schema,
-        "description": f"Every choreo message's envelope (schema_version {SCHEMA_VERSION}). The event id is "
-        "the idempotency key: a redelivery with the same id changes nothing.",
+        "description": f"Every choreo message's envelope (schema_version {SCHEMA_VERSION}). "
+        "The event id is the idempotency key: a redelivery with the same id changes nothing.",
         "$defs": defs,
     }
 
@@ -65,9 +66,9 @@ def body_schema() -> dict[str, Any]:
         "$schema": DRAFT,
         "$id": urn("body"),
         "title": "Message body",
-        "description": "The body of every message: JSON, content_type application/json, content_encoding utf-8, "
-        'uncompressed: [[ENVELOPE], {}, {"callbacks": null, "errbacks": null, "chain": null, '
-        '"chord": null}].',
+        "description": "The body of every message: JSON, content_type application/json, "
+        'content_encoding utf-8, uncompressed: [[ENVELOPE], {}, {"callbacks": null, '
+        '"errbacks": null, "chain": null, "chord": null}].',
         "type": "array",
         "minItems": 3,
         "maxItems": 3,
@@ -97,8 +98,9 @@ def headers_schema() -> dict[str, Any]:
         "$schema": DRAFT,
         "$id": urn("headers"),
         "title": "Message headers (AMQP table)",
-        "description": "Required: task (the message type) and id (the envelope's event_id). Other Celery protocol-2 "
-        "headers may be sent with these values; headers not listed are ignored.",
+        "description": "Required: task (the message type) and id (the envelope's event_id). "
+        "Other Celery protocol-2 headers may be sent with these values; headers not listed are "
+        "ignored.",
         "type": "object",
         "required": ["task", "id"],
         "properties": {

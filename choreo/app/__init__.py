@@ -1,1 +1,2 @@
-"""The application layer: unit of work and outbox, the order event store, projections, queries, the composition root."""
+"""The application layer: unit of work and outbox, the order event store, projections, queries,
+the composition root."""

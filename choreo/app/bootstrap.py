@@ -1,4 +1,5 @@
-"""The composition root: the real dependencies handlers use, and each service's tables and seed data.
+"""The composition root: the real dependencies handlers use, and each service's tables and seed
+data.
 
 Handlers see only `consumers.base.HandlerDeps`; this builds the live one (the sandbox gateway,
 the user service client, the seller's catalog). Unit tests hand handlers fakes instead.
@@ -21,7 +22,8 @@ from models.tables import Stock
 
 
 class LiveDeps:
-    """What handlers may use, for real. Built lazily: a domain that never calls the gateway never opens it.
+    """What handlers may use, for real. Built lazily: a domain that never calls the gateway never
+    opens it.
     `caller`: the service whose token the user service client sends (its domain)."""
 
     def __init__(

@@ -1,4 +1,5 @@
-"""The copies a service makes of its deliveries (retry rungs, dead letters), and the proof of who sent each original.
+"""The copies a service makes of its deliveries (retry rungs, dead letters), and the proof of who
+sent each original.
 
 The broker vouches for one thing about a delivery: its publisher (the AMQP user_id). A copy a
 service publishes of a delivery it could not finish carries that service's own user_id, so the

@@ -1,4 +1,5 @@
-"""The outbox: rows committed with the state that caused them, published after commit, marked sent."""
+"""The outbox: rows committed with the state that caused them, published after commit, marked
+sent."""
 
 from __future__ import annotations
 

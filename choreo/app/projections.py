@@ -86,7 +86,8 @@ def advance(view: OrderView | None, order: domain.Order, rows: list[OrderEvent])
 
 
 _VIEW = table_of(OrderView)
-# Built once: this runs for every order message, and building a statement costs more than running it.
+# Built once: this runs for every order message, and building a statement costs more than running
+# it.
 _VIEW_GET = core_select(*(_VIEW.c[c] for c in COLUMNS)).where(_VIEW.c.order_id == bindparam("oid"))
 _VIEW_INSERT = _VIEW.insert()
 _VIEW_UPDATE = _VIEW.update().where(_VIEW.c.order_id == bindparam("oid"))

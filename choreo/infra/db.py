@@ -1,4 +1,5 @@
-"""Database engines (one per service per process), table creation, and prebuilt Core statements (`Rows`)."""
+"""Database engines (one per service per process), table creation, and prebuilt Core statements
+(`Rows`)."""
 
 from __future__ import annotations
 

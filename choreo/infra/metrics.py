@@ -1,4 +1,5 @@
-"""Counters shared by every process of every domain, kept in Redis (duplicates absorbed, retries...).
+"""Counters shared by every process of every domain, kept in Redis (duplicates absorbed,
+retries...).
 
 Losing them (a Redis restart) loses figures, never correctness: nothing decides on them.
 """

@@ -1,4 +1,5 @@
-"""The Redis connection every process builds the same way (idempotency keys, counters, breaker state)."""
+"""The Redis connection every process builds the same way (idempotency keys, counters, breaker
+state)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ def secrets_dir(run_dir: Path | str) -> Path:
 
 
 def secret_path(run_dir: Path | str, kind: str, owner: str) -> Path:
-    """Where `secret` keeps `kind` of `owner` when its variable is not set: secrets/<kind>-<owner>."""
+    """Where `secret` keeps `kind` of `owner` when its variable is not set:
+    secrets/<kind>-<owner>."""
     return Path(run_dir) / SECRETS_DIR / f"{kind.lower()}-{owner}".replace("_", "-")
 
 

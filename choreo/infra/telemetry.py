@@ -54,7 +54,8 @@ def known_type(name: object, known: Iterable[str]) -> str:
 
 
 class Recorder:
-    """The per-message counters of one service, label children cached (a dict lookup per message)."""
+    """The per-message counters of one service, label children cached (a dict lookup per
+    message)."""
 
     def __init__(self, service: str, enabled: bool = True) -> None:
         self.service = service

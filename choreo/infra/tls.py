@@ -34,7 +34,8 @@ def _broker_nodes(settings: Settings) -> list[str]:
 
 
 def broker_uses_tls(settings: Settings) -> bool:
-    """Every node's URL is amqps:// (a mix is refused: one node in clear text leaks the password)."""
+    """Every node's URL is amqps:// (a mix is refused: one node in clear text leaks the
+    password)."""
     schemes = {urlsplit(u).scheme for u in _broker_nodes(settings)}
     if "amqps" in schemes and schemes != {"amqps"}:
         raise TLSRefused(

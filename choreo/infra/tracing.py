@@ -49,7 +49,8 @@ _EXPORT_BATCH = 2048  # spans per export call (one write to the span file)
 
 
 class SpanFile(SpanExporter):
-    """Spans as JSON lines, one file per process; `choreo trace` reads them (choreo.ops.traceview)."""
+    """Spans as JSON lines, one file per process; `choreo trace` reads them
+    (choreo.ops.traceview)."""
 
     def __init__(self, path: Path, service: str) -> None:
         self.path = Path(path)

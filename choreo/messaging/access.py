@@ -126,7 +126,8 @@ def sender_header(sender: str | None) -> dict:
 
 
 def password(settings: Settings, service: str) -> str:
-    """The service's broker password: CHOREO_BROKER_PASSWORD_<SERVICE>, else its file (password_file)."""
+    """The service's broker password: CHOREO_BROKER_PASSWORD_<SERVICE>, else its file
+    (password_file)."""
     return secret(settings.run_dir, PASSWORD, service)
 
 
@@ -143,10 +144,12 @@ def broker_urls(broker_url: str) -> list[str]:
 
 
 def service_url(settings: Settings, service: str) -> str:
-    """broker_url (every node's host, port, vhost, options) with the service's own user and password."""
+    """broker_url (every node's host, port, vhost, options) with the service's own user and
+    password."""
     if service not in SERVICES:
         raise ValueError(f"unknown broker user {service!r}; one of {', '.join(SERVICES)}")
-    user = f"{quote(user_name(settings, service), safe='')}:{quote(password(settings, service), safe='')}"
+    name = quote(user_name(settings, service), safe="")
+    user = f"{name}:{quote(password(settings, service), safe='')}"
     out = []
     for url in broker_urls(settings.broker_url):
         parts = urlsplit(url)

@@ -118,7 +118,10 @@ def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
         pass
     reason = headers.get("x-choreo-reason")
     if reason is None and domain == UNROUTED:
-        reason = f"unrouted: nothing is bound to routing key {method.routing_key!r} on {method.exchange or '(default)'}"
+        reason = (
+            f"unrouted: nothing is bound to routing key {method.routing_key!r} "
+            f"on {method.exchange or '(default)'}"
+        )
     if reason is None and headers.get("x-death"):
         death = headers["x-death"][0]
         reason = f"broker dead-lettered: {death.get('reason')} from {death.get('queue')}"
@@ -183,7 +186,8 @@ class BrokerAdmin:
         return out
 
     def held_in(self, domain: str) -> str:
-        """The queue holding DOMAIN's dead letters; `unrouted` names the queue of unroutable messages."""
+        """The queue holding DOMAIN's dead letters; `unrouted` names the queue of unroutable
+        messages."""
         _check(domain, self.settings)
         return self.names.unrouted if domain == UNROUTED else self.names.dlq(domain)
 

@@ -53,7 +53,8 @@ class Names:
 
     @property
     def unrouted(self) -> str:
-        """The alternate exchange and the queue behind it (exchanges and queues are separate names)."""
+        """The alternate exchange and the queue behind it (exchanges and queues are separate
+        names)."""
         return f"{self.ns}.unrouted"
 
     def queue(self, domain: str) -> str:
@@ -239,19 +240,20 @@ class Topology:
             _name, held, _consumers = channel.queue_declare(queue.name, passive=True)
             if held and rung:
                 raise RuntimeError(
-                    f"{queue.name} holds {held} retry cop(ies) and was declared by an older choreo ({exc}); they go "
-                    f"back to their queue within the rung's delay: stop the older workers, wait for it to empty "
-                    f"(rabbitmqctl list_queues), then run choreo broker setup again"
+                    f"{queue.name} holds {held} retry cop(ies) and was declared by an older choreo "
+                    f"({exc}); they go back to their queue within the rung's delay: stop the older "
+                    "workers, wait for it to empty (rabbitmqctl list_queues), then run choreo "
+                    "broker setup again"
                 ) from None
             if held:
                 raise RuntimeError(
-                    f"{queue.name} holds {held} message(s) and was declared by an older choreo ({exc}); replay or "
-                    f"move them (choreo dlq list), then delete it (rabbitmqctl delete_queue {queue.name}) and run "
-                    f"choreo broker setup again"
+                    f"{queue.name} holds {held} message(s) and was declared by an older choreo "
+                    f"({exc}); replay or move them (choreo dlq list), then delete it (rabbitmqctl "
+                    f"delete_queue {queue.name}) and run choreo broker setup again"
                 ) from None
             log.warning("re-creating empty %s as this choreo declares it (%s)", queue.name, exc)
-            # Not if_empty: quorum queues refuse that flag (540); the window since the passive look is
-            # a round trip, and this runs at set-up, before this choreo's workers start.
+            # Not if_empty: quorum queues refuse that flag (540); the window since the passive look
+            # is a round trip, and this runs at set-up, before this choreo's workers start.
             channel.queue_delete(queue.name)
             queue(channel).declare()
         finally:
@@ -288,9 +290,10 @@ class Topology:
 
 
 def _back_to(queue: str | None, exchange: str = "") -> dict:
-    """Dead-letter arguments that send a rejected (or, on a rung, expired) message back (to `queue` through the default
-    exchange, or to `exchange` with its own routing key), at least once: the broker keeps it
-    until the target confirms it (quorum queues; needs overflow reject-publish)."""
+    """Dead-letter arguments that send a rejected (or, on a rung, expired) message back (to
+    `queue` through the default exchange, or to `exchange` with its own routing key), at least
+    once: the broker keeps it until the target confirms it (quorum queues; needs overflow
+    reject-publish)."""
     args = {
         "x-dead-letter-exchange": exchange,
         "x-dead-letter-strategy": "at-least-once",

@@ -49,7 +49,10 @@ def flower_argsrepr(args: Any) -> str | None:
         and "order_id" in args[0]
     ):
         env = args[0]
-        return f"order={env.get('order_id')} correlation={env.get('correlation_id')} event={env.get('event_id')}"
+        return (
+            f"order={env.get('order_id')} correlation={env.get('correlation_id')} "
+            f"event={env.get('event_id')}"
+        )
     return None
 
 

@@ -128,7 +128,8 @@ class SandboxGateway:
         )
 
     def totals(self) -> dict[str, dict[str, int]]:
-        """Money moved per order: {order_id: {"charge": cents, "refund": cents, "charges": n, "refunds": n}}."""
+        """Money moved per order: {order_id: {"charge": cents, "refund": cents, "charges": n,
+        "refunds": n}}."""
         out: dict[str, dict[str, int]] = {}
         with Session(self.engine) as s:
             for order_id, kind, n, total in s.exec(

@@ -1,5 +1,5 @@
-"""The user service (customers over HTTP, plus /health /ready /metrics /breakers) and its client, behind a
-shared circuit breaker and a bulkhead.
+"""The user service (customers over HTTP, plus /health /ready /metrics /breakers) and its client,
+behind a shared circuit breaker and a bulkhead.
 
 The server is a Starlette app run by uvicorn. GET /users/{id} wants `Authorization: Bearer <token>`,
 one token per calling service (CALLERS): from CHOREO_USERS_TOKEN_<CALLER>, else the owner-only file
@@ -400,7 +400,8 @@ def _plain(record: logging.LogRecord) -> bool:
 def make_server(
     engine: Engine, host: str, port: int, metrics: bool = True, *, run_dir: Path | str
 ) -> UserService:
-    """The user service of `choreo users`, its callers' tokens loaded (created when missing) from run_dir."""
+    """The user service of `choreo users`, its callers' tokens loaded (created when missing) from
+    run_dir."""
     tokens = Tokens.load(run_dir)
     from_env = [c for c in CALLERS if os.environ.get(token_env(c))]
     log.info(
