@@ -1,4 +1,5 @@
-"""Inventory service handlers: reserve on payment.completed; release (compensation) on shipment.failed."""
+"""Inventory service handlers: reserve on payment.completed; release (a compensation) on
+shipment.failed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Orchestrator handlers (orchestrated saga mode): hear replies, persist the saga, send the next command."""
+"""Orchestrator handlers (orchestrated saga mode): hear replies, persist the saga, send the
+next command."""
 
 from __future__ import annotations
 

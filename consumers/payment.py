@@ -1,4 +1,5 @@
-"""Payment service handlers: charge on order.placed; refund (compensation) on stock or shipment failure."""
+"""Payment service handlers: charge on order.placed; refund (a compensation) on a stock or
+shipment failure."""
 
 from __future__ import annotations
 

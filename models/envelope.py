@@ -1,7 +1,7 @@
 """The event envelope every message carries, and the payload schema of every message type.
 
 JSON on the wire, validated on publish and on consume, so a service written in another
-language can take part: see README "Wire format".
+language can take part: see docs/concepts/events.md and docs/client.md.
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ def make_envelope(
     traceparent: str | None = None,
 ) -> Envelope:
     """A new envelope. Its traceparent: `traceparent` when given (the span that emits it, so the
-    consumer's span is that span's child), else a new span id in the cause's trace, else a new trace."""
+    consumer's span is that span's child), else a new span id in the cause's trace, else a new
+    trace."""
     if isinstance(payload, PAYLOADS[type]):
         body = payload.model_dump(mode="json")  # validated when it was made
     else:

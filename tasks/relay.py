@@ -1,4 +1,5 @@
-"""The outbox relay: a worker thread that publishes events a crashed task committed but never published."""
+"""The outbox relay: a worker thread that publishes events a crashed batch committed but never
+published."""
 
 from __future__ import annotations
 

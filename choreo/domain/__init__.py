@@ -1,1 +1,1 @@
-"""Pure domain decisions: no Celery, kombu, SQL or Redis imports here (unit-tested with no broker)."""
+"""Pure domain decisions: no Celery, kombu, SQL or Redis imports (unit-tested with no broker)."""

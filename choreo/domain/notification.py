@@ -8,5 +8,9 @@ KINDS = {"order.completed": "completed", "order.cancelled": "cancelled"}
 def compose(kind: str, order_id: str, name: str | None, payload: dict) -> str:
     who = name or "customer"
     if kind == "completed":
-        return f"Hello {who}, your order {order_id} is on its way ({payload['amount_cents'] / 100:.2f} EUR)."
-    return f"Hello {who}, your order {order_id} was cancelled ({payload['reason']}). You have not been charged for it."
+        euros = payload["amount_cents"] / 100
+        return f"Hello {who}, your order {order_id} is on its way ({euros:.2f} EUR)."
+    return (
+        f"Hello {who}, your order {order_id} was cancelled ({payload['reason']}). "
+        "You have not been charged for it."
+    )
