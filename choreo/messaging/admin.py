@@ -10,7 +10,7 @@ import json
 import random
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -61,9 +61,8 @@ def connection_parameters(
     return out
 
 
-MAX_SCAN = (
-    10_000  # dead letters one replay reads at most (the ones it keeps are held until it ends)
-)
+# Dead letters one replay reads at most (the ones it keeps are held until it ends).
+MAX_SCAN = 10_000
 
 
 @dataclass
@@ -95,6 +94,53 @@ class Replayed:
 
     view: DeadLetterView
     outcome: str
+
+
+def _with_event_id(event_id: str) -> Callable[[DeadLetterView], bool]:
+    """A replay's selector for the one dead letter whose event id is `event_id`."""
+
+    def select(view: DeadLetterView) -> bool:
+        return view.event_id == event_id
+
+    return select
+
+
+@dataclass
+class _Scan:
+    """One replay's read of a dead-letter queue: how many it has taken off, and the delivery tags
+    of those `select` refused, held unacked until `release` puts them back."""
+
+    channel: Any  # pika's BlockingChannel
+    queue: str
+    domain: str
+    select: Callable[[DeadLetterView], bool] | None
+    scanned: int = 0
+    keep: list[int] = field(default_factory=list)
+
+    def exhausted(self) -> bool:
+        return self.scanned >= MAX_SCAN
+
+    def take(self, size: int) -> list[Replayed]:
+        """Up to `size` dead letters `select` accepts; fewer when the queue (or MAX_SCAN) ends."""
+        results: list[Replayed] = []
+        while len(results) < size and not self.exhausted():
+            method, props, body = self.channel.basic_get(self.queue, auto_ack=False)
+            if method is None:
+                break
+            self.scanned += 1
+            view = describe(method, props, body, self.domain)
+            if self.select is not None and not self.select(view):
+                self.keep.append(method.delivery_tag)
+                continue
+            results.append(Replayed(view, "replayed"))
+        return results
+
+    def release(self) -> None:
+        """Put back the dead letters kept, and close the channel (unless the broker closed it)."""
+        if self.channel.is_open:
+            for tag in self.keep:
+                self.channel.basic_nack(delivery_tag=tag, requeue=True)
+            self.channel.close()
 
 
 def _text(value: Any) -> Any:
@@ -234,37 +280,23 @@ class BrokerAdmin:
         second replay is absorbed by the consumer's inbox). Returns the dead letters moved.
         """
         if event_id is not None:
-            select = lambda v, _id=event_id: v.event_id == _id
+            select = _with_event_id(event_id)
         queue = self.held_in(domain)
-        ch = self.conn.channel()
+        scan = _Scan(self.conn.channel(), queue, domain, select)
         moved: list[DeadLetterView] = []
-        keep: list[int] = []
-        scanned = 0
         try:
-            while len(moved) < limit and scanned < MAX_SCAN:
-                results: list[Replayed] = []
-                while len(results) < min(batch, limit - len(moved)) and scanned < MAX_SCAN:
-                    method, props, body = ch.basic_get(queue, auto_ack=False)
-                    if method is None:
-                        break
-                    scanned += 1
-                    view = describe(method, props, body, domain)
-                    if select is not None and not select(view):
-                        keep.append(method.delivery_tag)
-                        continue
-                    results.append(Replayed(view, "replayed"))
+            while len(moved) < limit and not scan.exhausted():
+                results = scan.take(min(batch, limit - len(moved)))
                 if not results:
                     break
                 if before_ack is not None:
                     before_ack(results)
                 for r in results:
-                    ch.basic_reject(r.view.delivery_tag, requeue=False)  # the broker moves it back
+                    # The broker moves it back (the queue's dead-letter target).
+                    scan.channel.basic_reject(r.view.delivery_tag, requeue=False)
                     moved.append(r.view)
         finally:
-            if ch.is_open:
-                for tag in keep:
-                    ch.basic_nack(delivery_tag=tag, requeue=True)
-                ch.close()
+            scan.release()
         return moved
 
     def publish_raw(
