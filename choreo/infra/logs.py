@@ -9,10 +9,17 @@ import contextvars
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
 
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("choreo_log_context", default={})
+# The default is shared by every context that never bound a field: read-only, so none can change
+# it for the others (`bound` sets a new dict, never updates the current one).
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "choreo_log_context", default=MappingProxyType({})
+)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 

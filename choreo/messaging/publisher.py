@@ -7,6 +7,7 @@ and each runs its own task of that name. Flower shows the type and the domain's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -250,10 +251,9 @@ class ConfirmedBurst:
     def close(self) -> None:
         conn, self.conn, self.channel = self.conn, None, None
         if conn is not None:
-            try:
+            # Already broken: nothing to close cleanly.
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:  # already broken: nothing to close cleanly
-                pass
 
     def _settle(self, tag: int, multiple: bool) -> list[int]:
         tags = [t for t in self.pending if t <= tag] if multiple else [tag]
