@@ -3,11 +3,23 @@ SHELL := /bin/bash
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo up down test chaos bench clean
+.PHONY: setup venv check demo up down test chaos bench clean
 
-setup:
-	bash scripts/bootstrap.sh
+setup: venv
 	bash scripts/ensure-services.sh
+
+venv:
+	bash scripts/bootstrap.sh
+
+# The fast loop, no service needed: format, lint (with the complexity rule), types, the unit
+# tests (pointed at closed ports, so a unit test that needs a server fails here), the docs.
+check: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	CHOREO_BROKER_URL=amqp://guest:guest@127.0.0.1:9// CHOREO_REDIS_URL=redis://127.0.0.1:9/0 \
+	  $(VENV)/bin/python -m pytest tests/unit -q $(PYTEST_ARGS)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
 
 demo: setup
 	$(VENV)/bin/choreo demo
