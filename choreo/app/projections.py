@@ -7,12 +7,13 @@ rebuild gives the same rows as the live projection (timestamps come from the eve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import groupby
 
 from sqlalchemy import bindparam, delete
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from choreo.domain import order as domain
 from choreo.infra.db import connection_of
@@ -105,14 +106,14 @@ def project(db: Session | Connection, order: domain.Order, rows) -> None:
         conn.execute(_VIEW_UPDATE, {"oid": order.order_id, **new})
 
 
-def _replay(session: Session):
+def _replay(session: Session) -> Iterator[OrderView]:
     rows = session.exec(
-        select(OrderEvent).order_by(OrderEvent.order_id, OrderEvent.version)
+        select(OrderEvent).order_by(col(OrderEvent.order_id), col(OrderEvent.version))
     ).yield_per(2000)
     for order_id, group in groupby(rows, key=lambda r: r.order_id):
-        group = list(group)
-        order = domain.fold_stored(order_id, ((r.type, r.schema_version, r.data) for r in group))
-        yield advance(None, order, group)
+        events = list(group)
+        order = domain.fold_stored(order_id, ((r.type, r.schema_version, r.data) for r in events))
+        yield advance(None, order, events)
 
 
 def rebuild(engine: Engine) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from choreo.app.outbox import count_unsent
 from choreo.infra.db import engine_for
@@ -39,7 +39,9 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         if view is None:
             return None
         events = s.exec(
-            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.version)
+            select(OrderEvent)
+            .where(OrderEvent.order_id == order_id)
+            .order_by(col(OrderEvent.version))
         ).all()
     timeline: list[dict] = [
         {
@@ -52,31 +54,31 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
     ]
     for domain in settings.domains:
         with Session(eng[domain]) as s:
-            for r in s.exec(select(Inbox).where(Inbox.order_id == order_id)):
+            for handled in s.exec(select(Inbox).where(Inbox.order_id == order_id)):
                 timeline.append(
                     {
-                        "at": _iso(r.processed_at),
+                        "at": _iso(handled.processed_at),
                         "service": domain,
-                        "what": f"handled {r.type}",
-                        "detail": r.event_id,
+                        "what": f"handled {handled.type}",
+                        "detail": handled.event_id,
                     }
                 )
-            for r in s.exec(select(Outbox).where(Outbox.order_id == order_id)):
+            for emitted in s.exec(select(Outbox).where(Outbox.order_id == order_id)):
                 timeline.append(
                     {
-                        "at": _iso(r.created_at),
+                        "at": _iso(emitted.created_at),
                         "service": domain,
-                        "what": f"emitted {r.type}",
-                        "detail": "sent" if r.sent_at else "UNSENT",
+                        "what": f"emitted {emitted.type}",
+                        "detail": "sent" if emitted.sent_at else "UNSENT",
                     }
                 )
-            for r in s.exec(select(DeadLetter).where(DeadLetter.order_id == order_id)):
+            for dead in s.exec(select(DeadLetter).where(DeadLetter.order_id == order_id)):
                 timeline.append(
                     {
-                        "at": _iso(r.dead_lettered_at),
+                        "at": _iso(dead.dead_lettered_at),
                         "service": domain,
-                        "what": f"dead-lettered {r.type}",
-                        "detail": r.reason,
+                        "what": f"dead-lettered {dead.type}",
+                        "detail": dead.reason,
                     }
                 )
     timeline.sort(key=lambda t: t["at"] or "")
@@ -144,7 +146,7 @@ def order_states(
             for i in range(0, len(order_ids), 500):
                 chunk = order_ids[i : i + 500]
                 found.update(
-                    {o: (st, r) for o, st, r in s.exec(q.where(OrderView.order_id.in_(chunk)))}
+                    {o: (st, r) for o, st, r in s.exec(q.where(col(OrderView.order_id).in_(chunk)))}
                 )
             return found
         return {o: (st, r) for o, st, r in s.exec(q)}
@@ -160,7 +162,7 @@ def system_summary(settings: Settings) -> dict[str, Any]:
     with Session(engine_for(settings, "order")) as s:
         rows = s.exec(
             select(OrderView.state, OrderView.reason, func.count()).group_by(
-                OrderView.state, OrderView.reason
+                col(OrderView.state), col(OrderView.reason)
             )
         ).all()
     by_state: Counter = Counter()

@@ -48,12 +48,15 @@ class Batch:
         return self
 
     def __exit__(self, *exc) -> None:
+        session = self.session
+        assert session is not None  # set by __enter__
         if not self.committed:
-            self.session.rollback()
-        self.session.close()
+            session.rollback()
+        session.close()
 
     @property
     def conn(self) -> Connection:
+        assert self.session is not None, "a Batch is used inside its with block"
         return connection_of(self.session)
 
     def processed_among(self, consumer: str, event_ids: list[str]) -> set[str]:
@@ -71,8 +74,10 @@ class Batch:
         """A savepoint for one message. On a clean exit its inbox mark (when `consumer` is
         given) and its outbox rows join the batch; on an exception it rolls back alone.
         `traceparent`: the span handling the message, which the events it emits carry."""
-        uow = UnitOfWork(self.session, self.source, cause, traceparent)
-        nested = self.session.begin_nested()
+        session = self.session
+        assert session is not None, "a Batch is used inside its with block"
+        uow = UnitOfWork(session, self.source, cause, traceparent)
+        nested = session.begin_nested()
         try:
             yield uow
             uow.stage(consumer)
@@ -93,6 +98,7 @@ class Batch:
     ) -> None:
         """The service's own record of a message it gave up on (once per event id). In its own
         savepoint, cut to the columns' sizes: a foreign id must not fail the batch's transaction."""
+        assert self.session is not None, "a Batch is used inside its with block"
         with self.session.begin_nested():
             if not DEAD_LETTERS.exists(self.conn, event_id[:64]):
                 DEAD_LETTERS.add(
@@ -108,6 +114,7 @@ class Batch:
     def record_copy(self, made: copies.Made) -> None:
         """The record that proves a copy's sender when it comes back (choreo.app.copies), in its
         own savepoint: the same record committed meanwhile by a competing worker is kept."""
+        assert self.session is not None, "a Batch is used inside its with block"
         try:
             with self.session.begin_nested():
                 copies.record(self.conn, made)
@@ -116,6 +123,7 @@ class Batch:
 
     def commit(self) -> None:
         """Durable before it returns (synchronous=FULL / synchronous_commit=on: choreo.infra.db)."""
+        assert self.session is not None, "a Batch is used inside its with block"
         self.session.commit()
         self.committed = True
 
