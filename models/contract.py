@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from models.envelope import EMBED_KEYS, PAYLOADS, SCHEMA_VERSION, Envelope
@@ -27,7 +28,7 @@ def urn(name: str) -> str:
 def envelope_schema() -> dict[str, Any]:
     """The envelope, with `payload` checked against the schema of its `type`; one self-contained
     file."""
-    models = [Envelope, *dict.fromkeys(PAYLOADS.values())]
+    models: list[type[BaseModel]] = [Envelope, *dict.fromkeys(PAYLOADS.values())]
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/$defs/{model}"
     )

@@ -46,9 +46,9 @@ def non_durable(engine: Engine) -> Iterator[Connection]:
     lost, it costs one more publish of an event that consumers absorb as a duplicate)."""
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
-            raw = (
-                conn.connection.driver_connection
-            )  # no transaction yet: SQLite refuses the pragma inside one
+            # No transaction yet: SQLite refuses the pragma inside one.
+            raw = conn.connection.driver_connection
+            assert raw is not None  # an open connection always has its driver's connection
             raw.execute("PRAGMA synchronous=NORMAL")
             try:
                 with conn.begin():

@@ -113,7 +113,8 @@ class Cached:
 
     def __init__(self, fn: Callable[[], tuple[bool, dict]], ttl: float = 1.0) -> None:
         self.fn, self.ttl = fn, ttl
-        self._at, self._value = 0.0, (False, {})
+        self._at = 0.0
+        self._value: tuple[bool, dict] = (False, {})
         self._lock = threading.Lock()
 
     def __call__(self) -> tuple[bool, dict]:

@@ -20,6 +20,10 @@ def key(prefix: str, name: str) -> str:
     return f"{prefix}:metrics:{name}"
 
 
+def _text(field: bytes | str) -> str:
+    return field.decode() if isinstance(field, bytes) else field
+
+
 class Metrics:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
@@ -35,5 +39,6 @@ class Metrics:
         out = {}
         for name in NAMES:
             raw = self.client.hgetall(key(self.prefix, name))
-            out[name] = {k.decode(): int(v) for k, v in raw.items()}
+            # Bytes unless the client was built with decode_responses (ours is not).
+            out[name] = {_text(k): int(v) for k, v in raw.items()}
         return out

@@ -60,8 +60,8 @@ class Recorder:
     def __init__(self, service: str, enabled: bool = True) -> None:
         self.service = service
         self.enabled = enabled
-        self._requests: dict[tuple[str, str], object] = {}
-        self._latency: dict[str, object] = {}
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
 
     def handled(self, type_: str, outcome: str, seconds: float | None = None) -> None:
         if not self.enabled:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Tracer, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
@@ -36,6 +36,7 @@ from opentelemetry.trace import (
     SpanContext,
     SpanKind,
     TraceFlags,
+    Tracer,
     set_span_in_context,
 )
 
@@ -96,7 +97,7 @@ def span_record(span: ReadableSpan, service: str) -> dict:
         "start_ns": span.start_time,
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
-        "attributes": dict(span.attributes),
+        "attributes": dict(span.attributes or {}),
         "events": [
             {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
             for e in events
@@ -217,6 +218,8 @@ def force_flush() -> None:
 
 def parent_context(traceparent: str | None) -> otel_context.Context | None:
     """A context whose current span is the (remote) span a W3C traceparent names."""
+    if traceparent is None:
+        return None
     try:
         _v, trace_id, span_id, flags = traceparent.split("-")
         sc = SpanContext(
@@ -225,7 +228,7 @@ def parent_context(traceparent: str | None) -> otel_context.Context | None:
             is_remote=True,
             trace_flags=TraceFlags(int(flags, 16)),
         )
-    except (AttributeError, ValueError):
+    except ValueError:
         return None
     return set_span_in_context(NonRecordingSpan(sc)) if sc.is_valid else None
 

@@ -128,7 +128,9 @@ def sender_header(sender: str | None) -> dict:
 def password(settings: Settings, service: str) -> str:
     """The service's broker password: CHOREO_BROKER_PASSWORD_<SERVICE>, else its file
     (password_file)."""
-    return secret(settings.run_dir, PASSWORD, service)
+    value = secret(settings.run_dir, PASSWORD, service)
+    assert value is not None  # secret() generates it when absent (create=True)
+    return value
 
 
 def password_file(settings: Settings, service: str):

@@ -17,6 +17,7 @@ from celery import Celery
 from kombu import Queue
 from kombu.serialization import dumps
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.util.types import AttributeValue
 
 from choreo.infra import tracing
 from choreo.messaging.topology import Names
@@ -64,7 +65,7 @@ class Publisher:
         )
         if t is None:
             return None
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "messaging.system": "rabbitmq",
             "messaging.operation.type": "send",
             "messaging.operation.name": "publish",
@@ -305,7 +306,9 @@ class ConfirmedBurst:
             body, headers, properties, exchange, routing_key = task_message(
                 self.app, **messages[i][1]
             )
-            self.channel.basic_publish(
+            channel = self.channel
+            assert channel is not None  # opened above, before the first message
+            channel.basic_publish(
                 Message(body, application_headers=headers, **properties),
                 exchange=exchange,
                 routing_key=routing_key,
@@ -321,7 +324,9 @@ class ConfirmedBurst:
                 raise BurstFailed(
                     f"{len(self.pending)} publish confirm(s) not received within {self.timeout}s"
                 )
+            conn = self.conn
+            assert conn is not None  # pending confirms: _write opened it
             try:
-                self.conn.drain_events(timeout=left)
+                conn.drain_events(timeout=left)
             except TimeoutError:
                 continue

@@ -223,7 +223,12 @@ class Tokens:
     @classmethod
     def load(cls, run_dir: Path | str, callers=CALLERS) -> Tokens:
         """Every caller's token (files created for those that have neither variable nor file)."""
-        return cls({caller: users_token(run_dir, caller) for caller in callers})
+        tokens: dict[str, str] = {}
+        for caller in callers:
+            token = users_token(run_dir, caller)
+            assert token is not None  # users_token creates it when missing
+            tokens[caller] = token
+        return cls(tokens)
 
     def caller(self, authorization: str | None) -> str | None:
         scheme, _, given = (authorization or "").strip().partition(" ")
@@ -327,10 +332,14 @@ def make_app(engine: Engine, tokens: Tokens, metrics: bool = True) -> Starlette:
         return JSONResponse({"id": c.id, "name": c.name, "email": c.email})
 
     def probe(request: Request) -> Response:  # sync: /ready asks the database
-        status, content_type, data = route(request.url.path, probes, "users")
+        answer = route(request.url.path, probes, "users")
+        assert answer is not None  # mounted on PATHS only, each of which `route` answers
+        status, content_type, data = answer
         return Response(data, status, headers={"Content-Type": content_type})
 
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette types a handler as taking any Exception; it calls this one for HTTPException.
+        assert isinstance(exc, HTTPException)
         return JSONResponse(
             {"error": str(exc.detail).lower()}, exc.status_code, headers=exc.headers
         )
