@@ -8,11 +8,11 @@ a status is most wanted when something is down.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import redis
-from sqlalchemy.exc import SQLAlchemyError, StatementError
+from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.app.queries import system_summary
 from choreo.infra.metrics import Metrics
@@ -29,13 +29,9 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     try:
         data: dict[str, Any] = system_summary(settings)
     except SQLAlchemyError as exc:  # nothing started yet, or a database server away
-        # Only a StatementError (DBAPIError and kin) has .orig: any other SQLAlchemyError (a
-        # pool TimeoutError, an ArgumentError) raises AttributeError here. Known, left as is
-        # until a test covers the fix (`getattr(exc, "orig", None) or exc`).
-        cause = cast(StatementError, exc).orig or exc
         data = {
             "orders": {"total": 0, "by_state_reason": []},
-            "database_error": f"{type(cause).__name__}: {str(cause).splitlines()[0]}",
+            "database_error": _database_error(exc),
         }
     try:
         with BrokerAdmin(settings) as admin:
@@ -62,6 +58,15 @@ def gather_status(settings: Settings) -> dict[str, Any]:
         data["metrics"] = {}
         data["redis_error"] = repr(exc)
     return data
+
+
+def _database_error(exc: SQLAlchemyError) -> str:
+    """One line saying why the database did not answer: the driver's error under a
+    StatementError (DBAPIError and kin: only they have .orig), else the SQLAlchemy error itself
+    (a pool TimeoutError, an ArgumentError). An empty message leaves the type's name alone."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
 def _get(client: httpx.Client, url: str | None) -> int | None:
