@@ -75,7 +75,8 @@ def _read_outcomes(settings, order_ids: list[str]) -> dict:
     from sqlmodel import Session, select
 
     from choreo.infra.db import engine_for
-    from models.tables import Notification, OrderView
+    from consumers.notification.tables import Notification
+    from consumers.order.tables import OrderView
 
     views, notes = {}, {}
     with Session(engine_for(settings, "order")) as s:

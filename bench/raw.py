@@ -1,7 +1,7 @@
 """Arm 3: the raw broker ceiling with plain kombu/py-amqp, no work.
 
 Same vhost layout as choreo (choreo's own Topology: quorum queues per domain, bound to the
-topic exchange by the routing keys of consumers.registry.CHOREOGRAPHY), the happy path's
+topic exchange by the routing keys of consumers.registry.subscriptions), the happy path's
 six message types published with their routing keys, so the broker fans them out exactly as
 for a choreo saga: deliveries per saga = sum over those types of the domains subscribed.
 
@@ -45,8 +45,9 @@ PREFETCH = 100
 
 def deliveries_per_type() -> dict[str, dict[str, int]]:
     """{domain: {type: copies per saga}} from choreo's subscription table."""
-    from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
+    from consumers.registry import subscriptions
 
+    SUBSCRIPTIONS = subscriptions("choreography")
     return {d: {t: 1 for t in HAPPY_PATH if t in subs} for d, subs in SUBSCRIPTIONS.items()}
 
 

@@ -342,7 +342,7 @@ def _definitions(summ: dict, runs: dict[str, list[dict]]) -> list[str]:
     )
     text.append(
         "  delivered msgs/s: sagas/s x deliveries per saga (choreo 8 = counted in every domain's "
-        "inbox and derived from consumers.registry.CHOREOGRAPHY; naive 4; raw 8, same topology "
+        "inbox and derived from consumers.registry.subscriptions(); naive 4; raw 8, same topology "
         "and routing keys)."
     )
     text.append(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import builtins
 import os
 import uuid
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from importlib import import_module
 from typing import Annotated, Any, ClassVar, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -81,11 +83,44 @@ class Message(Strict):
         cls.routing_key = key
         cls.owners = frozenset((owner,) if isinstance(owner, str) else owner)
         cls.version = version
-        PAYLOADS[key] = cls
+        PAYLOADS.register(cls)
 
 
-# Every message type by routing key, filled by the class statements below.
-PAYLOADS: dict[str, type[Message]] = {}
+class MessageTypes(Mapping[str, "type[Message]"]):
+    """Every message type by routing key: the kernel's own (below) and each service's, declared in
+    `consumers/<service>/messages.py` and imported on the first read (a service is registered by
+    its name in `config.settings.DOMAINS`; the orchestrator's commands are read too)."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[Message]] = {}
+        self._loaded = False
+
+    def register(self, kind: type[Message]) -> None:
+        self._types[kind.routing_key] = kind
+
+    def _all(self) -> dict[str, type[Message]]:
+        if not self._loaded:
+            self._loaded = True  # first: a module being loaded may read what is registered so far
+            for service in (*DOMAINS, ORCHESTRATOR):
+                name = f"consumers.{service}.messages"
+                try:
+                    import_module(name)
+                except ModuleNotFoundError as exc:
+                    if exc.name != name:
+                        raise  # a missing import inside the module: a real error
+        return self._types
+
+    def __getitem__(self, key: str) -> type[Message]:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+PAYLOADS = MessageTypes()
 M = TypeVar("M", bound=Message)
 N = TypeVar("N", bound=Message)
 
@@ -98,16 +133,6 @@ class Item(Strict):
     unit_price_cents: Cents
 
 
-class OrderLine(Strict):
-    """A line of a place_order command. The seller sets the price: a client may omit
-    `unit_price_cents`; if it sends one that is not the catalog's, the order is refused
-    (CANCELLED, reason price_mismatch) and nothing is charged."""
-
-    sku: Sku
-    qty: int = Field(gt=0, le=MAX_QTY)
-    unit_price_cents: Cents | None = None
-
-
 class OrderSnapshot(Strict):
     """The facts about an order that travel with it (event-carried state transfer)."""
 
@@ -115,70 +140,6 @@ class OrderSnapshot(Strict):
     items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
     address: Address
     amount_cents: Cents
-
-
-class PlaceOrder(Message, key="place_order", owner=OPERATOR):
-    customer_id: CustomerId
-    items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
-    card_token: CardToken
-    address: Address
-
-
-class OrderPlaced(Message, key="order.placed", owner="order"):
-    order: OrderSnapshot
-    card_token: CardToken
-
-
-class OrderCompleted(Message, key="order.completed", owner="order"):
-    customer_id: CustomerId
-    amount_cents: Cents
-
-
-class OrderCancelled(Message, key="order.cancelled", owner="order"):
-    customer_id: CustomerId
-    reason: Reason
-    amount_cents: Cents
-
-
-class PaymentCompleted(Message, key="payment.completed", owner="payment"):
-    charge_id: Id
-    amount_cents: Cents
-    order: OrderSnapshot
-
-
-class PaymentFailed(Message, key="payment.failed", owner="payment"):
-    reason: Reason
-    code: Annotated[str, Field(min_length=1, max_length=64)]
-
-
-class PaymentRefunded(Message, key="payment.refunded", owner="payment"):
-    refund_id: Id | None
-    amount_cents: Cents
-    reason: Reason
-
-
-class InventoryReserved(Message, key="inventory.reserved", owner="inventory"):
-    reservation_id: Id
-    order: OrderSnapshot
-
-
-class InventoryFailed(Message, key="inventory.failed", owner="inventory"):
-    reason: Reason
-    skus: list[Sku] = Field(max_length=MAX_ITEMS)
-
-
-class InventoryReleased(Message, key="inventory.released", owner="inventory"):
-    reservation_id: Id | None
-    items: list[Item] = Field(max_length=MAX_ITEMS)
-
-
-class ShipmentCreated(Message, key="shipment.created", owner="shipment"):
-    shipment_id: Id
-    tracking_code: Id
-
-
-class ShipmentFailed(Message, key="shipment.failed", owner="shipment"):
-    reason: Reason
 
 
 class SagaDeadLettered(Message, key="saga.dead_lettered", owner=EMITTERS):
@@ -317,24 +278,3 @@ def make_envelope(
 
 # --- commands of the orchestrated saga mode (imperative names; same facts as the events
 # that trigger the same handlers in choreography mode) ---------------------------------
-
-
-class ChargePayment(Message, key="charge_payment", owner=ORCHESTRATOR):
-    order: OrderSnapshot
-    card_token: CardToken
-
-
-class RefundPayment(Message, key="refund_payment", owner=ORCHESTRATOR):
-    reason: Reason
-
-
-class ReserveStock(Message, key="reserve_stock", owner=ORCHESTRATOR):
-    order: OrderSnapshot
-
-
-class ReleaseStock(Message, key="release_stock", owner=ORCHESTRATOR):
-    reason: Reason
-
-
-class CreateShipment(Message, key="create_shipment", owner=ORCHESTRATOR):
-    order: OrderSnapshot

@@ -1,10 +1,14 @@
-"""Database tables of every service. Each service creates only its own in its own database."""
+"""Tables every service shares (outbox, inbox, dead letters, copies), those of the services that
+are not domains, and where each domain's own are (`consumers/<domain>/tables.py`). Each service
+creates only its own, in its own database."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import import_module
+from types import ModuleType
 
-from sqlalchemy import JSON, Column, DateTime, Index, Table, Text, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, Table, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -12,7 +16,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _ts(**kw) -> Column:
+def ts_column(**kw) -> Column:
     return Column(DateTime(timezone=True), **kw)
 
 
@@ -29,8 +33,8 @@ class Outbox(SQLModel, table=True):
     type: str = Field(max_length=64)
     order_id: str = Field(max_length=64, index=True)
     body: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-    sent_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
 
 
 class Inbox(SQLModel, table=True):
@@ -41,7 +45,7 @@ class Inbox(SQLModel, table=True):
     event_id: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=64)
     order_id: str = Field(max_length=64, index=True)
-    processed_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    processed_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
 
 
 class DeadLetter(SQLModel, table=True):
@@ -54,7 +58,7 @@ class DeadLetter(SQLModel, table=True):
     reason: str = Field(sa_column=Column(Text, nullable=False))
     attempts: int = 0
     compensation: bool = False
-    dead_lettered_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    dead_lettered_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
 
 
 class CopyRecord(SQLModel, table=True):
@@ -70,79 +74,13 @@ class CopyRecord(SQLModel, table=True):
     sender: str = Field(max_length=32)
     kind: str = Field(max_length=16)  # retry | dead_letter: the first copy made of it
     attempt: int = 0  # that copy's rung (a dead letter's: the attempts it had)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
 
 
 # --- order ----------------------------------------------------------------------------
 
 
-class OrderEvent(SQLModel, table=True):
-    """The order event store: append-only; (order_id, version) unique = optimistic locking."""
-
-    __tablename__ = "order_events"
-    __table_args__ = (UniqueConstraint("order_id", "version", name="uq_order_version"),)
-    position: int | None = Field(default=None, primary_key=True)
-    order_id: str = Field(max_length=64, index=True)
-    version: int
-    type: str = Field(max_length=64)
-    schema_version: int = 1
-    data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    cause_event_id: str | None = Field(default=None, max_length=64)
-    recorded_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-
-
-class OrderView(SQLModel, table=True):
-    """Read model: one row per order, a projection of order_events."""
-
-    __tablename__ = "order_view"
-    order_id: str = Field(primary_key=True, max_length=64)
-    state: str = Field(max_length=32, index=True)
-    reason: str | None = Field(default=None, max_length=64)
-    customer_id: str = Field(max_length=64)
-    amount_cents: int = 0
-    card_token: str = ""
-    address: str = ""
-    items: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    charged_cents: int = 0
-    refunded_cents: int = 0
-    version: int = 0
-    last_position: int = 0
-    placed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    paid_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    reserved_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    shipped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    ended_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-
-
 # --- payment --------------------------------------------------------------------------
-
-
-class Charge(SQLModel, table=True):
-    __tablename__ = "charges"
-    order_id: str = Field(primary_key=True, max_length=64)
-    charge_id: str = Field(max_length=64)
-    amount_cents: int
-    card_token: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-
-
-class Refund(SQLModel, table=True):
-    __tablename__ = "refunds"
-    order_id: str = Field(primary_key=True, max_length=64)
-    refund_id: str | None = Field(default=None, max_length=64)
-    amount_cents: int
-    reason: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-
-
-class PaymentDecision(SQLModel, table=True):
-    """A declined charge is a decision too: recorded so a redelivery does not ask again."""
-
-    __tablename__ = "payment_decisions"
-    order_id: str = Field(primary_key=True, max_length=64)
-    outcome: str = Field(max_length=32)
-    reason: str | None = Field(default=None, max_length=64)
 
 
 class GatewayLedger(SQLModel, table=True):
@@ -157,7 +95,7 @@ class GatewayLedger(SQLModel, table=True):
     order_id: str = Field(max_length=64, index=True)
     amount_cents: int
     reference: str = Field(max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
 
 
 class GatewayAttempt(SQLModel, table=True):
@@ -169,56 +107,10 @@ class GatewayAttempt(SQLModel, table=True):
 # --- inventory ------------------------------------------------------------------------
 
 
-class Stock(SQLModel, table=True):
-    __tablename__ = "stock"
-    sku: str = Field(primary_key=True, max_length=64)
-    initial: int
-    available: int
-    reserved: int = 0
-
-
-class Reservation(SQLModel, table=True):
-    __tablename__ = "reservations"
-    order_id: str = Field(primary_key=True, max_length=64)
-    reservation_id: str = Field(max_length=64)
-    items: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    status: str = Field(max_length=16)  # reserved | released
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-    released_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-
-
-class StockDecision(SQLModel, table=True):
-    """Out-of-stock is remembered, so a late or duplicate request cannot reserve after it."""
-
-    __tablename__ = "stock_decisions"
-    order_id: str = Field(primary_key=True, max_length=64)
-    outcome: str = Field(max_length=32)
-
-
 # --- shipment -------------------------------------------------------------------------
 
 
-class Shipment(SQLModel, table=True):
-    __tablename__ = "shipments"
-    order_id: str = Field(primary_key=True, max_length=64)
-    shipment_id: str | None = Field(default=None, max_length=64)
-    tracking_code: str | None = Field(default=None, max_length=64)
-    status: str = Field(max_length=16)  # created | failed
-    reason: str | None = Field(default=None, max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-
-
 # --- notification ---------------------------------------------------------------------
-
-
-class Notification(SQLModel, table=True):
-    __tablename__ = "notifications"
-    order_id: str = Field(primary_key=True, max_length=64)
-    kind: str = Field(primary_key=True, max_length=32)
-    customer_id: str = Field(max_length=64)
-    email: str | None = Field(default=None, max_length=128)
-    body: str = Field(sa_column=Column(Text, nullable=False))
-    sent_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
 # --- the operator's records ---------------------------------------------------------------
@@ -232,7 +124,7 @@ class ReplayRecord(SQLModel, table=True):
     __tablename__ = "dlq_replays"
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(max_length=36, index=True)  # one `--execute` run
-    replayed_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    replayed_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
     by: str = Field(max_length=128)
     domain: str = Field(max_length=32, index=True)
     event_id: str = Field(max_length=64, index=True)
@@ -248,20 +140,6 @@ class ReplayRecord(SQLModel, table=True):
 # --- orchestrator (orchestrated saga mode only) -----------------------------------------
 
 
-class SagaState(SQLModel, table=True):
-    """The orchestrator's saga, persisted after every step so a killed orchestrator resumes."""
-
-    __tablename__ = "sagas"
-    order_id: str = Field(primary_key=True, max_length=64)
-    status: str = Field(max_length=16, index=True)
-    order: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
-    card_token: str = ""
-    done: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    undone: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    failure: str | None = Field(default=None, max_length=64)
-    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
-
-
 # --- user -----------------------------------------------------------------------------
 
 
@@ -272,18 +150,28 @@ class Customer(SQLModel, table=True):
     email: str = Field(max_length=128)
 
 
+# In every domain's database (and the orchestrator's): what the adapter, the outbox relay, the
+# audit, `choreo status` and `choreo order` read for every service.
 COMMON: list[type[SQLModel]] = [Outbox, Inbox, DeadLetter, CopyRecord]
-TABLES: dict[str, list[type[SQLModel]]] = {
-    "order": [*COMMON, OrderEvent, OrderView],
-    "payment": [*COMMON, Charge, Refund, PaymentDecision],
+# The services that are not domains: the user service, the sandbox gateway, the operator's records.
+OTHERS: dict[str, list[type[SQLModel]]] = {
     "gateway": [GatewayLedger, GatewayAttempt],
-    "inventory": [*COMMON, Stock, Reservation, StockDecision],
-    "shipment": [*COMMON, Shipment],
-    "notification": [*COMMON, Notification],
     "user": [Customer],
-    "orchestrator": [*COMMON, SagaState],
     "operator": [ReplayRecord],
 }
+
+
+def service_tables(service: str) -> ModuleType | None:
+    """A domain's (or the orchestrator's) own tables module, `consumers/<service>/tables.py`."""
+    if service in OTHERS:
+        return None
+    return import_module(f"consumers.{service}.tables")
+
+
+def tables_of(service: str) -> list[type[SQLModel]]:
+    """Every table of a service's database: a domain's own `TABLES` and `COMMON`."""
+    module = service_tables(service)
+    return OTHERS[service] if module is None else [*COMMON, *module.TABLES]
 
 
 def table_of(model: type[SQLModel]) -> Table:

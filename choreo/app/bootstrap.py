@@ -16,9 +16,9 @@ from sqlmodel import Session
 from choreo.infra.db import create_tables, engine_for
 from choreo.world.gateway import SandboxGateway
 from choreo.world.users import CALLERS, UsersClient, seed_customers, users_token
-from config.catalog import INITIAL_STOCK, PRICES_CENTS
+from config.catalog import PRICES_CENTS
 from config.settings import SERVICES, Settings
-from models.tables import Stock
+from models.tables import service_tables
 
 
 class LiveDeps:
@@ -60,11 +60,10 @@ def prepare(settings: Settings, services=SERVICES) -> None:
     """Create each service's tables and seed reference data; idempotent."""
     for service in services:
         engine = create_tables(settings, service)
-        if service == "inventory":
+        seed = getattr(service_tables(service), "seed", None)  # a domain's reference data
+        if seed is not None:
             with Session(engine) as s:
-                for sku, qty in INITIAL_STOCK.items():
-                    if s.get(Stock, sku) is None:
-                        s.add(Stock(sku=sku, initial=qty, available=qty, reserved=0))
+                seed(s)
                 s.commit()
         if service == "user":
             seed_customers(engine)

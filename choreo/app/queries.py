@@ -14,18 +14,12 @@ from sqlmodel import Session, col, func, select
 from choreo.app.outbox import count_unsent
 from choreo.infra.db import engine_for
 from config.settings import SERVICES, Settings
-from models.tables import (
-    Charge,
-    DeadLetter,
-    Inbox,
-    Notification,
-    OrderEvent,
-    OrderView,
-    Outbox,
-    Refund,
-    Reservation,
-    Shipment,
-)
+from consumers.inventory.tables import Reservation
+from consumers.notification.tables import Notification
+from consumers.order.tables import OrderEvent, OrderView
+from consumers.payment.tables import Charge, Refund
+from consumers.shipment.tables import Shipment
+from models.tables import DeadLetter, Inbox, Outbox
 
 
 def _iso(value) -> str | None:

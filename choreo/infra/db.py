@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from config.settings import Settings
-from models.tables import TABLES, table_of
+from models.tables import table_of, tables_of
 
 _engines: dict[tuple[int, str], Engine] = {}  # (pid, database url) -> engine
 _lock = threading.Lock()
@@ -122,7 +122,7 @@ def engine_for(settings: Settings, service: str) -> Engine:
 def create_tables(settings: Settings, service: str) -> Engine:
     ensure_database(settings.database_url(service))
     engine = engine_for(settings, service)
-    SQLModel.metadata.create_all(engine, tables=[table_of(t) for t in TABLES[service]])
+    SQLModel.metadata.create_all(engine, tables=[table_of(t) for t in tables_of(service)])
     return engine
 
 

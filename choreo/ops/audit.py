@@ -21,25 +21,18 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from choreo.domain import order as domain
-from choreo.domain.order import SETTLED
 from choreo.infra.db import engine_for
 from choreo.messaging.admin import BrokerAdmin
 from config.catalog import PRICES_CENTS
 from config.settings import Settings
-from models.tables import (
-    Charge,
-    DeadLetter,
-    GatewayLedger,
-    Notification,
-    OrderEvent,
-    OrderView,
-    Outbox,
-    Refund,
-    Reservation,
-    Shipment,
-    Stock,
-)
+from consumers.inventory.tables import Reservation, Stock
+from consumers.notification.tables import Notification
+from consumers.order import rules as domain
+from consumers.order.rules import SETTLED
+from consumers.order.tables import OrderEvent, OrderView
+from consumers.payment.tables import Charge, Refund
+from consumers.shipment.tables import Shipment
+from models.tables import DeadLetter, GatewayLedger, Outbox
 
 MAX_LISTED = 50
 NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}

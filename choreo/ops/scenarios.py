@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from choreo.domain.inventory import missing_skus
-from choreo.domain.shipment import is_undeliverable
 from config.catalog import (
     ADDRESS_OK,
     ADDRESS_UNDELIVERABLE,
@@ -24,7 +22,10 @@ from config.catalog import (
     SKU_SOLD_OUT,
     SKUS_IN_STOCK,
 )
-from models.envelope import Envelope, PlaceOrder, make_envelope
+from consumers.inventory.rules import missing_skus
+from consumers.order.messages import PlaceOrder
+from consumers.shipment.rules import is_undeliverable
+from models.envelope import Envelope, make_envelope
 
 SCENARIOS = ("completed", "declined", "out_of_stock", "undeliverable", "flaky", "needs_attention")
 DEFAULT_MIX = {

@@ -9,12 +9,12 @@ import uuid
 from collections.abc import Callable
 
 from choreo.app.queries import order_states
-from choreo.domain.order import TERMINAL
 from choreo.messaging.access import may_send, owners
 from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from choreo.ops.scenarios import SCENARIOS, expected_outcome, make_order
 from config.settings import Settings
+from consumers.order.rules import TERMINAL
 from tasks.app import ChoreoApp, make_app
 
 States = dict[str, tuple[str, str | None]]  # order id -> (state, reason)

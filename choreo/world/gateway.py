@@ -14,9 +14,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
-from choreo.domain.payment import Declined, TransientError
 from choreo.infra.db import Rows
 from config.catalog import CARD_DECLINED, CARD_FLAKY_PREFIX, CARD_REFUND_FAILS
+from consumers.payment.rules import Declined, TransientError
 from models.tables import GatewayAttempt, GatewayLedger, table_of
 
 # --- the sandbox's rules: what the test cards make the provider answer ---------------------

@@ -61,7 +61,7 @@ def _order_placed(settings, order_id: str) -> dict:
 
 def _charges(settings, order_id: str) -> int:
     from choreo.infra.db import engine_for
-    from models.tables import Charge
+    from consumers.payment.tables import Charge
 
     with Session(engine_for(settings, "payment")) as s:
         return s.exec(

@@ -17,19 +17,12 @@ pytestmark = pytest.mark.e2e
 def world(settings) -> dict:
     """Every fact the services hold, as counts and sums: what a duplicate must not change."""
     from choreo.infra.db import engine_for
-    from models.tables import (
-        Charge,
-        GatewayLedger,
-        Inbox,
-        Notification,
-        OrderEvent,
-        OrderView,
-        Outbox,
-        Refund,
-        Reservation,
-        Shipment,
-        Stock,
-    )
+    from consumers.inventory.tables import Reservation, Stock
+    from consumers.notification.tables import Notification
+    from consumers.order.tables import OrderEvent, OrderView
+    from consumers.payment.tables import Charge, Refund
+    from consumers.shipment.tables import Shipment
+    from models.tables import GatewayLedger, Inbox, Outbox
 
     out = {}
     tables = {
@@ -78,8 +71,9 @@ def duplicates_total(isolated_redis, settings) -> int:
 
 def deliveries(envelopes) -> int:
     """How many task deliveries republishing these envelopes causes (one per subscribed domain)."""
-    from consumers.registry import CHOREOGRAPHY as SUBSCRIPTIONS
+    from consumers.registry import subscriptions
 
+    SUBSCRIPTIONS = subscriptions("choreography")
     return sum(1 for e in envelopes for subs in SUBSCRIPTIONS.values() if e.type in subs)
 
 
@@ -132,7 +126,7 @@ def test_redelivering_every_event_changes_nothing(settings, stack, isolated_redi
 
 def _notified(settings, ids):
     from choreo.infra.db import engine_for
-    from models.tables import Notification
+    from consumers.notification.tables import Notification
 
     with Session(engine_for(settings, "notification")) as s:
         return s.exec(
@@ -165,7 +159,8 @@ def test_a_foreign_client_can_publish_a_valid_event(settings, stack):
 def test_poison_goes_straight_to_the_dlq_with_its_reason(settings, stack, case):
     from choreo.messaging.admin import BrokerAdmin
     from choreo.ops.scenarios import make_order
-    from models.envelope import OrderPlaced, make_envelope
+    from consumers.order.messages import OrderPlaced
+    from models.envelope import make_envelope
 
     spec = make_order("completed")
     good = make_envelope(
@@ -235,7 +230,7 @@ def test_replay_moves_a_dead_letter_back_and_it_runs_again(settings, stack):
     from choreo.infra.db import engine_for
     from choreo.messaging.admin import BrokerAdmin
     from choreo.ops.workload import publish_orders
-    from models.tables import Refund
+    from consumers.payment.tables import Refund
 
     ids = [o for o, _ in publish_orders(settings, ["needs_attention"], seed=None)]
     assert settled(settings, ids)[ids[0]] == ("NEEDS_ATTENTION", "compensation_failed")

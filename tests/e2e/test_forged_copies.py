@@ -29,13 +29,10 @@ FORGE = {
 
 def _payload(type_: str):
     from choreo.ops.scenarios import make_order
-    from models.envelope import (
-        InventoryReserved,
-        OrderCompleted,
-        OrderPlaced,
-        OrderSnapshot,
-        PaymentCompleted,
-    )
+    from consumers.inventory.messages import InventoryReserved
+    from consumers.order.messages import OrderCompleted, OrderPlaced
+    from consumers.payment.messages import PaymentCompleted
+    from models.envelope import OrderSnapshot
 
     spec = make_order("completed")
     amount = sum(i["qty"] * i["unit_price_cents"] for i in spec.items)
@@ -94,17 +91,12 @@ class Forgery:
 def _rows(settings, order_ids: set[str]) -> dict[str, list[str]]:
     """Every row of any service that names one of these orders: table -> order ids."""
     from choreo.infra.db import engine_for
-    from models.tables import (
-        Charge,
-        GatewayLedger,
-        Inbox,
-        Notification,
-        OrderEvent,
-        OrderView,
-        Refund,
-        Reservation,
-        Shipment,
-    )
+    from consumers.inventory.tables import Reservation
+    from consumers.notification.tables import Notification
+    from consumers.order.tables import OrderEvent, OrderView
+    from consumers.payment.tables import Charge, Refund
+    from consumers.shipment.tables import Shipment
+    from models.tables import GatewayLedger, Inbox
 
     where = {
         "order": [OrderView, OrderEvent, Inbox],
@@ -126,7 +118,7 @@ def _rows(settings, order_ids: set[str]) -> dict[str, list[str]]:
 
 def _stock(settings) -> dict:
     from choreo.infra.db import engine_for
-    from models.tables import Stock
+    from consumers.inventory.tables import Stock
 
     with Session(engine_for(settings, "inventory")) as s:
         return {r.sku: (r.available, r.reserved) for r in s.exec(select(Stock))}

@@ -232,7 +232,7 @@ def test_a_message_over_a_limit_is_refused_naming_the_limit(settings, stack, cha
 
 def _charges(settings, order_ids) -> dict:
     from choreo.infra.db import engine_for
-    from models.tables import Charge
+    from consumers.payment.tables import Charge
 
     with Session(engine_for(settings, "payment")) as s:
         return {

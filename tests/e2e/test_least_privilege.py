@@ -35,7 +35,9 @@ def _refusal(settings, service, act) -> tuple[int, str]:
 
 def _forged(type_: str, order_id: str) -> tuple[bytes, dict]:
     from choreo.ops.scenarios import make_order
-    from models.envelope import InventoryReserved, PaymentCompleted, make_envelope
+    from consumers.inventory.messages import InventoryReserved
+    from consumers.payment.messages import PaymentCompleted
+    from models.envelope import make_envelope
 
     spec = make_order("completed")
     order = {
@@ -220,7 +222,12 @@ def test_a_place_order_without_user_id_is_taken_by_the_broker_and_dead_lettered(
 
 def _effects(settings, order_id: str) -> dict:
     from choreo.infra.db import engine_for
-    from models.tables import Charge, Inbox, Notification, OrderView, Reservation, Shipment
+    from consumers.inventory.tables import Reservation
+    from consumers.notification.tables import Notification
+    from consumers.order.tables import OrderView
+    from consumers.payment.tables import Charge
+    from consumers.shipment.tables import Shipment
+    from models.tables import Inbox
 
     out = {}
     for service, model in (
@@ -241,7 +248,7 @@ def _effects(settings, order_id: str) -> dict:
 
 def _stock(settings) -> dict:
     from choreo.infra.db import engine_for
-    from models.tables import Stock
+    from consumers.inventory.tables import Stock
 
     with Session(engine_for(settings, "inventory")) as s:
         return {r.sku: (r.available, r.reserved) for r in s.exec(select(Stock))}

@@ -44,7 +44,7 @@ def test_every_path_ends_as_in_choreography(orchestrated):
     from choreo.infra.db import engine_for
     from choreo.ops.scenarios import SCENARIOS
     from choreo.ops.workload import expected_by_scenario, publish_orders
-    from models.tables import SagaState
+    from consumers.orchestrator.tables import SagaState
 
     s, _, _ = orchestrated
     sent = publish_orders(s, list(SCENARIOS), seed=None)

@@ -12,7 +12,11 @@ pytestmark = pytest.mark.e2e
 
 def _facts(settings, order_id):
     from choreo.infra.db import engine_for
-    from models.tables import Charge, GatewayLedger, Notification, Refund, Reservation, Shipment
+    from consumers.inventory.tables import Reservation
+    from consumers.notification.tables import Notification
+    from consumers.payment.tables import Charge, Refund
+    from consumers.shipment.tables import Shipment
+    from models.tables import GatewayLedger
 
     with Session(engine_for(settings, "payment")) as s:
         charge, refund = s.get(Charge, order_id), s.get(Refund, order_id)
@@ -152,10 +156,10 @@ def test_order_timeline_spans_services(settings, one_of_each):
 
 
 def test_projection_equals_the_fold_and_a_rebuild_gives_the_same_rows(settings, one_of_each):
-    from choreo.app import projections
-    from choreo.app.eventstore import load
     from choreo.infra.db import engine_for
-    from models.tables import OrderView
+    from consumers.order import projections
+    from consumers.order.eventstore import load
+    from consumers.order.tables import OrderView
 
     sent, _ = one_of_each
     engine = engine_for(settings, "order")

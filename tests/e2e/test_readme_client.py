@@ -31,7 +31,7 @@ def readme_client() -> str:
 
 def test_the_readme_client_places_an_order_that_completes(settings, stack, tmp_path):
     from choreo.infra.db import engine_for
-    from models.tables import Charge
+    from consumers.payment.tables import Charge
 
     script = tmp_path / "client.py"
     script.write_text(readme_client())

@@ -54,9 +54,10 @@ class World:
         self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2, price: int = PRICE
     ) -> None:
         """Append the order's events and its projection, exactly as the order service folds them."""
-        from choreo.app import projections
-        from choreo.domain import order as domain
-        from models.tables import OrderEvent, Outbox, utcnow
+        from consumers.order import projections
+        from consumers.order import rules as domain
+        from consumers.order.tables import OrderEvent
+        from models.tables import Outbox, utcnow
 
         item = {"sku": SKU, "qty": qty, "unit_price_cents": price}
         placed = (
@@ -96,7 +97,8 @@ class World:
             s.commit()
 
     def charge(self, order_id: str, refund: bool = False, amount: int = 2 * PRICE) -> None:
-        from models.tables import Charge, GatewayLedger, Refund
+        from consumers.payment.tables import Charge, Refund
+        from models.tables import GatewayLedger
 
         with self.session("gateway") as s:
             s.add(
@@ -140,7 +142,7 @@ class World:
             s.commit()
 
     def reserve(self, order_id: str, released: bool = False, qty: int = 2) -> None:
-        from models.tables import Reservation, Stock
+        from consumers.inventory.tables import Reservation, Stock
 
         with self.session("inventory") as s:
             s.add(
@@ -158,7 +160,7 @@ class World:
             s.commit()
 
     def ship(self, order_id: str, created: bool = True) -> None:
-        from models.tables import Shipment
+        from consumers.shipment.tables import Shipment
 
         with self.session("shipment") as s:
             s.add(
@@ -171,7 +173,7 @@ class World:
             s.commit()
 
     def notify(self, order_id: str, kind: str) -> None:
-        from models.tables import Notification
+        from consumers.notification.tables import Notification
 
         with self.session("notification") as s:
             s.add(Notification(order_id=order_id, kind=kind, customer_id="cust-1", body="hello"))
@@ -344,7 +346,7 @@ def test_needs_attention_without_a_dead_letter_fails_terminal(world):
 
 
 def test_a_stock_mismatch_fails_stock_naming_the_sku(world):
-    from models.tables import Stock
+    from consumers.inventory.tables import Stock
 
     with world.session("inventory") as s:
         stock = s.get(Stock, SKU)
@@ -357,7 +359,7 @@ def test_a_stock_mismatch_fails_stock_naming_the_sku(world):
 
 
 def test_a_cancelled_order_holding_stock_fails_stock_naming_the_order(world):
-    from models.tables import Reservation, Stock
+    from consumers.inventory.tables import Reservation, Stock
 
     with world.session("inventory") as s:
         r = s.get(Reservation, "ord-undeliverable")
@@ -388,7 +390,7 @@ def test_an_unsent_outbox_row_fails_outbox(world):
 
 
 def test_a_projection_that_differs_from_the_fold_fails_fold(world):
-    from models.tables import OrderView
+    from consumers.order.tables import OrderView
 
     with world.session("order") as s:
         view = s.get(OrderView, "ord-declined")
@@ -400,7 +402,7 @@ def test_a_projection_that_differs_from_the_fold_fails_fold(world):
 
 
 def test_a_completed_order_without_notification_fails_notifications(world):
-    from models.tables import Notification
+    from consumers.notification.tables import Notification
 
     with world.session("notification") as s:
         s.delete(s.get(Notification, ("ord-completed", "completed")))

@@ -97,8 +97,9 @@ def test_shipment_worker_ships_once_and_says_so(ns_settings, celery_session_work
     from choreo.infra.redis_client import redis_client
     from choreo.messaging.publisher import Publisher
     from choreo.messaging.topology import Names
-    from models.envelope import InventoryReserved, make_envelope
-    from models.tables import Shipment
+    from consumers.inventory.messages import InventoryReserved
+    from consumers.shipment.tables import Shipment
+    from models.envelope import make_envelope
     from tasks.app import make_app
 
     conn, q = capture

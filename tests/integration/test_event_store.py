@@ -28,10 +28,10 @@ def settings(settings, tmp_path_factory):
 
 
 def _place(settings, order_id):
-    from choreo.app.eventstore import append, load
     from choreo.app.uow import Batch
-    from choreo.domain import order as domain
     from choreo.infra.db import engine_for
+    from consumers.order import rules as domain
+    from consumers.order.eventstore import append, load
 
     with Batch(engine_for(settings, "order"), source="test") as batch:
         with batch.message(None) as uow:
@@ -52,7 +52,7 @@ def _place(settings, order_id):
 
 def test_two_writers_cannot_both_append_the_same_version(settings):
     from choreo.infra.db import engine_for
-    from models.tables import OrderEvent
+    from consumers.order.tables import OrderEvent
 
     order_id = f"ord-occ-{uuid.uuid4().hex[:8]}"
     _place(settings, order_id)
@@ -88,9 +88,11 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
     both land, versions contiguous (on PostgreSQL the loser's savepoint rolls back and reloads)."""
     import dataclasses
 
-    from choreo.app.eventstore import load
     from choreo.messaging.publisher import ConfirmedBurst
-    from models.envelope import InventoryReserved, PaymentCompleted, make_envelope
+    from consumers.inventory.messages import InventoryReserved
+    from consumers.order.eventstore import load
+    from consumers.payment.messages import PaymentCompleted
+    from models.envelope import make_envelope
     from tasks.adapter import Delivery, process_batch
     from tasks.app import make_app
     from tasks.runtime import runtime
@@ -157,9 +159,9 @@ def test_concurrent_facts_for_one_order_are_all_recorded_in_order(settings):
 
 
 def test_an_old_event_version_is_upcast_on_read(settings):
-    from choreo.app.eventstore import load
     from choreo.infra.db import engine_for
-    from models.tables import OrderEvent
+    from consumers.order.eventstore import load
+    from consumers.order.tables import OrderEvent
 
     order_id = f"ord-v1-{uuid.uuid4().hex[:8]}"
     engine = engine_for(settings, "order")

@@ -20,12 +20,12 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
 from choreo.app.bootstrap import prepare
-from choreo.domain.payment import Declined, TransientError
 from choreo.infra.db import dispose_engines, engine_for
 from choreo.messaging.access import owners
 from choreo.messaging.topology import Names
 from config.catalog import CARD_DECLINED, PRICES_CENTS
 from config.settings import SERVICES, Settings
+from consumers.payment.rules import Declined, TransientError
 from consumers.registry import subscriptions
 from models.envelope import Envelope, decode, make_envelope
 from tasks.adapter import Delivery, Outcome, process_batch

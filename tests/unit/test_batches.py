@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from config.catalog import CARD_OK
-from models.tables import Charge, DeadLetter, Inbox, PaymentDecision, Refund
+from consumers.payment.tables import Charge, PaymentDecision, Refund
+from models.tables import DeadLetter, Inbox
 from tasks.adapter import Delivery
 from tests.unit.handler_harness import Harness
 from tests.unit.test_handlers import snapshot
@@ -111,8 +112,9 @@ def test_what_a_failing_handler_wrote_before_it_raised_is_rolled_back_and_the_ba
 ):
     import tasks.adapter
     from consumers.base import Subscription
+    from consumers.payment.messages import PaymentRefunded
     from consumers.registry import subscriptions
-    from models.envelope import PaymentRefunded, ShipmentFailed
+    from consumers.shipment.messages import ShipmentFailed
 
     def writes_then_raises(msg, uow, deps):
         uow.session.add(
@@ -164,7 +166,7 @@ def test_a_fact_from_a_sender_that_does_not_own_it_changes_nothing_and_tells_no_
 def test_a_dead_letter_notice_is_believed_only_about_the_senders_own_dead_letters(
     tmp_path, sender, named, believed
 ):
-    from models.tables import OrderView
+    from consumers.order.tables import OrderView
 
     with Harness("order", tmp_path) as o:
         notice = o.envelope(

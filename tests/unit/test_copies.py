@@ -10,7 +10,8 @@ import pytest
 import choreo.app.copies
 import choreo.app.uow
 from config.catalog import CARD_OK
-from models.tables import Charge, CopyRecord, Refund
+from consumers.payment.tables import Charge, Refund
+from models.tables import CopyRecord
 from tasks.adapter import Delivery
 from tests.unit.handler_harness import Harness
 from tests.unit.test_handlers import snapshot

@@ -6,8 +6,11 @@ import re
 
 import pytest
 
-from choreo.domain import inventory, notification, payment, shipment
 from config.catalog import ADDRESS_OK, ADDRESS_UNDELIVERABLE
+from consumers.inventory import rules as inventory
+from consumers.notification import rules as notification
+from consumers.payment import rules as payment
+from consumers.shipment import rules as shipment
 
 # --- payment -----------------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from consumers.order.messages import OrderPlaced
 from models.envelope import (
     PAYLOADS,
     TRACEPARENT_RE,
     Envelope,
-    OrderPlaced,
     PoisonMessage,
     child_trace,
     decode,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from choreo.domain.payment import Declined, TransientError
 from choreo.world import gateway
 from choreo.world.gateway import flaky_failures
+from consumers.payment.rules import Declined, TransientError
 
 
 def test_a_good_card_charges_on_the_first_attempt():

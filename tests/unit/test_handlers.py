@@ -7,18 +7,11 @@ import pytest
 
 from choreo.app.outbox import count_unsent
 from config.catalog import ADDRESS_OK, CARD_DECLINED, CARD_OK, PRICES_CENTS, SKU_SOLD_OUT
-from models.tables import (
-    Charge,
-    Notification,
-    OrderEvent,
-    OrderView,
-    PaymentDecision,
-    Refund,
-    Reservation,
-    SagaState,
-    Stock,
-    StockDecision,
-)
+from consumers.inventory.tables import Reservation, Stock, StockDecision
+from consumers.notification.tables import Notification
+from consumers.orchestrator.tables import SagaState
+from consumers.order.tables import OrderEvent, OrderView
+from consumers.payment.tables import Charge, PaymentDecision, Refund
 from tests.unit.handler_harness import Harness
 
 

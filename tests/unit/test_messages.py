@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 
 from choreo.messaging import access
-from consumers.registry import MODES, subscriptions
-from models.envelope import (
-    PAYLOADS,
-    ChargePayment,
-    Message,
-    OrderPlaced,
-    PaymentCompleted,
-    make_envelope,
-)
+from consumers.orchestrator.messages import ChargePayment
+from consumers.order.messages import OrderPlaced
+from consumers.payment.messages import PaymentCompleted
+from consumers.registry import modes, subscriptions
+from models.envelope import PAYLOADS, Message, make_envelope
 
 
 def test_a_declaration_registers_the_type_under_its_key():
@@ -54,7 +50,7 @@ def test_broker_permissions_follow_the_declarations():
 
 
 def test_subscriptions_are_keyed_by_class_and_looked_up_by_key():
-    for mode, tables in MODES.items():
+    for mode, tables in modes().items():
         for domain, table in tables.items():
             assert all(isinstance(k, type) and issubclass(k, Message) for k in table)
             assert set(subscriptions(mode)[domain]) == {k.routing_key for k in table}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from choreo.domain.orchestrator import Saga, react
+from consumers.orchestrator.rules import Saga, react
 
 ORDER = {
     "customer_id": "cust-1",

@@ -6,8 +6,8 @@ from itertools import permutations
 
 import pytest
 
-from choreo.domain import order as o
-from consumers.order import FACTS
+from consumers.order import rules as o
+from consumers.order.handlers import FACTS
 from models.envelope import PAYLOADS
 
 ORDER_ID = "ord-1"

@@ -9,7 +9,8 @@ from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import flower_argsrepr
 from config.settings import Settings
-from models.envelope import PlaceOrder, make_envelope
+from consumers.order.messages import PlaceOrder
+from models.envelope import make_envelope
 
 ORDER = PlaceOrder(
     customer_id="cust-1",

@@ -94,7 +94,7 @@ def find_orders(
     end in, so a wrong or stuck order shows (`expected` differs from state/reason)."""
     from choreo.infra.db import engine_for
     from choreo.ops.scenarios import SCENARIOS, expected_outcome, scenario_of
-    from models.tables import OrderView
+    from consumers.order.tables import OrderView
 
     if scenario is not None and scenario not in (*SCENARIOS, "custom"):
         raise ValueError(
@@ -256,7 +256,7 @@ def order_metrics(settings: Settings, order_id: str) -> dict:
     steps over the newest finished orders: is this order slow, and where."""
     from choreo.app.queries import order_details
     from choreo.infra.db import engine_for
-    from models.tables import OrderView
+    from consumers.order.tables import OrderView
 
     found = order_details(settings, order_id)
     if found is None:

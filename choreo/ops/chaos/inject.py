@@ -17,7 +17,6 @@ from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import Session, col, select
 
 from choreo.app.queries import order_states
-from choreo.domain.order import TERMINAL
 from choreo.infra.db import engine_for
 from choreo.messaging.access import owners, sender_header
 from choreo.messaging.admin import BrokerAdmin
@@ -27,7 +26,10 @@ from choreo.ops.chaos.report import Journal
 from choreo.ops.scenarios import make_order
 from choreo.ops.workload import AsOwners, publish_orders
 from config.settings import DOMAINS, Settings
-from models.envelope import Envelope, OrderPlaced, PaymentCompleted, make_envelope
+from consumers.order.messages import OrderPlaced
+from consumers.order.rules import TERMINAL
+from consumers.payment.messages import PaymentCompleted
+from models.envelope import Envelope, make_envelope
 from models.tables import Outbox
 
 

@@ -17,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.app.bootstrap import prepare
 from choreo.app.queries import order_states
-from choreo.domain.order import TERMINAL
 from choreo.ops.audit import run_audit
 from choreo.ops.chaos.faults import Faults, kill_pid, worker_view
 from choreo.ops.chaos.inject import Injector, OrderFeed
@@ -29,6 +28,7 @@ from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
 from choreo.ops.stack import Stack, is_ours, process_names, wait_consuming
 from choreo.ops.workload import expected_by_scenario, outcomes, terminal_count
 from config.settings import Settings
+from consumers.order.rules import TERMINAL
 from consumers.registry import topology
 
 # The machine's services failing under the harness: a failed run with the error, not a traceback.
@@ -319,7 +319,7 @@ class Progress(threading.Thread):
         from sqlmodel import Session, col, func, select
 
         from choreo.infra.db import engine_for
-        from models.tables import OrderView
+        from consumers.order.tables import OrderView
 
         q = (
             select(func.count())

@@ -10,7 +10,6 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from choreo.app.queries import order_states, unsent_total
-from choreo.domain.order import TERMINAL
 from choreo.infra.db import engine_for
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
@@ -18,6 +17,7 @@ from choreo.messaging.admin import BrokerAdmin
 from choreo.ops.chaos.report import Journal
 from choreo.ops.stack import rabbitmqctl
 from config.settings import DOMAINS, Settings
+from consumers.order.rules import TERMINAL
 from models.tables import DeadLetter
 
 

@@ -15,9 +15,10 @@ from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from choreo.domain import order as domain
 from choreo.infra.db import connection_of
-from models.tables import OrderEvent, OrderView, table_of
+from consumers.order import rules as domain
+from consumers.order.tables import OrderEvent, OrderView
+from models.tables import table_of
 
 COLUMNS = (
     "state",

@@ -4,23 +4,15 @@ next command."""
 from __future__ import annotations
 
 from choreo.app.uow import UnitOfWork
-from choreo.domain.orchestrator import Saga, react
 from consumers.base import HandlerDeps, Subscription, Subscriptions
-from models.envelope import (
-    PAYLOADS,
-    Envelope,
-    InventoryFailed,
-    InventoryReleased,
-    InventoryReserved,
-    OrderPlaced,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRefunded,
-    SagaDeadLettered,
-    ShipmentCreated,
-    ShipmentFailed,
-)
-from models.tables import SagaState, utcnow
+from consumers.inventory.messages import InventoryFailed, InventoryReleased, InventoryReserved
+from consumers.orchestrator.rules import Saga, react
+from consumers.orchestrator.tables import SagaState
+from consumers.order.messages import OrderPlaced
+from consumers.payment.messages import PaymentCompleted, PaymentFailed, PaymentRefunded
+from consumers.shipment.messages import ShipmentCreated, ShipmentFailed
+from models.envelope import PAYLOADS, Envelope, SagaDeadLettered
+from models.tables import utcnow
 
 
 def on_reply(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
@@ -55,7 +47,8 @@ def on_reply(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
         uow.emit(PAYLOADS[command].model_validate(payload))
 
 
-SUBSCRIPTIONS: Subscriptions = {
+# The orchestrator runs in the orchestrated mode only.
+ORCHESTRATED: Subscriptions = {
     kind: Subscription(on_reply)
     for kind in (
         OrderPlaced,

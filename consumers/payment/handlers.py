@@ -4,20 +4,16 @@ shipment failure."""
 from __future__ import annotations
 
 from choreo.app.uow import UnitOfWork
-from choreo.domain.payment import Declined, refund_amount
 from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
-from models.envelope import (
-    ChargePayment,
-    Envelope,
-    InventoryFailed,
-    OrderPlaced,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRefunded,
-    ShipmentFailed,
-)
-from models.tables import Charge, PaymentDecision, Refund
+from consumers.inventory.messages import InventoryFailed
+from consumers.orchestrator.messages import ChargePayment, RefundPayment
+from consumers.order.messages import OrderPlaced
+from consumers.payment.messages import PaymentCompleted, PaymentFailed, PaymentRefunded
+from consumers.payment.rules import Declined, refund_amount
+from consumers.payment.tables import Charge, PaymentDecision, Refund
+from consumers.shipment.messages import ShipmentFailed
+from models.envelope import Envelope
 
 DECISIONS, CHARGES = Rows(PaymentDecision), Rows(Charge)
 
@@ -66,4 +62,10 @@ SUBSCRIPTIONS: Subscriptions = {
     OrderPlaced: Subscription(on_order_placed),
     InventoryFailed: Subscription(on_failure_refund, compensation=True),
     ShipmentFailed: Subscription(on_failure_refund, compensation=True),
+}
+
+# Orchestrated: the same handlers, triggered by the orchestrator's commands.
+ORCHESTRATED: Subscriptions = {
+    ChargePayment: Subscription(on_order_placed),
+    RefundPayment: Subscription(on_failure_refund, compensation=True),
 }

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 from choreo.app.uow import UnitOfWork
-from choreo.domain.notification import KINDS, compose
 from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
-from models.envelope import Envelope, OrderCancelled, OrderCompleted
-from models.tables import Notification
+from consumers.notification.rules import KINDS, compose
+from consumers.notification.tables import Notification
+from consumers.order.messages import OrderCancelled, OrderCompleted
+from models.envelope import Envelope
 
 log = logging.getLogger("choreo.notification")
 

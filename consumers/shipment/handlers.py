@@ -5,17 +5,14 @@ from __future__ import annotations
 import uuid
 
 from choreo.app.uow import UnitOfWork
-from choreo.domain.shipment import ship
 from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
-from models.envelope import (
-    CreateShipment,
-    Envelope,
-    InventoryReserved,
-    ShipmentCreated,
-    ShipmentFailed,
-)
-from models.tables import Shipment
+from consumers.inventory.messages import InventoryReserved
+from consumers.orchestrator.messages import CreateShipment
+from consumers.shipment.messages import ShipmentCreated, ShipmentFailed
+from consumers.shipment.rules import ship
+from consumers.shipment.tables import Shipment
+from models.envelope import Envelope
 
 SHIPMENTS = Rows(Shipment)
 
@@ -41,3 +38,6 @@ def on_inventory_reserved(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> 
 SUBSCRIPTIONS: Subscriptions = {
     InventoryReserved: Subscription(on_inventory_reserved),
 }
+
+# Orchestrated: the same handler, triggered by the orchestrator's command.
+ORCHESTRATED: Subscriptions = {CreateShipment: Subscription(on_inventory_reserved)}

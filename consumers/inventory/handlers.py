@@ -8,20 +8,16 @@ import uuid
 from sqlalchemy import bindparam, update
 
 from choreo.app.uow import UnitOfWork
-from choreo.domain.inventory import merged
 from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
-from models.envelope import (
-    Envelope,
-    InventoryFailed,
-    InventoryReleased,
-    InventoryReserved,
-    Item,
-    PaymentCompleted,
-    ReserveStock,
-    ShipmentFailed,
-)
-from models.tables import Reservation, Stock, StockDecision, table_of, utcnow
+from consumers.inventory.messages import InventoryFailed, InventoryReleased, InventoryReserved
+from consumers.inventory.rules import merged
+from consumers.inventory.tables import Reservation, Stock, StockDecision
+from consumers.orchestrator.messages import ReleaseStock, ReserveStock
+from consumers.payment.messages import PaymentCompleted
+from consumers.shipment.messages import ShipmentFailed
+from models.envelope import Envelope, Item
+from models.tables import table_of, utcnow
 
 RESERVATIONS, DECISIONS = Rows(Reservation), Rows(StockDecision)
 _STOCK = table_of(Stock)
@@ -90,4 +86,10 @@ def on_shipment_failed(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> Non
 SUBSCRIPTIONS: Subscriptions = {
     PaymentCompleted: Subscription(on_payment_completed),
     ShipmentFailed: Subscription(on_shipment_failed, compensation=True),
+}
+
+# Orchestrated: the same handlers, triggered by the orchestrator's commands.
+ORCHESTRATED: Subscriptions = {
+    ReserveStock: Subscription(on_payment_completed),
+    ReleaseStock: Subscription(on_shipment_failed, compensation=True),
 }

@@ -5,24 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from choreo.app.eventstore import append, load
 from choreo.app.uow import UnitOfWork
-from choreo.domain import order as domain
 from consumers.base import HandlerDeps, Subscription, Subscriptions
-from models.envelope import (
-    Envelope,
-    InventoryFailed,
-    InventoryReleased,
-    InventoryReserved,
-    Message,
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRefunded,
-    PlaceOrder,
-    SagaDeadLettered,
-    ShipmentCreated,
-    ShipmentFailed,
-)
+from consumers.inventory.messages import InventoryFailed, InventoryReleased, InventoryReserved
+from consumers.order import rules as domain
+from consumers.order.eventstore import append, load
+from consumers.order.messages import PlaceOrder
+from consumers.payment.messages import PaymentCompleted, PaymentFailed, PaymentRefunded
+from consumers.shipment.messages import ShipmentCreated, ShipmentFailed
+from models.envelope import Envelope, Message, SagaDeadLettered
 
 
 def on_place_order(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:

@@ -7,11 +7,12 @@ from typing import NamedTuple
 
 from sqlalchemy import bindparam, select
 
-from choreo.app import projections
-from choreo.domain import order as domain
 from choreo.infra.db import connection_of
+from consumers.order import projections
+from consumers.order import rules as domain
+from consumers.order.tables import OrderEvent
 from models.envelope import PAYLOADS
-from models.tables import OrderEvent, table_of, utcnow
+from models.tables import table_of, utcnow
 
 
 class Appended(NamedTuple):

@@ -1,1 +1,0 @@
-"""Pure domain decisions: no Celery, kombu, SQL or Redis imports (unit-tested with no broker)."""

@@ -1,0 +1,1 @@
+"""The inventory service: reserves an order's stock and releases it when shipping fails."""

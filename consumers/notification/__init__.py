@@ -1,0 +1,1 @@
+"""The notification service: tells the customer how the order ended, once."""

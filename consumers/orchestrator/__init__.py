@@ -1,0 +1,1 @@
+"""The orchestrator (orchestrated saga mode only): hears replies and sends the next command."""

@@ -1,0 +1,1 @@
+"""The shipment service: ships what inventory reserved, or says why it cannot."""
