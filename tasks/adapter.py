@@ -27,10 +27,8 @@ The outcomes, as Flower shows them (the consumer sends each message's task event
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -307,7 +305,7 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
             messages.append((n, failures.retry_message(rt, item)))
         else:
             messages += [(n, event_message(rt.names, e, **link)) for e in item.emitted]
-    hook = _burst_fault(rt) if rt.settings.fault_crash_point == "mid_burst" else None
+    hook = _burst_fault(rt) if rt.faults is not None else None
     producing = spans.producer_spans(rt, [(items[n].span, kw) for n, kw in messages])
     failed = rt.burst.run(messages, before_each=hook)
     spans.end_producers(producing, [n in failed for n, _kw in messages])
@@ -424,16 +422,9 @@ def _context(item: _Item) -> dict:
 
 
 def _fault(rt: Runtime, point: str) -> None:
-    """Test hook (off unless configured): die like kill -9 at `point` of a batch, once per marker."""
-    s = rt.settings
-    if s.fault_crash_point == point and s.fault_crash_domain == rt.domain and s.fault_marker:
-        marker = Path(s.fault_marker)
-        try:
-            marker.unlink()
-        except FileNotFoundError:
-            return
-        log.warning("fault injection: exiting hard at %s", point)
-        os._exit(137)
+    """A test's hook at `point` of a batch (tasks.faults); rt.faults is None in production."""
+    if rt.faults is not None:
+        rt.faults.at(point)
 
 
 def _burst_fault(rt: Runtime):

@@ -24,6 +24,7 @@ from choreo.messaging.publisher import ConfirmedBurst
 from choreo.messaging.topology import Names
 from config.settings import Settings
 from consumers.base import HandlerDeps
+from tasks.faults import Faults, load_faults
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Runtime:
     deps: HandlerDeps
     tracer: HotTracer | None = None  # None: tracing off (settings.tracing), or a test's runtime
     recorder: Recorder | None = None
+    faults: Faults | None = None  # a test's hooks (tasks.faults); None in production
     pid: int = field(default_factory=os.getpid)
 
 
@@ -71,6 +73,7 @@ def runtime(app) -> Runtime:
                 deps=LiveDeps(settings, r, domain),
                 tracer=tracing.hot_tracer(settings, domain),
                 recorder=Recorder(domain, settings.metrics),
+                faults=load_faults(domain),
             )
             _runtimes[key] = rt
         return rt

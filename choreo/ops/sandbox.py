@@ -28,6 +28,7 @@ from choreo.ops.cluster import Cluster
 from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
 from config.settings import HEALTH_PORT_OFFSETS, SERVICES, Settings
 from consumers.registry import topology
+from tasks.faults import HOOK_ENV as FAULT_HOOK_ENV
 
 AMQP_BASE = os.environ.get("CHOREO_SANDBOX_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 SHARED_REDIS = os.environ.get("CHOREO_SANDBOX_REDIS", "redis://127.0.0.1:6379/0")
@@ -153,17 +154,17 @@ class Sandbox:
             # Its own databases, whatever the calling shell points at.
             **{f"{s}_database_url": "" for s in SERVICES},
             "saga_mode": "choreography",
-            # Never inherit the crash test hook from the calling shell.
-            "fault_crash_point": "",
-            "fault_crash_domain": "",
-            "fault_marker": "",
             **overrides,
         }
 
     @property
     def env(self) -> dict[str, str]:
-        """The CHOREO_* variables that give a process started here the same settings."""
-        return {f"CHOREO_{k.upper()}": str(v) for k, v in self.overrides.items()}
+        """The CHOREO_* variables that give a process started here the same settings, and no
+        test fault hook inherited from the calling shell (a test names one for its own worker)."""
+        return {
+            **{f"CHOREO_{k.upper()}": str(v) for k, v in self.overrides.items()},
+            FAULT_HOOK_ENV: "",
+        }
 
     @cached_property
     def settings(self) -> Settings:

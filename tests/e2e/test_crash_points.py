@@ -1,8 +1,9 @@
 """kill -9 at every step of a batch loses nothing and doubles nothing.
 
 The inventory worker is stopped while six orders are paid for, so six payment.completed wait
-in its queue; then it starts with a fault hook that exits hard (os._exit, like kill -9) at one
-point of its first batch, which holds all six:
+in its queue; then it starts with a fault hook (tests/e2e/crash_hook.py, loaded through
+tasks.faults) that exits hard (os._exit, like kill -9) at one point of its first batch, which
+holds all six:
 
   before_commit   handlers ran, nothing committed       -> redelivered, processed again
   after_commit    committed, nothing published          -> redelivered as duplicates; the
@@ -22,7 +23,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from config.settings import FAULT_POINTS
+from tasks.faults import HOOK_ENV, POINTS
 from tests.helpers import scrape, settled, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,7 @@ def _waiting(settings, queue: str) -> int:
         return next(q["messages"] for q in admin.queue_stats() if q["name"] == queue) or 0
 
 
-@pytest.mark.parametrize("point", FAULT_POINTS)
+@pytest.mark.parametrize("point", POINTS)
 def test_a_worker_killed_at_any_point_of_a_batch_loses_and_doubles_nothing(
     point, settings, stack, isolated_redis, tmp_path
 ):
@@ -45,7 +46,9 @@ def test_a_worker_killed_at_any_point_of_a_batch_loses_and_doubles_nothing(
     from choreo.messaging.topology import Names
     from choreo.ops.stack import Stack
     from choreo.ops.workload import publish_orders
-    from models.tables import Inbox, OrderEvent, Reservation
+    from consumers.inventory.tables import Reservation
+    from consumers.order.tables import OrderEvent
+    from models.tables import Inbox
     from tests.e2e.conftest import start_stack
 
     queue = Names(settings.namespace).queue("inventory")
@@ -66,6 +69,7 @@ def test_a_worker_killed_at_any_point_of_a_batch_loses_and_doubles_nothing(
         faulty = Stack(
             settings,
             {
+                HOOK_ENV: "tests.e2e.crash_hook",
                 "CHOREO_FAULT_CRASH_POINT": point,
                 "CHOREO_FAULT_CRASH_DOMAIN": "inventory",
                 "CHOREO_FAULT_MARKER": str(marker),
