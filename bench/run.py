@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 os.chdir(ROOT)
 
 from bench.common import log, summary, wait_quiet  # noqa: E402
+from config.settings import DOMAINS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TARGETS = {"vs_naive": 1.0, "share_of_ceiling": 0.25, "p99_ms": 250.0, "rss_mb": 150.0}
@@ -555,7 +556,7 @@ def _profile(a: argparse.Namespace, doc: dict, stamp: str, n: int, quiet) -> int
         during_throughput=spy_hook(
             a.profile,
             out_dir,
-            ["order", "payment", "inventory", "shipment", "notification"],
+            list(DOMAINS),
             idle=a.profile_idle,
         ),
     )

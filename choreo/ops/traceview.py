@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from config.settings import DOMAINS
+
 ORDER_ID = "choreo.order_id"
 EVENT_TYPE = "choreo.event_type"
 MESSAGE_ID = "messaging.message.id"
@@ -127,7 +129,7 @@ def dedupe(spans: Iterable[dict]) -> list[dict]:
 
 # --- Jaeger -----------------------------------------------------------------------------------
 
-JAEGER_SERVICES = ("order", "payment", "inventory", "shipment", "notification")
+JAEGER_SERVICES = DOMAINS
 
 
 def _tag_value(tag: dict) -> Any:

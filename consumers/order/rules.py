@@ -18,6 +18,10 @@ STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", *TERMINAL)
 # version and the milestone it marks, and `changes` is the one small step that applies it.
 
 
+# Every order event by its stored type name, filled by the class statements below.
+EVENTS: dict[str, type[Event]] = {}
+
+
 @dataclass(frozen=True)
 class Event:
     """An event of the order's own history (stored in the order service's event store)."""
@@ -25,6 +29,12 @@ class Event:
     version: ClassVar[int] = 1
     # The read model stamps <milestone>_at with the time of the event that marks it.
     milestone: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ in EVENTS:
+            raise TypeError(f"order event {cls.__name__} declared twice")
+        EVENTS[cls.__name__] = cls  # stored by class name: a class's name is its stored type
 
     @property
     def type(self) -> str:
@@ -252,28 +262,6 @@ class OrderCancelled(Event):
         }
 
 
-EVENTS: dict[str, type[Event]] = {
-    kind.__name__: kind
-    for kind in (
-        OrderPlaced,
-        OrderRejected,
-        PaymentCaptured,
-        PaymentDeclined,
-        StockReserved,
-        StockUnavailable,
-        StockReleased,
-        ShipmentDispatched,
-        ShipmentFailed,
-        PaymentRefunded,
-        AttentionRequired,
-        OrderCompleted,
-        OrderCancelled,
-    )
-}
-# Current schema version of each stored order event type; older versions are upcast on read.
-EVENT_VERSIONS = {name: kind.version for name, kind in EVENTS.items()}
-
-
 def event_of(type_: str, data: dict[str, Any]) -> Event:
     """The event a stored (type, data) row holds, at the current schema version."""
     kind = EVENTS.get(type_)
@@ -302,7 +290,9 @@ UPCASTERS: dict[tuple[str, int], Callable[[dict], dict]] = {
 
 
 def upcast(type_: str, version: int, data: dict) -> Event:
-    current = EVENT_VERSIONS[type_]
+    if type_ not in EVENTS:
+        raise ValueError(f"unknown order event {type_!r}")
+    current = EVENTS[type_].version  # older versions are upcast on read
     while version < current:
         data = UPCASTERS[(type_, version)](data)
         version += 1

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from choreo.ops import cluster as rabbit_cluster
+from config.settings import DOMAINS
 
 pytestmark = [
     pytest.mark.chaos,
@@ -101,8 +102,7 @@ def test_a_worker_on_a_faulted_node_reconnected_to_another_and_kept_consuming(cl
 
 def test_both_workers_of_every_domain_got_work(cluster_report):
     handled = cluster_report.figures["handled_by_worker"]
-    domains = ("order", "payment", "inventory", "shipment", "notification")
-    assert set(handled) == {f"worker-{d}" for d in domains} | {f"worker-{d}-2" for d in domains}
+    assert set(handled) == {f"worker-{d}" for d in DOMAINS} | {f"worker-{d}-2" for d in DOMAINS}
     assert all(n > 0 for n in handled.values()), (
         handled
     )  # competing consumers: each one took its share

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from config.settings import DOMAINS
 from tests.e2e.test_dlq_replay import _leave_in_dlq, _letters, _order_placed
 from tests.fake_anthropic import FakeMessagesAPI, text, tool_use
 from tests.helpers import settled, wait_for
@@ -73,7 +74,7 @@ def test_every_tool_answers_from_the_real_stores(settings, known):
         30,
         what="the completed order's trace",
     )
-    assert set(trace["services"]) >= {"order", "payment", "inventory", "shipment", "notification"}
+    assert set(trace["services"]) >= set(DOMAINS)
     assert t.order_trace(settings, "ord-never-placed")["found"] is False
     _check_order_metrics(settings, known)
     with pytest.raises(
@@ -144,11 +145,7 @@ def test_the_metrics_tool_reads_the_stacks_prometheus(settings, known):
             settled(settings, [o for o, _ in publish_orders(settings, ["completed"], seed=None)])
             got = t.metrics(settings, window_minutes=2)
             served = {r["service"] for r in got["handled_per_second"] if float(r["value"]) > 0}
-            return (
-                got
-                if {"order", "payment", "inventory", "shipment", "notification"} <= served
-                else None
-            )
+            return got if set(DOMAINS) <= served else None
 
         got = wait_for(five_domains, 90, interval=2, what="handled_per_second of all five domains")
         assert got["window"] == "2m"

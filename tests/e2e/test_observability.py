@@ -13,11 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from config.settings import DOMAINS
 from tests.helpers import Probe, queues_idle, scrape, settled, wait_for
 
 pytestmark = pytest.mark.e2e
-
-DOMAINS = ("order", "payment", "inventory", "shipment", "notification")
 
 
 def requests(samples: dict, service: str) -> Counter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session, select
 
+from config.settings import DOMAINS
 from tests.helpers import settled
 
 pytestmark = pytest.mark.e2e
@@ -151,7 +152,7 @@ def test_order_timeline_spans_services(settings, one_of_each):
     sent, _ = one_of_each
     details = order_details(settings, _ids(sent, "completed")[0])
     services = {t["service"] for t in details["timeline"]}
-    assert services == {"order", "payment", "inventory", "shipment", "notification"}
+    assert services == set(DOMAINS)
     assert all(t["detail"] != "UNSENT" for t in details["timeline"])
 
 

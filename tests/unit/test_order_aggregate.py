@@ -76,7 +76,7 @@ def closing(events) -> list[o.Event]:
 
 
 def test_domain_event_defaults_to_current_schema_version():
-    assert placed_event().schema_version == o.EVENT_VERSIONS["OrderPlaced"] == 2
+    assert placed_event().schema_version == o.EVENTS["OrderPlaced"].version == 2
     assert CAPTURED.schema_version == 1
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from config.settings import Settings
+from config.settings import DOMAINS, Settings
 
 if TYPE_CHECKING:
     from anthropic.types import ToolParam
@@ -407,7 +407,7 @@ def propose_start(settings: Settings, process: str, why: str = "") -> dict:
 
 DOMAIN = {
     "type": "string",
-    "description": "order, payment, inventory, shipment, notification, or unrouted",
+    "description": f"{', '.join(DOMAINS)}, or unrouted",
 }
 
 

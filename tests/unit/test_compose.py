@@ -1,0 +1,32 @@
+"""The compose files run a worker for every registered domain, on the port its settings give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config.settings import DOMAINS, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def services(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())["services"]
+
+
+@pytest.mark.parametrize(
+    "name", ["docker-compose.yml", "docker-compose.cluster.yml", "docker-compose.tls.yml"]
+)
+def test_every_domain_has_a_service(name):
+    missing = [d for d in DOMAINS if d not in services(name)]
+    assert not missing, f"{name} has no service for {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_a_domain_service_runs_its_worker_and_asks_its_own_health_port(domain):
+    service = services("docker-compose.yml")[domain]
+    assert service["command"] == ["worker", domain]
+    port = Settings(health_port_base=9100).health_port(domain)  # compose: the default base
+    assert f"http://127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
