@@ -34,7 +34,7 @@ def test_default_database_path_is_absolute_even_for_a_relative_data_dir():
 
 def test_every_service_gets_its_own_default_database(tmp_path):
     urls = {Settings(data_dir=tmp_path).database_url(s) for s in SERVICES}
-    assert len(urls) == len(SERVICES) == 9  # five domains, user, gateway, orchestrator, operator
+    assert len(urls) == len(SERVICES)  # every domain, user, gateway, orchestrator, operator
 
 
 def test_a_per_service_database_url_overrides_the_default(tmp_path):

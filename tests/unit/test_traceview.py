@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from choreo.ops import traceview
 from choreo.ops.cli.base import cli
-from config.settings import get_settings
+from config.settings import DOMAINS, get_settings
 
 T0 = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
 ORDER = "ord-42"
@@ -655,7 +655,7 @@ def test_jaeger_query_asks_each_service_for_the_order_and_merges_the_traces():
         "http://jaeger:16686/", ORDER, transport=httpx.MockTransport(handler)
     )
     assert sorted(s["span_id"] for s in spans) == sorted([O1, P1])  # deduplicated
-    assert [a[1] for a in asked] == ["order", "payment", "inventory", "shipment", "notification"]
+    assert [a[1] for a in asked] == list(DOMAINS)
     assert {(a[0], json.dumps(a[2]), a[3]) for a in asked} == {
         ("/api/traces", json.dumps({"choreo.order_id": ORDER}), "20")
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from choreo.world.users import CALLERS, Tokens, sane_request_id, token_env, token_file, users_token
+from config.settings import DOMAINS
 
 
 @pytest.fixture
@@ -14,15 +15,7 @@ def no_token_env(monkeypatch):
 
 
 def test_callers_are_the_domains_the_orchestrator_and_the_operator():
-    assert CALLERS == (
-        "order",
-        "payment",
-        "inventory",
-        "shipment",
-        "notification",
-        "orchestrator",
-        "operator",
-    )
+    assert CALLERS == (*DOMAINS, "orchestrator", "operator")
     assert token_env("notification") == "CHOREO_USERS_TOKEN_NOTIFICATION"
 
 

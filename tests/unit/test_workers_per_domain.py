@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from choreo.messaging import access
 from choreo.ops import prometheus
 from choreo.ops.stack import argv_for, process_names, worker_name, worker_of
-from config.settings import HEALTH_PORT_OFFSETS, Settings
+from config.settings import DOMAINS, HEALTH_PORT_OFFSETS, Settings
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -28,7 +28,7 @@ def test_names_and_command_lines_of_further_workers(tmp_path):
         names[:4] == ["users", "worker-order", "worker-order-2", "worker-order-3"]
         and names[-1] == "flower"
     )
-    assert len([n for n in names if worker_of(n)]) == 15
+    assert len([n for n in names if worker_of(n)]) == 3 * len(DOMAINS)
     assert [worker_of(n) for n in ("worker-payment", "worker-payment-3", "users")] == [
         ("payment", 1),
         ("payment", 3),
