@@ -257,7 +257,7 @@ def run_choreo(
     cluster=None,
     workers: int = 1,
 ) -> dict:
-    """`cluster`: a running choreo.ops.cluster.Cluster to run on instead of the machine's node;
+    """`cluster`: a running choreo.devtools.cluster.Cluster to run on instead of the machine's node;
     `workers`: workers per domain (competing consumers; more than one needs PostgreSQL)."""
     from choreo.infra.db import dispose_all
     from choreo.ops.stack import Stack, bring_up, process_names

@@ -14,8 +14,8 @@ import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from choreo.ops.sandbox import SHARED_REDIS as REDIS_URL
-from choreo.ops.sandbox import Sandbox
+from choreo.devtools.sandbox import SHARED_REDIS as REDIS_URL
+from choreo.devtools.sandbox import Sandbox
 from choreo.ops.stack import children, free_port, rabbitmqctl  # noqa: F401 (free_port: for the arms)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +28,8 @@ def log(msg: str) -> None:
 
 @contextmanager
 def sandbox(tag: str, database_server: str | None = None, **options):
-    """One measurement's private vhost, Redis key prefix and folder (choreo.ops.sandbox), and its
-    own PostgreSQL databases when `database_server` is given; all removed after. `options`:
+    """One measurement's private vhost, Redis key prefix and folder (choreo.devtools.sandbox), and
+    its own PostgreSQL databases when `database_server` is given; all removed after. `options`:
     Sandbox's (cluster_dir) and further settings (workers_per_domain)."""
     sb = Sandbox(f"bench-{tag}", database_server=database_server or "", **options)
     try:

@@ -74,14 +74,14 @@ def measure(arm: str, n: int, quick: bool, **kw) -> dict:
 DARK = {"CHOREO_METRICS": "false", "CHOREO_TRACING": "false"}
 ARMS = ("choreo", "choreo-dark", "choreo-pg", "naive", "raw")
 CLUSTER_ARMS = {"cluster-1w": 1, "cluster-2w": 2}  # arm -> workers per domain
-CLUSTER: dict = {}  # "cluster": the running choreo.ops.cluster.Cluster of a --cluster bench
+CLUSTER: dict = {}  # "cluster": the running choreo.devtools.cluster.Cluster of a --cluster bench
 
 
 def cluster_for_arms():
     """The private three-node cluster of the cluster arms: started at the first one's turn (not
     idling through the single-node arms before it), stopped by main."""
     if "cluster" not in CLUSTER:
-        from choreo.ops.sandbox import private_cluster
+        from choreo.devtools.sandbox import private_cluster
 
         log("starting a private 3-node RabbitMQ cluster")
         CLUSTER["cluster"] = private_cluster("bench")

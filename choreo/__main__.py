@@ -1,5 +1,5 @@
 """`python -m choreo` runs the command line."""
 
-from choreo.ops.cli import main
+from choreo.cli import main
 
 main()

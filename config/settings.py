@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     # A private cluster of `choreo cluster up` (its folder): rabbitmqctl talks to its nodes, with
     # its cookie, instead of this machine's own node.
     broker_cluster_dir: str = ""
-    # Competing consumers: how many workers `choreo up` runs per domain (each on the domain's queue).
+    # Competing consumers: how many workers `choreo up` runs per domain (each on the domain's
+    # queue).
     workers_per_domain: int = Field(1, ge=1, le=8)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # TLS where traffic leaves the host (choreo.infra.tls); peers are always verified. The
@@ -118,7 +119,8 @@ class Settings(BaseSettings):
     # i-th worker (i-1) * len(HEALTH_PORT_OFFSETS) higher), the user
     # service on its own port. Prometheus (started by `choreo up`) listens on prometheus_port.
     health_port_base: int = Field(9100, ge=0, le=65000)
-    # Loopback by default; a container sets 0.0.0.0 so its compose neighbour Prometheus can scrape it.
+    # Loopback by default; a container sets 0.0.0.0 so its compose neighbour Prometheus can
+    # scrape it.
     health_host: str = "127.0.0.1"
     prometheus_port: int = Field(9190, ge=1, le=65535)
     # Prometheus metrics and OpenTelemetry spans (off: the bench's comparison arm). Spans go to

@@ -1,4 +1,4 @@
-"""Test isolation: the run gets a sandbox of its own (choreo.ops.sandbox): a RabbitMQ vhost, a
+"""Test isolation: the run gets a sandbox of its own (choreo.devtools.sandbox): a RabbitMQ vhost, a
 Redis key prefix, data and run folders, ports, and on PostgreSQL its own databases.
 
 Its CHOREO_* variables are set before anything reads settings, so workers the tests start
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from choreo.ops.sandbox import Sandbox
+from choreo.devtools.sandbox import Sandbox
 from choreo.ops.stack import rabbitmqctl  # noqa: F401 (tests import rabbitmqctl from here)
 
 # Short ladder so retry paths finish in seconds (same code, smaller numbers).

@@ -14,10 +14,10 @@ from contextlib import suppress
 from pathlib import Path
 
 from choreo.app.bootstrap import prepare
+from choreo.devtools.cluster import Cluster
 from choreo.messaging import access
 from choreo.messaging.admin import BrokerAdmin
 from choreo.ops import procfs
-from choreo.ops.cluster import Cluster
 from config.settings import DOMAINS, Settings
 from consumers.registry import topology
 

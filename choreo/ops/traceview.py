@@ -3,7 +3,7 @@
 Reads the span files the workers write under `settings.trace_dir` (one JSON object per line,
 `*.jsonl` and rotated `*.jsonl.N`), or a Jaeger query service, and builds the view that
 `choreo trace ORDER_ID --json` prints. Pure functions, no click: the command is in
-choreo.ops.cli.trace.
+choreo.cli.trace.
 
 The JSON view is a stable contract:
     {order_id, trace_ids, services, span_count, started_at, duration_ms, spans: [...]}

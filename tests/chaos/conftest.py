@@ -33,7 +33,7 @@ def ci_run() -> dict:
 def chaos_report(ci_run):
     from rich.console import Console
 
-    from choreo.ops.chaos import ChaosConfig, run_chaos
+    from choreo.devtools.chaos import ChaosConfig, run_chaos
 
     missing = [tool for tool in ("rabbitmqctl", "redis-server") if shutil.which(tool) is None]
     if missing:

@@ -1,5 +1,5 @@
 """Broker nodes die under load: one CI-sized `choreo chaos --cluster` run. A private three-node
-RabbitMQ cluster of its own (choreo.ops.cluster: own node names, ports, folders, cookie and
+RabbitMQ cluster of its own (choreo.devtools.cluster: own node names, ports, folders, cookie and
 epmd), two workers per domain on PostgreSQL; while 300 orders of every path flow, the node that
 leads the busiest domain queue is killed -9 and started again, another node's app is stopped and
 started, and workers are killed as in the single-node run. Then the audit."""
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from choreo.ops import cluster as rabbit_cluster
+from choreo.devtools import cluster as rabbit_cluster
 from config.settings import DOMAINS
 
 pytestmark = [
@@ -39,7 +39,7 @@ CLUSTER_RUN = {
 def cluster_report():
     from rich.console import Console
 
-    from choreo.ops.chaos import ChaosConfig, run_chaos
+    from choreo.devtools.chaos import ChaosConfig, run_chaos
 
     seed = int(os.environ["CHOREO_CHAOS_SEED"]) if os.environ.get("CHOREO_CHAOS_SEED") else None
     return run_chaos(

@@ -1,5 +1,5 @@
 """A worker outlives every fault of the broker node it consumes from: on a private three-node
-cluster (choreo.ops.cluster), one worker per domain, while orders flow, the node that holds the
+cluster (choreo.devtools.cluster), one worker per domain, while orders flow, the node that holds the
 most workers not yet hit is stopped (stop_app, then start_app) and, in a second pass, killed -9
 (then started again), until every worker has been on a node hit by each fault (bounded). No
 worker may exit (Celery once died of its own remote-control queue: RESOURCE_LOCKED on the
@@ -8,7 +8,7 @@ another node and processes orders placed after its fault; every order ends where
 and the audit is green; Flower's user still reaches every worker by broadcast (ping).
 
 The faults, the watch of where each worker reconnects and the worker views are the chaos
-harness's (choreo.ops.chaos.faults)."""
+harness's (choreo.devtools.chaos.faults)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from datetime import datetime
 
 import pytest
 
-from choreo.ops import cluster as rabbit_cluster
+from choreo.devtools import cluster as rabbit_cluster
 
 # Bounded: about three minutes on two cores (a cluster's start is half a minute, each fault
 # 10-25 s); the timeout is the hard stop.
@@ -190,7 +190,7 @@ class _Feeds:
         self.feeds: list = []
 
     def start(self, count: int, seconds: float) -> None:
-        from choreo.ops.chaos.inject import OrderFeed
+        from choreo.devtools.chaos.inject import OrderFeed
         from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
 
         f = OrderFeed(
@@ -254,9 +254,9 @@ def _fault_each_kind(faults, run: Run, feeds: _Feeds, everyone_answers) -> None:
 
 def _observe_the_end(settings, stack, faults, run: Run, host, everyone_answers) -> None:
     """Once the orders settled: the audit, the ping, the queues' consumers, the workers' views."""
+    from choreo.devtools.chaos.faults import worker_view
     from choreo.messaging.admin import BrokerAdmin
     from choreo.ops.audit import run_audit
-    from choreo.ops.chaos.faults import worker_view
 
     run.checks = run_audit(settings)
 
@@ -302,10 +302,10 @@ def failover(tmp_path_factory):
     from rich.console import Console
 
     from choreo.app.bootstrap import prepare
+    from choreo.devtools.chaos.faults import Faults
+    from choreo.devtools.chaos.report import Journal
+    from choreo.devtools.sandbox import Sandbox, private_cluster
     from choreo.messaging.access import node_name
-    from choreo.ops.chaos.faults import Faults
-    from choreo.ops.chaos.report import Journal
-    from choreo.ops.sandbox import Sandbox, private_cluster
     from choreo.ops.stack import Stack, wait_consuming, worker_of
     from choreo.ops.workload import wait_terminal
     from tasks.app import make_app

@@ -25,7 +25,7 @@ def known(settings, stack):
 
 
 def test_every_tool_answers_from_the_real_stores(settings, known):
-    from choreo.ops.agent import tools as t
+    from choreo.agent import tools as t
 
     for scenario, (order_id, (state, reason)) in known.items():
         got = t.get_order(settings, order_id)
@@ -91,7 +91,7 @@ def test_every_tool_answers_from_the_real_stores(settings, known):
 def _check_order_metrics(settings, known):
     from datetime import datetime
 
-    from choreo.ops.agent import tools as t
+    from choreo.agent import tools as t
 
     done_id = known["completed"][0]
     got, order = t.order_metrics(settings, done_id), t.get_order(settings, done_id)
@@ -132,8 +132,8 @@ def _check_order_metrics(settings, known):
     reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)",
 )
 def test_the_metrics_tool_reads_the_stacks_prometheus(settings, known):
+    from choreo.agent import tools as t
     from choreo.ops import prometheus as prom
-    from choreo.ops.agent import tools as t
     from choreo.ops.workload import publish_orders
 
     prom.start(settings)
@@ -163,7 +163,7 @@ def test_the_metrics_tool_reads_the_stacks_prometheus(settings, known):
 def _ask(monkeypatch, fake_url: str, question: str, answers: str = ""):
     from click.testing import CliRunner
 
-    from choreo.ops.cli import cli
+    from choreo.cli import cli
     from config.settings import get_settings
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
@@ -233,7 +233,7 @@ def test_a_proposed_replay_runs_only_on_the_operators_yes(settings, known, monke
 def test_ask_without_a_key_is_one_line(monkeypatch):
     from click.testing import CliRunner
 
-    from choreo.ops.cli import cli
+    from choreo.cli import cli
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     result = CliRunner().invoke(cli, ["ask", "anything"])
@@ -249,7 +249,7 @@ def test_ask_without_a_key_is_one_line(monkeypatch):
     reason="the live check needs ANTHROPIC_API_KEY (it talks to the real API)",
 )
 def test_live_questions_with_known_answers(settings, known):
-    from choreo.ops.agent.loop import Agent, make_client
+    from choreo.agent.loop import Agent, make_client
 
     order_id, (state, reason) = known["declined"]
     agent = Agent(settings, make_client(settings))
@@ -303,7 +303,7 @@ def test_a_proposed_start_of_a_stopped_worker_runs_only_on_yes_in_a_conversation
 def _ask_conversation(monkeypatch, fake_url: str, typed: str):
     from click.testing import CliRunner
 
-    from choreo.ops.cli import cli
+    from choreo.cli import cli
     from config.settings import get_settings
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")

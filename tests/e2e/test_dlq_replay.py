@@ -161,7 +161,7 @@ def test_the_cli_dry_runs_by_default_and_records_with_execute(settings, stack):
 
     from click.testing import CliRunner
 
-    from choreo.ops.cli import cli
+    from choreo.cli import cli
     from choreo.ops.workload import publish_orders
 
     (order_id,) = [o for o, _ in publish_orders(settings, ["completed"], seed=None)]

@@ -364,7 +364,7 @@ def _secret_values(settings) -> dict[str, str]:
 def test_no_secret_shows_in_logs_status_or_the_repo(settings, stack):
     from click.testing import CliRunner
 
-    from choreo.ops.cli import cli
+    from choreo.cli import cli
 
     found = _secret_values(settings)
     assert {f"broker-password-{s}" for s in ("order", "payment", "operator", "flower")} <= set(

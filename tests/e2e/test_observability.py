@@ -250,7 +250,7 @@ def _view(order_id: str, service: str, message_type: str, outcome: str = "proces
     `message_type`."""
     from click.testing import CliRunner
 
-    from choreo.ops.cli.trace import trace
+    from choreo.cli.trace import trace
 
     result = CliRunner().invoke(trace, [order_id, "--json"])
     if result.exit_code != 0:

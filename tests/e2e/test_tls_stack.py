@@ -14,7 +14,7 @@ import pika
 import pytest
 import redis
 
-from choreo.ops import cluster as rabbit_cluster
+from choreo.devtools import cluster as rabbit_cluster
 from tests.helpers import settled
 
 pytestmark = [
@@ -33,8 +33,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def tls_stack(tmp_path_factory):
-    from choreo.ops.cluster import SPAN, Cluster
-    from choreo.ops.sandbox import Sandbox
+    from choreo.devtools.cluster import SPAN, Cluster
+    from choreo.devtools.sandbox import Sandbox
     from choreo.ops.stack import bring_up, free_port_block, process_names
 
     node = Cluster(

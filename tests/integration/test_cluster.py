@@ -1,8 +1,8 @@
-"""A private three-node cluster (choreo.ops.cluster) on real RabbitMQ nodes: it forms; choreo's own
-set-up puts a replica of every quorum queue on each node; a leader's crash moves leadership to
-another node without losing a confirmed message, and the node rejoins when started again; an
-app stop on another node comes back; `down` leaves no process of its own, and the machine's own
-node (rabbit@<host>, run by user rabbitmq) is never touched.
+"""A private three-node cluster (choreo.devtools.cluster) on real RabbitMQ nodes: it forms; choreo's
+own set-up puts a replica of every quorum queue on each node; a leader's crash moves leadership to
+another node without losing a confirmed message, and the node rejoins when started again; an app
+stop on another node comes back; `down` leaves no process of its own, and the machine's own node
+(rabbit@<host>, run by user rabbitmq) is never touched.
 
 Fresh ports (a free block, never 5672/25672/4369) and a fresh folder, removed at the end."""
 
@@ -17,8 +17,8 @@ import uuid
 import pika
 import pytest
 
-from choreo.ops.cluster import SPAN, Cluster, ClusterError, available
-from choreo.ops.sandbox import Sandbox
+from choreo.devtools.cluster import SPAN, Cluster, ClusterError, available
+from choreo.devtools.sandbox import Sandbox
 from choreo.ops.stack import free_port_block
 from consumers.registry import topology
 from tests.helpers import wait_for

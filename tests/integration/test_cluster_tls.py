@@ -1,11 +1,11 @@
-"""Private RabbitMQ nodes with TLS (choreo.ops.cluster, `choreo cluster up --tls`) on real nodes:
-the AMQP port speaks only TLS, verified against the CA the folder made (no plain AMQP listener,
-so a password never crosses loopback in clear text); a client trusting another CA refuses the
-node, and the node refuses a client certificate another CA signed; Erlang distribution speaks
-TLS too (a rabbitmqctl without TLS is shut out; three nodes forming over it and running every
-path is tests/e2e/test_tls_stack.py's); pika and kombu publish with confirms to a quorum queue
-over amqps; the CA's files are owner-only and reused; `choreo cluster status --json` tells a
-client what it needs.
+"""Private RabbitMQ nodes with TLS (choreo.devtools.cluster, `choreo cluster up --tls`) on real
+nodes: the AMQP port speaks only TLS, verified against the CA the folder made (no plain AMQP
+listener, so a password never crosses loopback in clear text); a client trusting another CA refuses
+the node, and the node refuses a client certificate another CA signed; Erlang distribution speaks
+TLS too (a rabbitmqctl without TLS is shut out; three nodes forming over it and running every path
+is tests/e2e/test_tls_stack.py's); pika and kombu publish with confirms to a quorum queue over
+amqps; the CA's files are owner-only and reused; `choreo cluster status --json` tells a client what
+it needs.
 
 Fresh ports (a free block) and fresh folders, taken down and removed at the end; the machine's
 own node is never touched."""
@@ -29,9 +29,9 @@ import pytest
 from click.testing import CliRunner
 from kombu import Connection, Exchange, Producer
 
+from choreo.cli.cluster import cluster as cluster_cli
+from choreo.devtools.cluster import SPAN, Cluster, ClusterError, available, rabbitmq_bin
 from choreo.ops import tlsca
-from choreo.ops.cli.cluster import cluster as cluster_cli
-from choreo.ops.cluster import SPAN, Cluster, ClusterError, available, rabbitmq_bin
 from choreo.ops.stack import free_port_block
 
 pytestmark = [

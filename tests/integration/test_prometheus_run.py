@@ -30,8 +30,8 @@ def wait_until(what: str, check: Callable[[], object], timeout: float = 45.0):
 def test_a_private_prometheus_scrapes_a_worker_sees_a_missing_process_and_stops():
     from prometheus_client import CollectorRegistry, Counter, start_http_server
 
+    from choreo.devtools.sandbox import Sandbox
     from choreo.ops import prometheus as prom
-    from choreo.ops.sandbox import Sandbox
     from choreo.ops.stack import alive, free_port
 
     # One "worker": a metrics server on a free loopback port, as the order worker's listener.

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from choreo.ops.agent import tools as agent_tools
-from choreo.ops.agent.loop import Agent, AgentError, make_client
-from choreo.ops.agent.tools import MAX_RESULT_CHARS, Tool, capped
+from choreo.agent import tools as agent_tools
+from choreo.agent.loop import Agent, AgentError, make_client
+from choreo.agent.tools import MAX_RESULT_CHARS, Tool, capped
 from config.settings import Settings
 from tests.fake_anthropic import FakeMessagesAPI, text, tool_use
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from choreo.ops.chaos.report import ChaosConfig
-from choreo.ops.chaos.run import fire_one_off
+from choreo.devtools.chaos.report import ChaosConfig
+from choreo.devtools.chaos.run import fire_one_off
 
 
 class FakeFaults:

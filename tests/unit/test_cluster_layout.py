@@ -1,6 +1,6 @@
-"""The private cluster's pure parts (choreo.ops.cluster): its URLs, its port layout, the environment
-its processes get, and its folder before any node starts; with TLS, its CA (choreo.ops.tlsca) and
-the configs naming it. Nothing here starts a process."""
+"""The private cluster's pure parts (choreo.devtools.cluster): its URLs, its port layout, the
+environment its processes get, and its folder before any node starts; with TLS, its CA
+(choreo.ops.tlsca) and the configs naming it. Nothing here starts a process."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from cryptography import x509
 from kombu import Connection
 
+from choreo.devtools.cluster import SPAN, Cluster, ClusterError
 from choreo.ops import tlsca
-from choreo.ops.cluster import SPAN, Cluster, ClusterError
 
 
 def test_urls_are_kombus_failover_list_with_user_password_and_vhost_encoded(tmp_path):

@@ -19,8 +19,12 @@ Layers, from the inside out:
     messaging  choreo.messaging               the RabbitMQ edge; knows no handler and no adapter
     handlers   consumers (the rest)           each service's handlers, the registry
     adapters   tasks                          Celery wiring around the handlers
-    ops        choreo.ops, choreo.__main__,   command line, chaos, bench: may import anything,
-               bench                          and nothing else may import them
+    ops        choreo.ops (operations: stack,  operator tooling: may import anything, and
+               status, audit, replay, traces),  nothing else may import it
+               choreo.cli (the commands),
+               choreo.agent (the operator agent),
+               choreo.devtools (chaos, cluster,
+               sandbox), choreo.__main__, bench
     root       choreo (the package __init__)  imports nothing of the project
 """
 
@@ -47,6 +51,9 @@ LAYER_RULES: tuple[tuple[str, str, bool], ...] = (
     ("choreo.app", "app", False),
     ("choreo.messaging", "messaging", False),
     ("choreo.ops", "ops", False),
+    ("choreo.cli", "ops", False),
+    ("choreo.agent", "ops", False),
+    ("choreo.devtools", "ops", False),
     ("choreo.__main__", "ops", True),
     ("choreo", "root", True),
     ("bench", "ops", False),
@@ -96,8 +103,8 @@ EXTRA_ALLOWED: dict[str, frozenset[str]] = {
 
 
 def module_name(path: Path) -> str:
-    """choreo/ops/cli/base.py -> choreo.ops.cli.base;
-    choreo/ops/cli/__init__.py -> choreo.ops.cli."""
+    """choreo/cli/base.py -> choreo.cli.base;
+    choreo/cli/__init__.py -> choreo.cli."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from cryptography import x509
 
-from choreo.ops.cli.tls import tls
+from choreo.cli.tls import tls
 
 
 def _init(folder, *args) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from choreo.cli.base import cli
 from choreo.ops import traceview
-from choreo.ops.cli.base import cli
 from config.settings import DOMAINS, get_settings
 
 T0 = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z

@@ -15,7 +15,7 @@ def no_token_env(monkeypatch):
 
 
 def test_callers_are_the_domains_the_orchestrator_and_the_operator():
-    assert CALLERS == (*DOMAINS, "orchestrator", "operator")
+    assert (*DOMAINS, "orchestrator", "operator") == CALLERS
     assert token_env("notification") == "CHOREO_USERS_TOKEN_NOTIFICATION"
 
 

@@ -72,7 +72,7 @@ def test_more_than_one_worker_needs_a_database_server(tmp_path):
 
 
 def test_later_commands_see_the_worker_count_the_stack_was_started_with(tmp_path, monkeypatch):
-    from choreo.ops.cli.base import WORKERS_MARKER, current_settings
+    from choreo.cli.base import WORKERS_MARKER, current_settings
     from config.settings import get_settings
 
     (tmp_path / "run").mkdir()

@@ -17,12 +17,12 @@ from pika.exceptions import ChannelClosedByBroker
 from sqlmodel import Session, col, select
 
 from choreo.app.queries import order_states
+from choreo.devtools.chaos.report import Journal
 from choreo.infra.db import engine_for
 from choreo.messaging.access import owners, sender_header
 from choreo.messaging.admin import BrokerAdmin
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import celery_message
-from choreo.ops.chaos.report import Journal
 from choreo.ops.scenarios import make_order
 from choreo.ops.workload import AsOwners, publish_orders
 from config.settings import DOMAINS, Settings

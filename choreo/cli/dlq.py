@@ -11,9 +11,9 @@ import json
 import click
 from rich.table import Table
 
+from choreo.cli.base import console, current_settings, fail
 from choreo.messaging.admin import UNROUTED, BrokerAdmin
 from choreo.ops import replay as rp
-from choreo.ops.cli.base import console, current_settings, fail
 
 
 @click.group()

@@ -10,11 +10,11 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from choreo.app.queries import order_states, unsent_total
+from choreo.devtools.chaos.report import Journal
 from choreo.infra.db import engine_for
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.admin import BrokerAdmin
-from choreo.ops.chaos.report import Journal
 from choreo.ops.stack import rabbitmqctl
 from config.settings import DOMAINS, Settings
 from consumers.order.rules import TERMINAL

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from choreo.cli.base import console, current_settings, fail
 from choreo.ops import traceview
-from choreo.ops.cli.base import console, current_settings, fail
 
 BAR_WIDTH = 40
 PLAIN_WIDTH = 200  # when stdout is not a terminal (a pipe, a file): wide enough that no row wraps

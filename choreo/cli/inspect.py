@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import click
 from rich.table import Table
 
+from choreo.cli.base import console, current_settings, err
 from choreo.infra.db import engine_for
 from choreo.infra.redis_client import redis_client
 from choreo.ops.audit import print_report, run_audit
-from choreo.ops.cli.base import console, current_settings, err
 from choreo.ops.status import gather_status
 from choreo.world.users import UsersClient
 from consumers.order import projections as proj

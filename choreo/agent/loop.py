@@ -2,7 +2,7 @@
 (read-only), their results go back, until the model answers or a bound is reached.
 
 Bounds: at most `max_rounds` rounds of tool use and `max_tokens` per model turn; a tool's
-result is capped (choreo.ops.agent.tools.capped). A tool that raises comes back to the model as
+result is capped (choreo.agent.tools.capped). A tool that raises comes back to the model as
 an error result ("could not check: ...") and the loop goes on. The SDK retries overloaded,
 rate-limited and network failures itself (`max_retries`); what still fails is an AgentError
 with one line for the operator. Each conversation is saved as JSON under the run folder.
@@ -22,10 +22,10 @@ from typing import Any, cast
 import anthropic
 from anthropic.types import ContentBlockParam, MessageParam, ToolResultBlockParam
 
-from choreo.ops.agent.tools import Tool, capped, catalog
+from choreo.agent.tools import Tool, capped, catalog
 from config.settings import Settings
 
-log = logging.getLogger("choreo.ops.agent")
+log = logging.getLogger("choreo.agent")
 KEY_VARIABLE = "ANTHROPIC_API_KEY"
 
 SYSTEM = """You are the operator's assistant for choreo, an order-processing saga: order, payment, \

@@ -21,10 +21,10 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from choreo.devtools.cluster import Cluster
 from choreo.infra.db import dispose_engines
 from choreo.infra.redis_client import redis_client
 from choreo.messaging import access
-from choreo.ops.cluster import Cluster
 from choreo.ops.stack import free_port, free_port_block, rabbitmqctl
 from config.settings import HEALTH_PORT_OFFSETS, SERVICES, Settings
 from consumers.registry import topology
@@ -39,7 +39,7 @@ def private_cluster(tag: str, parent: Path | str | None = None, tls: bool = Fals
     free loopback ports (never a user's `choreo cluster up` ports): the chaos run's and the
     bench's; with `tls`, amqps only and TLS between its nodes. Taken down and removed if it fails
     or is interrupted on its way up."""
-    from choreo.ops.cluster import SPAN
+    from choreo.devtools.cluster import SPAN
 
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ class Sandbox:
     started on a free port (the chaos harness kills it); otherwise keys go under the run's prefix
     on the shared Redis. `database_server`: databases <prefix>_<service> there, dropped on close;
     empty: SQLite files in the run's folder. `cluster_dir`: its vhost on that private cluster
-    (choreo.ops.cluster), every node in its broker_url, instead of this machine's node; a TLS
+    (choreo.devtools.cluster), every node in its broker_url, instead of this machine's node; a TLS
     cluster's CA and client certificate with it. `redis_tls`: its own redis-server over TLS only
     (rediss://, no plain port), with the TLS cluster's CA and node certificate.
     `overrides` are further settings (strings or values)."""

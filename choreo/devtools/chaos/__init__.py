@@ -9,7 +9,7 @@ seeded random.Random: a run is repeatable up to the machine's timing.
 
 from __future__ import annotations
 
-from choreo.ops.chaos.report import ChaosConfig, ChaosReport
-from choreo.ops.chaos.run import run_chaos
+from choreo.devtools.chaos.report import ChaosConfig, ChaosReport
+from choreo.devtools.chaos.run import run_chaos
 
 __all__ = ["ChaosConfig", "ChaosReport", "run_chaos"]

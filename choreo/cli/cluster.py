@@ -1,5 +1,5 @@
-"""`choreo cluster up|down|status`: a private RabbitMQ cluster on this machine (choreo.ops.cluster)
-to run choreo on, beside (never instead of) this machine's own node."""
+"""`choreo cluster up|down|status`: a private RabbitMQ cluster on this machine
+(choreo.devtools.cluster) to run choreo on, beside (never instead of) this machine's own node."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from choreo.ops.cli.base import console, current_settings, fail
-from choreo.ops.cluster import (
+from choreo.cli.base import console, current_settings, fail
+from choreo.devtools.cluster import (
     DEFAULT_BASE_PORT,
     MAX_SIZE,
     STATE,

@@ -6,9 +6,9 @@ import os
 
 import click
 
+from choreo.cli.base import console, current_settings, fail
 from choreo.infra.secrets import env_name, rotate
 from choreo.messaging import access
-from choreo.ops.cli.base import console, current_settings, fail
 from consumers.registry import topology
 
 

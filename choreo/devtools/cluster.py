@@ -14,7 +14,7 @@ cluster ctl`) is what choreo.messaging.access runs when settings.broker_cluster_
 
 With TLS (`Cluster(tls=True)`, `choreo cluster up --tls`; kept in cluster.json): amqps only, HTTPS
 management and Erlang distribution over TLS, all certified by a CA of the folder's own
-(choreo.ops.cluster_files, choreo.ops.tlsca).
+(choreo.devtools.cluster_files, choreo.ops.tlsca).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from choreo.ops import cluster_files as nodefiles
+from choreo.devtools import cluster_files as nodefiles
 from choreo.ops import procfs, tlsca
 
 # Shortnames: /etc/hosts maps it to 127.0.0.1 (the machine's node is rabbit@localhost too).

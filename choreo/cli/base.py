@@ -66,21 +66,20 @@ class LazyGroup(click.Group):
 
 COMMANDS = {
     **{
-        name: f"choreo.ops.cli.processes:{name}"
-        for name in ("worker", "users", "flower", "up", "down")
+        name: f"choreo.cli.processes:{name}" for name in ("worker", "users", "flower", "up", "down")
     },
-    **{name: f"choreo.ops.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
+    **{name: f"choreo.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
     **{
-        name: f"choreo.ops.cli.inspect:{name}"
+        name: f"choreo.cli.inspect:{name}"
         for name in ("status", "topology", "breakers", "projections", "audit")
     },
-    "dlq": "choreo.ops.cli.dlq:dlq",
-    "broker": "choreo.ops.cli.broker:broker",
-    "cluster": "choreo.ops.cli.cluster:cluster",
-    "tls": "choreo.ops.cli.tls:tls",
-    "chaos": "choreo.ops.cli.chaos:chaos",
-    "ask": "choreo.ops.cli.ask:ask",
-    "trace": "choreo.ops.cli.trace:trace",
+    "dlq": "choreo.cli.dlq:dlq",
+    "broker": "choreo.cli.broker:broker",
+    "cluster": "choreo.cli.cluster:cluster",
+    "tls": "choreo.cli.tls:tls",
+    "chaos": "choreo.cli.chaos:chaos",
+    "ask": "choreo.cli.ask:ask",
+    "trace": "choreo.cli.trace:trace",
 }
 
 

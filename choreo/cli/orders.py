@@ -10,9 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from choreo.app.queries import order_details
-from choreo.ops.cli.base import console, current_settings, err, fail
-from choreo.ops.cli.inspect import print_status
-from choreo.ops.cli.processes import up_stack
+from choreo.cli.base import console, current_settings, err, fail
+from choreo.cli.inspect import print_status
+from choreo.cli.processes import up_stack
 from choreo.ops.render import outcome_table
 from choreo.ops.scenarios import draw_scenarios, parse_mix
 from choreo.ops.workload import outcomes, publish_orders, terminal_count, wait_terminal

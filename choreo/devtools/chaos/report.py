@@ -28,8 +28,8 @@ class ChaosConfig:
     redis_restart: bool = True
     keep: bool = False  # keep the sandbox's folders (they are also kept when a run fails)
     workdir: Path | None = None  # default: a new temporary folder
-    # --cluster: a private three-node RabbitMQ cluster (choreo.ops.cluster), several workers per
-    # domain on a database server; node faults instead of the vhost restart.
+    # --cluster: a private three-node RabbitMQ cluster (choreo.devtools.cluster), several workers
+    # per domain on a database server; node faults instead of the vhost restart.
     cluster: bool = False
     workers_per_domain: int = 1
     database_server: str = ""

@@ -10,8 +10,8 @@ import sys
 
 from pydantic import ValidationError
 
+from choreo.cli.base import cli, err
 from choreo.infra.tls import TLSRefused
-from choreo.ops.cli.base import cli, err
 from config.settings import get_settings
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import click
 
+from choreo.agent.loop import Agent, AgentError, Answer, make_client
+from choreo.cli.base import console, current_settings, fail
+from choreo.cli.dlq import show_plan, show_records
 from choreo.ops import replay as rp
-from choreo.ops.agent.loop import Agent, AgentError, Answer, make_client
-from choreo.ops.cli.base import console, current_settings, fail
-from choreo.ops.cli.dlq import show_plan, show_records
 
 
 @click.command()

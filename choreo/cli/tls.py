@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from choreo.cli.base import console, fail
 from choreo.ops import tlsca
-from choreo.ops.cli.base import console, fail
 
 
 @click.group()

@@ -17,8 +17,8 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from choreo.ops.chaos.report import Journal
-from choreo.ops.sandbox import Sandbox
+from choreo.devtools.chaos.report import Journal
+from choreo.devtools.sandbox import Sandbox
 from choreo.ops.stack import Stack, children, process_names, rabbitmqctl, worker_of
 
 
@@ -77,7 +77,7 @@ class Faults:
     ) -> None:
         self.sb = sandbox
         self.stack = stack
-        self.cluster = cluster  # choreo.ops.cluster.Cluster of a --cluster run
+        self.cluster = cluster  # choreo.devtools.cluster.Cluster of a --cluster run
         # Every worker of the run: worker-<domain>, and worker-<domain>-<i> with several per domain.
         self.workers = [n for n in process_names(sandbox.settings) if worker_of(n)]
         self.node_down: dict[int, float] = {}  # node killed -> when to start it again

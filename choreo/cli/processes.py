@@ -9,11 +9,11 @@ import click
 from pydantic import ValidationError
 
 from choreo.app.bootstrap import prepare
+from choreo.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settings, err, fail
 from choreo.infra import logs
 from choreo.infra.db import engine_for
 from choreo.messaging.access import node_name
 from choreo.ops import prometheus
-from choreo.ops.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settings, err, fail
 from choreo.ops.stack import Stack, bring_up, process_names
 from choreo.world.users import make_server
 from config.settings import DOMAINS, SAGA_MODES, Settings

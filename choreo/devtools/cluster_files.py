@@ -1,8 +1,7 @@
-"""What a private RabbitMQ node of choreo.ops.cluster is made of on disk: its rabbitmq.conf (plain,
-or amqps-only with HTTPS management), and with TLS the Erlang distribution flags and optfile
+"""What a private RabbitMQ node of choreo.devtools.cluster is made of on disk: its rabbitmq.conf
+(plain, or amqps-only with HTTPS management), and with TLS the Erlang distribution flags and optfile
 that put node-to-node and rabbitmqctl traffic over TLS, verified both ways (RabbitMQ's "Securing
-Cluster (Inter-node) and CLI Tool Communication with TLS", strategy two).
-"""
+Cluster (Inter-node) and CLI Tool Communication with TLS", strategy two)."""
 
 from __future__ import annotations
 

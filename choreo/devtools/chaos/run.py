@@ -17,13 +17,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from choreo.app.bootstrap import prepare
 from choreo.app.queries import order_states
+from choreo.devtools.chaos.faults import Faults, kill_pid, worker_view
+from choreo.devtools.chaos.inject import Injector, OrderFeed
+from choreo.devtools.chaos.report import ChaosConfig, ChaosReport, Journal, print_summary
+from choreo.devtools.chaos.settle import (
+    dead_letter_figures,
+    log_count,
+    metrics_snapshot,
+    settle,
+    total,
+)
+from choreo.devtools.sandbox import Sandbox, private_cluster
 from choreo.ops.audit import run_audit
-from choreo.ops.chaos.faults import Faults, kill_pid, worker_view
-from choreo.ops.chaos.inject import Injector, OrderFeed
-from choreo.ops.chaos.report import ChaosConfig, ChaosReport, Journal, print_summary
-from choreo.ops.chaos.settle import dead_letter_figures, log_count, metrics_snapshot, settle, total
 from choreo.ops.render import outcome_table
-from choreo.ops.sandbox import Sandbox, private_cluster
 from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
 from choreo.ops.stack import Stack, is_ours, process_names, wait_consuming
 from choreo.ops.workload import expected_by_scenario, outcomes, terminal_count

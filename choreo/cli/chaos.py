@@ -1,4 +1,4 @@
-"""`choreo chaos`: the chaos harness (choreo.ops.chaos) from the command line."""
+"""`choreo chaos`: the chaos harness (choreo.devtools.chaos) from the command line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from choreo.ops.chaos import ChaosConfig, run_chaos
-from choreo.ops.cli.base import console, err, fail
+from choreo.cli.base import console, err, fail
+from choreo.devtools.chaos import ChaosConfig, run_chaos
 
 DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
 
