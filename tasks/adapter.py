@@ -19,7 +19,8 @@ every fixed cost is paid once for all of them (tasks.worker.ChoreoConsumer colle
 
 The outcomes, as Flower shows them (the consumer sends each message's task events):
   SUCCESS  processed (state + outbox committed, events confirmed by the broker) or duplicate
-  RETRY    a transient failure: a copy waits in the retry ladder (broker-side TTL), this one is acked
+  RETRY    a transient failure: a copy waits in the retry ladder (broker-side TTL); this one is
+           acked
   FAILURE  dead-lettered: poison input at once, or a failure that outlived its retries
   REJECTED requeued: a publish the broker did not confirm (it is redelivered)
 """
@@ -43,7 +44,7 @@ from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, decode
 from tasks import failures, spans
-from tasks.outcome import Kind, Outcome
+from tasks.outcome import Kind, Outcome, State
 from tasks.runtime import Runtime, runtime
 
 log = logging.getLogger("choreo.adapter")
@@ -74,17 +75,37 @@ class Delivery:
 
 @dataclass
 class _Item:
+    """One delivery on its way through the batch: its `state` (tasks.outcome.State), moved only
+    by the methods below, and what each state carries."""
+
     delivery: Delivery
     sub: Subscription | None
-    envelope: Envelope | None = None
-    outcome: Outcome | None = None
+    state: State = State.OPEN
+    envelope: Envelope | None = None  # set once decoded and believed
     looked_up: dict = field(default_factory=dict)
-    error: Exception | None = None  # a failure to send to the ladder or the DLQ
-    reason: str | None = None  # set: dead-letter with this reason
-    emitted: list[Envelope] = field(default_factory=list)
-    duplicate_of_inbox: bool = False
+    error: Exception | None = None  # FAILED (and DEAD after its retries): the failure
+    reason: str | None = None  # DEAD: why it is dead-lettered
+    absorbed_by: str = ""  # ABSORBED: "redis" or "inbox"
+    detail: str = ""  # REQUEUED: why
+    emitted: list[Envelope] = field(default_factory=list)  # APPLIED: its staged events
     retry: tuple[int, float, str] | None = None  # (rung, delay, queue) of its retry copy
     span: Any = None  # its CONSUMER span (None: tracing off)
+    outcome: Outcome | None = None  # set by _settle from the state
+
+    def absorbed(self, by: str) -> None:
+        self.state, self.absorbed_by = State.ABSORBED, by
+
+    def applied(self, emitted: list[Envelope]) -> None:
+        self.state, self.emitted = State.APPLIED, emitted
+
+    def failed(self, error: Exception) -> None:
+        self.state, self.error, self.emitted = State.FAILED, error, []
+
+    def dead(self, reason: str) -> None:
+        self.state, self.reason, self.emitted = State.DEAD, reason, []
+
+    def requeued(self, detail: str) -> None:
+        self.state, self.detail = State.REQUEUED, detail[:1000]
 
     # An item still open (`_open`) was decoded and believed: it has an envelope and a handler.
     @property
@@ -147,10 +168,8 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     unchecked = failures.prove_claims(rt, [i.delivery for i in items])
     for item in items:
         if unchecked and item.delivery.claim:  # no proof either way, so no decision
-            item.outcome = Outcome(
-                Kind.REQUEUE, f"could not check the copy's record: {unchecked}"[:1000]
-            )
-        if item.outcome is None:
+            item.requeued(f"could not check the copy's record: {unchecked}")
+        else:
             _decode(item)
         item.span = spans.consumer_span(rt, item.delivery, item.envelope, queue)
     if rt.recorder is not None:
@@ -162,7 +181,7 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
             try:
                 item.looked_up = lookup(item.env, rt.deps)
             except Exception as exc:
-                item.error = exc
+                item.failed(exc)
     _transaction(rt, items)
     _fault(rt, "after_commit")
     _publish(rt, items)
@@ -174,7 +193,7 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
 
 def _open(items: list[_Item]) -> list[_Item]:
     """The items still to be decided."""
-    return [i for i in items if i.outcome is None and i.reason is None and i.error is None]
+    return [i for i in items if i.state is State.OPEN]
 
 
 def _decode(item: _Item) -> None:
@@ -212,7 +231,7 @@ def _decode(item: _Item) -> None:
             envelope  # kept only when believed: a forgery causes no notice about its order
         )
     except PoisonMessage as exc:
-        item.reason = f"poison: {exc}"
+        item.dead(f"poison: {exc}")
 
 
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
@@ -220,7 +239,7 @@ def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:
     seen = rt.idempotency.seen(rt.domain, [i.env.event_id for i in todo])
     for item, was_seen in zip(todo, seen, strict=True):
         if was_seen:
-            item.outcome = Outcome(Kind.DUPLICATE, "duplicate absorbed (redis)")
+            item.absorbed("redis")
 
 
 def _transaction(rt: Runtime, items: list[_Item]) -> None:
@@ -232,15 +251,12 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
             done = batch.processed_among(domain, [i.env.event_id for i in todo])
             for item in todo:
                 if item.env.event_id in done:
-                    item.outcome, item.duplicate_of_inbox = (
-                        Outcome(Kind.DUPLICATE, "duplicate absorbed (inbox)"),
-                        True,
-                    )
+                    item.absorbed("inbox")
                     continue
                 _apply(rt, batch, item)
             for item in items:
                 failures.decide(rt, item)
-                if item.reason is not None:
+                if item.state is State.DEAD:
                     failures.record_dead_letter(batch, item)
                 if (made := failures.made(item)) is not None:
                     batch.record_copy(made)
@@ -249,13 +265,11 @@ def _transaction(rt: Runtime, items: list[_Item]) -> None:
     except Exception as exc:  # the database (or the commit itself) failed: nothing of it happened
         log.error("batch transaction of %d failed, nothing committed: %r", len(items), exc)
         for item in items:
-            if item.reason is None and (
-                item.outcome is None or item.outcome.kind == Kind.PROCESSED
-            ):
-                item.outcome, item.emitted, item.error = None, [], item.error or exc
+            if item.state in (State.OPEN, State.APPLIED, State.FAILED):
+                item.failed(item.error or exc)
                 failures.decide(rt, item)
         for n, why in failures.record_alone(rt, items).items():
-            items[n].outcome = Outcome(Kind.REQUEUE, f"the database failed: {why}"[:1000])
+            items[n].requeued(f"the database failed: {why}")
 
 
 def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
@@ -269,39 +283,36 @@ def _apply(rt: Runtime, batch: Batch, item: _Item) -> None:
                 ) as uow,
             ):
                 handler(env, uow, rt.deps, **item.looked_up)
-            item.emitted = uow.pending
-            item.outcome = Outcome(Kind.PROCESSED, emitted=[e.type for e in uow.pending])
+            item.applied(uow.pending)
             return
         except IntegrityError as exc:
             # A concurrent delivery of the same event, or a concurrent append at our version:
             # the savepoint is gone; look again (the inbox tells which it was) and decide again.
             if batch.processed_among(rt.domain, [env.event_id]):
-                item.outcome, item.duplicate_of_inbox = (
-                    Outcome(Kind.DUPLICATE, "duplicate absorbed (inbox)"),
-                    True,
-                )
+                item.absorbed("inbox")
                 return
             log.info("optimistic concurrency conflict, reloading: %s", str(exc.orig)[:120])
         except PoisonMessage as exc:
-            item.reason = f"poison: {exc}"
+            item.dead(f"poison: {exc}")
             return
         except Exception as exc:  # every other failure goes to the retry ladder, then the DLQ
-            item.error = exc
+            item.failed(exc)
             return
-    item.error = RuntimeError(f"{OPTIMISTIC_RETRIES} conflicting writes in a row")
+    item.failed(RuntimeError(f"{OPTIMISTIC_RETRIES} conflicting writes in a row"))
 
 
 def _publish(rt: Runtime, items: list[_Item]) -> None:
-    """Step 5: one burst for the whole batch; an item whose publishes are not all confirmed is requeued."""
+    """Step 5: one burst for the whole batch; an item whose publishes are not all confirmed is
+    requeued."""
     messages: list[tuple[int, dict]] = []
     for n, item in enumerate(items):
         d = item.delivery
         link = {"parent_id": d.task_id, "root_id": d.root_id or d.task_id}
-        if item.outcome is not None and item.outcome.kind == Kind.REQUEUE:
+        if item.state is State.REQUEUED:
             continue  # back to the broker as it is: nothing of it is published
-        if item.reason is not None:
+        if item.state is State.DEAD:
             messages += [(n, m) for m in failures.dead_letter_messages(rt, item)]
-        elif item.error is not None:
+        elif item.state is State.FAILED:
             messages.append((n, failures.retry_message(rt, item)))
         else:
             messages += [(n, event_message(rt.names, e, **link)) for e in item.emitted]
@@ -310,9 +321,7 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
     failed = rt.burst.run(messages, before_each=hook)
     spans.end_producers(producing, [n in failed for n, _kw in messages])
     for n in failed:
-        items[n].outcome = Outcome(
-            Kind.REQUEUE, "the broker did not confirm its publishes; requeued"
-        )
+        items[n].requeued("the broker did not confirm its publishes; requeued")
     _fault(rt, "after_publish")
     sent = [e.event_id for n, item in enumerate(items) if n not in failed for e in item.emitted]
     try:
@@ -322,47 +331,12 @@ def _publish(rt: Runtime, items: list[_Item]) -> None:
 
 
 def _settle(rt: Runtime, item: _Item) -> None:
-    """The outcome of a message whose publishes were confirmed, its log line and its span's end."""
+    """The outcome of a message from its state, its log line and its span's end."""
     received = item.delivery.received_ns
     done = {"duration_ms": round((time.time_ns() - received) / 1e6, 3)} if received else {}
     with logs.bound(**_context(item), **done):
-        if item.outcome is not None and item.outcome.kind == Kind.REQUEUE:
-            log.error("requeueing: %s", item.outcome.detail)
-        elif item.reason is not None:
-            where = rt.names.dlq(rt.domain)
-            comp = failures.compensation(item)
-            log.log(
-                logging.CRITICAL if comp else logging.ERROR,
-                "dead-lettered to %s: %s",
-                where,
-                item.reason,
-                extra={"alert": "compensation_failed" if comp else "dead_letter"},
-            )
-            kind = Kind.POISON if item.reason.startswith("poison") else Kind.DEAD_LETTERED
-            item.outcome = Outcome(
-                kind, f"DeadLettered('dead-lettered to {where}: {item.reason}')"[:1000]
-            )
-        elif item.error is not None:
-            assert item.retry is not None, "a failed item's retry copy was sent"
-            n, delay, queue = item.retry
-            log.warning(
-                "transient failure, retry %d/%d in %.2fs via %s: %r",
-                n,
-                rt.settings.retry_max_attempts,
-                delay,
-                queue,
-                item.error,
-            )
-            item.outcome = Outcome(
-                Kind.RETRY,
-                f"retry {n}/{rt.settings.retry_max_attempts} in {delay:.2f}s via "
-                f"{queue}: {item.error!r}"[:1000],
-            )
-        elif item.final.kind == Kind.DUPLICATE:
-            log.info(item.final.detail)
-        else:
-            log.info("processed", extra={"emitted": ",".join(item.final.emitted)})
-    kind = item.final.kind
+        item.outcome = _outcome(rt, item)
+    kind = item.outcome.kind
     spans.finish(
         item.span,
         kind,
@@ -370,9 +344,53 @@ def _settle(rt: Runtime, item: _Item) -> None:
         error=item.error,
         reason=item.reason if kind in (Kind.POISON, Kind.DEAD_LETTERED) else None,
         compensation=failures.compensation(item) and kind == Kind.PROCESSED,
-        duplicate_of=("inbox" if item.duplicate_of_inbox else "redis")
-        if kind == Kind.DUPLICATE
-        else None,
+        duplicate_of=item.absorbed_by or None,
+    )
+
+
+def _outcome(rt: Runtime, item: _Item) -> Outcome:
+    """What the state comes to, logged once."""
+    if item.state is State.REQUEUED:
+        log.error("requeueing: %s", item.detail)
+        return Outcome(Kind.REQUEUE, item.detail)
+    if item.state is State.DEAD:
+        return _dead_lettered(rt, item)
+    if item.state is State.FAILED:
+        return _retried(rt, item)
+    if item.state is State.ABSORBED:
+        detail = f"duplicate absorbed ({item.absorbed_by})"
+        log.info(detail)
+        return Outcome(Kind.DUPLICATE, detail)
+    assert item.state is State.APPLIED, f"an item left {item.state} undecided"
+    emitted = [e.type for e in item.emitted]
+    log.info("processed", extra={"emitted": ",".join(emitted)})
+    return Outcome(Kind.PROCESSED, emitted=emitted)
+
+
+def _dead_lettered(rt: Runtime, item: _Item) -> Outcome:
+    reason = item.reason or "dead-lettered"
+    where = rt.names.dlq(rt.domain)
+    comp = failures.compensation(item)
+    log.log(
+        logging.CRITICAL if comp else logging.ERROR,
+        "dead-lettered to %s: %s",
+        where,
+        reason,
+        extra={"alert": "compensation_failed" if comp else "dead_letter"},
+    )
+    kind = Kind.POISON if reason.startswith("poison") else Kind.DEAD_LETTERED
+    return Outcome(kind, f"DeadLettered('dead-lettered to {where}: {reason}')"[:1000])
+
+
+def _retried(rt: Runtime, item: _Item) -> Outcome:
+    assert item.retry is not None, "a failed item's retry copy was sent"
+    n, delay, queue = item.retry
+    most = rt.settings.retry_max_attempts
+    log.warning(
+        "transient failure, retry %d/%d in %.2fs via %s: %r", n, most, delay, queue, item.error
+    )
+    return Outcome(
+        Kind.RETRY, f"retry {n}/{most} in {delay:.2f}s via {queue}: {item.error!r}"[:1000]
     )
 
 
@@ -382,8 +400,7 @@ def _remember(rt: Runtime, items: list[_Item]) -> None:
     keys = [
         i.env.event_id
         for i in items
-        if i.final.kind == Kind.PROCESSED
-        or (i.final.kind == Kind.DUPLICATE and i.duplicate_of_inbox)
+        if i.state is State.APPLIED or (i.state is State.ABSORBED and i.absorbed_by == "inbox")
     ]
     rt.idempotency.remember(
         rt.domain,

@@ -19,7 +19,7 @@ from choreo.messaging.access import sender_header
 from choreo.messaging.publisher import event_message
 from choreo.messaging.wire import dead_letter_headers
 from models.envelope import SagaDeadLettered, derived_id, make_envelope
-from tasks.outcome import Kind
+from tasks.outcome import State
 from tasks.runtime import Runtime
 
 log = logging.getLogger("choreo.adapter")
@@ -27,10 +27,10 @@ log = logging.getLogger("choreo.adapter")
 
 def decide(rt: Runtime, item) -> None:
     """A failed message climbs the retry ladder, or past its last rung goes to the DLQ."""
-    if item.error is None or item.reason is not None:
+    if item.state is not State.FAILED:
         return
     if item.delivery.attempt >= rt.settings.retry_max_attempts:
-        item.reason = f"failed after {item.delivery.attempt + 1} attempts: {item.error!r}"
+        item.dead(f"failed after {item.delivery.attempt + 1} attempts: {item.error!r}")
 
 
 def compensation(item) -> bool:
@@ -69,9 +69,9 @@ def made(item) -> copies.Made | None:
     """The record of the copy this item is about to become (None: it becomes none, or its sender
     is unverified, so its copy claims nobody and needs no proof)."""
     d = item.delivery
-    if d.sender is None or (item.reason is None and item.error is None):
+    if d.sender is None or item.state not in (State.DEAD, State.FAILED):
         return None
-    kind = copies.DEAD_LETTER if item.reason is not None else copies.RETRY
+    kind = copies.DEAD_LETTER if item.state is State.DEAD else copies.RETRY
     return copies.Made(
         copies.copy_of(d.task_id, d.sender, d.name, d.args, d.kwargs), d.sender, kind, d.attempt + 1
     )
@@ -86,8 +86,7 @@ def record_alone(rt: Runtime, items: list) -> dict[int, str]:
     todo = {
         n: m
         for n, item in enumerate(items)
-        if (item.outcome is None or item.outcome.kind != Kind.REQUEUE)
-        and (m := made(item)) is not None
+        if item.state is not State.REQUEUED and (m := made(item)) is not None
     }
     if not todo:
         return {}
