@@ -1,1 +1,2 @@
-"""Operator tooling: the CLI, the process stack, the audit, the chaos harness, workload helpers."""
+"""Operating a stack: its processes (stack), the workload, status, the audit, dead-letter
+replay, traces, the Prometheus configuration and the TLS CA. The command line is choreo.cli."""
