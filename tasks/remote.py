@@ -11,6 +11,8 @@ from celery import bootsteps
 from celery.worker.pidbox import Pidbox
 from kombu import Consumer
 
+from tasks.poison import DeadLetters
+
 log = logging.getLogger("choreo.remote")
 
 # Seconds between tries of a refused declare: quick at first, then a steady pace.
@@ -40,6 +42,12 @@ class ConnectionMailbox(Pidbox):
 
     queue_name = ""
 
+    def __init__(self, c, on_decode_error=None):
+        super().__init__(c)
+        # A mailbox message that cannot be decoded takes the raw dead-letter path (tasks.poison)
+        # like one on the domain's queue: RemoteControl passes it.
+        self.on_decode_error = on_decode_error or c.on_decode_error
+
     def start(self, c):
         mailbox = self.node.mailbox
         queue = mailbox.get_queue(f"{self.hostname}.{uuid.uuid4().hex[:8]}")
@@ -51,7 +59,7 @@ class ConnectionMailbox(Pidbox):
             no_ack=True,
             accept=mailbox.accept,
             callbacks=[self.on_message],
-            on_decode_error=c.on_decode_error,
+            on_decode_error=self.on_decode_error,
         )
         self.consumer.consume()
 
@@ -73,7 +81,7 @@ class RemoteControl(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, c, **kwargs):
-        self.box = ConnectionMailbox(c)
+        self.box = ConnectionMailbox(c, DeadLetters(c.app, c.connection_errors).on_decode_error)
         self.retry = None  # the timer entry of the next try
         self.refused = 0  # tries refused since the last success
         self.refused_since = 0.0
@@ -81,7 +89,8 @@ class RemoteControl(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
 
     def include_if(self, c):
-        # Celery's step's condition, less its setting (off so that this step alone serves the mailbox).
+        # Celery's step's condition, less its setting (off so that this step alone serves the
+        # mailbox).
         return c.conninfo.supports_exchange_type("fanout")
 
     def start(self, c):
@@ -112,7 +121,8 @@ class RemoteControl(bootsteps.StartStopStep):
             self.refused_since = self.reminded = now
             log.error(
                 "remote control not available: declaring %s was refused (%r); the worker goes on "
-                "consuming and tries again (if it lasts: this worker's broker grants, choreo broker setup)",
+                "consuming and tries again (if it lasts: this worker's broker grants, "
+                "choreo broker setup)",
                 self.box.queue_name,
                 exc,
             )

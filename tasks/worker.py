@@ -1,168 +1,165 @@
-"""Worker customisations: the consumer that dead-letters what Celery itself cannot read, and the install step."""
+"""The worker's batch consumer (a Celery consumer bootstep running choreo's deliveries in
+batches) and the install step that puts it, the outbox relay and the probes into a worker."""
 
 from __future__ import annotations
 
 import logging
-import select
 import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import setup_logging
-from celery.worker import state
-from celery.worker.consumer.consumer import Consumer
-from kombu import compression
-from vine import promise
+from kombu import Consumer, compression
 
-from choreo.infra.metrics import Metrics
-from choreo.infra.redis_client import redis_client
-from choreo.infra.telemetry import Recorder, known_type
-from choreo.messaging.access import sender_header, verified_sender
+from choreo.messaging.access import verified_sender
 from choreo.messaging.topology import Names
-from choreo.messaging.wire import dead_letter_headers
 from tasks.adapter import Delivery, process_batch
 from tasks.guard import Limits, Malformed, check
+from tasks.internals import ChoreoConsumer, count_task, frames_waiting
 from tasks.observe import Observability
 from tasks.outcome import Kind, Outcome
+from tasks.poison import DeadLetters
 from tasks.relay import OutboxRelay
 from tasks.runtime import runtime
+
+__all__ = ["BatchConsumer", "ChoreoConsumer", "install", "refuse_compression", "replayed"]
 
 log = logging.getLogger("choreo.worker")
 
 
-class ChoreoConsumer(Consumer):
-    """Celery's consumer, running choreo's deliveries in batches (tasks.adapter.process_batch).
+class BatchConsumer(bootsteps.ConsumerStep):
+    """Consumes the domain's queue and runs its deliveries in batches (tasks.adapter.process_batch).
 
-    Every delivery is checked by the protocol guard (tasks.guard) before anything reads it;
-    poison goes to the domain's DLQ with its reason instead of being dropped (celery#4797) or
-    crashing the worker. A delivery that passes joins the batch; the batch runs when it holds
-    the prefetch's worth of messages or when no further message is waiting in the socket, so
-    a lone order is not delayed. Then each delivery is acked (or requeued) and Flower gets its
-    task events (received, started, succeeded / retried / failed / rejected) exactly as
-    Celery's own Request would send them: one task per message.
+    Every delivery is checked by the protocol guard (tasks.guard) before anything decodes it
+    (kombu hands `on_message` the raw message); poison goes to the domain's DLQ with its reason
+    (tasks.poison) instead of being dropped (celery#4797) or crashing the worker. A delivery that
+    passes joins the batch; the batch runs when it holds the prefetch's worth of messages or, on
+    a turn of the event loop, when no further message is waiting in the socket, so a lone order
+    is not delayed. Then each delivery is acked (or requeued) and Flower gets its task events
+    (received, started, succeeded / retried / failed / rejected) through the consumer's event
+    dispatcher, exactly as Celery's own Request would send them: one task per message.
 
     Not celery-batches: with late acks it acks a whole batch whose function raised. Here the
     outcome is per message, and only what was committed and confirmed is acked.
 
-    Also without the DelayedDelivery step: choreo never uses ETA/countdown (celery#6760), so
-    the 28 celery_delayed_* queues are not declared.
+    The queue the worker was started with (-Q) is consumed here alone: Celery's own task
+    consumer is left with none, so no delivery reaches Celery's request handling unchecked.
     """
 
-    # What /health, /ready and /metrics read (tasks.observe): set by the event loop's turns,
-    # the batch in hand, and the connection's life.
-    last_turn: float = 0.0
-    consuming: bool = False
-    in_flight: int = 0
-    batch_started: float | None = None
+    label = "Batch consumer"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
-    @property
-    def in_hand(self) -> int:
-        """Deliveries held unacked: the batch being collected and the one being processed."""
-        return len(getattr(self, "_batch", ())) + self.in_flight
-
-    class Blueprint(Consumer.Blueprint):
-        default_steps = [s for s in Consumer.Blueprint.default_steps if "delayed_delivery" not in s]
-
-    def connection_for_write(self, url=None, heartbeat=None):
-        """The connection of the worker's event dispatcher (the only caller in the consumer).
-
-        Task events for Flower go to transient, auto-deleted monitor queues: losing one loses
-        nothing. The app's transport options turn publisher confirms on for every channel, so
-        each task-received/started/succeeded event would wait a broker round trip in the main
-        process, and the bench measured that as the largest single cost per message. Events
-        stay on; only their confirms go. Events (choreo's), retries and dead letters keep theirs.
-        """
-        return self.ensure_connected(
-            self.app.connection_for_write(
-                url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
-            )
+    def __init__(self, c, **kwargs):
+        super().__init__(c, **kwargs)
+        self.c, self.app = c, c.app
+        self.settings = c.app.settings
+        self.limits = Limits(
+            max_bytes=self.settings.max_message_bytes,
+            max_attempts=self.settings.retry_max_attempts,
         )
+        # Celery's own prefetch for a worker process of the solo pool: its multiplier.
+        self.prefetch = max(1, self.settings.prefetch_multiplier)
+        self.poison = DeadLetters(c.app, c.connection_errors)
+        self.batch: list[tuple[Any, Delivery, float]] = []
+        self.in_flight = 0
+        # The queue the worker was started with (-Q): this step's alone. Deselected, it stays in
+        # Celery's list, where its quorum type keeps global QoS off Celery's own channel.
+        selected = c.app.amqp.queues.consume_from
+        self.queues = list(selected.values())
+        c.app.amqp.queues.deselect(list(selected))
+        # What /health, /ready and /metrics read (tasks.observe), declared on the consumer as a
+        # step does: each turn of the event loop, the connection's life, the batch in hand.
+        c.last_turn, c.consuming, c.batch_started, c.in_hand = 0.0, False, None, 0
 
-    def create_task_handler(self, promise=promise):
+    def get_consumers(self, channel):
+        consumer = Consumer(
+            channel,
+            queues=self.queues,
+            accept=self.app.conf.accept_content,
+            on_message=self.on_message,
+            on_decode_error=self.poison.on_decode_error,
+        )
+        # Per consumer: quorum queues have no global QoS (kombu#2469).
+        consumer.qos(prefetch_count=self.prefetch, apply_global=False)
+        return [consumer]
+
+    def start(self, c):
+        super().start(c)
+        if c.hub is not None:
+            c.hub.on_tick.add(self.tick)  # a set: adding it again after a reconnect is harmless
+
+    def stop(self, c):
+        self._drop(c)
+        super().stop(c)
+
+    def shutdown(self, c):
+        self._drop(c)
+        super().shutdown(c)
+
+    def _drop(self, c) -> None:
+        # The deliveries held for a batch belong to the channel that is going away: the broker
+        # gives them to a consumer again. Nothing of them was committed or published yet.
+        self.batch = []
+        c.consuming = False
+        self._held()
+
+    def on_message(self, message) -> None:
         """Every delivery goes through the protocol guard (tasks.guard), then into the batch.
 
         Nothing a client can put in a message raises out of here: what the guard refuses goes
         to the DLQ with its reason. Only the broker connection's own errors pass, so Celery
         reconnects as it always does.
         """
-        limits = Limits(
-            max_bytes=self._settings.max_message_bytes,
-            max_attempts=self._settings.retry_max_attempts,
-        )
-        known = {name for name in self.app.tasks if not name.startswith("celery.")}
-        self._batch = []
-        self._batch_max = max(1, self._settings.prefetch_multiplier)
-        self._known = known
-        self._recorder = Recorder(self.app.domain, self._settings.metrics)
-
-        def on_task_received(message):
-            received = time.monotonic()
-            try:
-                message.headers = check(
-                    message.body,
-                    message.headers,
-                    message.content_type,
-                    message.content_encoding,
-                    message.decode,
-                    known,
-                    limits,
-                )
-                delivery = _delivery(message, self._settings, self.app.domain)
-            except Malformed as exc:
-                return self._dead_letter_raw(message, f"poison: {exc}", received)
-            except (
-                Exception
-            ) as exc:  # the guard does no I/O: anything else is the message's fault too
-                return self._dead_letter_raw(
-                    message, f"poison: unreadable message: {exc!r:.300}", received
-                )
-            delivery.received_ns = time.time_ns()
-            self._batch.append((message, delivery, time.monotonic()))
-            self._event(
-                "task-received",
-                delivery.task_id,
-                name=delivery.name,
-                args=message.headers.get("argsrepr"),
-                kwargs=message.headers.get("kwargsrepr"),
-                root_id=delivery.root_id,
-                parent_id=message.headers.get("parent_id"),
-                retries=0,
-                eta=None,
-                expires=None,
+        received = time.monotonic()
+        try:
+            message.headers = check(
+                message.body,
+                message.headers,
+                message.content_type,
+                message.content_encoding,
+                message.decode,
+                self.poison.known,
+                self.limits,
             )
-            if self.hub is None or len(self._batch) >= self._batch_max:
-                self._flush()
+            delivery = _delivery(message, self.settings, self.app.domain)
+        except Malformed as exc:
+            return self.poison.dead_letter(message, f"poison: {exc}", received)
+        except Exception as exc:  # the guard does no I/O: anything else is the message's fault
+            return self.poison.dead_letter(
+                message, f"poison: unreadable message: {exc!r:.300}", received
+            )
+        delivery.received_ns = time.time_ns()
+        self.batch.append((message, delivery, time.monotonic()))
+        self._held()
+        self._event(
+            "task-received",
+            delivery.task_id,
+            name=delivery.name,
+            args=message.headers.get("argsrepr"),
+            kwargs=message.headers.get("kwargsrepr"),
+            root_id=delivery.root_id,
+            parent_id=message.headers.get("parent_id"),
+            retries=0,
+            eta=None,
+            expires=None,
+        )
+        if self.c.hub is None or len(self.batch) >= self.prefetch:
+            self.flush()
 
-        return on_task_received
-
-    def register_with_event_loop(self, hub):
-        super().register_with_event_loop(hub)
-        hub.on_tick.add(self._on_tick)  # a set: registering again after a reconnect is harmless
-
-    def _on_tick(self) -> None:
+    def tick(self) -> None:
         """Once per turn of the event loop (at least once a second, idle or not): run the batch
         when no further message is waiting. Each turn is also what /health calls progress."""
-        self.last_turn = time.monotonic()
-        self.consuming = True
-        if self._batch and (len(self._batch) >= self._batch_max or not self._more_waiting()):
-            self._flush()
+        c = self.c
+        c.last_turn = time.monotonic()
+        c.consuming = True
+        if self.batch and (len(self.batch) >= self.prefetch or not frames_waiting(c.connection)):
+            self.flush()
 
-    def _more_waiting(self) -> bool:
-        """Bytes of a next frame already read, or waiting in the socket (py-amqp reads frames
-        exactly, so the kernel keeps the rest). A heartbeat looks the same: the next tick sees
-        the socket empty and runs the batch."""
-        try:
-            transport = self.connection.connection.transport
-            if getattr(transport, "_read_buffer", b""):
-                return True
-            return bool(select.select([transport.sock], [], [], 0)[0])
-        except Exception:  # no connection to read from: nothing is waiting
-            return False
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
         if not batch:
             return
-        self.in_flight, self.batch_started = len(batch), time.monotonic()
+        self.in_flight, self.c.batch_started = len(batch), time.monotonic()
         for _message, delivery, _t in batch:
             self._event("task-started", delivery.task_id)
         try:
@@ -174,25 +171,26 @@ class ChoreoConsumer(Consumer):
             outcomes = [Outcome(Kind.REQUEUE, f"{exc!r:.300}")] * len(batch)
         now = time.monotonic()
         try:
-            for (message, delivery, received), outcome in zip(batch, outcomes):
-                self._settle_message(message, delivery, outcome, now - received)
+            for (message, delivery, received), outcome in zip(batch, outcomes, strict=False):
+                self._settle(message, delivery, outcome, now - received)
         finally:
-            self.in_flight, self.batch_started = 0, None
+            self.in_flight, self.c.batch_started = 0, None
+            self._held()
         if any(o.kind == Kind.REQUEUE for o in outcomes):
             # The database or the broker failed this batch and, redelivered at once, would fail it
             # again: a short pause (the quorum queue's delivery limit bounds the round trips).
-            time.sleep(min(1.0, self._settings.retry_initial_delay))
+            time.sleep(min(1.0, self.settings.retry_initial_delay))
 
-    def _settle_message(self, message, delivery, outcome, runtime_s: float) -> None:
-        """Ack (or requeue) one delivery, count it, and tell Flower how it ended, as Celery's Request would."""
-        self._recorder.handled(delivery.name, outcome.kind, runtime_s)
+    def _settle(self, message, delivery, outcome, runtime_s: float) -> None:
+        """Ack (or requeue) one delivery, count it, and tell Flower how it ended, as Celery's
+        Request would."""
+        self.poison.recorder.handled(delivery.name, outcome.kind, runtime_s)
         if outcome.kind == Kind.REQUEUE:
             message.reject(requeue=True)
             self._event("task-rejected", delivery.task_id, requeue=True)
             return
         message.ack()
-        state.total_count[delivery.name] += 1
-        state.all_total_count[0] += 1
+        count_task(delivery.name)
         if outcome.kind in (Kind.PROCESSED, Kind.DUPLICATE):
             self._event(
                 "task-succeeded",
@@ -206,102 +204,13 @@ class ChoreoConsumer(Consumer):
             self._event("task-failed", delivery.task_id, exception=outcome.detail, traceback="")
 
     def _event(self, type_: str, task_id: str, **fields) -> None:
-        dispatcher = self.event_dispatcher
+        dispatcher = self.c.event_dispatcher
         if dispatcher is not None and dispatcher.enabled:
             dispatcher.send(type_, uuid=task_id, **fields)
 
-    def on_close(self):
-        # The deliveries held for a batch belong to the channel that is going away: the broker
-        # gives them to a consumer again. Nothing of them was committed or published yet.
-        self._batch = []
-        self.consuming = False
-        super().on_close()
-
-    @property
-    def _settings(self):
-        return self.app.settings
-
-    def _dead_letter_raw(self, message, reason: str, received: float | None = None) -> None:
-        """Copy the delivery, as received, to the domain's DLQ with the reason; then ack it.
-
-        Never raises for the message's sake: if the copy cannot be published, the delivery is
-        rejected to the queue's own DLX (same DLQ, the broker's reason instead of ours).
-        """
-        domain = self.app.domain
-        names = Names(self._settings.namespace)
-        props = getattr(message, "properties", None) or {}
-        headers = dict(getattr(message, "headers", None) or {})
-        info = getattr(message, "delivery_info", None) or {}
-        headers.update(
-            dead_letter_headers(
-                reason,
-                domain,
-                1,
-                False,
-                headers.get("x-delivery-count"),
-                info.get("redelivered", False),
-            )
-        )
-        # A copy's claim is proven only by the adapter's records: a raw dead letter of one claims nobody.
-        headers.update(
-            sender_header(verified_sender(self._settings, domain, props.get("user_id"), headers)[0])
-        )
-        try:
-            keep = {k: props[k] for k in ("message_id", "correlation_id") if props.get(k)}
-            with self.app.producer_or_acquire() as producer:
-                producer.publish(
-                    _as_bytes(message),
-                    exchange=names.dlx,
-                    routing_key=domain,
-                    headers=headers,
-                    content_type=message.content_type or "application/octet-stream",
-                    content_encoding=message.content_encoding or "binary",
-                    delivery_mode=2,
-                    retry=True,
-                    retry_policy={"max_retries": 3},
-                    user_id=self.app.user_id,
-                    **keep,
-                )
-            message.ack()
-        except self.connection_errors:
-            raise  # the consumer's own connection is gone: Celery reconnects, the broker redelivers
-        except Exception as exc:  # the queue's own DLX still catches it, without our reason
-            log.error("could not publish to DLQ (%r); rejecting to the queue's DLX", exc)
-            self._reject(message)
-        self._count(domain)
-        if getattr(self, "_recorder", None) is not None:
-            try:
-                self._recorder.handled(
-                    known_type(headers.get("task"), self._known),
-                    "poison",
-                    time.monotonic() - received if received is not None else None,
-                )
-            except Exception as exc:  # a lost figure, never the worker
-                log.warning("could not count a poison message: %r", exc)
-        log.error("dead-lettered unreadable message to %s: %s", names.dlq(domain), reason)
-
-    def _count(self, domain: str) -> None:
-        if getattr(self, "_metrics", None) is None:
-            self._metrics = Metrics(redis_client(self._settings), self._settings.redis_prefix)
-        for name in ("poison", "dead_lettered"):
-            self._metrics.incr(name, domain)  # never raises: a lost figure, not a lost message
-
-    @staticmethod
-    def _reject(message) -> None:
-        if getattr(message, "acknowledged", False):
-            return
-        if hasattr(message, "reject"):
-            message.reject(requeue=False)
-        else:  # py-amqp's own message: kombu could not even wrap it
-            message.channel.basic_reject(message.delivery_tag, requeue=False)
-
-    def on_decode_error(self, message, exc):
-        self._dead_letter_raw(
-            message,
-            f"poison: body is not valid {getattr(message, 'content_type', None) or 'content'}: "
-            f"{str(exc)[:300]}",
-            time.monotonic(),
-        )
+    def _held(self) -> None:
+        """Deliveries held unacked: the batch being collected and the one being processed."""
+        self.c.in_hand = len(self.batch) + self.in_flight
 
 
 def _delivery(message, settings, domain: str) -> Delivery:
@@ -338,37 +247,28 @@ def replayed(headers: dict, dlq: str) -> bool:
     return (queue.decode(errors="replace") if isinstance(queue, bytes) else queue) == dlq
 
 
-def _as_bytes(message) -> bytes:
-    """The body as it came over the wire. py-amqp hands over a str when it could decode the body
-    with its content_encoding, and '' for an empty one; kombu would re-encode a str with the
-    given encoding, which may not be a codec at all ("binary")."""
-    body = message.body
-    if not isinstance(body, str):
-        return bytes(body or b"")
-    try:
-        return body.encode(message.content_encoding or "utf-8")
-    except (LookupError, TypeError, UnicodeError):
-        return body.encode("utf-8", "surrogatepass")
-
-
 def refuse_compression() -> None:
     """kombu inflates a body whose `compression` header asks for it before any check can run:
     a few kilobytes of gzip can become gigabytes in the worker. choreo's wire format is plain
-    JSON, so in a worker every decompressor refuses (the message is dead-lettered, unread)."""
+    JSON, so in a worker every decompressor refuses (the message is dead-lettered, unread).
+    Through kombu's public registry: each method keeps its encoder, its decoder refuses."""
 
     def refuse(body, _type=None):
         raise ValueError("compressed bodies are not accepted: choreo messages are plain JSON")
 
-    for content_type in list(compression._decoders):
-        compression._decoders[content_type] = refuse
+    for content_type in compression.encoders():
+        encoder, _name = compression.get_encoder(content_type)
+        compression.register(encoder, refuse, content_type)
 
 
 def install(app: Celery) -> None:
-    """Make `app`'s workers run choreo's consumer and outbox relay."""
+    """Make `app`'s workers run choreo's batch consumer and outbox relay."""
     refuse_compression()
-    app.conf.worker_consumer = "tasks.worker:ChoreoConsumer"
+    # Celery's consumer less its DelayedDelivery step, its events unconfirmed (tasks.internals).
+    app.conf.worker_consumer = "tasks.internals:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
     app.steps["worker"].add(Observability)
+    app.steps["consumer"].add(BatchConsumer)
     app.steps["consumer"].add(
         "tasks.remote:RemoteControl"
     )  # remote control, in place of Celery's (tasks.app)
@@ -376,4 +276,5 @@ def install(app: Celery) -> None:
 
 @setup_logging.connect
 def _keep_our_logging(**_):
-    """With a receiver here Celery leaves logging alone: `choreo worker` configured it (choreo.infra.logs)."""
+    """With a receiver here Celery leaves logging alone: `choreo worker` configured it
+    (choreo.infra.logs)."""
