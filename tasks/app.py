@@ -32,7 +32,8 @@ class ChoreoApp(Celery):
         )
         self.settings = settings
         self.domain: str | None = domain
-        # Stamped on everything it publishes: the broker refuses any other (choreo.messaging.access).
+        # Stamped on everything it publishes: the broker refuses any other
+        # (choreo.messaging.access).
         self.user_id = user_name(settings, self.service)
 
 
@@ -84,7 +85,7 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
         # Flower: task events (received, started, succeeded, retried, failed) from every worker,
-        # published without confirms (tasks.worker.ChoreoConsumer.connection_for_write). "Sent"
+        # published without confirms (tasks.internals.ChoreoConsumer.connection_for_write). "Sent"
         # events only from clients (`choreo enqueue`): a worker's sent event would ride the
         # confirmed channel of every publish and double its cost, and the receiving worker's
         # "received" event shows the same message a millisecond later.
@@ -94,7 +95,8 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         event_queue_ttl=10,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_enable_remote_control=False,  # Celery's step dies of a refused pidbox declare: tasks.remote's serves
+        # Celery's step dies of a refused pidbox declare: tasks.remote's serves.
+        worker_enable_remote_control=False,
     )
     if app.domain:
         register_domain(app)

@@ -3,10 +3,11 @@
 Celery trusts the task protocol. A body of the wrong shape (`[]`, `42`, a list of two) or a
 `task` header without an `id` raises inside its own request handling, in the consumer, and
 the whole worker dies; the message goes back to the queue and kills the next worker too.
-Every delivery passes `check` first. What fails it goes to the domain's DLQ with the reason
-(tasks.worker.ChoreoConsumer); what passes reaches Celery with only the headers Celery and
-choreo understand, so no header can steer Celery into scheduling (`eta`), dropping
-(`expires`) or sending more tasks (`chain`, `callbacks`) on a client's say-so.
+Every delivery passes `check` first (tasks.worker.BatchConsumer, which consumes the domain's
+queue in Celery's place). What fails it goes to the domain's DLQ with the reason; what passes
+goes on with only the headers Celery and choreo understand, so no header can steer anything into
+scheduling (`eta`), dropping (`expires`) or sending more tasks (`chain`, `callbacks`) on a
+client's say-so.
 """
 
 from __future__ import annotations
@@ -54,12 +55,8 @@ def _must_be_null(name: str, value: Any, why: str) -> None:
         raise Malformed(f"header {name!r} must be null or absent ({why}), got {value!r:.60}")
 
 
-def clean_headers(headers: Any, known: Container[str], limits: Limits) -> dict:
-    """The headers Celery may see: Celery's protocol-2 fields (typed), choreo's, the broker's."""
-    if headers is None:
-        headers = {}
-    if not isinstance(headers, dict):
-        raise Malformed(f"headers must be a table, got {type(headers).__name__}")
+def _task_and_id(headers: dict, known: Container[str]) -> tuple[str, str]:
+    """The message type (one this domain hears) and the event id."""
     task = headers.get("task")
     if task is None:
         raise Malformed("not a choreo message (no task header)")
@@ -73,6 +70,12 @@ def clean_headers(headers: Any, known: Container[str], limits: Limits) -> dict:
         raise Malformed(
             f"header 'id' must be a string of 1-{MAX_ID} characters (the event id), got {what}"
         )
+    return task, task_id
+
+
+def _check_celery_options(headers: dict) -> None:
+    """Celery's own fields that could make it schedule, drop or limit a task: only their
+    defaults pass."""
     lang = headers.get("lang")
     if lang not in (None, "py"):
         raise Malformed(f"header 'lang' must be 'py' or absent, got {lang!r:.60}")
@@ -94,6 +97,17 @@ def clean_headers(headers: Any, known: Container[str], limits: Limits) -> dict:
     ignore_result = headers.get("ignore_result")
     if ignore_result is not None and not isinstance(ignore_result, bool):
         raise Malformed(f"header 'ignore_result' must be a boolean, got {ignore_result!r:.60}")
+
+
+def clean_headers(headers: Any, known: Container[str], limits: Limits) -> dict:
+    """The headers Celery may see: Celery's protocol-2 fields (typed), choreo's, the broker's."""
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise Malformed(f"headers must be a table, got {type(headers).__name__}")
+    task, task_id = _task_and_id(headers, known)
+    _check_celery_options(headers)
+    ignore_result = headers.get("ignore_result")
     out = {
         "lang": "py",
         "task": task,

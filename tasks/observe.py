@@ -3,11 +3,14 @@ gauges read at scrape time, and the tracer's flush at shutdown.
 
 One listener per worker process (a worker is one process: Celery's solo pool), on loopback at
 settings.health_port(domain, index) (index: which of the domain's workers). Started in the
-worker's main process after any fork, like the tracer (tasks.runtime builds it on first use in the process that consumes).
+worker's main process after any fork, like the tracer (tasks.runtime builds it on first use in
+the process that consumes). What it reads of the consumer (each turn of the event loop, the batch
+in hand) the batch consumer step declares on it (tasks.worker.BatchConsumer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -162,10 +165,8 @@ class QueueDepths:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.release()
-            except Exception:
-                pass
 
 
 class Observability(bootsteps.StartStopStep):
