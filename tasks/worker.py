@@ -13,16 +13,17 @@ from kombu import Consumer, compression
 
 from choreo.messaging.access import verified_sender
 from choreo.messaging.topology import Names
+from tasks import control  # noqa: F401  (registers the control commands in the worker)
 from tasks.adapter import Delivery, process_batch
 from tasks.guard import Limits, Malformed, check
-from tasks.internals import ChoreoConsumer, count_task, frames_waiting
+from tasks.internals import count_task, frames_waiting
 from tasks.observe import Observability
 from tasks.outcome import Kind, Outcome
 from tasks.poison import DeadLetters
 from tasks.relay import OutboxRelay
 from tasks.runtime import runtime
 
-__all__ = ["BatchConsumer", "ChoreoConsumer", "install", "refuse_compression", "replayed"]
+__all__ = ["BatchConsumer", "install", "refuse_compression", "replayed"]
 
 log = logging.getLogger("choreo.worker")
 
@@ -67,6 +68,7 @@ class BatchConsumer(bootsteps.ConsumerStep):
         selected = c.app.amqp.queues.consume_from
         self.queues = list(selected.values())
         c.app.amqp.queues.deselect(list(selected))
+        c.batch_queues = self.queues  # what `inspect active_queues` lists (tasks.control)
         # What /health, /ready and /metrics read (tasks.observe), declared on the consumer as a
         # step does: each turn of the event loop, the connection's life, the batch in hand.
         c.last_turn, c.consuming, c.batch_started, c.in_hand = 0.0, False, None, 0

@@ -95,3 +95,31 @@ def _all_ended(tasks: dict, sent: dict[str, str]) -> bool:
     """Every task of every order has its final event (the refused refund's being task-failed)."""
     final = ("task-succeeded", "task-failed")
     return all(tasks[o][1] and all(seq[-1] in final for seq in tasks[o][1].values()) for o in sent)
+
+
+def test_inspect_shows_each_workers_queue_and_refuses_to_add_one(settings, stack):
+    # What Flower's Queues tab and `celery inspect active_queues` read: the batch consumer's
+    # queue (Celery's own consumer reads none). add_consumer would hand a queue to Celery's own
+    # consumer, past the protocol guard and the sender check: refused.
+    from choreo.messaging.topology import Names
+    from tasks.app import make_app
+
+    names = Names(settings.namespace)
+    app = make_app("client", settings, service="flower")
+    try:
+        replies = wait_for(
+            lambda: (
+                (r := app.control.inspect(timeout=3).active_queues() or {})
+                and len(r) >= len(settings.domains)
+                and r
+            ),
+            30,
+            what="every worker's active_queues reply",
+        )
+        consumed = {node.split("@")[0]: [q["name"] for q in qs] for node, qs in replies.items()}
+        for domain in settings.domains:
+            assert consumed[domain] == [names.queue(domain)], consumed
+        answers = app.control.add_consumer(names.queue("payment"), reply=True, timeout=3)
+        assert answers and all("error" in a for reply in answers for a in reply.values()), answers
+    finally:
+        app.close()
