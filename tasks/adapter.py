@@ -1,7 +1,7 @@
 """The thin adapter every domain shares: a batch of deliveries in, an outcome per delivery out.
 
 No business logic here. A batch is the messages a worker already holds (its prefetch), and
-every fixed cost is paid once for all of them (tasks.worker.ChoreoConsumer collects them):
+every fixed cost is paid once for all of them (tasks.worker.BatchConsumer collects them):
 
   1. decode         poison goes to the DLQ at once, with its reason
   2. Redis          one round trip: which event ids were seen (the fast duplicate path)
@@ -128,7 +128,7 @@ def register_domain(app: Celery) -> None:
     """One task per message type the app's domain hears (in the app's saga mode).
 
     The bodies run only when a task is called directly (`apply`); a worker hands its
-    deliveries to `process_batch` (tasks.worker.ChoreoConsumer), so Celery's registry still
+    deliveries to `process_batch` (tasks.worker.BatchConsumer), so Celery's registry still
     names every type the domain takes, and its guard refuses any other name.
     """
     domain = app.domain

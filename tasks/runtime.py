@@ -1,5 +1,5 @@
-"""A worker process's runtime for its domain: engine, publish burst, idempotency keys (and counters), handler deps,
-tracer and metrics.
+"""A worker process's runtime for its domain: engine, publish burst, idempotency keys (and
+counters), handler deps, tracer and metrics.
 
 Built once per process and domain (connections are not fork-safe), from the app's own
 settings. Tests build a `Runtime` directly with fakes (tests/unit/handler_harness.py).

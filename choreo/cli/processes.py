@@ -57,7 +57,7 @@ def worker(domain: str, index: int) -> None:
             "-n",
             f"{node}@%h",
             # solo: the worker runs its batches in the consuming process
-            # (tasks.worker.ChoreoConsumer).
+            # (tasks.worker.BatchConsumer).
             "-c",
             "1",
             "-P",

@@ -70,7 +70,7 @@ def test_only_clients_send_sent_events_and_workers_send_task_events():
 
 def test_the_event_dispatchers_connection_skips_confirms_and_the_apps_other_connections_keep_them():
     from tasks.app import make_app
-    from tasks.worker import ChoreoConsumer
+    from tasks.internals import ChoreoConsumer
 
     app = make_app("order", Settings(broker_url="amqp://guest:guest@127.0.0.1:1//"))
     consumer = SimpleNamespace(
