@@ -19,7 +19,7 @@ check: venv
 	$(VENV)/bin/mypy
 	CHOREO_BROKER_URL=amqp://guest:guest@127.0.0.1:9// CHOREO_REDIS_URL=redis://127.0.0.1:9/0 \
 	  $(VENV)/bin/python -m pytest tests/unit -q $(PYTEST_ARGS)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
 
 demo: setup
 	$(VENV)/bin/choreo demo
