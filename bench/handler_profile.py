@@ -33,6 +33,7 @@ import time
 from collections import Counter
 
 from bench.common import log, patched_environ, sandbox
+from choreo.messaging.access import owners
 
 HOPS = [
     ("order", "place_order"),
@@ -286,7 +287,11 @@ class Harness:
             inboxes[oid] = {"place_order": spec.place_order(oid, "bench")}
         for domain, type_ in HOPS:
             envs = [inbox[type_] for inbox in inboxes.values()]
-            deliveries = [adapter.Delivery(type_, [e.to_wire()], {}, e.event_id) for e in envs]
+            # Sent by the type's owner, as the broker would vouch for a real delivery.
+            sender = min(owners(type_))
+            deliveries = [
+                adapter.Delivery(type_, [e.to_wire()], {}, e.event_id, sender=sender) for e in envs
+            ]
             rt = self.rts[domain]
             hop = f"{domain}<-{type_}"
             self.captured.clear()
