@@ -99,7 +99,7 @@ class MessageTypes(Mapping[str, "type[Message]"]):
         self._types[kind.routing_key] = kind
 
     def _all(self) -> dict[str, type[Message]]:
-        if not self._loaded:
+        if not self._loaded:  # once per process
             self._loaded = True  # first: a module being loaded may read what is registered so far
             for service in (*DOMAINS, ORCHESTRATOR):
                 name = f"consumers.{service}.messages"
@@ -111,7 +111,12 @@ class MessageTypes(Mapping[str, "type[Message]"]):
         return self._types
 
     def __getitem__(self, key: str) -> type[Message]:
-        return self._all()[key]
+        types = self._types if self._loaded else self._all()  # on every message: keep it short
+        return types[key]
+
+    def __contains__(self, key: object) -> bool:
+        types = self._types if self._loaded else self._all()
+        return key in types
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._all())

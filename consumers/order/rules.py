@@ -18,6 +18,16 @@ STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", *TERMINAL)
 # version and the milestone it marks, and `changes` is the one small step that applies it.
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(kind))
+    return names
+
+
 # Every order event by its stored type name, filled by the class statements below.
 EVENTS: dict[str, type[Event]] = {}
 
@@ -47,7 +57,7 @@ class Event:
     @property
     def data(self) -> dict[str, Any]:
         """What is stored: the fields, in declaration order."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     def changes(self, order: Order) -> dict[str, Any]:
         """The order's fields this event sets (the version is bumped by `apply`)."""
