@@ -62,6 +62,7 @@ class Run:
         self.ping: dict = {}
         self.unexpected_exits = 0
         self.errors: list[str] = []
+        self.feed_retries: list[str] = []  # chunks of orders the client published again
         self.log_lines: list[str] = []
         # each refused pidbox declare: the worker, when, after which fault
         self.clashes: list[dict] = []
@@ -71,7 +72,8 @@ class Run:
     def why(self) -> str:
         faults = [{k: v for k, v in x.items() if k != "leaders_before"} for x in self.faults]
         return (
-            f"errors {self.errors}; worker log lines {self.log_lines[:6]}; faults {faults}; "
+            f"errors {self.errors}; feed retries {self.feed_retries}; "
+            f"worker log lines {self.log_lines[:6]}; faults {faults}; "
             f"timings {self.timings}"
         )
 
@@ -208,6 +210,7 @@ class _Feeds:
         for f in self.feeds:
             f.join(timeout=60)
             self.run.sent += f.sent
+            self.run.feed_retries += f.retries
             if f.error:
                 self.run.errors.append(f.error)
 
@@ -362,7 +365,8 @@ def failover(tmp_path_factory):
         cluster.down(purge=not keep)
         print(
             f"\nworker failover: seed {seed}; timings (s) {run.timings}; "
-            f"pidbox clashes absorbed {run.clashes}; faults: {_moves(run)}"
+            f"pidbox clashes absorbed {run.clashes}; client retries {run.feed_retries}; "
+            f"faults: {_moves(run)}"
             + (f"; kept {sandbox.workdir} and {cluster.base_dir}" if keep else "")
         )
     return run

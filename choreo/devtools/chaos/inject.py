@@ -234,7 +234,15 @@ class Injector:
 
 class OrderFeed(threading.Thread):
     """Publishes the orders at a steady pace over `window` seconds, in chunks
-    (partial results survive)."""
+    (partial results survive).
+
+    A chunk whose publishing fails (the client's own connection lost to a broker node stopping,
+    after the publisher's retry policy) is published again, as a careful client would, up to
+    CHUNK_ATTEMPTS times: the same seed gives the same order ids, and placing an order id twice is
+    a no-op. Each retry is kept in `retries` (the report shows them); a chunk that fails every
+    attempt ends the feed with `error`."""
+
+    CHUNK_ATTEMPTS = 3
 
     def __init__(
         self, settings: Settings, scenarios: list[str], window: float, rng: random.Random
@@ -246,6 +254,7 @@ class OrderFeed(threading.Thread):
         self.seeds = [rng.getrandbits(64) for _ in range(len(scenarios))]
         self.sent: list[tuple[str, str]] = []
         self.published = 0
+        self.retries: list[str] = []
         self.error: str | None = None
         self.stop_event = threading.Event()
 
@@ -254,27 +263,37 @@ class OrderFeed(threading.Thread):
         per_order = self.window / n
         chunk = max(1, -(-n // 20))
         t0 = time.monotonic()
+        paced_count = 0
 
         def paced():
-            self.published += 1
-            lag = t0 + self.published * per_order - time.monotonic()
+            nonlocal paced_count
+            paced_count += 1
+            lag = t0 + paced_count * per_order - time.monotonic()
             if lag > 0:
                 self.stop_event.wait(lag)
 
-        try:
-            for i in range(0, n, chunk):
-                if self.stop_event.is_set():
-                    break
-                # A fresh seed per chunk: publish_orders derives order ids from its seed.
+        for i in range(0, n, chunk):
+            if self.stop_event.is_set():
+                break
+            if not self._chunk(self.scenarios[i : i + chunk], self.seeds[i], paced):
+                return
+            self.published = len(self.sent)
+
+    def _chunk(self, scenarios: list[str], seed: int, paced) -> bool:
+        """Publish one chunk (a fresh seed per chunk: publish_orders derives order ids from it)."""
+        for attempt in range(1, self.CHUNK_ATTEMPTS + 1):
+            try:
                 self.sent += publish_orders(
-                    self.settings,
-                    self.scenarios[i : i + chunk],
-                    self.seeds[i],
-                    on_sent=paced,
-                    source="chaos",
+                    self.settings, scenarios, seed, on_sent=paced, source="chaos"
                 )
-        except Exception as exc:  # reported as a run error with the count published so far
-            self.error = f"publishing failed after {self.published} of {n} orders: {exc!r}"
+                return True
+            except Exception as exc:  # the client's connection: try the chunk again
+                self.retries.append(f"attempt {attempt}: {exc!r}")
+                if attempt == self.CHUNK_ATTEMPTS or self.stop_event.wait(2.0):
+                    n = len(self.scenarios)
+                    self.error = f"publishing failed after {len(self.sent)} of {n} orders: {exc!r}"
+                    return False
+        return False
 
 
 def _order_snapshot(rng: random.Random) -> dict:

@@ -141,6 +141,11 @@ def _run(
     )
     if feed.error:
         report.errors.append(feed.error)
+    if feed.retries:
+        report.figures["order_feed_retries"] = feed.retries
+        journal.note(
+            "feed", f"{len(feed.retries)} chunk(s) of orders published again: {feed.retries}"
+        )
     if len(feed.sent) < cfg.orders:
         report.errors.append(f"only {len(feed.sent)} of {cfg.orders} orders were published")
     report.injected = dict(injector.counts)
