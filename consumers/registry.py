@@ -11,27 +11,35 @@ adds `ORCHESTRATED`. A queue's bindings are the classes' declared routing keys.
 from __future__ import annotations
 
 from functools import cache
-from importlib import import_module
 from types import ModuleType
 
 from choreo.messaging.topology import Topology
 from config.settings import DOMAINS, SAGA_MODES, Settings
 from consumers.base import Subscription, Subscriptions
 from models.envelope import ORCHESTRATOR
+from models.services import service_part
 
 
 def handlers_of(service: str) -> ModuleType:
     """The service's handlers module, `consumers.<service>.handlers`."""
-    return import_module(f"consumers.{service}.handlers")
+    module = service_part(service, "handlers")
+    assert module is not None
+    return module
+
+
+def _table(service: str, mode: str) -> Subscriptions:
+    """What a service hears in a mode: its ORCHESTRATED table when orchestrated, if it has one."""
+    handlers = handlers_of(service)
+    if mode == "orchestrated" and hasattr(handlers, "ORCHESTRATED"):
+        return handlers.ORCHESTRATED
+    return handlers.SUBSCRIPTIONS
 
 
 def _tables(mode: str) -> dict[str, Subscriptions]:
-    if mode == "choreography":
-        return {d: handlers_of(d).SUBSCRIPTIONS for d in DOMAINS}
-    tables = {
-        d: getattr(handlers_of(d), "ORCHESTRATED", handlers_of(d).SUBSCRIPTIONS) for d in DOMAINS
-    }
-    return {**tables, ORCHESTRATOR: handlers_of(ORCHESTRATOR).ORCHESTRATED}
+    tables = {d: _table(d, mode) for d in DOMAINS}
+    if mode == "orchestrated":  # the orchestrator runs in this mode only
+        tables[ORCHESTRATOR] = _table(ORCHESTRATOR, mode)
+    return tables
 
 
 @cache

@@ -11,12 +11,12 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from importlib import import_module
 from typing import Annotated, Any, ClassVar, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from config.settings import DOMAINS
+from models.services import service_part
 
 SCHEMA_VERSION = 1
 # The embedded options of Celery's protocol-2 body ([args, kwargs, options]). choreo sends them
@@ -102,12 +102,7 @@ class MessageTypes(Mapping[str, "type[Message]"]):
         if not self._loaded:  # once per process
             self._loaded = True  # first: a module being loaded may read what is registered so far
             for service in (*DOMAINS, ORCHESTRATOR):
-                name = f"consumers.{service}.messages"
-                try:
-                    import_module(name)
-                except ModuleNotFoundError as exc:
-                    if exc.name != name:
-                        raise  # a missing import inside the module: a real error
+                service_part(service, "messages", optional=True)  # its classes register here
         return self._types
 
     def __getitem__(self, key: str) -> type[Message]:

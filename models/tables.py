@@ -5,11 +5,12 @@ creates only its own, in its own database."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from importlib import import_module
 from types import ModuleType
 
 from sqlalchemy import Column, DateTime, Index, Table, Text
 from sqlmodel import Field, SQLModel
+
+from models.services import service_part
 
 
 def utcnow() -> datetime:
@@ -163,9 +164,7 @@ OTHERS: dict[str, list[type[SQLModel]]] = {
 
 def service_tables(service: str) -> ModuleType | None:
     """A domain's (or the orchestrator's) own tables module, `consumers/<service>/tables.py`."""
-    if service in OTHERS:
-        return None
-    return import_module(f"consumers.{service}.tables")
+    return None if service in OTHERS else service_part(service, "tables")
 
 
 def tables_of(service: str) -> list[type[SQLModel]]:

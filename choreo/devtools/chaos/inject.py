@@ -293,7 +293,7 @@ class OrderFeed(threading.Thread):
                     n = len(self.scenarios)
                     self.error = f"publishing failed after {len(self.sent)} of {n} orders: {exc!r}"
                     return False
-        return False
+        raise AssertionError("unreachable: the last attempt returns")
 
 
 def _order_snapshot(rng: random.Random) -> dict:
