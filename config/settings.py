@@ -21,6 +21,8 @@ DOMAINS = (
     "notification",
 )
 SAGA_MODES = ("choreography", "orchestrated")
+# The steps that have a deadline (CHOREO_DEADLINE_<STEP>): each forward step, and the whole saga.
+DEADLINE_STEPS = ("payment", "inventory", "shipment", "saga")
 # Services with a database: the five domains, the user service, the sandbox payment gateway
 # (an "external" provider with books of its own), the orchestrator, and the operator's own
 # records (`choreo dlq replay --execute`).
@@ -108,6 +110,22 @@ class Settings(BaseSettings):
     # Outbox rows still unsent after this many seconds are published by the relay.
     outbox_relay_after: float = 2.0
     outbox_relay_interval: float = 0.5
+
+    # Deadlines, in seconds (docs/deadlines.md): how long the saga waits for each step's answer
+    # (payment answers order.placed, inventory payment.completed, shipment inventory.reserved)
+    # and for the whole saga from placement. Past one, the order is cancelled with reason
+    # timeout:<step> and whatever was done is compensated. Timers live in the order database.
+    deadline_payment: float = Field(300.0, gt=0)
+    deadline_inventory: float = Field(300.0, gt=0)
+    deadline_shipment: float = Field(600.0, gt=0)
+    deadline_saga: float = Field(1800.0, gt=0)
+    # How often each order worker looks for due timers, and how long a fired timer waits before
+    # it fires again if its saga has not moved (at least once: a lost firing is repeated).
+    timer_interval: float = Field(1.0, gt=0)
+    timer_refire: float = Field(30.0, gt=0)
+    # `choreo stuck`, the open-sagas gauge and its alert call a saga stuck past this fraction
+    # of its current step's deadline.
+    stuck_fraction: float = Field(0.5, gt=0, le=1)
 
     user_service_host: str = "127.0.0.1"
     user_service_port: int = 8001
@@ -221,6 +239,12 @@ class Settings(BaseSettings):
     def trace_dir(self) -> Path:
         """Where each process writes its span file when no OTLP collector is configured."""
         return self.run_dir / "traces"
+
+    def deadline(self, step: str) -> float:
+        """The deadline of `step` (payment, inventory, shipment or saga), in seconds."""
+        if step not in DEADLINE_STEPS:
+            raise ValueError(f"no deadline for step {step!r}: one of {', '.join(DEADLINE_STEPS)}")
+        return float(getattr(self, f"deadline_{step}"))
 
     def retry_delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based), before jitter."""

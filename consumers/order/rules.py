@@ -12,6 +12,10 @@ from typing import Any, ClassVar
 SETTLED = ("COMPLETED", "CANCELLED")
 TERMINAL = (*SETTLED, "NEEDS_ATTENTION")
 STATES = ("PLACED", "PAID", "RESERVED", "CANCELLING", *TERMINAL)
+# The step an order moving forward waits on, by its state: the service that must answer next
+# (its deadline is CHOREO_DEADLINE_<STEP>). A CANCELLING order waits on its refund (payment)
+# and has no deadline of its own: expiry could not end it any other way.
+WAITING_ON = {"PLACED": "payment", "PAID": "inventory", "RESERVED": "shipment"}
 
 # --- the order's own events ------------------------------------------------------------
 # One class per event: its fields are what is stored, its class attributes say its schema

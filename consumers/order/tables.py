@@ -49,4 +49,21 @@ class OrderView(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
 
 
-TABLES: list[type[SQLModel]] = [OrderEvent, OrderView]
+class OrderDeadline(SQLModel, table=True):
+    """The durable timer of an open saga: one row per order still moving forward, written in the
+    same transaction as the event that starts its step, deleted by the event that ends the wait.
+
+    `due_at` is the earlier of the step's and the saga's deadline, and `step` names which
+    (payment, inventory, shipment or saga). Every order worker drains due rows (docs/deadlines.md).
+    """
+
+    __tablename__ = "order_deadlines"
+    order_id: str = Field(primary_key=True, max_length=64)
+    step: str = Field(max_length=16)
+    step_due_at: datetime = Field(sa_column=ts_column(nullable=False))
+    saga_due_at: datetime = Field(sa_column=ts_column(nullable=False))
+    due_at: datetime = Field(sa_column=ts_column(nullable=False, index=True))
+    fired: int = 0  # how many times it fired (a firing whose saga did not move fires again)
+
+
+TABLES: list[type[SQLModel]] = [OrderEvent, OrderView, OrderDeadline]
