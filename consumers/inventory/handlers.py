@@ -1,5 +1,5 @@
 """Inventory service handlers: reserve on payment.completed; release (a compensation) on
-shipment.failed."""
+shipment.failed or order.expired."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from consumers.inventory.messages import InventoryFailed, InventoryReleased, Inv
 from consumers.inventory.rules import merged
 from consumers.inventory.tables import Reservation, Stock, StockDecision
 from consumers.orchestrator.messages import ReleaseStock, ReserveStock
+from consumers.order.messages import OrderExpired
 from consumers.payment.messages import PaymentCompleted
 from consumers.shipment.messages import ShipmentFailed
 from models.envelope import Envelope, Item
@@ -61,14 +62,15 @@ def on_payment_completed(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> N
     uow.emit(InventoryReserved(reservation_id=reservation_id, order=p.order))
 
 
-def on_shipment_failed(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
-    """Compensation: put reserved stock back, once."""
+def on_release(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
+    """Compensation (shipment.failed, order.expired; release_stock when orchestrated): put
+    reserved stock back, once."""
     s = uow.session
     r = s.get(Reservation, msg.order_id)
     if r is None or r.status != "reserved":
         if s.get(StockDecision, msg.order_id) is None:
-            # Out of order: the failure overtook the reservation; remember it, so a late
-            # payment.completed cannot reserve stock for an order that already failed.
+            # Out of order: the failure or the expiry overtook the reservation; remember it, so
+            # a late payment.completed cannot reserve stock for an order that already ended.
             s.add(StockDecision(order_id=msg.order_id, outcome="released"))
         return
     for item in r.items:
@@ -85,11 +87,12 @@ def on_shipment_failed(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> Non
 
 SUBSCRIPTIONS: Subscriptions = {
     PaymentCompleted: Subscription(on_payment_completed),
-    ShipmentFailed: Subscription(on_shipment_failed, compensation=True),
+    ShipmentFailed: Subscription(on_release, compensation=True),
+    OrderExpired: Subscription(on_release, compensation=True),
 }
 
 # Orchestrated: the same handlers, triggered by the orchestrator's commands.
 ORCHESTRATED: Subscriptions = {
     ReserveStock: Subscription(on_payment_completed),
-    ReleaseStock: Subscription(on_shipment_failed, compensation=True),
+    ReleaseStock: Subscription(on_release, compensation=True),
 }

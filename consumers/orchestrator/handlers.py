@@ -8,9 +8,9 @@ from consumers.base import HandlerDeps, Subscription, Subscriptions
 from consumers.inventory.messages import InventoryFailed, InventoryReleased, InventoryReserved
 from consumers.orchestrator.rules import Saga, react
 from consumers.orchestrator.tables import SagaState
-from consumers.order.messages import OrderPlaced
+from consumers.order.messages import OrderExpired, OrderPlaced
 from consumers.payment.messages import PaymentCompleted, PaymentFailed, PaymentRefunded
-from consumers.shipment.messages import ShipmentCreated, ShipmentFailed
+from consumers.shipment.messages import ShipmentCancelled, ShipmentCreated, ShipmentFailed
 from models.envelope import PAYLOADS, Envelope, SagaDeadLettered
 from models.tables import utcnow
 
@@ -52,6 +52,7 @@ ORCHESTRATED: Subscriptions = {
     kind: Subscription(on_reply)
     for kind in (
         OrderPlaced,
+        OrderExpired,
         PaymentCompleted,
         PaymentFailed,
         PaymentRefunded,
@@ -60,6 +61,7 @@ ORCHESTRATED: Subscriptions = {
         InventoryReleased,
         ShipmentCreated,
         ShipmentFailed,
+        ShipmentCancelled,
         SagaDeadLettered,
     )
 }

@@ -24,3 +24,7 @@ class ReleaseStock(Message, key="release_stock", owner=ORCHESTRATOR):
 
 class CreateShipment(Message, key="create_shipment", owner=ORCHESTRATOR):
     order: OrderSnapshot
+
+
+class CancelShipment(Message, key="cancel_shipment", owner=ORCHESTRATOR):
+    reason: Reason

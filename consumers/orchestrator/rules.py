@@ -24,7 +24,7 @@ class Step:
 STEPS = (
     Step("charge", "charge_payment", "payment.completed", "refund_payment", "payment.refunded"),
     Step("reserve", "reserve_stock", "inventory.reserved", "release_stock", "inventory.released"),
-    Step("ship", "create_shipment", "shipment.created"),
+    Step("ship", "create_shipment", "shipment.created", "cancel_shipment", "shipment.cancelled"),
 )
 BY_NAME = {s.name: s for s in STEPS}
 DONE_BY = {s.done_by: s.name for s in STEPS}
@@ -79,6 +79,9 @@ def _step_done(saga: Saga, step: str) -> Reaction:
     if step in saga.done:
         return saga, []
     saga = replace(saga, done=(*saga.done, step))
+    if saga.status == "cancelled":
+        # A late answer (the saga expired while the command waited): undo it, on its own.
+        return saga, [_undo(saga, step)] if step in saga.to_undo else []
     if saga.status == "compensating":
         # A step finished after the saga failed (out of order): undo it too.
         late = step in saga.to_undo and len(saga.to_undo) == 1
@@ -111,13 +114,34 @@ REACTIONS: tuple[tuple[dict[str, str], Callable[[Saga, str], Reaction]], ...] = 
 )
 
 
+def _expired(saga: Saga, reason: str) -> Reaction:
+    """The order's deadline passed (order.expired): undo what was done, most recent first; what
+    is done later is undone as it is answered (`_step_done`)."""
+    if saga.status != "running":
+        return saga, []
+    return _next_undo(replace(saga, failure=reason, status="compensating"))
+
+
+def _after_cancel(saga: Saga, event_type: str) -> Reaction:
+    if event_type in DONE_BY:
+        return _step_done(saga, DONE_BY[event_type])
+    if event_type in UNDONE_BY:
+        return _step_undone(saga, UNDONE_BY[event_type])
+    return saga, []
+
+
 def react(saga: Saga, event_type: str, payload: dict) -> Reaction:
     """The saga after `event_type`, and the commands to send. Repeated events send nothing."""
     if event_type == "order.placed":
         if saga.order is not None:
             return saga, []
-        saga = replace(saga, order=payload["order"], card_token=payload["card_token"])
-        return saga, [_do(saga, "charge")]
+        started = replace(saga, order=payload["order"], card_token=payload["card_token"])
+        # Placed after it already expired (order.placed waited in a retry): nothing to start.
+        return started, [_do(started, "charge")] if saga.status == "running" else []
+    if event_type == "order.expired":
+        return _expired(saga, payload["reason"])
+    if saga.status == "cancelled":  # late answers, and their undoing, after an expiry
+        return _after_cancel(saga, event_type)
     if saga.order is None or saga.status in ENDED:
         return saga, []
     if event_type == "saga.dead_lettered":

@@ -8,7 +8,7 @@ from typing import NamedTuple
 from sqlalchemy import bindparam, select
 
 from choreo.infra.db import connection_of
-from consumers.order import projections
+from consumers.order import projections, timers
 from consumers.order import rules as domain
 from consumers.order.tables import OrderEvent
 from models.envelope import PAYLOADS
@@ -47,6 +47,7 @@ def append(uow, order: domain.Order, events: list[domain.Event]) -> domain.Order
     """
     conn = uow.conn
     cause = uow.cause.event_id if uow.cause else None
+    before = order
     rows = []
     for ev in events:
         now = utcnow()
@@ -69,4 +70,5 @@ def append(uow, order: domain.Order, events: list[domain.Event]) -> domain.Order
             uow.emit(PAYLOADS[said[0]].model_validate(said[1]), order_id=order.order_id)
     if rows:
         projections.project(conn, order, rows)
+        timers.schedule(conn, before, order, rows[-1].recorded_at, uow.traceparent)
     return order

@@ -10,9 +10,9 @@ from consumers.base import HandlerDeps, Subscription, Subscriptions
 from consumers.inventory.messages import InventoryFailed, InventoryReleased, InventoryReserved
 from consumers.order import rules as domain
 from consumers.order.eventstore import append, load
-from consumers.order.messages import PlaceOrder
+from consumers.order.messages import DeadlineDue, PlaceOrder
 from consumers.payment.messages import PaymentCompleted, PaymentFailed, PaymentRefunded
-from consumers.shipment.messages import ShipmentCreated, ShipmentFailed
+from consumers.shipment.messages import ShipmentCancelled, ShipmentCreated, ShipmentFailed
 from models.envelope import Envelope, Message, SagaDeadLettered
 
 
@@ -23,6 +23,13 @@ def on_place_order(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
     append(
         uow, order, domain.place(order, p.customer_id, lines, p.address, p.card_token, deps.catalog)
     )
+
+
+def on_deadline(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
+    """A timer came due: cancel the order if it still waits where the timer watched."""
+    due = msg.parsed(DeadlineDue)
+    order = load(uow.session, msg.order_id)
+    append(uow, order, domain.expire(order, due.step))
 
 
 def on_fact(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
@@ -48,10 +55,12 @@ FACTS: dict[type[Message], Callable[[Any], domain.Event]] = {
     InventoryReleased: lambda m: domain.StockReleased(m.reservation_id),
     ShipmentCreated: lambda m: domain.ShipmentDispatched(m.shipment_id),
     ShipmentFailed: lambda m: domain.ShipmentFailed(m.reason),
+    ShipmentCancelled: lambda m: domain.ShipmentWithdrawn(m.shipment_id),
     SagaDeadLettered: _attention,
 }
 
 SUBSCRIPTIONS: Subscriptions = {
     PlaceOrder: Subscription(on_place_order),
+    DeadlineDue: Subscription(on_deadline),
     **{kind: Subscription(on_fact) for kind in FACTS},
 }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import AwareDatetime, Field
 
 from models.envelope import (
     MAX_ITEMS,
@@ -18,6 +20,10 @@ from models.envelope import (
     Sku,
     Strict,
 )
+
+# The steps with a deadline (config.settings.DEADLINE_STEPS): the service an order waits on,
+# or the whole saga.
+Step = Literal["payment", "inventory", "shipment", "saga"]
 
 
 class OrderLine(Strict):
@@ -51,3 +57,21 @@ class OrderCancelled(Message, key="order.cancelled", owner="order"):
     customer_id: CustomerId
     reason: Reason
     amount_cents: Cents
+
+
+class DeadlineDue(Message, key="order.deadline", owner="order"):
+    """A durable timer came due (the order service's own: drained from order_deadlines and heard
+    by the order service alone). Stale ones, for a step the order has left, change nothing."""
+
+    step: Step
+    due_at: AwareDatetime
+
+
+class OrderExpired(Message, key="order.expired", owner="order"):
+    """A deadline passed: the order is cancelled (reason timeout:<step>). Each service undoes what
+    it did for the order, and whatever it is asked to do for it later it undoes too (or never
+    does): a late charge is refunded, a late reservation released, a late shipment cancelled."""
+
+    customer_id: CustomerId
+    step: Step
+    reason: Reason

@@ -231,6 +231,45 @@ class PaymentRefunded(Event):
 
 
 @dataclass(frozen=True)
+class ShipmentWithdrawn(Event):
+    """A compensation's outcome (history): the shipment was cancelled, or will never be made."""
+
+    shipment_id: str | None
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"withdrawn": True}
+
+    def known_to(self, order: Order) -> bool:
+        return order.withdrawn
+
+
+@dataclass(frozen=True)
+class DeadlinePassed(Event):
+    """A step's (or the saga's) deadline passed while the order still waited: it is cancelled at
+    once, and every service undoes what it did, or does later, for it (order.expired)."""
+
+    step: str
+
+    def changes(self, order: Order) -> dict[str, Any]:
+        return {"expired": self.step}
+
+    def known_to(self, order: Order) -> bool:
+        return order.expired is not None
+
+    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+        return "order.expired", {
+            "customer_id": order.customer_id,
+            "step": self.step,
+            "reason": timeout_reason(self.step),
+        }
+
+
+def timeout_reason(step: str) -> str:
+    """The reason an order cancelled by a deadline ends with."""
+    return f"timeout:{step}"
+
+
+@dataclass(frozen=True)
 class AttentionRequired(Event):
     """A step or a compensation failed for good: an operator must look."""
 
@@ -330,6 +369,8 @@ class Order:
     ship_failed: str | None = None
     refunded_cents: int | None = None
     released: bool = False
+    withdrawn: bool = False
+    expired: str | None = None  # the step whose deadline passed
     attention: str | None = None
     closed: str | None = None
     close_reason: str | None = None
@@ -439,6 +480,19 @@ def record(order: Order, fact: Event) -> list[Event]:
         return []
     after = apply(order, fact)
     return [fact, *decide(after)]
+
+
+def expire(order: Order, step: str) -> list[Event]:
+    """A deadline came due: cancel the order if it still waits where the deadline watched.
+
+    `step` is the service the order waited on when the timer was set, or "saga". A timer whose
+    order has moved on (answered, ended, or failing and compensating) changes nothing: the
+    events the order holds, not the time the message arrived, decide, so an answer and its
+    deadline arriving together end the order one way, never both."""
+    waiting = WAITING_ON.get(order.state)
+    if not order.exists or waiting is None or step not in (waiting, "saga"):
+        return []
+    return [DeadlinePassed(step), OrderCancelled(timeout_reason(step))]
 
 
 def decide(order: Order) -> list[Event]:

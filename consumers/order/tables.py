@@ -64,6 +64,7 @@ class OrderDeadline(SQLModel, table=True):
     saga_due_at: datetime = Field(sa_column=ts_column(nullable=False))
     due_at: datetime = Field(sa_column=ts_column(nullable=False, index=True))
     fired: int = 0  # how many times it fired (a firing whose saga did not move fires again)
+    traceparent: str | None = Field(default=None, max_length=64)  # the saga's trace
 
 
 TABLES: list[type[SQLModel]] = [OrderEvent, OrderView, OrderDeadline]

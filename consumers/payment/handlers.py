@@ -1,5 +1,5 @@
 """Payment service handlers: charge on order.placed; refund (a compensation) on a stock or
-shipment failure."""
+shipment failure, or the order's expiry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
 from consumers.inventory.messages import InventoryFailed
 from consumers.orchestrator.messages import ChargePayment, RefundPayment
-from consumers.order.messages import OrderPlaced
+from consumers.order.messages import OrderExpired, OrderPlaced
 from consumers.payment.messages import PaymentCompleted, PaymentFailed, PaymentRefunded
 from consumers.payment.rules import Declined, refund_amount
 from consumers.payment.tables import Charge, PaymentDecision, Refund
@@ -48,6 +48,10 @@ def on_failure_refund(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
     s = uow.session
     if s.get(Refund, msg.order_id):
         return
+    if s.get(PaymentDecision, msg.order_id) is None:
+        # The undo overtook the charge (an expiry while order.placed still waited here):
+        # decided, so a late order.placed charges nothing.
+        s.add(PaymentDecision(order_id=msg.order_id, outcome="cancelled", reason=msg.type))
     charge = s.get(Charge, msg.order_id)
     amount = refund_amount(charge.amount_cents if charge else None)
     refund_id = None
@@ -62,6 +66,7 @@ SUBSCRIPTIONS: Subscriptions = {
     OrderPlaced: Subscription(on_order_placed),
     InventoryFailed: Subscription(on_failure_refund, compensation=True),
     ShipmentFailed: Subscription(on_failure_refund, compensation=True),
+    OrderExpired: Subscription(on_failure_refund, compensation=True),
 }
 
 # Orchestrated: the same handlers, triggered by the orchestrator's commands.

@@ -8,8 +8,9 @@ from choreo.app.uow import UnitOfWork
 from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
 from consumers.inventory.messages import InventoryReserved
-from consumers.orchestrator.messages import CreateShipment
-from consumers.shipment.messages import ShipmentCreated, ShipmentFailed
+from consumers.orchestrator.messages import CancelShipment, CreateShipment
+from consumers.order.messages import OrderExpired
+from consumers.shipment.messages import ShipmentCancelled, ShipmentCreated, ShipmentFailed
 from consumers.shipment.rules import ship
 from consumers.shipment.tables import Shipment
 from models.envelope import Envelope
@@ -35,9 +36,32 @@ def on_inventory_reserved(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> 
     uow.emit(ShipmentCreated(shipment_id=shipment_id, tracking_code=detail))
 
 
+def on_cancel(msg: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
+    """Compensation: withdraw the order's shipment, once; none made yet: remember the order is
+    cancelled, so a late request to ship it is refused (the row makes `on_inventory_reserved`
+    a no-op)."""
+    s = uow.session
+    reason = msg.parsed((OrderExpired, CancelShipment)).reason
+    shipment = s.get(Shipment, msg.order_id)
+    if shipment is None:
+        s.add(Shipment(order_id=msg.order_id, status="cancelled", reason=reason[:64]))
+    elif shipment.status == "created":
+        shipment.status, shipment.reason = "cancelled", reason[:64]
+        s.add(shipment)
+    else:
+        return  # failed (nothing to undo) or cancelled before: said once
+    uow.emit(
+        ShipmentCancelled(shipment_id=shipment.shipment_id if shipment else None, reason=reason)
+    )
+
+
 SUBSCRIPTIONS: Subscriptions = {
     InventoryReserved: Subscription(on_inventory_reserved),
+    OrderExpired: Subscription(on_cancel, compensation=True),
 }
 
-# Orchestrated: the same handler, triggered by the orchestrator's command.
-ORCHESTRATED: Subscriptions = {CreateShipment: Subscription(on_inventory_reserved)}
+# Orchestrated: the same handlers, triggered by the orchestrator's commands.
+ORCHESTRATED: Subscriptions = {
+    CreateShipment: Subscription(on_inventory_reserved),
+    CancelShipment: Subscription(on_cancel, compensation=True),
+}

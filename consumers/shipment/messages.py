@@ -12,3 +12,11 @@ class ShipmentCreated(Message, key="shipment.created", owner="shipment"):
 
 class ShipmentFailed(Message, key="shipment.failed", owner="shipment"):
     reason: Reason
+
+
+class ShipmentCancelled(Message, key="shipment.cancelled", owner="shipment"):
+    """A compensation: the order's shipment was withdrawn (None: none had been made, and none
+    will be: a late request to ship it is refused)."""
+
+    shipment_id: Id | None
+    reason: Reason

@@ -14,7 +14,7 @@ class Shipment(SQLModel, table=True):
     order_id: str = Field(primary_key=True, max_length=64)
     shipment_id: str | None = Field(default=None, max_length=64)
     tracking_code: str | None = Field(default=None, max_length=64)
-    status: str = Field(max_length=16)  # created | failed
+    status: str = Field(max_length=16)  # created | failed | cancelled
     reason: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))
 

@@ -188,6 +188,7 @@ SERVICE_MODULES = {
     "tables": "kernel",
     "eventstore": "app",
     "projections": "app",
+    "timers": "app",
     "handlers": "handlers",
 }
 
