@@ -29,7 +29,7 @@ from consumers.inventory.tables import Reservation, Stock
 from consumers.notification.tables import Notification
 from consumers.order import rules as domain
 from consumers.order.rules import SETTLED
-from consumers.order.tables import OrderEvent, OrderView
+from consumers.order.tables import OrderDeadline, OrderEvent, OrderView
 from consumers.payment.tables import Charge, Refund
 from consumers.shipment.tables import Shipment
 from models.tables import DeadLetter, GatewayLedger, Outbox
@@ -196,6 +196,26 @@ class Snapshot:
     @cached_property
     def shipments(self) -> dict[str, str]:
         return dict(self._rows("shipment", select(Shipment.order_id, Shipment.status)))
+
+    @cached_property
+    def timelines(self) -> dict[str, list[str]]:
+        """order -> the types, in order, of its events that tell how its saga ended: the facts a
+        deadline races with, the deadline itself and the end."""
+        rows = self._rows(
+            "order",
+            select(OrderEvent.order_id, OrderEvent.type)
+            .where(col(OrderEvent.type).in_(TIMELINE))
+            .order_by(col(OrderEvent.order_id), col(OrderEvent.version)),
+        )
+        out: dict[str, list[str]] = defaultdict(list)
+        for order_id, type_ in rows:
+            out[order_id].append(type_)
+        return dict(out)
+
+    @cached_property
+    def timers(self) -> dict[str, str]:
+        """order -> the step its durable timer watches."""
+        return dict(self._rows("order", select(OrderDeadline.order_id, OrderDeadline.step)))
 
     @cached_property
     def notifications(self) -> dict[str, list[str]]:
@@ -438,6 +458,43 @@ def check_dead_letters(snap: Snapshot, c: Check) -> None:
                     )
 
 
+# The order events a deadline's story is told by (Snapshot.timelines).
+ANSWERS = ("PaymentCaptured", "StockReserved", "ShipmentDispatched")
+ENDINGS = ("OrderCompleted", "OrderCancelled", "OrderRejected")
+TIMELINE = (*ANSWERS, "DeadlinePassed", *ENDINGS)
+
+
+def late_answers(timeline: list[str]) -> int:
+    """How many answers came after the order's deadline had passed (each one undone: the money,
+    stock and shipment checks prove it)."""
+    if "DeadlinePassed" not in timeline:
+        return 0
+    return sum(t in ANSWERS for t in timeline[timeline.index("DeadlinePassed") :])
+
+
+def check_deadlines(snap: Snapshot, c: Check) -> None:
+    """Ended once; a deadline only ever cancels, and only an order still waiting; a timer exists
+    exactly while its order waits (durable: written with the step, gone with the wait)."""
+    for order_id, timeline in snap.timelines.items():
+        ends = [t for t in timeline if t in ENDINGS]
+        if len(ends) > 1:
+            c.offend(order_id, f"ended {len(ends)} times: {', '.join(ends)}")
+        if "DeadlinePassed" in timeline:
+            after = timeline[timeline.index("DeadlinePassed") + 1 :]
+            if not after or after[0] != "OrderCancelled" or "OrderCompleted" in timeline:
+                c.offend(order_id, f"a deadline that did not cancel its order: {timeline}")
+    for order_id, (state, *_rest) in snap.views.items():
+        waits = domain.WAITING_ON.get(state)
+        timer = snap.timers.get(order_id)
+        if waits and timer is None:
+            c.offend(order_id, f"{state} (waiting on {waits}) without a timer")
+        if not waits and timer is not None:
+            c.offend(order_id, f"{state} still has a timer ({timer})")
+    for order_id in set(snap.timers) - set(snap.views):
+        c.offend(order_id, "timer for an unknown order")
+    c.checked = len(snap.views)
+
+
 CHECKS: list[tuple[str, str, Callable[[Snapshot, Check], None]]] = [
     ("terminal", "every order terminal (or NEEDS_ATTENTION with a dead letter)", check_terminal),
     (
@@ -450,6 +507,11 @@ CHECKS: list[tuple[str, str, Callable[[Snapshot, Check], None]]] = [
         "shipments_notifications",
         "one shipment at most; one notification of the right kind",
         check_shipments_notifications,
+    ),
+    (
+        "deadlines",
+        "ended once; a timer only while waiting; no completed order cancelled by one",
+        check_deadlines,
     ),
     ("outbox", "every outbox row sent", check_outbox),
     ("fold", "fold(order events) == order projection", check_fold),

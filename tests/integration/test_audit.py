@@ -54,7 +54,8 @@ class World:
         self, order_id: str, facts: list[tuple[str, dict]], qty: int = 2, price: int = PRICE
     ) -> None:
         """Append the order's events and its projection, exactly as the order service folds them."""
-        from consumers.order import projections
+        from choreo.infra.db import connection_of
+        from consumers.order import projections, timers
         from consumers.order import rules as domain
         from consumers.order.tables import OrderEvent
         from models.tables import Outbox, utcnow
@@ -84,7 +85,10 @@ class World:
             ]
             s.add_all(rows)
             s.flush()  # positions assigned, as the live projector sees them
-            projections.project(s, domain.fold(order_id, events), rows)
+            folded = domain.fold(order_id, events)
+            projections.project(s, folded, rows)
+            # its durable timer, while it waits (as the order service keeps it)
+            timers.schedule(connection_of(s), domain.Order(order_id), folded, utcnow())
             s.add(
                 Outbox(
                     event_id=str(uuid.uuid4()),
@@ -450,3 +454,52 @@ def test_an_unreachable_broker_fails_dead_letters_with_the_error(world):
     checks = audit(s)
     assert failing(checks) == {"dead_letters": []}
     assert "could not check" in checks["dead_letters"].detail
+
+
+def test_a_late_answer_after_expiry_undone_passes_and_counts_as_late(world):
+    from choreo.ops.audit import Snapshot, late_answers
+
+    world.order(
+        "ord-late",
+        [
+            ("DeadlinePassed", {"step": "payment"}),
+            ("OrderCancelled", {"reason": "timeout:payment"}),
+            ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+            ("PaymentRefunded", {"amount_cents": 2 * PRICE, "reason": "timeout:payment"}),
+        ],
+    )
+    world.charge("ord-late", refund=True)
+    world.notify("ord-late", "cancelled")
+    assert failing(audit(world.settings)) == {}
+    assert late_answers(Snapshot(world.settings).timelines["ord-late"]) == 1
+
+
+def test_a_completed_order_a_stale_timer_cancelled_fails_deadlines(world):
+    world.order(
+        "ord-stale",
+        [
+            ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+            ("StockReserved", {"reservation_id": "r"}),
+            ("ShipmentDispatched", {"shipment_id": "s"}),
+            ("OrderCompleted", {}),
+            ("DeadlinePassed", {"step": "saga"}),
+            ("OrderCancelled", {"reason": "timeout:saga"}),
+        ],
+    )
+    world.charge("ord-stale", refund=True)
+    world.notify("ord-stale", "cancelled")
+    checks = audit(world.settings)
+    assert "ord-stale" in failing(checks)["deadlines"]
+    assert "ended 2 times" in checks["deadlines"].problems["ord-stale"]
+
+
+def test_a_waiting_order_without_its_timer_fails_deadlines(world):
+    from consumers.order.tables import OrderDeadline
+
+    world.order("ord-wait", [])
+    with world.session("order") as s:
+        s.delete(s.get(OrderDeadline, "ord-wait"))
+        s.commit()
+    checks = audit(world.settings)
+    assert failing(checks) == {"terminal": ["ord-wait"], "deadlines": ["ord-wait"]}
+    assert checks["deadlines"].problems["ord-wait"] == "PLACED (waiting on payment) without a timer"
