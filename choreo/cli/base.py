@@ -66,7 +66,8 @@ class LazyGroup(click.Group):
 
 COMMANDS = {
     **{
-        name: f"choreo.cli.processes:{name}" for name in ("worker", "users", "flower", "up", "down")
+        name: f"choreo.cli.processes:{name}"
+        for name in ("worker", "users", "flower", "up", "down", "stop", "start")
     },
     **{name: f"choreo.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
     **{

@@ -13,7 +13,7 @@ from choreo.cli.base import console, current_settings, err
 from choreo.infra.db import engine_for
 from choreo.infra.redis_client import redis_client
 from choreo.ops.audit import print_report, run_audit
-from choreo.ops.status import gather_status
+from choreo.ops.status import HELD, gather_status
 from choreo.world.users import UsersClient
 from consumers.order import projections as proj
 from consumers.registry import topology as topology_of
@@ -82,7 +82,7 @@ def print_warnings(data: dict) -> None:
         )
 
 
-HEALTH_STYLE = {"ok": "green", "down": "red", "not running": "yellow"}
+HEALTH_STYLE = {"ok": "green", "down": "red", "not running": "yellow", HELD: "dim"}
 READY = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}
 
 

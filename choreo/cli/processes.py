@@ -1,4 +1,5 @@
-"""`choreo worker|users|flower|up|down`: the processes of a stack, started by one code path."""
+"""`choreo worker|users|flower|up|down|stop|start`: the processes of a stack, started by one code
+path."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from choreo.infra import logs
 from choreo.infra.db import engine_for
 from choreo.messaging.access import node_name
 from choreo.ops import prometheus
-from choreo.ops.stack import Stack, bring_up, process_names
+from choreo.ops.stack import Stack, bring_up, process_names, wait_consuming, worker_of
 from choreo.world.users import make_server
 from config.settings import DOMAINS, SAGA_MODES, Settings
 from consumers.registry import topology
@@ -143,6 +144,9 @@ def up_stack(
     (settings.run_dir / SAGA_MARKER).write_text(settings.saga_mode)
     (settings.run_dir / WORKERS_MARKER).write_text(str(settings.workers_per_domain))
     names = [n for n in process_names(settings) if with_flower or n != "flower"]
+    # A full bring-up starts everything, what was stopped on purpose too (docker compose up).
+    for name in Stack(settings).release_all():
+        console.print(f"{name}: no longer held stopped")
     try:
         stack = bring_up(settings, names, wait)
     except RuntimeError as exc:
@@ -186,7 +190,7 @@ def start_prometheus(settings) -> None:
 )
 def up(no_flower: bool, no_prometheus: bool, saga: str | None, workers: int | None) -> None:
     """Start the user service, the domain workers (and the orchestrator), Flower and
-    Prometheus (idempotent)."""
+    Prometheus (idempotent; what `choreo stop` held is started too)."""
     up_stack(
         with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus, workers=workers
     )
@@ -194,7 +198,8 @@ def up(no_flower: bool, no_prometheus: bool, saga: str | None, workers: int | No
 
 @click.command()
 def down() -> None:
-    """Stop what `choreo up` started (by pid file; nothing else is touched)."""
+    """Stop what `choreo up` started (by pid file; nothing else is touched) and end every
+    `choreo stop` hold."""
     settings = current_settings()
     if prometheus.stop(settings):
         console.print("stopped prometheus")
@@ -204,3 +209,60 @@ def down() -> None:
     for name in reversed(process_names(every)):
         if stack.stop(name):
             console.print(f"stopped {name}")
+    stack.release_all()  # nothing runs: nothing is held either; the next `choreo up` starts all
+
+
+def known_process(settings: Settings, name: str) -> str:
+    """`name` if it is a process of this stack, else a one-line error naming the valid ones."""
+    names = process_names(settings)
+    if name not in names:
+        fail(f"unknown process {name!r}; choose from: {', '.join(names)}")
+    return name
+
+
+@click.command()
+@click.argument("name")
+def stop(name: str) -> None:
+    """Stop one process (SIGTERM; SIGKILL after 15 s) and keep it stopped until `choreo start
+    NAME` or `choreo up`: nothing that restarts crashed processes starts it (like `docker
+    compose stop NAME`)."""
+    settings = current_settings()
+    stack = Stack(settings)
+    pid = stack.stop_on_purpose(known_process(settings, name))
+    done = f"stopped {name} (pid {pid})" if pid else f"{name} was not running"
+    console.print(
+        f"{done}; held stopped until `choreo start {name}` or `choreo up` "
+        f"(mark: {stack.stopped_file(name)})",
+        soft_wrap=True,  # one line: a script may read it, a path is not cut
+    )
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--wait",
+    type=click.FloatRange(1, 600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait until it runs (a worker: until it consumes from its queue).",
+)
+def start(name: str, wait: float) -> None:
+    """Start one process again, ending a `choreo stop NAME`, and wait until it runs (a worker:
+    until it consumes from its queue)."""
+    settings = current_settings()
+    stack = Stack(settings)
+    known_process(settings, name)
+    was_held, running = stack.held(name), stack.pid(name)
+    pid = stack.start(name)
+    try:
+        wait_consuming(settings, stack, [name], wait)
+    except RuntimeError as exc:
+        fail(str(exc))
+    worker = worker_of(name)
+    how = f", consuming from {settings.namespace}.{worker[0]}" if worker else ""
+    if running:
+        console.print(f"{name} was already running (pid {pid}){how}")
+    else:
+        console.print(f"started {name} (pid {pid}){how}")
+    if was_held:
+        console.print(f"{name}: no longer held stopped")

@@ -1,5 +1,11 @@
 """Starting and stopping choreo's processes by pid file: one code path for the CLI, tests and
-chaos."""
+chaos.
+
+A process stopped on purpose (`choreo stop NAME`) is *held*: a file `run_dir/NAME.stopped`,
+written before the stop, says so. Whatever restarts processes that died (the chaos harness,
+`wait_consuming(start=...)`) does it by `Stack.restart`, which leaves a held one alone; an
+explicit `Stack.start` (`choreo start NAME`, `choreo up`) ends the hold, like `docker compose
+stop` and `start`."""
 
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from consumers.registry import topology
 
 # Every process the stack starts runs `python -m choreo ...`; its command line says so.
 MARK = " -m choreo "
+# run_dir/<name> + this: the process was stopped on purpose and stays stopped (Stack.held).
+HELD_SUFFIX = ".stopped"
 
 
 def worker_name(domain: str, index: int = 1) -> str:
@@ -166,6 +174,36 @@ class Stack:
     def logfile(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def stopped_file(self, name: str) -> Path:
+        """The mark of a process stopped on purpose (`choreo stop NAME`)."""
+        return self.run_dir / f"{name}{HELD_SUFFIX}"
+
+    def held(self, name: str) -> bool:
+        """Stopped on purpose, to stay stopped until started on purpose: no restarter starts it."""
+        return self.stopped_file(name).exists()
+
+    def hold(self, name: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.stopped_file(name).write_text(f"stopped on purpose at {time.time():.0f}\n")
+
+    def release(self, name: str) -> None:
+        self.stopped_file(name).unlink(missing_ok=True)
+
+    def held_names(self) -> list[str]:
+        """Every process held now (whatever the stack's shape)."""
+        if not self.run_dir.is_dir():
+            return []
+        return sorted(
+            m.name.removesuffix(HELD_SUFFIX) for m in self.run_dir.glob(f"*{HELD_SUFFIX}")
+        )
+
+    def release_all(self) -> list[str]:
+        """End every hold (a full bring-up, a `choreo down`); the names that were held."""
+        names = self.held_names()
+        for name in names:
+            self.release(name)
+        return names
+
     def pid(self, name: str) -> int | None:
         """The recorded pid, only if that process is alive and is ours (no stale-pid accidents)."""
         try:
@@ -177,6 +215,34 @@ class Stack:
         return None
 
     def start(self, name: str) -> int:
+        """Start `name` on purpose (an operator, a bring-up, a test): ends a hold. Its pid
+        (the running one's if it runs already)."""
+        self.release(name)
+        return self._launch(name)
+
+    def restart(self, name: str) -> int | None:
+        """A restarter's start (a process found dead, a worker the chaos harness killed): None,
+        and nothing runs, while `name` is held. The mark is looked at again once started: an
+        operator's `choreo stop` that wrote it meanwhile finds either this process by its pid
+        file or, here, its own mark, so nothing is left running either way."""
+        if self.held(name):
+            return None
+        pid = self._launch(name)
+        if self.held(name):
+            self.stop(name)
+            return None
+        return pid
+
+    def stop_on_purpose(self, name: str, timeout: float = 15.0) -> int | None:
+        """Hold `name`, then stop it (SIGTERM, SIGKILL after `timeout`): `choreo stop NAME`. The
+        mark comes first, so a restarter racing the stop sees it. The pid stopped, None if it
+        was not running (it is held all the same)."""
+        self.hold(name)
+        pid = self.pid(name)
+        self.stop(name, timeout)
+        return pid
+
+    def _launch(self, name: str) -> int:
         existing = self.pid(name)
         if existing:
             return existing
@@ -201,7 +267,8 @@ class Stack:
             self.pidfile(name).unlink(missing_ok=True)
             return False
         kids = children(pid)
-        os.kill(pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):  # gone meanwhile (a racing stop, a crash)
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and alive(pid):
             time.sleep(0.1)
@@ -233,31 +300,42 @@ class Stack:
         return {name: self.pid(name) for name in process_names(self.settings)}
 
 
+def _consumers_wanted(settings: Settings, names: list[str], running: set[str]) -> dict[str, int]:
+    """Queue -> consumers it must have: one per worker of its domain that is in `names` or in
+    `running` (a second worker started beside a running first one is waited for too)."""
+    wanted: dict[str, int] = {}
+    domains = {worker[0] for worker in map(worker_of, names) if worker}
+    for name in set(names) | running:
+        worker = worker_of(name)
+        if worker and worker[0] in domains:
+            queue = f"{settings.namespace}.{worker[0]}"
+            wanted[queue] = wanted.get(queue, 0) + 1
+    return wanted
+
+
 def wait_consuming(
     settings: Settings,
     stack: Stack,
     names: list[str],
     timeout: float,
-    start: Callable[[str], int] | None = None,
+    start: Callable[[str], int | None] | None = None,
 ) -> None:
     """Until every worker among `names` has a consumer on its queue and every one of `names`
-    runs; with `start`, (re)start by it what is not running meanwhile. RuntimeError on timeout."""
+    runs; with `start`, (re)start by it what is not running meanwhile. A process held (stopped
+    on purpose, `choreo stop`) is neither waited for nor started. RuntimeError on timeout."""
     deadline = time.monotonic() + timeout
-    # queue -> consumers it must have: one per worker of its domain that is in `names` or runs
-    # (a second worker started beside a running first one is waited for too)
-    wanted: dict[str, int] = {}
-    domains = {worker[0] for worker in map(worker_of, names) if worker}
-    for name in set(names) | {n for n in process_names(settings) if stack.pid(n)}:
-        worker = worker_of(name)
-        if worker and worker[0] in domains:
-            queue = f"{settings.namespace}.{worker[0]}"
-            wanted[queue] = wanted.get(queue, 0) + 1
+    running = {n for n in process_names(settings) if stack.pid(n)}
     while True:
+        # Held looked at every round: an operator may stop a process on purpose meanwhile.
+        wanted_names = [n for n in names if not stack.held(n)]
+        wanted = _consumers_wanted(
+            settings, wanted_names, {n for n in running if not stack.held(n)}
+        )
         # A connection per look: the broker may have dropped the last one (chaos restarts it).
         with BrokerAdmin(settings) as admin:
             consumers = {q["name"]: q["consumers"] for q in admin.queue_stats()}
         idle = [q for q, n in wanted.items() if (consumers.get(q) or 0) < n]
-        dead = [n for n in names if stack.pid(n) is None]
+        dead = [n for n in wanted_names if stack.pid(n) is None]
         if not idle and not dead:
             return
         if time.monotonic() > deadline:

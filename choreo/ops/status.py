@@ -1,5 +1,5 @@
 """`choreo status` as data: orders by state, queues, dead letters, unrouted messages, processes
-(and each one's /health and /ready), Prometheus, counters.
+(and each one's /health and /ready; "held": those stopped on purpose), Prometheus, counters.
 
 Every source that is away (database, broker, Redis) is reported in the result, never raised:
 a status is most wanted when something is down.
@@ -23,6 +23,7 @@ from choreo.ops.stack import Stack
 from config.settings import Settings
 
 PROBE_TIMEOUT = 0.5  # seconds per GET: a status is most wanted when something hangs
+HELD = "stopped (by choreo stop)"  # the health of a process stopped on purpose, not down
 
 
 def gather_status(settings: Settings) -> dict[str, Any]:
@@ -48,8 +49,13 @@ def gather_status(settings: Settings) -> dict[str, Any]:
         (q["messages"] for q in data["queues"] if q["name"] == f"{settings.namespace}.unrouted"),
         None,
     )
-    data["processes"] = Stack(settings).running()
+    stack = Stack(settings)
+    data["processes"] = stack.running()
     data["health"] = process_health(settings, data["processes"])
+    data["held"] = stack.held_names()
+    for name in data["held"]:
+        if name in data["health"] and not data["processes"][name]:
+            data["health"][name]["health"] = HELD
     pid = prometheus.running(settings)
     data["prometheus"] = {"url": prometheus.url(settings), "pid": pid, "running": pid is not None}
     try:

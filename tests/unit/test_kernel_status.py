@@ -24,6 +24,9 @@ class _NoStack:
     def running(self) -> dict[str, int | None]:
         return {}
 
+    def held_names(self) -> list[str]:
+        return []
+
 
 def _no_redis(settings: Settings):
     raise redis.ConnectionError("no Redis in a unit test")

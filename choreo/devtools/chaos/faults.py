@@ -96,8 +96,18 @@ class Faults:
         self.counts: Counter = Counter()
         self.metrics_before_redis_restart: dict[str, dict[str, int]] = {}
 
-    def start(self, name: str, why: str = "") -> int:
-        pid = self.stack.start(name)
+    def start(self, name: str, why: str = "") -> int | None:
+        """(Re)start `name` by Stack.restart: None, and nothing started, while an operator holds
+        it stopped (`choreo stop NAME`)."""
+        pid = self.stack.restart(name)
+        if pid is None:
+            self.journal.note(
+                "held",
+                f"{name} not started ({why or 'start'}): stopped on purpose (choreo stop)",
+                style="yellow",
+                process=name,
+            )
+            return None
         self.started_pids.add(pid)
         if why:
             self.journal.note(
@@ -165,7 +175,10 @@ class Faults:
                 self.restarting.add(node)  # until it runs again: no other node is stopped meanwhile
                 self._in_background(self._start_node, node, "after kill")
         for name in ["users", *self.workers]:
-            if name not in self.restart_due and self.stack.pid(name) is None:
+            # Stopped on purpose (`choreo stop`): not dead, and left alone.
+            if self.stack.held(name) or name in self.restart_due:
+                continue
+            if self.stack.pid(name) is None:
                 self.counts["unexpected_exit"] += 1
                 self.journal.note(
                     "died",
