@@ -1,0 +1,152 @@
+"""Deadlines on the real stack: stop the service a saga waits on past its deadline; the order ends
+cancelled (timeout:<step>), what was done is undone once, the customer is told once; the service
+comes back, drains its backlog, and every late answer is undone too.
+
+Each mode gets a stack of its own (namespace, run and data folders) with deadlines of seconds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+from sqlmodel import Session, select
+
+from tests.helpers import queues_idle, wait_for
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE = 3  # each step's, in seconds; the saga's is longer
+# step -> (the worker stopped, the late answer the order hears, that answer's undoing)
+STEPS = {
+    "payment": ("worker-payment", "PaymentCaptured", "PaymentRefunded"),
+    "inventory": ("worker-inventory", "StockReserved", "StockReleased"),
+    "shipment": ("worker-shipment", "ShipmentDispatched", "ShipmentWithdrawn"),
+}
+
+
+@pytest.fixture(scope="module", params=["choreography", "orchestrated"])
+def short(request, settings, tmp_path_factory):
+    """A stack whose deadlines are seconds long, in the saga mode given."""
+    from choreo.ops.stack import free_port, process_names
+    from tests.e2e.conftest import start_stack
+
+    mode = request.param
+    root = tmp_path_factory.mktemp(f"deadlines-{mode}")
+    update = {
+        "namespace": f"dl-{uuid.uuid4().hex[:6]}",
+        "saga_mode": mode,
+        "run_dir": root / "run",
+        "data_dir": root / "data",
+        "user_service_port": free_port(),
+        "deadline_payment": DEADLINE,
+        "deadline_inventory": DEADLINE,
+        "deadline_shipment": DEADLINE,
+        "deadline_saga": 60,
+        "timer_interval": 0.2,
+        "timer_refire": 2,
+    }
+    s = settings.model_copy(update=update)
+    env = {f"CHOREO_{k.upper()}": str(v) for k, v in update.items()}
+    stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
+    yield s, stack
+    for name in reversed(process_names(s)):
+        stack.stop(name)
+
+
+def timeline(settings, order_id: str) -> list[str]:
+    from choreo.infra.db import engine_for
+    from consumers.order.tables import OrderEvent
+
+    with Session(engine_for(settings, "order")) as s:
+        rows = s.exec(
+            select(OrderEvent.type)
+            .where(OrderEvent.order_id == order_id)
+            .order_by(OrderEvent.version)
+        )
+        return list(rows)
+
+
+def books(settings, order_id: str) -> dict:
+    """What the services hold for the order: money moved at the gateway, the reservation's and
+    the shipment's status, the notifications sent."""
+    from choreo.infra.db import engine_for
+    from consumers.inventory.tables import Reservation
+    from consumers.notification.tables import Notification
+    from consumers.shipment.tables import Shipment
+    from models.tables import GatewayLedger
+
+    def one(service, query):
+        with Session(engine_for(settings, service)) as s:
+            return list(s.exec(query))
+
+    moved = Counter()
+    for kind, cents in one(
+        "gateway",
+        select(GatewayLedger.kind, GatewayLedger.amount_cents).where(
+            GatewayLedger.order_id == order_id
+        ),
+    ):
+        moved[kind] += cents
+    reservation = one(
+        "inventory", select(Reservation.status).where(Reservation.order_id == order_id)
+    )
+    shipment = one("shipment", select(Shipment.status).where(Shipment.order_id == order_id))
+    notes = one("notification", select(Notification.kind).where(Notification.order_id == order_id))
+    return {
+        "charged": moved["charge"],
+        "refunded": moved["refund"],
+        "reservation": reservation[0] if reservation else None,
+        "shipment": shipment[0] if shipment else None,
+        "notifications": sorted(notes),
+    }
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_step_past_its_deadline_cancels_and_every_late_answer_is_undone(short, step):
+    from choreo.app.queries import order_states
+    from choreo.ops.audit import run_audit
+    from choreo.ops.stack import wait_consuming
+    from choreo.ops.workload import publish_orders
+
+    s, stack = short
+    worker, late, undone = STEPS[step]
+    stack.stop_on_purpose(worker)
+    try:
+        ((order_id, _),) = publish_orders(s, ["completed"], seed=None)
+        state = wait_for(
+            lambda: (
+                order_states(s, [order_id]).get(order_id, (None, None))[0] == "CANCELLED"
+                and order_states(s, [order_id])[order_id]
+            ),
+            timeout=DEADLINE * 10,
+            what=f"the order cancelled by its {step} deadline",
+        )
+        assert state == ("CANCELLED", f"timeout:{step}")
+        # while the service is still away: cancelled once, the customer told once
+        wait_for(lambda: books(s, order_id)["notifications"] == ["cancelled"], timeout=30)
+    finally:
+        stack.start(worker)
+    wait_consuming(s, stack, [worker], timeout=60)
+    # Back: it drains its backlog (the request that waited, then the expiry behind it).
+    wait_for(
+        lambda: undone in timeline(s, order_id),
+        timeout=60,
+        what=f"{undone} after the late {late}",
+    )
+    queues_idle(s, quiet_for=1.0)
+
+    events = timeline(s, order_id)
+    assert events.count("DeadlinePassed") == 1 and events.count("OrderCancelled") == 1
+    expired_at = events.index("DeadlinePassed")
+    assert late in events[expired_at:], f"no late {late} after the expiry: {events}"
+    assert "OrderCompleted" not in events
+    held = books(s, order_id)
+    assert held["charged"] == held["refunded"]  # the gateway ledger nets to zero
+    assert held["reservation"] in (None, "released")
+    assert held["shipment"] in (None, "cancelled")
+    assert held["notifications"] == ["cancelled"]
+    assert order_states(s, [order_id])[order_id] == ("CANCELLED", f"timeout:{step}")
+    failed = {c.name: c.problems for c in run_audit(s) if not c.passed}
+    assert failed == {}, failed
