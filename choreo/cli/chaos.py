@@ -22,6 +22,19 @@ DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
     "--duration", default=120.0, show_default=True, help="Seconds of fault injection at most."
 )
 @click.option("--kill-every", default=3.0, show_default=True, help="Seconds between worker kills.")
+@click.option(
+    "--outage",
+    default=40.0,
+    show_default=True,
+    help="Seconds one domain's workers (payment, inventory or shipment) stay stopped while "
+    "orders flow; 0: no outage.",
+)
+@click.option(
+    "--deadline",
+    default=25.0,
+    show_default=True,
+    help="Each step's deadline in the run, seconds (the saga's is ten times it).",
+)
 @click.option("--seed", type=int, default=None)
 @click.option(
     "--broker-restart",
@@ -77,6 +90,8 @@ def chaos(
     orders: int,
     duration: float,
     kill_every: float,
+    outage: float,
+    deadline: float,
     seed: int | None,
     broker_restart: str,
     settle_timeout: float,
@@ -90,8 +105,8 @@ def chaos(
 ) -> None:
     """Place orders while killing workers, restarting the broker and Redis, injecting duplicates
     and poison; then wait for the system to settle and audit it. Exits 1 on any violation."""
-    if orders < 1 or duration <= 0 or kill_every <= 0:
-        fail("--orders, --duration and --kill-every must be positive")
+    if orders < 1 or duration <= 0 or kill_every <= 0 or deadline <= 0 or outage < 0:
+        fail("--orders, --duration, --kill-every and --deadline must be positive, --outage >= 0")
     if tls and not cluster:
         fail(
             "--tls needs --cluster (the private nodes it starts serve TLS; "
@@ -110,6 +125,8 @@ def chaos(
             orders=orders,
             duration=duration,
             kill_every=kill_every,
+            outage=outage,
+            deadline=deadline,
             seed=seed,
             broker_restart=broker_restart,
             settle_timeout=settle_timeout,

@@ -58,3 +58,15 @@ def test_poison_is_dead_lettered_with_its_reason_and_touches_no_order(chaos_repo
     for expected in ("poison: body is not valid", "poison: unknown message type", "poison: schema"):
         assert expected in reasons
     assert "NEEDS_ATTENTION (dead_lettered" not in " ".join(chaos_report.figures["terminal"])
+
+
+def test_a_long_outage_expired_sagas_and_every_late_answer_was_undone(chaos_report, ci_run):
+    assert chaos_report.figures, _why(chaos_report)
+    f = chaos_report.figures
+    assert f["outage"]["domain"] in ("payment", "inventory", "shipment")
+    assert f["outage"]["seconds"] == ci_run["outage"] > ci_run["deadline"]
+    # Orders reached the stopped domain and waited past its deadline: cancelled, timeout:<step>.
+    assert f["sagas_expired"].get(f["outage"]["domain"], 0) >= 1, _why(chaos_report)
+    # Its backlog answered them late once it came back; the audit (money, stock, shipments,
+    # deadlines) passing says each late answer was undone.
+    assert f["late_answers_compensated"] >= 1, _why(chaos_report)

@@ -95,6 +95,7 @@ class Faults:
         self.started_pids: set[int] = set()
         self.counts: Counter = Counter()
         self.metrics_before_redis_restart: dict[str, dict[str, int]] = {}
+        self.outage: dict | None = None  # the domain stopped on purpose now, and until when
 
     def start(self, name: str, why: str = "") -> int | None:
         """(Re)start `name` by Stack.restart: None, and nothing started, while an operator holds
@@ -114,6 +115,34 @@ class Faults:
                 "restart", f"{name} pid {pid} ({why})", style="green", process=name, pid=pid
             )
         return pid
+
+    def start_outage(self, domain: str, seconds: float) -> None:
+        """Stop every worker of `domain` on purpose (held: nothing restarts them) for `seconds`:
+        longer than a deadline, so the sagas waiting on it expire, and its backlog's answers come
+        late, once `tend` starts it again."""
+        names = [n for n in self.workers if (worker_of(n) or ("",))[0] == domain]
+        for name in names:
+            self.restart_due.pop(name, None)
+            self.stack.stop_on_purpose(name, timeout=5.0)
+        self.outage = {"domain": domain, "workers": names, "until": time.monotonic() + seconds}
+        self.counts["outage"] += 1
+        self.journal.note(
+            "outage",
+            f"{domain}: {', '.join(names)} stopped on purpose for {seconds:.0f}s",
+            style="red",
+            domain=domain,
+            seconds=seconds,
+        )
+
+    def end_outage(self) -> None:
+        """Start the outage's workers again (an operator's `choreo start`)."""
+        outage, self.outage = self.outage, None
+        if outage is None:
+            return
+        for name in outage["workers"]:
+            pid = self.stack.start(name)
+            self.started_pids.add(pid)
+            self.journal.note("outage over", f"{name} pid {pid}", style="green", process=name)
 
     def kill_random_worker(self) -> None:
         # The workers that consumed from a faulted node are never killed: their failover is observed
@@ -165,6 +194,8 @@ class Faults:
         """Restart killed workers when due; restart any process that died on its own (and say
         so)."""
         now = time.monotonic()
+        if self.outage is not None and now >= self.outage["until"]:
+            self.end_outage()
         for name, due in list(self.restart_due.items()):
             if now >= due:
                 del self.restart_due[name]

@@ -35,6 +35,11 @@ class ChaosConfig:
     database_server: str = ""
     node_down_seconds: float = 5.0  # a killed node stays down this long
     tls: bool = False  # with cluster: amqps only, TLS between nodes, the run's Redis TLS only
+    # A long outage: every worker of one domain (payment, inventory or shipment, drawn) stopped
+    # on purpose for this many seconds while orders flow (0: none); it outlasts `deadline`,
+    # each step's deadline in the run (the saga's is ten times it), so sagas expire.
+    outage: float = 40.0
+    deadline: float = 25.0
 
 
 @dataclass
@@ -164,6 +169,17 @@ def print_summary(console: Console, report: ChaosReport, kept: bool, workdir: Pa
                 )
             ]
             if f.get("handled_by_worker")
+            else []
+        ),
+        *(
+            [
+                (
+                    "outage / sagas expired / late answers undone",
+                    "{domain} for {seconds:.0f}s at {t:.0f}s".format(**f["outage"])
+                    + f" / {f.get('sagas_expired')} / {f.get('late_answers_compensated')}",
+                )
+            ]
+            if f.get("outage")
             else []
         ),
         ("injected", ", ".join(f"{k}: {v}" for k, v in sorted(report.injected.items()))),

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika.exceptions
 import redis
@@ -28,15 +29,16 @@ from choreo.devtools.chaos.settle import (
     total,
 )
 from choreo.devtools.sandbox import Sandbox, private_cluster
-from choreo.ops.audit import run_audit
+from choreo.ops.audit import Snapshot, late_answers, run_audit
 from choreo.ops.render import outcome_table
 from choreo.ops.scenarios import DEFAULT_MIX, draw_scenarios
 from choreo.ops.stack import Stack, is_ours, process_names, wait_consuming
 from choreo.ops.workload import expected_by_scenario, outcomes, terminal_count
 from config.settings import Settings
-from consumers.order.rules import TERMINAL
+from consumers.order.rules import TERMINAL, WAITING_ON, timeout_reason
 from consumers.registry import topology
 
+TIMEOUT = timeout_reason("")  # the reason's prefix of an order a deadline cancelled
 # The machine's services failing under the harness: a failed run with the error, not a traceback.
 ENVIRONMENT_FAILURES = (
     RuntimeError,
@@ -64,6 +66,7 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
             workdir=cfg.workdir,
             database_server=cfg.database_server,
             workers_per_domain=cfg.workers_per_domain,
+            **deadline_settings(cfg),
             cluster_dir=cluster.base_dir if cluster else None,
             redis_tls=bool(cluster and cfg.tls),
         )
@@ -115,6 +118,18 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     return report
 
 
+def deadline_settings(cfg: ChaosConfig) -> dict[str, Any]:
+    """The run's deadlines: each step's `cfg.deadline`, the saga's ten times that; timers looked
+    for twice a second."""
+    steps = {f"deadline_{step}": cfg.deadline for step in set(WAITING_ON.values())}
+    return {
+        **steps,
+        "deadline_saga": cfg.deadline * 10,
+        "timer_interval": 0.5,
+        "timer_refire": max(5.0, cfg.deadline / 2),
+    }
+
+
 def _run(
     cfg: ChaosConfig,
     seed: int,
@@ -159,6 +174,7 @@ def _run(
     # queues.
     if faults.cluster:
         report.errors += faults.settle_nodes()
+    faults.end_outage()
     for name in list(faults.restart_due):
         faults.restart_due.pop(name)
         faults.start(name, "settle")
@@ -205,6 +221,9 @@ class _Schedule:
             # node's app stops.
             "node_kill": t0 + rng.uniform(0.3, 0.45) * window if faults.cluster else None,
             "stop_app": t0 + rng.uniform(0.75, 0.9) * window if faults.cluster else None,
+            # One domain away longer than its deadline while orders flow (it comes back on its
+            # own: Faults.tend).
+            "outage": t0 + rng.uniform(0.25, 0.4) * window if cfg.outage else None,
         }
         bursts = [t0 + window * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
         return cls(one_offs, bursts, next_kill=t0 + cfg.kill_every)
@@ -309,6 +328,8 @@ def fire_one_off(
             return now + 1.0  # only once every node runs again
     elif what == "redis":
         faults.restart_redis(lambda: metrics_snapshot(settings))
+    elif what == "outage":
+        faults.start_outage(rng.choice(sorted(set(WAITING_ON.values()))), cfg.outage)
     else:
         raise ValueError(f"unknown one-off fault {what!r}")
     return None
@@ -433,10 +454,14 @@ def _conclude(
     report.audit = [c.as_dict() for c in report.checks]
     expected = expected_by_scenario()
     report.missing = [o for o, _ in sent if o not in states]
+    # An order a deadline cancelled ended as it had to whatever its data (the audit proves it
+    # undone); every other one must end where its data asked.
     report.mismatches = sum(
         1
         for o, scenario in sent
-        if states.get(o, ("MISSING",))[0] in TERMINAL and states[o] != expected[scenario]
+        if states.get(o, ("MISSING",))[0] in TERMINAL
+        and states[o] != expected[scenario]
+        and not (states[o][1] or "").startswith(TIMEOUT)
     )
     faults.journal.console.print(outcome_table(outcomes(sent, states)))
     metrics, before = metrics_snapshot(settings), faults.metrics_before_redis_restart
@@ -460,6 +485,21 @@ def _conclude(
         "retries": total(before, metrics, name="retries"),
         "relayed_outbox_rows": total(before, metrics, name="relayed"),
         **dead_letter_figures(settings),
+        **_deadline_figures(settings, states, faults),
+    }
+
+
+def _deadline_figures(settings: Settings, states: dict, faults: Faults) -> dict:
+    """The outage, the sagas its deadlines expired (by step) and the answers that came after
+    their saga expired (each undone: the audit's money, stock and shipment checks say so)."""
+    expired = Counter(
+        r.removeprefix(TIMEOUT) for _, r in states.values() if (r or "").startswith(TIMEOUT)
+    )
+    outage = next((a for a in faults.journal.actions if a["kind"] == "outage"), None)
+    return {
+        "outage": {k: outage[k] for k in ("domain", "seconds", "t")} if outage else None,
+        "sagas_expired": dict(expired),
+        "late_answers_compensated": sum(map(late_answers, Snapshot(settings).timelines.values())),
     }
 
 
