@@ -12,11 +12,12 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from choreo.app.outbox import count_unsent
+from choreo.app.stuck import waiting
 from choreo.infra.db import engine_for
 from config.settings import SERVICES, Settings
 from consumers.inventory.tables import Reservation
 from consumers.notification.tables import Notification
-from consumers.order.tables import OrderEvent, OrderView
+from consumers.order.tables import OrderDeadline, OrderEvent, OrderView
 from consumers.payment.tables import Charge, Refund
 from consumers.shipment.tables import Shipment
 from models.tables import DeadLetter, Inbox, Outbox
@@ -32,6 +33,7 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         view = s.get(OrderView, order_id)
         if view is None:
             return None
+        wait = waiting(settings, view, s.get(OrderDeadline, order_id))
         events = s.exec(
             select(OrderEvent)
             .where(OrderEvent.order_id == order_id)
@@ -96,6 +98,8 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         "version": view.version,
         "placed_at": _iso(view.placed_at),
         "ended_at": _iso(view.ended_at),
+        # An open order: the service it waits on, since when, its deadline and timer.
+        "waiting": wait.as_dict() if wait is not None else None,
         "payment": {
             "charge": {"charge_id": charge.charge_id, "amount_cents": charge.amount_cents}
             if charge

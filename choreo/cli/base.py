@@ -81,6 +81,7 @@ COMMANDS = {
     "chaos": "choreo.cli.chaos:chaos",
     "ask": "choreo.cli.ask:ask",
     "trace": "choreo.cli.trace:trace",
+    "stuck": "choreo.cli.stuck:stuck",
 }
 
 

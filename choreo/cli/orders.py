@@ -15,6 +15,7 @@ from choreo.cli.inspect import print_status
 from choreo.cli.processes import up_stack
 from choreo.ops.render import outcome_table
 from choreo.ops.scenarios import draw_scenarios, parse_mix
+from choreo.ops.stuck import describe_waiting
 from choreo.ops.workload import outcomes, publish_orders, terminal_count, wait_terminal
 from config.settings import SAGA_MODES
 
@@ -141,6 +142,8 @@ def order(order_id: str, as_json: bool) -> None:
     console.print(
         f"[bold]{d['order_id']}[/bold]  {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
     )
+    if d["waiting"] is not None:
+        console.print(describe_waiting(d["waiting"]))
     console.print(
         f"customer {d['customer_id']}  amount {d['amount_cents'] / 100:.2f}  "
         f"card {d['card_token']}  address {d['address']}"
