@@ -19,6 +19,7 @@ import redis
 from celery import bootsteps
 
 from choreo.app.outbox import backlog
+from choreo.app.stuck import saga_summary
 from choreo.infra import telemetry, tls, tracing
 from choreo.infra.db import reachable
 from choreo.infra.health import Cached, HealthServer
@@ -127,6 +128,8 @@ class WorkerProbes:
         source.add(telemetry.breaker_families(self.domain, self.breakers))
         source.add(telemetry.outbox_families(self.domain, lambda: backlog(self.rt.engine)))
         source.add(telemetry.queue_families(self.domain, self._queues))
+        if self.domain == "order":  # open and stuck sagas, read from the order's read model
+            source.add(telemetry.saga_families(lambda: saga_summary(self.settings)))
         source.add(
             telemetry.consumer_families(
                 self.domain,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -201,5 +202,43 @@ def consumer_families(service: str, in_hand: Callable[[], int], consuming: Calla
         )
         ready.add_metric([service], 1 if consuming() else 0)
         yield ready
+
+    return source
+
+
+class SagaCounts(Protocol):
+    """Open sagas by (state, age bucket) and stuck ones by step (choreo.app.stuck.SagaSummary)."""
+
+    @property
+    def open(self) -> Mapping[tuple[str, str], int]: ...
+
+    @property
+    def stuck(self) -> Mapping[str, int]: ...
+
+
+def saga_families(counts: Callable[[], SagaCounts]):
+    """choreo_open_sagas{state,age} and choreo_stuck_sagas{step}, counted in the order database
+    when scraped (every order worker reports the same numbers: aggregate with max, not sum)."""
+
+    def source():
+        read = counts()
+        opened = GaugeMetricFamily(
+            "choreo_open_sagas",
+            "Orders not yet terminal, by state and age since placed "
+            "(lt_1m, 1m_5m, 5m_30m, gt_30m).",
+            labels=["state", "age"],
+        )
+        for (state, age), n in read.open.items():
+            opened.add_metric([state, age], n)
+        yield opened
+        stuck = GaugeMetricFamily(
+            "choreo_stuck_sagas",
+            "Open orders past CHOREO_STUCK_FRACTION of their step's deadline (or the saga's), "
+            "by the step they wait in (`choreo stuck` lists them).",
+            labels=["step"],
+        )
+        for step, n in read.stuck.items():
+            stuck.add_metric([step], n)
+        yield stuck
 
     return source

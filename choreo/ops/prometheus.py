@@ -297,6 +297,20 @@ def rules_text(settings: Settings, *, log_hint: str | None = None) -> str:
             "confirm publishes (down, or blocked on a resource alarm). `choreo status` "
             "(broker, queues); events go out by themselves once it recovers (the outbox relay).",
         ),
+        *_rule(
+            "ChoreoSagasStuck",
+            # Every order worker reports the same count (one read model): max, not sum.
+            "max by (step) (choreo_stuck_sagas) > 0",
+            "2m",
+            "warning",
+            "{{ $value }} saga(s) stuck waiting on {{ $labels.step }}",
+            "Open orders have waited in step {{ $labels.step }} past CHOREO_STUCK_FRACTION of its "
+            "deadline (or of the saga's) for 2m. `choreo stuck --step {{ $labels.step }}` lists "
+            "them, longest first; `choreo order ID` shows one. Look at the service that must "
+            "answer (refund: payment): `choreo status` (its worker, queue, DLQ), `choreo dlq list "
+            "<service>`. Past a step's deadline the order is cancelled (reason timeout:<step>); "
+            "a refund has no deadline and waits for an operator.",
+        ),
     ]
     return "\n".join([HEADER, "groups:", "  - name: choreo", "    rules:", *rules]) + "\n"
 

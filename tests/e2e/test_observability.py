@@ -428,3 +428,46 @@ def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(setti
     finally:
         prom.stop(settings)
     assert prom.running(settings) is None
+
+
+def test_the_order_worker_serves_the_open_and_stuck_saga_gauges(settings, known_set):
+    """choreo_open_sagas{state,age} and choreo_stuck_sagas{step} come from the order worker alone,
+    every series present (zeros too), and say what choreo.app.stuck reads at that moment."""
+    from choreo.app.stuck import AGE_BUCKETS, OPEN_STATES, STEPS, saga_summary
+
+    queues_idle(settings)
+
+    def gauges(samples: dict) -> tuple[dict, dict]:
+        opened = {
+            (dict(labels)["state"], dict(labels)["age"]): v
+            for (name, labels), v in samples.items()
+            if name == "choreo_open_sagas"
+        }
+        stuck = {
+            dict(labels)["step"]: v
+            for (name, labels), v in samples.items()
+            if name == "choreo_stuck_sagas"
+        }
+        return opened, stuck
+
+    def agree():
+        before = saga_summary(settings)
+        opened, stuck = gauges(scrape(settings, "order"))
+        after = saga_summary(settings)
+        return (
+            (opened, stuck)
+            if before == after
+            and (opened, stuck)
+            == (
+                after.open,
+                after.stuck,
+            )
+            else None
+        )
+
+    opened, stuck = wait_for(agree, 30, what="the saga gauges equal to a read between two reads")
+    assert set(opened) == {(s, a) for s in OPEN_STATES for a, _ in AGE_BUCKETS}
+    assert set(stuck) == set(STEPS)
+    for domain in ("payment", "notification"):
+        others = {name for name, _ in scrape(settings, domain)}
+        assert not others & {"choreo_open_sagas", "choreo_stuck_sagas"}, domain

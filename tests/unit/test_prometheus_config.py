@@ -91,6 +91,7 @@ def test_promtool_accepts_the_config_and_the_rules(mode, rabbitmq, tmp_path):
         "ChoreoDeadLetterQueueGrowing",
         "ChoreoBreakerOpen",
         "ChoreoOutboxBehind",
+        "ChoreoSagasStuck",
     ):
         assert f"- alert: {alert}\n" in text
 
@@ -213,3 +214,48 @@ def test_the_breaker_outbox_and_process_alerts_fire_after_their_for_and_not_befo
         + cases
     )
     promtool("test", "rules", tmp_path / "alerts_test.yml")
+
+
+@needs_promtool
+def test_the_stuck_sagas_alert_fires_per_step_after_2m_once_for_every_order_worker(tmp_path):
+    s = settings_for("choreography", tmp_path)
+    text = prom.rules_text(s)
+    (tmp_path / "rules.yml").write_text(text)
+
+    def series(labels: dict[str, str], values: str) -> str:
+        selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return f"      - series: 'choreo_stuck_sagas{{{selector}}}'\n        values: '{values}'\n"
+
+    # Two order workers report the same count (one read model); 5 s steps. Payment has 3 stuck
+    # sagas from 10 s (for: 2m -> fires from 130 s); refund never has any; shipment one for 60 s.
+    worker = {"job": "choreo", "instance": "127.0.0.1:9101", "process": "worker-order"}
+    second = {"job": "choreo", "instance": "127.0.0.1:9107", "process": "worker-order-2"}
+    fired = [alert(text, "ChoreoSagasStuck", {"step": "payment"}, "3", "warning")]
+    cases = "".join(
+        [
+            alert_case("120s", "ChoreoSagasStuck", None),
+            alert_case("135s", "ChoreoSagasStuck", fired),
+            alert_case("300s", "ChoreoSagasStuck", fired),
+        ]
+    )
+    (tmp_path / "alerts_test.yml").write_text(
+        "rule_files: [rules.yml]\n"
+        "evaluation_interval: 5s\n"
+        "tests:\n"
+        "  - interval: 5s\n"
+        "    input_series:\n"
+        + "".join(
+            series({**w, "step": step}, values)
+            for w in (worker, second)
+            for step, values in (
+                ("payment", "0 0 3x70"),
+                ("refund", "0x72"),
+                ("shipment", "0 0 1x12 0x58"),
+            )
+        )
+        + "    alert_rule_test:\n"
+        + cases
+    )
+    promtool("test", "rules", tmp_path / "alerts_test.yml")
+    summary = annotations(text, "ChoreoSagasStuck", {"step": "payment"}, "3")["summary"]
+    assert summary == "3 saga(s) stuck waiting on payment"
