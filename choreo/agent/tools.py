@@ -136,6 +136,18 @@ def find_orders(
     return out
 
 
+def stuck_sagas(
+    settings: Settings,
+    step: str | None = None,
+    older_than_seconds: float | None = None,
+    limit: int = 20,
+) -> dict:
+    """The report of `choreo stuck --json`: open sagas waiting too long, longest first."""
+    from choreo.ops.stuck import report
+
+    return report(settings, step=step, older_than=older_than_seconds, limit=_limit(limit))
+
+
 def system_summary(settings: Settings) -> dict:
     from choreo.ops.status import gather_status
 
@@ -412,6 +424,8 @@ DOMAIN = {
 
 
 def catalog() -> list[Tool]:
+    from choreo.app.stuck import STEPS
+
     return [
         Tool(
             "get_order",
@@ -436,6 +450,23 @@ def catalog() -> list[Tool]:
                 }
             ),
             find_orders,
+        ),
+        Tool(
+            "stuck_sagas",
+            "Open sagas waiting too long, longest in their step first (at most 50): the service "
+            "each waits on (step payment, inventory, shipment; refund = a CANCELLING order waiting "
+            "on payment), seconds in that step and since placed, the step's deadline, its timer "
+            "(due_at, fired), overdue (past the deadline itself), and open sagas counted by state. "
+            "Stuck = past CHOREO_STUCK_FRACTION of the step's or the saga's deadline, or, given "
+            "older_than_seconds, more than that long in the step.",
+            _obj(
+                {
+                    "step": {"type": "string", "enum": list(STEPS)},
+                    "older_than_seconds": {"type": "number"},
+                    "limit": {"type": "integer"},
+                }
+            ),
+            stuck_sagas,
         ),
         Tool(
             "system_summary",

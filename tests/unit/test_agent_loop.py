@@ -167,6 +167,7 @@ def test_every_real_tool_has_a_schema_and_is_read_only_by_name():
         "order_metrics",
         "metrics",
         "propose_replay",
+        "stuck_sagas",
     }
     assert all(s["input_schema"]["type"] == "object" and s["description"] for s in specs)
     assert not any(
