@@ -20,11 +20,15 @@ HOOK_ENV = "CHOREO_FAULT_HOOK"
 
 # Where tasks.adapter calls a hook, in a batch's order.
 POINTS = ("before_commit", "after_commit", "mid_burst", "after_publish")
+# Where tasks.timers calls it, in a sweep that found due timers: inside the transaction that
+# fires them, after its commit (nothing published), after the publish (nothing marked sent).
+TIMER_POINTS = ("timer_before_commit", "timer_after_commit", "timer_after_publish")
 
 
 class Faults(Protocol):
     def at(self, point: str) -> None:
-        """Called at `point` (one of POINTS) of every batch."""
+        """Called at `point` (one of POINTS) of every batch, and of TIMER_POINTS of every sweep
+        that fires timers."""
 
 
 def load_faults(domain: str) -> Faults | None:

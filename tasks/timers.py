@@ -19,6 +19,7 @@ from choreo.infra.db import engine_for
 from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from models.services import service_part
+from tasks.faults import Faults, load_faults
 
 log = logging.getLogger("choreo.timers")
 
@@ -30,12 +31,14 @@ class TimerSweep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
+        self.faults: Faults | None = None
 
     def start(self, worker):
         self.domain = worker.app.domain
         timers = service_part(self.domain, "timers", optional=True)
         if timers is None:
             return  # this service keeps no timers
+        self.faults = load_faults(self.domain)  # a test's crash hook; None in production
         self.thread = threading.Thread(
             target=self.loop, args=(worker.app, timers), name="timer-sweep", daemon=True
         )
@@ -49,6 +52,10 @@ class TimerSweep(bootsteps.StartStopStep):
     terminate = stop
     shutdown = stop
 
+    def _fault(self, point: str) -> None:
+        if self.faults is not None:
+            self.faults.at(point)
+
     def loop(self, app: Celery, timers: ModuleType) -> None:
         settings = app.settings
         publisher = Publisher(app, Names(settings.namespace))
@@ -60,10 +67,16 @@ class TimerSweep(bootsteps.StartStopStep):
 
     def sweep(self, app: Celery, timers: ModuleType, publisher: Publisher) -> int:
         engine = engine_for(app.settings, self.domain)
-        fired = timers.fire_due(engine, app.settings)
+        fired = timers.fire_due(
+            engine, app.settings, before_commit=lambda: self._fault("timer_before_commit")
+        )
+        if fired:
+            self._fault("timer_after_commit")
         for env in fired:
             publisher.publish(env)
-            mark_sent(engine, [env.event_id])
+        if fired:
+            self._fault("timer_after_publish")
+        mark_sent(engine, [env.event_id for env in fired])
         if fired:
             log.info(
                 "fired %d due timer(s)",

@@ -11,6 +11,7 @@ events whether the firing still means anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, case, literal, select
@@ -101,11 +102,16 @@ def schedule(
 
 
 def fire_due(
-    engine: Engine, settings: Settings, now: datetime | None = None, limit: int = 200
+    engine: Engine,
+    settings: Settings,
+    now: datetime | None = None,
+    limit: int = 200,
+    before_commit: Callable[[], None] | None = None,
 ) -> list[Envelope]:
     """Fire the timers due by `now`: one `order.deadline` message each into the outbox, and each
     row re-armed `timer_refire` seconds later, in one durable commit. The caller publishes the
-    returned envelopes (the outbox relay does, if it cannot)."""
+    returned envelopes (the outbox relay does, if it cannot). `before_commit`: a test's hook,
+    called when there is something to fire, before the commit."""
     now = now or utcnow()
     again = now + timedelta(seconds=settings.timer_refire)
     with engine.begin() as conn:
@@ -128,6 +134,8 @@ def fire_due(
             ],
         )
         conn.execute(_REARM, [{"oid": r.order_id, "again": again} for r in rows])
+        if before_commit is not None:
+            before_commit()
     return fired
 
 

@@ -26,14 +26,11 @@ STEPS = {
 }
 
 
-@pytest.fixture(scope="module", params=["choreography", "orchestrated"])
-def short(request, settings, tmp_path_factory):
-    """A stack whose deadlines are seconds long, in the saga mode given."""
-    from choreo.ops.stack import free_port, process_names
-    from tests.e2e.conftest import start_stack
+def short_deadlines(settings, root, mode: str = "choreography"):
+    """Settings (and the environment that says them to the workers) of a stack of its own whose
+    deadlines are seconds long, in the saga mode given."""
+    from choreo.ops.stack import free_port
 
-    mode = request.param
-    root = tmp_path_factory.mktemp(f"deadlines-{mode}")
     update = {
         "namespace": f"dl-{uuid.uuid4().hex[:6]}",
         "saga_mode": mode,
@@ -47,8 +44,19 @@ def short(request, settings, tmp_path_factory):
         "timer_interval": 0.2,
         "timer_refire": 2,
     }
-    s = settings.model_copy(update=update)
-    env = {f"CHOREO_{k.upper()}": str(v) for k, v in update.items()}
+    return settings.model_copy(update=update), {
+        f"CHOREO_{k.upper()}": str(v) for k, v in update.items()
+    }
+
+
+@pytest.fixture(scope="module", params=["choreography", "orchestrated"])
+def short(request, settings, tmp_path_factory):
+    """A stack whose deadlines are seconds long, in the saga mode given."""
+    from choreo.ops.stack import process_names
+    from tests.e2e.conftest import start_stack
+
+    mode = request.param
+    s, env = short_deadlines(settings, tmp_path_factory.mktemp(f"deadlines-{mode}"), mode)
     stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
     yield s, stack
     for name in reversed(process_names(s)):
