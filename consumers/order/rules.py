@@ -76,6 +76,19 @@ class Event:
         return None
 
 
+# Whether a domain's compensation for the order is done (recorded in its history).
+_COMPENSATED: dict[str, Callable[[Order], bool]] = {
+    "payment": lambda o: o.refunded_cents is not None,
+    "inventory": lambda o: o.released,
+    "shipment": lambda o: o.withdrawn,
+}
+
+
+def _done(order: Order, domain: str) -> dict[str, Any]:
+    """A compensation done after all: an order it reopened for an operator is settled again."""
+    return {"reopened": None} if order.reopened == domain else {}
+
+
 def _lines(items: list[dict[str, Any]]) -> tuple:
     return tuple(tuple(sorted(i.items())) for i in items)
 
@@ -189,7 +202,8 @@ class StockReleased(Event):
     reservation_id: str | None
 
     def changes(self, order: Order) -> dict[str, Any]:
-        return {"released": True}  # history only: the refund, not the release, closes the order
+        # history only: the refund, not the release, closes the order
+        return {"released": True, **_done(order, "inventory")}
 
     def known_to(self, order: Order) -> bool:
         return order.released
@@ -224,7 +238,7 @@ class PaymentRefunded(Event):
     reason: str
 
     def changes(self, order: Order) -> dict[str, Any]:
-        return {"refunded_cents": self.amount_cents}
+        return {"refunded_cents": self.amount_cents, **_done(order, "payment")}
 
     def known_to(self, order: Order) -> bool:
         return order.refunded_cents is not None
@@ -237,7 +251,7 @@ class ShipmentWithdrawn(Event):
     shipment_id: str | None
 
     def changes(self, order: Order) -> dict[str, Any]:
-        return {"withdrawn": True}
+        return {"withdrawn": True, **_done(order, "shipment")}
 
     def known_to(self, order: Order) -> bool:
         return order.withdrawn
@@ -279,6 +293,9 @@ class AttentionRequired(Event):
     detail: str
 
     def changes(self, order: Order) -> dict[str, Any]:
+        undone = _COMPENSATED.get(self.domain, lambda o: True)(order)
+        if order.closed == "CANCELLED" and self.reason == "compensation_failed" and not undone:
+            return {"attention": self.reason, "reopened": self.domain}
         return {"attention": self.reason}
 
     def known_to(self, order: Order) -> bool:
@@ -372,6 +389,7 @@ class Order:
     withdrawn: bool = False
     expired: str | None = None  # the step whose deadline passed
     attention: str | None = None
+    reopened: str | None = None  # the domain whose compensation failed after the cancellation
     closed: str | None = None
     close_reason: str | None = None
 
@@ -380,11 +398,18 @@ class Order:
         return self.version > 0
 
     @property
+    def needs_attention(self) -> bool:
+        """A step or a compensation failed for good. Once the order is closed, only a compensation
+        of a cancelled one that failed (an expiry's refund or release: money or stock left
+        wrong) needs an operator, until that compensation is done after all."""
+        return bool(self.attention and not self.closed) or self.reopened is not None
+
+    @property
     def state(self) -> str:
+        if self.needs_attention:
+            return "NEEDS_ATTENTION"
         if self.closed:
             return self.closed
-        if self.attention:
-            return "NEEDS_ATTENTION"
         if self.stock_failed or self.ship_failed:
             return "CANCELLING"
         if self.reserved:
@@ -395,10 +420,10 @@ class Order:
 
     @property
     def reason(self) -> str | None:
+        if self.needs_attention:
+            return self.attention
         if self.closed:
             return self.close_reason
-        if self.attention:
-            return self.attention
         return self.stock_failed or self.ship_failed
 
 

@@ -110,6 +110,26 @@ def test_an_answer_after_expiry_is_kept_in_the_history_and_the_order_stays_cance
     assert refunded == [domain.PaymentRefunded(1500, "timeout:payment")]
 
 
+def test_an_expiry_whose_compensation_fails_for_good_needs_an_operator():
+    """The card's refunds always fail: the expired order cannot be made whole, so it is not left
+    looking CANCELLED with the money kept."""
+    expired = order_in(
+        domain.PaymentCaptured("ch", 1500),
+        domain.DeadlinePassed("inventory"),
+        domain.OrderCancelled("timeout:inventory"),
+    )
+    failed = domain.AttentionRequired("compensation_failed", "payment", "order.expired", "refused")
+    after = domain.apply(expired, domain.record(expired, failed)[0])
+    assert (after.state, after.reason) == ("NEEDS_ATTENTION", "compensation_failed")
+    # the refund done after all (an operator replayed it): cancelled, as the deadline said
+    refunded = domain.PaymentRefunded(1500, "timeout:inventory")
+    settled = domain.apply(after, domain.record(after, refunded)[0])
+    assert (settled.state, settled.reason) == ("CANCELLED", "timeout:inventory")
+    # a dead letter of anything else after the end leaves a settled order as it ended
+    other = domain.AttentionRequired("dead_lettered:shipment", "shipment", "x", "poison")
+    assert domain.apply(expired, other).state == "CANCELLED"
+
+
 # --- the timer rows, in the order's transactions -----------------------------------------------
 
 
