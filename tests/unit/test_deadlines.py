@@ -347,3 +347,28 @@ def test_orchestrated_expiry_before_the_placement_starts_nothing_and_completion_
     )
     assert done.status == "completed"
     assert react(done, "order.expired", {"reason": "timeout:saga"}) == (done, [])
+
+
+def test_a_late_answer_replayed_from_a_dlq_after_expiry_is_refused(make, monkeypatch):
+    """payment.completed dead-lettered at inventory (a fault that outlived its retries), the order
+    expires meanwhile, then the operator replays the dead letter: nothing is reserved."""
+    import consumers.inventory.handlers as inventory
+
+    h = make("inventory")
+    order = snapshot(("SKU-RED", 1))
+
+    def broken(items):
+        raise RuntimeError("stock table unreadable (injected)")
+
+    monkeypatch.setattr(inventory, "merged", broken)
+    paid_late = h.envelope("payment.completed", "ord-1", paid(order))
+    [out] = h.deliver_batch([paid_late], attempt=h.settings.retry_max_attempts)
+    assert out.outcome.kind == "dead_lettered"
+    [letter] = [m for m in h.burst.sent if m["task_id"] == paid_late.event_id]
+    monkeypatch.undo()  # the operator fixed the cause
+
+    assert h.deliver("order.expired", "ord-1", expired("inventory")) == []
+    [replayed] = h.deliver_batch([h.returned(letter, replayed=True)])
+    assert replayed.outcome.kind == "processed" and replayed == []
+    assert h.row(Reservation, "ord-1") is None
+    assert h.row(StockDecision, "ord-1").outcome == "released"
