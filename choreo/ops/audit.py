@@ -396,6 +396,8 @@ def check_shipments_notifications(snap: Snapshot, c: Check) -> None:
             c.offend(order_id, "COMPLETED without a created shipment")
         kinds = sorted(snap.notifications.get(order_id, []))
         wanted = [NOTIFICATION_KIND[state]] if state in NOTIFICATION_KIND else []
+        if state == "NEEDS_ATTENTION" and "OrderCancelled" in snap.timelines.get(order_id, ()):
+            wanted = ["cancelled"]  # cancelled (told once), then a compensation failed for good
         if kinds != wanted:
             c.offend(
                 order_id,

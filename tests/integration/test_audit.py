@@ -503,3 +503,40 @@ def test_a_waiting_order_without_its_timer_fails_deadlines(world):
     checks = audit(world.settings)
     assert failing(checks) == {"terminal": ["ord-wait"], "deadlines": ["ord-wait"]}
     assert checks["deadlines"].problems["ord-wait"] == "PLACED (waiting on payment) without a timer"
+
+
+def test_an_expired_order_whose_refund_failed_needs_attention_told_it_was_cancelled(world):
+    from models.tables import DeadLetter
+
+    world.order(
+        "ord-reopened",
+        [
+            ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+            ("DeadlinePassed", {"step": "inventory"}),
+            ("OrderCancelled", {"reason": "timeout:inventory"}),
+            (
+                "AttentionRequired",
+                {
+                    "reason": "compensation_failed",
+                    "domain": "payment",
+                    "event_type": "order.expired",
+                    "detail": "refund refused",
+                },
+            ),
+        ],
+    )
+    world.charge("ord-reopened")
+    world.notify("ord-reopened", "cancelled")  # told when it was cancelled, before the failure
+    with world.session("payment") as s:
+        s.add(
+            DeadLetter(
+                event_id=str(uuid.uuid4()),
+                type="order.expired",
+                order_id="ord-reopened",
+                reason="failed after 4 attempts: TransientError('refund refused')",
+                attempts=4,
+                compensation=True,
+            )
+        )
+        s.commit()
+    assert failing(audit(world.settings)) == {}
