@@ -30,6 +30,12 @@ DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
     "orders flow; 0: no outage.",
 )
 @click.option(
+    "--outage-domain",
+    type=click.Choice(["payment", "inventory", "shipment"]),
+    default=None,
+    help="The domain the outage stops (default: drawn by the seed).",
+)
+@click.option(
     "--deadline",
     default=25.0,
     show_default=True,
@@ -91,6 +97,7 @@ def chaos(
     duration: float,
     kill_every: float,
     outage: float,
+    outage_domain: str | None,
     deadline: float,
     seed: int | None,
     broker_restart: str,
@@ -126,6 +133,7 @@ def chaos(
             duration=duration,
             kill_every=kill_every,
             outage=outage,
+            outage_domain=outage_domain,
             deadline=deadline,
             seed=seed,
             broker_restart=broker_restart,

@@ -39,6 +39,7 @@ class ChaosConfig:
     # on purpose for this many seconds while orders flow (0: none); it outlasts `deadline`,
     # each step's deadline in the run (the saga's is ten times it), so sagas expire.
     outage: float = 40.0
+    outage_domain: str | None = None  # None: drawn by the seed
     deadline: float = 25.0
 
 

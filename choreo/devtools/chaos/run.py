@@ -329,7 +329,9 @@ def fire_one_off(
     elif what == "redis":
         faults.restart_redis(lambda: metrics_snapshot(settings))
     elif what == "outage":
-        faults.start_outage(rng.choice(sorted(set(WAITING_ON.values()))), cfg.outage)
+        faults.start_outage(
+            cfg.outage_domain or rng.choice(sorted(set(WAITING_ON.values()))), cfg.outage
+        )
     else:
         raise ValueError(f"unknown one-off fault {what!r}")
     return None
