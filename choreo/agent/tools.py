@@ -402,16 +402,17 @@ def propose_start(settings: Settings, process: str, why: str = "") -> dict:
     names = process_names(settings)
     if process not in names:
         raise ValueError(f"unknown process {process!r}; choose from {', '.join(names)}")
-    pid = Stack(settings).pid(process)
+    stack = Stack(settings)
+    pid, held = stack.pid(process), stack.held(process)
+    would = f"start {process} as `choreo up` does, and wait until it consumes"
+    if held:  # an operator stopped it on purpose: starting it ends that
+        would = f"{would}; it was stopped on purpose (`choreo stop {process}`)"
     return {
         "proposal": {"action": "start_process", "process": process, "why": why[:500]},
         "running": pid is not None,
         "pid": pid,
-        "would": (
-            f"nothing: {process} is running (pid {pid})"
-            if pid is not None
-            else f"start {process} as `choreo up` does, and wait until it consumes"
-        ),
+        "held": held,
+        "would": f"nothing: {process} is running (pid {pid})" if pid is not None else would,
         "executed": False,
         "note": "nothing was started: the operator is shown this and decides",
     }

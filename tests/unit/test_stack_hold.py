@@ -186,3 +186,14 @@ def test_stop_of_what_does_not_run_holds_it_and_down_ends_every_hold(cli_in, tmp
     assert (tmp_path / "run" / "worker-shipment.stopped").exists()
     assert cli_in("down").exit_code == 0
     assert not (tmp_path / "run" / "worker-shipment.stopped").exists()
+
+
+def test_the_agent_s_start_proposal_says_a_process_was_stopped_on_purpose(stack):
+    from choreo.agent.tools import propose_start
+
+    stack.stop_on_purpose("worker-shipment")
+    proposal = propose_start(stack.settings, "worker-shipment", "it is not running")
+    assert proposal["held"] is True and proposal["running"] is False
+    assert "stopped on purpose (`choreo stop worker-shipment`)" in proposal["would"]
+    assert proposal["executed"] is False and stack.held("worker-shipment")  # nothing done
+    assert propose_start(stack.settings, "worker-payment")["held"] is False
