@@ -23,13 +23,13 @@ import os
 import pytest
 
 from tasks.faults import HOOK_ENV
-from tests.e2e.test_deadlines import books, short_deadlines, timeline
+from tests.e2e.test_deadlines_on_stack import books, short_deadlines, timeline
 from tests.helpers import queues_idle, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
     # The crash points are the worker's, not the database's: once is enough. The PostgreSQL pass
-    # fires timers through tests/e2e/test_deadlines.py (FOR UPDATE SKIP LOCKED).
+    # fires timers through tests/e2e/test_deadlines_on_stack.py (FOR UPDATE SKIP LOCKED).
     pytest.mark.skipif(
         bool(os.environ.get("CHOREO_TEST_DATABASE_SERVER")), reason="runs in the SQLite pass only"
     ),

@@ -1,7 +1,7 @@
 """Stuck sagas without a database: which step an open order waits in and on which service, its
 ages against its deadlines, when it counts as stuck or overdue, the age buckets, the gauge's
 samples, and how the CLI words it. The SQL side (the same criteria as cut-off times) is in
-tests/integration/test_stuck.py, on SQLite and PostgreSQL."""
+tests/integration/test_stuck_agree.py, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
