@@ -93,11 +93,19 @@ def test_routing_follows_the_published_contract(settings):
     from consumers.registry import topology
 
     routing_keys = topology(settings).routing_keys
-    assert routing_keys("payment") == ["inventory.failed", "order.placed", "shipment.failed"]
-    assert routing_keys("inventory") == ["payment.completed", "shipment.failed"]
-    assert routing_keys("shipment") == ["inventory.reserved"]
+    # order.expired: the compensations of a saga whose deadline passed (docs/deadlines.md)
+    assert routing_keys("payment") == [
+        "inventory.failed",
+        "order.expired",
+        "order.placed",
+        "shipment.failed",
+    ]
+    assert routing_keys("inventory") == ["order.expired", "payment.completed", "shipment.failed"]
+    assert routing_keys("shipment") == ["inventory.reserved", "order.expired"]
     assert routing_keys("notification") == ["order.cancelled", "order.completed"]
     assert "place_order" in routing_keys("order") and "saga.dead_lettered" in routing_keys("order")
+    assert "order.deadline" in routing_keys("order")  # its own timers, heard by it alone
+    assert all("order.deadline" not in routing_keys(d) for d in ("payment", "inventory"))
     assert topology(settings).names.dlq("payment") == f"{settings.namespace}.payment.dlq"
 
 
