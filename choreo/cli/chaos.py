@@ -27,7 +27,7 @@ DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
     default=40.0,
     show_default=True,
     help="Seconds one domain's workers (payment, inventory or shipment) stay stopped while "
-    "orders flow; 0: no outage.",
+    "orders flow; 0: no outage (none with --cluster: node faults instead).",
 )
 @click.option(
     "--outage-domain",

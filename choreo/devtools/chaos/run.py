@@ -223,7 +223,10 @@ class _Schedule:
             "stop_app": t0 + rng.uniform(0.75, 0.9) * window if faults.cluster else None,
             # One domain away longer than its deadline while orders flow (it comes back on its
             # own: Faults.tend).
-            "outage": t0 + rng.uniform(0.25, 0.4) * window if cfg.outage else None,
+            # A cluster run has node faults instead (its figures follow each worker by pid).
+            "outage": (
+                t0 + rng.uniform(0.25, 0.4) * window if cfg.outage and not faults.cluster else None
+            ),
         }
         bursts = [t0 + window * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
         return cls(one_offs, bursts, next_kill=t0 + cfg.kill_every)
