@@ -9,10 +9,8 @@ so a timer does not wait for any one process: it fires as soon as any of them is
 from __future__ import annotations
 
 import logging
-import threading
-from types import ModuleType
 
-from celery import Celery, bootsteps
+from celery import Celery
 
 from choreo.app.outbox import mark_sent
 from choreo.infra.db import engine_for
@@ -20,60 +18,40 @@ from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from models.services import service_part
 from tasks.faults import Faults, load_faults
+from tasks.sweeper import Sweeper
 
 log = logging.getLogger("choreo.timers")
 
 
-class TimerSweep(bootsteps.StartStopStep):
-    requires = {"celery.worker.components:Pool"}
+class TimerSweep(Sweeper):
+    thread_name = "timer-sweep"
+    log = log
 
-    def __init__(self, worker, **kwargs):
-        super().__init__(worker, **kwargs)
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.faults: Faults | None = None
+    def wanted(self, app: Celery) -> bool:
+        self.timers = service_part(self.domain, "timers", optional=True)
+        self.faults: Faults | None = load_faults(self.domain)  # a test's crash hook, else None
+        return self.timers is not None  # a service without timers: no thread
 
-    def start(self, worker):
-        self.domain = worker.app.domain
-        timers = service_part(self.domain, "timers", optional=True)
-        if timers is None:
-            return  # this service keeps no timers
-        self.faults = load_faults(self.domain)  # a test's crash hook; None in production
-        self.thread = threading.Thread(
-            target=self.loop, args=(worker.app, timers), name="timer-sweep", daemon=True
-        )
-        self.thread.start()
+    def interval(self, app: Celery) -> float:
+        return app.settings.timer_interval
 
-    def stop(self, worker):
-        self.stop_event.set()
-        if self.thread:
-            self.thread.join(timeout=5)
-
-    terminate = stop
-    shutdown = stop
+    def prepare(self, app: Celery) -> None:
+        self.publisher = Publisher(app, Names(app.settings.namespace))
 
     def _fault(self, point: str) -> None:
         if self.faults is not None:
             self.faults.at(point)
 
-    def loop(self, app: Celery, timers: ModuleType) -> None:
-        settings = app.settings
-        publisher = Publisher(app, Names(settings.namespace))
-        while not self.stop_event.wait(settings.timer_interval):
-            try:
-                self.sweep(app, timers, publisher)
-            except Exception as exc:  # database or broker away: the timers wait, durable
-                log.warning("timer sweep failed, will retry: %r", exc)
-
-    def sweep(self, app: Celery, timers: ModuleType, publisher: Publisher) -> int:
+    def sweep(self, app: Celery) -> int:
+        assert self.timers is not None  # started only for a service with timers (`wanted`)
         engine = engine_for(app.settings, self.domain)
-        fired = timers.fire_due(
+        fired = self.timers.fire_due(
             engine, app.settings, before_commit=lambda: self._fault("timer_before_commit")
         )
         if fired:
             self._fault("timer_after_commit")
         for env in fired:
-            publisher.publish(env)
+            self.publisher.publish(env)
         if fired:
             self._fault("timer_after_publish")
         mark_sent(engine, [env.event_id for env in fired])
