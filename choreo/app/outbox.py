@@ -23,6 +23,21 @@ _OUTBOX_SENT = (
 _BACKLOG = select(func.count(), func.min(_OUTBOX.c.created_at)).where(_OUTBOX.c.sent_at.is_(None))
 
 
+def outbox_rows(envelopes: list[Envelope], now: datetime) -> list[dict]:
+    """The outbox rows (for OUTBOX_ADD) of events staged `now`, not sent yet."""
+    return [
+        {
+            "event_id": e.event_id,
+            "type": e.type,
+            "order_id": e.order_id,
+            "body": e.model_dump_json(),
+            "created_at": now,
+            "sent_at": None,
+        }
+        for e in envelopes
+    ]
+
+
 def unsent_outbox(engine: Engine, older_than: float, limit: int = 500) -> list[Envelope]:
     """Outbox rows nobody marked sent within `older_than` seconds, oldest first."""
     cutoff = utcnow() - timedelta(seconds=older_than)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from choreo.app import copies
-from choreo.app.outbox import OUTBOX_ADD
+from choreo.app.outbox import OUTBOX_ADD, outbox_rows
 from choreo.infra.db import Rows, connection_of
 from models.envelope import Envelope, Message, derived_id, make_envelope
 from models.tables import DeadLetter, Inbox, table_of, utcnow
@@ -193,17 +193,4 @@ class UnitOfWork:
                 },
             )
         if self.pending:
-            conn.execute(
-                OUTBOX_ADD,
-                [
-                    {
-                        "event_id": e.event_id,
-                        "type": e.type,
-                        "order_id": e.order_id,
-                        "body": e.model_dump_json(),
-                        "created_at": now,
-                        "sent_at": None,
-                    }
-                    for e in self.pending
-                ],
-            )
+            conn.execute(OUTBOX_ADD, outbox_rows(self.pending, now))

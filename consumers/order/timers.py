@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, case, literal, select
 from sqlalchemy.engine import Connection, Engine
 
-from choreo.app.outbox import OUTBOX_ADD
+from choreo.app.outbox import OUTBOX_ADD, outbox_rows
 from config.settings import Settings, get_settings
 from consumers.order import rules as domain
 from consumers.order.messages import DeadlineDue
@@ -119,20 +119,7 @@ def fire_due(
         if not rows:
             return []
         fired = [_firing(r, now) for r in rows]
-        conn.execute(
-            OUTBOX_ADD,
-            [
-                {
-                    "event_id": e.event_id,
-                    "type": e.type,
-                    "order_id": e.order_id,
-                    "body": e.model_dump_json(),
-                    "created_at": now,
-                    "sent_at": None,
-                }
-                for e in fired
-            ],
-        )
+        conn.execute(OUTBOX_ADD, outbox_rows(fired, now))
         conn.execute(_REARM, [{"oid": r.order_id, "again": again} for r in rows])
         if before_commit is not None:
             before_commit()
