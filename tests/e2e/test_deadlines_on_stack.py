@@ -31,8 +31,12 @@ def short_deadlines(settings, root, mode: str = "choreography"):
     deadlines are seconds long, in the saga mode given."""
     from choreo.ops.stack import free_port
 
+    tag = uuid.uuid4().hex[:6]
     update = {
-        "namespace": f"dl-{uuid.uuid4().hex[:6]}",
+        "namespace": f"dl-{tag}",
+        # Databases of its own on PostgreSQL too (dropped with the run's, by their prefix): the
+        # run's other stacks' order workers would otherwise fire these timers as their own.
+        "database_prefix": f"{settings.database_prefix}_dl{tag}",
         "saga_mode": mode,
         "run_dir": root / "run",
         "data_dir": root / "data",
