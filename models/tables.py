@@ -17,6 +17,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(at: datetime | str) -> datetime:
+    """A stored time (a ts_column's value) as aware UTC: SQLite hands it back naive or as text,
+    PostgreSQL aware."""
+    at = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def ts_column(**kw) -> Column:
     return Column(DateTime(timezone=True), **kw)
 

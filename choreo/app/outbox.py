@@ -3,14 +3,14 @@ sent."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 
 from choreo.infra.db import non_durable
 from models.envelope import Envelope
-from models.tables import Outbox, table_of, utcnow
+from models.tables import Outbox, as_utc, table_of, utcnow
 
 _OUTBOX = table_of(Outbox)
 # Built once: on every message's path.
@@ -80,8 +80,4 @@ def backlog(engine: Engine) -> tuple[int, float | None]:
         conn.rollback()
     if oldest is None:
         return n, None
-    if isinstance(oldest, str):  # SQLite may hand the column back as text
-        oldest = datetime.fromisoformat(oldest)
-    if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
-    return n, oldest.timestamp()
+    return n, as_utc(oldest).timestamp()

@@ -18,7 +18,7 @@ The timer row (order_deadlines) is extra information, read with a LEFT JOIN: it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
@@ -28,7 +28,7 @@ from choreo.infra.db import engine_for
 from config.settings import Settings
 from consumers.order.rules import STATES, TERMINAL, WAITING_ON
 from consumers.order.tables import OrderDeadline, OrderView
-from models.tables import table_of, utcnow
+from models.tables import as_utc, table_of, utcnow
 
 OPEN_STATES = tuple(s for s in STATES if s not in TERMINAL)
 # The step each open state waits in, and the service that must answer it.
@@ -141,11 +141,7 @@ class Criteria:
 
 
 def _utc(at: datetime | str | None) -> datetime | None:
-    """A stored time as aware UTC (SQLite hands back naive UTC, PostgreSQL aware)."""
-    if at is None:
-        return None
-    at = datetime.fromisoformat(at) if isinstance(at, str) else at
-    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    return None if at is None else as_utc(at)
 
 
 def _iso(at: datetime | None) -> str | None:
