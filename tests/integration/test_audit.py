@@ -240,8 +240,6 @@ class World:
         self.notify(order_id, "cancelled")
 
     def needs_attention(self, order_id: str) -> None:
-        from models.tables import DeadLetter
-
         self.order(
             order_id,
             [
@@ -259,11 +257,17 @@ class World:
             ],
         )
         self.charge(order_id)
+        self.refund_dead_lettered(order_id, "inventory.failed")
+
+    def refund_dead_lettered(self, order_id: str, cause: str) -> None:
+        """The payment service gave up on the refund `cause` asked for (its dead_letters row)."""
+        from models.tables import DeadLetter
+
         with self.session("payment") as s:
             s.add(
                 DeadLetter(
                     event_id=str(uuid.uuid4()),
-                    type="inventory.failed",
+                    type=cause,
                     order_id=order_id,
                     reason="failed after 4 attempts: TransientError('refund refused')",
                     attempts=4,
@@ -505,9 +509,13 @@ def test_a_waiting_order_without_its_timer_fails_deadlines(world):
     assert checks["deadlines"].problems["ord-wait"] == "PLACED (waiting on payment) without a timer"
 
 
-def test_an_expired_order_whose_refund_failed_needs_attention_told_it_was_cancelled(world):
-    from models.tables import DeadLetter
+def world_state(world, order_id: str) -> tuple[str, str | None]:
+    from choreo.app.queries import order_states
 
+    return order_states(world.settings, [order_id])[order_id]
+
+
+def test_an_expired_order_whose_refund_failed_needs_attention_told_it_was_cancelled(world):
     world.order(
         "ord-reopened",
         [
@@ -527,16 +535,7 @@ def test_an_expired_order_whose_refund_failed_needs_attention_told_it_was_cancel
     )
     world.charge("ord-reopened")
     world.notify("ord-reopened", "cancelled")  # told when it was cancelled, before the failure
-    with world.session("payment") as s:
-        s.add(
-            DeadLetter(
-                event_id=str(uuid.uuid4()),
-                type="order.expired",
-                order_id="ord-reopened",
-                reason="failed after 4 attempts: TransientError('refund refused')",
-                attempts=4,
-                compensation=True,
-            )
-        )
-        s.commit()
-    assert failing(audit(world.settings)) == {}
+    world.refund_dead_lettered("ord-reopened", "order.expired")
+    checks = audit(world.settings)
+    assert failing(checks) == {}
+    assert world_state(world, "ord-reopened") == ("NEEDS_ATTENTION", "compensation_failed")
