@@ -190,9 +190,9 @@ class own_namespace:
         return self.settings
 
     def __exit__(self, *exc) -> None:
+        from choreo.devtools.sandbox import delete_broker_users
         from choreo.messaging import access
         from choreo.messaging.admin import BrokerAdmin
-        from choreo.ops.stack import rabbitmqctl
         from consumers.registry import topology
 
         topo = topology(self.settings)
@@ -208,5 +208,4 @@ class own_namespace:
             ):
                 ch.exchange_delete(x)
             ch.close()
-        for service in access.SERVICES:
-            rabbitmqctl("delete_user", access.user_name(self.settings, service), check=False)
+        delete_broker_users([access.user_name(self.settings, s) for s in access.SERVICES])
