@@ -31,14 +31,15 @@ down:
 	$(VENV)/bin/choreo down
 
 # The suite needs RabbitMQ, Redis and PostgreSQL. pytest exit 5 = no tests collected: fail.
+# --durations: the slowest steps in CI's log, where the suite's time budget is watched.
 test: export CHOREO_NEED_POSTGRES := 1
 test: setup
-	rc=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(VENV)/bin/python -m pytest --durations=25 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; exit 1; fi; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	echo "== the same integration and e2e tests on PostgreSQL"; \
 	CHOREO_TEST_DATABASE_SERVER=postgresql://postgres:postgres@127.0.0.1:5432 \
-	  $(VENV)/bin/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+	  $(VENV)/bin/python -m pytest --durations=25 tests/integration tests/e2e $(PYTEST_ARGS)
 
 chaos: setup
 	$(VENV)/bin/choreo chaos
