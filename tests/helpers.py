@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
+import pytest
+
 from choreo.messaging.wire import EMBED, celery_message  # noqa: F401 (the tests' raw-message builders)
 
 T = TypeVar("T")
+
+
+# A test of the broker alone (no service database in it) runs once, in the SQLite pass: the
+# PostgreSQL pass repeats only what the database can change (make test runs both).
+sqlite_pass_only = pytest.mark.skipif(
+    bool(os.environ.get("CHOREO_TEST_DATABASE_SERVER")),
+    reason="no database in it: runs in the SQLite pass only",
+)
 
 
 def wait_for(

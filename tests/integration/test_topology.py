@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import VHOST, rabbitmqctl
+from tests.helpers import sqlite_pass_only
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, sqlite_pass_only]
 
 
 def _rows(text: str) -> list[list[str]]:

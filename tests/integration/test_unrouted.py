@@ -7,9 +7,9 @@ import pika
 import pytest
 
 from tests.conftest import VHOST, rabbitmqctl
-from tests.helpers import wait_for
+from tests.helpers import sqlite_pass_only, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, sqlite_pass_only]
 
 
 @pytest.fixture()
