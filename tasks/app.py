@@ -85,12 +85,13 @@ def make_app(name: str, settings: Settings, service: str | None = None) -> Chore
         task_default_exchange=topo.names.events,
         task_default_exchange_type="topic",
         # Flower: task events (received, started, succeeded, retried, failed) from every worker,
-        # published without confirms (tasks.internals.ChoreoConsumer.connection_for_write). "Sent"
-        # events only from clients (`choreo enqueue`): a worker's sent event would ride the
-        # confirmed channel of every publish and double its cost, and the receiving worker's
-        # "received" event shows the same message a millisecond later.
+        # published without confirms (tasks.internals.ChoreoConsumer.connection_for_write). No
+        # "sent" events: Celery's would carry the message's id, while each consuming domain's
+        # record is `<id>@<domain>` (tasks.worker): a sent event would be a record of its own,
+        # "sent" forever; a worker's would also ride the confirmed channel of every publish.
+        # What waits unconsumed shows as queue depth (Flower's Broker tab, `choreo status`).
         worker_send_task_events=True,
-        task_send_sent_event=name not in settings.domains,
+        task_send_sent_event=False,
         event_queue_expires=60,
         event_queue_ttl=10,
         worker_hijack_root_logger=False,

@@ -13,6 +13,7 @@ from kombu import Consumer, compression
 
 from choreo.messaging.access import verified_sender
 from choreo.messaging.topology import Names
+from choreo.messaging.wire import flower_argsrepr, flower_task_id
 from tasks import control  # noqa: F401  (registers the control commands in the worker)
 from tasks.adapter import Delivery, process_batch
 from tasks.guard import Limits, Malformed, check
@@ -39,7 +40,10 @@ class BatchConsumer(bootsteps.ConsumerStep):
     a turn of the event loop, when no further message is waiting in the socket, so a lone order
     is not delayed. Then each delivery is acked (or requeued) and Flower gets its task events
     (received, started, succeeded / retried / failed / rejected) through the consumer's event
-    dispatcher, exactly as Celery's own Request would send them: one task per message.
+    dispatcher, as Celery's own Request would send them: one task per message and consuming
+    domain. An event two domains hear is two deliveries with one event id: Flower keys its
+    records by uuid, so the uuid it sees is `<event id>@<domain>` (choreo.messaging.wire.
+    flower_task_id); the message's own id is never changed.
 
     Not celery-batches: with late acks it acks a whole batch whose function raised. Here the
     outcome is per message, and only what was committed and confirmed is acked.
@@ -138,10 +142,11 @@ class BatchConsumer(bootsteps.ConsumerStep):
             "task-received",
             delivery.task_id,
             name=delivery.name,
-            args=message.headers.get("argsrepr"),
+            # The order's id first, whoever built the message (a foreign client's may be empty).
+            args=message.headers.get("argsrepr") or flower_argsrepr(delivery.args),
             kwargs=message.headers.get("kwargsrepr"),
             root_id=delivery.root_id,
-            parent_id=message.headers.get("parent_id"),
+            parent_id=self._parent(message.headers.get("parent_id"), delivery.sender),
             retries=0,
             eta=None,
             expires=None,
@@ -206,10 +211,17 @@ class BatchConsumer(bootsteps.ConsumerStep):
         else:
             self._event("task-failed", delivery.task_id, exception=outcome.detail, traceback="")
 
+    def _parent(self, parent_id: str | None, sender: str | None) -> str | None:
+        """The cause's record in Flower: consumed by the domain that sent this message."""
+        if parent_id and sender is not None and sender in self.settings.domains:
+            return flower_task_id(parent_id, sender)
+        return parent_id
+
     def _event(self, type_: str, task_id: str, **fields) -> None:
+        """One of Flower's task events about this domain's delivery of message `task_id`."""
         dispatcher = self.c.event_dispatcher
         if dispatcher is not None and dispatcher.enabled:
-            dispatcher.send(type_, uuid=task_id, **fields)
+            dispatcher.send(type_, uuid=flower_task_id(task_id, str(self.app.domain)), **fields)
 
     def _held(self) -> None:
         """Deliveries held unacked: the batch being collected and the one being processed."""

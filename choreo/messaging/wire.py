@@ -38,6 +38,14 @@ def celery_message(
     return json.dumps([args, {}, EMBED]).encode(), headers
 
 
+def flower_task_id(message_id: str, domain: str) -> str:
+    """The uuid of a domain's delivery of a message in Flower's task events: one record per
+    (message, consuming domain). Flower keys tasks by uuid alone, and an event two domains hear
+    (inventory.failed: a refund in payment, a fact in order) is two tasks with their own
+    outcomes. The worker's hostname is `<domain>@host` too; the message's id stays as it is."""
+    return f"{message_id}@{domain}"
+
+
 def flower_argsrepr(args: Any) -> str | None:
     """What Flower shows as a message's arguments: its order and correlation ids (the whole
     envelope is one `choreo order` or `choreo dlq peek` away). None for anything that is not

@@ -1,6 +1,6 @@
 """Flower still sees each message of a batch as its own task: received, started, then succeeded,
 retried or failed, from the worker that held it (Celery's own event receiver, as Flower reads
-them)."""
+them); and Flower itself keeps one record per (message, consuming domain), with its own outcome."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import time
 from collections import defaultdict
 
+import httpx
 import pytest
 
 from tests.helpers import settled, wait_for
@@ -66,8 +67,8 @@ def test_each_message_is_its_own_task_in_the_event_stream(settings, stack):
 
 
 def _tasks(events: list[dict]) -> dict[str, tuple[dict, dict]]:
-    """Per order id: ({task: name}, {task: [event types]}), a task being (message id, worker):
-    an event routed to two domains is two deliveries."""
+    """Per order id: ({task: name}, {task: [event types]}), a task being (uuid, worker): an event
+    routed to two domains is two deliveries, `<event id>@<domain>` each."""
     order_of, name_of, kinds = {}, {}, defaultdict(list)
     for e in list(events):
         if not e["type"].startswith("task-"):
@@ -95,6 +96,64 @@ def _all_ended(tasks: dict, sent: dict[str, str]) -> bool:
     """Every task of every order has its final event (the refused refund's being task-failed)."""
     final = ("task-succeeded", "task-failed")
     return all(tasks[o][1] and all(seq[-1] in final for seq in tasks[o][1].values()) for o in sent)
+
+
+def test_flower_keeps_one_task_per_consuming_domain_each_with_its_outcome(settings, stack):
+    # needs_attention: out of stock, and the refund is refused. inventory.failed is heard by
+    # payment (the refund: dead-lettered, FAILURE) and by order (a fact: SUCCESS). One event id,
+    # two records in Flower (it keys them by uuid), never one merged record.
+    from choreo.ops.workload import publish_orders
+
+    stack.start("flower")
+    api = f"http://127.0.0.1:{settings.flower_port}/api/tasks"
+    with httpx.Client(timeout=5, trust_env=False) as client:
+
+        def tasks_of(order_id: str) -> list[dict]:
+            try:
+                resp = client.get(api)
+            except httpx.HTTPError:
+                return []
+            if resp.status_code != 200:
+                return []
+            return [t for t in resp.json().values() if f"order={order_id} " in (t["args"] or "")]
+
+        # Flower sees events from the moment its receiver is bound: an order it shows says so.
+        def first_order_seen():
+            ((warm_up, _),) = publish_orders(settings, ["completed"], seed=None)
+            return wait_for(lambda: tasks_of(warm_up), 20, what="Flower's first task")
+
+        wait_for(lambda: _answers(client, api), 60, what="Flower's API")
+        first_order_seen()
+        ((order_id, _),) = publish_orders(settings, ["needs_attention"], seed=None)
+        settled(settings, [order_id], timeout=120)
+        done = ("SUCCESS", "FAILURE")
+
+        def both_ended():
+            ts = [t for t in tasks_of(order_id) if t["name"] == "inventory.failed"]
+            return len(ts) == 2 and all(t["state"] in done for t in ts) and ts
+
+        failed = wait_for(both_ended, 30, what="both inventory.failed tasks ended in Flower")
+
+    by_domain = {t["uuid"].rsplit("@", 1)[1]: t for t in failed}
+    assert set(by_domain) == {"payment", "order"}, failed
+    event_ids = {t["uuid"].rsplit("@", 1)[0] for t in failed}
+    assert len(event_ids) == 1, failed  # one message, two deliveries
+    (event_id,) = event_ids
+    assert all(f"event={event_id}" in t["args"] for t in failed)
+    assert by_domain["payment"]["state"] == "FAILURE", by_domain["payment"]
+    assert by_domain["payment"]["worker"].startswith("payment@")
+    assert by_domain["order"]["state"] == "SUCCESS", by_domain["order"]
+    assert by_domain["order"]["worker"].startswith("order@")
+    # Each record's times are its own delivery's: received before it ended.
+    for t in failed:
+        assert t["received"] <= (t["succeeded"] or t["failed"]), t
+
+
+def _answers(client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_inspect_shows_each_workers_queue_and_refuses_to_add_one(settings, stack):

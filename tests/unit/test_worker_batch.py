@@ -57,8 +57,11 @@ class Dispatcher:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
+        self.fields: list[dict] = []
+
     def send(self, type_, uuid, **fields):
         self.sent.append((type_, uuid))
+        self.fields.append(fields)
 
 
 @pytest.fixture
@@ -136,7 +139,8 @@ def test_a_full_batch_runs_at_once_and_each_message_is_settled_and_reported(c, b
     assert [m.settled for m in msgs] == [["ack"]] * 3 and c.in_hand == 0
     sent = c.event_dispatcher.sent
     for n in range(3):
-        mine = [t for t, uuid in sent if uuid == f"ev-{n}"]
+        # One Flower record per (message, consuming domain): this worker is payment's.
+        mine = [t for t, uuid in sent if uuid == f"ev-{n}@payment"]
         assert mine == ["task-received", "task-started", "task-succeeded"]
     assert state.total_count == {"order.placed": 3} and state.all_total_count == [3]
 
@@ -151,6 +155,21 @@ def test_a_lone_message_runs_on_the_next_tick_when_nothing_more_is_waiting(c, ba
     assert batches == [["ev-1"]] and c.consuming and c.last_turn > 0
 
 
+def test_flower_links_a_task_to_its_causes_record_and_always_names_the_order(c, batches):
+    step = worker.BatchConsumer(c)
+    m = message()
+    m.headers.update(parent_id="ev-0", argsrepr="")  # a client that left argsrepr empty
+    m.body = json.dumps(
+        [[{"event_id": "ev-1", "order_id": "ord-7", "correlation_id": "ord-7"}], {}, EMBED]
+    ).encode()
+    step.on_message(m)
+    received = c.event_dispatcher.fields[0]
+    assert received["args"] == "order=ord-7 correlation=ord-7 event=ev-1"
+    assert received["parent_id"] == "ev-0"  # no verified sender: the id as it was
+    assert step._parent("ev-0", "order") == "ev-0@order"  # the cause's delivery in order
+    assert step._parent("ev-0", "operator") == "ev-0"  # sent by no domain (place_order)
+
+
 def test_a_requeued_batch_is_rejected_back_to_the_queue_and_reported_as_such(c, batches):
     batches.kind = Kind.REQUEUE
     step = worker.BatchConsumer(c)
@@ -158,7 +177,7 @@ def test_a_requeued_batch_is_rejected_back_to_the_queue_and_reported_as_such(c, 
     step.on_message(m)
     step.tick()
     assert m.settled == ["requeue"]
-    assert c.event_dispatcher.sent[-1] == ("task-rejected", "ev-1")
+    assert c.event_dispatcher.sent[-1] == ("task-rejected", "ev-1@payment")
     assert state.all_total_count == [0]
 
 
