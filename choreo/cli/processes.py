@@ -14,6 +14,7 @@ from choreo.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settin
 from choreo.infra import logs
 from choreo.infra.db import engine_for
 from choreo.messaging.access import node_name
+from choreo.ops import flower as flower_options
 from choreo.ops import prometheus
 from choreo.ops.stack import Stack, bring_up, process_names, wait_consuming, worker_of
 from choreo.world.users import make_server
@@ -98,14 +99,13 @@ def flower() -> None:
     # readers) needs this flag to answer without a login.
     os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     app = make_app("flower", settings)
-    app.start(
-        [
-            "flower",
-            f"--port={settings.flower_port}",
-            "--address=127.0.0.1",
-            "--purge_offline_workers=60",
-        ]
-    )
+    api = flower_options.broker_api(settings)
+    if api is None:
+        console.print(
+            f"Flower's Broker tab stays empty: no management API answers at "
+            f"{flower_options.management_api(settings)} (CHOREO_BROKER_ADMIN_API)"
+        )
+    app.start(["flower", *flower_options.argv(settings, api)])
 
 
 def up_stack(

@@ -27,7 +27,8 @@ What each user is granted (N the namespace, D a domain):
   flower        declares and reads its own celeryev.* queues (every task event), broadcasts on
                 celery.pidbox and reads its replies: Flower's worker pages and control buttons.
                 It can ask a worker to shut down (that is what Flower is for); it cannot send a
-                single choreo message.
+                single choreo message. Its `management` tag lets it read its vhost's queues
+                through the management API (Flower's Broker tab), with these same permissions.
   (the set-up)  the bootstrap user of broker_url (guest on a local broker): creates the users,
                 grants and the topology; no service ever connects as it.
 """
@@ -261,7 +262,8 @@ def definitions(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict:
                 "name": user,
                 "password_hash": _password_hash(password(settings, service)),
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": [],
+                # Flower's Broker tab reads its vhost's queues through the management API.
+                "tags": ["management"] if service == "flower" else [],
             }
         )
         perms.append(
