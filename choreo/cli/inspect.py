@@ -28,14 +28,7 @@ def print_status(settings, as_json: bool) -> dict:
     console.print(queues_table(data))
     print_warnings(data)
     if data["metrics"]:
-        console.print(
-            "counters: "
-            + "; ".join(
-                f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
-                for name, per in data["metrics"].items()
-                if per
-            )
-        )
+        console.print(counters_line(data))
     console.print(process_table(data))
     prom = data["prometheus"]
     console.print(
@@ -44,6 +37,16 @@ def print_status(settings, as_json: bool) -> dict:
         else "prometheus: not running (`choreo up` starts it)"
     )
     return data
+
+
+def counters_line(data: dict) -> str:
+    """The shared counters, and since when they count (Redis outlives a stack)."""
+    since = data.get("metrics_since") or "unrecorded (`choreo up` on a stopped stack resets them)"
+    return f"counters since {since}: " + "; ".join(
+        f"{name} " + ", ".join(f"{d}={v}" for d, v in sorted(per.items()))
+        for name, per in data["metrics"].items()
+        if per
+    )
 
 
 def orders_table(data: dict) -> Table:

@@ -7,12 +7,15 @@ import os
 from contextlib import suppress
 
 import click
+import redis
 from pydantic import ValidationError
 
 from choreo.app.bootstrap import prepare
 from choreo.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settings, err, fail
 from choreo.infra import logs
 from choreo.infra.db import engine_for
+from choreo.infra.metrics import Metrics
+from choreo.infra.redis_client import redis_client
 from choreo.messaging.access import node_name
 from choreo.ops import flower as flower_options
 from choreo.ops import prometheus
@@ -140,6 +143,8 @@ def up_stack(
             )
         except ValidationError as exc:
             fail(exc.errors()[0]["msg"].removeprefix("Value error, "))
+    if not running:
+        reset_counters(settings)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     (settings.run_dir / SAGA_MARKER).write_text(settings.saga_mode)
     (settings.run_dir / WORKERS_MARKER).write_text(str(settings.workers_per_domain))
@@ -159,6 +164,18 @@ def up_stack(
         console.print(f"Flower: http://127.0.0.1:{settings.flower_port}")
     if with_prometheus:
         start_prometheus(settings)
+
+
+def reset_counters(settings: Settings) -> None:
+    """A stack starting from nothing counts from zero, and `choreo status` says since when: the
+    counters are Redis hashes that outlive it (and an earlier stack's figures are not this one's).
+    Redis away: a warning, the stack starts all the same (nothing decides on the counters)."""
+    try:
+        since = Metrics(redis_client(settings), settings.redis_prefix).reset()
+    except redis.RedisError as exc:
+        err.print(f"[yellow]warning:[/yellow] counters not reset (Redis: {exc})")
+        return
+    console.print(f"counters reset at {since}")
 
 
 def start_prometheus(settings) -> None:

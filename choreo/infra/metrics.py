@@ -1,12 +1,15 @@
 """Counters shared by every process of every domain, kept in Redis (duplicates absorbed,
-retries...).
+retries...), and since when they count.
 
-Losing them (a Redis restart) loses figures, never correctness: nothing decides on them.
+Losing them (a Redis restart) loses figures, never correctness: nothing decides on them. They
+outlive a stack: `choreo up` on a stack with nothing running resets them and records the time
+(`reset`), which `choreo status` shows; the hot path only increments.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import redis
 
@@ -18,6 +21,11 @@ NAMES = ("processed", "duplicates", "retries", "dead_lettered", "poison", "relay
 def key(prefix: str, name: str) -> str:
     """The Redis hash of one counter, a field per domain."""
     return f"{prefix}:metrics:{name}"
+
+
+def since_key(prefix: str) -> str:
+    """When the counters were last reset (ISO 8601, UTC): not a counter, not in NAMES."""
+    return f"{prefix}:metrics:since"
 
 
 def _text(field: bytes | str) -> str:
@@ -34,6 +42,21 @@ class Metrics:
             self.client.hincrby(key(self.prefix, name), domain, by)
         except redis.RedisError as exc:
             log.debug("metrics unavailable: %s", exc)
+
+    def reset(self, now: datetime | None = None) -> str:
+        """Zero every counter and record the time, in one transaction; returns the time."""
+        stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(*(key(self.prefix, name) for name in NAMES))
+        pipe.set(since_key(self.prefix), stamp)
+        pipe.execute()
+        return stamp
+
+    def since(self) -> str | None:
+        """When the counters were last reset; None if never (counted by an older choreo, or a
+        Redis restarted since: unknown)."""
+        raw = self.client.get(since_key(self.prefix))
+        return _text(raw) if raw is not None else None
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         out = {}

@@ -59,9 +59,11 @@ def gather_status(settings: Settings) -> dict[str, Any]:
     pid = prometheus.running(settings)
     data["prometheus"] = {"url": prometheus.url(settings), "pid": pid, "running": pid is not None}
     try:
-        data["metrics"] = Metrics(redis_client(settings), settings.redis_prefix).snapshot()
+        metrics = Metrics(redis_client(settings), settings.redis_prefix)
+        data["metrics"] = metrics.snapshot()
+        data["metrics_since"] = metrics.since()  # None: not recorded (before a `choreo up`)
     except redis.RedisError as exc:
-        data["metrics"] = {}
+        data["metrics"], data["metrics_since"] = {}, None
         data["redis_error"] = repr(exc)
     return data
 
