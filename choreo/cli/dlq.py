@@ -37,15 +37,32 @@ def dlq_list(domain: str, limit: int, as_json: bool) -> None:
     settings = current_settings()
     with BrokerAdmin(settings) as admin:
         items = admin.peek(_domain_arg(settings, domain), limit)
+    known = rp.orders_known(settings, items)
     if as_json:
-        print(json.dumps([i.summary() for i in items], indent=2))
+        print(json.dumps([{**i.summary(), **_order_known(i, known)} for i in items], indent=2))
         return
     t = Table(title=f"{domain} dead letters ({len(items)})")
     for col in ("event id", "type", "order", "attempts", "reason"):
         t.add_column(col, overflow="fold")
     for i in items:
-        t.add_row(i.event_id, i.type, i.order_id or "", str(i.attempts or ""), i.reason)
+        order = i.order_id or ""
+        if known.get(order) is False:
+            order += f" ({UNKNOWN_ORDER})"
+        t.add_row(i.event_id, i.type, order, str(i.attempts or ""), i.reason)
     console.print(t)
+    if any(v is False for v in known.values()):
+        console.print(
+            f"{UNKNOWN_ORDER}: not in this stack's order database (`choreo order` cannot find "
+            "it): a dead letter an earlier stack left in this namespace?"
+        )
+
+
+UNKNOWN_ORDER = "unknown order"
+
+
+def _order_known(letter, known: dict[str, bool]) -> dict:
+    """`order_known`: True/False for this stack's order database, None when not checked."""
+    return {"order_known": known.get(letter.order_id) if letter.order_id else None}
 
 
 @dlq.command("peek")
@@ -56,7 +73,12 @@ def dlq_peek(domain: str, limit: int) -> None:
     settings = current_settings()
     with BrokerAdmin(settings) as admin:
         items = admin.peek(_domain_arg(settings, domain), limit)
-    print(json.dumps([i.as_dict() for i in items], indent=2, default=str))
+    known = rp.orders_known(settings, items)
+    print(
+        json.dumps(
+            [{**i.as_dict(), **_order_known(i, known)} for i in items], indent=2, default=str
+        )
+    )
 
 
 @dlq.command("replay")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlmodel import Session, col
 
+from choreo.app.queries import order_states
 from choreo.infra.db import create_tables, engine_for
 from choreo.messaging.admin import UNROUTED, BrokerAdmin, DeadLetterView, Replayed
 from config.settings import Settings
@@ -37,22 +38,30 @@ class Candidate:
         bool | None
     )  # None: could not check (no inbox for `unrouted`, or the database is away)
     replayed_before: int = 0
+    # Its order in this stack's order database: False for an earlier stack's dead letter left in
+    # the same namespace (`choreo order` cannot find it); None: no order id, or not checked.
+    order_known: bool | None = None
 
     @property
     def effect(self) -> str:
+        if self.already_processed:
+            return "absorbed: already processed, changes nothing"
+        if self.order_known is False:
+            return (
+                f"order unknown: {self.letter.order_id} is not in this stack's order database "
+                "(an earlier stack's dead letter?); it would run here, against an order "
+                "this stack never saw"
+            )
         if self.already_processed is None:
             return "unknown: could not check the consumer's inbox"
-        return (
-            "absorbed: already processed, changes nothing"
-            if self.already_processed
-            else "runs again"
-        )
+        return "runs again"
 
     def as_dict(self) -> dict:
         return {
             **self.letter.summary(),
             "already_processed": self.already_processed,
             "replayed_before": self.replayed_before,
+            "order_known": self.order_known,
             "effect": self.effect,
         }
 
@@ -109,6 +118,20 @@ def processed(settings: Settings, domain: str, event_ids: list[str]) -> dict[str
     return {e: e in found for e in event_ids}
 
 
+def orders_known(settings: Settings, letters: list[DeadLetterView]) -> dict[str, bool]:
+    """Per order id the dead letters name: whether this stack's order database knows it. Empty
+    when it cannot be read (then nothing is marked: never guess)."""
+    order_ids = sorted({v.order_id for v in letters if v.order_id})
+    if not order_ids:
+        return {}
+    try:
+        found = order_states(settings, order_ids)
+    except Exception as exc:  # no order database yet, or its server away
+        log.warning("could not read the order database: %r", exc)
+        return {}
+    return {o: o in found for o in order_ids}
+
+
 def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> dict[str, int]:
     try:
         with Session(engine_for(settings, "operator")) as s:  # no table yet: nothing replayed
@@ -143,9 +166,13 @@ def plan(
     event_ids = [v.event_id for v in letters if v.event_id]
     known = processed(settings, domain, event_ids)
     before = _replayed_before(settings, domain, event_ids) if event_ids else {}
+    orders = orders_known(settings, letters)
     return [
         Candidate(
-            v, None if known is None else known.get(v.event_id, False), before.get(v.event_id, 0)
+            v,
+            None if known is None else known.get(v.event_id, False),
+            before.get(v.event_id, 0),
+            orders.get(v.order_id) if v.order_id else None,
         )
         for v in letters
     ]

@@ -205,3 +205,53 @@ def test_peeking_a_dead_letter_many_times_never_moves_it(settings, stack):
         assert env["event_id"] in _letters(settings)
     queues_idle(settings)
     assert env["event_id"] in _letters(settings)
+
+
+def test_a_dead_letter_whose_order_this_stack_never_saw_is_marked(settings, stack):
+    """An earlier stack in the same namespace left a dead letter: `choreo order` cannot find its
+    order, so `dlq list` and `peek` mark it and the dry run does not promise it "runs again"."""
+    import json
+
+    from click.testing import CliRunner
+
+    from choreo.cli import cli
+    from choreo.ops import replay as rp
+    from choreo.ops.workload import publish_orders
+
+    (order_id,) = [o for o, _ in publish_orders(settings, ["completed"], seed=None)]
+    settled(settings, [order_id])
+    ours = _order_placed(settings, order_id)
+    stranger = f"ord-earlier-{uuid.uuid4().hex[:8]}"
+    theirs = {
+        **ours,
+        "event_id": str(uuid.uuid4()),
+        "order_id": stranger,
+        "correlation_id": stranger,
+    }
+    _leave_in_dlq(settings, ours, "test: this stack's")
+    _leave_in_dlq(settings, theirs, "test: an earlier stack's")
+    wait_for(
+        lambda: {ours["event_id"], theirs["event_id"]} <= set(_letters(settings)),
+        10,
+        what="both dead letters",
+    )
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["dlq", "list", "payment", "--limit", "1000", "--json"])
+    assert listed.exit_code == 0, listed.output
+    known = {i["event_id"]: i["order_known"] for i in json.loads(listed.output)}
+    assert known[ours["event_id"]] is True and known[theirs["event_id"]] is False
+    table = runner.invoke(cli, ["dlq", "list", "payment", "--limit", "1000"])
+    # One row marked (the table folds it over lines), and the mark explained.
+    assert table.output.count("(unknown") == 1, table.output
+    assert "unknown order: not in this stack's order database" in table.output
+    peeked = runner.invoke(cli, ["dlq", "peek", "payment", "--limit", "1000"])
+    by_id = {i["event_id"]: i for i in json.loads(peeked.output)}
+    assert by_id[theirs["event_id"]]["order_known"] is False
+
+    plan = {c.letter.event_id: c for c in rp.plan(settings, "payment", [theirs["event_id"]])}
+    assert plan[theirs["event_id"]].order_known is False
+    assert plan[theirs["event_id"]].effect.startswith(f"order unknown: {stranger}")
+    dry = runner.invoke(cli, ["dlq", "replay", "payment", "--id", theirs["event_id"], "--json"])
+    (shown,) = json.loads(dry.output)["would_replay"]
+    assert shown["order_known"] is False and shown["effect"].startswith("order unknown")
+    assert theirs["event_id"] in _letters(settings)  # a dry run: nothing moved
