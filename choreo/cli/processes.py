@@ -18,7 +18,7 @@ from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
 from choreo.messaging.access import node_name
 from choreo.ops import flower as flower_options
-from choreo.ops import prometheus
+from choreo.ops import owner, prometheus
 from choreo.ops.stack import Stack, bring_up, process_names, wait_consuming, worker_of
 from choreo.world.users import make_server
 from config.settings import DOMAINS, SAGA_MODES, Settings
@@ -117,10 +117,13 @@ def up_stack(
     saga: str | None = None,
     with_prometheus: bool = True,
     workers: int | None = None,
+    take_namespace: bool = False,
 ) -> None:
     """`choreo up`: start what is not running and wait until every worker consumes, then
-    Prometheus (a stack runs without it: a failure to start it is a warning)."""
+    Prometheus (a stack runs without it: a failure to start it is a warning). Refused when
+    another checkout holds the namespace (choreo.ops.owner), unless `take_namespace`."""
     settings = current_settings()
+    claim_namespace(settings, take_namespace)
     running = [n for n, pid in Stack(settings).running().items() if pid]
     if saga and saga != settings.saga_mode and running:
         fail(
@@ -166,6 +169,18 @@ def up_stack(
         start_prometheus(settings)
 
 
+def claim_namespace(settings: Settings, force: bool) -> None:
+    """Fail in one line when another checkout holds the namespace; Redis away: a warning (the
+    stack cannot run without it anyway, and says so)."""
+    try:
+        other = owner.claim(settings, force)
+    except redis.RedisError as exc:
+        err.print(f"[yellow]warning:[/yellow] namespace owner not checked (Redis: {exc})")
+        return
+    if other is not None:
+        fail(owner.refusal(settings, other))
+
+
 def reset_counters(settings: Settings) -> None:
     """A stack starting from nothing counts from zero, and `choreo status` says since when: the
     counters are Redis hashes that outlive it (and an earlier stack's figures are not this one's).
@@ -193,6 +208,12 @@ def start_prometheus(settings) -> None:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--no-prometheus", is_flag=True, help="Do not start Prometheus.")
 @click.option(
+    "--take-namespace",
+    is_flag=True,
+    help="Start even if another checkout holds this namespace (when it runs no stack any more: "
+    "its broker passwords are replaced by this one's).",
+)
+@click.option(
     "--saga",
     type=click.Choice(SAGA_MODES),
     default=None,
@@ -205,11 +226,21 @@ def start_prometheus(settings) -> None:
     help="Workers per domain, competing on its queue (default: the running count, else 1; "
     "more than 1 needs a database server).",
 )
-def up(no_flower: bool, no_prometheus: bool, saga: str | None, workers: int | None) -> None:
+def up(
+    no_flower: bool,
+    no_prometheus: bool,
+    take_namespace: bool,
+    saga: str | None,
+    workers: int | None,
+) -> None:
     """Start the user service, the domain workers (and the orchestrator), Flower and
     Prometheus (idempotent; what `choreo stop` held is started too)."""
     up_stack(
-        with_flower=not no_flower, saga=saga, with_prometheus=not no_prometheus, workers=workers
+        with_flower=not no_flower,
+        saga=saga,
+        with_prometheus=not no_prometheus,
+        workers=workers,
+        take_namespace=take_namespace,
     )
 
 
@@ -227,6 +258,9 @@ def down() -> None:
         if stack.stop(name):
             console.print(f"stopped {name}")
     stack.release_all()  # nothing runs: nothing is held either; the next `choreo up` starts all
+    with suppress(redis.RedisError):
+        if owner.release(settings):  # another checkout may start a stack in this namespace now
+            console.print(f"namespace {settings.namespace!r} released")
 
 
 def known_process(settings: Settings, name: str) -> str:
