@@ -13,10 +13,11 @@ import pytest
 from choreo.devtools.cluster import SPAN, Cluster, available
 from choreo.devtools.sandbox import Sandbox
 from choreo.ops.stack import Stack, free_port_block
-from tests.helpers import wait_for
+from tests.helpers import sqlite_pass_only, wait_for
 
 pytestmark = [
     pytest.mark.integration,
+    sqlite_pass_only,  # no service database in it
     pytest.mark.timeout(300),
     pytest.mark.skipif(not available(), reason="RabbitMQ (rabbitmq-server, epmd) is not installed"),
 ]
