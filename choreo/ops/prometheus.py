@@ -414,7 +414,7 @@ def start(settings: Settings) -> int:
             cwd=base_dir(settings),
             start_new_session=True,
         )
-    pid_path(settings).write_text(str(proc.pid))
+    pid_path(settings).write_text(f"{proc.pid}\n")
     await_exec(proc, _marker(settings))
     return proc.pid
 

@@ -257,7 +257,7 @@ class Stack:
                 env=self.env,
                 start_new_session=True,
             )
-        self.pidfile(name).write_text(str(proc.pid))
+        self.pidfile(name).write_text(f"{proc.pid}\n")
         await_exec(proc, MARK)
         return proc.pid
 

@@ -39,6 +39,7 @@ def stack(tmp_path, monkeypatch):
 def test_stop_on_purpose_marks_before_it_stops_and_a_restart_leaves_it_alone(stack):
     pid = stack.start("worker-shipment")
     assert stack.pid("worker-shipment") == pid and not stack.held("worker-shipment")
+    assert stack.pidfile("worker-shipment").read_text() == f"{pid}\n"  # a line, as files end
 
     assert stack.stop_on_purpose("worker-shipment", timeout=2) == pid
     assert not alive(pid)
