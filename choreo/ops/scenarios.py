@@ -27,14 +27,37 @@ from consumers.order.messages import PlaceOrder
 from consumers.shipment.rules import is_undeliverable
 from models.envelope import Envelope, make_envelope
 
-SCENARIOS = ("completed", "declined", "out_of_stock", "undeliverable", "flaky", "needs_attention")
+SCENARIOS = (
+    "completed",
+    "declined",
+    "out_of_stock",
+    "undeliverable",
+    "flaky",
+    "needs_attention",
+    "price_mismatch",
+    "unknown_sku",
+)
+# What each scenario's data is, for `choreo enqueue --help` (the README's "The flow" table).
+SCENARIO_HELP = {
+    "completed": "a test card that charges, SKUs in stock: COMPLETED",
+    "declined": "a declined card: CANCELLED (payment_declined)",
+    "out_of_stock": "a sold-out SKU: CANCELLED (out_of_stock), refunded",
+    "undeliverable": "an undeliverable address: CANCELLED (shipment_failed), refunded",
+    "flaky": "a card failing twice transiently, retried: COMPLETED",
+    "needs_attention": "sold out and every refund fails: NEEDS_ATTENTION",
+    "price_mismatch": "a line priced below the catalog: CANCELLED (price_mismatch), no charge",
+    "unknown_sku": "a SKU the catalog does not sell: CANCELLED (unknown_sku), no charge",
+}
+SKU_NOT_SOLD = "SKU-NOT-IN-CATALOG"
 DEFAULT_MIX = {
-    "completed": 50,
+    "completed": 46,
     "declined": 15,
     "out_of_stock": 14,
     "undeliverable": 10,
     "flaky": 9,
     "needs_attention": 2,
+    "price_mismatch": 2,
+    "unknown_sku": 2,
 }
 
 
@@ -46,19 +69,18 @@ class OrderSpec:
     card_token: str
     address: str
 
+    def payload(self) -> PlaceOrder:
+        """The place_order payload for this order."""
+        return PlaceOrder(
+            customer_id=self.customer_id,
+            items=self.items,
+            card_token=self.card_token,
+            address=self.address,
+        )
+
     def place_order(self, order_id: str, source: str) -> Envelope:
         """The place_order command for this order, as a client sends it."""
-        return make_envelope(
-            "place_order",
-            order_id,
-            PlaceOrder(
-                customer_id=self.customer_id,
-                items=self.items,
-                card_token=self.card_token,
-                address=self.address,
-            ),
-            source=source,
-        )
+        return make_envelope("place_order", order_id, self.payload(), source=source)
 
 
 def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:
@@ -83,6 +105,10 @@ def make_order(scenario: str, rng: random.Random | None = None) -> OrderSpec:
         items.append(
             {"sku": SKU_SOLD_OUT, "qty": 1, "unit_price_cents": PRICES_CENTS[SKU_SOLD_OUT]}
         )
+    elif scenario == "price_mismatch":
+        items[0] = {**items[0], "unit_price_cents": PRICES_CENTS[sku] - 1}
+    elif scenario == "unknown_sku":
+        items.append({"sku": SKU_NOT_SOLD, "qty": 1})
     return OrderSpec(scenario, rng.choice(CUSTOMERS), items, card, address)
 
 
@@ -108,6 +134,9 @@ def expected_outcome(card_token: str, items: list[dict], address: str) -> tuple[
 def scenario_of(card_token: str, items: list[dict], address: str) -> str:
     """Which of SCENARIOS an order's data makes it (the inverse of make_order); `custom`
     otherwise."""
+    refused = expected_outcome(card_token, items, address)[1]
+    if refused in ("unknown_sku", "price_mismatch"):
+        return refused if card_token == CARD_OK and not is_undeliverable(address) else "custom"
     sold_out = (
         bool(missing_skus(INITIAL_STOCK, items))
         if all(i.get("sku") in PRICES_CENTS for i in items)

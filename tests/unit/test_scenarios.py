@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
 
 from choreo.ops.scenarios import (
     DEFAULT_MIX,
+    SCENARIO_HELP,
     SCENARIOS,
     draw_scenarios,
     expected_outcome,
@@ -25,11 +27,32 @@ INTENDED = {
     "out_of_stock": ("CANCELLED", "out_of_stock"),
     "undeliverable": ("CANCELLED", "shipment_failed"),
     "needs_attention": ("NEEDS_ATTENTION", "compensation_failed"),
+    "price_mismatch": ("CANCELLED", "price_mismatch"),
+    "unknown_sku": ("CANCELLED", "unknown_sku"),
 }
+REFUSED = ("price_mismatch", "unknown_sku")  # their data is wrong on purpose
 
 
 def test_every_scenario_has_an_intended_outcome_and_a_default_weight():
-    assert set(INTENDED) == set(SCENARIOS) == set(DEFAULT_MIX)
+    assert set(INTENDED) == set(SCENARIOS) == set(DEFAULT_MIX) == set(SCENARIO_HELP)
+
+
+def test_the_documented_paths_are_the_scenarios():
+    """Each row of the manual's paths table (docs/concepts/domains.md) ends in a (state, reason)
+    that one scenario reaches, and every scenario's outcome is a row: `--mix all` is every path."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs/concepts/domains.md").read_text()
+    table = page.split("## Paths, chosen by the order's data")[1].split("\n\n")[2]
+    rows = [r for r in table.splitlines()[2:] if r.startswith("|")]
+    documented = set()
+    for row in rows:
+        ends = row.split("|")[3]
+        state = re.search(r"(COMPLETED|CANCELLED|NEEDS_ATTENTION)", ends).group(1)
+        reason = re.search(r"\(([a-z_]+)\)", ends)
+        documented.add((state, reason.group(1) if reason else None))
+    assert documented == set(INTENDED.values())
+    assert len(rows) == len(SCENARIOS) == 8
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -42,7 +65,7 @@ def test_make_order_data_leads_to_the_intended_outcome(scenario):
         )
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in REFUSED])
 def test_make_order_gives_valid_items_and_a_known_customer(scenario):
     spec = make_order(scenario, random.Random(1))
     assert spec.customer_id in catalog.CUSTOMERS
@@ -50,6 +73,19 @@ def test_make_order_gives_valid_items_and_a_known_customer(scenario):
     for item in spec.items:
         assert item["unit_price_cents"] == catalog.PRICES_CENTS[item["sku"]]
         assert 1 <= item["qty"] <= 3
+
+
+def test_the_refused_scenarios_break_one_rule_each_and_pass_the_wire_format():
+    from consumers.order.messages import PlaceOrder
+
+    mismatch = make_order("price_mismatch", random.Random(2))
+    (line,) = mismatch.items
+    assert line["unit_price_cents"] != catalog.PRICES_CENTS[line["sku"]]
+    unknown = make_order("unknown_sku", random.Random(2))
+    assert [i["sku"] in catalog.PRICES_CENTS for i in unknown.items] == [True, False]
+    for spec in (mismatch, unknown):
+        assert spec.card_token == catalog.CARD_OK and spec.customer_id in catalog.CUSTOMERS
+        PlaceOrder.model_validate(spec.payload().model_dump())
 
 
 def test_make_order_is_deterministic_for_a_seeded_rng():
