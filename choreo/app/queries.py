@@ -27,6 +27,12 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _said(data: dict) -> str | None:
+    """An order event's reason, and what it said about it ("price_mismatch: client price ...")."""
+    reason, detail = data.get("reason"), data.get("detail")
+    return f"{reason}: {detail}" if reason and detail else reason or detail
+
+
 def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
     eng = {s: engine_for(settings, s) for s in SERVICES}
     with Session(eng["order"]) as s:
@@ -44,10 +50,18 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
             "at": _iso(e.recorded_at),
             "service": "order",
             "what": f"recorded {e.type}",
-            "detail": e.data.get("reason"),
+            "detail": _said(e.data),
         }
         for e in events
     ]
+    reason_detail = next(
+        (
+            e.data["detail"]
+            for e in reversed(events)
+            if e.data.get("detail") and e.data.get("reason") == view.reason
+        ),
+        None,
+    )
     for domain in settings.domains:
         with Session(eng[domain]) as s:
             for handled in s.exec(select(Inbox).where(Inbox.order_id == order_id)):
@@ -90,6 +104,9 @@ def order_details(settings: Settings, order_id: str) -> dict[str, Any] | None:
         "order_id": order_id,
         "state": view.state,
         "reason": view.reason,
+        # What the reason means for this order, when the order service said more: the lines and
+        # prices of a price_mismatch, the SKUs of an unknown_sku, a failed compensation's cause.
+        "reason_detail": reason_detail,
         "customer_id": view.customer_id,
         "amount_cents": view.amount_cents,
         "items": view.items,

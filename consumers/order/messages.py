@@ -54,9 +54,15 @@ class OrderCompleted(Message, key="order.completed", owner="order"):
 
 
 class OrderCancelled(Message, key="order.cancelled", owner="order"):
+    """`reason` is a code clients key on (payment_declined, price_mismatch, ...); `detail`, sent
+    only when the order service knows more, says it for a person: which line and prices of a
+    price_mismatch, which SKUs of an unknown_sku. Optional, so a message without it (any sent
+    before it existed) stays valid."""
+
     customer_id: CustomerId
     reason: Reason
     amount_cents: Cents
+    detail: Reason | None = None
 
 
 class DeadlineDue(Message, key="order.deadline", owner="order"):

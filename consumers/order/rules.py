@@ -141,11 +141,10 @@ class OrderRejected(Event):
         }
 
     def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
-        return "order.cancelled", {
-            "customer_id": order.customer_id,
-            "reason": self.reason,
-            "amount_cents": 0,
-        }
+        said = {"customer_id": order.customer_id, "reason": self.reason, "amount_cents": 0}
+        if self.detail:  # the schema's limit: a long list of lines is cut, the reason stays
+            said["detail"] = self.detail if len(self.detail) <= 500 else self.detail[:497] + "..."
+        return "order.cancelled", said
 
 
 @dataclass(frozen=True)

@@ -472,7 +472,9 @@ def test_announcement_of_order_cancelled_is_a_valid_payload():
         "customer_id": "cust-1",
         "reason": "out_of_stock",
         "amount_cents": AMOUNT,
+        "detail": None,  # only a refusal at placement says more
     }
+    assert "detail" not in payload  # and on the wire it is not sent at all
 
 
 @pytest.mark.parametrize(
@@ -564,9 +566,33 @@ def test_a_client_price_other_than_the_catalog_s_is_refused_and_nothing_is_annou
     said = o.announcement(order, event)
     assert said == (
         "order.cancelled",
-        {"customer_id": "cust-1", "reason": "price_mismatch", "amount_cents": 0},
+        {
+            "customer_id": "cust-1",
+            "reason": "price_mismatch",
+            "amount_cents": 0,
+            "detail": f"client price differs from the catalog: SKU-RED at {price} (catalog 1299)",
+        },
     )
     PAYLOADS[said[0]].model_validate(said[1])
+
+
+def test_a_refusal_s_detail_is_cut_to_the_schema_s_limit_and_its_reason_kept():
+    lines = [{"sku": f"SKU-X{n:03}", "qty": 1} for n in range(100)]
+    (event,) = o.place(o.Order(ORDER_ID), "cust-1", lines, "1 Main Street", "tok_visa", PRICES)
+    assert len(event.data["detail"]) > 500
+    kind, said = o.announcement(o.fold(ORDER_ID, [event]), event)
+    assert said["reason"] == "unknown_sku" and len(said["detail"]) == 500
+    assert (
+        said["detail"].startswith("not in the catalog: SKU-X000") and said["detail"][-3:] == "..."
+    )
+    PAYLOADS[kind].model_validate(said)
+
+
+def test_a_cancellation_without_detail_stays_valid_and_says_none():
+    from consumers.order.messages import OrderCancelled
+
+    old = {"customer_id": "cust-1", "reason": "payment_declined", "amount_cents": 0}
+    assert PAYLOADS["order.cancelled"].model_validate(old) == OrderCancelled(**old, detail=None)
 
 
 def test_a_sku_the_catalog_does_not_sell_is_refused():
