@@ -6,14 +6,14 @@ import json
 import sys
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from choreo.app.queries import order_details
 from choreo.cli.base import console, current_settings, err, fail
 from choreo.cli.inspect import print_status
 from choreo.cli.processes import up_stack
-from choreo.ops.render import outcome_table
+from choreo.ops.render import outcome_table, timeline_table
 from choreo.ops.scenarios import draw_scenarios, parse_mix
 from choreo.ops.stuck import describe_waiting
 from choreo.ops.workload import outcomes, publish_orders, terminal_count, wait_terminal
@@ -142,6 +142,8 @@ def order(order_id: str, as_json: bool) -> None:
     console.print(
         f"[bold]{d['order_id']}[/bold]  {d['state']}" + (f" ({d['reason']})" if d["reason"] else "")
     )
+    if d["reason_detail"]:  # which line, which price: what the reason code means for this order
+        console.print(f"  {escape(d['reason_detail'])}")
     if d["waiting"] is not None:
         console.print(describe_waiting(d["waiting"]))
     console.print(
@@ -155,9 +157,4 @@ def order(order_id: str, as_json: bool) -> None:
     console.print(f"stock: {d['stock'] or '-'}")
     console.print(f"shipment: {d['shipment'] or '-'}")
     console.print(f"notifications: {', '.join(n['kind'] for n in d['notifications']) or '-'}")
-    table = Table(title="timeline")
-    for col in ("at", "service", "what", "detail"):
-        table.add_column(col)
-    for t in d["timeline"]:
-        table.add_row(t["at"] or "", t["service"], t["what"], str(t["detail"] or ""))
-    console.print(table)
+    console.print(timeline_table(d["timeline"]))

@@ -78,3 +78,47 @@ def test_the_client_example_is_one_python_block():
     )
     assert block, "docs/client.md lost its client example"
     compile(block.group(1), "docs/client.md", "exec")
+
+
+def documented_order_fields() -> list[str]:
+    text = (DOCS / "operating" / "watch.md").read_text()
+    table = text.split("<!-- order-json-fields:start -->")[1].split(
+        "<!-- order-json-fields:end -->"
+    )
+    return re.findall(r"^\| `([a-z_]+)` \|", table[0], re.M)
+
+
+def order_details_keys() -> tuple[list[str], set[str]]:
+    """The keys of the dict `order_details` returns, and of its timeline rows, read from the
+    source (no database needed)."""
+    import ast
+
+    tree = ast.parse((ROOT / "choreo" / "app" / "queries.py").read_text())
+    func = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "order_details"
+    )
+    (returned,) = [
+        n.value
+        for n in ast.walk(func)
+        if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)
+    ]
+    assert isinstance(returned, ast.Dict)
+    top = [k.value for k in returned.keys if isinstance(k, ast.Constant)]
+    rows = {
+        k.value
+        for d in ast.walk(func)
+        if isinstance(d, ast.Dict)
+        and any(isinstance(k, ast.Constant) and k.value == "what" for k in d.keys)
+        for k in d.keys
+        if isinstance(k, ast.Constant)
+    }
+    return top, rows
+
+
+def test_choreo_order_json_fields_are_documented_each_and_in_order():
+    top, rows = order_details_keys()
+    assert documented_order_fields() == top
+    text = (DOCS / "operating" / "watch.md").read_text()
+    timeline_row = next(r for r in text.splitlines() if r.startswith("| `timeline` |"))
+    assert rows == {"at", "service", "what", "detail"}
+    assert all(f"`{k}`" in timeline_row for k in rows)
