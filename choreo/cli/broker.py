@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import click
@@ -34,11 +35,22 @@ def setup() -> None:
 
 
 @broker.command()
-def users() -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON document: each user's name, service, vhost, where its password comes from, "
+    "its permissions and topic permissions (no secrets).",
+)
+def users(as_json: bool) -> None:
     """Who may do what: each user's configure / write / read patterns and topic
     permissions (no secrets)."""
     settings = current_settings()
-    for service, g in access.grants(settings, access.hears_of(topology(settings))).items():
+    grants = access.grants(settings, access.hears_of(topology(settings)))
+    if as_json:
+        print(json.dumps({"users": [_user_dict(settings, svc, g) for svc, g in grants.items()]}))
+        return
+    for service, g in grants.items():
         console.print(
             f"[bold]{access.user_name(settings, service)}[/bold]  "
             f"(password: ${env_name(access.PASSWORD, service)}"
@@ -51,6 +63,22 @@ def users() -> None:
         )
         for exchange, (w, r) in g.topics.items():
             console.print(f"  topic {exchange}: write {w}  read {r}", soft_wrap=True)
+
+
+def _user_dict(settings, service: str, g: access.Grant) -> dict:
+    return {
+        "user": access.user_name(settings, service),
+        "service": service,
+        "vhost": access.vhost_of(settings.broker_url),
+        "password_env": env_name(access.PASSWORD, service),
+        "password_file": str(access.password_file(settings, service)),
+        "configure": g.configure,
+        "write": g.write,
+        "read": g.read,
+        "topics": [
+            {"exchange": exchange, "write": w, "read": r} for exchange, (w, r) in g.topics.items()
+        ],
+    }
 
 
 @broker.command("rotate")
