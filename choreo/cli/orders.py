@@ -1,4 +1,7 @@
-"""`choreo enqueue|demo|order`: place orders with a scenario mix, watch them settle, inspect one."""
+"""`choreo enqueue|demo|order`: place orders with a scenario mix, watch them settle, inspect one.
+
+Progress bars and warnings go to stderr; with `--json`, stdout holds the JSON document alone, so
+a script can pipe it into a JSON parser."""
 
 from __future__ import annotations
 
@@ -14,9 +17,15 @@ from choreo.cli.base import console, current_settings, err, fail
 from choreo.cli.inspect import print_status
 from choreo.cli.processes import up_stack
 from choreo.ops.render import outcome_table, timeline_table
-from choreo.ops.scenarios import draw_scenarios, parse_mix
+from choreo.ops.scenarios import DEFAULT_MIX, SCENARIO_HELP, draw_scenarios, parse_mix
 from choreo.ops.stuck import describe_waiting
-from choreo.ops.workload import outcomes, publish_orders, terminal_count, wait_terminal
+from choreo.ops.workload import (
+    States,
+    outcomes,
+    publish_orders,
+    terminal_count,
+    wait_terminal,
+)
 from config.settings import SAGA_MODES
 
 
@@ -26,9 +35,31 @@ def _progress() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=err,  # stdout is the result's alone (a table, or JSON with --json)
         transient=False,
     )
+
+
+def _settle(settings, order_ids: list[str], timeout: float, progress: Progress) -> States:
+    t_set = progress.add_task("settling  ", total=len(order_ids))
+    return wait_terminal(
+        settings,
+        order_ids,
+        timeout,
+        on_poll=lambda st: progress.update(t_set, completed=terminal_count(st)),
+    )
+
+
+def _state_of(states: States, order_id: str) -> dict:
+    state, reason = states.get(order_id, (None, None))
+    return {"state": state, "reason": reason}
+
+
+def _warn_unsettled(states: States, count: int, timeout: float) -> int:
+    unsettled = count - terminal_count(states)
+    if unsettled:
+        err.print(f"[red]{unsettled} order(s) did not settle within {timeout:.0f}s[/red]")
+    return unsettled
 
 
 def enqueue_orders(
@@ -46,51 +77,43 @@ def enqueue_orders(
     with _progress() as progress:
         t_pub = progress.add_task("publishing", total=count)
         sent = publish_orders(settings, scenarios, seed, on_sent=lambda: progress.advance(t_pub))
-        if not wait:
+        states = _settle(settings, [o for o, _ in sent], timeout, progress) if wait else {}
+    if not wait:
+        if as_json:
+            print(json.dumps({"orders": [{"order_id": o, "scenario": s} for o, s in sent]}))
+        else:
             console.print(f"enqueued {count} orders")
-            return 0
-        t_set = progress.add_task("settling  ", total=count)
-        states = wait_terminal(
-            settings,
-            [o for o, _ in sent],
-            timeout,
-            on_poll=lambda st: progress.update(t_set, completed=terminal_count(st)),
-        )
+        return 0
     rows = outcomes(sent, states)
     mismatches = sum(r["mismatches"] for r in rows)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "orders": [
-                        {
-                            "order_id": o,
-                            "scenario": s,
-                            "state": states.get(o, (None, None))[0],
-                            "reason": states.get(o, (None, None))[1],
-                        }
-                        for o, s in sent
-                    ],
-                    "mismatches": mismatches,
-                }
-            )
-        )
+        orders = [{"order_id": o, "scenario": s, **_state_of(states, o)} for o, s in sent]
+        print(json.dumps({"orders": orders, "mismatches": mismatches}))
     else:
         console.print(outcome_table(rows))
-    unsettled = len(sent) - terminal_count(states)
-    if unsettled:
-        err.print(f"[red]{unsettled} order(s) did not settle within {timeout:.0f}s[/red]")
+    unsettled = _warn_unsettled(states, len(sent), timeout)
     if mismatches:
         err.print(f"[red]{mismatches} order(s) ended in a state their data did not ask for[/red]")
     return 1 if (mismatches or unsettled) else 0
 
 
-@click.command()
+ENQUEUE_HELP = (
+    "Place orders with a scenario mix; show progress until they settle.\n\n"
+    "Each scenario is one path of the saga, chosen by the order's data:\n\n\b\n"
+    + "\n".join(f"  {name:<16} {what}" for name, what in SCENARIO_HELP.items())
+)
+
+
+@click.command(help=ENQUEUE_HELP)
 @click.option("--count", "-n", default=10, show_default=True, help="How many orders.")
 @click.option(
     "--mix",
     default=None,
-    help="Scenario weights, e.g. completed=60,declined=20,out_of_stock=20 or 'all'.",
+    metavar="WEIGHTS",
+    help="Scenario weights, e.g. completed=60,declined=20,out_of_stock=20; 'all' weighs every "
+    "scenario (listed above) equally. Default: "
+    + ",".join(f"{name}={w}" for name, w in DEFAULT_MIX.items())
+    + ".",
 )
 @click.option(
     "--seed", type=int, default=None, help="Make the scenario draw and order ids repeatable."
@@ -99,11 +122,16 @@ def enqueue_orders(
     "--wait/--no-wait", default=True, show_default=True, help="Wait until every order settles."
 )
 @click.option("--timeout", default=180.0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout (progress goes to stderr): the orders' ids and "
+    "scenarios, and with --wait their state and reason.",
+)
 def enqueue(
     count: int, mix: str | None, seed: int | None, wait: bool, timeout: float, as_json: bool
 ) -> None:
-    """Place orders with a scenario mix; show progress until they settle."""
     sys.exit(enqueue_orders(count, mix, seed, wait, timeout, as_json))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from choreo.app.queries import order_states
 from choreo.messaging.access import may_send, owners
@@ -14,10 +14,63 @@ from choreo.messaging.publisher import Publisher
 from choreo.messaging.topology import Names
 from choreo.ops.scenarios import SCENARIOS, expected_outcome, make_order
 from config.settings import Settings
+from consumers.order.messages import PlaceOrder
 from consumers.order.rules import TERMINAL
+from models.envelope import make_envelope
 from tasks.app import ChoreoApp, make_app
 
 States = dict[str, tuple[str, str | None]]  # order id -> (state, reason)
+
+
+def new_order_id(rng: random.Random | None = None) -> str:
+    """A fresh order id; from `rng`, one that repeats with its seed."""
+    bits = rng.getrandbits(128) if rng is not None else uuid.uuid4().int
+    return f"ord-{uuid.UUID(int=bits).hex[:16]}"
+
+
+class Placer:
+    """The one path by which choreo's own tools place orders (`choreo enqueue`, `choreo place`,
+    the Python client in choreo.client): a place_order envelope per order, validated, published
+    as the operator and confirmed by the broker before `place` returns. One connection for
+    every order placed through it; close it (or use it as a context manager) when done."""
+
+    def __init__(self, settings: Settings, source: str = "cli") -> None:
+        self.source = source
+        self.app = make_app("client", settings)
+        self.publisher = Publisher(self.app, Names(settings.namespace))
+
+    def place(self, payload: PlaceOrder, order_id: str | None = None) -> str:
+        """Place one order; returns its id (`order_id`, or a new one)."""
+        order_id = order_id or new_order_id()
+        self.publisher.publish(make_envelope("place_order", order_id, payload, source=self.source))
+        return order_id
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> Placer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def place_orders(
+    settings: Settings,
+    orders: Iterable[tuple[str | None, PlaceOrder]],
+    on_sent: Callable[[], None] | None = None,
+    source: str = "cli",
+) -> list[str]:
+    """Place each (order id or None, payload) in turn, each confirmed by the broker; returns the
+    order ids. An order that fails to publish stops the loop: the ids returned so far were
+    placed."""
+    placed: list[str] = []
+    with Placer(settings, source) as placer:
+        for order_id, payload in orders:
+            placed.append(placer.place(payload, order_id))
+            if on_sent:
+                on_sent()
+    return placed
 
 
 def publish_orders(
@@ -30,24 +83,13 @@ def publish_orders(
     """Place one order per scenario (confirmed by the broker); returns [(order id, scenario)].
     With a seed, order ids and order data repeat from run to run."""
     rng = random.Random(seed)
-    app = make_app("client", settings)
-    publisher = Publisher(app, Names(settings.namespace))
-    sent = []
-    try:
+
+    def drawn() -> Iterator[tuple[str | None, PlaceOrder]]:
         for scenario in scenarios:
             spec = make_order(scenario, rng)
-            order_id = (
-                f"ord-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
-                if seed is not None
-                else f"ord-{uuid.uuid4().hex[:16]}"
-            )
-            publisher.publish(spec.place_order(order_id, source))
-            sent.append((order_id, scenario))
-            if on_sent:
-                on_sent()
-    finally:
-        app.close()
-    return sent
+            yield new_order_id(rng if seed is not None else None), spec.payload()
+
+    return list(zip(place_orders(settings, drawn(), on_sent, source), scenarios, strict=False))
 
 
 class AsOwners:
