@@ -69,7 +69,7 @@ COMMANDS = {
         name: f"choreo.cli.processes:{name}"
         for name in ("worker", "users", "flower", "up", "down", "stop", "start")
     },
-    **{name: f"choreo.cli.orders:{name}" for name in ("enqueue", "demo", "order")},
+    **{name: f"choreo.cli.orders:{name}" for name in ("enqueue", "place", "demo", "order")},
     **{
         name: f"choreo.cli.inspect:{name}"
         for name in ("status", "topology", "breakers", "projections", "audit")

@@ -1,4 +1,5 @@
-"""`choreo enqueue|demo|order`: place orders with a scenario mix, watch them settle, inspect one.
+"""`choreo enqueue|place|demo|order`: place orders (a scenario mix, or the user's own), watch them
+settle, inspect one.
 
 Progress bars and warnings go to stderr; with `--json`, stdout holds the JSON document alone, so
 a script can pipe it into a JSON parser."""
@@ -16,12 +17,14 @@ from choreo.app.queries import order_details
 from choreo.cli.base import console, current_settings, err, fail
 from choreo.cli.inspect import print_status
 from choreo.cli.processes import up_stack
+from choreo.ops.orderfile import BadOrders, read_orders
 from choreo.ops.render import outcome_table, timeline_table
 from choreo.ops.scenarios import DEFAULT_MIX, SCENARIO_HELP, draw_scenarios, parse_mix
 from choreo.ops.stuck import describe_waiting
 from choreo.ops.workload import (
     States,
     outcomes,
+    place_orders,
     publish_orders,
     terminal_count,
     wait_terminal,
@@ -133,6 +136,53 @@ def enqueue(
     count: int, mix: str | None, seed: int | None, wait: bool, timeout: float, as_json: bool
 ) -> None:
     sys.exit(enqueue_orders(count, mix, seed, wait, timeout, as_json))
+
+
+@click.command()
+@click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
+@click.option(
+    "--wait/--no-wait", default=False, show_default=True, help="Wait until every order settles."
+)
+@click.option("--timeout", default=180.0, show_default=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print one JSON document on stdout: {"orders": [{"order_id": ...}]}, with --wait '
+    "each order's state and reason too.",
+)
+def place(file, wait: bool, timeout: float, as_json: bool) -> None:
+    """Place your own orders, read as JSON Lines from FILE (default `-`, stdin).
+
+    \b
+    One order per line, the wire format's place_order payload, plus an optional order_id:
+      {"customer_id": "cust-7", "items": [{"sku": "SKU-RED", "qty": 2}],
+       "card_token": "tok_visa", "address": "1 Main Street", "order_id": "my-0001"}
+    (docs/client.md; schemas/payloads/place_order.json). A line without order_id gets a new
+    one. Blank lines are skipped.
+
+    All or nothing: every line is checked first, and if any is bad, each bad line is reported
+    (its number and what is wrong) and no order of the file is placed (exit 2). Then each
+    order is published, confirmed by the broker. Prints the order ids, one per line (with
+    --wait: id, state and reason), or with --json one JSON document."""
+    try:
+        orders = read_orders(file)
+    except BadOrders as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        fail(f"{len(exc.errors)} bad line(s) in {file.name}: nothing was placed")
+    if not orders:
+        fail(f"no orders in {file.name}")
+    settings = current_settings()
+    with _progress() as progress:
+        t_pub = progress.add_task("publishing", total=len(orders))
+        ids = place_orders(settings, orders, on_sent=lambda: progress.advance(t_pub))
+        states = _settle(settings, ids, timeout, progress) if wait else {}
+    if as_json:
+        rows = [{"order_id": o, **(_state_of(states, o) if wait else {})} for o in ids]
+        print(json.dumps({"orders": rows}))
+    for o in [] if as_json else ids:
+        print(o if not wait else "\t".join((o, *(str(v or "") for v in states.get(o, ("", ""))))))
+    sys.exit(1 if wait and _warn_unsettled(states, len(ids), timeout) else 0)
 
 
 @click.command()

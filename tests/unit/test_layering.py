@@ -24,7 +24,8 @@ Layers, from the inside out:
                choreo.cli (the commands),
                choreo.agent (the operator agent),
                choreo.devtools (chaos, cluster,
-               sandbox), choreo.__main__, bench
+               sandbox), choreo.__main__,
+               choreo.client (the Python client), bench
     root       choreo (the package __init__)  imports nothing of the project
 """
 
@@ -55,6 +56,7 @@ LAYER_RULES: tuple[tuple[str, str, bool], ...] = (
     ("choreo.agent", "ops", False),
     ("choreo.devtools", "ops", False),
     ("choreo.__main__", "ops", True),
+    ("choreo.client", "ops", True),
     ("choreo", "root", True),
     ("bench", "ops", False),
     ("consumers", "handlers", False),
