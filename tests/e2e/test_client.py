@@ -82,6 +82,16 @@ def test_enqueue_mix_all_runs_every_documented_path_as_expected(mixed):
     assert mixed["mismatches"] == 0
 
 
+def test_the_audit_accepts_every_path_of_the_mix(settings, mixed):
+    from choreo.ops.audit import run_audit
+
+    ours = {o["order_id"] for o in mixed["orders"]}
+    checks = run_audit(settings)
+    assert not [c.name for c in checks if c.error]
+    problems = {c.name: {o: why for o, why in c.problems.items() if o in ours} for c in checks}
+    assert not {name: p for name, p in problems.items() if p}, problems
+
+
 def test_enqueue_no_wait_json_gives_the_ids_it_placed(settings, stack):
     doc = choreo_json("enqueue", "-n", "3", "--mix", "completed=1,declined=1", "--no-wait")
     assert sorted(doc) == ["orders"]
