@@ -23,6 +23,7 @@ from choreo.ops.scenarios import DEFAULT_MIX, SCENARIO_HELP, draw_scenarios, par
 from choreo.ops.stuck import describe_waiting
 from choreo.ops.workload import (
     States,
+    new_order_id,
     outcomes,
     place_orders,
     publish_orders,
@@ -30,6 +31,7 @@ from choreo.ops.workload import (
     wait_terminal,
 )
 from config.settings import SAGA_MODES
+from consumers.order.messages import PlaceOrder
 
 
 def _progress() -> Progress:
@@ -164,7 +166,11 @@ def place(file, wait: bool, timeout: float, as_json: bool) -> None:
     All or nothing: every line is checked first, and if any is bad, each bad line is reported
     (its number and what is wrong) and no order of the file is placed (exit 2). Then each
     order is published, confirmed by the broker. Prints the order ids, one per line (with
-    --wait: id, state and reason), or with --json one JSON document."""
+    --wait: id, state and reason), or with --json one JSON document.
+
+    If publishing stops half-way (a publish refused or failed), the ids placed so far are
+    printed and it exits 2. Give every line an order_id to make running the file again safe:
+    an order id placed twice is one order."""
     try:
         orders = read_orders(file)
     except BadOrders as exc:
@@ -173,16 +179,46 @@ def place(file, wait: bool, timeout: float, as_json: bool) -> None:
     if not orders:
         fail(f"no orders in {file.name}")
     settings = current_settings()
+    # Ids first, so that a publish failing half-way can still say which orders were placed.
+    named = [(order_id or new_order_id(), payload) for order_id, payload in orders]
+    ids = [o for o, _ in named]
     with _progress() as progress:
-        t_pub = progress.add_task("publishing", total=len(orders))
-        ids = place_orders(settings, orders, on_sent=lambda: progress.advance(t_pub))
+        placed, error = _publish(settings, named, progress)
+        if error is not None:
+            _print_placed(ids[:placed], {}, as_json, wait=False)
+            fail(f"publishing stopped after {placed} of {len(ids)} orders (placed: above): {error}")
         states = _settle(settings, ids, timeout, progress) if wait else {}
+    _print_placed(ids, states, as_json, wait)
+    sys.exit(1 if wait and _warn_unsettled(states, len(ids), timeout) else 0)
+
+
+def _publish(
+    settings, orders: list[tuple[str, PlaceOrder]], progress: Progress
+) -> tuple[int, str | None]:
+    """Publish the orders in turn: (how many the broker confirmed, None), or, when publishing
+    failed, that count and the failure."""
+    task = progress.add_task("publishing", total=len(orders))
+    sent = 0
+
+    def one_sent() -> None:
+        nonlocal sent
+        sent += 1
+        progress.advance(task)
+
+    try:
+        place_orders(settings, orders, on_sent=one_sent)
+    except Exception as exc:  # not hidden: the caller prints what was placed, then exits 2
+        return sent, f"{type(exc).__name__}: {exc}"
+    return sent, None
+
+
+def _print_placed(ids: list[str], states: States, as_json: bool, wait: bool) -> None:
     if as_json:
         rows = [{"order_id": o, **(_state_of(states, o) if wait else {})} for o in ids]
         print(json.dumps({"orders": rows}))
-    for o in [] if as_json else ids:
+        return
+    for o in ids:
         print(o if not wait else "\t".join((o, *(str(v or "") for v in states.get(o, ("", ""))))))
-    sys.exit(1 if wait and _warn_unsettled(states, len(ids), timeout) else 0)
 
 
 @click.command()
