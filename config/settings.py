@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     # scrape it.
     health_host: str = "127.0.0.1"
     prometheus_port: int = Field(9190, ge=1, le=65535)
+    # The monitor (`choreo monitor`, started by `choreo up`): every choreo queue's depth and
+    # consumers as metrics, from a process that is not a worker (choreo.ops.monitor).
+    monitor_port: int = Field(9180, ge=1, le=65535)
+    # Prometheus's scrape and rule evaluation interval, and how long a queue must have had no
+    # consumer before ChoreoQueueWithoutConsumer fires (seconds; a test shortens both).
+    prometheus_interval: float = Field(5.0, gt=0, le=300)
+    alert_no_consumer_for: float = Field(60.0, gt=0)
     # Prometheus metrics and OpenTelemetry spans (off: the bench's comparison arm). Spans go to
     # OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to a file per process under run_dir/traces.
     metrics: bool = True
@@ -222,10 +229,12 @@ class Settings(BaseSettings):
 
     def health_port(self, process: str, index: int = 1) -> int:
         """The loopback port of a process's /health, /ready, /metrics, /breakers listener
-        (`process`: a domain, "orchestrator" or "users"; `index`: which of the domain's workers,
-        each further one a block of len(HEALTH_PORT_OFFSETS) ports higher)."""
+        (`process`: a domain, "orchestrator", "users" or "monitor"; `index`: which of the domain's
+        workers, each further one a block of len(HEALTH_PORT_OFFSETS) ports higher)."""
         if process == "users":
             return self.user_service_port
+        if process == "monitor":
+            return self.monitor_port
         return (
             self.health_port_base
             + HEALTH_PORT_OFFSETS[process]

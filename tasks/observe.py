@@ -10,9 +10,7 @@ in hand) the batch consumer step declares on it (tasks.worker.BatchConsumer).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 
 import redis
@@ -46,9 +44,6 @@ class WorkerProbes:
             **tls.redis_options(self.settings),
         )
         self.readiness = Cached(self._readiness, ttl=1.0)
-        self._queues = QueueDepths(
-            app, [self.rt.names.queue(self.domain), self.rt.names.dlq(self.domain)]
-        )
         self.uses_users = any(
             sub.lookup for sub in subscriptions(self.settings.saga_mode)[self.domain].values()
         )
@@ -120,14 +115,12 @@ class WorkerProbes:
         ]
 
     def close(self) -> None:
-        self._queues.close()
         self._redis.close()
 
     def register_gauges(self) -> None:
         source = telemetry.scrape_time(self.domain)
         source.add(telemetry.breaker_families(self.domain, self.breakers))
         source.add(telemetry.outbox_families(self.domain, lambda: backlog(self.rt.engine)))
-        source.add(telemetry.queue_families(self.domain, self._queues))
         if self.domain == "order":  # open and stuck sagas, read from the order's read model
             source.add(telemetry.saga_families(lambda: saga_summary(self.settings)))
         source.add(
@@ -137,39 +130,6 @@ class WorkerProbes:
                 lambda: bool(getattr(self.consumer, "consuming", False)),
             )
         )
-
-
-class QueueDepths:
-    """The broker's count of messages and consumers for a few queues (a passive declare each),
-    over one connection kept for scrapes (no heartbeats: it is re-opened when it has gone)."""
-
-    def __init__(self, app, queues: list[str]) -> None:
-        self.app, self.queues = app, queues
-        self._conn = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> list[tuple[str, int, int]]:
-        with self._lock:
-            try:
-                conn = self._conn
-                if conn is None:
-                    conn = self._conn = self.app.connection_for_read(heartbeat=0)
-                    conn.ensure_connection(max_retries=1)
-                channel = conn.default_channel
-                out = []
-                for queue in self.queues:
-                    _name, messages, consumers = channel.queue_declare(queue, passive=True)
-                    out.append((queue, messages, consumers))
-                return out
-            except Exception:
-                self.close()
-                raise
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.release()
 
 
 class Observability(bootsteps.StartStopStep):

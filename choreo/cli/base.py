@@ -74,6 +74,7 @@ COMMANDS = {
         name: f"choreo.cli.inspect:{name}"
         for name in ("status", "topology", "breakers", "projections", "audit")
     },
+    "monitor": "choreo.cli.monitor:monitor",
     "dlq": "choreo.cli.dlq:dlq",
     "broker": "choreo.cli.broker:broker",
     "cluster": "choreo.cli.cluster:cluster",

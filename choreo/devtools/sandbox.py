@@ -183,6 +183,7 @@ class Sandbox:
             # Settings.health_port).
             "health_port_base": free_port_block(8 * len(HEALTH_PORT_OFFSETS)),
             "prometheus_port": free_port(),
+            "monitor_port": free_port(),
             "database_server": database_server,
             "database_prefix": self.database_prefix,
             # Its own databases, whatever the calling shell points at.

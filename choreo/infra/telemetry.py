@@ -160,23 +160,23 @@ def outbox_families(service: str, backlog: Callable[[], tuple[int, float | None]
     return source
 
 
-def queue_families(service: str, depths: Callable[[], list[tuple[str, int, int]]]):
-    """choreo_queue_messages and choreo_queue_consumers of the worker's queue and its DLQ."""
+def queue_families(depths: Callable[[], list[tuple[str, str, str, int, int]]]):
+    """choreo_queue_messages and choreo_queue_consumers{queue,domain,kind} of every choreo queue
+    (rows of queue, domain, kind, messages, consumers): the monitor's (choreo.ops.monitor)."""
 
     def source():
+        labels = ["queue", "domain", "kind"]
         msgs = GaugeMetricFamily(
             "choreo_queue_messages",
             "Messages ready in the queue (the broker's count).",
-            labels=["service", "queue"],
+            labels=labels,
         )
         cons = GaugeMetricFamily(
-            "choreo_queue_consumers",
-            "Consumers on the queue (the broker's count).",
-            labels=["service", "queue"],
+            "choreo_queue_consumers", "Consumers on the queue (the broker's count).", labels=labels
         )
-        for queue, messages, consumers in depths():
-            msgs.add_metric([service, queue], messages)
-            cons.add_metric([service, queue], consumers)
+        for queue, domain, kind, messages, consumers in depths():
+            msgs.add_metric([queue, domain, kind], messages)
+            cons.add_metric([queue, domain, kind], consumers)
         yield msgs
         yield cons
 

@@ -49,7 +49,8 @@ def worker_of(name: str) -> tuple[str, int] | None:
 def process_names(settings: Settings | None = None) -> list[str]:
     domains = settings.domains if settings is not None else DOMAINS
     count = settings.workers_per_domain if settings is not None else 1
-    return ["users", *(worker_name(d, i) for d in domains for i in range(1, count + 1)), "flower"]
+    workers = [worker_name(d, i) for d in domains for i in range(1, count + 1)]
+    return ["users", *workers, "monitor", "flower"]
 
 
 def argv_for(name: str) -> list[str]:

@@ -393,7 +393,7 @@ def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(setti
     try:
         prom.wait_ready(settings, 30)
 
-        expected = {"users", *(f"worker-{d}" for d in DOMAINS)}
+        expected = {"users", "monitor", *(f"worker-{d}" for d in DOMAINS)}
 
         def up():  # each target's first scrape lands somewhere in the first 5 s interval
             found = {
@@ -423,6 +423,15 @@ def test_a_real_prometheus_scrapes_every_process_and_sees_all_five_domains(setti
             what="the notification worker's breaker gauge in Prometheus",
         )
         assert [r["metric"]["service"] for r in breakers] == ["notification"]
+        # Every domain queue's consumers, counted by the monitor (not by the worker itself).
+        consumers = wait_for(
+            lambda: prom.query(settings, 'choreo_queue_consumers{kind="queue"} == 1'),
+            30,
+            interval=1,
+            what="the monitor's consumer count of every domain queue in Prometheus",
+        )
+        assert {r["metric"]["domain"] for r in consumers} == set(DOMAINS)
+        assert {r["metric"]["process"] for r in consumers} == {"monitor"}
         rules = httpx.get(prom.url(settings) + "/api/v1/rules", timeout=5).json()["data"]["groups"]
         assert any(r["name"] for g in rules for r in g["rules"])
     finally:

@@ -30,3 +30,15 @@ def test_a_domain_service_runs_its_worker_and_asks_its_own_health_port(domain):
     assert service["command"] == ["worker", domain]
     port = Settings(health_port_base=9100).health_port(domain)  # compose: the default base
     assert f"http://127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize(
+    "name", ["docker-compose.yml", "docker-compose.cluster.yml", "docker-compose.tls.yml"]
+)
+def test_the_queue_monitor_runs_beside_the_workers_on_its_own_port(name):
+    assert "monitor" in services(name), f"{name} has no monitor service"
+    if name == "docker-compose.yml":
+        monitor = services(name)["monitor"]
+        assert monitor["command"] == ["monitor"]
+        port = Settings(monitor_port=9180).health_port("monitor")
+        assert f"http://127.0.0.1:{port}/health" in " ".join(monitor["healthcheck"]["test"])

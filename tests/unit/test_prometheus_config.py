@@ -49,6 +49,7 @@ def test_every_process_of_the_stack_is_a_target_with_its_process_label(mode, tmp
     for domain in s.domains:
         assert targets[f"worker-{domain}"] == f"127.0.0.1:{s.health_port(domain)}"
     assert targets["users"] == f"127.0.0.1:{s.user_service_port}"
+    assert targets["monitor"] == f"127.0.0.1:{s.monitor_port}"
     assert targets["flower"] == f"127.0.0.1:{s.flower_port}"
     assert len(set(targets.values())) == len(targets), "two processes share a port"
 
@@ -102,6 +103,7 @@ def test_the_compose_copies_are_what_the_code_generates():
             f"config/prometheus/{name} is stale: run `python -m choreo.ops.prometheus compose`"
         )
     assert '["order:9101"]' in prom.compose_files()["prometheus.yml"]
+    assert '["monitor:9180"]' in prom.compose_files()["prometheus.yml"]
 
 
 @needs_promtool
@@ -259,3 +261,71 @@ def test_the_stuck_sagas_alert_fires_per_step_after_2m_once_for_every_order_work
     promtool("test", "rules", tmp_path / "alerts_test.yml")
     summary = annotations(text, "ChoreoSagasStuck", {"step": "payment"}, "3")["summary"]
     assert summary == "3 saga(s) stuck waiting on payment"
+
+
+def test_intervals_and_the_no_consumer_window_come_from_the_settings(tmp_path):
+    s = settings_for("choreography", tmp_path).model_copy(
+        update={"prometheus_interval": 1.0, "alert_no_consumer_for": 7.5}
+    )
+    config = prom.config_text(s, None)
+    assert "  scrape_interval: 1s\n  evaluation_interval: 1s\n  scrape_timeout: 800ms\n" in config
+    block = prom.rules_text(s).split("- alert: ChoreoQueueWithoutConsumer\n", 1)[1]
+    assert block.split("- alert:", 1)[0].count("        for: 7500ms\n") == 1
+    default = prom.config_text(settings_for("choreography", tmp_path), None)
+    assert "  scrape_interval: 5s\n  evaluation_interval: 5s\n  scrape_timeout: 4s\n" in default
+
+
+def test_no_rule_reads_a_worker_s_own_queue_figures_or_rabbitmq_s_plugin(tmp_path):
+    text = prom.rules_text(settings_for("orchestrated", tmp_path))
+    assert "rabbitmq_" not in text
+    # The queue figures are the monitor's: every rule reading them names the queue's kind.
+    for expr in re.findall(r"expr: '(.*)'", text):
+        for use in re.findall(r"choreo_queue_\w+\{[^}]*\}", expr):
+            assert 'kind="' in use, expr
+
+
+@needs_promtool
+def test_the_queue_without_consumer_alert_fires_after_its_window_from_the_monitor(tmp_path):
+    s = settings_for("choreography", tmp_path)
+    text = prom.rules_text(s)
+    (tmp_path / "rules.yml").write_text(text)
+    monitor = {"job": "choreo", "instance": "127.0.0.1:9180", "process": "monitor"}
+    payment = {**monitor, "queue": "choreo.payment", "domain": "payment", "kind": "queue"}
+    dlq = {**payment, "queue": "choreo.payment.dlq", "kind": "dlq"}
+    order = {**payment, "queue": "choreo.order", "domain": "order"}
+
+    def series(name: str, labels: dict[str, str], values: str) -> str:
+        selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return f"      - series: '{name}{{{selector}}}'\n        values: '{values}'\n"
+
+    # 5 s steps. Payment's worker dies at 10 s: 0 consumers, messages pile up (79 from 20 s);
+    # for: 1m -> fires from 70 s, valued at the messages waiting; clears once it consumes again
+    # (at 120 s). The DLQ has no consumer, ever, and no alert of this kind; the order queue
+    # keeps its consumer.
+    fired = [alert(text, "ChoreoQueueWithoutConsumer", payment, "79", "critical")]
+    cases = "".join(
+        [
+            alert_case("65s", "ChoreoQueueWithoutConsumer", None),
+            alert_case("75s", "ChoreoQueueWithoutConsumer", fired),
+            alert_case("115s", "ChoreoQueueWithoutConsumer", fired),
+            alert_case("125s", "ChoreoQueueWithoutConsumer", None),
+        ]
+    )
+    (tmp_path / "alerts_test.yml").write_text(
+        "rule_files: [rules.yml]\n"
+        "evaluation_interval: 5s\n"
+        "tests:\n"
+        "  - interval: 5s\n"
+        "    input_series:\n"
+        + series("choreo_queue_consumers", payment, "1 1 0x21 1x10")
+        + series("choreo_queue_messages", payment, "0 0 5 5 79x19 0x10")
+        + series("choreo_queue_consumers", dlq, "0x32")
+        + series("choreo_queue_messages", dlq, "4x32")
+        + series("choreo_queue_consumers", order, "1x32")
+        + series("choreo_queue_messages", order, "0x32")
+        + "    alert_rule_test:\n"
+        + cases
+    )
+    promtool("test", "rules", tmp_path / "alerts_test.yml")
+    summary = annotations(text, "ChoreoQueueWithoutConsumer", payment, "79")["summary"]
+    assert summary == "queue choreo.payment has no consumer (79 messages wait)"

@@ -1,0 +1,82 @@
+"""Alerts that survive what they alert on: a killed worker's queue has no consumer, and the stack's
+monitor (a process that is not a worker) still counts it, so ChoreoQueueWithoutConsumer fires in
+a real Prometheus within its window and clears once the worker consumes again."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import settled, wait_for
+
+pytestmark = pytest.mark.e2e
+NAME, DOMAIN = "worker-payment", "payment"
+ALERT = "ChoreoQueueWithoutConsumer"
+
+
+def _no_consumer_alerts(s, queue: str) -> list[dict]:
+    from choreo.ops import prometheus as prom
+
+    return [
+        a
+        for a in prom.alerts(s)
+        if a["labels"].get("alertname") == ALERT and a["labels"].get("queue") == queue
+    ]
+
+
+def test_a_killed_worker_fires_the_no_consumer_alert_and_its_orders_say_where_they_wait(
+    settings, stack, tmp_path
+):
+    from choreo.messaging.topology import Names
+    from choreo.ops import prometheus as prom
+    from choreo.ops.stack import free_port, wait_consuming
+    from choreo.ops.status import gather_status
+    from choreo.ops.workload import publish_orders
+
+    queue = Names(settings.namespace).queue(DOMAIN)
+    # A Prometheus of the test's own (folder, port) scraping the session's stack every second,
+    # with a 5 s window instead of the default minute: the same generated rules otherwise.
+    s = settings.model_copy(
+        update={
+            "run_dir": tmp_path / "run",
+            "prometheus_port": free_port(),
+            "prometheus_interval": 1.0,
+            "alert_no_consumer_for": 5.0,
+        }
+    )
+    assert gather_status(settings)["health"]["monitor"]["health"] == "ok"
+    try:
+        prom.start(s)
+        prom.wait_ready(s, 30)
+        consumers = f'choreo_queue_consumers{{process="monitor",queue="{queue}",kind="queue"}}'
+        wait_for(
+            lambda: [r["value"][1] for r in prom.query(s, consumers)] == ["1"],
+            30,
+            0.5,
+            what=f"the monitor's count of 1 consumer on {queue} in Prometheus",
+        )
+        assert not _no_consumer_alerts(s, queue)
+
+        stack.kill(NAME)  # kill -9: nothing of the worker is left to report its own queue
+        ((order_id, _),) = publish_orders(settings, ["completed"], seed=None)
+        fired = wait_for(
+            lambda: [a for a in _no_consumer_alerts(s, queue) if a["state"] == "firing"],
+            45,
+            0.5,
+            what=f"{ALERT} firing for {queue}",
+        )
+        assert fired[0]["labels"]["domain"] == DOMAIN
+        assert fired[0]["labels"]["severity"] == "critical"
+
+        stack.start(NAME)  # what `choreo up` / `choreo start` do
+        wait_consuming(settings, stack, [NAME], 60)
+        settled(settings, [order_id])
+        wait_for(
+            lambda: not _no_consumer_alerts(s, queue),
+            30,
+            0.5,
+            what=f"{ALERT} for {queue} cleared once the worker consumes",
+        )
+    finally:  # the session's stack as it was, whatever failed above
+        stack.start(NAME)
+        wait_consuming(settings, stack, [NAME], 60)
+        prom.stop(s)
