@@ -16,8 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from choreo.app.queries import order_details
 from choreo.cli.base import console, current_settings, err, fail
 from choreo.cli.inspect import print_status
-from choreo.cli.processes import up_stack
+from choreo.cli.processes import demo_alert_lines, up_stack
 from choreo.ops.orderfile import BadOrders, read_orders
+from choreo.ops.prometheus import ui_links
 from choreo.ops.render import outcome_table, timeline_table
 from choreo.ops.scenarios import DEFAULT_MIX, SCENARIO_HELP, draw_scenarios, parse_mix
 from choreo.ops.stuck import describe_waiting
@@ -233,11 +234,12 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
     print_status(settings, as_json=False)
     console.print(
         f"\nWatch it in Flower: http://127.0.0.1:{settings.flower_port}   "
-        f"Prometheus: http://127.0.0.1:{settings.prometheus_port}   "
+        f"Prometheus alerts: {ui_links(settings)['alerts']}   "
         f"Health: curl {settings.health_url('payment')}/health (and /ready /metrics /breakers)\n"
         f"Inspect one: choreo order <ORDER_ID>   Its trace: choreo trace <ORDER_ID>   "
         f"Dead letters: choreo dlq list payment   Stop: choreo down"
     )
+    console.print(*demo_alert_lines(settings))
     sys.exit(code)
 
 

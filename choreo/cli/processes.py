@@ -200,8 +200,30 @@ def start_prometheus(settings) -> None:
     except RuntimeError as exc:
         err.print(f"[yellow]warning:[/yellow] Prometheus not started: {exc}")
         return
-    url = prometheus.url(settings)
-    console.print(f"Prometheus: {url} (alerts: {url}/alerts, targets: {url}/targets)")
+    links = prometheus.ui_links(settings)  # the paths this Prometheus answers (2.42: /classic/)
+    console.print(
+        f"Prometheus: {prometheus.url(settings)} "
+        f"(alerts: {links['alerts']}, targets: {links['targets']})"
+    )
+
+
+# What a clean demo leaves firing, on purpose: the default mix's needs_attention orders have a
+# refund that fails every retry and is dead-lettered in payment (their orders end NEEDS_ATTENTION).
+DEMO_DEAD_LETTER_ALERTS = ("ChoreoDeadLetterQueueGrowing", "ChoreoMessagesDeadLettered")
+
+
+def demo_alert_lines(settings) -> list[str]:
+    """What `choreo demo` says of the alerts: those pending or firing now, and why the dead-letter
+    ones are expected after it (they clear 5 minutes after the last dead letter)."""
+    now = sorted(
+        {f"{a['labels'].get('alertname')} ({a.get('state')})" for a in prometheus.alerts(settings)}
+    )
+    return [
+        f"Alerts now: {', '.join(now) or 'none'}. Expected after a demo: "
+        f"{' and '.join(DEMO_DEAD_LETTER_ALERTS)} for payment, from the mix's needs_attention "
+        "orders, whose refunds are dead-lettered on purpose (they clear 5m after the last one; "
+        "`choreo dlq list payment` shows each with its reason, `choreo audit` the orders)."
+    ]
 
 
 @click.command()

@@ -346,6 +346,29 @@ def url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.prometheus_port}"
 
 
+# Where the web UI's pages are: Prometheus 2.x before 2.43 (Debian 12's 2.42) serves its React UI
+# at /graph, /alerts... only when built with it; Debian's build has the classic UI alone, under
+# /classic/ (/alerts answers 404 there). Newer releases serve /alerts.
+UI_PREFIXES = ("/", "/classic/")
+
+
+def ui_links(settings: Settings, timeout: float = 2.0) -> dict[str, str]:
+    """The alerts, targets and rules pages of our Prometheus, at the paths that answer 200 on
+    the one running (probed: the first prefix of UI_PREFIXES whose alerts page answers), else
+    at the newer releases' paths."""
+    base = url(settings)
+    prefix = UI_PREFIXES[0]
+    with httpx.Client(base_url=base, timeout=timeout, trust_env=False) as client:
+        for candidate in UI_PREFIXES:
+            try:
+                if client.get(f"{candidate}alerts").status_code == 200:
+                    prefix = candidate
+                    break
+            except httpx.HTTPError:
+                break  # not answering at all: no prefix is better than another
+    return {page: f"{base}{prefix}{page}" for page in ("alerts", "targets", "rules")}
+
+
 def alerts(settings: Settings, timeout: float = 2.0) -> list[dict]:
     """The alerts pending or firing now (/api/v1/alerts): each with its labels, annotations
     and state. [] when our Prometheus does not answer."""

@@ -1,9 +1,11 @@
 """Alerts that survive what they alert on: a killed worker's queue has no consumer, and the stack's
 monitor (a process that is not a worker) still counts it, so ChoreoQueueWithoutConsumer fires in
-a real Prometheus within its window and clears once the worker consumes again."""
+a real Prometheus within its window and clears once the worker consumes again; the dashboard
+links choreo prints answer."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.helpers import settled, wait_for
@@ -47,6 +49,12 @@ def test_a_killed_worker_fires_the_no_consumer_alert_and_its_orders_say_where_th
     try:
         prom.start(s)
         prom.wait_ready(s, 30)
+        # The links `choreo up` and `choreo demo` print answer on the Prometheus installed here.
+        links = prom.ui_links(s)
+        for page, link in {**links, "home": prom.url(s)}.items():
+            r = httpx.get(link, timeout=5, trust_env=False, follow_redirects=True)
+            assert r.status_code == 200, f"{page}: {link} answered {r.status_code}"
+
         consumers = f'choreo_queue_consumers{{process="monitor",queue="{queue}",kind="queue"}}'
         wait_for(
             lambda: [r["value"][1] for r in prom.query(s, consumers)] == ["1"],

@@ -1,5 +1,6 @@
 """A private Prometheus started by `choreo up`'s code path (choreo.ops.prometheus) scrapes a
-process of the stack, sees one that does not answer, and stops by its pid."""
+process of the stack, sees one that does not answer, answers at the links choreo prints, and stops
+by its pid."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -74,6 +76,10 @@ def test_a_private_prometheus_scrapes_a_worker_sees_a_missing_process_and_stops(
         assert seen["users"] == "0"  # nothing listens on the sandbox's user-service port
         with pytest.raises(RuntimeError, match="query"):
             prom.query(s, "up{")
+        # The links `choreo up` prints answer on this Prometheus (2.42: under /classic/).
+        for page, link in prom.ui_links(s).items():
+            r = httpx.get(link, timeout=5, trust_env=False)
+            assert r.status_code == 200, f"{page}: {link} answered {r.status_code}"
     finally:
         stopped = prom.stop(sandbox.settings)
         server.shutdown()

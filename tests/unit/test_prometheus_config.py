@@ -329,3 +329,23 @@ def test_the_queue_without_consumer_alert_fires_after_its_window_from_the_monito
     promtool("test", "rules", tmp_path / "alerts_test.yml")
     summary = annotations(text, "ChoreoQueueWithoutConsumer", payment, "79")["summary"]
     assert summary == "queue choreo.payment has no consumer (79 messages wait)"
+
+
+def test_the_ui_links_are_the_paths_the_running_prometheus_answers(tmp_path):
+    # Nothing listens on this port: the newer releases' paths, at once.
+    s = settings_for("choreography", tmp_path).model_copy(update={"prometheus_port": 1})
+    assert prom.ui_links(s, timeout=0.5) == {
+        page: f"http://127.0.0.1:1/{page}" for page in ("alerts", "targets", "rules")
+    }
+    assert prom.alerts(s, timeout=0.5) == []
+
+
+def test_the_demo_names_the_alerts_its_intended_dead_letters_fire(tmp_path):
+    from choreo.cli.processes import DEMO_DEAD_LETTER_ALERTS, demo_alert_lines
+
+    s = settings_for("choreography", tmp_path).model_copy(update={"prometheus_port": 1})
+    (line,) = demo_alert_lines(s)
+    assert line.startswith("Alerts now: none. Expected after a demo: ")
+    text = prom.rules_text(s)
+    for name in DEMO_DEAD_LETTER_ALERTS:  # each is a rule that exists, named in the line
+        assert name in line and f"- alert: {name}\n" in text
