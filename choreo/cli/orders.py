@@ -21,7 +21,7 @@ from choreo.ops.orderfile import BadOrders, read_orders
 from choreo.ops.prometheus import ui_links
 from choreo.ops.render import outcome_table, timeline_table
 from choreo.ops.scenarios import DEFAULT_MIX, SCENARIO_HELP, draw_scenarios, parse_mix
-from choreo.ops.stuck import describe_waiting
+from choreo.ops.stuck import describe_waiting, waiting_queue
 from choreo.ops.workload import (
     States,
     new_order_id,
@@ -249,9 +249,12 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
 def order(order_id: str, as_json: bool) -> None:
     """Show an order: state, reason, payment/stock/shipment facts and its timeline across
     services."""
-    d = order_details(current_settings(), order_id)
+    settings = current_settings()
+    d = order_details(settings, order_id)
     if d is None:
         fail(f"no order {order_id!r}")
+    if d["waiting"] is not None:  # where it waits: its queue's figures, live from the broker
+        d["waiting"]["queue"] = waiting_queue(settings, d["waiting"]["service"])
     if as_json:
         print(json.dumps(d, indent=2))
         return

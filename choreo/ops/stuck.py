@@ -23,6 +23,7 @@ from choreo.app.stuck import (
     step_deadline,
     stuck_sagas,
 )
+from choreo.messaging.topology import Names
 from config.settings import Settings
 from models.tables import utcnow
 
@@ -37,6 +38,7 @@ __all__ = [
     "saga_summary",
     "stuck_sagas",
     "stuck_table",
+    "waiting_queue",
 ]
 DEFAULT_LISTED = 50
 
@@ -126,15 +128,43 @@ def _due(w: dict[str, Any], now: datetime | None = None) -> str:
     return clock(w["due_at"], now)
 
 
+def waiting_queue(settings: Settings, service: str) -> dict[str, Any]:
+    """The live figures of the queue an open order's message waits in (the service's own queue),
+    asked of the broker now as the operator: name, messages, consumers (None: not answered)."""
+    from choreo.messaging.admin import BrokerAdmin  # the broker only when an order waits
+
+    name = Names(settings.namespace).queue(service)
+    found: dict[str, Any] = {"name": name, "messages": None, "consumers": None}
+    try:
+        with BrokerAdmin(settings) as admin:
+            stats = {q["name"]: q for q in admin.queue_stats()}
+    except Exception as exc:  # the order is still worth showing without the broker
+        return {**found, "error": repr(exc)[:200]}
+    return {**found, **{k: stats.get(name, {}).get(k) for k in ("messages", "consumers")}}
+
+
+def describe_queue(queue: dict[str, Any]) -> str:
+    """`in choreo.payment: 79 messages, 0 consumers (worker down?)`: where the order waits."""
+    if queue.get("consumers") is None:
+        return f"in {queue['name']}: its figures are unknown (the broker did not answer)"
+    line = f"in {queue['name']}: {queue['messages']} messages, {queue['consumers']} consumers"
+    if queue["consumers"] == 0:
+        return f"{line} [red](worker down? `choreo status`, `choreo up`)[/red]"
+    return line
+
+
 def describe_waiting(w: dict[str, Any], now: datetime | None = None) -> str:
-    """`choreo order`'s line for an open order (a Waiting.as_dict())."""
+    """`choreo order`'s line for an open order (a Waiting.as_dict()), and where it waits when
+    `w["queue"]` has the queue's figures (waiting_queue)."""
     line = (
         f"waiting on {_waits_on(w)} for {human_seconds(w['step_age_seconds'])} "
         f"(deadline {human_seconds(w['deadline_seconds'])}, due {_due(w, now)})"
     )
     if w["overdue"]:
-        return f"{line} [red]OVERDUE[/red]"
-    return f"{line} [yellow]stuck[/yellow]" if w["stuck"] else line
+        line = f"{line} [red]OVERDUE[/red]"
+    elif w["stuck"]:
+        line = f"{line} [yellow]stuck[/yellow]"
+    return f"{line}\n  {describe_queue(w['queue'])}" if w.get("queue") else line
 
 
 def _due_cell(w: dict[str, Any], now: datetime) -> str:

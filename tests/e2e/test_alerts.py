@@ -1,9 +1,11 @@
 """Alerts that survive what they alert on: a killed worker's queue has no consumer, and the stack's
 monitor (a process that is not a worker) still counts it, so ChoreoQueueWithoutConsumer fires in
-a real Prometheus within its window and clears once the worker consumes again; the dashboard
-links choreo prints answer."""
+a real Prometheus within its window and clears once the worker consumes again; `choreo order` of
+an order waiting in that queue says where it waits; the dashboard links choreo prints answer."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
@@ -28,6 +30,9 @@ def _no_consumer_alerts(s, queue: str) -> list[dict]:
 def test_a_killed_worker_fires_the_no_consumer_alert_and_its_orders_say_where_they_wait(
     settings, stack, tmp_path
 ):
+    from click.testing import CliRunner
+
+    from choreo.cli import cli
     from choreo.messaging.topology import Names
     from choreo.ops import prometheus as prom
     from choreo.ops.stack import free_port, wait_consuming
@@ -46,6 +51,7 @@ def test_a_killed_worker_fires_the_no_consumer_alert_and_its_orders_say_where_th
         }
     )
     assert gather_status(settings)["health"]["monitor"]["health"] == "ok"
+    runner = CliRunner()
     try:
         prom.start(s)
         prom.wait_ready(s, 30)
@@ -75,6 +81,20 @@ def test_a_killed_worker_fires_the_no_consumer_alert_and_its_orders_say_where_th
         assert fired[0]["labels"]["domain"] == DOMAIN
         assert fired[0]["labels"]["severity"] == "critical"
 
+        def waiting() -> dict | None:
+            out = runner.invoke(cli, ["order", order_id, "--json"])
+            assert out.exit_code == 0, out.output
+            return json.loads(out.output)["waiting"]
+
+        w = wait_for(waiting, 30, 0.5, what=f"{order_id} waiting on payment")
+        assert w["service"] == DOMAIN
+        assert w["queue"]["name"] == queue
+        assert w["queue"]["consumers"] == 0 and w["queue"]["messages"] >= 1
+        text = runner.invoke(cli, ["order", order_id])
+        assert text.exit_code == 0, text.output
+        assert f"in {queue}: " in text.output and "0 consumers" in text.output, text.output
+        assert "worker down?" in text.output, text.output
+
         stack.start(NAME)  # what `choreo up` / `choreo start` do
         wait_consuming(settings, stack, [NAME], 60)
         settled(settings, [order_id])
@@ -84,6 +104,8 @@ def test_a_killed_worker_fires_the_no_consumer_alert_and_its_orders_say_where_th
             0.5,
             what=f"{ALERT} for {queue} cleared once the worker consumes",
         )
+        done = runner.invoke(cli, ["order", order_id, "--json"])
+        assert json.loads(done.output)["waiting"] is None
     finally:  # the session's stack as it was, whatever failed above
         stack.start(NAME)
         wait_consuming(settings, stack, [NAME], 60)

@@ -187,6 +187,21 @@ def test_the_waiting_line_of_choreo_order(settings):
     assert clock((NOW - timedelta(days=2)).isoformat(), NOW) == "2026-12-05 12:00:00Z"
 
 
+def test_the_waiting_line_says_in_which_queue_and_whether_anything_consumes_it(settings):
+    w = wait(settings, "PLACED", ago(130), ago(130)).as_dict()
+    w["queue"] = {"name": "choreo.payment", "messages": 79, "consumers": 0}
+    first, second = describe_waiting(w, NOW).split("\n")
+    assert first.startswith("waiting on payment for 2m10s")
+    assert second == (
+        "  in choreo.payment: 79 messages, 0 consumers "
+        "[red](worker down? `choreo status`, `choreo up`)[/red]"
+    )
+    w["queue"] = {"name": "choreo.payment", "messages": 3, "consumers": 1}
+    assert describe_waiting(w, NOW).endswith("\n  in choreo.payment: 3 messages, 1 consumers")
+    w["queue"] = {"name": "choreo.payment", "messages": None, "consumers": None, "error": "x"}
+    assert "figures are unknown (the broker did not answer)" in describe_waiting(w, NOW)
+
+
 def test_the_table_has_a_row_per_stuck_saga(settings):
     rows = [
         wait(settings, "PLACED", ago(400), ago(400), ("payment", ago(100), 0)).as_dict(),
