@@ -219,10 +219,11 @@ def demo_alert_lines(settings) -> list[str]:
         {f"{a['labels'].get('alertname')} ({a.get('state')})" for a in prometheus.alerts(settings)}
     )
     return [
-        f"Alerts now: {', '.join(now) or 'none'}. Expected after a demo: "
-        f"{' and '.join(DEMO_DEAD_LETTER_ALERTS)} for payment, from the mix's needs_attention "
-        "orders, whose refunds are dead-lettered on purpose (they clear 5m after the last one; "
-        "`choreo dlq list payment` shows each with its reason, `choreo audit` the orders)."
+        f"Alerts now: {', '.join(now) or 'none'}. Expected after a demo (within a scrape or two): "
+        f"{' and possibly '.join(DEMO_DEAD_LETTER_ALERTS)} for payment, from the mix's "
+        "needs_attention orders, whose refunds are dead-lettered on purpose (they clear 5m after "
+        "the last one; `choreo dlq list payment` shows each with its reason, `choreo audit` the "
+        "orders)."
     ]
 
 

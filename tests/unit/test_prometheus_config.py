@@ -345,7 +345,7 @@ def test_the_demo_names_the_alerts_its_intended_dead_letters_fire(tmp_path):
 
     s = settings_for("choreography", tmp_path).model_copy(update={"prometheus_port": 1})
     (line,) = demo_alert_lines(s)
-    assert line.startswith("Alerts now: none. Expected after a demo: ")
+    assert line.startswith("Alerts now: none. Expected after a demo")
     text = prom.rules_text(s)
     for name in DEMO_DEAD_LETTER_ALERTS:  # each is a rule that exists, named in the line
         assert name in line and f"- alert: {name}\n" in text
