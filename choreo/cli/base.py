@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -18,6 +20,23 @@ console = Console(stderr=False)
 err = Console(stderr=True)
 SAGA_MARKER = "saga-mode"  # under run_dir: the saga mode `choreo up` started the stack in
 WORKERS_MARKER = "workers-per-domain"  # under run_dir: how many workers per domain it started
+
+
+def path_hint(argv0: str | None = None, path: str | None = None) -> str | None:
+    """How to put `choreo` on PATH, when this `choreo` (a virtualenv's script) is not the one the
+    shell finds: `make demo` runs .venv/bin/choreo, and a newcomer then types `choreo status`."""
+    exe = Path(argv0 or sys.argv[0])
+    if exe.name != "choreo":  # python -m choreo, a test runner: nothing to say
+        return None
+    found = shutil.which("choreo", path=path)
+    if found and Path(found).resolve() == exe.resolve():
+        return None
+    activate = exe.parent / "activate"
+    try:
+        shown = activate.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = activate.resolve()
+    return f"choreo is {exe}: `source {shown}` puts it on PATH in this shell"
 
 
 def fail(message: str) -> NoReturn:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from choreo.app.queries import order_details
-from choreo.cli.base import console, current_settings, err, fail
+from choreo.cli.base import console, current_settings, err, fail, path_hint
 from choreo.cli.inspect import print_status
 from choreo.cli.processes import demo_alert_lines, up_stack
 from choreo.ops.orderfile import BadOrders, read_orders
@@ -240,6 +240,9 @@ def demo(count: int, timeout: float, saga: str | None) -> None:
         f"Dead letters: choreo dlq list payment   Stop: choreo down"
     )
     console.print(*demo_alert_lines(settings))
+    hint = path_hint()
+    if hint:
+        console.print(hint, soft_wrap=True)
     sys.exit(code)
 
 

@@ -11,7 +11,15 @@ import redis
 from pydantic import ValidationError
 
 from choreo.app.bootstrap import prepare
-from choreo.cli.base import SAGA_MARKER, WORKERS_MARKER, console, current_settings, err, fail
+from choreo.cli.base import (
+    SAGA_MARKER,
+    WORKERS_MARKER,
+    console,
+    current_settings,
+    err,
+    fail,
+    path_hint,
+)
 from choreo.infra import logs
 from choreo.infra.db import engine_for
 from choreo.infra.metrics import Metrics
@@ -265,6 +273,9 @@ def up(
         workers=workers,
         take_namespace=take_namespace,
     )
+    hint = path_hint()
+    if hint:
+        console.print(hint, soft_wrap=True)
 
 
 @click.command()
