@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -35,7 +35,7 @@ from consumers.shipment.tables import Shipment
 from models.tables import DeadLetter, GatewayLedger, Outbox
 
 MAX_LISTED = 50
-NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}
+NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}  # attention: below
 
 
 @dataclass
@@ -200,7 +200,7 @@ class Snapshot:
     @cached_property
     def timelines(self) -> dict[str, list[str]]:
         """order -> the types, in order, of its events that tell how its saga ended: the facts a
-        deadline races with, the deadline itself and the end."""
+        deadline races with, the deadline itself and the end, and any call for an operator."""
         rows = self._rows(
             "order",
             select(OrderEvent.order_id, OrderEvent.type)
@@ -386,6 +386,20 @@ def check_stock(snap: Snapshot, c: Check) -> None:
     c.checked = len(snap.stock) + len(snap.reservations)
 
 
+def _notices_wanted(state: str, timeline: Sequence[str], kinds: list[str]) -> list[str]:
+    """The notices an order in `state` must have had: its ending's, and "attention" while it
+    needs an operator (order.needs_attention). An order that needed one and was settled after
+    all may keep that notice; one that never did may not have it."""
+    wanted = [NOTIFICATION_KIND[state]] if state in NOTIFICATION_KIND else []
+    if state == "NEEDS_ATTENTION":
+        # cancelled (told once), then a compensation failed for good: both told
+        wanted = ["cancelled"] if "OrderCancelled" in timeline else []
+        wanted.append("attention")
+    elif "attention" in kinds and "AttentionRequired" in timeline:
+        wanted.append("attention")
+    return sorted(wanted)
+
+
 def check_shipments_notifications(snap: Snapshot, c: Check) -> None:
     for order_id, status in snap.shipments.items():
         _owned_by_a_live_order(
@@ -395,9 +409,7 @@ def check_shipments_notifications(snap: Snapshot, c: Check) -> None:
         if state == "COMPLETED" and snap.shipments.get(order_id) != "created":
             c.offend(order_id, "COMPLETED without a created shipment")
         kinds = sorted(snap.notifications.get(order_id, []))
-        wanted = [NOTIFICATION_KIND[state]] if state in NOTIFICATION_KIND else []
-        if state == "NEEDS_ATTENTION" and "OrderCancelled" in snap.timelines.get(order_id, ()):
-            wanted = ["cancelled"]  # cancelled (told once), then a compensation failed for good
+        wanted = _notices_wanted(state, snap.timelines.get(order_id, ()), kinds)
         if kinds != wanted:
             c.offend(
                 order_id,
@@ -463,7 +475,7 @@ def check_dead_letters(snap: Snapshot, c: Check) -> None:
 # The order events a deadline's story is told by (Snapshot.timelines).
 ANSWERS = ("PaymentCaptured", "StockReserved", "ShipmentDispatched")
 ENDINGS = ("OrderCompleted", "OrderCancelled", "OrderRejected")
-TIMELINE = (*ANSWERS, "DeadlinePassed", *ENDINGS)
+TIMELINE = (*ANSWERS, "DeadlinePassed", *ENDINGS, "AttentionRequired")
 
 
 def late_answers(timeline: list[str]) -> int:

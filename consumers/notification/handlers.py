@@ -1,4 +1,5 @@
-"""Notification service handler: tell the customer how the order ended, once per (order, kind)."""
+"""Notification service handler: tell the customer how the order ended, or that it needs an
+operator (order.needs_attention), once per (order, kind)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from choreo.infra.db import Rows
 from consumers.base import HandlerDeps, Subscription, Subscriptions
 from consumers.notification.rules import KINDS, compose
 from consumers.notification.tables import Notification
-from consumers.order.messages import OrderCancelled, OrderCompleted
+from consumers.order.messages import OrderCancelled, OrderCompleted, OrderNeedsAttention
 from models.envelope import Envelope
 
 log = logging.getLogger("choreo.notification")
@@ -49,4 +50,5 @@ def on_order_ended(
 SUBSCRIPTIONS: Subscriptions = {
     OrderCompleted: Subscription(on_order_ended, lookup=customer_of),
     OrderCancelled: Subscription(on_order_ended, lookup=customer_of),
+    OrderNeedsAttention: Subscription(on_order_ended, lookup=customer_of),
 }

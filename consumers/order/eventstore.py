@@ -64,8 +64,8 @@ def append(uow, order: domain.Order, events: list[domain.Event]) -> domain.Order
             },
         )
         rows.append(Appended(ev.type, res.inserted_primary_key[0], now))
-        order = domain.apply(order, ev)
-        said = domain.announcement(order, ev)
+        prior, order = order, domain.apply(order, ev)
+        said = domain.announcement(order, ev, prior)
         if said:
             uow.emit(PAYLOADS[said[0]].model_validate(said[1]), order_id=order.order_id)
     if rows:

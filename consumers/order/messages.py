@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -63,6 +63,21 @@ class OrderCancelled(Message, key="order.cancelled", owner="order"):
     reason: Reason
     amount_cents: Cents
     detail: Reason | None = None
+
+
+class OrderNeedsAttention(Message, key="order.needs_attention", owner="order"):
+    """The order entered NEEDS_ATTENTION: a step or a compensation failed for good (its message is
+    in `domain`'s dead-letter queue) and an operator must look. Said once as it enters; when it
+    leaves (replayed, or the compensation done after all) order.completed or order.cancelled
+    follows. `reopened`: the order had been announced cancelled, then a compensation of it failed
+    for good (the refund, the release or the withdrawal), so money or stock is left wrong."""
+
+    customer_id: CustomerId
+    reason: Reason  # compensation_failed, or dead_lettered:<domain>
+    domain: Annotated[str, Field(min_length=1, max_length=64)]  # whose message was dead-lettered
+    event_type: Annotated[str, Field(min_length=1, max_length=64)]  # the message it gave up on
+    reopened: bool
+    amount_cents: Cents
 
 
 class DeadlineDue(Message, key="order.deadline", owner="order"):

@@ -71,8 +71,9 @@ class Event:
         """Whether `order` already holds this fact (a redelivery): recording it adds nothing."""
         return False
 
-    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
-        """What other services hear of this event (routing key, payload), if anything."""
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+        """What other services hear of this event (routing key, payload), if anything; `order` is
+        the order after it, `before` the order before it."""
         return None
 
 
@@ -87,6 +88,22 @@ _COMPENSATED: dict[str, Callable[[Order], bool]] = {
 def _done(order: Order, domain: str) -> dict[str, Any]:
     """A compensation done after all: an order it reopened for an operator is settled again."""
     return {"reopened": None} if order.reopened == domain else {}
+
+
+def _settled_again(order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+    """A reopened order whose failed compensation is done after all is CANCELLED again: said
+    once more (order.cancelled), so the last outcome a client heard is the order's state."""
+    if before.reopened is None or order.reopened is not None:
+        return None
+    return _cancelled(order, order.close_reason or "cancelled")
+
+
+def _cancelled(order: Order, reason: str) -> tuple[str, dict[str, Any]]:
+    return "order.cancelled", {
+        "customer_id": order.customer_id,
+        "reason": reason,
+        "amount_cents": order.amount_cents,
+    }
 
 
 def _lines(items: list[dict[str, Any]]) -> tuple:
@@ -112,7 +129,7 @@ class OrderPlaced(Event):
             "amount_cents": self.amount_cents,
         }
 
-    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
         facts = {
             "customer_id": self.customer_id,
             "items": self.items,
@@ -140,7 +157,7 @@ class OrderRejected(Event):
             "close_reason": self.reason,
         }
 
-    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
         said = {"customer_id": order.customer_id, "reason": self.reason, "amount_cents": 0}
         if self.detail:  # the schema's limit: a long list of lines is cut, the reason stays
             said["detail"] = self.detail if len(self.detail) <= 500 else self.detail[:497] + "..."
@@ -207,6 +224,9 @@ class StockReleased(Event):
     def known_to(self, order: Order) -> bool:
         return order.released
 
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+        return _settled_again(order, before)
+
 
 @dataclass(frozen=True)
 class ShipmentDispatched(Event):
@@ -242,6 +262,9 @@ class PaymentRefunded(Event):
     def known_to(self, order: Order) -> bool:
         return order.refunded_cents is not None
 
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+        return _settled_again(order, before)
+
 
 @dataclass(frozen=True)
 class ShipmentWithdrawn(Event):
@@ -254,6 +277,9 @@ class ShipmentWithdrawn(Event):
 
     def known_to(self, order: Order) -> bool:
         return order.withdrawn
+
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+        return _settled_again(order, before)
 
 
 @dataclass(frozen=True)
@@ -269,7 +295,7 @@ class DeadlinePassed(Event):
     def known_to(self, order: Order) -> bool:
         return order.expired is not None
 
-    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
         return "order.expired", {
             "customer_id": order.customer_id,
             "step": self.step,
@@ -300,6 +326,21 @@ class AttentionRequired(Event):
     def known_to(self, order: Order) -> bool:
         return order.attention == self.reason
 
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+        """Said when the order enters NEEDS_ATTENTION (an open order, or a cancelled one that a
+        failed compensation reopens), not for a second reason while it is there, nor for a
+        closed order this leaves as it was."""
+        if not order.needs_attention or before.needs_attention:
+            return None
+        return "order.needs_attention", {
+            "customer_id": order.customer_id,
+            "reason": self.reason,
+            "domain": self.domain,
+            "event_type": self.event_type,
+            "reopened": order.reopened is not None,
+            "amount_cents": order.amount_cents,
+        }
+
 
 @dataclass(frozen=True)
 class OrderCompleted(Event):
@@ -308,7 +349,7 @@ class OrderCompleted(Event):
     def changes(self, order: Order) -> dict[str, Any]:
         return {"closed": "COMPLETED", "close_reason": None}
 
-    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
         return "order.completed", {
             "customer_id": order.customer_id,
             "amount_cents": order.amount_cents,
@@ -323,12 +364,8 @@ class OrderCancelled(Event):
     def changes(self, order: Order) -> dict[str, Any]:
         return {"closed": "CANCELLED", "close_reason": self.reason}
 
-    def announce(self, order: Order) -> tuple[str, dict[str, Any]] | None:
-        return "order.cancelled", {
-            "customer_id": order.customer_id,
-            "reason": self.reason,
-            "amount_cents": order.amount_cents,
-        }
+    def announce(self, order: Order, before: Order) -> tuple[str, dict[str, Any]] | None:
+        return _cancelled(order, self.reason)
 
 
 def event_of(type_: str, data: dict[str, Any]) -> Event:
@@ -532,7 +569,9 @@ def decide(order: Order) -> list[Event]:
     return []
 
 
-def announcement(order: Order, event: Event) -> tuple[str, dict] | None:
+def announcement(
+    order: Order, event: Event, before: Order | None = None
+) -> tuple[str, dict] | None:
     """The integration event (routing key, payload) other services hear for one of ours;
-    `order` is the order after `event`."""
-    return event.announce(order)
+    `order` is the order after `event`, `before` the order before it (unknown: a new order)."""
+    return event.announce(order, before if before is not None else Order(order.order_id))

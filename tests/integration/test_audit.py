@@ -258,6 +258,7 @@ class World:
         )
         self.charge(order_id)
         self.refund_dead_lettered(order_id, "inventory.failed")
+        self.notify(order_id, "attention")  # order.needs_attention told the customer
 
     def refund_dead_lettered(self, order_id: str, cause: str) -> None:
         """The payment service gave up on the refund `cause` asked for (its dead_letters row)."""
@@ -535,7 +536,46 @@ def test_an_expired_order_whose_refund_failed_needs_attention_told_it_was_cancel
     )
     world.charge("ord-reopened")
     world.notify("ord-reopened", "cancelled")  # told when it was cancelled, before the failure
+    world.notify("ord-reopened", "attention")  # and told again when it was reopened
     world.refund_dead_lettered("ord-reopened", "order.expired")
     checks = audit(world.settings)
     assert failing(checks) == {}
     assert world_state(world, "ord-reopened") == ("NEEDS_ATTENTION", "compensation_failed")
+
+
+def test_an_order_that_needs_attention_must_have_told_the_customer(world):
+    world.needs_attention("ord-untold")
+    with world.session("notification") as s:
+        from consumers.notification.tables import Notification
+
+        s.delete(s.get(Notification, ("ord-untold", "attention")))
+        s.commit()
+    assert failing(audit(world.settings)) == {"shipments_notifications": ["ord-untold"]}
+
+
+def test_an_attention_notice_is_kept_by_an_order_settled_after_all_and_refused_to_others(world):
+    # Needed an operator, then the refund was done after all: both notices are right.
+    world.order(
+        "ord-settled",
+        [
+            ("PaymentCaptured", {"charge_id": "c", "amount_cents": 2 * PRICE}),
+            ("StockUnavailable", {"reason": "out_of_stock", "skus": [SKU]}),
+            (
+                "AttentionRequired",
+                {
+                    "reason": "compensation_failed",
+                    "domain": "payment",
+                    "event_type": "inventory.failed",
+                    "detail": "refund refused",
+                },
+            ),
+            ("PaymentRefunded", {"amount_cents": 2 * PRICE, "reason": "out_of_stock"}),
+            ("OrderCancelled", {"reason": "out_of_stock"}),
+        ],
+    )
+    world.charge("ord-settled", refund=True)
+    world.notify("ord-settled", "attention")
+    world.notify("ord-settled", "cancelled")
+    # A completed order that never needed an operator was told it did: wrong.
+    world.notify("ord-completed", "attention")
+    assert failing(audit(world.settings)) == {"shipments_notifications": ["ord-completed"]}

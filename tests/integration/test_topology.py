@@ -103,7 +103,11 @@ def test_routing_follows_the_published_contract(settings):
     ]
     assert routing_keys("inventory") == ["order.expired", "payment.completed", "shipment.failed"]
     assert routing_keys("shipment") == ["inventory.reserved", "order.expired"]
-    assert routing_keys("notification") == ["order.cancelled", "order.completed"]
+    assert routing_keys("notification") == [
+        "order.cancelled",
+        "order.completed",
+        "order.needs_attention",
+    ]
     assert "place_order" in routing_keys("order") and "saga.dead_lettered" in routing_keys("order")
     assert "order.deadline" in routing_keys("order")  # its own timers, heard by it alone
     assert all("order.deadline" not in routing_keys(d) for d in ("payment", "inventory"))

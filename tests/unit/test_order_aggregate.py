@@ -439,7 +439,7 @@ def test_each_integration_event_becomes_its_fact(msg_type, payload, fact_type):
 
 
 def test_the_order_service_records_no_fact_of_its_own_announcements():
-    assert not {"order.placed", "order.completed", "order.cancelled"} & {
+    assert not {"order.placed", "order.completed", "order.cancelled", "order.needs_attention"} & {
         kind.routing_key for kind in FACTS
     }
 
@@ -479,11 +479,119 @@ def test_announcement_of_order_cancelled_is_a_valid_payload():
 
 @pytest.mark.parametrize(
     "fact",
-    [CAPTURED, DECLINED, RESERVED, UNAVAILABLE, DISPATCHED, SHIP_FAILED, REFUNDED, ATTENTION],
+    [CAPTURED, DECLINED, RESERVED, UNAVAILABLE, DISPATCHED, SHIP_FAILED, REFUNDED],
     ids=lambda f: f.type,
 )
 def test_facts_from_other_services_are_not_announced(fact):
     assert o.announcement(placed(), fact) is None
+
+
+# --- outcomes a client hears (order.completed, order.cancelled, order.needs_attention) --------
+
+
+def said(order: o.Order, facts) -> tuple[o.Order, list[tuple[str, dict]]]:
+    """Record each fact and collect the announcements, as the event store does."""
+    out = []
+    for fact in facts:
+        for event in o.record(order, fact):
+            before, order = order, o.apply(order, event)
+            announced = o.announcement(order, event, before)
+            if announced:
+                out.append(announced)
+    return order, out
+
+
+def outcomes(announced) -> list[str]:
+    return [k for k, _ in announced if k != "order.placed"]
+
+
+def released_and_withdrawn() -> list[o.Event]:
+    return [ev("StockReleased", reservation_id="res-1"), ev("ShipmentWithdrawn", shipment_id=None)]
+
+
+def test_an_open_order_entering_needs_attention_announces_it_once():
+    order, announced = said(placed(), [CAPTURED, UNAVAILABLE, ATTENTION])
+    assert order.state == "NEEDS_ATTENTION"
+    assert outcomes(announced) == ["order.needs_attention"]
+    kind, payload = announced[-1]
+    assert PAYLOADS[kind].model_validate(payload).model_dump() == {
+        "customer_id": "cust-1",
+        "reason": "compensation_failed",
+        "domain": "payment",
+        "event_type": "inventory.failed",
+        "reopened": False,
+        "amount_cents": AMOUNT,
+    }
+
+
+def test_a_second_reason_while_in_needs_attention_announces_nothing_more():
+    other = ev(
+        "AttentionRequired",
+        reason="dead_lettered:inventory",
+        domain="inventory",
+        event_type="payment.completed",
+        detail="boom",
+    )
+    order, announced = said(placed(), [CAPTURED, ATTENTION, other])
+    assert (order.state, order.reason) == ("NEEDS_ATTENTION", "dead_lettered:inventory")
+    assert outcomes(announced) == ["order.needs_attention"]
+
+
+def test_an_order_leaving_needs_attention_announces_how_it_ended():
+    order, announced = said(placed(), [CAPTURED, UNAVAILABLE, ATTENTION, REFUNDED])
+    assert order.state == "CANCELLED"
+    assert outcomes(announced) == ["order.needs_attention", "order.cancelled"]
+
+
+def test_a_cancelled_order_reopened_by_a_failed_refund_announces_needs_attention():
+    expired, _ = said(placed(), [CAPTURED])
+    expired = o.fold(ORDER_ID, [placed_event(), CAPTURED, *o.expire(expired, "inventory")])
+    assert expired.state == "CANCELLED"
+    order, announced = said(expired, [*released_and_withdrawn(), ATTENTION])
+    assert (order.state, order.reopened) == ("NEEDS_ATTENTION", "payment")
+    assert announced == [
+        (
+            "order.needs_attention",
+            {
+                "customer_id": "cust-1",
+                "reason": "compensation_failed",
+                "domain": "payment",
+                "event_type": "inventory.failed",
+                "reopened": True,
+                "amount_cents": AMOUNT,
+            },
+        )
+    ]
+    # the refund done after all: cancelled again, and said again, so the last word is the state
+    order, announced = said(order, [REFUNDED])
+    assert order.state == "CANCELLED"
+    assert announced == [
+        (
+            "order.cancelled",
+            {"customer_id": "cust-1", "reason": "timeout:inventory", "amount_cents": AMOUNT},
+        )
+    ]
+
+
+def test_a_failure_for_good_after_the_compensation_was_done_announces_nothing():
+    order, _ = said(placed(), [CAPTURED, UNAVAILABLE, REFUNDED])
+    order, announced = said(order, [ATTENTION])
+    assert order.state == "CANCELLED"
+    assert announced == []
+
+
+def test_a_dead_letter_after_completion_announces_nothing():
+    late = ev(
+        "AttentionRequired",
+        reason="dead_lettered:notification",
+        domain="notification",
+        event_type="order.completed",
+        detail="user service down",
+    )
+    order, _ = said(placed(), [CAPTURED, RESERVED, DISPATCHED])
+    order, announced = said(order, [late])
+    assert order.state == "COMPLETED"
+    assert announced == []
 
 
 # --- upcasting ------------------------------------------------------------------------------
