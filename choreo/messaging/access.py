@@ -23,7 +23,10 @@ What each user is granted (N the namespace, D a domain):
   orchestrator  as a domain; it owns the commands
   operator      write N.events (topic: place_order only) and celeryev (task.sent); read the DLQs
                 and N.unrouted (peek, replay: a replay asks the broker to move a dead letter
-                back, it never re-publishes it, so its sender stays the one who sent it)
+                back, it never re-publishes it, so its sender stays the one who sent it); hear
+                outcomes: configure, write and read server-named queues (amq.gen-*, declared
+                exclusive by a client), read N.events (to bind to it) with topic read on the
+                OUTCOMES keys only (order.completed, order.cancelled, order.needs_attention)
   flower        declares and reads its own celeryev.* queues (every task event), broadcasts on
                 celery.pidbox and reads its replies: Flower's worker pages and control buttons.
                 It can ask a worker to shut down (that is what Flower is for); it cannot send a
@@ -173,6 +176,13 @@ def vhost_of(broker_url: str) -> str:
 # -- grants ---------------------------------------------------------------------------------
 
 NOTHING = "^$"
+# A queue the broker names (queue.declare with an empty name): a client's own, to hear outcomes
+# on. A client cannot choose such a name (the broker refuses "amq." names), so this grants no
+# named queue; RabbitMQ checks configure on the name it generates.
+SERVER_NAMED = r"amq\.gen-.+"
+# The outcome events a client may hear (topic read on the events exchange): how an order ended,
+# or that it needs an operator (docs/client.md, "Hearing outcomes").
+OUTCOMES = ("order.completed", "order.cancelled", "order.needs_attention")
 
 
 def _one_of(names: Iterable[str], raw: Iterable[str] = ()) -> str:
@@ -219,11 +229,11 @@ def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, 
             },
         )
     out["operator"] = Grant(
-        configure=_one_of(["celeryev"]),
-        write=_one_of([n.events, "celeryev"]),
-        read=_one_of([n.unrouted, *(n.dlq(d) for d in EMITTERS)]),
+        configure=_one_of(["celeryev"], [SERVER_NAMED]),
+        write=_one_of([n.events, "celeryev"], [SERVER_NAMED]),
+        read=_one_of([n.events, n.unrouted, *(n.dlq(d) for d in EMITTERS)], [SERVER_NAMED]),
         topics={
-            n.events: (_one_of(["place_order"]), NOTHING),
+            n.events: (_one_of(["place_order"]), _one_of(OUTCOMES)),
             n.dlx: (NOTHING, NOTHING),
             n.retry_exchange: (NOTHING, NOTHING),
             "celeryev": (r"^task\.sent$", NOTHING),

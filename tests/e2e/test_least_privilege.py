@@ -159,6 +159,60 @@ def test_the_payment_user_may_not_declare_bind_or_write_past_its_grants(settings
     )
 
 
+@pytest.mark.parametrize(
+    "routing_key", ["order.completed", "order.cancelled", "order.needs_attention"]
+)
+def test_the_operator_hears_outcomes_on_a_server_named_queue_of_its_own(
+    settings, stack, routing_key
+):
+    """What a client needs to hear how its orders end (docs/client.md): an exclusive queue the
+    broker names, bound to an outcome key, consumed."""
+    from choreo.messaging.admin import BrokerAdmin
+
+    with BrokerAdmin(settings, service="operator") as admin:
+        ch = admin.conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(queue, f"{settings.namespace}.events", routing_key)
+        tag = ch.basic_consume(queue, lambda *_: None)
+        ch.basic_cancel(tag)
+        assert queue.startswith("amq.gen-")
+        ch.close()
+
+
+@pytest.mark.parametrize(
+    "routing_key", ["payment.completed", "order.placed", "order.expired", "#", "order.*"]
+)
+def test_the_operator_may_not_bind_to_hear_anything_else(settings, stack, routing_key):
+    from choreo.messaging.admin import BrokerAdmin
+
+    with BrokerAdmin(settings, service="operator") as admin:
+        ch = admin.conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        with pytest.raises(ChannelClosedByBroker) as refused:
+            ch.queue_bind(queue, f"{settings.namespace}.events", routing_key)
+    assert refused.value.reply_code == 403 and "topic" in refused.value.reply_text.lower()
+
+
+def test_the_operator_may_not_declare_a_named_queue_or_read_a_domain_s(settings, stack):
+    ns = settings.namespace
+    for name in (f"my-outcomes-{uuid.uuid4().hex[:6]}", f"{ns}.notification"):
+        code, text = _refusal(settings, "operator", lambda ch, n=name: ch.queue_declare(n))
+        assert code == 403 and name in text
+    # "amq." names are the broker's to give: a client may not pick one to look like them.
+    code, _ = _refusal(settings, "operator", lambda ch: ch.queue_declare("amq.gen-mine"))
+    assert code == 403
+    for queue in ("order", "payment", "notification"):
+        code, text = _refusal(settings, "operator", lambda ch, q=queue: ch.basic_get(f"{ns}.{q}"))
+        assert code == 403 and f"{ns}.{queue}" in text
+    # Nor may it bind a domain's queue to hear more (a binding needs write on the queue).
+    code, _ = _refusal(
+        settings,
+        "operator",
+        lambda ch: ch.queue_bind(f"{ns}.notification", f"{ns}.events", "order.completed"),
+    )
+    assert code == 403
+
+
 def test_a_message_claiming_another_user_is_refused(settings, stack):
     from choreo.messaging.access import user_name
 

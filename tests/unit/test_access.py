@@ -136,6 +136,15 @@ def test_the_operator_places_orders_and_reads_dead_letters_only(settings):
     assert not _allows(g.topics["choreo.events"][0], "payment.completed")
     assert _allows(g.read, "choreo.payment.dlq") and _allows(g.read, "choreo.unrouted")
     assert not _allows(g.read, "choreo.payment") and not _allows(g.write, "choreo.dlx")
+    # It hears outcomes on queues the broker names, bound to the outcome keys only.
+    assert _allows(g.configure, "amq.gen-Xr4_q1") and not _allows(g.configure, "my-queue")
+    assert _allows(g.write, "amq.gen-Xr4_q1") and _allows(g.read, "amq.gen-Xr4_q1")
+    assert _allows(g.read, "choreo.events")
+    hear = g.topics["choreo.events"][1]
+    assert all(_allows(hear, k) for k in access.OUTCOMES)
+    for key in ("payment.completed", "order.placed", "order.expired", "#", "order.*"):
+        assert not _allows(hear, key), key
+    assert set(access.OUTCOMES) <= set(PAYLOADS)
     flower = access.grants(settings, HEARS)["flower"]
     assert not _allows(flower.write, "choreo.events") and _allows(flower.read, "celeryev.1f2e")
 
