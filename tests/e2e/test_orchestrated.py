@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlmodel import Session, select
 
-from tests.helpers import settled
+from tests.helpers import settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +67,41 @@ def test_every_path_ends_as_in_choreography(orchestrated):
     )
     assert sagas[by["declined"]].status == "cancelled" and sagas[by["declined"]].undone == []
     assert sagas[by["needs_attention"]].status == "failed"
+
+
+def test_a_client_hears_every_outcome_in_this_mode_too(orchestrated):
+    """The order service announces outcomes in either mode: here the orchestrator marks its saga
+    failed, and the order service says order.needs_attention."""
+    import json
+
+    from choreo.messaging.access import OUTCOMES
+    from choreo.messaging.admin import BrokerAdmin
+    from choreo.ops.workload import publish_orders
+
+    s, _, _ = orchestrated
+    heard: dict[str, str] = {}
+    with BrokerAdmin(s, service="operator") as admin:
+        ch = admin.conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        for key in OUTCOMES:
+            ch.queue_bind(queue, f"{s.namespace}.events", key)
+        sent = publish_orders(s, ["completed", "declined", "needs_attention"], seed=None)
+        by = {sc: o for o, sc in sent}
+
+        def all_heard() -> bool:
+            method, _, body = ch.basic_get(queue, auto_ack=True)
+            while method is not None:
+                [[event], _, _] = json.loads(body)
+                heard[event["order_id"]] = event["type"]
+                method, _, body = ch.basic_get(queue, auto_ack=True)
+            return set(by.values()) <= set(heard)
+
+        wait_for(all_heard, timeout=120, what="an outcome for each order")
+    assert {sc: heard[o] for sc, o in by.items()} == {
+        "completed": "order.completed",
+        "declined": "order.cancelled",
+        "needs_attention": "order.needs_attention",
+    }
 
 
 def test_topology_has_commands_instead_of_reactions(orchestrated):

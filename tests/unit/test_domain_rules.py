@@ -106,6 +106,11 @@ def test_cancelled_notification_gives_the_reason():
     assert text.startswith("Hello Ada,")
 
 
+def test_attention_notification_says_staff_is_looking_into_it():
+    text = notification.compose("attention", "ord-1", "Ada", {"reason": "compensation_failed"})
+    assert text.startswith("Hello Ada,") and "ord-1" in text and "looking into it" in text
+
+
 def test_notification_without_a_name_says_customer():
     assert notification.compose("completed", "o", None, {"amount_cents": 100}).startswith(
         "Hello customer,"

@@ -220,6 +220,22 @@ def test_one_notification_per_kind_with_the_customer_looked_up_outside_the_trans
     assert len(set(h.users.request_ids)) == 3 and all(h.users.request_ids)
 
 
+def test_the_customer_of_an_order_that_needs_attention_is_told_once(make):
+    h = make("notification")
+    attention = {
+        "customer_id": "cust-1",
+        "reason": "compensation_failed",
+        "domain": "payment",
+        "event_type": "inventory.failed",
+        "reopened": False,
+        "amount_cents": 2598,
+    }
+    h.deliver("order.needs_attention", "ord-1", attention)
+    h.deliver("order.needs_attention", "ord-1", attention)  # a new event id: told once still
+    [only] = h.rows(Notification)
+    assert only.kind == "attention" and "ord-1" in only.body and "Ada Lovelace" in only.body
+
+
 # --- the adapter --------------------------------------------------------------------------
 
 
