@@ -44,10 +44,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# Who may say what: every domain says its own facts; the operator places orders; the
-# orchestrator sends the commands of the orchestrated mode; any of them may report its own
-# dead letters (choreo.messaging.access derives the broker's topic permissions from this).
-OPERATOR, ORCHESTRATOR = "operator", "orchestrator"
+# Who may say what: every domain says its own facts; the operator and a shop's client place
+# orders; the orchestrator sends the commands of the orchestrated mode; any of them may report its
+# own dead letters (choreo.messaging.access derives the broker's topic permissions from this).
+OPERATOR, ORCHESTRATOR, CLIENT = "operator", "orchestrator", "client"
 EMITTERS = (*DOMAINS, ORCHESTRATOR)
 
 

@@ -27,6 +27,8 @@ What each user is granted (N the namespace, D a domain):
                 outcomes: configure, write and read server-named queues (amq.gen-*, declared
                 exclusive by a client), read N.events (to bind to it) with topic read on the
                 OUTCOMES keys only (order.completed, order.cancelled, order.needs_attention)
+  client        a shop's program (docs/client.md): write N.events (topic: place_order only) and
+                hear outcomes as the operator does; nothing else (no DLQ, no celeryev)
   flower        declares and reads its own celeryev.* queues (every task event), broadcasts on
                 celery.pidbox and reads its replies: Flower's worker pages and control buttons.
                 It can ask a worker to shut down (that is what Flower is for); it cannot send a
@@ -53,10 +55,11 @@ from choreo.infra import tls
 from choreo.infra.secrets import secret, secret_path
 from choreo.messaging.topology import Names
 from config.settings import DOMAINS, Settings
-from models.envelope import EMITTERS, PAYLOADS, SagaDeadLettered
+from models.envelope import CLIENT, EMITTERS, PAYLOADS, SagaDeadLettered
 
-# Every broker user choreo makes. "operator" is the CLI (choreo enqueue, status, dlq, ask).
-SERVICES = (*DOMAINS, "orchestrator", "operator", "flower")
+# Every broker user choreo makes. "operator" is the CLI (choreo enqueue, status, dlq, ask);
+# "client" a shop's own program: it places orders and hears their outcomes (docs/client.md).
+SERVICES = (*DOMAINS, "orchestrator", "operator", "client", "flower")
 PASSWORD = "broker_password"
 # On a copy a domain publishes of a delivery (retry rung, dead letter): who sent the original
 # (a claim its record proves: choreo.app.copies).
@@ -237,6 +240,17 @@ def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, 
             n.dlx: (NOTHING, NOTHING),
             n.retry_exchange: (NOTHING, NOTHING),
             "celeryev": (r"^task\.sent$", NOTHING),
+        },
+    )
+    out[CLIENT] = Grant(
+        configure=_one_of([], [SERVER_NAMED]),
+        write=_one_of([n.events], [SERVER_NAMED]),
+        read=_one_of([n.events], [SERVER_NAMED]),
+        topics={
+            n.events: (_one_of(t for t in PAYLOADS if may_send(CLIENT, t)), _one_of(OUTCOMES)),
+            n.dlx: (NOTHING, NOTHING),
+            n.retry_exchange: (NOTHING, NOTHING),
+            "celeryev": (NOTHING, NOTHING),
         },
     )
     flower_own = [r"celeryev\..+", r".+\.reply\.celery\.pidbox"]

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field
 
 from models.envelope import (
+    CLIENT,
     MAX_ITEMS,
     MAX_QTY,
     OPERATOR,
@@ -36,7 +37,7 @@ class OrderLine(Strict):
     unit_price_cents: Cents | None = None
 
 
-class PlaceOrder(Message, key="place_order", owner=OPERATOR):
+class PlaceOrder(Message, key="place_order", owner=(OPERATOR, CLIENT)):
     customer_id: CustomerId
     items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
     card_token: CardToken

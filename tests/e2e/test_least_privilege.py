@@ -159,17 +159,21 @@ def test_the_payment_user_may_not_declare_bind_or_write_past_its_grants(settings
     )
 
 
+LISTENERS = ["operator", "client"]  # the users a client program may be given (docs/client.md)
+
+
+@pytest.mark.parametrize("user", LISTENERS)
 @pytest.mark.parametrize(
     "routing_key", ["order.completed", "order.cancelled", "order.needs_attention"]
 )
-def test_the_operator_hears_outcomes_on_a_server_named_queue_of_its_own(
-    settings, stack, routing_key
+def test_a_client_hears_outcomes_on_a_server_named_queue_of_its_own(
+    settings, stack, user, routing_key
 ):
     """What a client needs to hear how its orders end (docs/client.md): an exclusive queue the
     broker names, bound to an outcome key, consumed."""
     from choreo.messaging.admin import BrokerAdmin
 
-    with BrokerAdmin(settings, service="operator") as admin:
+    with BrokerAdmin(settings, service=user) as admin:
         ch = admin.conn.channel()
         queue = ch.queue_declare("", exclusive=True).method.queue
         ch.queue_bind(queue, f"{settings.namespace}.events", routing_key)
@@ -179,13 +183,14 @@ def test_the_operator_hears_outcomes_on_a_server_named_queue_of_its_own(
         ch.close()
 
 
+@pytest.mark.parametrize("user", LISTENERS)
 @pytest.mark.parametrize(
     "routing_key", ["payment.completed", "order.placed", "order.expired", "#", "order.*"]
 )
-def test_the_operator_may_not_bind_to_hear_anything_else(settings, stack, routing_key):
+def test_a_client_may_not_bind_to_hear_anything_else(settings, stack, user, routing_key):
     from choreo.messaging.admin import BrokerAdmin
 
-    with BrokerAdmin(settings, service="operator") as admin:
+    with BrokerAdmin(settings, service=user) as admin:
         ch = admin.conn.channel()
         queue = ch.queue_declare("", exclusive=True).method.queue
         with pytest.raises(ChannelClosedByBroker) as refused:
@@ -193,24 +198,43 @@ def test_the_operator_may_not_bind_to_hear_anything_else(settings, stack, routin
     assert refused.value.reply_code == 403 and "topic" in refused.value.reply_text.lower()
 
 
-def test_the_operator_may_not_declare_a_named_queue_or_read_a_domain_s(settings, stack):
+@pytest.mark.parametrize("user", LISTENERS)
+def test_a_client_may_not_declare_a_named_queue_or_read_a_domain_s(settings, stack, user):
     ns = settings.namespace
     for name in (f"my-outcomes-{uuid.uuid4().hex[:6]}", f"{ns}.notification"):
-        code, text = _refusal(settings, "operator", lambda ch, n=name: ch.queue_declare(n))
+        code, text = _refusal(settings, user, lambda ch, n=name: ch.queue_declare(n))
         assert code == 403 and name in text
     # "amq." names are the broker's to give: a client may not pick one to look like them.
-    code, _ = _refusal(settings, "operator", lambda ch: ch.queue_declare("amq.gen-mine"))
+    code, _ = _refusal(settings, user, lambda ch: ch.queue_declare("amq.gen-mine"))
     assert code == 403
     for queue in ("order", "payment", "notification"):
-        code, text = _refusal(settings, "operator", lambda ch, q=queue: ch.basic_get(f"{ns}.{q}"))
+        code, text = _refusal(settings, user, lambda ch, q=queue: ch.basic_get(f"{ns}.{q}"))
         assert code == 403 and f"{ns}.{queue}" in text
     # Nor may it bind a domain's queue to hear more (a binding needs write on the queue).
     code, _ = _refusal(
         settings,
-        "operator",
+        user,
         lambda ch: ch.queue_bind(f"{ns}.notification", f"{ns}.events", "order.completed"),
     )
     assert code == 403
+
+
+def test_the_client_user_reads_no_dead_letter_and_says_nothing_but_place_order(settings, stack):
+    from choreo.messaging.access import user_name
+
+    ns = settings.namespace
+    for queue in (f"{ns}.order.dlq", f"{ns}.unrouted"):
+        code, text = _refusal(settings, "client", lambda ch, q=queue: ch.basic_get(q))
+        assert code == 403 and queue in text
+    body, headers = _forged("payment.completed", f"ord-never-{uuid.uuid4().hex[:8]}")
+    code, text = _refusal(
+        settings,
+        "client",
+        lambda ch: _publish(
+            ch, settings, "payment.completed", body, headers, user_name(settings, "client")
+        ),
+    )
+    assert code == 403 and "payment.completed" in text
 
 
 def test_a_message_claiming_another_user_is_refused(settings, stack):

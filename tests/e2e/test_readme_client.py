@@ -1,5 +1,5 @@
 """The manual's plain-pika client (docs/client.md, once the README's), run exactly as written as
-the operator's user: it places an order of every documented path and hears that order's outcome
+the client's user: it places an order of every documented path and hears that order's outcome
 on a queue of its own, NEEDS_ATTENTION included."""
 
 from __future__ import annotations
@@ -53,17 +53,18 @@ def state_of(heard: str) -> tuple[str, str | None]:
     return outcome.upper(), reason or None
 
 
-@pytest.fixture(scope="module")
-def heard(settings, stack, tmp_path_factory) -> dict[str, tuple[str, str]]:
+@pytest.fixture(scope="module", params=["client", "operator"])
+def heard(request, settings, stack, tmp_path_factory) -> dict[str, tuple[str, str]]:
     """Run the client once per path, all at once (each hears every order's outcomes and keeps
-    its own): path -> (order id, what it printed after the id)."""
+    its own), as the client's user and as the operator's, which docs/client.md both offer:
+    path -> (order id, what it printed after the id)."""
     from choreo.messaging.access import service_url
 
     script = tmp_path_factory.mktemp("client") / "client.py"
     script.write_text(readme_client())
     # Only the broker's address and the order's data come from us; no choreo module is
     # importable from there (-I).
-    base = {"PATH": os.environ["PATH"], "AMQP_URL": service_url(settings, "operator")}
+    base = {"PATH": os.environ["PATH"], "AMQP_URL": service_url(settings, request.param)}
     runs = {
         path: subprocess.Popen(
             [sys.executable, "-I", str(script)],

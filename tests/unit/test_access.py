@@ -46,7 +46,7 @@ def test_every_type_has_exactly_the_owners_the_contract_gives_it():
     assert all(table.values()), [
         t for t, o in table.items() if not o
     ]  # nobody may send an ownerless type
-    assert table["place_order"] == {"operator"}
+    assert table["place_order"] == {"operator", "client"}
     assert table["payment.completed"] == {"payment"} and table["order.placed"] == {"order"}
     assert table["reserve_stock"] == {"orchestrator"}
     assert table["saga.dead_lettered"] == {*DOMAINS, "orchestrator"}
@@ -147,6 +147,17 @@ def test_the_operator_places_orders_and_reads_dead_letters_only(settings):
     assert set(access.OUTCOMES) <= set(PAYLOADS)
     flower = access.grants(settings, HEARS)["flower"]
     assert not _allows(flower.write, "choreo.events") and _allows(flower.read, "celeryev.1f2e")
+
+
+def test_a_client_places_orders_and_hears_outcomes_only(settings):
+    g = access.grants(settings, HEARS)["client"]
+    write, hear = g.topics["choreo.events"]
+    assert _allows(write, "place_order") and not _allows(write, "order.completed")
+    assert all(_allows(hear, k) for k in access.OUTCOMES) and not _allows(hear, "order.placed")
+    assert _allows(g.configure, "amq.gen-Xr4_q1") and not _allows(g.configure, "celeryev")
+    for name in ("choreo.order.dlq", "choreo.unrouted", "choreo.notification", "celeryev"):
+        assert not _allows(g.read, name), name
+    assert not _allows(g.write, "celeryev") and g.topics["celeryev"] == (access.NOTHING,) * 2
 
 
 def test_a_namespace_changes_every_name(settings):

@@ -45,7 +45,7 @@ def test_a_message_without_an_owner_is_refused():
 
 def test_broker_permissions_follow_the_declarations():
     assert access.owners("charge_payment") == ChargePayment.owners == {"orchestrator"}
-    assert access.owners("place_order") == {"operator"}
+    assert access.owners("place_order") == {"operator", "client"}
     assert access.owners("no.such_type") == frozenset()
 
 
