@@ -21,7 +21,8 @@ What each user is granted (N the namespace, D a domain):
                            reply.celery.pidbox (answers to Flower), its pidbox queue (binding)
                 read       N.D (its queue), its pidbox queue, celery.pidbox (binding)
   orchestrator  as a domain; it owns the commands
-  operator      write N.events (topic: place_order only) and celeryev (task.sent); read the DLQs
+  operator      write N.events (topic: place_order only), no celeryev (clients send Flower no
+                task.sent: tasks.app); read the DLQs
                 and N.unrouted (peek, replay: a replay asks the broker to move a dead letter
                 back, it never re-publishes it, so its sender stays the one who sent it); hear
                 outcomes: configure, write and read server-named queues (amq.gen-*, declared
@@ -232,14 +233,14 @@ def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, 
             },
         )
     out["operator"] = Grant(
-        configure=_one_of(["celeryev"], [SERVER_NAMED]),
-        write=_one_of([n.events, "celeryev"], [SERVER_NAMED]),
+        configure=_one_of([], [SERVER_NAMED]),
+        write=_one_of([n.events], [SERVER_NAMED]),
         read=_one_of([n.events, n.unrouted, *(n.dlq(d) for d in EMITTERS)], [SERVER_NAMED]),
         topics={
             n.events: (_one_of(["place_order"]), _one_of(OUTCOMES)),
             n.dlx: (NOTHING, NOTHING),
             n.retry_exchange: (NOTHING, NOTHING),
-            "celeryev": (r"^task\.sent$", NOTHING),
+            "celeryev": (NOTHING, NOTHING),
         },
     )
     out[CLIENT] = Grant(

@@ -263,3 +263,11 @@ def test_processes_starting_together_agree_on_one_secret(tmp_path):
     assert [p.name for p in (tmp_path / "secrets").iterdir()] == [
         "race-x"
     ]  # no temporary file left
+
+
+def test_the_operator_neither_writes_nor_configures_flowers_events(settings):
+    """Clients send Flower no task.sent (tasks.app): the operator needs no celeryev right, and
+    without one it cannot bind the events exchange there to show outcomes to Flower."""
+    g = access.grants(settings, HEARS)["operator"]
+    assert not _allows(g.configure, "celeryev") and not _allows(g.write, "celeryev")
+    assert g.topics["celeryev"] == (access.NOTHING,) * 2
