@@ -41,6 +41,7 @@ def short_deadlines(settings, root, mode: str = "choreography"):
         "run_dir": root / "run",
         "data_dir": root / "data",
         "user_service_port": free_port(),
+        "monitor_port": free_port(),  # the run's own stack's monitor holds the sandbox's
         "deadline_payment": DEADLINE,
         "deadline_inventory": DEADLINE,
         "deadline_shipment": DEADLINE,

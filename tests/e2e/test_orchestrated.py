@@ -25,6 +25,7 @@ def orchestrated(settings, tmp_path_factory):
         "run_dir": root / "run",
         "data_dir": root / "data",
         "user_service_port": free_port(),
+        "monitor_port": free_port(),  # the run's own stack's monitor holds the sandbox's
     }
     s = settings.model_copy(update=update)
     env = {
@@ -33,6 +34,7 @@ def orchestrated(settings, tmp_path_factory):
         "CHOREO_RUN_DIR": str(s.run_dir),
         "CHOREO_DATA_DIR": str(s.data_dir),
         "CHOREO_USER_SERVICE_PORT": str(s.user_service_port),
+        "CHOREO_MONITOR_PORT": str(s.monitor_port),
     }
     stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
     yield s, stack, env
