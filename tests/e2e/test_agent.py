@@ -11,7 +11,7 @@ import pytest
 from config.settings import DOMAINS
 from tests.e2e.test_dlq_replay import _leave_in_dlq, _letters, _order_placed
 from tests.fake_anthropic import FakeMessagesAPI, text, tool_use
-from tests.helpers import settled, wait_for
+from tests.helpers import settled, sqlite_pass_only, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,7 @@ def _check_order_metrics(settings, known):
     __import__("shutil").which("prometheus") is None,
     reason="prometheus is not installed (scripts/ensure-services.sh installs it, as root)",
 )
+@sqlite_pass_only  # the tool reads Prometheus, not a database
 def test_the_metrics_tool_reads_the_stacks_prometheus(settings, known):
     from choreo.agent import tools as t
     from choreo.ops import prometheus as prom

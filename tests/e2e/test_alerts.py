@@ -10,9 +10,9 @@ import json
 import httpx
 import pytest
 
-from tests.helpers import settled, wait_for
+from tests.helpers import settled, sqlite_pass_only, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, sqlite_pass_only]  # the broker, the monitor and Prometheus
 NAME, DOMAIN = "worker-payment", "payment"
 ALERT = "ChoreoQueueWithoutConsumer"
 

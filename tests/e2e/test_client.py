@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from tests.helpers import queues_idle, settled
+from tests.helpers import queues_idle, settled, sqlite_pass_only
 
 pytestmark = pytest.mark.e2e
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -213,6 +213,7 @@ def test_order_json_has_the_documented_fields(settings, stack, mixed):
     assert list(choreo_json("order", order_id)) == documented_order_fields()
 
 
+@sqlite_pass_only  # what the commands print, whatever database they read
 def test_every_json_command_prints_json_alone_on_stdout(settings, stack, mixed):
     """Each `--json` command a script can run against a plain stack (chaos and cluster status
     need stacks of their own); progress and warnings may go to stderr."""

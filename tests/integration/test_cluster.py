@@ -21,12 +21,14 @@ from choreo.devtools.cluster import SPAN, Cluster, ClusterError, available
 from choreo.devtools.sandbox import Sandbox
 from choreo.ops.stack import free_port_block
 from consumers.registry import topology
-from tests.helpers import wait_for
+from tests.helpers import sqlite_pass_only, wait_for
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(240),
     pytest.mark.skipif(not available(), reason="RabbitMQ (rabbitmq-server, epmd) is not installed"),
+    # The cluster's own behaviour; choreo on a cluster with PostgreSQL is the chaos cluster run's.
+    sqlite_pass_only,
 ]
 
 QUEUE = "choreo.payment"

@@ -11,7 +11,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.helpers import sqlite_pass_only
+
+pytestmark = [pytest.mark.integration, sqlite_pass_only]  # Prometheus and /metrics only
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float = 45.0):
