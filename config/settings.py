@@ -165,6 +165,24 @@ class Settings(BaseSettings):
     agent_base_url: str = ""
 
     idempotency_ttl: int = 7 * 24 * 3600
+
+    # Months of life (docs/operating/retention.md): how long each kind of record is kept, in
+    # seconds. The dedup window is how long a service keeps the proof that it applied a message
+    # (its inbox rows and its copy records): a message older than the window is never run again
+    # (it is dead-lettered with that reason), so the window must outlast every way a message can
+    # come back: the retry ladder, the time a message may wait in its queue (a service down:
+    # the redelivery horizon) and the time an operator has to replay a dead letter.
+    dedup_window: float = Field(14 * 86400.0, gt=0)
+    redelivery_horizon: float = Field(2 * 86400.0, gt=0)
+    dlq_replay_window: float = Field(7 * 86400.0, gt=0)
+    # Sent outbox rows, dead-letter records, the operator's replay records.
+    retention_outbox: float = Field(7 * 86400.0, gt=0)
+    retention_dead_letters: float = Field(30 * 86400.0, gt=0)
+    retention_replays: float = Field(90 * 86400.0, gt=0)
+    # The cleaner (in every worker, and `choreo retention run`): how often, and how many rows one
+    # short delete transaction removes at most.
+    retention_interval: float = Field(60.0, gt=0)
+    retention_batch: int = Field(500, ge=1, le=100_000)
     log_level: str = "INFO"
     log_json: bool = True
 
