@@ -213,6 +213,21 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _dedup_window_outlasts_every_return(self) -> Settings:
+        # The one rule (docs/operating/retention.md): a message is acted on only while its dedup
+        # record could still exist, so the window must cover the longest legitimate way back.
+        longest = self.longest_return()
+        if self.dedup_window < longest:
+            raise ValueError(
+                f"CHOREO_DEDUP_WINDOW={self.dedup_window:g}s ({duration(self.dedup_window)}) "
+                f"is shorter than the longest time a message can come back, {duration(longest)}: "
+                f"CHOREO_REDELIVERY_HORIZON {duration(self.redelivery_horizon)} + the retry ladder "
+                f"{duration(self.retry_ladder())} (CHOREO_RETRY_*) + CHOREO_DLQ_REPLAY_WINDOW "
+                f"{duration(self.dlq_replay_window)}"
+            )
+        return self
+
     @field_validator("saga_mode")
     @classmethod
     def _mode(cls, value: str) -> str:
@@ -276,6 +291,35 @@ class Settings(BaseSettings):
     def retry_delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based), before jitter."""
         return min(self.retry_max_delay, self.retry_initial_delay * 2 ** (attempt - 1))
+
+    def retry_ladder(self) -> float:
+        """The longest a message spends waiting on the retry ladder, in seconds: every rung's
+        delay, with the jitter counted as lengthening each (tasks.failures only ever shortens a
+        delay by it: a margin, never an underestimate)."""
+        rungs = sum(self.retry_delay(n) for n in range(1, self.retry_max_attempts + 1))
+        return rungs * (1 + self.retry_jitter)
+
+    def longest_return(self) -> float:
+        """The longest time after it occurred that a message can legitimately come back to a
+        consumer, in seconds: waiting in its queue or the outbox (the redelivery horizon), then
+        climbing the whole retry ladder, then waiting in the DLQ for an operator's replay. The
+        dedup window must be at least this (the settings refuse less)."""
+        return self.redelivery_horizon + self.retry_ladder() + self.dlq_replay_window
+
+
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it, exactly: 600 -> "10m", 777608.4 -> "9d 8.4s" (each
+    unit that is not zero; the seconds to a tenth)."""
+    tenths = round(seconds * 10)
+    whole, frac = divmod(tenths, 10)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    if whole or frac or not parts:
+        parts.append(f"{whole}.{frac}s" if frac else f"{whole}s")
+    return " ".join(parts)
 
 
 def verified_database_url(url: str, ca_file: str) -> str:
