@@ -35,6 +35,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import IntegrityError
 
+from choreo.app import window as window_rule
 from choreo.app.outbox import mark_sent
 from choreo.app.uow import Batch
 from choreo.infra import logs, tracing
@@ -71,6 +72,9 @@ class Delivery:
     # On a copy this domain made (retry rung, dead letter): the original sender it names, which
     # becomes `sender` only when this domain's record of the copy proves it (choreo.app.copies).
     claim: str | None = None
+    # Replayed by the operator outside the dedup window, knowingly (the broker vouches the
+    # operator published it: choreo.messaging.access.forced_by_operator): run even if stale.
+    forced: bool = False
 
 
 @dataclass
@@ -166,11 +170,13 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
     items = [_Item(d, subs.get(d.name)) for d in deliveries]
     queue = rt.names.queue(rt.domain)
     unchecked = failures.prove_claims(rt, [i.delivery for i in items])
+    now = time.time()
     for item in items:
         if unchecked and item.delivery.claim:  # no proof either way, so no decision
             item.requeued(f"could not check the copy's record: {unchecked}")
         else:
             _decode(item)
+            _check_window(item, now, rt.settings.dedup_window)
         item.span = spans.consumer_span(rt, item.delivery, item.envelope, queue)
     if rt.recorder is not None:
         rt.recorder.batch(len(items))
@@ -232,6 +238,24 @@ def _decode(item: _Item) -> None:
         )
     except PoisonMessage as exc:
         item.dead(f"poison: {exc}")
+
+
+def _check_window(item: _Item, now: float, window: float) -> None:
+    """The dedup window's rule (choreo.app.window): a believed message that occurred longer ago
+    than the window might find its dedup record gone, so it is dead-lettered, not run, unless
+    the operator forced its replay knowingly. No query: the envelope is at hand."""
+    if item.state is not State.OPEN or item.envelope is None:
+        return
+    occurred = item.envelope.occurred_at
+    if not window_rule.outside(occurred, now, window):
+        return
+    if item.delivery.forced:
+        log.warning(
+            "running a message outside the dedup window: the operator forced its replay (%s)",
+            window_rule.reason(occurred, now, window),
+        )
+        return
+    item.dead(window_rule.reason(occurred, now, window))
 
 
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:

@@ -11,7 +11,7 @@ from celery import Celery, bootsteps
 from celery.signals import setup_logging
 from kombu import Consumer, compression
 
-from choreo.messaging.access import verified_sender
+from choreo.messaging.access import forced_by_operator, verified_sender
 from choreo.messaging.topology import Names
 from choreo.messaging.wire import flower_argsrepr, flower_task_id
 from tasks import control  # noqa: F401  (registers the control commands in the worker)
@@ -249,6 +249,7 @@ def _delivery(message, settings, domain: str) -> Delivery:
         redelivered=bool((message.delivery_info or {}).get("redelivered", False)),
         sender=sender,
         claim=claim,
+        forced=forced_by_operator(settings, props.get("user_id"), headers),
     )
 
 

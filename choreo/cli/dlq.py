@@ -1,7 +1,8 @@
 """`choreo dlq list|peek|replay|replays`: the dead letters of each domain (and `unrouted`).
 
 Replay is a dry run unless `--execute` is given: it shows what would move and, for each
-message, whether the consumer already processed its event (then the copy is absorbed).
+message, whether the consumer already processed its event (then the copy is absorbed). A dead
+letter older than the dedup window is refused unless `--force-outside-window` is given.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import click
 from rich.table import Table
 
+from choreo.app.window import OUTSIDE_WINDOW
 from choreo.cli.base import console, current_settings, fail
 from choreo.messaging.admin import UNROUTED, BrokerAdmin
 from choreo.ops import replay as rp
@@ -55,9 +57,16 @@ def dlq_list(domain: str, limit: int, as_json: bool) -> None:
             f"{UNKNOWN_ORDER}: not in this stack's order database (`choreo order` cannot find "
             "it): a dead letter an earlier stack left in this namespace?"
         )
+    if any(i.reason.startswith(OUTSIDE_WINDOW) for i in items):
+        console.print(STALE_NOTE)
 
 
 UNKNOWN_ORDER = "unknown order"
+STALE_NOTE = (
+    f"{OUTSIDE_WINDOW}: the message occurred longer ago than the dedup window, so it was not "
+    "run (it might have run before); `choreo dlq replay` refuses it unless "
+    "--force-outside-window (docs/operating/retention.md)"
+)
 
 
 def _order_known(letter, known: dict[str, bool]) -> dict:
@@ -106,21 +115,37 @@ def dlq_peek(domain: str, limit: int) -> None:
 @click.option(
     "--execute", is_flag=True, help="Replay for real (without it: a dry run that moves nothing)."
 )
+@click.option(
+    "--force-outside-window",
+    "force",
+    is_flag=True,
+    help="Also replay dead letters older than the dedup window, knowingly: their dedup record "
+    "may be gone, so one that ran before runs again.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def dlq_replay(
-    domain: str, ids: tuple[str, ...], limit: int, batch: int, execute: bool, as_json: bool
+    domain: str,
+    ids: tuple[str, ...],
+    limit: int,
+    batch: int,
+    execute: bool,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Move dead letters of DOMAIN back to its queue for another try (attempts start again).
 
     Without --execute, shows what would move and what each replay would do: run again, or be
-    absorbed because the consumer already processed that event. Every executed replay is
-    recorded: `choreo dlq replays`."""
+    absorbed because the consumer already processed that event, or be refused because it is
+    older than the dedup window (CHOREO_DEDUP_WINDOW). Every executed replay is recorded:
+    `choreo dlq replays`."""
     settings = current_settings()
     domain = _domain_arg(settings, domain)
     if not execute:
-        show_plan(rp.plan(settings, domain, list(ids) or None, limit), domain, as_json, list(ids))
+        show_plan(
+            rp.plan(settings, domain, list(ids) or None, limit, force), domain, as_json, list(ids)
+        )
         return
-    run = rp.execute(settings, domain, list(ids) or None, limit, batch)
+    run = rp.execute(settings, domain, list(ids) or None, limit, batch, force=force)
     if as_json:
         print(
             json.dumps(
@@ -129,6 +154,7 @@ def dlq_replay(
                     "by": run.by,
                     "domain": domain,
                     "moved": len(run.moved),
+                    "refused": len(run.refused),
                     "records": [rp.record_dict(r) for r in run.records],
                 },
                 indent=2,
@@ -138,7 +164,15 @@ def dlq_replay(
         show_records(
             run.records, f"replay run {run.run_id} by {run.by}: {len(run.moved)} moved to {domain}"
         )
-    missing = sorted(set(ids) - {r.event_id for r in run.moved})
+    refused = sorted({r.event_id for r in run.refused})
+    missing = sorted(set(ids) - {r.event_id for r in run.moved} - set(refused))
+    if refused:
+        console.print(
+            f"refused, {len(refused)} older than the dedup window (add --force-outside-window "
+            f"to replay them knowingly): {', '.join(refused)}"
+        )
+    if refused and ids:
+        fail(f"not replayed: {', '.join(refused)}")
     if missing:
         fail(
             f"not replayed (no such dead letter in {domain}, or the broker refused the copy): "
@@ -162,7 +196,11 @@ def show_plan(candidates: list[rp.Candidate], domain: str, as_json: bool, ids: l
             )
         )
         return
-    t = Table(title=f"dry run: {len(candidates)} dead letter(s) of {domain} would be replayed")
+    moving = [c for c in candidates if not c.refused]
+    t = Table(
+        title=f"dry run: {len(moving)} dead letter(s) of {domain} would be replayed"
+        + (f", {len(candidates) - len(moving)} refused" if len(moving) < len(candidates) else "")
+    )
     for col in ("event id", "type", "order", "reason", "replayed before", "effect"):
         t.add_column(col, overflow="fold")
     for c in candidates:
@@ -178,7 +216,7 @@ def show_plan(candidates: list[rp.Candidate], domain: str, as_json: bool, ids: l
     console.print(t)
     if missing:
         console.print(f"not in {domain}'s dead letters: {', '.join(missing)}")
-    if candidates:
+    if moving:
         console.print("Nothing was moved. Add --execute to replay these.")
 
 

@@ -66,6 +66,12 @@ PASSWORD = "broker_password"
 # (a claim its record proves: choreo.app.copies).
 SENDER_HEADER = "x-choreo-sender"
 UNVERIFIED = "-"
+# On a dead letter an operator replays knowingly outside the dedup window (`choreo dlq replay
+# --force-outside-window`): who forced it, and the replay run. It means something only on a copy
+# the broker vouches the operator published (its user_id, which the broker checks against the
+# connection's user); from any other publisher it is ignored (choreo.app.window).
+FORCED_HEADER = "x-choreo-forced-replay"
+OPERATOR = "operator"
 DEAD_LETTER_NOTICE = SagaDeadLettered.routing_key
 
 
@@ -117,7 +123,8 @@ def verified_sender(
     own record of that copy proves it (choreo.app.copies). A copy of an unverified delivery
     claims nobody (UNVERIFIED)."""
     service = service_of(settings, user_id)
-    if service is not None and service == own and SENDER_HEADER in headers:
+    copied = service == own or forced_by_operator(settings, user_id, headers)
+    if service is not None and copied and SENDER_HEADER in headers:
         claimed = headers[SENDER_HEADER]
         if isinstance(claimed, bytes):
             claimed = claimed.decode(errors="replace")
@@ -126,6 +133,13 @@ def verified_sender(
         service,
         None,
     )  # its own fresh message (the order hears its own saga.dead_lettered) or another's
+
+
+def forced_by_operator(settings: Settings, user_id: str | None, headers: Mapping) -> bool:
+    """A dead letter the operator replayed outside the dedup window, knowingly: the mark, on a
+    copy the broker vouches the operator's user published. Like a domain's own copy, the original
+    sender it names is believed only once the domain's record of the copy proves it."""
+    return FORCED_HEADER in headers and service_of(settings, user_id) == OPERATOR
 
 
 def sender_header(sender: str | None) -> dict:
@@ -234,12 +248,13 @@ def grants(settings: Settings, hears: Mapping[str, Iterable[str]]) -> dict[str, 
         )
     out["operator"] = Grant(
         configure=_one_of([], [SERVER_NAMED]),
-        write=_one_of([n.events], [SERVER_NAMED]),
+        # The retry exchange: a forced replay's copy, to each domain's first rung only.
+        write=_one_of([n.events, n.retry_exchange], [SERVER_NAMED]),
         read=_one_of([n.events, n.unrouted, *(n.dlq(d) for d in EMITTERS)], [SERVER_NAMED]),
         topics={
             n.events: (_one_of(["place_order"]), _one_of(OUTCOMES)),
             n.dlx: (NOTHING, NOTHING),
-            n.retry_exchange: (NOTHING, NOTHING),
+            n.retry_exchange: (_one_of(n.retry_key(d, 1) for d in EMITTERS), NOTHING),
             "celeryev": (NOTHING, NOTHING),
         },
     )

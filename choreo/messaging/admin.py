@@ -79,6 +79,7 @@ class DeadLetterView:
     dead_lettered_at: str | None
     headers: dict
     body: str
+    occurred_at: str | None = None  # its envelope's, as on the wire (the dedup window's clock)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "delivery_tag"}
@@ -90,10 +91,19 @@ class DeadLetterView:
 
 @dataclass
 class Replayed:
-    """One dead letter a replay moves back (`replayed`: recorded, then moved by the broker)."""
+    """One dead letter a replay moves back (`replayed`: recorded, then moved by the broker;
+    `forced`: its marked copy published by the operator and confirmed, recorded, then acked)."""
 
     view: DeadLetterView
     outcome: str
+    props: Any = field(default=None, repr=False)  # pika's BasicProperties as it came
+    raw: bytes = field(default=b"", repr=False)
+
+
+REPLAYED = "replayed"
+FORCED = "forced"
+# The broker's own notes on a message: a forced copy is a new publication, they start again.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 
 def _with_event_id(event_id: str) -> Callable[[DeadLetterView], bool]:
@@ -116,6 +126,7 @@ class _Scan:
     select: Callable[[DeadLetterView], bool] | None
     scanned: int = 0
     keep: list[int] = field(default_factory=list)
+    confirming: bool = False  # the channel is in confirm mode (a forced copy was published)
 
     def exhausted(self) -> bool:
         return self.scanned >= MAX_SCAN
@@ -132,7 +143,7 @@ class _Scan:
             if self.select is not None and not self.select(view):
                 self.keep.append(method.delivery_tag)
                 continue
-            results.append(Replayed(view, "replayed"))
+            results.append(Replayed(view, REPLAYED, props, body))
         return results
 
     def release(self) -> None:
@@ -155,11 +166,12 @@ def _text(value: Any) -> Any:
 
 def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
     headers = _text(props.headers or {})
-    order_id = None
+    order_id = occurred_at = None
     try:
         decoded = json.loads(body)
         env = decoded[0][0] if isinstance(decoded, list) else None
         order_id = env.get("order_id") if isinstance(env, dict) else None
+        occurred_at = env.get("occurred_at") if isinstance(env, dict) else None
     except (ValueError, TypeError, IndexError, KeyError, AttributeError):
         pass
     reason = headers.get("x-choreo-reason")
@@ -184,6 +196,7 @@ def describe(method, props, body: bytes, domain: str) -> DeadLetterView:
         dead_lettered_at=headers.get("x-choreo-dead-lettered-at"),
         headers=headers,
         body=body.decode(errors="replace"),
+        occurred_at=occurred_at if isinstance(occurred_at, str) else None,
     )
 
 
@@ -263,6 +276,7 @@ class BrokerAdmin:
         select: Callable[[DeadLetterView], bool] | None = None,
         batch: int = 100,
         before_ack: Callable[[list[Replayed]], None] | None = None,
+        force: Callable[[DeadLetterView], dict | None] | None = None,
     ) -> list[DeadLetterView]:
         """Move dead letters (all, one event id, or those `select` accepts; at most `limit`) back
         to the domain's queue; unrouted messages back to the events exchange with their routing
@@ -278,6 +292,14 @@ class BrokerAdmin:
         durable commit), then the batch's dead letters are moved. A crash in between moves
         nothing (they are redelivered to the next replay, and the record says "replayed": a
         second replay is absorbed by the consumer's inbox). Returns the dead letters moved.
+
+        `force(view)`: the mark (headers) of a dead letter the operator replays outside the
+        dedup window knowingly, or None. Such a one is not moved by the broker (it would keep
+        its publisher's user_id, and the consumer would dead-letter it again as stale): this
+        connection publishes its copy, with the mark, to the domain's first retry rung (whose
+        expiry brings it to the domain's queue), confirmed before the record, and the dead
+        letter is acked after it. The broker stamps the copy with this user's user_id, the
+        only thing that makes the consumer believe the mark (choreo.messaging.access).
         """
         if event_id is not None:
             select = _with_event_id(event_id)
@@ -289,15 +311,51 @@ class BrokerAdmin:
                 results = scan.take(min(batch, limit - len(moved)))
                 if not results:
                     break
+                marks = {id(r): force(r.view) if force else None for r in results}
+                for r in results:
+                    if (mark := marks[id(r)]) is not None:
+                        self._publish_forced(scan, domain, r, mark)
                 if before_ack is not None:
                     before_ack(results)
                 for r in results:
-                    # The broker moves it back (the queue's dead-letter target).
-                    scan.channel.basic_reject(r.view.delivery_tag, requeue=False)
+                    if r.outcome == FORCED:
+                        scan.channel.basic_ack(r.view.delivery_tag)
+                    else:  # the broker moves it back (the queue's dead-letter target)
+                        scan.channel.basic_reject(r.view.delivery_tag, requeue=False)
                     moved.append(r.view)
         finally:
             scan.release()
         return moved
+
+    def _publish_forced(self, scan: _Scan, domain: str, r: Replayed, mark: dict) -> None:
+        """A dead letter's copy with the operator's mark, to the domain's first rung, confirmed
+        (pika raises if the broker refuses it: nothing is recorded or acked then)."""
+        props = r.props
+        headers = {
+            k: v
+            for k, v in (props.headers or {}).items()
+            if not any(k.startswith(b) for b in _BROKER_HEADERS)
+        }
+        # A replay starts the ladder again (like a moved dead letter, tasks.worker.replayed).
+        headers.update(mark, choreo_attempt=0)
+        if not scan.confirming:
+            scan.channel.confirm_delivery()
+            scan.confirming = True
+        scan.channel.basic_publish(
+            self.names.retry_exchange,
+            self.names.retry_key(domain, 1),
+            r.raw,
+            pika.BasicProperties(
+                content_type=props.content_type,
+                content_encoding=props.content_encoding,
+                headers=headers,
+                delivery_mode=2,
+                message_id=props.message_id,
+                user_id=self.user_id,
+            ),
+            mandatory=True,
+        )
+        r.outcome = FORCED
 
     def publish_raw(
         self,

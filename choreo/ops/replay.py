@@ -2,10 +2,13 @@
 
 `plan` says what a replay of DOMAIN's dead letters would move, and for each message whether
 the consumer's inbox already holds its event (then the replayed copy is absorbed as a
-duplicate and changes nothing). `execute` replays, in bounded batches, each copy confirmed by
-the broker before its dead letter is acked, and records each one in the operator's database
-(`dlq_replays`) with when, by whom and the outcome; `history` lists those records. The CLI
-(`choreo dlq replay|replays`) and the operator agent's replay proposal both go through here.
+duplicate and changes nothing). A dead letter whose message occurred longer ago than the dedup
+window is refused (its dedup record may be gone and it would run again: choreo.app.window)
+unless the operator forces it knowingly (`force`), which its record says. `execute` replays, in
+bounded batches, each copy confirmed by the broker before its dead letter is acked, and records
+each one in the operator's database (`dlq_replays`) with when, by whom and the outcome; `history`
+lists those records. The CLI (`choreo dlq replay|replays`) and the operator agent's replay
+proposal both go through here.
 """
 
 from __future__ import annotations
@@ -13,20 +16,62 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlmodel import Session, col
 
+from choreo.app import window as window_rule
 from choreo.app.queries import order_states
 from choreo.infra.db import create_tables, engine_for
+from choreo.messaging.access import FORCED_HEADER, SENDER_HEADER
+from choreo.messaging.admin import FORCED as MOVED_FORCED
 from choreo.messaging.admin import UNROUTED, BrokerAdmin, DeadLetterView, Replayed
-from config.settings import Settings
+from config.settings import Settings, duration
 from models.tables import Inbox, ReplayRecord, utcnow
 
 log = logging.getLogger("choreo.ops.replay")
 MAX_LIMIT = 10_000
+# A replay record's outcome: moved back by the broker; forced outside the dedup window (a marked
+# copy the operator published); refused, outside the window and not forced.
+REPLAYED = "replayed"
+FORCED = "forced_outside_window"
+REFUSED = "refused_outside_window"
+MOVED = (REPLAYED, FORCED)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a dead letter stands against the dedup window (choreo.app.window), at one moment."""
+
+    outside: bool = False
+    # Why a forced replay cannot run it either (empty: it can): only a domain's own recorded copy
+    # can carry the operator's mark and still have its original sender proven.
+    unforcible: str = ""
+
+    @staticmethod
+    def of(settings: Settings, letter: DeadLetterView, now: float) -> Window:
+        occurred = window_rule.parse_occurred_at(letter.occurred_at)
+        if occurred is None or not window_rule.outside(occurred, now, settings.dedup_window):
+            return Window()
+        if letter.domain == UNROUTED:
+            why = "an unrouted message has no one consumer whose records prove its sender"
+        elif SENDER_HEADER not in letter.headers:
+            why = "the broker dead-lettered it (no copy of the domain's own names its sender)"
+        elif settings.retry_max_attempts < 1:
+            why = "a forced copy goes through the first retry rung, and CHOREO_RETRY_MAX_ATTEMPTS=0"
+        else:
+            why = ""
+        return Window(True, why)
+
+
+def refusal(settings: Settings) -> str:
+    return (
+        f"refused: older than the dedup window ({duration(settings.dedup_window)}): its dedup "
+        "record may be gone and it would run again"
+    )
 
 
 @dataclass
@@ -41,9 +86,24 @@ class Candidate:
     # Its order in this stack's order database: False for an earlier stack's dead letter left in
     # the same namespace (`choreo order` cannot find it); None: no order id, or not checked.
     order_known: bool | None = None
+    window: Window = field(default_factory=Window)
+    force: bool = False  # the operator forces what is outside the window
+    refused_because: str = ""  # refusal(settings), when it is outside the window
+
+    @property
+    def refused(self) -> bool:
+        return self.window.outside and not (self.force and not self.window.unforcible)
+
+    @property
+    def forced(self) -> bool:
+        return self.window.outside and not self.refused
 
     @property
     def effect(self) -> str:
+        if self.refused:
+            if self.window.unforcible:
+                return f"{self.refused_because}; it cannot be forced: {self.window.unforcible}"
+            return f"{self.refused_because} (--force-outside-window replays it knowingly)"
         if self.already_processed:
             return "absorbed: already processed, changes nothing"
         if self.order_known is False:
@@ -51,6 +111,11 @@ class Candidate:
                 f"order unknown: {self.letter.order_id} is not in this stack's order database "
                 "(an earlier stack's dead letter?); it would run here, against an order "
                 "this stack never saw"
+            )
+        if self.forced:
+            return (
+                "forced outside the dedup window: runs again, knowingly (its dedup record may "
+                "be gone)"
             )
         if self.already_processed is None:
             return "unknown: could not check the consumer's inbox"
@@ -62,6 +127,9 @@ class Candidate:
             "already_processed": self.already_processed,
             "replayed_before": self.replayed_before,
             "order_known": self.order_known,
+            "outside_dedup_window": self.window.outside,
+            "refused": self.refused,
+            "forced": self.forced,
             "effect": self.effect,
         }
 
@@ -75,7 +143,11 @@ class Run:
 
     @property
     def moved(self) -> list[ReplayRecord]:
-        return [r for r in self.records if r.outcome == "replayed"]
+        return [r for r in self.records if r.outcome in MOVED]
+
+    @property
+    def refused(self) -> list[ReplayRecord]:
+        return [r for r in self.records if r.outcome == REFUSED]
 
 
 def operator_name() -> str:
@@ -140,7 +212,7 @@ def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> d
                     select(col(ReplayRecord.event_id)).where(
                         col(ReplayRecord.domain) == domain,
                         col(ReplayRecord.event_id).in_(event_ids),
-                        col(ReplayRecord.outcome) == "replayed",
+                        col(ReplayRecord.outcome).in_(MOVED),
                     )
                 )
                 .scalars()
@@ -156,9 +228,14 @@ def _replayed_before(settings: Settings, domain: str, event_ids: list[str]) -> d
 
 
 def plan(
-    settings: Settings, domain: str, ids: list[str] | None = None, limit: int = 100
+    settings: Settings,
+    domain: str,
+    ids: list[str] | None = None,
+    limit: int = 100,
+    force: bool = False,
 ) -> list[Candidate]:
-    """What `execute` with the same arguments would move now (nothing is consumed or moved)."""
+    """What `execute` with the same arguments would do now (nothing is consumed or moved): each
+    dead letter it would move, or refuse (outside the dedup window, not forced)."""
     with BrokerAdmin(settings) as admin:
         letters = admin.peek(domain, MAX_LIMIT if ids else limit)
     choose = _selector(ids)
@@ -167,12 +244,16 @@ def plan(
     known = processed(settings, domain, event_ids)
     before = _replayed_before(settings, domain, event_ids) if event_ids else {}
     orders = orders_known(settings, letters)
+    now = time.time()
     return [
         Candidate(
             v,
             None if known is None else known.get(v.event_id, False),
             before.get(v.event_id, 0),
             orders.get(v.order_id) if v.order_id else None,
+            Window.of(settings, v, now),
+            force,
+            refusal(settings),
         )
         for v in letters
     ]
@@ -185,13 +266,31 @@ def execute(
     limit: int = 100,
     batch: int = 50,
     by: str | None = None,
+    force: bool = False,
 ) -> Run:
     """Replay: each copy confirmed, then the batch's records committed, then its dead letters
-    acked."""
+    acked. A dead letter outside the dedup window stays where it is, recorded as refused, unless
+    `force` (then its copy carries the operator's mark: BrokerAdmin.replay)."""
     run = Run(run_id=str(uuid.uuid4()), by=by or operator_name(), domain=domain)
     engine = create_tables(
         settings, "operator"
     )  # before anything moves: a record can always be written
+    now = time.time()
+    chosen = _selector(ids)
+    refused: dict[int, DeadLetterView] = {}
+
+    def select(view: DeadLetterView) -> bool:
+        if chosen is not None and not chosen(view):
+            return False
+        c = Candidate(view, None, window=Window.of(settings, view, now), force=force)
+        if c.refused:
+            refused[view.delivery_tag] = view
+        return not c.refused
+
+    def mark(view: DeadLetterView) -> dict | None:
+        if not Window.of(settings, view, now).outside:
+            return None
+        return {FORCED_HEADER: f"{run.by} (replay run {run.run_id})"[:255]}
 
     def record(results: list[Replayed]) -> None:
         event_ids = [r.view.event_id for r in results if r.view.event_id]
@@ -209,7 +308,7 @@ def execute(
                 order_id=(r.view.order_id or None),
                 reason=r.view.reason,
                 already_processed=None if known is None else known.get(r.view.event_id, False),
-                outcome=r.outcome,
+                outcome=FORCED if r.outcome == MOVED_FORCED else r.outcome,
             )
             for r in results
         ]
@@ -219,7 +318,16 @@ def execute(
         run.records += rows
 
     with BrokerAdmin(settings) as admin:
-        admin.replay(domain, limit=limit, select=_selector(ids), batch=batch, before_ack=record)
+        admin.replay(
+            domain,
+            limit=limit,
+            select=select,
+            batch=batch,
+            before_ack=record,
+            force=mark if force else None,
+        )
+    if refused:
+        record([Replayed(v, REFUSED) for v in refused.values()])
     log.info("replay run %s by %s: %d of %s moved", run.run_id, run.by, len(run.moved), domain)
     return run
 
