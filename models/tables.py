@@ -142,7 +142,8 @@ class ReplayRecord(SQLModel, table=True):
     reason: str = Field(sa_column=Column(Text, nullable=False))
     # The consumer's inbox already held this event when it was replayed: the copy is absorbed.
     already_processed: bool | None = None  # None: could not check
-    outcome: str = Field(max_length=32)  # replayed | unroutable | not_confirmed
+    # replayed | forced_outside_window | refused_outside_window (choreo.ops.replay)
+    outcome: str = Field(max_length=32)
 
 
 # --- orchestrator (orchestrated saga mode only) -----------------------------------------

@@ -106,16 +106,16 @@ class Candidate:
             return f"{self.refused_because} (--force-outside-window replays it knowingly)"
         if self.already_processed:
             return "absorbed: already processed, changes nothing"
+        if self.forced:
+            return (
+                "forced outside the dedup window: runs again, knowingly (its dedup record may "
+                "be gone)"
+            )
         if self.order_known is False:
             return (
                 f"order unknown: {self.letter.order_id} is not in this stack's order database "
                 "(an earlier stack's dead letter?); it would run here, against an order "
                 "this stack never saw"
-            )
-        if self.forced:
-            return (
-                "forced outside the dedup window: runs again, knowingly (its dedup record may "
-                "be gone)"
             )
         if self.already_processed is None:
             return "unknown: could not check the consumer's inbox"

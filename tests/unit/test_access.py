@@ -136,6 +136,10 @@ def test_the_operator_places_orders_and_reads_dead_letters_only(settings):
     assert not _allows(g.topics["choreo.events"][0], "payment.completed")
     assert _allows(g.read, "choreo.payment.dlq") and _allows(g.read, "choreo.unrouted")
     assert not _allows(g.read, "choreo.payment") and not _allows(g.write, "choreo.dlx")
+    # A forced replay's copy: to each domain's first retry rung, nowhere else on that exchange.
+    assert _allows(g.write, "choreo.retry") and _allows(g.topics["choreo.retry"][0], "payment.1")
+    for key in ("payment.2", "payment", "unknown.1"):
+        assert not _allows(g.topics["choreo.retry"][0], key), key
     # It hears outcomes on queues the broker names, bound to the outcome keys only.
     assert _allows(g.configure, "amq.gen-Xr4_q1") and not _allows(g.configure, "my-queue")
     assert _allows(g.write, "amq.gen-Xr4_q1") and _allows(g.read, "amq.gen-Xr4_q1")
