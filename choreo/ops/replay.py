@@ -60,11 +60,21 @@ class Window:
             why = "an unrouted message has no one consumer whose records prove its sender"
         elif SENDER_HEADER not in letter.headers:
             why = "the broker dead-lettered it (no copy of the domain's own names its sender)"
+        elif _dead_lettered_outside(settings, letter, now):
+            why = (
+                "it was dead-lettered longer ago than the dedup window: the domain's record of "
+                "the copy, which proves its sender, may be gone"
+            )
         elif settings.retry_max_attempts < 1:
             why = "a forced copy goes through the first retry rung, and CHOREO_RETRY_MAX_ATTEMPTS=0"
         else:
             why = ""
         return Window(True, why)
+
+
+def _dead_lettered_outside(settings: Settings, letter: DeadLetterView, now: float) -> bool:
+    at = window_rule.parse_occurred_at(letter.dead_lettered_at)
+    return at is not None and window_rule.outside(at, now, settings.dedup_window)
 
 
 def refusal(settings: Settings) -> str:

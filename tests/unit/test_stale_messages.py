@@ -265,9 +265,17 @@ def test_some_dead_letters_cannot_be_forced():
     no_copy = letter(15 * DAY)
     del no_copy.headers["x-choreo-sender"]  # the broker dead-lettered it
     unrouted = letter(15 * DAY, domain=UNROUTED)
-    for view in (no_copy, unrouted):
+    long_ago = letter(30 * DAY)  # its copy record, a window after it was written, may be gone
+    long_ago.dead_lettered_at = (datetime.now(UTC) - timedelta(days=15)).isoformat()
+    for view in (no_copy, unrouted, long_ago):
         c = candidate(view, force=True)
         assert c.refused and "it cannot be forced" in c.effect
+
+
+def test_a_stale_message_dead_lettered_recently_can_be_forced():
+    view = letter(30 * DAY)
+    view.dead_lettered_at = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    assert candidate(view, force=True).forced
 
 
 def test_a_dead_letter_with_no_readable_occurred_at_is_not_refused_for_its_age():
