@@ -17,15 +17,19 @@ from tests.helpers import celery_message, queues_idle, settled, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _stale_order(settings, by: str = "operator", **headers) -> tuple[str, str]:
-    """A place_order that occurred a day longer ago than the dedup window, published by `by`'s
-    broker user (which the broker stamps as its user_id). Returns (order id, event id)."""
+def _stale_order(
+    settings, by: str = "operator", age: float | None = None, **headers
+) -> tuple[str, str]:
+    """A place_order that occurred `age` seconds ago (default: a day longer ago than the dedup
+    window), published by `by`'s broker user (which the broker stamps as its user_id). Returns
+    (order id, event id)."""
     from choreo.messaging.admin import BrokerAdmin
     from choreo.ops.scenarios import make_order
     from models.envelope import make_envelope
 
     order_id = f"ord-stale-{uuid.uuid4().hex[:8]}"
-    old = datetime.now(UTC) - timedelta(seconds=settings.dedup_window + 86400)
+    age = settings.dedup_window + 86400 if age is None else age
+    old = datetime.now(UTC) - timedelta(seconds=age)
     env = make_envelope(
         "place_order", order_id, make_order("completed").payload(), source="cli", now=old
     )
@@ -106,3 +110,10 @@ def test_the_forced_mark_from_anyone_but_the_operator_is_ignored(settings, stack
     assert letter.reason.startswith("outside dedup window: ")
     queues_idle(settings)
     assert not _order_known(settings, order_id) and _charges(settings, order_id) == 0
+
+
+def test_a_message_just_inside_the_window_runs_as_any_other(settings, stack):
+    order_id, _event_id = _stale_order(settings, age=settings.dedup_window - 3600)
+    assert settled(settings, [order_id])[order_id] == ("COMPLETED", None)
+    queues_idle(settings)
+    assert _charges(settings, order_id) == 1
