@@ -92,7 +92,8 @@ class DeadLetterView:
 @dataclass
 class Replayed:
     """One dead letter a replay moves back (`replayed`: recorded, then moved by the broker;
-    `forced`: its marked copy published by the operator and confirmed, recorded, then acked)."""
+    `forced`: recorded, then its marked copy published by the operator, confirmed, then the dead
+    letter acked)."""
 
     view: DeadLetterView
     outcome: str
@@ -295,10 +296,11 @@ class BrokerAdmin:
 
         `force(view)`: the mark (headers) of a dead letter the operator replays outside the
         dedup window knowingly, or None. Such a one is not moved by the broker (it would keep
-        its publisher's user_id, and the consumer would dead-letter it again as stale): this
-        connection publishes its copy, with the mark, to the domain's first retry rung (whose
-        expiry brings it to the domain's queue), confirmed before the record, and the dead
-        letter is acked after it. The broker stamps the copy with this user's user_id, the
+        its publisher's user_id, and the consumer would dead-letter it again as stale): after
+        the record, this connection publishes its copy, with the mark, to the domain's first
+        retry rung (whose expiry brings it to the domain's queue), and acks the dead letter once
+        the broker confirmed the copy (a crash in between leaves both: a second replay is
+        absorbed). The broker stamps the copy with this user's user_id, the
         only thing that makes the consumer believe the mark (choreo.messaging.access).
         """
         if event_id is not None:
@@ -311,14 +313,15 @@ class BrokerAdmin:
                 results = scan.take(min(batch, limit - len(moved)))
                 if not results:
                     break
-                marks = {id(r): force(r.view) if force else None for r in results}
+                marks = {}
                 for r in results:
-                    if (mark := marks[id(r)]) is not None:
-                        self._publish_forced(scan, domain, r, mark)
+                    if force is not None and (mark := force(r.view)) is not None:
+                        r.outcome, marks[id(r)] = FORCED, mark
                 if before_ack is not None:
                     before_ack(results)
                 for r in results:
                     if r.outcome == FORCED:
+                        self._publish_forced(scan, domain, r, marks[id(r)])
                         scan.channel.basic_ack(r.view.delivery_tag)
                     else:  # the broker moves it back (the queue's dead-letter target)
                         scan.channel.basic_reject(r.view.delivery_tag, requeue=False)
@@ -329,7 +332,7 @@ class BrokerAdmin:
 
     def _publish_forced(self, scan: _Scan, domain: str, r: Replayed, mark: dict) -> None:
         """A dead letter's copy with the operator's mark, to the domain's first rung, confirmed
-        (pika raises if the broker refuses it: nothing is recorded or acked then)."""
+        (pika raises if the broker refuses it: the dead letter is not acked then)."""
         props = r.props
         headers = {
             k: v
@@ -355,7 +358,6 @@ class BrokerAdmin:
             ),
             mandatory=True,
         )
-        r.outcome = FORCED
 
     def publish_raw(
         self,

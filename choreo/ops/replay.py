@@ -278,9 +278,10 @@ def execute(
     by: str | None = None,
     force: bool = False,
 ) -> Run:
-    """Replay: each copy confirmed, then the batch's records committed, then its dead letters
-    acked. A dead letter outside the dedup window stays where it is, recorded as refused, unless
-    `force` (then its copy carries the operator's mark: BrokerAdmin.replay)."""
+    """Replay: each batch's records committed, then its dead letters moved back. A dead letter
+    outside the dedup window stays where it is, recorded as refused, unless `force` (then a copy
+    with the operator's mark is published and confirmed before the dead letter is acked:
+    BrokerAdmin.replay)."""
     run = Run(run_id=str(uuid.uuid4()), by=by or operator_name(), domain=domain)
     engine = create_tables(
         settings, "operator"
