@@ -35,6 +35,7 @@ class Outbox(SQLModel, table=True):
     """Events to publish, written in the same transaction as the state that caused them."""
 
     __tablename__ = "outbox"
+    # The relay's unsent rows (sent_at NULL) and the retention cleaner's oldest sent ones.
     __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=64)
@@ -49,6 +50,8 @@ class Inbox(SQLModel, table=True):
     """Messages this service has applied: the unique key that makes redelivery harmless."""
 
     __tablename__ = "inbox"
+    # The retention cleaner's oldest-first pick (choreo.app.retention): without it each batch scans.
+    __table_args__ = (Index("ix_inbox_processed_at", "processed_at"),)
     consumer: str = Field(primary_key=True, max_length=32)
     event_id: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=64)
@@ -60,6 +63,7 @@ class DeadLetter(SQLModel, table=True):
     """A message this service gave up on: the operator's record of a critical alert."""
 
     __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_dead_lettered_at", "dead_lettered_at"),)
     event_id: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=64)
     order_id: str | None = Field(default=None, max_length=64, index=True)
@@ -76,6 +80,7 @@ class CopyRecord(SQLModel, table=True):
     a copy with no record here (made by anyone else holding its broker password) is refused."""
 
     __tablename__ = "copies"
+    __table_args__ = (Index("ix_copies_created_at", "created_at"),)
     event_id: str = Field(primary_key=True, max_length=64)  # the delivery's task id
     # sha256 over the original sender, the message name and its arguments (choreo.app.copies)
     digest: str = Field(primary_key=True, max_length=64)
@@ -130,6 +135,7 @@ class ReplayRecord(SQLModel, table=True):
     copy and before the dead letter is acked."""
 
     __tablename__ = "dlq_replays"
+    __table_args__ = (Index("ix_dlq_replays_replayed_at", "replayed_at"),)
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(max_length=36, index=True)  # one `--execute` run
     replayed_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(nullable=False))

@@ -22,6 +22,7 @@ from tasks.observe import Observability
 from tasks.outcome import Kind, Outcome
 from tasks.poison import DeadLetters
 from tasks.relay import OutboxRelay
+from tasks.retention import RetentionSweep
 from tasks.runtime import runtime
 from tasks.timers import TimerSweep
 
@@ -278,12 +279,14 @@ def refuse_compression() -> None:
 
 
 def install(app: Celery) -> None:
-    """Make `app`'s workers run choreo's batch consumer, outbox relay and timer sweep."""
+    """Make `app`'s workers run choreo's batch consumer, outbox relay, timer sweep and retention
+    sweep."""
     refuse_compression()
     # Celery's consumer less its DelayedDelivery step, its events unconfirmed (tasks.internals).
     app.conf.worker_consumer = "tasks.internals:ChoreoConsumer"
     app.steps["worker"].add(OutboxRelay)
     app.steps["worker"].add(TimerSweep)
+    app.steps["worker"].add(RetentionSweep)
     app.steps["worker"].add(Observability)
     app.steps["consumer"].add(BatchConsumer)
     app.steps["consumer"].add(

@@ -102,6 +102,7 @@ COMMANDS = {
     "ask": "choreo.cli.ask:ask",
     "trace": "choreo.cli.trace:trace",
     "stuck": "choreo.cli.stuck:stuck",
+    "retention": "choreo.cli.retention:retention",
 }
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -44,6 +44,16 @@ BATCH = Histogram(
 RELAYED = Counter(
     "choreo_relay_published",
     "Outbox rows the relay published (a crash stranded them).",
+    ["service"],
+)
+RETENTION_DELETED = Counter(
+    "choreo_retention_deleted",
+    "Rows the retention cleaner removed, by kind of record (docs/operating/retention.md).",
+    ["service", "kind"],
+)
+RETENTION_LONGEST = Gauge(
+    "choreo_retention_longest_batch_seconds",
+    "The longest delete transaction of the retention cleaner's last run, begin to commit.",
     ["service"],
 )
 

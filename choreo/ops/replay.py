@@ -21,10 +21,13 @@ import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
 from choreo.app import window as window_rule
 from choreo.app.queries import order_states
+from choreo.app.retention import sweep_service
 from choreo.infra.db import create_tables, engine_for
 from choreo.messaging.access import FORCED_HEADER, SENDER_HEADER
 from choreo.messaging.admin import FORCED as MOVED_FORCED
@@ -340,7 +343,21 @@ def execute(
     if refused:
         record([Replayed(v, REFUSED) for v in refused.values()])
     log.info("replay run %s by %s: %d of %s moved", run.run_id, run.by, len(run.moved), domain)
+    prune_records(settings, engine)
     return run
+
+
+def prune_records(settings: Settings, engine: Engine) -> None:
+    """Remove replay records older than `retention_replays`: the run that writes records keeps
+    their table bounded, with or without a scheduled `choreo retention run`. The replay itself is
+    done and recorded by now: a database error here is reported, not raised over it."""
+    try:
+        swept = sweep_service(settings, "operator", engine)
+    except SQLAlchemyError as exc:
+        log.warning("could not prune old replay records: %r", exc)
+        return
+    if removed := sum(s.count for s in swept):
+        log.info("removed %d replay record(s) older than the retention window", removed)
 
 
 def history(

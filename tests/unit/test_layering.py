@@ -191,6 +191,7 @@ SERVICE_MODULES = {
     "eventstore": "app",
     "projections": "app",
     "timers": "app",
+    "retention": "app",
     "handlers": "handlers",
 }
 
