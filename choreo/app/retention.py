@@ -108,6 +108,7 @@ class Swept:
     count: int = 0  # rows deleted (a dry run: rows eligible)
     batches: int = 0
     longest: float = 0.0  # seconds: the longest batch's transaction, begin to commit
+    held: float = 0.0  # seconds: every batch's transaction, summed
     capped: bool = False  # stopped at MAX_BATCHES (or told to stop) with rows perhaps left
     absent: bool = False  # no such database or table yet: nothing to clean
 
@@ -216,6 +217,7 @@ def _batches(
         swept.batches += 1
         swept.count += deleted
         swept.longest = max(swept.longest, held)
+        swept.held += held
         if deleted < size:
             return  # the last batch was not full: nothing eligible is left
         if _pause(max(MIN_PAUSE, held), stop):

@@ -12,6 +12,7 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -32,7 +33,7 @@ from consumers.order.rules import SETTLED
 from consumers.order.tables import OrderDeadline, OrderEvent, OrderView
 from consumers.payment.tables import Charge, Refund
 from consumers.shipment.tables import Shipment
-from models.tables import DeadLetter, GatewayLedger, Outbox
+from models.tables import DeadLetter, GatewayLedger, Outbox, as_utc, utcnow
 
 MAX_LISTED = 50
 NOTIFICATION_KIND = {"COMPLETED": "completed", "CANCELLED": "cancelled"}  # attention: below
@@ -111,6 +112,7 @@ class Snapshot:
                 col(OrderView.version),
                 col(OrderView.amount_cents),
                 col(OrderView.items),
+                col(OrderView.updated_at),
             ),
         )
         return {r[0]: tuple(r[1:]) for r in rows}
@@ -230,12 +232,15 @@ class Snapshot:
 
 def check_terminal(snap: Snapshot, c: Check) -> None:
     explained = {o for rows in snap.dead_letters.values() for _, o, _, _ in rows if o}
+    # A dead-letter record lives `retention_dead_letters` (docs/operating/retention.md): an order
+    # that has needed attention for longer has lost it by design (its own events keep the reason).
+    kept_since = utcnow() - timedelta(seconds=snap.settings.retention_dead_letters)
     c.checked = len(snap.views)
-    for order_id, (state, reason, *_rest) in snap.views.items():
+    for order_id, (state, reason, *rest) in snap.views.items():
         if state in SETTLED:
             continue
         if state == "NEEDS_ATTENTION":
-            if order_id not in explained:
+            if order_id not in explained and as_utc(rest[-1]) >= kept_since:
                 c.offend(order_id, f"NEEDS_ATTENTION without a dead letter ({reason})")
         else:
             c.offend(order_id, f"stuck in {state}")

@@ -216,3 +216,45 @@ def test_a_service_adds_kinds_of_its_own_with_a_retention_module(db, monkeypatch
     assert swept["old_sent"] == 1
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(table_of(Outbox))).scalar_one() == 1
+
+
+def test_the_audit_excuses_attention_older_than_the_dead_letter_window(tmp_path):
+    """An order that has needed attention for longer than `retention_dead_letters` lost its
+    dead-letter record to the cleaner by design; a younger one without its record still offends."""
+    from choreo.ops.audit import Check, Snapshot, check_terminal
+
+    s = settings_in(tmp_path)
+    snap = Snapshot(s)
+    now = datetime.now(UTC)
+    kept = timedelta(seconds=s.retention_dead_letters)
+    snap.dead_letters = {"payment": [("e1", "explained", "t", "r")]}
+    snap.views = {
+        "explained": ("NEEDS_ATTENTION", "compensation_failed", 1, 0, [], now),
+        "aged": (
+            "NEEDS_ATTENTION",
+            "compensation_failed",
+            1,
+            0,
+            [],
+            now - kept - timedelta(hours=1),
+        ),
+        "young": (
+            "NEEDS_ATTENTION",
+            "compensation_failed",
+            1,
+            0,
+            [],
+            now - kept + timedelta(hours=1),
+        ),
+        "naive_text": (
+            "NEEDS_ATTENTION",
+            "x",
+            1,
+            0,
+            [],
+            (now - kept / 2).replace(tzinfo=None).isoformat(" "),
+        ),
+    }
+    c = Check("terminal", "")
+    check_terminal(snap, c)
+    assert c.offenders == ["naive_text", "young"]
