@@ -18,8 +18,8 @@ from tests.helpers import scrape, settled, wait_for
 
 pytestmark = pytest.mark.e2e
 
-DEDUP_WINDOW = 20.0
-FLOW_SECONDS = DEDUP_WINDOW + 8  # orders keep coming after the first ones' rows age out
+DEDUP_WINDOW = 12.0
+FLOW_SECONDS = DEDUP_WINDOW + 6  # orders keep coming after the first ones' rows age out
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +38,13 @@ def short_window(settings, tmp_path_factory):
         "user_service_port": free_port(),
         "monitor_port": free_port(),
         "health_port_base": free_port_block(len(HEALTH_PORT_OFFSETS)),
-        # tok_flaky_2 fails twice: retries after 1.5 s and 3 s (with jitter), over several
-        # cleaner runs. The window outlasts ladder (1.5 + 3 + 3, +20% jitter), horizon and replay.
+        # tok_flaky_2 fails twice: retries after 1 s and 2 s (with jitter), over several
+        # cleaner runs. The window outlasts ladder (1 + 2 + 2, +20% jitter), horizon and replay.
         "retry_max_attempts": 3,
-        "retry_initial_delay": 1.5,
-        "retry_max_delay": 3.0,
-        "redelivery_horizon": 3.0,
-        "dlq_replay_window": 3.0,
+        "retry_initial_delay": 1.0,
+        "retry_max_delay": 2.0,
+        "redelivery_horizon": 2.0,
+        "dlq_replay_window": 2.0,
         "dedup_window": DEDUP_WINDOW,
         "retention_outbox": 5.0,  # sent outbox rows go while their order's retries still wait
         "retention_interval": 1.0,
