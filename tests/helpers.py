@@ -220,3 +220,73 @@ class own_namespace:
                 ch.exchange_delete(x)
             ch.close()
         delete_broker_users([access.user_name(self.settings, s) for s in access.SERVICES])
+
+
+# --- release 0.1's databases (tests/fixtures/release-0.1, by make_release_fixture.py) ---------
+
+RELEASE_0_1 = os.path.join(os.path.dirname(__file__), "fixtures", "release-0.1")
+
+
+def fresh_databases(settings, tmp_path, tag: str = "db"):
+    """Settings on databases of their own: a fresh data folder, and on PostgreSQL a fresh
+    database prefix under the run's (the sandbox drops it at the end)."""
+    prefix = f"{settings.database_prefix}_{tag}{uuid.uuid4().hex[:6]}"
+    return settings.model_copy(update={"data_dir": tmp_path / "data", "database_prefix": prefix})
+
+
+def load_release_0_1(settings, services=None) -> None:
+    """Each service's database as release 0.1 left it: its DDL (for this dialect) and its rows,
+    on an empty database, with no alembic_version (release 0.1 had none)."""
+    import json
+
+    from sqlalchemy import MetaData
+
+    from choreo.infra.db import engine_for, ensure_database
+    from config.settings import SERVICES
+
+    for service in services or SERVICES:
+        ensure_database(settings.database_url(service))
+        engine = engine_for(settings, service)
+        with open(os.path.join(RELEASE_0_1, f"{service}.{engine.dialect.name}.sql")) as f:
+            ddl = f.read()
+        with open(os.path.join(RELEASE_0_1, f"{service}.json")) as f:
+            data = json.load(f)
+        with engine.begin() as conn:
+            for statement in ddl.split(";\n"):
+                if statement.strip():
+                    conn.exec_driver_sql(statement)
+            tables = MetaData()
+            tables.reflect(conn)
+            for name, content in data.items():
+                _load_rows(conn, tables.tables[name], content)
+
+
+def _load_rows(conn, table, content: dict) -> None:
+    """One table's rows from the fixture (times from ISO text, naive ones as UTC)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import DateTime, func, select, text
+
+    times = {c.name for c in table.columns if isinstance(c.type, DateTime)}
+
+    def value(column, v):
+        if column not in times or v is None:
+            return v
+        at = datetime.fromisoformat(v)
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+    rows = [
+        {c: value(c, v) for c, v in zip(content["columns"], row, strict=True)}
+        for row in content["rows"]
+    ]
+    if rows:
+        conn.execute(table.insert(), rows)
+    if conn.dialect.name != "postgresql":
+        return
+    for column in table.primary_key.columns:  # a SERIAL's sequence follows the ids loaded
+        sequence = conn.execute(
+            text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table.name, "c": column.name}
+        ).scalar()
+        top = conn.execute(select(func.max(column))).scalar()
+        if sequence and top:
+            conn.execute(text("SELECT setval(:s, :v)"), {"s": sequence, "v": top})

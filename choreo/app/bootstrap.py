@@ -13,7 +13,8 @@ from functools import cached_property
 import redis
 from sqlmodel import Session
 
-from choreo.infra.db import create_tables, engine_for
+from choreo.infra.db import engine_for
+from choreo.infra.schema import require_current, upgrade
 from choreo.world.gateway import SandboxGateway
 from choreo.world.users import CALLERS, UsersClient, seed_customers, users_token
 from config.catalog import PRICES_CENTS
@@ -56,10 +57,17 @@ class LiveDeps:
         )
 
 
-def prepare(settings: Settings, services=SERVICES) -> None:
-    """Create each service's tables and seed reference data; idempotent."""
+def prepare(settings: Settings, services=SERVICES, migrate: bool = True) -> None:
+    """Bring each service's database to this code's schema (choreo.infra.schema) and seed its
+    reference data; idempotent. `migrate=False` (a worker starting): refuse, with
+    SchemaError, a database not already at this code's head instead of upgrading it: `choreo up`
+    and the compose set-up upgrade once, before any worker starts."""
     for service in services:
-        engine = create_tables(settings, service)
+        if migrate:
+            upgrade(settings, service)
+        else:
+            require_current(settings, service)
+        engine = engine_for(settings, service)
         seed = getattr(service_tables(service), "seed", None)  # a domain's reference data
         if seed is not None:
             with Session(engine) as s:

@@ -103,6 +103,7 @@ COMMANDS = {
     "trace": "choreo.cli.trace:trace",
     "stuck": "choreo.cli.stuck:stuck",
     "retention": "choreo.cli.retention:retention",
+    "db": "choreo.cli.db:db",
 }
 
 

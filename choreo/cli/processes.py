@@ -24,6 +24,7 @@ from choreo.infra import logs
 from choreo.infra.db import engine_for
 from choreo.infra.metrics import Metrics
 from choreo.infra.redis_client import redis_client
+from choreo.infra.schema import SchemaError
 from choreo.messaging.access import node_name
 from choreo.ops import flower as flower_options
 from choreo.ops import owner, prometheus
@@ -32,6 +33,15 @@ from choreo.world.users import make_server
 from config.settings import DOMAINS, SAGA_MODES, Settings
 from consumers.registry import topology
 from tasks.app import make_app
+
+
+def started(settings: Settings, services: list[str]) -> None:
+    """Seed a starting process's databases, refusing (one line) any not at this code's schema:
+    `choreo db upgrade` (run by `choreo up` and the compose set-up) migrates, once."""
+    try:
+        prepare(settings, services, migrate=False)
+    except SchemaError as exc:
+        fail(str(exc))
 
 
 @click.command()
@@ -52,7 +62,7 @@ def worker(domain: str, index: int) -> None:
         settings.log_level,
         settings.log_json,
     )
-    prepare(settings, [domain, "gateway"] if domain == "payment" else [domain])
+    started(settings, [domain, "gateway"] if domain == "payment" else [domain])
     # The topology is the set-up's (choreo broker setup, run by choreo up): a worker's user may
     # not declare it, and needs nothing of it but its own queue.
     topo = topology(settings)
@@ -89,7 +99,7 @@ def users() -> None:
     """Run the user service (GET /users/{id}) over HTTP."""
     settings = current_settings()
     logs.configure("users", settings.log_level, settings.log_json)
-    prepare(settings, ["user"])
+    started(settings, ["user"])
     server = make_server(
         engine_for(settings, "user"),
         settings.user_service_host,

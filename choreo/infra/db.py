@@ -1,5 +1,5 @@
-"""Database engines (one per service per process), table creation, and prebuilt Core statements
-(`Rows`)."""
+"""Database engines (one per service per process), database creation, and prebuilt Core
+statements (`Rows`). Tables come from the migrations (choreo.infra.schema)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from pydantic_core import PydanticUndefined
 from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlmodel import Session, create_engine
 
 from config.settings import Settings
-from models.tables import table_of, tables_of
+from models.tables import table_of
 
 _engines: dict[tuple[int, str], Engine] = {}  # (pid, database url) -> engine
 _lock = threading.Lock()
@@ -82,11 +83,14 @@ def ensure_database(url: str) -> None:
         admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
-                exists = conn.execute(
-                    text("SELECT 1 FROM pg_database WHERE datname=:n"), {"n": u.database}
-                ).scalar()
-                if not exists:
-                    conn.execute(text(f'CREATE DATABASE "{u.database}"'))
+                exists = text("SELECT 1 FROM pg_database WHERE datname=:n")
+                if not conn.execute(exists, {"n": u.database}).scalar():
+                    try:
+                        conn.execute(text(f'CREATE DATABASE "{u.database}"'))
+                    except (IntegrityError, ProgrammingError):
+                        # Another process (an upgrader, a worker) created it meanwhile.
+                        if not conn.execute(exists, {"n": u.database}).scalar():
+                            raise
         finally:
             admin.dispose()
 
@@ -117,13 +121,6 @@ def engine_for(settings: Settings, service: str) -> Engine:
                 )
             _engines[key] = engine
         return engine
-
-
-def create_tables(settings: Settings, service: str) -> Engine:
-    ensure_database(settings.database_url(service))
-    engine = engine_for(settings, service)
-    SQLModel.metadata.create_all(engine, tables=[table_of(t) for t in tables_of(service)])
-    return engine
 
 
 def dispose_all() -> None:

@@ -28,7 +28,8 @@ from sqlmodel import Session, col
 from choreo.app import window as window_rule
 from choreo.app.queries import order_states
 from choreo.app.retention import sweep_service
-from choreo.infra.db import create_tables, engine_for
+from choreo.infra.db import engine_for
+from choreo.infra.schema import upgraded
 from choreo.messaging.access import FORCED_HEADER, SENDER_HEADER
 from choreo.messaging.admin import FORCED as MOVED_FORCED
 from choreo.messaging.admin import UNROUTED, BrokerAdmin, DeadLetterView, Replayed
@@ -286,9 +287,7 @@ def execute(
     with the operator's mark is published and confirmed before the dead letter is acked:
     BrokerAdmin.replay)."""
     run = Run(run_id=str(uuid.uuid4()), by=by or operator_name(), domain=domain)
-    engine = create_tables(
-        settings, "operator"
-    )  # before anything moves: a record can always be written
+    engine = upgraded(settings, "operator")  # before anything moves: a record can be written
     now = time.time()
     chosen = _selector(ids)
     refused: dict[int, DeadLetterView] = {}
@@ -364,7 +363,7 @@ def history(
     settings: Settings, domain: str | None = None, limit: int = 50, event_id: str | None = None
 ) -> list[ReplayRecord]:
     """The newest replay records first."""
-    with Session(create_tables(settings, "operator")) as s:
+    with Session(upgraded(settings, "operator")) as s:
         q = select(ReplayRecord)
         if domain:
             q = q.where(col(ReplayRecord.domain) == domain)

@@ -46,7 +46,7 @@ MILESTONE = {"PAID": "paid_at", "RESERVED": "reserved_at"}
 def world(settings, tmp_path, monkeypatch):
     """Settings on a fresh data folder (a fresh database prefix on PostgreSQL) holding ORDERS,
     the time they were written at, and this shell's environment pointed at it (for the CLI)."""
-    from choreo.infra import db
+    from choreo.infra import db, schema
     from config.settings import SERVICES, get_settings
     from consumers.order.tables import OrderDeadline, OrderView
     from models.tables import utcnow
@@ -54,7 +54,7 @@ def world(settings, tmp_path, monkeypatch):
     prefix = f"{settings.database_prefix}_st{uuid.uuid4().hex[:6]}"
     s = settings.model_copy(update={"data_dir": tmp_path, "database_prefix": prefix})
     for service in SERVICES:  # `choreo order` reads every service's tables
-        db.create_tables(s, service)
+        schema.upgrade(s, service)
     now = utcnow()
     with Session(db.engine_for(s, "order")) as session:
         for order_id, (state, placed, in_step, timer) in ORDERS.items():
