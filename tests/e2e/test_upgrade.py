@@ -1,0 +1,98 @@
+"""Upgrade from the first release with orders in flight: release 0.1's databases
+(tests/fixtures/release-0.1) go through the real `choreo db upgrade`, a stack of this code starts
+on them, the orders that were mid-saga reach an end (the unsent outbox row relayed, the overdue
+timers fired), new orders of every scenario complete as their data says, and the audit is green.
+On SQLite, and on PostgreSQL in `make test`'s second pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import RELEASE_0_1, load_release_0_1, settled
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def choreo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "choreo", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def upgraded(settings, tmp_path):
+    """A stack of its own (namespace, folders, databases, ports) on release 0.1's databases,
+    upgraded by `choreo db upgrade`."""
+    from choreo.infra.db import dispose_engines
+    from choreo.ops.stack import free_port, process_names
+    from tests.e2e.conftest import start_stack
+
+    tag = uuid.uuid4().hex[:6]
+    update = {
+        "namespace": f"up-{tag}",
+        # Databases of its own on PostgreSQL too: the run's other order workers would fire these
+        # timers as their own.
+        "database_prefix": f"{settings.database_prefix}_up{tag}",
+        "run_dir": tmp_path / "run",
+        "data_dir": tmp_path / "data",
+        "user_service_port": free_port(),
+        "monitor_port": free_port(),
+    }
+    s = settings.model_copy(update=update)
+    env = {f"CHOREO_{k.upper()}": str(v) for k, v in update.items()}
+    load_release_0_1(s)
+
+    done = choreo(env, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    status = choreo(env, "db", "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert {d["state"] for d in json.loads(status.stdout)["databases"]} == {"up-to-date"}
+
+    names = [n for n in process_names(s) if n != "flower"]
+    stack = start_stack(s, env=env, names=names)
+    yield s
+    for name in reversed(names):
+        stack.stop(name)
+    dispose_engines(str(s.data_dir))
+    dispose_engines(f"/{s.database_prefix}_")
+
+
+def test_release_0_1_orders_in_flight_finish_and_new_orders_take_every_path(upgraded):
+    from choreo.ops.audit import run_audit
+    from choreo.ops.scenarios import SCENARIOS
+    from choreo.ops.workload import expected_by_scenario, publish_orders
+
+    with open(os.path.join(RELEASE_0_1, "orders.json")) as f:
+        fixture = json.load(f)
+    in_flight = [o for o, _ in fixture["in_flight"]]
+    before = {o for o, _ in fixture["settled"]}
+
+    states = settled(upgraded, in_flight, timeout=30)
+    assert {o: states[o][0] for o in in_flight} == {
+        in_flight[0]: "COMPLETED",  # its inventory.reserved was committed, not yet published
+        in_flight[1]: "CANCELLED",  # stuck at shipment past its deadline: compensated
+        in_flight[2]: "CANCELLED",
+    }
+
+    sent = publish_orders(upgraded, list(SCENARIOS), seed=None)
+    states = settled(upgraded, [o for o, _ in sent], timeout=30)
+    expected = expected_by_scenario()
+    assert {o: states[o] for o, _ in sent} == {o: expected[sc] for o, sc in sent}
+    assert before.isdisjoint(o for o, _ in sent)
+
+    failed = {c.name: c.problems for c in run_audit(upgraded) if not c.passed}
+    assert failed == {}
