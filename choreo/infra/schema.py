@@ -182,6 +182,14 @@ def upgrade(settings: Settings, service: str) -> tuple[str | None, str]:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(service)})
         before, has_tables = current_revision(conn)
+        if before == head_of(service):
+            return before, before
+        if before is not None and before not in _known(service):
+            raise SchemaError(
+                f"database {service} ({hidden(settings.database_url(service))}) is at revision "
+                f"{before}, which this code does not know (a newer choreo wrote it): run that "
+                f"choreo's `choreo db upgrade`, or this code on a database it made"
+            )
         cfg = config(service, conn)
         if before is None and has_tables:
             differences = baseline_differences(conn, service)
@@ -284,9 +292,15 @@ def scratch_at_head(service: str) -> Engine:
     from sqlalchemy.pool import StaticPool
 
     engine = create_engine("sqlite://", poolclass=StaticPool)
-    with engine.begin() as conn:
-        command.upgrade(config(service, conn), f"{service}@head")
+    if has_branch(service):  # a new service's branch starts from nothing
+        with engine.begin() as conn:
+            command.upgrade(config(service, conn), f"{service}@head")
     return engine
+
+
+def has_branch(service: str) -> bool:
+    """Whether the service has revisions yet (a new domain's first comes from `revision`)."""
+    return any(versions_of(service).glob(f"{service}_*.py"))
 
 
 def next_revision_id(service: str) -> str:
@@ -301,18 +315,23 @@ def next_revision_id(service: str) -> str:
 
 def revision(service: str, message: str) -> str | None:
     """Autogenerate the service's next revision from the models (against a scratch database at
-    its head); returns the new file's path, or None when the models add nothing."""
+    its head); returns the new file's path, or None when the models add nothing. A service with
+    no branch yet (a new domain) gets its first revision, labelled with its name."""
+    new = not has_branch(service)
     engine = scratch_at_head(service)
     try:
         if not model_differences(engine, service):
             return None
+        versions_of(service).mkdir(parents=True, exist_ok=True)
+        scripts.cache_clear()
         with engine.begin() as conn:
             script = command.revision(
                 config(service, conn),
                 message=message,
                 autogenerate=True,
-                head=f"{service}@head",
-                rev_id=next_revision_id(service),
+                head="base" if new else f"{service}@head",
+                branch_label=service if new else None,
+                rev_id=f"{service}_0001" if new else next_revision_id(service),
                 version_path=str(versions_of(service)),
             )
     finally:

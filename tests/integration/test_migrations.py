@@ -235,3 +235,20 @@ def test_concurrent_upgraders_take_turns(fresh):
     head = schema.head_of("payment")
     assert sorted(results, key=str) == sorted([(None, head)] + [(head, head)] * 3, key=str)
     assert schema.status(fresh, "payment").ok
+
+
+def test_a_revision_from_a_newer_choreo_is_reported_and_not_touched(fresh):
+    from sqlalchemy import text
+
+    from choreo.infra import schema
+    from choreo.infra.db import engine_for
+
+    schema.upgrade(fresh, "user")
+    with engine_for(fresh, "user").begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'user_9999'"))
+    status = choreo("db", "status", "--service", "user", "--json")
+    assert status.exit_code == 1
+    assert json.loads(status.output)["databases"][0]["state"] == "unknown"
+    result = choreo("db", "upgrade", "--service", "user")
+    assert result.exit_code == 1 and "which this code does not know" in result.output
+    assert schema.status(fresh, "user").current == "user_9999"

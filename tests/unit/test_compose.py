@@ -42,3 +42,20 @@ def test_the_queue_monitor_runs_beside_the_workers_on_its_own_port(name):
         assert monitor["command"] == ["monitor"]
         port = Settings(monitor_port=9180).health_port("monitor")
         assert f"http://127.0.0.1:{port}/health" in " ".join(monitor["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize(
+    "name", ["docker-compose.yml", "docker-compose.cluster.yml", "docker-compose.tls.yml"]
+)
+def test_every_database_is_upgraded_once_before_the_workers_start(name):
+    """`choreo db upgrade` runs once, as a one-shot, and every process with a database waits for
+    it: a worker on a database that is behind refuses to start (docs/operating/migrations.md)."""
+    found = services(name)
+    assert "db-upgrade" in found, f"{name} has no db-upgrade service"
+    if name == "docker-compose.yml":
+        assert found["db-upgrade"]["command"] == ["db", "upgrade"]
+        assert found["db-upgrade"]["restart"] == "no"
+    waiting = [*DOMAINS, "users"]
+    if name != "docker-compose.tls.yml":  # the TLS overlay adds to the base's depends_on
+        late = [s for s in waiting if "db-upgrade" not in found[s].get("depends_on", {})]
+        assert late == [], f"{name}: {late} start before db-upgrade"
