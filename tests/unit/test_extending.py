@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def place(text: str, where: str, body: str) -> str:
 def apply(copy: Path, title: str, body: str, env: dict[str, str]) -> None:
     if title == "run":
         for command in body.splitlines():
-            argv = command.split()
+            argv = shlex.split(command)
             argv[0] = sys.executable if argv[0].endswith("/python") else argv[0]
             done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True)
             assert done.returncode == 0, f"{command}:\n{done.stdout}{done.stderr}"
