@@ -125,6 +125,8 @@ def status(settings: Settings, service: str) -> Status:
             current, has_tables = current_revision(conn)
     except SQLAlchemyError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if re.search(r'database "[^"]+" does not exist', first):  # PostgreSQL: none made yet
+            return Status(service, hidden(url), None, head, "empty", "no database yet")
         return Status(service, hidden(url), None, head, "unreachable", first)
     if current is None:
         state = "unversioned" if has_tables else "empty"
