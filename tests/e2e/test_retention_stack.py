@@ -81,7 +81,7 @@ def _row(kind: str, service: str, key: str, at) -> dict:
 
 
 def _fill(settings, service: str, kind, tag: str, old: int, kept: int) -> None:
-    from choreo.infra.db import create_tables
+    from choreo.infra.schema import upgraded
     from models.tables import utcnow
 
     window = timedelta(seconds=kind.window(settings))
@@ -94,7 +94,7 @@ def _fill(settings, service: str, kind, tag: str, old: int, kept: int) -> None:
         _row(kind.name, service, f"{tag}-kept-{i}", now - window + timedelta(hours=1))
         for i in range(kept)
     ]
-    with create_tables(settings, service).begin() as conn:
+    with upgraded(settings, service).begin() as conn:
         conn.execute(kind.table.insert(), rows)
 
 

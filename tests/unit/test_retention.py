@@ -19,7 +19,8 @@ from choreo.app.retention import (
     sweep_kind,
     sweep_service,
 )
-from choreo.infra.db import create_tables, dispose_engines, engine_for
+from choreo.infra.db import dispose_engines, engine_for
+from choreo.infra.schema import upgraded
 from config.settings import SERVICES, Settings
 from models.tables import Outbox, table_of
 
@@ -40,7 +41,7 @@ def settings_in(tmp_path, **over) -> Settings:
 @pytest.fixture
 def db(tmp_path):
     s = settings_in(tmp_path, retention_batch=3)
-    engines = {service: create_tables(s, service) for service in ("payment", "operator")}
+    engines = {service: upgraded(s, service) for service in ("payment", "operator")}
     yield s, engines
     dispose_engines(str(tmp_path))
 
