@@ -114,8 +114,8 @@ SECOND = '''"""Test revision: a column and an index (what the next real revision
 import sqlalchemy as sa
 from alembic import op
 
-revision = "order_0002"
-down_revision = "order_0001"
+revision = "{revision}"
+down_revision = "{down_revision}"
 branch_labels = None
 depends_on = None
 
@@ -140,10 +140,13 @@ def second_revision(tmp_path, monkeypatch):
 
     scripts = tmp_path / "migrations"
     shutil.copytree(schema.SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "order" / "order_0002_note.py").write_text(SECOND)
+    head = schema.head_of("order")
+    following = f"order_{int(head.rsplit('_', 1)[1]) + 1:04d}"
+    text = SECOND.replace("{revision}", following).replace("{down_revision}", head)
+    (scripts / "versions" / "order" / f"{following}_note.py").write_text(text)
     monkeypatch.setattr(schema, "SCRIPTS", scripts)
     schema.scripts.cache_clear()
-    yield
+    yield following
     schema.scripts.cache_clear()
 
 
@@ -161,14 +164,14 @@ def test_a_database_behind_is_refused_by_a_worker_and_reported_then_upgraded(
         prepare(fresh, ["order"], migrate=False)  # what `choreo worker order` does first
     assert str(refused.value) == (
         f"database order ({schema.hidden(fresh.database_url('order'))}) is at revision "
-        "order_0001, this code needs order_0002: run `choreo db upgrade`"
+        f"order_0001, this code needs {second_revision}: run `choreo db upgrade`"
     )
     status = choreo("db", "status", "--service", "order", "--json")
     assert status.exit_code == 1
     assert json.loads(status.output)["databases"][0]["state"] == "behind"
 
     result = choreo("db", "upgrade", "--service", "order")  # batch mode on SQLite: the ALTER works
-    assert result.exit_code == 0 and "order: order_0001 -> order_0002" in result.output
+    assert result.exit_code == 0 and f"order: order_0001 -> {second_revision}" in result.output
     prepare(fresh, ["order"], migrate=False)
     with engine_for(fresh, "order").connect() as conn:
         assert "note" in {c["name"] for c in inspect(conn).get_columns("order_view")}
@@ -207,7 +210,8 @@ def test_a_worker_refuses_to_start_on_a_database_it_does_not_match(fresh):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: database shipment ({schema.hidden(fresh.database_url('shipment'))}) has "
-        f"tables but no recorded revision, this code needs shipment_0001: run `choreo db upgrade`"
+        "tables but no recorded revision, this code needs "
+        f"{schema.head_of('shipment')}: run `choreo db upgrade`"
     ]
     assert schema.status(fresh, "shipment").state == "unversioned"
 

@@ -62,14 +62,16 @@ def test_a_changed_model_fails_the_check_until_its_revision_is_written(changed_o
     assert drift.exit_code == 1
     assert "note" in drift.output and "choreo db revision" in drift.output
 
+    before = schema.head_of("order")  # order_000N: the next one is N + 1
+    following = f"order_{int(before.rsplit('_', 1)[1]) + 1:04d}"
     written = choreo("db", "revision", "-m", "order view note")
     assert written.exit_code == 0, written.output
-    path = changed_order_model / "versions" / "order" / "order_0002_order_view_note.py"
+    path = changed_order_model / "versions" / "order" / f"{following}_order_view_note.py"
     assert f"order: wrote {path}" in written.output.replace("\n", "")
     text = path.read_text()
     assert "batch_alter_table" in text and "add_column" in text and '"note"' in text
     schema.scripts.cache_clear()
-    assert schema.head_of("order") == "order_0002"
+    assert schema.head_of("order") == following
 
     again = choreo("db", "check")
     assert again.exit_code == 0, again.output
