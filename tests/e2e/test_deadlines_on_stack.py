@@ -7,7 +7,6 @@ Each mode gets a stack of its own (namespace, run and data folders) with deadlin
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 
 import pytest
@@ -29,29 +28,20 @@ STEPS = {
 def short_deadlines(settings, root, mode: str = "choreography"):
     """Settings (and the environment that says them to the workers) of a stack of its own whose
     deadlines are seconds long, in the saga mode given."""
-    from choreo.ops.stack import free_port
+    from tests.e2e.conftest import own_stack_settings
 
-    tag = uuid.uuid4().hex[:6]
-    update = {
-        "namespace": f"dl-{tag}",
-        # Databases of its own on PostgreSQL too (dropped with the run's, by their prefix): the
-        # run's other stacks' order workers would otherwise fire these timers as their own.
-        "database_prefix": f"{settings.database_prefix}_dl{tag}",
-        "saga_mode": mode,
-        "run_dir": root / "run",
-        "data_dir": root / "data",
-        "user_service_port": free_port(),
-        "monitor_port": free_port(),  # the run's own stack's monitor holds the sandbox's
-        "deadline_payment": DEADLINE,
-        "deadline_inventory": DEADLINE,
-        "deadline_shipment": DEADLINE,
-        "deadline_saga": 60,
-        "timer_interval": 0.2,
-        "timer_refire": 2,
-    }
-    return settings.model_copy(update=update), {
-        f"CHOREO_{k.upper()}": str(v) for k, v in update.items()
-    }
+    return own_stack_settings(
+        settings,
+        root,
+        "dl",
+        saga_mode=mode,
+        deadline_payment=DEADLINE,
+        deadline_inventory=DEADLINE,
+        deadline_shipment=DEADLINE,
+        deadline_saga=60,
+        timer_interval=0.2,
+        timer_refire=2,
+    )
 
 
 @pytest.fixture(scope="module", params=["choreography", "orchestrated"])

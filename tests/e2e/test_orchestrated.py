@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlmodel import Session, select
 
@@ -15,27 +13,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def orchestrated(settings, tmp_path_factory):
     """A second stack in its own namespace and run folder, started in orchestrated mode."""
-    from choreo.ops.stack import free_port, process_names
-    from tests.e2e.conftest import start_stack
+    from choreo.ops.stack import process_names
+    from tests.e2e.conftest import own_stack_settings, start_stack
 
     root = tmp_path_factory.mktemp("orchestrated")
-    update = {
-        "namespace": f"orch-{uuid.uuid4().hex[:6]}",
-        "saga_mode": "orchestrated",
-        "run_dir": root / "run",
-        "data_dir": root / "data",
-        "user_service_port": free_port(),
-        "monitor_port": free_port(),  # the run's own stack's monitor holds the sandbox's
-    }
-    s = settings.model_copy(update=update)
-    env = {
-        "CHOREO_NAMESPACE": s.namespace,
-        "CHOREO_SAGA_MODE": "orchestrated",
-        "CHOREO_RUN_DIR": str(s.run_dir),
-        "CHOREO_DATA_DIR": str(s.data_dir),
-        "CHOREO_USER_SERVICE_PORT": str(s.user_service_port),
-        "CHOREO_MONITOR_PORT": str(s.monitor_port),
-    }
+    s, env = own_stack_settings(settings, root, "orch", saga_mode="orchestrated")
     stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
     yield s, stack, env
     for name in reversed(process_names(s)):

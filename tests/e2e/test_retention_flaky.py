@@ -9,7 +9,6 @@ audit passes, and the rows inside the window are all there."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -24,34 +23,25 @@ FLOW_SECONDS = DEDUP_WINDOW + 6  # orders keep coming after the first ones' rows
 
 @pytest.fixture(scope="module")
 def short_window(settings, tmp_path_factory):
-    from choreo.ops.stack import free_port, free_port_block, process_names
-    from config.settings import HEALTH_PORT_OFFSETS
-    from tests.e2e.conftest import start_stack
+    from choreo.ops.stack import process_names
+    from tests.e2e.conftest import own_stack_settings, start_stack
 
-    root = tmp_path_factory.mktemp("retention")
-    tag = uuid.uuid4().hex[:6]
-    update = {
-        "namespace": f"ret-{tag}",
-        "database_prefix": f"{settings.database_prefix}_ret{tag}",
-        "run_dir": root / "run",
-        "data_dir": root / "data",
-        "user_service_port": free_port(),
-        "monitor_port": free_port(),
-        "health_port_base": free_port_block(len(HEALTH_PORT_OFFSETS)),
+    s, env = own_stack_settings(
+        settings,
+        tmp_path_factory.mktemp("retention"),
+        "ret",
         # tok_flaky_2 fails twice: retries after 1 s and 2 s (with jitter), over several
         # cleaner runs. The window outlasts ladder (1 + 2 + 2, +20% jitter), horizon and replay.
-        "retry_max_attempts": 3,
-        "retry_initial_delay": 1.0,
-        "retry_max_delay": 2.0,
-        "redelivery_horizon": 2.0,
-        "dlq_replay_window": 2.0,
-        "dedup_window": DEDUP_WINDOW,
-        "retention_outbox": 5.0,  # sent outbox rows go while their order's retries still wait
-        "retention_interval": 1.0,
-        "retention_batch": 20,
-    }
-    s = settings.model_copy(update=update)
-    env = {f"CHOREO_{k.upper()}": str(v) for k, v in update.items()}
+        retry_max_attempts=3,
+        retry_initial_delay=1.0,
+        retry_max_delay=2.0,
+        redelivery_horizon=2.0,
+        dlq_replay_window=2.0,
+        dedup_window=DEDUP_WINDOW,
+        retention_outbox=5.0,  # sent outbox rows go while their order's retries still wait
+        retention_interval=1.0,
+        retention_batch=20,
+    )
     stack = start_stack(s, env=env, names=[n for n in process_names(s) if n != "flower"])
     yield s
     for name in reversed(process_names(s)):

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -38,22 +37,10 @@ def upgraded(settings, tmp_path):
     """A stack of its own (namespace, folders, databases, ports) on release 0.1's databases,
     upgraded by `choreo db upgrade`."""
     from choreo.infra.db import dispose_engines
-    from choreo.ops.stack import free_port, process_names
-    from tests.e2e.conftest import start_stack
+    from choreo.ops.stack import process_names
+    from tests.e2e.conftest import own_stack_settings, start_stack
 
-    tag = uuid.uuid4().hex[:6]
-    update = {
-        "namespace": f"up-{tag}",
-        # Databases of its own on PostgreSQL too: the run's other order workers would fire these
-        # timers as their own.
-        "database_prefix": f"{settings.database_prefix}_up{tag}",
-        "run_dir": tmp_path / "run",
-        "data_dir": tmp_path / "data",
-        "user_service_port": free_port(),
-        "monitor_port": free_port(),
-    }
-    s = settings.model_copy(update=update)
-    env = {f"CHOREO_{k.upper()}": str(v) for k, v in update.items()}
+    s, env = own_stack_settings(settings, tmp_path, "up")
     load_release_0_1(s)
 
     done = choreo(env, "db", "upgrade")
