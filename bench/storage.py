@@ -175,8 +175,30 @@ def soak(a: argparse.Namespace) -> dict:
     return doc
 
 
+def windowed_tables() -> set[str]:
+    """`service.table` of every table the cleaner keeps to a window (choreo.app.retention)."""
+    from choreo.app.retention import kinds_of
+    from config.settings import SERVICES
+
+    return {f"{s}.{k.table.name}" for s in SERVICES for k in kinds_of(s)}
+
+
+def split(row: dict, windowed: set[str]) -> tuple[int, int]:
+    """(bytes in tables with a window, bytes in tables kept for ever) of one wave."""
+    inside = kept = 0
+    for service, tables in row["services"].items():
+        for table, (size, _rows) in tables.items():
+            if f"{service}.{table}" in windowed:
+                inside += size
+            else:
+                kept += size
+    return inside, kept
+
+
 def figures(doc: dict) -> dict:
     rows = doc["waves_measured"]
+    windowed = windowed_tables()
+    sides = [split(r, windowed) for r in rows]
     last = rows[-1]
     tail = rows[len(rows) // 2 :]  # the second half: past the first windows
     grown = tail[-1]["bytes"] - tail[0]["bytes"]
@@ -185,7 +207,12 @@ def figures(doc: dict) -> dict:
         ((b, f"{s}.{t}", n) for s, ts in last["services"].items() for t, (b, n) in ts.items() if b),
         reverse=True,
     )
+    half = len(rows) // 2
+    kept_growth = sides[-1][1] - sides[half][1]
     return {
+        "windowed_mb_by_wave": [round(w / 1e6, 3) for w, _ in sides],
+        "kept_mb_by_wave": [round(k / 1e6, 3) for _, k in sides],
+        "kept_bytes_per_order": kept_growth / orders_in_tail if orders_in_tail else None,
         "bytes_per_order_retained": last["bytes"] / last["orders_placed"],
         "bytes_added_per_order_steady": grown / orders_in_tail if orders_in_tail else None,
         "live_mb_first_last": [rows[0]["bytes"] / 1e6, last["bytes"] / 1e6],
@@ -224,6 +251,10 @@ def main() -> int:
     )
     print(f"  bytes retained per order placed: {f['bytes_per_order_retained']:.0f}")
     print(f"  bytes added per order, second half: {steady:.0f}" if steady is not None else "")
+    print(f"  tables with a window, MB by wave: {f['windowed_mb_by_wave']}")
+    print(f"  tables kept for ever, MB by wave: {f['kept_mb_by_wave']}")
+    if f["kept_bytes_per_order"] is not None:
+        print(f"  kept for ever, bytes per order (second half): {f['kept_bytes_per_order']:.0f}")
     first, last = f["live_mb_first_last"]
     print(f"  live size after the first wave {first:.2f} MB, after the last {last:.2f} MB")
     rates = f["orders_per_s_first_last_wave"]
