@@ -173,6 +173,11 @@ class Settings(BaseSettings):
     # come back: the retry ladder, the time a message may wait in its queue (a service down:
     # the redelivery horizon) and the time an operator has to replay a dead letter.
     dedup_window: float = Field(14 * 86400.0, gt=0)
+    # How far ahead of a consumer's clock a message's occurred_at may be. A message from further
+    # ahead is dead-lettered: its age would read too young, so a copy of it could be believed
+    # after its dedup record was gone. Inbox rows and copy records are kept this much longer
+    # than the window (`dedup_retention`), so every message within it still finds its record.
+    max_clock_skew: float = Field(300.0, ge=0)
     redelivery_horizon: float = Field(2 * 86400.0, gt=0)
     dlq_replay_window: float = Field(7 * 86400.0, gt=0)
     # Sent outbox rows, dead-letter records, the operator's replay records.
@@ -291,6 +296,12 @@ class Settings(BaseSettings):
     def retry_delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based), before jitter."""
         return min(self.retry_max_delay, self.retry_initial_delay * 2 ** (attempt - 1))
+
+    @property
+    def dedup_retention(self) -> float:
+        """How long inbox rows and copy records are kept (seconds): the dedup window, plus the
+        clock skew a message's occurred_at may have (choreo.app.window)."""
+        return self.dedup_window + self.max_clock_skew
 
     def retry_ladder(self) -> float:
         """The longest a message spends waiting on the retry ladder, in seconds: every rung's

@@ -41,6 +41,7 @@ from choreo.app.uow import Batch
 from choreo.infra import logs, tracing
 from choreo.messaging.access import may_send, owners, speaks_for_itself
 from choreo.messaging.publisher import event_message
+from config.settings import Settings
 from consumers.base import Subscription
 from consumers.registry import subscriptions
 from models.envelope import Envelope, PoisonMessage, decode
@@ -176,7 +177,7 @@ def _process(rt: Runtime, deliveries: list[Delivery]) -> list[Outcome]:
             item.requeued(f"could not check the copy's record: {unchecked}")
         else:
             _decode(item)
-            _check_window(item, now, rt.settings.dedup_window)
+            _check_window(item, now, rt.settings)
         item.span = spans.consumer_span(rt, item.delivery, item.envelope, queue)
     if rt.recorder is not None:
         rt.recorder.batch(len(items))
@@ -240,22 +241,24 @@ def _decode(item: _Item) -> None:
         item.dead(f"poison: {exc}")
 
 
-def _check_window(item: _Item, now: float, window: float) -> None:
+def _check_window(item: _Item, now: float, settings: Settings) -> None:
     """The dedup window's rule (choreo.app.window): a believed message that occurred longer ago
-    than the window might find its dedup record gone, so it is dead-lettered, not run, unless
-    the operator forced its replay knowingly. No query: the envelope is at hand."""
+    than the window might find its dedup record gone, and one from further ahead than the clock
+    skew allowed has an age that cannot be trusted: either is dead-lettered, not run, unless the
+    operator forced its replay knowingly. No query: the envelope is at hand."""
     if item.state is not State.OPEN or item.envelope is None:
         return
     occurred = item.envelope.occurred_at
-    if not window_rule.outside(occurred, now, window):
+    if window_rule.outside(occurred, now, settings.dedup_window):
+        why = window_rule.reason(occurred, now, settings.dedup_window)
+    elif window_rule.ahead(occurred, now, settings.max_clock_skew):
+        why = window_rule.reason_ahead(occurred, now, settings.max_clock_skew)
+    else:
         return
     if item.delivery.forced:
-        log.warning(
-            "running a message outside the dedup window: the operator forced its replay (%s)",
-            window_rule.reason(occurred, now, window),
-        )
+        log.warning("running a message the operator forced knowingly (%s)", why)
         return
-    item.dead(window_rule.reason(occurred, now, window))
+    item.dead(why)
 
 
 def _absorb_seen(rt: Runtime, items: list[_Item]) -> None:

@@ -68,8 +68,8 @@ class Kind:
 
 
 COMMON_KINDS: tuple[Kind, ...] = (
-    Kind("inbox", Inbox, "processed_at", "dedup_window"),
-    Kind("copies", CopyRecord, "created_at", "dedup_window"),
+    Kind("inbox", Inbox, "processed_at", "dedup_retention"),
+    Kind("copies", CopyRecord, "created_at", "dedup_retention"),
     Kind("outbox", Outbox, "sent_at", "retention_outbox"),
     Kind("dead_letters", DeadLetter, "dead_lettered_at", "retention_dead_letters"),
 )

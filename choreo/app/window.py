@@ -8,8 +8,12 @@ an older one might not, and would run again (charge twice). The consumer dead-le
 dead letter unless the operator forces it (choreo.ops.replay). The settings refuse a window
 shorter than the longest legitimate way back (config.settings.Settings.longest_return).
 
-An `occurred_at` in the future (a sender's clock ahead) is accepted: the record is written at the
-consumer's own time and kept a window from then, so a copy arriving later still finds it.
+A sender's clock ahead makes a message look younger than it is: a copy of one whose
+`occurred_at` lay a day ahead would be believed for a day after its record was gone. So a message
+more than CHOREO_MAX_CLOCK_SKEW ahead of the consumer's clock is dead-lettered too (reason
+starting AHEAD_OF_CLOCK), and records are kept for the window plus that skew
+(Settings.dedup_retention): a message accepted at time t had occurred_at <= t + skew, its record
+lives until t + window + skew >= occurred_at + window, the last moment a copy of it is believed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime
 from config.settings import duration
 
 OUTSIDE_WINDOW = "outside dedup window"
+AHEAD_OF_CLOCK = "ahead of this worker's clock"
 
 
 def age(occurred_at: datetime, now: float) -> float:
@@ -29,6 +34,20 @@ def age(occurred_at: datetime, now: float) -> float:
 
 def outside(occurred_at: datetime, now: float, window: float) -> bool:
     return age(occurred_at, now) > window
+
+
+def ahead(occurred_at: datetime, now: float, skew: float) -> bool:
+    """Whether `occurred_at` lies further in the future than the clock skew allowed."""
+    return -age(occurred_at, now) > skew
+
+
+def reason_ahead(occurred_at: datetime, now: float, skew: float) -> str:
+    return (
+        f"{AHEAD_OF_CLOCK}: it occurred at {occurred_at.isoformat()}, "
+        f"{duration(-age(occurred_at, now))} in this worker's future, more than the clock skew "
+        f"allowed (CHOREO_MAX_CLOCK_SKEW {duration(skew)}): its age cannot be trusted, so it is "
+        "not run (a sender's clock is ahead: fix it, then replay)"
+    )
 
 
 def reason(occurred_at: datetime, now: float, window: float) -> str:

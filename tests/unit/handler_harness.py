@@ -169,8 +169,14 @@ class Harness:
     """One domain's worker minus the broker: real settings, tables, engine, adapter and handlers."""
 
     def __init__(
-        self, domain: str, tmp_path: Path, mode: str = "choreography", deps: FakeDeps | None = None
+        self,
+        domain: str,
+        tmp_path: Path,
+        mode: str = "choreography",
+        deps: FakeDeps | None = None,
+        **overrides: Any,
     ) -> None:
+        """`overrides`: further settings (a test's own skew, retry ladder, ...)."""
         self.domain = domain
         self.tmp_path = Path(tmp_path).resolve()
         # Every database URL pinned to the temporary folder, whatever CHOREO_* the environment sets
@@ -181,6 +187,7 @@ class Harness:
             database_server="",
             saga_mode=mode,
             **{f"{s}_database_url": "" for s in SERVICES},
+            **overrides,
         )
         self.subscriptions = subscriptions(mode)[domain]
         prepare(self.settings, [domain])

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from choreo.app.window import OUTSIDE_WINDOW
+from choreo.app.window import AHEAD_OF_CLOCK, OUTSIDE_WINDOW
 from choreo.messaging.admin import UNROUTED, DeadLetterView
 from choreo.ops.replay import Candidate, Window
 from config.catalog import CARD_OK
@@ -143,10 +143,30 @@ def test_a_message_just_inside_the_window_runs(h):
     assert out.outcome.kind == "processed" and len(h.rows(Charge)) == 1
 
 
-def test_a_message_from_the_future_runs(h):
-    # A sender's clock ahead: its record is written now and kept a window from now.
+def test_a_message_a_little_ahead_of_the_clock_runs(h):
+    # A sender's clock ahead by less than the skew allowed: believed, and its record outlives it.
+    [out] = h.deliver_batch([placed(h, "ord-1", -(h.settings.max_clock_skew - 30))])
+    assert out.outcome.kind == "processed" and len(h.rows(Charge)) == 1
+
+
+def test_a_message_further_ahead_than_the_skew_allowed_is_dead_lettered_not_run(h):
+    # Its age would read too young for as long as it lies ahead: a copy of it could be believed
+    # after its record was gone.
     [out] = h.deliver_batch([placed(h, "ord-1", -3600)])
-    assert out.outcome.kind == "processed"
+    assert out.outcome.kind == "dead_lettered" and h.rows(Charge) == []
+    assert f"{AHEAD_OF_CLOCK}: it occurred at " in out.outcome.detail
+    [record] = h.rows(DeadLetter)
+    assert record.reason.startswith(f"{AHEAD_OF_CLOCK}: ")
+    assert ", 1h in this worker's future" in record.reason
+    assert "CHOREO_MAX_CLOCK_SKEW 5m" in record.reason
+
+
+def test_records_outlive_the_window_by_the_skew_allowed():
+    from choreo.app.retention import COMMON_KINDS
+
+    s = Settings(max_clock_skew=120)
+    kept = {k.name: k.window(s) for k in COMMON_KINDS}
+    assert kept["inbox"] == kept["copies"] == s.dedup_window + 120
 
 
 def test_a_forgery_is_refused_as_such_before_its_age_is_read(h):
