@@ -31,6 +31,9 @@ class ChaosConfig:
     # --cluster: a private three-node RabbitMQ cluster (choreo.devtools.cluster), several workers
     # per domain on a database server; node faults instead of the vhost restart.
     cluster: bool = False
+    # With cluster: the folder of a running cluster to use (`choreo cluster up --dir`), left
+    # running afterwards with the run's vhost and broker users gone; None: one of its own.
+    cluster_dir: Path | None = None
     workers_per_domain: int = 1
     database_server: str = ""
     node_down_seconds: float = 5.0  # a killed node stays down this long

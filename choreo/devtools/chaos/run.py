@@ -28,6 +28,7 @@ from choreo.devtools.chaos.settle import (
     settle,
     total,
 )
+from choreo.devtools.cluster import Cluster, ClusterError
 from choreo.devtools.sandbox import Sandbox, private_cluster
 from choreo.ops.audit import Snapshot, late_answers, run_audit
 from choreo.ops.render import outcome_table
@@ -54,10 +55,12 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
     console = console or Console()
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().getrandbits(32)
     journal = Journal(console)
-    cluster = private_cluster("chaos", cfg.workdir, tls=cfg.tls) if cfg.cluster else None
+    cluster = _cluster(cfg)
+    own_cluster = cluster is not None and cfg.cluster_dir is None
     if cluster:
         console.print(
             f"cluster: {', '.join(cluster.name(i) for i in cluster.nodes)} in {cluster.base_dir}"
+            + ("" if own_cluster else " (given: left running)")
         )
     try:
         sandbox = Sandbox(
@@ -71,7 +74,7 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
             redis_tls=bool(cluster and cfg.tls),
         )
     except BaseException:
-        if cluster:
+        if cluster and own_cluster:
             cluster.down(purge=True)
         raise
     report = ChaosReport(
@@ -110,12 +113,51 @@ def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosReport:
         try:
             _stop_all(stack, faults, journal)
             report.actions = journal.actions
+            if cluster and not own_cluster:  # its nodes back before the vhost goes
+                report.errors += _hand_back(cluster, faults)
             report.errors += sandbox.close(keep)
         finally:
-            if cluster:
+            if cluster and own_cluster:
                 cluster.down(purge=not keep)  # its nodes by pid; their data stays with a kept run
     print_summary(console, report, keep, sandbox.workdir)
     return report
+
+
+def _cluster(cfg: ChaosConfig) -> Cluster | None:
+    """The run's cluster: none without `cfg.cluster`; the running one in `cfg.cluster_dir`;
+    else a private one of its own, started here."""
+    if not cfg.cluster:
+        if cfg.cluster_dir is not None:
+            raise ValueError("cluster_dir is for a cluster run (cluster=True)")
+        return None
+    if cfg.cluster_dir is None:
+        return private_cluster("chaos", cfg.workdir, tls=cfg.tls)
+    cluster = Cluster.open(cfg.cluster_dir)
+    if cluster.tls != cfg.tls:
+        raise ValueError(
+            f"the cluster in {cluster.base_dir} runs {'with' if cluster.tls else 'without'} TLS; "
+            f"the run asked for tls={cfg.tls}"
+        )
+    if down := [cluster.name(i) for i in cluster.nodes if not cluster.app_running(i)]:
+        raise ClusterError(
+            f"not running in {cluster.base_dir}: {', '.join(down)} "
+            f"(choreo cluster up --dir {cluster.base_dir})"
+        )
+    return cluster
+
+
+def _hand_back(cluster: Cluster, faults: Faults | None) -> list[str]:
+    """A cluster the run was given, as it was found: every node fault's job over and every node
+    running its app again (a run that failed half-way may leave one down); the errors."""
+    for thread in faults.node_jobs if faults else ():
+        thread.join(180)
+    if all(cluster.app_running(i) for i in cluster.nodes):
+        return []
+    try:
+        cluster.up()
+    except (ClusterError, subprocess.SubprocessError) as exc:
+        return [f"the given cluster not running again: {exc}"]
+    return []
 
 
 def deadline_settings(cfg: ChaosConfig) -> dict[str, Any]:
