@@ -1,9 +1,15 @@
-"""One CI-sized chaos run shared by the chaos tests: its report is what they assert on.
+"""One CI-sized chaos run shared by the chaos tests: its report is what they assert on; and one
+private three-node RabbitMQ cluster shared by the modules that fault broker nodes.
 
 The harness builds its own sandbox (vhost, Redis server, folders, ports), so it needs no
 fixture from tests/conftest.py; it inherits that file's short retry ladder through the
 environment. Set CHOREO_CHAOS_SEED to replay a run's fault schedule, and CHOREO_CHAOS_REPORT
 to a path to keep the run's report as JSON (a CI artifact).
+
+A cluster takes half a minute to start and seconds to stop on two cores: the session starts one
+(`chaos_cluster`) and each module that needs it takes it with `lease`, which hands it over
+healthy (every node running its app, in one cluster) and empty (no vhost but "/", no user but
+guest: what an earlier module left is deleted), whatever that module did to it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +58,61 @@ def chaos_report(ci_run):
             json.dumps(report.as_dict(), indent=2, default=str)
         )
     return report
+
+
+class SharedCluster:
+    """The session's private cluster (choreo.devtools.cluster), handed to one module at a time."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        # A module's failed run: the folder (the nodes' logs) outlives the session.
+        self.keep = False
+        self.fresh = True  # just up (Cluster.up saw every node in one cluster), nothing in it
+
+    def lease(self, who: str):
+        """The cluster, healthy and empty, for `who`: nodes a module left down started again, the
+        vhosts and broker users it left deleted (a sandbox's close deletes its own; this is the
+        net under a close that failed), every quorum replica online."""
+        from choreo.devtools.cluster import ClusterError
+        from choreo.devtools.sandbox import delete_broker_users
+
+        c, t = self.cluster, time.monotonic()
+        if self.fresh:
+            self.fresh = False
+            return c
+        if not all(c.app_running(i) for i in c.nodes):
+            c.up()  # starts what does not run (a node whose app stopped gets start_app)
+        running = c.cluster_status(1)["running_nodes"]
+        if missing := [c.name(i) for i in c.nodes if c.name(i) not in running]:
+            raise ClusterError(f"not running in the shared cluster: {', '.join(missing)}")
+        vhosts = [v for v in c.ctl("list_vhosts", "--no-table-headers").split() if v != "/"]
+        for vhost in vhosts:
+            c.ctl("delete_vhost", vhost)
+        listing = c.ctl("list_users", "--no-table-headers").splitlines()
+        users = [u for u in (line.split("\t")[0] for line in listing) if u and u != "guest"]
+        if problems := delete_broker_users(users, cluster_dir=str(c.base_dir)):
+            raise ClusterError(f"the shared cluster keeps users of an earlier module: {problems}")
+        queues = json.loads(
+            c.ctl("list_queues", "-p", "/", "name", "type", "online", "--formatter", "json") or "[]"
+        )
+        offline = [q["name"] for q in queues if q["type"] == "quorum" and len(q["online"]) < c.size]
+        if offline:
+            raise ClusterError(f"quorum queues with a replica offline: {offline}")
+        print(
+            f"shared cluster for {who}: ready in {time.monotonic() - t:.1f}s"
+            + (f"; deleted leftover vhosts {vhosts}" if vhosts else "")
+            + (f"; deleted leftover users {users}" if users else "")
+        )
+        return c
+
+
+@pytest.fixture(scope="session")
+def chaos_cluster(tmp_path_factory):
+    """One private three-node cluster for the session's node-fault modules (test_chaos_cluster,
+    test_worker_failover), each in a vhost of its own; taken down (and removed, unless a run on it
+    failed) at the session's end."""
+    from choreo.devtools.sandbox import private_cluster
+
+    shared = SharedCluster(private_cluster("chaos", tmp_path_factory.mktemp("chaos-cluster")))
+    yield shared
+    shared.cluster.down(purge=not shared.keep)

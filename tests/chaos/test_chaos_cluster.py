@@ -1,8 +1,10 @@
-"""Broker nodes die under load: one CI-sized `choreo chaos --cluster` run. A private three-node
-RabbitMQ cluster of its own (choreo.devtools.cluster: own node names, ports, folders, cookie and
-epmd), two workers per domain on PostgreSQL; while 300 orders of every path flow, the node that
+"""Broker nodes die under load: one CI-sized `choreo chaos --cluster` run. On the session's private
+three-node RabbitMQ cluster (choreo.devtools.cluster: own node names, ports, folders, cookie and
+epmd; shared with test_worker_failover, see conftest.py), in a vhost and with broker users of its
+own, two workers per domain on PostgreSQL; while 300 orders of every path flow, the node that
 leads the busiest domain queue is killed -9 and started again, another node's app is stopped and
-started, and workers are killed as in the single-node run. Then the audit."""
+started, and workers are killed as in the single-node run. Then the audit. The run hands the
+cluster back with every node running (the harness with ChaosConfig.cluster_dir)."""
 
 from __future__ import annotations
 
@@ -36,15 +38,19 @@ CLUSTER_RUN = {
 
 
 @pytest.fixture(scope="module")
-def cluster_report():
+def cluster_report(chaos_cluster):
     from rich.console import Console
 
     from choreo.devtools.chaos import ChaosConfig, run_chaos
 
+    cluster = chaos_cluster.lease("chaos --cluster")
     seed = int(os.environ["CHOREO_CHAOS_SEED"]) if os.environ.get("CHOREO_CHAOS_SEED") else None
-    return run_chaos(
-        ChaosConfig(seed=seed, **CLUSTER_RUN), console=Console(width=140, force_terminal=False)
+    report = run_chaos(
+        ChaosConfig(seed=seed, cluster_dir=cluster.base_dir, **CLUSTER_RUN),
+        console=Console(width=140, force_terminal=False),
     )
+    chaos_cluster.keep |= not report.passed
+    return report
 
 
 def _why(report) -> str:

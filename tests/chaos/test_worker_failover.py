@@ -8,7 +8,9 @@ another node and processes orders placed after its fault; every order ends where
 and the audit is green; Flower's user still reaches every worker by broadcast (ping).
 
 The faults, the watch of where each worker reconnects and the worker views are the chaos
-harness's (choreo.devtools.chaos.faults)."""
+harness's (choreo.devtools.chaos.faults). The cluster is the session's, shared with
+test_chaos_cluster (conftest.py): this module's vhost and broker users are its own, and after each
+fault it waits until every node runs again with every quorum replica online."""
 
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ import pytest
 
 from choreo.devtools import cluster as rabbit_cluster
 
-# Bounded: about three minutes on two cores (a cluster's start is half a minute, each fault
-# 10-25 s); the timeout is the hard stop.
+# Bounded: about two minutes on two cores (each fault 10-25 s; half a minute more if this module
+# starts the session's cluster); the timeout is the hard stop.
 pytestmark = [
     pytest.mark.chaos,
     pytest.mark.timeout(420),
@@ -301,13 +303,13 @@ def _moves(run: Run) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def failover(tmp_path_factory):
+def failover(chaos_cluster):
     from rich.console import Console
 
     from choreo.app.bootstrap import prepare
     from choreo.devtools.chaos.faults import Faults
     from choreo.devtools.chaos.report import Journal
-    from choreo.devtools.sandbox import Sandbox, private_cluster
+    from choreo.devtools.sandbox import Sandbox
     from choreo.messaging.access import node_name
     from choreo.ops.stack import Stack, wait_consuming, worker_of
     from choreo.ops.workload import wait_terminal
@@ -318,13 +320,13 @@ def failover(tmp_path_factory):
     run, t0 = Run(), time.monotonic()
     journal = Journal(Console(width=140, force_terminal=False))
     journal.note("seed", str(seed))
-    cluster = private_cluster("failover", tmp_path_factory.mktemp("failover"))
-    run.timings["cluster up"] = round(time.monotonic() - t0, 1)
+    cluster = chaos_cluster.lease("worker failover")
+    run.timings["cluster ready"] = round(time.monotonic() - t0, 1)
     sandbox = Sandbox("failover", own_redis=True, cluster_dir=cluster.base_dir)
     stack = Stack(sandbox.settings, env=sandbox.env)
     feeds = _Feeds(sandbox, rng, run)
     names: list[str] = []
-    flower = None
+    flower = faults = None
 
     try:
         sandbox.open()
@@ -335,7 +337,7 @@ def failover(tmp_path_factory):
         for name in names:
             faults.start(name)
         wait_consuming(settings, stack, names, 120, start=faults.start)
-        run.timings["stack up"] = round(time.monotonic() - t0 - run.timings["cluster up"], 1)
+        run.timings["stack up"] = round(time.monotonic() - t0 - run.timings["cluster ready"], 1)
         run.pids_before = {w: stack.pid(w) for w in faults.workers}
         journal.note("workers", f"{faults.workers_by_node()}")
 
@@ -357,17 +359,23 @@ def failover(tmp_path_factory):
     finally:
         if flower is not None:
             flower.close()
+        for job in faults.node_jobs if faults else ():  # a node's start: over before the next lease
+            job.join(180)
         feeds.stop()
         _stop_all(stack, names)
         run.read_logs(stack.log_dir)
         keep = bool(run.errors or run.log_lines or run.unexpected_exits)
-        run.errors += sandbox.close(keep=keep)
-        cluster.down(purge=not keep)
+        run.errors += sandbox.close(keep=keep)  # its vhost and broker users: the cluster stays
+        chaos_cluster.keep |= keep
         print(
             f"\nworker failover: seed {seed}; timings (s) {run.timings}; "
             f"pidbox clashes absorbed {run.clashes}; client retries {run.feed_retries}; "
             f"faults: {_moves(run)}"
-            + (f"; kept {sandbox.workdir} and {cluster.base_dir}" if keep else "")
+            + (
+                f"; kept {sandbox.workdir} and (at the session's end) {cluster.base_dir}"
+                if keep
+                else ""
+            )
         )
     return run
 
