@@ -19,7 +19,11 @@ DEFAULT_DATABASE_SERVER = "postgresql://postgres:postgres@127.0.0.1:5432"
     "--orders", default=1000, show_default=True, help="Orders to place while faults are injected."
 )
 @click.option(
-    "--duration", default=120.0, show_default=True, help="Seconds of fault injection at most."
+    "--duration",
+    default=120.0,
+    show_default=True,
+    help="Seconds of fault injection at most (longer only while a fault waits its turn: with "
+    "--cluster, the stop_app waits until the killed node runs again).",
 )
 @click.option("--kill-every", default=3.0, show_default=True, help="Seconds between worker kills.")
 @click.option(

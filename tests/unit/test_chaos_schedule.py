@@ -7,7 +7,7 @@ import random
 import pytest
 
 from choreo.devtools.chaos.report import ChaosConfig
-from choreo.devtools.chaos.run import fire_one_off
+from choreo.devtools.chaos.run import _Schedule, fire_one_off
 
 
 class FakeFaults:
@@ -67,3 +67,14 @@ def test_a_refused_bounce_is_tried_again_a_second_later_and_nothing_else_happens
 def test_an_unknown_fault_name_is_an_error():
     with pytest.raises(ValueError, match="unknown one-off fault"):
         fire("meteor", FakeFaults())
+
+
+def test_the_fault_phase_outlasts_its_duration_only_while_a_one_off_fault_waits():
+    cfg = ChaosConfig(duration=70.0, settle_timeout=150.0)
+    # The node kill happened; the stop_app (due at 31 s) waits for the killed node to run again.
+    schedule = _Schedule({"node_kill": None, "stop_app": 1031.0}, [], next_kill=1000.0)
+    assert schedule.injecting(1069.0, 1000.0, cfg)
+    assert schedule.injecting(1100.0, 1000.0, cfg)  # past the duration: it has not happened
+    assert not schedule.injecting(1220.0, 1000.0, cfg)  # bounded by the settle timeout
+    schedule.one_offs["stop_app"] = None  # it happened
+    assert not schedule.injecting(1070.0, 1000.0, cfg)

@@ -20,7 +20,9 @@ class ChaosConfig:
     """What a run does; `choreo chaos` fills it from its options."""
 
     orders: int = 1000
-    duration: float = 120.0  # seconds of fault injection at most
+    # Seconds of fault injection at most; longer only while a one-off fault waits its turn (a
+    # cluster's stop_app, until a killed node runs again), and then by settle_timeout at most.
+    duration: float = 120.0
     kill_every: float = 3.0  # seconds between worker kills
     seed: int | None = None  # None: drawn, then printed so the run can be repeated
     broker_restart: str = "vhost"  # vhost | node (every vhost of the node!) | none

@@ -276,6 +276,15 @@ class _Schedule:
     def all_fired(self) -> bool:
         return not any(self.one_offs.values()) and not self.bursts
 
+    def injecting(self, now: float, t0: float, cfg: ChaosConfig) -> bool:
+        """Whether the fault phase goes on: until `cfg.duration`, and past it (by at most
+        `cfg.settle_timeout`) only while a one-off fault waits its turn. A cluster's stop_app
+        waits until a killed node runs again, which on a busy machine may be after the duration:
+        the run must not end without it."""
+        if now - t0 < cfg.duration:
+            return True
+        return any(self.one_offs.values()) and now - t0 < cfg.duration + cfg.settle_timeout
+
 
 def _inject(
     cfg: ChaosConfig,
@@ -302,8 +311,7 @@ def _inject(
         progress.start()
     journal.note("orders", f"publishing {cfg.orders} orders over {window:.0f}s (mix {DEFAULT_MIX})")
     try:
-        while time.monotonic() - t0 < cfg.duration:
-            now = time.monotonic()
+        while schedule.injecting(now := time.monotonic(), t0, cfg):
             if _finished_early(now, settings, feed, schedule):
                 break
             _fire_due(now, cfg, settings, faults, injector, rng, schedule)
