@@ -74,13 +74,16 @@ class SharedCluster:
         node running in one cluster (so each quorum queue `who` declares has a replica online on
         every node), the vhosts and broker users a module left deleted (a sandbox's close deletes
         its own: this is the net under a close that failed)."""
-        from choreo.devtools.cluster import ClusterError
+        from choreo.devtools.cluster import Cluster, ClusterError
         from choreo.devtools.sandbox import delete_broker_users
 
-        c, t = self.cluster, time.monotonic()
+        t = time.monotonic()
         if self.fresh:
             self.fresh = False
-            return c
+            return self.cluster
+        # As its folder says now: a module's own Cluster (the chaos harness opens one) restarted
+        # nodes, and their new pids are in cluster.json only.
+        self.cluster = c = Cluster.open(self.cluster.base_dir)
         if not all(c.app_running(i) for i in c.nodes):
             c.up()  # starts what does not run (a node whose app stopped gets start_app)
         running = c.cluster_status(1)["running_nodes"]
@@ -106,12 +109,14 @@ def chaos_cluster(tmp_path_factory):
     """One private three-node cluster for the session's node-fault modules (test_chaos_cluster,
     test_worker_failover), each in a vhost of its own; taken down (and removed, unless a run on it
     failed) at the session's end."""
+    from choreo.devtools.cluster import Cluster
     from choreo.devtools.sandbox import private_cluster
 
     shared = SharedCluster(private_cluster("chaos", tmp_path_factory.mktemp("chaos-cluster")))
     yield shared
+    cluster = Cluster.open(shared.cluster.base_dir)  # its nodes' pids now (see lease)
     if not shared.keep:  # its data goes with the folder: no clean stop (seconds a node) needed
-        for i in shared.cluster.nodes:
-            if shared.cluster.pid(i):
-                shared.cluster.kill(i)
-    shared.cluster.down(purge=not shared.keep)
+        for i in cluster.nodes:
+            if cluster.pid(i):
+                cluster.kill(i)
+    cluster.down(purge=not shared.keep)
