@@ -41,6 +41,7 @@ def window_env(window: float) -> dict[str, str]:
     """Every retention window `window` seconds; what the dedup window must outlast, shorter."""
     return {
         "CHOREO_DEDUP_WINDOW": str(window),
+        "CHOREO_MAX_CLOCK_SKEW": "1",  # one host
         "CHOREO_RETENTION_OUTBOX": str(window),
         "CHOREO_RETENTION_DEAD_LETTERS": str(window),
         "CHOREO_RETENTION_REPLAYS": str(window),

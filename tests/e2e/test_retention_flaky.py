@@ -38,6 +38,7 @@ def short_window(settings, tmp_path_factory):
         redelivery_horizon=2.0,
         dlq_replay_window=2.0,
         dedup_window=DEDUP_WINDOW,
+        max_clock_skew=1.0,  # one host: records kept the window and a second
         retention_outbox=5.0,  # sent outbox rows go while their order's retries still wait
         retention_interval=1.0,
         retention_batch=20,

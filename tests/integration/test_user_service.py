@@ -41,6 +41,20 @@ def _env(tmp: Path, port: int) -> dict[str, str]:
     return env
 
 
+def _upgrade(env: dict[str, str]) -> None:
+    """What `choreo up` does before it starts the user service: its database to this code's
+    schema (the service itself refuses one that is not)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "choreo", "db", "upgrade", "--service", "user"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -91,6 +105,7 @@ def service(tmp_path_factory):
     path.chmod(0o600)
     env = _env(tmp, free_port())
     log = tmp / "users.log"
+    _upgrade(env)
     proc = _start(env, log)
     url = f"http://127.0.0.1:{env['CHOREO_USER_SERVICE_PORT']}"
     yield {"url": url, "run_dir": tmp / "run", "log": log, "proc": proc, "env": env}
@@ -371,6 +386,7 @@ def test_sigterm_stops_it_cleanly_and_a_restart_rebinds_the_port_at_once(tmp_pat
     env = _env(tmp_path, free_port())
     log = tmp_path / "users.log"
     url = f"http://127.0.0.1:{env['CHOREO_USER_SERVICE_PORT']}"
+    _upgrade(env)
     proc = _start(env, log)
     try:
         token = (tmp_path / "run" / "secrets" / "users-token-order").read_text().strip()
