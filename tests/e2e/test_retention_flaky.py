@@ -13,9 +13,11 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import scrape, settled, wait_for
+from tests.helpers import scrape, settled, sqlite_pass_only, wait_for
 
-pytestmark = pytest.mark.e2e
+# Once, in the SQLite pass: the cleaner's PostgreSQL deletes (SKIP LOCKED, beside a busy stack) are
+# the PostgreSQL pass's test_retention_stack; this one proves the window against the retry ladder.
+pytestmark = [pytest.mark.e2e, sqlite_pass_only]
 
 DEDUP_WINDOW = 12.0
 FLOW_SECONDS = DEDUP_WINDOW + 6  # orders keep coming after the first ones' rows age out
