@@ -55,6 +55,10 @@ class Kind:
     def window(self, settings: Settings) -> float:
         return float(getattr(settings, self.setting))
 
+    def cutoff(self, settings: Settings, now: datetime) -> datetime:
+        """A row older than this goes: `now` minus the window, in UTC."""
+        return (now - timedelta(seconds=self.window(settings))).astimezone(UTC)
+
     @property
     def table(self) -> Table:
         return table_of(self.model)
@@ -180,7 +184,7 @@ def sweep_kind(
     `settings.retention_batch` rows per transaction, until none is left or `max_batches` ran (or
     `stop` is set). `now`: the clock (tests pin it)."""
     window = kind.window(settings)
-    cutoff = ((now or _utcnow()) - timedelta(seconds=window)).astimezone(UTC)
+    cutoff = kind.cutoff(settings, now or _utcnow())
     swept = Swept(service, kind.name, window, cutoff, dry_run=dry_run)
     statements = _Statements(kind, engine.dialect.name)
     with engine.connect() as conn:
@@ -269,7 +273,7 @@ def sweep_service(
                 service,
                 k.name,
                 k.window(settings),
-                (at - timedelta(seconds=k.window(settings))).astimezone(UTC),
+                k.cutoff(settings, at),
                 dry_run=dry_run,
                 absent=True,
             )
